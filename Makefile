@@ -1,0 +1,78 @@
+# mqstore — one entry point for building, testing and demoing.
+#   make test    every suite (Rust, header freshness, C under valgrind, C++, Python)
+#   make demo    the main job on the default engine
+# Both install what they need (system tools, a Python venv) on first use.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+VENV        := $(CURDIR)/.venv
+PYTHON      := $(VENV)/bin/python
+PIP_PKGS    := maturin==1.* pytest kafka-python lz4 zstandard
+DEBUG_LIB   := $(CARGO_TARGET_DIR)/debug/libmqstore.so
+RELEASE_LIB := $(CARGO_TARGET_DIR)/release/libmqstore.so
+CC          ?= cc
+CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
+
+.PHONY: all build release header tools venv python-dev python-release \
+        test lint test-rust test-c test-cpp test-python demo clean
+
+all: build
+
+tools:
+	@scripts/ensure-tools.sh
+
+build:
+	cargo build -p mqstore
+
+release:
+	cargo build -p mqstore --release
+
+# Regenerates include/mqstore.h from src/ffi (the header test fails when stale).
+header:
+	MQS_BLESS_HEADER=1 cargo test -p mqstore --test header
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: Makefile
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet $(PIP_PKGS)
+	touch $@
+
+python-dev: venv
+	cd python && VIRTUAL_ENV=$(VENV) $(VENV)/bin/maturin develop --quiet
+
+python-release: venv
+	cd python && VIRTUAL_ENV=$(VENV) $(VENV)/bin/maturin develop --quiet --release
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+test-rust:
+	cargo test -p mqstore
+
+test-c: tools build
+	bash tests/c/run.sh
+
+test-cpp: tools build
+	bash tests/cpp/run.sh
+
+test-python: python-dev
+	$(PYTHON) -m pytest tests/python -q
+
+test: tools lint test-rust test-c test-cpp test-python
+	@echo "make test: all suites passed"
+
+$(CARGO_TARGET_DIR)/demo: examples/demo.c include/mqstore.h release
+	$(CC) $(CFLAGS_DEMO) examples/demo.c -o $@ -L$(CARGO_TARGET_DIR)/release -lmqstore \
+	    -Wl,-rpath,$(CARGO_TARGET_DIR)/release -lpthread
+
+demo: tools python-release $(CARGO_TARGET_DIR)/demo
+	$(CARGO_TARGET_DIR)/demo
+	$(PYTHON) examples/demo.py
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

@@ -1,0 +1,334 @@
+//! The Memory engine's suite: the append matrix, the headline batch figure,
+//! paced single-append latency, tail reads, sendfile_to_fd, a million shards
+//! and peak RSS. Durability modes other than `none` are reported as n/a with
+//! the store's own refusal, since the engine keeps nothing across a crash.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mqstore::{Durability, EngineKind};
+use serde_json::json;
+
+use crate::engine::{self, AppendSpec, APPEND_RETENTION_BYTES};
+use crate::util::{self, mib};
+use crate::{Plan, Results};
+
+pub const RECORD_SIZES: [usize; 3] = [100, 1024, 16 << 10];
+pub const BATCHES: [usize; 3] = [1, 64, 1024];
+pub const THREADS: [usize; 3] = [1, 2, 4];
+pub const SHARDS: [usize; 2] = [1, 1000];
+
+/// The size as it appears in metric names: 100b, 1k, 16k.
+pub fn size_label(bytes: usize) -> String {
+    if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{}k", bytes / 1024)
+    } else {
+        format!("{bytes}b")
+    }
+}
+
+pub const HEADLINE: &str = "memory.append_100b_batch1024.msgs_per_s";
+pub const HEADLINE_SPEC: AppendSpec = AppendSpec {
+    record_size: 100,
+    batch: 1024,
+    threads: 1,
+    shards: 1,
+};
+
+pub fn matrix_name(spec: &AppendSpec) -> String {
+    format!(
+        "memory.append_{}_batch{}_t{}_s{}.msgs_per_s",
+        size_label(spec.record_size),
+        spec.batch,
+        spec.threads,
+        spec.shards
+    )
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+pub fn run(base: &Path, plan: &Plan, results: &mut Results) {
+    println!("== memory engine");
+    let peak_resettable = util::reset_peak_rss();
+    let options = engine::options(EngineKind::Memory, Durability::None, APPEND_RETENTION_BYTES);
+
+    // The headline: one thread, one shard, 100 B records in batches of 1,024
+    // (the brief's 10M msgs/s target). Longer and more repetitions than the
+    // matrix; the FFI drivers repeat exactly this workload.
+    let mut p = HEADLINE_SPEC.params(&options);
+    p["seconds_per_rep"] = json!(plan.headline_secs);
+    results.stats_or_failed(
+        HEADLINE,
+        engine::append_throughput(
+            base,
+            &options,
+            HEADLINE_SPEC,
+            secs(plan.headline_secs),
+            u64::MAX,
+            plan.reps,
+        ),
+        "msgs/s",
+        p,
+    );
+
+    // The matrix. Single-shard runs are bounded by retention; many-shard runs
+    // would each keep their own retention's worth, so they stop at a byte
+    // budget too (params say which limit ended a run: seconds or budget).
+    for &record_size in &RECORD_SIZES {
+        for &batch in &BATCHES {
+            for &threads in &THREADS {
+                for &shards in &SHARDS {
+                    let spec = AppendSpec {
+                        record_size,
+                        batch,
+                        threads,
+                        shards,
+                    };
+                    let budget = if shards == 1 {
+                        u64::MAX
+                    } else {
+                        plan.many_shard_budget
+                    };
+                    let mut p = spec.params(&options);
+                    p["seconds_per_rep"] = json!(plan.matrix_secs);
+                    if shards > 1 {
+                        p["budget_payload_bytes"] = json!(budget);
+                    }
+                    results.stats_or_failed(
+                        &matrix_name(&spec),
+                        engine::append_throughput(
+                            base,
+                            &options,
+                            spec,
+                            secs(plan.matrix_secs),
+                            budget,
+                            plan.matrix_reps,
+                        ),
+                        "msgs/s",
+                        p,
+                    );
+                }
+            }
+        }
+    }
+
+    single_append_latency(base, plan, results, &options);
+    reads(base, plan, results, &options);
+
+    for durability in [Durability::Os, Durability::Fsync] {
+        let name = format!("memory.append_1k_batch64_{}.msgs_per_s", durability.name());
+        match engine::accepts(base, EngineKind::Memory, durability) {
+            Ok(Err(refusal)) => results.not_applicable(&name, "msgs/s", &refusal),
+            Ok(Ok(())) => {
+                // The engine gained this mode: measure it like the rest.
+                let options = engine::options(EngineKind::Memory, durability, APPEND_RETENTION_BYTES);
+                let spec = AppendSpec {
+                    record_size: 1024,
+                    batch: 64,
+                    threads: 1,
+                    shards: 1,
+                };
+                results.stats_or_failed(
+                    &name,
+                    engine::append_throughput(
+                        base,
+                        &options,
+                        spec,
+                        secs(plan.headline_secs),
+                        u64::MAX,
+                        plan.reps,
+                    ),
+                    "msgs/s",
+                    spec.params(&options),
+                );
+            }
+            Err(e) => results.failed(&name, "msgs/s", &e.to_string()),
+        }
+    }
+    for name in ["memory.reopen_clean.s", "memory.reopen_crash.s"] {
+        results.not_applicable(
+            name,
+            "s",
+            "the memory engine keeps nothing across close or crash: nothing to reopen",
+        );
+    }
+
+    match util::proc_status_kib("VmHWM") {
+        Some(kib) => results.value(
+            "memory.peak_rss_mb",
+            mib(kib),
+            "MiB",
+            json!({
+                "scope": if peak_resettable {
+                    "process peak during the memory workloads above (VmHWM reset before them)"
+                } else {
+                    "process peak since start (VmHWM could not be reset)"
+                },
+                "retention_bytes_per_shard": APPEND_RETENTION_BYTES,
+                "budget_payload_bytes_many_shards": plan.many_shard_budget,
+                "prefilled_read_bytes": plan.read_bytes,
+            }),
+        ),
+        None => results.failed("memory.peak_rss_mb", "MiB", "no VmHWM in /proc/self/status"),
+    }
+
+    million_shards(base, plan, results, &options);
+}
+
+/// Finds the highest single-append rate, then offers half of it, paced, and
+/// records latency from each append's intended start.
+fn single_append_latency(
+    base: &Path,
+    plan: &Plan,
+    results: &mut Results,
+    options: &mqstore::ShardOptions,
+) {
+    let spec = AppendSpec {
+        record_size: 100,
+        batch: 1,
+        threads: 1,
+        shards: 1,
+    };
+    let max = match engine::append_throughput(
+        base,
+        options,
+        spec,
+        secs(plan.calibrate_secs),
+        u64::MAX,
+        plan.reps,
+    ) {
+        Ok(stats) => stats,
+        Err(e) => {
+            results.failed("memory.append_100b_single.msgs_per_s", "msgs/s", &e.to_string());
+            return;
+        }
+    };
+    let mut p = spec.params(options);
+    p["seconds_per_rep"] = json!(plan.calibrate_secs);
+    results.stats("memory.append_100b_single.msgs_per_s", &max, "msgs/s", p);
+
+    let rate = max.median() * plan.offered_load;
+    let mut runs = Vec::new();
+    for _ in 0..plan.reps {
+        match engine::paced_latency(base, options, 100, rate, secs(plan.latency_secs)) {
+            Ok(latency) => runs.push(latency),
+            Err(e) => {
+                for s in ["p50", "p99", "p999", "max"] {
+                    results.failed(&format!("memory.append_100b_single.{s}_ns"), "ns", &e.to_string());
+                }
+                return;
+            }
+        }
+    }
+    engine::report_latency(
+        results,
+        "memory.append_100b_single",
+        &runs,
+        "ns",
+        1.0,
+        json!({
+            "record_bytes": 100, "threads": 1, "shards": 1,
+            "offered_msgs_per_s": rate, "offered_fraction_of_max": plan.offered_load,
+            "seconds_per_rep": plan.latency_secs,
+            "pacing": "busy-wait on the monotonic clock",
+            "measured": "completion minus intended start (coordinated-omission free)",
+            "retention_bytes": options.retention_bytes,
+        }),
+    );
+}
+
+/// Tail reads and sendfile_to_fd over one prefilled shard of 1 KiB records.
+fn reads(base: &Path, plan: &Plan, results: &mut Results, options: &mqstore::ShardOptions) {
+    let p = json!({
+        "record_bytes": 1024, "written_in_batches_of": 64, "shard_bytes": plan.read_bytes,
+        "request_bytes": 1 << 20,
+    });
+    match engine::prefilled(base, options, 1024, 64, plan.read_bytes) {
+        Ok((bench, end)) => {
+            let mut read_p = p.clone();
+            read_p["measured"] = json!("record value bytes returned by Store::read (zero-copy views, not touched)");
+            results.stats_or_failed(
+                "memory.read_tail_1k.gbps",
+                util::repeat(plan.reps, || engine::read_all(&bench.store, end)),
+                "GB/s",
+                read_p,
+            );
+            let mut send_p = p.clone();
+            send_p["measured"] = json!("batch bytes sent by Store::sendfile_to_fd to loopback TCP, until received");
+            results.stats_or_failed(
+                "memory.sendfile_1k.gbps",
+                util::repeat(plan.reps, || engine::sendfile_all(&bench.store, end)),
+                "GB/s",
+                send_p,
+            );
+        }
+        Err(e) => {
+            results.failed("memory.read_tail_1k.gbps", "GB/s", &e.to_string());
+            results.failed("memory.sendfile_1k.gbps", "GB/s", &e.to_string());
+        }
+    }
+    results.not_applicable(
+        "memory.read_cold_1k.gbps",
+        "GB/s",
+        "the memory engine has no cold tier: every read is a hot read (see read_tail)",
+    );
+}
+
+fn million_shards(base: &Path, plan: &Plan, results: &mut Results, options: &mqstore::ShardOptions) {
+    let count = plan.many_shards;
+    let p = json!({ "shards": count, "record_bytes": 100, "threads": 1,
+                    "append": "one single-record append to every shard in turn, per rep" });
+    match engine::many_shards(base, options, count, 100, plan.reps) {
+        Ok(many) => {
+            results.value(
+                "memory.shards_1m.create_s",
+                many.create.as_secs_f64(),
+                "s",
+                p.clone(),
+            );
+            let mut rss_p = p.clone();
+            rss_p["measured"] = json!("VmRSS growth from creating the shards (empty)");
+            rss_p["process_rss_mb"] = json!(mib(many.rss_total_kib));
+            rss_p["bytes_per_shard"] = json!(many.rss_kib as f64 * 1024.0 / count as f64);
+            results.value("memory.shards_1m.rss_mb", mib(many.rss_kib), "MiB", rss_p);
+            results.stats("memory.shards_1m.append_msgs_per_s", &many.append, "msgs/s", p);
+        }
+        Err(e) => {
+            for (name, unit) in [
+                ("memory.shards_1m.create_s", "s"),
+                ("memory.shards_1m.rss_mb", "MiB"),
+                ("memory.shards_1m.append_msgs_per_s", "msgs/s"),
+            ] {
+                results.failed(name, unit, &e.to_string());
+            }
+        }
+    }
+}
+
+/// Ratios printed beside the memory metrics: payload bandwidth against one
+/// core's memcpy, transfers against raw sendfile.
+pub fn compare(results: &mut Results) {
+    let mut names: Vec<(String, usize)> = vec![(HEADLINE.to_string(), 100)];
+    for &record_size in &RECORD_SIZES {
+        for &batch in &BATCHES {
+            for &threads in &THREADS {
+                for &shards in &SHARDS {
+                    let spec = AppendSpec {
+                        record_size,
+                        batch,
+                        threads,
+                        shards,
+                    };
+                    names.push((matrix_name(&spec), record_size));
+                }
+            }
+        }
+    }
+    for (name, size) in names {
+        results.compare(&name, "raw.memcpy_gbps", size as f64 / 1e9, "payload GB/s vs memcpy");
+    }
+    results.compare("memory.read_tail_1k.gbps", "raw.memcpy_gbps", 1.0, "GB/s");
+    results.compare("memory.sendfile_1k.gbps", "raw.sendfile_gbps", 1.0, "GB/s");
+}

@@ -1,0 +1,286 @@
+//! Raw baselines: what the machine itself can do, measured in the same run
+//! and on the same filesystem as the engines, so every engine figure can be
+//! read as a fraction of a physical limit instead of an absolute number.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::util::{self, gb_per_s, AlignedBuf, LoopbackSink, Stats};
+use crate::{Plan, Results};
+
+/// The journal's write size (the brief's 256 KB group-commit buffer).
+pub const JOURNAL_WRITE: usize = 256 << 10;
+/// O_DIRECT alignment: the brief's 4 KB, which covers 512 B and 4 KiB
+/// logical-block devices alike.
+const DIRECT_ALIGN: usize = 4096;
+
+fn fdatasync(file: &File) -> io::Result<()> {
+    // SAFETY: a plain syscall on a descriptor we own.
+    if unsafe { libc::fdatasync(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reserves `len` bytes of blocks. Filesystems without fallocate fall back
+/// to a sparse file (the prefill pass then allocates).
+fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: a plain syscall on a descriptor we own.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        file.set_len(len)
+    } else {
+        Err(error)
+    }
+}
+
+/// Writes `len` bytes sequentially in `buf`-sized writes, then fdatasync:
+/// one pass, timed including the final flush. The first 8 bytes of each
+/// write carry its offset so no two blocks are identical (a deduplicating
+/// layer must not be able to skip work).
+fn sequential_pass(file: &File, buf: &mut AlignedBuf, len: u64, sync_each: bool) -> io::Result<Duration> {
+    let step = buf.as_slice().len() as u64;
+    let start = Instant::now();
+    let mut offset = 0;
+    while offset < len {
+        buf.as_mut_slice()[..8].copy_from_slice(&offset.to_le_bytes());
+        file.write_all_at(buf.as_slice(), offset)?;
+        if sync_each {
+            fdatasync(file)?;
+        }
+        offset += step;
+    }
+    fdatasync(file)?;
+    Ok(start.elapsed())
+}
+
+/// A preallocated file written once in full (untimed for the reps), so the
+/// timed passes overwrite allocated, initialised blocks: they measure data
+/// movement rather than the filesystem converting unwritten extents. The
+/// first pass's speed is still reported, as `first_pass_gbps`.
+struct TestFile {
+    file: File,
+    path: std::path::PathBuf,
+    len: u64,
+    first_pass: Duration,
+}
+
+impl TestFile {
+    fn create(dir: &Path, name: &str, len: u64, direct: bool) -> io::Result<(TestFile, AlignedBuf)> {
+        let path = dir.join(name);
+        let mut options = OpenOptions::new();
+        options.create(true).truncate(true).read(true).write(true);
+        if direct {
+            options.custom_flags(libc::O_DIRECT);
+        }
+        let file = options.open(&path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("opening {} (O_DIRECT={direct}): {e}", path.display()),
+            )
+        })?;
+        preallocate(&file, len)?;
+        let mut buf = AlignedBuf::new(JOURNAL_WRITE, DIRECT_ALIGN);
+        util::fill_pseudo_random(buf.as_mut_slice(), 0x5eed);
+        let first_pass = sequential_pass(&file, &mut buf, len, false)?;
+        Ok((
+            TestFile {
+                file,
+                path,
+                len,
+                first_pass,
+            },
+            buf,
+        ))
+    }
+}
+
+impl Drop for TestFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn odirect_write(dir: &Path, plan: &Plan) -> io::Result<(Stats, f64)> {
+    let (test, mut buf) = TestFile::create(dir, "raw-odirect.dat", plan.disk_bytes, true)?;
+    let stats = util::repeat(plan.reps, || {
+        Ok(gb_per_s(test.len, sequential_pass(&test.file, &mut buf, test.len, false)?))
+    })?;
+    Ok((stats, gb_per_s(test.len, test.first_pass)))
+}
+
+fn buffered_fdatasync_write(dir: &Path, plan: &Plan) -> io::Result<Stats> {
+    let (test, mut buf) =
+        TestFile::create(dir, "raw-buffered.dat", plan.fdatasync_write_bytes, false)?;
+    util::repeat(plan.reps, || {
+        Ok(gb_per_s(test.len, sequential_pass(&test.file, &mut buf, test.len, true)?))
+    })
+}
+
+/// Latency of a 4 KiB write followed by fdatasync: the cost of the smallest
+/// durable commit. One histogram per repetition.
+fn fdatasync_latency(dir: &Path, plan: &Plan) -> io::Result<Vec<Histogram<u64>>> {
+    let block = 4096u64;
+    let len = plan.fdatasync_samples as u64 * block;
+    let (test, _) = TestFile::create(dir, "raw-fdatasync.dat", len.max(JOURNAL_WRITE as u64), false)?;
+    let mut buf = vec![0u8; block as usize];
+    util::fill_pseudo_random(&mut buf, 7);
+    let mut histograms = Vec::new();
+    for _ in 0..plan.reps {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .map_err(io::Error::other)?;
+        for i in 0..plan.fdatasync_samples as u64 {
+            buf[..8].copy_from_slice(&i.to_le_bytes());
+            let start = Instant::now();
+            test.file.write_all_at(&buf, i * block)?;
+            fdatasync(&test.file)?;
+            histogram.saturating_record(start.elapsed().as_nanos() as u64);
+        }
+        histograms.push(histogram);
+    }
+    Ok(histograms)
+}
+
+/// sendfile(2) of a plain file, already in the page cache, to a loopback TCP
+/// socket: the kernel's own zero-copy path, the ceiling for any engine's
+/// `sendfile_to_fd` on this machine.
+fn sendfile(dir: &Path, plan: &Plan) -> io::Result<Stats> {
+    let path = dir.join("raw-sendfile.dat");
+    let mut data = vec![0u8; 1 << 20];
+    util::fill_pseudo_random(&mut data, 11);
+    {
+        let file = File::create(&path)?;
+        let mut offset = 0;
+        while offset < plan.sendfile_bytes {
+            file.write_all_at(&data, offset)?;
+            offset += data.len() as u64;
+        }
+    }
+    let result = (|| {
+        let mut file = File::open(&path)?;
+        let len = file.metadata()?.len();
+        // Read once so every rep sends from the page cache.
+        while file.read(&mut data)? > 0 {}
+        util::repeat(plan.reps, || {
+            let sink = LoopbackSink::new()?;
+            let start = Instant::now();
+            let mut offset: libc::off_t = 0;
+            while (offset as u64) < len {
+                let remaining = (len - offset as u64).min(1 << 30) as usize;
+                // SAFETY: both descriptors are open; offset is a valid pointer.
+                let n = unsafe {
+                    libc::sendfile(sink.sender.as_raw_fd(), file.as_raw_fd(), &mut offset, remaining)
+                };
+                if n < 0 {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+            }
+            let received = sink.finish()?;
+            let elapsed = start.elapsed();
+            if received != len {
+                return Err(io::Error::other(format!("reader got {received} of {len} bytes")));
+            }
+            Ok(gb_per_s(len, elapsed))
+        })
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// Single-threaded memcpy between two buffers far larger than any cache:
+/// the memory bandwidth one core sees, the ceiling for in-memory appends and
+/// reads. Counts bytes copied (each is read once and written once).
+fn memcpy(plan: &Plan) -> Stats {
+    let len = plan.memcpy_bytes;
+    let mut src = vec![0u8; len];
+    util::fill_pseudo_random(&mut src, 3);
+    // Touch every page of the destination first: page faults are not copies.
+    let mut dst = vec![1u8; len];
+    let rounds = 4;
+    let samples = (0..plan.reps)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..rounds {
+                dst.copy_from_slice(std::hint::black_box(&src));
+                std::hint::black_box(&mut dst);
+            }
+            gb_per_s((len * rounds) as u64, start.elapsed())
+        })
+        .collect();
+    Stats::new(samples)
+}
+
+pub fn run(dir: &Path, plan: &Plan, results: &mut Results) {
+    println!("== raw baselines (on {})", dir.display());
+    let write_params = json!({
+        "write_bytes": JOURNAL_WRITE, "align": DIRECT_ALIGN, "file_bytes": plan.disk_bytes,
+        "queue_depth": 1, "file": "preallocated, written once before the timed passes",
+    });
+    match odirect_write(dir, plan) {
+        Ok((stats, first_pass)) => {
+            let mut p = write_params.clone();
+            p["first_pass_gbps"] = json!(first_pass);
+            results.stats("raw.odirect_write_gbps", &stats, "GB/s", p);
+        }
+        Err(e) => results.failed("raw.odirect_write_gbps", "GB/s", &e.to_string()),
+    }
+    results.stats_or_failed(
+        "raw.buffered_fdatasync_write_gbps",
+        buffered_fdatasync_write(dir, plan),
+        "GB/s",
+        json!({
+            "write_bytes": JOURNAL_WRITE, "file_bytes": plan.fdatasync_write_bytes,
+            "sync": "fdatasync after every write",
+        }),
+    );
+    match fdatasync_latency(dir, plan) {
+        Ok(histograms) => {
+            let p = json!({
+                "write_bytes": 4096, "samples_per_rep": plan.fdatasync_samples,
+                "measured": "pwrite of 4 KiB + fdatasync, in µs",
+            });
+            for (suffix, quantile) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+                let stats = Stats::new(
+                    histograms
+                        .iter()
+                        .map(|h| h.value_at_quantile(quantile) as f64 / 1000.0)
+                        .collect(),
+                );
+                results.stats(&format!("raw.fdatasync_{suffix}_us"), &stats, "µs", p.clone());
+            }
+        }
+        Err(e) => {
+            for suffix in ["p50", "p99", "p999"] {
+                results.failed(&format!("raw.fdatasync_{suffix}_us"), "µs", &e.to_string());
+            }
+        }
+    }
+    results.stats_or_failed(
+        "raw.sendfile_gbps",
+        sendfile(dir, plan),
+        "GB/s",
+        json!({ "file_bytes": plan.sendfile_bytes, "to": "loopback TCP, reader thread draining",
+                "page_cache": "warm" }),
+    );
+    results.stats(
+        "raw.memcpy_gbps",
+        &memcpy(plan),
+        "GB/s",
+        json!({ "buffer_bytes": plan.memcpy_bytes, "threads": 1 }),
+    );
+}

@@ -1,0 +1,216 @@
+//! Small shared pieces: repetition statistics, loopback sockets with a
+//! draining reader, aligned buffers, process memory readings.
+
+use std::alloc::{self, Layout};
+use std::io::{self, Read};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Decimal gigabytes per second (1 GB = 10^9 bytes), the unit of every
+/// `*_gbps` metric: disks and NICs are specified in decimal units.
+pub fn gb_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64() / 1e9
+}
+
+/// Median, minimum and maximum of the repetitions of one measurement. The
+/// machine is shared and noisy, so the median is the reported value and the
+/// spread is kept beside it for anyone judging how far to trust it.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    pub samples: Vec<f64>,
+}
+
+impl Stats {
+    pub fn new(samples: Vec<f64>) -> Self {
+        assert!(!samples.is_empty(), "a measurement needs at least one sample");
+        Stats { samples }
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut sorted = self.samples.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted
+    }
+
+    /// The middle sample; for an even count, the mean of the two middle ones.
+    pub fn median(&self) -> f64 {
+        let sorted = self.sorted();
+        let mid = sorted.len() / 2;
+        if sorted.len() % 2 == 1 {
+            sorted[mid]
+        } else {
+            (sorted[mid - 1] + sorted[mid]) / 2.0
+        }
+    }
+
+    pub fn min(&self) -> f64 {
+        self.sorted()[0]
+    }
+
+    pub fn max(&self) -> f64 {
+        *self.sorted().last().expect("non-empty")
+    }
+}
+
+/// Runs `measure` `reps` times and collects what each run returns.
+pub fn repeat(reps: usize, mut measure: impl FnMut() -> io::Result<f64>) -> io::Result<Stats> {
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        samples.push(measure()?);
+    }
+    Ok(Stats::new(samples))
+}
+
+/// A connected loopback TCP socket whose peer is drained by a reader thread,
+/// so a sender is limited by the kernel's send path and not by a slow reader.
+pub struct LoopbackSink {
+    pub sender: TcpStream,
+    reader: JoinHandle<io::Result<u64>>,
+}
+
+impl LoopbackSink {
+    pub fn new() -> io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let sender = TcpStream::connect(listener.local_addr()?)?;
+        let (mut receiver, _) = listener.accept()?;
+        let reader = std::thread::spawn(move || -> io::Result<u64> {
+            let mut buffer = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                match receiver.read(&mut buffer) {
+                    Ok(0) => return Ok(total),
+                    Ok(n) => total += n as u64,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        Ok(LoopbackSink { sender, reader })
+    }
+
+    /// Closes the sending side and waits until the reader has received
+    /// everything; returns the bytes it received. Timing a transfer up to
+    /// this point counts delivery, not just handing bytes to the kernel.
+    pub fn finish(self) -> io::Result<u64> {
+        self.sender.shutdown(Shutdown::Write)?;
+        drop(self.sender);
+        self.reader
+            .join()
+            .map_err(|_| io::Error::other("loopback reader thread panicked"))?
+    }
+}
+
+/// A zeroed heap buffer with a chosen alignment, for O_DIRECT (which needs
+/// buffers, offsets and lengths aligned to the device's logical block).
+pub struct AlignedBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl AlignedBuf {
+    pub fn new(len: usize, align: usize) -> Self {
+        let layout = Layout::from_size_align(len, align).expect("valid buffer layout");
+        assert!(len > 0, "aligned buffer must not be empty");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            alloc::handle_alloc_error(layout);
+        }
+        AlignedBuf { ptr, layout }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is a live allocation of layout.size() bytes owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: as above, shared.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly this layout.
+        unsafe { alloc::dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// Fills `buf` with bytes that neither compress nor repeat within a page
+/// (xorshift), so no layer (device, filesystem, codec) can shortcut them.
+pub fn fill_pseudo_random(buf: &mut [u8], seed: u64) {
+    let mut state = seed | 1;
+    for chunk in buf.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let bytes = state.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+/// A field of /proc/self/status in KiB (VmRSS, VmHWM, ...).
+pub fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Resets VmHWM (peak RSS) to the current RSS, so each workload's peak can be
+/// read on its own. Writing "5" to clear_refs does this since Linux 4.0;
+/// returns false where it is not allowed, and peaks then span the process.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Spins until `deadline`. Sleeping would hand the core to the scheduler and
+/// wake up tens of microseconds late, which a sub-microsecond pacing
+/// interval cannot tolerate.
+#[inline]
+pub fn spin_until(deadline: Instant) {
+    while Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(Stats::new(vec![3.0, 1.0, 2.0]).median(), 2.0);
+        assert_eq!(Stats::new(vec![4.0, 1.0, 3.0, 2.0]).median(), 2.5);
+        let s = Stats::new(vec![5.0, 9.0, 1.0]);
+        assert_eq!((s.min(), s.max()), (1.0, 9.0));
+    }
+
+    #[test]
+    fn loopback_sink_counts_every_byte() {
+        use std::io::Write;
+        let mut sink = LoopbackSink::new().unwrap();
+        sink.sender.write_all(&[7u8; 300_000]).unwrap();
+        assert_eq!(sink.finish().unwrap(), 300_000);
+    }
+
+    #[test]
+    fn aligned_buffer_is_aligned() {
+        let mut buf = AlignedBuf::new(1 << 16, 4096);
+        assert_eq!(buf.as_slice().as_ptr() as usize % 4096, 0);
+        fill_pseudo_random(buf.as_mut_slice(), 42);
+        assert!(buf.as_slice().iter().any(|&b| b != 0));
+    }
+
+    #[test]
+    fn reads_own_rss() {
+        assert!(proc_status_kib("VmRSS").unwrap() > 0);
+    }
+}

@@ -1,0 +1,111 @@
+"""mqstore: the storage engine that message brokers embed.
+
+Records are stored as Kafka RecordBatch v2; reads return zero-copy views of
+the stored bytes and transfers write whole batches straight to a socket.
+
+    import mqstore
+
+    with mqstore.Store("/var/lib/broker") as store:
+        store.create_shard("orders")
+        offset = store.append("orders", b"payload", key=b"id-1", tags=["eu"])
+        for record in store.read("orders", offset):
+            print(record.offset, bytes(record.value))
+
+Every error raised by the store is a :class:`MqsError` carrying the numeric
+``status`` shared with the C ABI (see :class:`Status`); argument type errors
+stay :class:`TypeError`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ._mqstore import (
+    EARLIEST,
+    LATEST,
+    Buffer,
+    ConfigError,
+    CorruptionError,
+    InternalError,
+    InvalidArgument,
+    InvalidHandle,
+    Locked,
+    Message,
+    MqsError,
+    OffsetOutOfRange,
+    Poisoned,
+    ReadResult,
+    Record,
+    RecordTooLarge,
+    ShardExists,
+    ShardInfo,
+    ShardNotFound,
+    StorageIOError,
+    Store,
+    StoreClosed,
+    Transfer,
+    Unsupported,
+    WouldBlock,
+    __version__,
+    version,
+)
+
+
+class Status(enum.IntEnum):
+    """Status codes, identical to the C ABI's ``mqs_status`` and Rust's ``Status``."""
+
+    OK = 0
+    INVALID_ARGUMENT = 1
+    INVALID_CONFIG = 2
+    SHARD_NOT_FOUND = 3
+    SHARD_EXISTS = 4
+    RECORD_TOO_LARGE = 5
+    OFFSET_OUT_OF_RANGE = 6
+    INVALID_HANDLE = 7
+    CLOSED = 8
+    CORRUPTION = 9
+    IO = 10
+    WOULD_BLOCK = 11
+    UNSUPPORTED = 12
+    POISONED = 13
+    INTERNAL = 14
+    LOCKED = 15
+
+
+# The extension sets `status` as a plain int on each class; make it the enum
+# member (still an int, so comparisons with numbers keep working).
+_errors: list[type[MqsError]] = [MqsError, *MqsError.__subclasses__()]
+for _cls in _errors:
+    _cls.status = Status(_cls.status)
+del _cls, _errors
+
+__all__ = [
+    "EARLIEST",
+    "LATEST",
+    "Buffer",
+    "ConfigError",
+    "CorruptionError",
+    "InternalError",
+    "InvalidArgument",
+    "InvalidHandle",
+    "Locked",
+    "Message",
+    "MqsError",
+    "OffsetOutOfRange",
+    "Poisoned",
+    "ReadResult",
+    "Record",
+    "RecordTooLarge",
+    "ShardExists",
+    "ShardInfo",
+    "ShardNotFound",
+    "Status",
+    "StorageIOError",
+    "Store",
+    "StoreClosed",
+    "Transfer",
+    "Unsupported",
+    "WouldBlock",
+    "__version__",
+    "version",
+]

@@ -1,0 +1,230 @@
+//! Zero-copy bytes in both directions.
+//!
+//! Out: [`Buffer`] exports a `bytes::Bytes` through the buffer protocol, so
+//! `memoryview(Buffer)` reads the stored batch memory itself. The memoryview
+//! holds a reference to the `Buffer`, which holds the `Bytes`, which keeps the
+//! batch buffer alive: views outlive `close()` and the store itself.
+//!
+//! In: [`Arena`] borrows the memory of `bytes` objects (and of any other
+//! bytes-like object, through `PyObject_GetBuffer`) for the duration of one
+//! call, holding a reference to each owner so that another thread mutating
+//! the caller's list while the GIL is released cannot free it.
+
+use std::cell::RefCell;
+use std::ffi::{c_int, c_void};
+
+use bytes::Bytes;
+use pyo3::exceptions::{PyBufferError, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyMemoryView, PyString};
+
+/// Read-only buffer over stored bytes (the object behind `Record.value` and
+/// friends; `memoryview.obj` returns it).
+#[pyclass(module = "mqstore", name = "Buffer", frozen)]
+pub struct Buffer {
+    data: Bytes,
+}
+
+impl Buffer {
+    /// `memoryview(Buffer(data))`: a zero-copy view of `data`.
+    pub fn memoryview(py: Python<'_>, data: Bytes) -> PyResult<Bound<'_, PyMemoryView>> {
+        let buffer = Bound::new(py, Buffer { data })?;
+        PyMemoryView::from(buffer.as_any())
+    }
+}
+
+#[pymethods]
+impl Buffer {
+    /// # Safety
+    /// Called by CPython with a valid `view` to fill.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("view is NULL"));
+        }
+        let data = &slf.get().data;
+        // SAFETY: `view` is valid (checked non-NULL, provided by CPython);
+        // the memory belongs to `data`, which lives as long as the exporter,
+        // and PyBuffer_FillInfo stores a new reference to the exporter in
+        // view->obj. readonly = 1, so a PyBUF_WRITABLE request fails.
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                data.as_ptr() as *mut c_void,
+                data.len() as ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    /// # Safety
+    /// Called by CPython; nothing to free (view->obj keeps `self` alive).
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+
+    fn __bytes__<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.data)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<mqstore.Buffer of {} bytes>", self.data.len())
+    }
+
+    /// Address of the first byte (for tests proving reads are zero-copy).
+    #[getter]
+    fn _address(&self) -> usize {
+        self.data.as_ptr() as usize
+    }
+}
+
+/// One exported buffer held by an [`Arena`]; released on drop.
+struct HeldView(Box<ffi::Py_buffer>);
+
+/// Owners of borrowed memory for one call. Everything borrowed through it
+/// stays valid (and, for `bytes` and `str`, unchanged) until it is dropped.
+pub struct Arena<'py> {
+    objects: RefCell<Vec<Bound<'py, PyAny>>>,
+    views: RefCell<Vec<HeldView>>,
+}
+
+impl<'py> Arena<'py> {
+    pub fn new() -> Self {
+        Arena {
+            objects: RefCell::new(Vec::new()),
+            views: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Keeps `obj` alive as long as the arena.
+    pub fn hold(&self, obj: Bound<'py, PyAny>) {
+        self.objects.borrow_mut().push(obj);
+    }
+
+    /// The bytes of a bytes-like object, without copying. `None` when `obj`
+    /// does not export a contiguous buffer (the pending Python error is
+    /// cleared; callers raise their own `TypeError` with context).
+    pub fn bytes<'a>(&'a self, obj: &Bound<'py, PyAny>) -> Option<&'a [u8]> {
+        if let Ok(bytes) = obj.cast::<PyBytes>() {
+            return Some(self.bytes_of(bytes));
+        }
+        let mut view = Box::new(ffi::Py_buffer::new());
+        // SAFETY: `view` is a valid, writable Py_buffer; the GIL is held.
+        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_SIMPLE) };
+        if rc != 0 {
+            // Discard the "a bytes-like object is required" error; the
+            // caller raises a TypeError naming the argument.
+            drop(PyErr::take(obj.py()));
+            return None;
+        }
+        let (ptr, len) = (view.buf as *const u8, view.len as usize);
+        self.views.borrow_mut().push(HeldView(view));
+        if len == 0 {
+            return Some(&[]);
+        }
+        // SAFETY: PyBUF_SIMPLE guarantees `len` contiguous bytes at `buf`,
+        // kept alive (and not resized) until PyBuffer_Release in Drop. A
+        // mutable exporter (bytearray) could still have its bytes changed
+        // by another thread during the call, as with socket.send.
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+
+    /// The contents of a `bytes` object (the fast path of [`Arena::bytes`]).
+    pub fn bytes_of<'a>(&'a self, bytes: &Bound<'py, PyBytes>) -> &'a [u8] {
+        let slice = bytes.as_bytes();
+        let (ptr, len) = (slice.as_ptr(), slice.len());
+        self.hold(bytes.clone().into_any());
+        // SAFETY: a bytes object's contents never change and live as long
+        // as the object, which the arena now holds a reference to.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+
+    /// The contents of a `bytes` object the arena already holds a reference
+    /// to, directly or through a container it holds (no reference taken).
+    ///
+    /// # Safety
+    /// `bytes` must stay alive as long as the arena: it is held by the arena
+    /// or by an immutable container (a tuple) that the arena holds.
+    pub unsafe fn held_bytes_of<'a>(&'a self, bytes: &Bound<'py, PyBytes>) -> &'a [u8] {
+        let slice = bytes.as_bytes();
+        // SAFETY: per the contract, the object outlives the arena borrow,
+        // and a bytes object's contents never change.
+        unsafe { std::slice::from_raw_parts(slice.as_ptr(), slice.len()) }
+    }
+
+    /// The UTF-8 of a `str`, without copying. `None` when `obj` is not a str.
+    pub fn str<'a>(&'a self, obj: &Bound<'py, PyAny>) -> PyResult<Option<&'a str>> {
+        let Ok(string) = obj.cast::<PyString>() else {
+            return Ok(None);
+        };
+        let text = string.to_str()?;
+        let (ptr, len) = (text.as_ptr(), text.len());
+        self.hold(obj.clone());
+        // SAFETY: the UTF-8 form is cached in the str object, immutable and
+        // alive as long as the object, which the arena now holds.
+        Ok(Some(unsafe {
+            std::str::from_utf8_unchecked(std::slice::from_raw_parts(ptr, len))
+        }))
+    }
+
+    /// Like [`Arena::bytes`], raising `TypeError` naming `what` on failure.
+    pub fn require_bytes<'a>(
+        &'a self,
+        obj: &Bound<'py, PyAny>,
+        what: &dyn Fn() -> String,
+    ) -> PyResult<&'a [u8]> {
+        self.bytes(obj).ok_or_else(|| {
+            PyTypeError::new_err(format!(
+                "{} must be a bytes-like object, not '{}'",
+                what(),
+                type_name(obj)
+            ))
+        })
+    }
+
+    /// Like [`Arena::str`], raising `TypeError` naming `what` on failure.
+    pub fn require_str<'a>(
+        &'a self,
+        obj: &Bound<'py, PyAny>,
+        what: &dyn Fn() -> String,
+    ) -> PyResult<&'a str> {
+        self.str(obj)?.ok_or_else(|| {
+            PyTypeError::new_err(format!(
+                "{} must be a str, not '{}'",
+                what(),
+                type_name(obj)
+            ))
+        })
+    }
+}
+
+impl Drop for Arena<'_> {
+    fn drop(&mut self) {
+        for view in self.views.get_mut().iter_mut() {
+            // SAFETY: each view was filled by a successful PyObject_GetBuffer
+            // and is released exactly once; an Arena<'py> only exists while
+            // the GIL is held (it is never moved into `py.detach`).
+            unsafe { ffi::PyBuffer_Release(&mut *view.0) };
+        }
+    }
+}
+
+/// The type name of `obj`, for error messages.
+pub fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_string())
+}

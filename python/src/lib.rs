@@ -1,0 +1,38 @@
+//! `mqstore._mqstore`: the Python binding of mqstore, over the Rust API
+//! (not the C ABI). The public package is `mqstore` (python/mqstore/), which
+//! re-exports everything defined here.
+//!
+//! Files: `store.rs` (Store, Transfer), `types.rs` (Record, ReadResult,
+//! ShardInfo, Message), `buffer.rs` (zero-copy bytes in and out),
+//! `convert.rs` (argument parsing), `errors.rs` (exception hierarchy).
+
+use pyo3::prelude::*;
+
+mod buffer;
+mod convert;
+mod errors;
+mod store;
+mod types;
+
+/// The mqstore library version (of the Rust core this module was built with).
+#[pyfunction]
+fn version() -> &'static str {
+    mqstore::VERSION
+}
+
+#[pymodule]
+fn _mqstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", mqstore::VERSION)?;
+    m.add("EARLIEST", mqstore::TIMESTAMP_EARLIEST)?;
+    m.add("LATEST", mqstore::TIMESTAMP_LATEST)?;
+    m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_class::<store::PyStore>()?;
+    m.add_class::<store::PyTransfer>()?;
+    m.add_class::<types::PyRecord>()?;
+    m.add_class::<types::PyReadResult>()?;
+    m.add_class::<types::PyShardInfo>()?;
+    m.add_class::<types::PyMessage>()?;
+    m.add_class::<buffer::Buffer>()?;
+    errors::register(m)?;
+    Ok(())
+}

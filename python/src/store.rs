@@ -1,0 +1,510 @@
+//! `Store` and `Transfer`: thin wrappers over `mqstore::Store` and
+//! `mqstore::TransferPlan`. Every call that does I/O or touches shard data
+//! runs with the GIL released (`py.detach`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use mqstore::{Config, Record, TransferPlan};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
+
+use crate::buffer::Arena;
+use crate::convert::{self, Ctx, Fields};
+use crate::errors::{invalid_argument, to_pyerr, OrRaise};
+use crate::types::{records_list, PyReadResult, PyShardInfo};
+
+fn limit(py: Python<'_>, name: &str, value: i64) -> PyResult<usize> {
+    usize::try_from(value)
+        .map_err(|_| invalid_argument(py, format!("{name} must not be negative, got {value}")))
+}
+
+/// An open store. All methods are thread-safe and release the GIL while
+/// they work, so threads appending to or reading from a store run in
+/// parallel.
+///
+/// `close()` is idempotent, like `file.close()`: closing a closed store does
+/// nothing; any other call on a closed store raises `StoreClosed`.
+#[pyclass(module = "mqstore", name = "Store", frozen, weakref)]
+pub struct PyStore {
+    inner: mqstore::Store,
+}
+
+impl PyStore {
+    fn open(py: Python<'_>, path: PathBuf, config: Config) -> PyResult<Self> {
+        let inner = py
+            .detach(|| mqstore::Store::open(&path, config))
+            .or_raise(py)?;
+        Ok(PyStore { inner })
+    }
+}
+
+#[pymethods]
+impl PyStore {
+    /// Opens (creating if needed) the store in `path`. `config` is TOML text
+    /// in the storage.toml schema (None = defaults).
+    #[new]
+    #[pyo3(signature = (path, config=None))]
+    fn new(py: Python<'_>, path: PathBuf, config: Option<&str>) -> PyResult<Self> {
+        let config = match config {
+            Some(text) => Config::from_toml_str(text).or_raise(py)?,
+            None => Config::default(),
+        };
+        Self::open(py, path, config)
+    }
+
+    /// Opens the store in `path` with the configuration file `config_path`.
+    #[classmethod]
+    fn from_config_file(
+        _cls: &Bound<'_, PyType>,
+        py: Python<'_>,
+        path: PathBuf,
+        config_path: PathBuf,
+    ) -> PyResult<Self> {
+        let config = Config::from_file(&config_path).or_raise(py)?;
+        Self::open(py, path, config)
+    }
+
+    /// The store directory.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.dir().to_path_buf()
+    }
+
+    /// The resolved configuration, as a dict.
+    #[getter]
+    fn config<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        convert::json_to_py(py, &self.inner.config().to_json())
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// Closes the store and releases the directory lock. Records, memoryviews
+    /// and transfers already handed out stay valid. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        match py.detach(|| self.inner.close()) {
+            Err(mqstore::Error::Closed) | Ok(()) => Ok(()),
+            Err(e) => Err(to_pyerr(py, e)),
+        }
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<mqstore.Store path='{}' {}>",
+            self.inner.dir().display(),
+            if self.inner.is_closed() {
+                "closed"
+            } else {
+                "open"
+            }
+        )
+    }
+
+    // ------------------------------------------------------------ shards
+
+    /// Creates a shard. Options left as None take the store's `[shard]`
+    /// defaults; `options` is TOML text with the same keys, overridden by
+    /// the keyword arguments.
+    #[pyo3(signature = (name, *, options=None, engine=None, durability=None, compression=None,
+                        segment_bytes=None, retention_ms=None, retention_bytes=None, retention_records=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn create_shard(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        options: Option<&str>,
+        engine: Option<&str>,
+        durability: Option<&str>,
+        compression: Option<&str>,
+        segment_bytes: Option<i64>,
+        retention_ms: Option<i64>,
+        retention_bytes: Option<i64>,
+        retention_records: Option<i64>,
+    ) -> PyResult<PyShardInfo> {
+        // The options go through the same TOML parser as storage.toml, so
+        // values are validated and errors worded exactly as in the config
+        // file (the `toml` crate quotes the strings, so nothing is injected).
+        let config = self.inner.config();
+        let mut table = match options {
+            Some(text) => {
+                config.shard_options(Some(text)).or_raise(py)?;
+                toml::from_str::<toml::Table>(text).map_err(|e| {
+                    to_pyerr(
+                        py,
+                        mqstore::Error::InvalidConfig(format!("shard options: {e}")),
+                    )
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let strings = [
+            ("engine", engine),
+            ("durability", durability),
+            ("compression", compression),
+        ];
+        for (key, value) in strings {
+            if let Some(value) = value {
+                table.insert(key.into(), toml::Value::String(value.into()));
+            }
+        }
+        let numbers = [
+            ("segment_bytes", segment_bytes),
+            ("retention_ms", retention_ms),
+            ("retention_bytes", retention_bytes),
+            ("retention_records", retention_records),
+        ];
+        for (key, value) in numbers {
+            if let Some(value) = value {
+                table.insert(key.into(), toml::Value::Integer(value));
+            }
+        }
+        let resolved = if table.is_empty() {
+            config.shard_options(None)
+        } else {
+            let text = toml::to_string(&table)
+                .map_err(|e| to_pyerr(py, mqstore::Error::Internal(e.to_string())))?;
+            config.shard_options(Some(&text))
+        }
+        .or_raise(py)?;
+        let info = py
+            .detach(|| self.inner.create_shard_with(name, resolved))
+            .or_raise(py)?;
+        Ok(info.into())
+    }
+
+    /// Deletes a shard, its records and its committed group offsets.
+    fn delete_shard(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        py.detach(|| self.inner.delete_shard(name)).or_raise(py)
+    }
+
+    /// Names of all shards, sorted.
+    fn list_shards(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.inner.list_shards().or_raise(py)
+    }
+
+    fn shard_info(&self, py: Python<'_>, name: &str) -> PyResult<PyShardInfo> {
+        Ok(py
+            .detach(|| self.inner.shard_info(name))
+            .or_raise(py)?
+            .into())
+    }
+
+    // ----------------------------------------------------------- appends
+
+    /// Appends one record; returns its offset.
+    #[pyo3(signature = (shard, value, *, key=None, headers=None, tags=None, timestamp_ms=0, expire_at_ms=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn append<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        value: Bound<'py, PyAny>,
+        key: Option<Bound<'py, PyAny>>,
+        headers: Option<Bound<'py, PyAny>>,
+        tags: Option<Bound<'py, PyAny>>,
+        timestamp_ms: i64,
+        expire_at_ms: Option<i64>,
+    ) -> PyResult<i64> {
+        let arena = Arena::new();
+        let record = Fields {
+            value: Some(value),
+            key,
+            headers,
+            tags,
+            timestamp_ms,
+            expire_at_ms,
+        }
+        .borrow(&arena, Ctx(None))?;
+        py.detach(|| self.inner.append(shard, &record)).or_raise(py)
+    }
+
+    /// Appends records as one atomic batch; returns the offset of the first.
+    /// Each item is a bytes-like value, a dict (keys value, key, headers,
+    /// tags, timestamp_ms, expire_at_ms), a Message or a Record.
+    fn append_batch<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        records: &Bound<'py, PyAny>,
+    ) -> PyResult<i64> {
+        let arena = Arena::new();
+        let records: Vec<Record<'_>> = convert::records_from_iterable(&arena, records)?;
+        py.detach(|| self.inner.append_batch(shard, &records))
+            .or_raise(py)
+    }
+
+    // ------------------------------------------------------------- reads
+
+    /// Reads up to `max_records` records (and about `max_bytes` of key,
+    /// value and header bytes, at least one record) from `offset` on.
+    #[pyo3(signature = (shard, offset, max_records=1000, max_bytes=1_048_576))]
+    fn read(
+        &self,
+        py: Python<'_>,
+        shard: &str,
+        offset: i64,
+        max_records: i64,
+        max_bytes: i64,
+    ) -> PyResult<PyReadResult> {
+        let max_records = limit(py, "max_records", max_records)?;
+        let max_bytes = limit(py, "max_bytes", max_bytes)?;
+        let result = py
+            .detach(|| self.inner.read(shard, offset, max_records, max_bytes))
+            .or_raise(py)?;
+        PyReadResult::new(py, result)
+    }
+
+    /// Live records whose key is one of `keys`, in offset order.
+    #[pyo3(signature = (shard, keys, max_records=1000))]
+    fn read_by_keys<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        keys: &Bound<'py, PyAny>,
+        max_records: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let max_records = limit(py, "max_records", max_records)?;
+        let arena = Arena::new();
+        let keys = convert::keys_from_iterable(&arena, keys)?;
+        let views = py
+            .detach(|| self.inner.read_by_keys(shard, &keys, max_records))
+            .or_raise(py)?;
+        records_list(py, views)
+    }
+
+    /// Live records carrying `tag` with offset >= `from_offset`.
+    #[pyo3(signature = (shard, tag, from_offset=0, max_records=1000))]
+    fn read_by_tag(
+        &self,
+        py: Python<'_>,
+        shard: &str,
+        tag: &str,
+        from_offset: i64,
+        max_records: i64,
+    ) -> PyResult<PyReadResult> {
+        let max_records = limit(py, "max_records", max_records)?;
+        let result = py
+            .detach(|| self.inner.read_by_tag(shard, tag, from_offset, max_records))
+            .or_raise(py)?;
+        PyReadResult::new(py, result)
+    }
+
+    /// First offset whose timestamp is >= `timestamp_ms`; EARLIEST (-2) and
+    /// LATEST (-1) give the low and high watermarks. None when no record is
+    /// that recent.
+    fn offset_for_timestamp(
+        &self,
+        py: Python<'_>,
+        shard: &str,
+        timestamp_ms: i64,
+    ) -> PyResult<Option<i64>> {
+        py.detach(|| self.inner.offset_for_timestamp(shard, timestamp_ms))
+            .or_raise(py)
+    }
+
+    // ----------------------------------------------------------- deletes
+
+    /// Moves the low watermark up to `offset`; returns the new low watermark.
+    fn delete_records_before(&self, py: Python<'_>, shard: &str, offset: i64) -> PyResult<i64> {
+        py.detach(|| self.inner.delete_records_before(shard, offset))
+            .or_raise(py)
+    }
+
+    /// Deletes every record whose key is one of `keys`; returns the count.
+    fn delete_by_keys<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<u64> {
+        let arena = Arena::new();
+        let keys = convert::keys_from_iterable(&arena, keys)?;
+        py.detach(|| self.inner.delete_by_keys(shard, &keys))
+            .or_raise(py)
+    }
+
+    /// Deletes the given offsets (absent ones are ignored); returns the count.
+    fn delete_by_offsets(&self, py: Python<'_>, shard: &str, offsets: Vec<i64>) -> PyResult<u64> {
+        py.detach(|| self.inner.delete_by_offsets(shard, &offsets))
+            .or_raise(py)
+    }
+
+    // --------------------------------------------------------- transfers
+
+    /// Plans a transfer of whole batches from `offset` (at most `max_bytes`,
+    /// but at least one batch when any is stored).
+    fn plan_transfer(
+        &self,
+        py: Python<'_>,
+        shard: &str,
+        offset: i64,
+        max_bytes: i64,
+    ) -> PyResult<PyTransfer> {
+        let max_bytes = limit(py, "max_bytes", max_bytes)?;
+        let plan = py
+            .detach(|| self.inner.plan_transfer(shard, offset, max_bytes))
+            .or_raise(py)?;
+        Ok(PyTransfer::new(plan))
+    }
+
+    /// Plans and sends in one call, waiting while a non-blocking descriptor
+    /// is full. Returns `(bytes_written, next_offset)`.
+    fn sendfile_to_fd(
+        &self,
+        py: Python<'_>,
+        shard: &str,
+        offset: i64,
+        max_bytes: i64,
+        fd: &Bound<'_, PyAny>,
+    ) -> PyResult<(u64, i64)> {
+        let max_bytes = limit(py, "max_bytes", max_bytes)?;
+        let fd = convert::extract_fd(fd)?;
+        let result = py
+            .detach(|| self.inner.sendfile_to_fd(shard, offset, max_bytes, fd))
+            .or_raise(py)?;
+        Ok((result.bytes_written, result.next_offset))
+    }
+
+    // ----------------------------------------------------- group offsets
+
+    /// Records that `group` has consumed `shard` up to (not including) `offset`.
+    fn commit_offset(&self, py: Python<'_>, group: &str, shard: &str, offset: i64) -> PyResult<()> {
+        self.inner.commit_offset(group, shard, offset).or_raise(py)
+    }
+
+    /// The offset `group` committed for `shard`, or None.
+    fn committed_offset(&self, py: Python<'_>, group: &str, shard: &str) -> PyResult<Option<i64>> {
+        self.inner.committed_offset(group, shard).or_raise(py)
+    }
+
+    /// Forgets every offset of `group`; returns how many were removed.
+    fn delete_group(&self, py: Python<'_>, group: &str) -> PyResult<u64> {
+        self.inner.delete_group(group).or_raise(py)
+    }
+
+    // ------------------------------------------------------------- stats
+
+    /// Store-wide statistics, or one shard's when `shard` is given.
+    #[pyo3(signature = (shard=None))]
+    fn stats<'py>(&self, py: Python<'py>, shard: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
+        let value = py
+            .detach(|| match shard {
+                Some(name) => self.inner.shard_stats(name),
+                None => self.inner.stats(),
+            })
+            .or_raise(py)?;
+        Ok(convert::json_to_py(py, &value)?.cast_into::<PyDict>()?)
+    }
+}
+
+/// A planned transfer: exactly `total_bytes` bytes of whole Kafka
+/// RecordBatches, covering offsets up to `next_offset - 1`. It holds its own
+/// references to the bytes, so later appends, deletes or closing the store
+/// change nothing it sends.
+#[pyclass(module = "mqstore", name = "Transfer", frozen)]
+pub struct PyTransfer {
+    /// Locked only with the GIL released, so a blocked send never holds the
+    /// GIL and a thread holding the GIL never waits for the lock.
+    plan: Mutex<TransferPlan>,
+    /// An unsent copy (the chunks are shared, not copied) for `bytes()`.
+    snapshot: TransferPlan,
+    sent: AtomicU64,
+}
+
+impl PyTransfer {
+    fn new(plan: TransferPlan) -> Self {
+        PyTransfer {
+            snapshot: plan.clone(),
+            plan: Mutex::new(plan),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    fn run<T: Send>(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        send: impl FnOnce(&mut TransferPlan, i32) -> mqstore::Result<T> + Send,
+    ) -> PyResult<T> {
+        let fd = convert::extract_fd(fd)?;
+        if fd < 0 {
+            return Err(invalid_argument(
+                py,
+                format!("file descriptor {fd} is invalid"),
+            ));
+        }
+        py.detach(|| {
+            let mut plan = self.plan.lock().unwrap_or_else(|e| e.into_inner());
+            let result = send(&mut plan, fd);
+            self.sent.store(plan.sent_bytes(), Ordering::Release);
+            result
+        })
+        .or_raise(py)
+    }
+}
+
+#[pymethods]
+impl PyTransfer {
+    #[getter]
+    fn total_bytes(&self) -> u64 {
+        self.snapshot.total_bytes()
+    }
+
+    /// The offset a consumer continues from after this transfer.
+    #[getter]
+    fn next_offset(&self) -> i64 {
+        self.snapshot.next_offset()
+    }
+
+    #[getter]
+    fn sent_bytes(&self) -> u64 {
+        self.sent.load(Ordering::Acquire)
+    }
+
+    #[getter]
+    fn complete(&self) -> bool {
+        self.sent_bytes() == self.total_bytes()
+    }
+
+    /// Writes as much of the rest as `fd` accepts; returns the bytes written
+    /// by this call. On a non-blocking descriptor that fills up it returns
+    /// early with `complete` still False: call again when it is writable.
+    fn send(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.run(py, fd, |plan, fd| plan.send_to_fd(fd).map(|p| p.written))
+    }
+
+    /// Sends the rest, waiting (poll) while a non-blocking `fd` is full;
+    /// returns the bytes written by this call.
+    fn send_all(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.run(py, fd, |plan, fd| plan.send_all_to_fd(fd))
+    }
+
+    /// The planned bytes (all of them, whatever was sent), as `bytes`.
+    fn bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let data = py.detach(|| self.snapshot.to_vec());
+        PyBytes::new(py, &data)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<mqstore.Transfer {}/{} bytes sent, next_offset={}>",
+            self.sent_bytes(),
+            self.total_bytes(),
+            self.next_offset()
+        )
+    }
+}

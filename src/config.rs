@@ -1,0 +1,386 @@
+//! Store and shard configuration: one TOML schema (the `storage.toml` file,
+//! also accepted as a string through every binding), presets for the brief's
+//! scenarios, and strict validation — an unknown key or a bad value is an
+//! error that names the key, never silently ignored.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::Compression;
+use crate::{Error, Result};
+
+/// Storage engines a shard can live on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    Memory,
+    Journal,
+    File,
+    Rocksdb,
+    S3,
+    Hybrid,
+}
+
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Memory => "memory",
+            EngineKind::Journal => "journal",
+            EngineKind::File => "file",
+            EngineKind::Rocksdb => "rocksdb",
+            EngineKind::S3 => "s3",
+            EngineKind::Hybrid => "hybrid",
+        }
+    }
+
+    /// Engines compiled into and implemented by this build.
+    pub fn available() -> &'static [EngineKind] {
+        &[EngineKind::Memory]
+    }
+
+    pub fn is_available(self) -> bool {
+        Self::available().contains(&self)
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// When an append is acknowledged. See README "Durability" for the exact
+/// contract per engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Acknowledged once the batch is in the engine's memory.
+    #[default]
+    None,
+    /// Acknowledged once handed to the kernel (survives a process crash, not a power loss).
+    Os,
+    /// Acknowledged only after the bytes are on stable storage (fdatasync).
+    Fsync,
+}
+
+impl Durability {
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::None => "none",
+            Durability::Os => "os",
+            Durability::Fsync => "fsync",
+        }
+    }
+}
+
+/// The scenario presets from the product brief.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// Ultra-low latency, loss tolerated: Memory engine, no persistence.
+    Financial,
+    /// Durable streaming (the brief's default): Journal engine with fsync.
+    Streaming,
+    /// Hot journal tier over an object-store cold tier, compressed.
+    BigData,
+    /// Small footprint: File engine within 100 MB of memory.
+    Edge,
+}
+
+/// Resolved options of one shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ShardOptions {
+    pub engine: EngineKind,
+    pub durability: Durability,
+    #[serde(serialize_with = "serialize_compression")]
+    pub compression: Compression,
+    /// Segment size for file-backed engines (bytes).
+    pub segment_bytes: u64,
+    /// Delete whole batches whose newest timestamp is older than this (ms); 0 = keep forever.
+    pub retention_ms: u64,
+    /// Keep at most this many stored bytes; 0 = unlimited.
+    pub retention_bytes: u64,
+    /// Keep at most this many records; 0 = unlimited.
+    pub retention_records: u64,
+}
+
+fn serialize_compression<S: serde::Serializer>(
+    c: &Compression,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(c.name())
+}
+
+impl Default for ShardOptions {
+    fn default() -> Self {
+        ShardOptions {
+            engine: EngineKind::Memory,
+            durability: Durability::None,
+            compression: Compression::None,
+            segment_bytes: 1 << 30,
+            retention_ms: 0,
+            retention_bytes: 0,
+            retention_records: 0,
+        }
+    }
+}
+
+/// Store-wide configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub preset: Option<Preset>,
+    /// Largest encoded record accepted by append (bytes).
+    pub max_record_bytes: usize,
+    /// Largest encoded batch accepted by append_batch (bytes).
+    pub max_batch_bytes: usize,
+    /// Defaults for shards created without explicit options.
+    pub shard_defaults: ShardOptions,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            preset: None,
+            max_record_bytes: 1 << 20,
+            max_batch_bytes: 64 << 20,
+            shard_defaults: ShardOptions::default(),
+        }
+    }
+}
+
+// ---- the TOML schema: every field optional so that presets and defaults
+// ---- can be overlaid; `deny_unknown_fields` turns typos into errors.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    preset: Option<Preset>,
+    store: Option<StoreSection>,
+    shard: Option<ShardSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    max_record_bytes: Option<u64>,
+    max_batch_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShardSection {
+    engine: Option<EngineKind>,
+    durability: Option<Durability>,
+    compression: Option<String>,
+    segment_bytes: Option<u64>,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+    retention_records: Option<u64>,
+}
+
+const MIN_SEGMENT_BYTES: u64 = 64 << 10;
+const MAX_RECORD_LIMIT: u64 = 1 << 30;
+
+impl ShardSection {
+    fn apply_to(self, options: &mut ShardOptions, key_prefix: &str) -> Result<()> {
+        if let Some(engine) = self.engine {
+            options.engine = engine;
+        }
+        if let Some(durability) = self.durability {
+            options.durability = durability;
+        }
+        if let Some(name) = self.compression {
+            options.compression = Compression::parse(&name).ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "{key_prefix}compression: unknown codec '{name}' (expected none, lz4 or zstd)"
+                ))
+            })?;
+        }
+        if let Some(bytes) = self.segment_bytes {
+            if bytes < MIN_SEGMENT_BYTES {
+                return Err(Error::InvalidConfig(format!(
+                    "{key_prefix}segment_bytes: {bytes} is below the minimum of {MIN_SEGMENT_BYTES}"
+                )));
+            }
+            options.segment_bytes = bytes;
+        }
+        if let Some(ms) = self.retention_ms {
+            options.retention_ms = ms;
+        }
+        if let Some(bytes) = self.retention_bytes {
+            options.retention_bytes = bytes;
+        }
+        if let Some(records) = self.retention_records {
+            options.retention_records = records;
+        }
+        Ok(())
+    }
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        // toml's message spans several lines with a source excerpt; keep it,
+        // but lead with what was being parsed.
+        Error::InvalidConfig(format!("{what}: {}", e.to_string().trim_end()))
+    })
+}
+
+impl Config {
+    /// The configuration of a preset, before any explicit keys are applied.
+    pub fn preset(preset: Preset) -> Config {
+        let mut config = Config {
+            preset: Some(preset),
+            ..Config::default()
+        };
+        let shard = &mut config.shard_defaults;
+        match preset {
+            Preset::Financial => {
+                shard.engine = EngineKind::Memory;
+                shard.durability = Durability::None;
+            }
+            Preset::Streaming => {
+                shard.engine = EngineKind::Journal;
+                shard.durability = Durability::Fsync;
+            }
+            Preset::BigData => {
+                shard.engine = EngineKind::Hybrid;
+                shard.durability = Durability::Fsync;
+                shard.compression = Compression::Zstd;
+                shard.retention_ms = 24 * 3600 * 1000;
+            }
+            Preset::Edge => {
+                shard.engine = EngineKind::File;
+                shard.durability = Durability::Os;
+            }
+        }
+        config
+    }
+
+    /// Parses the `storage.toml` schema. Keys: top-level `preset`; `[store]`
+    /// max_record_bytes, max_batch_bytes; `[shard]` defaults
+    /// (engine, durability, compression, segment_bytes, retention_ms,
+    /// retention_bytes, retention_records).
+    pub fn from_toml_str(text: &str) -> Result<Config> {
+        let file: ConfigFile = parse_toml(text, "store configuration")?;
+        let mut config = match file.preset {
+            Some(preset) => Config::preset(preset),
+            None => Config::default(),
+        };
+        if let Some(store) = file.store {
+            if let Some(limit) = store.max_record_bytes {
+                if limit == 0 || limit > MAX_RECORD_LIMIT {
+                    return Err(Error::InvalidConfig(format!(
+                        "store.max_record_bytes: {limit} must be between 1 and {MAX_RECORD_LIMIT}"
+                    )));
+                }
+                config.max_record_bytes = limit as usize;
+            }
+            if let Some(limit) = store.max_batch_bytes {
+                if limit == 0 || limit > i32::MAX as u64 {
+                    return Err(Error::InvalidConfig(format!(
+                        "store.max_batch_bytes: {limit} must be between 1 and {}",
+                        i32::MAX
+                    )));
+                }
+                config.max_batch_bytes = limit as usize;
+            }
+        }
+        if let Some(shard) = file.shard {
+            shard.apply_to(&mut config.shard_defaults, "shard.")?;
+        }
+        if config.max_record_bytes > config.max_batch_bytes {
+            return Err(Error::InvalidConfig(format!(
+                "store.max_record_bytes ({}) exceeds store.max_batch_bytes ({})",
+                config.max_record_bytes, config.max_batch_bytes
+            )));
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses a `storage.toml` file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("reading config '{}'", path.display()), e))?;
+        Config::from_toml_str(&text)
+    }
+
+    /// Resolves shard options: the store's defaults overlaid with `text`,
+    /// which uses the keys of the `[shard]` section (without the header).
+    pub fn shard_options(&self, text: Option<&str>) -> Result<ShardOptions> {
+        let mut options = self.shard_defaults.clone();
+        if let Some(text) = text {
+            let section: ShardSection = parse_toml(text, "shard options")?;
+            section.apply_to(&mut options, "")?;
+        }
+        Ok(options)
+    }
+
+    /// The configuration as JSON (for stats and diagnostics).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_use_memory_engine() {
+        let config = Config::from_toml_str("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.shard_defaults.engine, EngineKind::Memory);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[store]\nmax_recod_bytes = 10\n").unwrap_err();
+        assert_eq!(err.status(), crate::Status::InvalidConfig);
+        assert!(err.to_string().contains("max_recod_bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = Config::from_toml_str("[shard]\ndurability = \"sometimes\"\n").unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("durability"), "{message}");
+        assert!(message.contains("sometimes"), "{message}");
+        let err = Config::from_toml_str("[shard]\ncompression = \"gzip\"\n").unwrap_err();
+        assert!(err.to_string().contains("shard.compression"), "{err}");
+        let err = Config::from_toml_str("[store]\nmax_record_bytes = 0\n").unwrap_err();
+        assert!(err.to_string().contains("store.max_record_bytes"), "{err}");
+    }
+
+    #[test]
+    fn preset_then_overrides() {
+        let config = Config::from_toml_str(
+            "preset = \"financial\"\n[shard]\nretention_records = 100\ncompression = \"lz4\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.preset, Some(Preset::Financial));
+        assert_eq!(config.shard_defaults.retention_records, 100);
+        assert_eq!(config.shard_defaults.compression, Compression::Lz4);
+        let edge = Config::from_toml_str("preset = \"edge\"").unwrap();
+        assert_eq!(edge.shard_defaults.engine, EngineKind::File);
+    }
+
+    #[test]
+    fn shard_options_overlay_defaults() {
+        let config = Config::from_toml_str("[shard]\nretention_bytes = 5000\n").unwrap();
+        let options = config
+            .shard_options(Some("retention_records = 7\nsegment_bytes = 1048576"))
+            .unwrap();
+        assert_eq!(options.retention_bytes, 5000);
+        assert_eq!(options.retention_records, 7);
+        assert_eq!(options.segment_bytes, 1 << 20);
+        let err = config
+            .shard_options(Some("segment_bytes = 10"))
+            .unwrap_err();
+        assert!(err.to_string().contains("segment_bytes"), "{err}");
+        let err = config.shard_options(Some("colour = 1")).unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+}

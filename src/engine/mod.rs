@@ -1,0 +1,114 @@
+//! The engine contract. A storage engine creates shards; a shard stores one
+//! dense offset sequence of Kafka RecordBatch v2 batches. The `Store` routes
+//! each shard to the engine chosen when the shard was created.
+//!
+//! Engines validate nothing the Store already validated (shard names, record
+//! and batch sizes, engine availability): they receive well-formed input.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::{EngineKind, ShardOptions};
+use crate::io::TransferPlan;
+use crate::record::{Record, RecordView};
+use crate::Result;
+
+/// Kafka's ListOffsets sentinels, accepted by `offset_for_timestamp`.
+pub const TIMESTAMP_EARLIEST: i64 = -2;
+pub const TIMESTAMP_LATEST: i64 = -1;
+
+/// Limits of one read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// At most this many records (at least 1 is enforced by the Store).
+    pub max_records: usize,
+    /// Stop once the records' key + value + header bytes reach this; the first
+    /// record is returned even if it alone is larger, so a consumer always
+    /// progresses (Kafka's rule).
+    pub max_bytes: usize,
+}
+
+/// Records from a read plus the offset the next read should start at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadResult {
+    pub records: Vec<RecordView>,
+    /// One past the last offset examined: records skipped because they were
+    /// deleted or expired are behind it too, so a consumer never re-reads them.
+    pub next_offset: i64,
+}
+
+/// A snapshot of one shard's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ShardInfo {
+    pub name: String,
+    pub engine: EngineKind,
+    /// Low watermark: the smallest offset that may still be read.
+    pub first_offset: i64,
+    /// High watermark: the offset the next append receives.
+    pub next_offset: i64,
+    /// Records currently stored (retained and not deleted).
+    pub records: u64,
+    /// Bytes of stored batches.
+    pub bytes: u64,
+    pub options: ShardOptions,
+}
+
+/// A storage engine: a factory and owner of shards of one kind.
+pub trait Engine: Send + Sync {
+    fn kind(&self) -> EngineKind;
+
+    /// Creates an empty shard. The Store guarantees the name is new.
+    fn create_shard(&self, name: &str, options: &ShardOptions) -> Result<Arc<dyn Shard>>;
+
+    /// Removes a shard and frees what it holds. Views and transfer plans
+    /// already handed out stay valid.
+    fn remove_shard(&self, name: &str, shard: &Arc<dyn Shard>) -> Result<()>;
+
+    /// Flushes and releases everything; called once by `Store::close`.
+    fn close(&self) -> Result<()>;
+}
+
+/// One shard: a dense sequence of offsets starting at 0, never reused.
+pub trait Shard: Send + Sync {
+    fn info(&self) -> ShardInfo;
+
+    /// Appends the records as one batch and returns the offset of the first.
+    /// Returns once the shard's durability mode is satisfied.
+    fn append(&self, records: &[Record<'_>]) -> Result<i64>;
+
+    /// Reads records from `from` on. `from` must lie in
+    /// `[first_offset, next_offset]`.
+    fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult>;
+
+    /// Live records whose key equals one of `keys`, in offset order.
+    fn read_by_keys(&self, keys: &[&[u8]], max_records: usize) -> Result<Vec<RecordView>>;
+
+    /// Live records carrying `tag` with offset ≥ `from`, in offset order.
+    fn read_by_tag(&self, tag: &[u8], from: i64, max_records: usize) -> Result<ReadResult>;
+
+    /// The first offset whose record timestamp is ≥ `timestamp_ms`, or `None`
+    /// when no stored record is that recent. `TIMESTAMP_EARLIEST` and
+    /// `TIMESTAMP_LATEST` return the low and high watermarks.
+    fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>>;
+
+    /// Moves the low watermark up to `offset` (clamped to the high watermark)
+    /// and returns the new low watermark.
+    fn delete_records_before(&self, offset: i64) -> Result<i64>;
+
+    /// Deletes every record with one of `keys`; returns how many were deleted.
+    fn delete_by_keys(&self, keys: &[&[u8]]) -> Result<u64>;
+
+    /// Deletes the given offsets (absent ones are ignored); returns how many
+    /// were deleted.
+    fn delete_by_offsets(&self, offsets: &[i64]) -> Result<u64>;
+
+    /// Fixes the whole batches a transfer from `from` covers: at most
+    /// `max_bytes`, but always at least one batch when any exists.
+    fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan>;
+
+    /// Engine-specific counters as JSON.
+    fn stats(&self) -> serde_json::Value;
+}

@@ -1,0 +1,160 @@
+//! Appends and deletes.
+
+use std::ffi::c_char;
+
+use super::convert::{array_arg, keys_arg, out_arg, records_arg, str_arg};
+use super::guard::{status, FfiError};
+use super::store::STORES;
+use super::types::{mqs_record_in, mqs_slice, mqs_status, mqs_store};
+
+/// Appends one record to `shard`; `*out_offset` is its offset. The record's
+/// memory is only borrowed during the call. Fails with
+/// `MQS_RECORD_TOO_LARGE` above the store's `max_record_bytes`, and with
+/// `MQS_INVALID_ARGUMENT` for a header key or tag that is not UTF-8 (the
+/// message names the field).
+///
+/// # Safety
+/// `shard` is a NUL-terminated string; `record` points to a valid
+/// `mqs_record_in` whose slices and arrays are valid for their lengths;
+/// `out_offset` is valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_append(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    record: *const mqs_record_in,
+    out_offset: *mut i64,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        if record.is_null() {
+            return Err(FfiError::null("record"));
+        }
+        // SAFETY: `record` is non-NULL and points to one valid record.
+        let input = unsafe { array_arg(record, 1, "record") }?;
+        // SAFETY: the record's slices and arrays are valid (caller contract).
+        let records = unsafe { records_arg(input, "record") }?;
+        out_arg(out_offset, "out_offset")?;
+        let offset = store.append(shard, &records[0])?;
+        // SAFETY: checked non-NULL; writable per the caller contract.
+        unsafe { out_offset.write(offset) };
+        Ok(())
+    })
+}
+
+/// Appends `count` records (at least 1) to `shard` as one batch, atomically:
+/// all or none. `*out_base_offset` is the offset of the first; the others
+/// follow densely.
+///
+/// # Safety
+/// `shard` is a NUL-terminated string; `records` points to `count` valid
+/// `mqs_record_in`s whose slices and arrays are valid for their lengths;
+/// `out_base_offset` is valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_append_batch(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    records: *const mqs_record_in,
+    count: usize,
+    out_base_offset: *mut i64,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        // SAFETY: `records` holds `count` records (caller contract).
+        let input = unsafe { array_arg(records, count, "records") }?;
+        // SAFETY: the records' slices and arrays are valid (caller contract).
+        let records = unsafe { records_arg(input, "records") }?;
+        out_arg(out_base_offset, "out_base_offset")?;
+        let offset = store.append_batch(shard, &records)?;
+        // SAFETY: checked non-NULL; writable per the caller contract.
+        unsafe { out_base_offset.write(offset) };
+        Ok(())
+    })
+}
+
+/// Deletes every record before `offset` (moves the low watermark up to it,
+/// clamped to the high watermark); `*out_low_watermark` is the new low
+/// watermark.
+///
+/// # Safety
+/// `shard` is a NUL-terminated string; `out_low_watermark` is valid for
+/// writing.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_delete_records_before(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    offset: i64,
+    out_low_watermark: *mut i64,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        out_arg(out_low_watermark, "out_low_watermark")?;
+        let low = store.delete_records_before(shard, offset)?;
+        // SAFETY: checked non-NULL; writable per the caller contract.
+        unsafe { out_low_watermark.write(low) };
+        Ok(())
+    })
+}
+
+/// Deletes every record whose key equals one of the `key_count` keys (each
+/// present: `data` non-NULL); `*out_deleted` is how many were deleted.
+///
+/// # Safety
+/// `shard` is a NUL-terminated string; `keys` points to `key_count` slices
+/// valid for their lengths; `out_deleted` is valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_delete_by_keys(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    keys: *const mqs_slice,
+    key_count: usize,
+    out_deleted: *mut u64,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        // SAFETY: `keys` holds `key_count` slices (caller contract).
+        let keys = unsafe { array_arg(keys, key_count, "keys") }?;
+        // SAFETY: every slice is valid for its length (caller contract).
+        let keys = unsafe { keys_arg(keys, "keys") }?;
+        out_arg(out_deleted, "out_deleted")?;
+        let deleted = store.delete_by_keys(shard, &keys)?;
+        // SAFETY: checked non-NULL; writable per the caller contract.
+        unsafe { out_deleted.write(deleted) };
+        Ok(())
+    })
+}
+
+/// Deletes the records at the `offset_count` given offsets (absent ones are
+/// ignored); `*out_deleted` is how many were deleted.
+///
+/// # Safety
+/// `shard` is a NUL-terminated string; `offsets` points to `offset_count`
+/// offsets; `out_deleted` is valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_delete_by_offsets(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    offsets: *const i64,
+    offset_count: usize,
+    out_deleted: *mut u64,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        // SAFETY: `offsets` holds `offset_count` offsets (caller contract).
+        let offsets = unsafe { array_arg(offsets, offset_count, "offsets") }?;
+        out_arg(out_deleted, "out_deleted")?;
+        let deleted = store.delete_by_offsets(shard, offsets)?;
+        // SAFETY: checked non-NULL; writable per the caller contract.
+        unsafe { out_deleted.write(deleted) };
+        Ok(())
+    })
+}

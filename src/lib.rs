@@ -1,0 +1,27 @@
+//! mqstore: the storage engine that message brokers embed.
+//!
+//! Layers, top to bottom: [`ffi`] (the C ABI) → [`store`] (the storage
+//! adapter: shards, routing, validation, group offsets) → [`engine`] (one
+//! module per engine) → [`format`] (Kafka RecordBatch v2) and [`io`]
+//! (zero-copy transfers). See docs/ARCHITECTURE.md.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod ffi;
+pub mod format;
+pub mod io;
+pub mod record;
+pub mod store;
+mod time;
+
+pub use config::{Config, Durability, EngineKind, Preset, ShardOptions};
+pub use engine::{ReadResult, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST};
+pub use error::{Error, Result, Status};
+pub use format::Compression;
+pub use io::TransferPlan;
+pub use record::{Header, HeaderView, Record, RecordView};
+pub use store::{SendfileResult, Store};
+
+/// The library version, from Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

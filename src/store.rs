@@ -1,0 +1,523 @@
+//! The storage adapter: a `Store` owns shards, routes each to the engine
+//! chosen when it was created, validates every request once (so engines get
+//! well-formed input), and keeps consumer-group offsets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{Config, EngineKind, ShardOptions};
+use crate::engine::memory::MemoryEngine;
+use crate::engine::{Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST};
+use crate::format;
+use crate::io::TransferPlan;
+use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
+use crate::{Error, Result};
+
+/// Longest shard name accepted, in bytes (Kafka allows 249 for topics).
+pub const MAX_SHARD_NAME_LEN: usize = 255;
+
+/// The result of `Store::sendfile_to_fd`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendfileResult {
+    pub bytes_written: u64,
+    pub next_offset: i64,
+}
+
+/// An open store. Every method takes `&self`; a `Store` is `Send + Sync` and
+/// meant to be shared (e.g. in an `Arc`) by all threads of a broker.
+pub struct Store {
+    dir: PathBuf,
+    config: Config,
+    engines: HashMap<EngineKind, Arc<dyn Engine>>,
+    shards: RwLock<HashMap<String, Arc<dyn Shard>>>,
+    /// (group, shard) → committed offset.
+    group_offsets: Mutex<BTreeMap<(String, String), i64>>,
+    closed: AtomicBool,
+    /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
+    lock_file: Mutex<Option<File>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock_directory(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("opening lock file '{}'", path.display()), e))?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(Error::Locked(dir.display().to_string()));
+        }
+        return Err(Error::io(format!("locking '{}'", path.display()), error));
+    }
+    Ok(file)
+}
+
+fn validate_shard_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_SHARD_NAME_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "shard name must be 1 to {MAX_SHARD_NAME_LEN} bytes, got {}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!(
+            "shard name {name:?} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+fn build_engine(kind: EngineKind) -> Result<Arc<dyn Engine>> {
+    match kind {
+        EngineKind::Memory => Ok(Arc::new(MemoryEngine)),
+        other => Err(Error::Unsupported(format!(
+            "engine '{other}' is not available in this build (available: {})",
+            EngineKind::available()
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`. Only one open store
+    /// may use a directory at a time, across processes: a second open fails
+    /// with `Locked`.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        // Fail before touching the disk when the default engine cannot exist.
+        let default_engine = build_engine(config.shard_defaults.engine)?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating store directory '{}'", dir.display()), e))?;
+        let lock_file = lock_directory(&dir)?;
+        let mut engines = HashMap::new();
+        engines.insert(config.shard_defaults.engine, default_engine);
+        for &kind in EngineKind::available() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = engines.entry(kind) {
+                slot.insert(build_engine(kind)?);
+            }
+        }
+        Ok(Store {
+            dir,
+            config,
+            engines,
+            shards: RwLock::new(HashMap::new()),
+            group_offsets: Mutex::new(BTreeMap::new()),
+            closed: AtomicBool::new(false),
+            lock_file: Mutex::new(Some(lock_file)),
+        })
+    }
+
+    /// Opens with a configuration given as TOML text (`None` = defaults).
+    pub fn open_with_toml(dir: impl AsRef<Path>, toml: Option<&str>) -> Result<Store> {
+        let config = match toml {
+            Some(text) => Config::from_toml_str(text)?,
+            None => Config::default(),
+        };
+        Store::open(dir, config)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Closes the store: engines flush and release their files, the directory
+    /// lock is released. Later calls fail with `Closed`. Views and transfer
+    /// plans already handed out stay valid. Closing twice is an error.
+    pub fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Err(Error::Closed);
+        }
+        self.shards.write().clear();
+        let mut first_error = None;
+        for engine in self.engines.values() {
+            if let Err(e) = engine.close() {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.lock_file.lock().take();
+        first_error.map_or(Ok(()), Err)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn shard(&self, name: &str) -> Result<Arc<dyn Shard>> {
+        self.check_open()?;
+        let found = self.shards.read().get(name).cloned();
+        // A close racing with this call clears the map after setting the
+        // flag: report that as Closed, not as a missing shard.
+        found.ok_or_else(|| {
+            if self.is_closed() {
+                Error::Closed
+            } else {
+                Error::ShardNotFound(name.to_string())
+            }
+        })
+    }
+
+    // ---------------------------------------------------------------- shards
+
+    /// Creates a shard with the store's default options overlaid with
+    /// `options` (TOML with the keys of the config's `[shard]` section).
+    pub fn create_shard(&self, name: &str, options: Option<&str>) -> Result<ShardInfo> {
+        let options = self.config.shard_options(options)?;
+        self.create_shard_with(name, options)
+    }
+
+    /// Creates a shard with fully resolved options.
+    pub fn create_shard_with(&self, name: &str, options: ShardOptions) -> Result<ShardInfo> {
+        self.check_open()?;
+        validate_shard_name(name)?;
+        let engine = self
+            .engines
+            .get(&options.engine)
+            .cloned()
+            .map_or_else(|| build_engine(options.engine), Ok)?;
+        let mut shards = self.shards.write();
+        if shards.contains_key(name) {
+            return Err(Error::ShardExists(name.to_string()));
+        }
+        let shard = engine.create_shard(name, &options)?;
+        let info = shard.info();
+        shards.insert(name.to_string(), shard);
+        Ok(info)
+    }
+
+    /// Deletes a shard, its data and its committed group offsets.
+    pub fn delete_shard(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        let shard = self
+            .shards
+            .write()
+            .remove(name)
+            .ok_or_else(|| Error::ShardNotFound(name.to_string()))?;
+        self.group_offsets.lock().retain(|(_, s), _| s != name);
+        let kind = shard.info().options.engine;
+        match self.engines.get(&kind) {
+            Some(engine) => engine.remove_shard(name, &shard),
+            None => Ok(()),
+        }
+    }
+
+    /// Names of all shards, sorted.
+    pub fn list_shards(&self) -> Result<Vec<String>> {
+        self.check_open()?;
+        let mut names: Vec<String> = self.shards.read().keys().cloned().collect();
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    pub fn shard_info(&self, name: &str) -> Result<ShardInfo> {
+        Ok(self.shard(name)?.info())
+    }
+
+    // --------------------------------------------------------------- appends
+
+    fn validate_records(&self, records: &[Record<'_>]) -> Result<()> {
+        if records.is_empty() {
+            return Err(Error::InvalidArgument(
+                "append_batch needs at least one record".into(),
+            ));
+        }
+        let mut total = format::BATCH_HEADER_LEN;
+        for (index, record) in records.iter().enumerate() {
+            for header in &record.headers {
+                if header.key.starts_with(RESERVED_HEADER_PREFIX) {
+                    return Err(Error::InvalidArgument(format!(
+                        "record {index}: header name '{}' uses the reserved prefix '{RESERVED_HEADER_PREFIX}'",
+                        header.key
+                    )));
+                }
+            }
+            if record.timestamp_ms < 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "record {index}: timestamp {} is negative",
+                    record.timestamp_ms
+                )));
+            }
+            let size = format::encoded_record_len(record, index as i32, 0);
+            if size > self.config.max_record_bytes {
+                return Err(Error::RecordTooLarge {
+                    size,
+                    limit: self.config.max_record_bytes,
+                });
+            }
+            total += size;
+        }
+        if total > self.config.max_batch_bytes {
+            return Err(Error::RecordTooLarge {
+                size: total,
+                limit: self.config.max_batch_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends one record; returns its offset.
+    pub fn append(&self, shard: &str, record: &Record<'_>) -> Result<i64> {
+        self.append_batch(shard, std::slice::from_ref(record))
+    }
+
+    /// Appends records as one batch (atomically: all or none); returns the
+    /// offset of the first. Acknowledged per the shard's durability mode.
+    pub fn append_batch(&self, shard: &str, records: &[Record<'_>]) -> Result<i64> {
+        let shard = self.shard(shard)?;
+        self.validate_records(records)?;
+        shard.append(records)
+    }
+
+    // ----------------------------------------------------------------- reads
+
+    /// Reads up to `max_records` records (and about `max_bytes` of key, value
+    /// and header bytes, at least one record) from `offset` on.
+    pub fn read(
+        &self,
+        shard: &str,
+        offset: i64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult> {
+        if max_records == 0 {
+            return Err(Error::InvalidArgument(
+                "max_records must be at least 1".into(),
+            ));
+        }
+        self.shard(shard)?.read(
+            offset,
+            ReadLimits {
+                max_records,
+                max_bytes,
+            },
+        )
+    }
+
+    pub fn read_by_keys(
+        &self,
+        shard: &str,
+        keys: &[&[u8]],
+        max_records: usize,
+    ) -> Result<Vec<RecordView>> {
+        if max_records == 0 {
+            return Err(Error::InvalidArgument("max_records must be at least 1".into()));
+        }
+        self.shard(shard)?.read_by_keys(keys, max_records)
+    }
+
+    pub fn read_by_tag(
+        &self,
+        shard: &str,
+        tag: &str,
+        from_offset: i64,
+        max_records: usize,
+    ) -> Result<ReadResult> {
+        if max_records == 0 {
+            return Err(Error::InvalidArgument(
+                "max_records must be at least 1".into(),
+            ));
+        }
+        self.shard(shard)?
+            .read_by_tag(tag.as_bytes(), from_offset, max_records)
+    }
+
+    /// First offset with timestamp ≥ `timestamp_ms`; `-2` (earliest) and `-1`
+    /// (latest) return the low and high watermarks. `None` when no record is
+    /// that recent.
+    pub fn offset_for_timestamp(&self, shard: &str, timestamp_ms: i64) -> Result<Option<i64>> {
+        if timestamp_ms < TIMESTAMP_EARLIEST {
+            return Err(Error::InvalidArgument(format!(
+                "timestamp {timestamp_ms} is negative (use -2 for earliest, -1 for latest)"
+            )));
+        }
+        self.shard(shard)?.offset_for_timestamp(timestamp_ms)
+    }
+
+    // --------------------------------------------------------------- deletes
+
+    /// Moves the low watermark up to `offset`; returns the new low watermark.
+    pub fn delete_records_before(&self, shard: &str, offset: i64) -> Result<i64> {
+        if offset < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "offset {offset} is negative"
+            )));
+        }
+        self.shard(shard)?.delete_records_before(offset)
+    }
+
+    pub fn delete_by_keys(&self, shard: &str, keys: &[&[u8]]) -> Result<u64> {
+        self.shard(shard)?.delete_by_keys(keys)
+    }
+
+    pub fn delete_by_offsets(&self, shard: &str, offsets: &[i64]) -> Result<u64> {
+        self.shard(shard)?.delete_by_offsets(offsets)
+    }
+
+    // ------------------------------------------------------------- transfers
+
+    /// Plans a transfer of whole batches from `offset`: at most `max_bytes`,
+    /// but at least one batch when any is stored. The plan's
+    /// `total_bytes()`/`next_offset()` are exact, and sending it writes
+    /// exactly those bytes whatever happens to the shard meanwhile.
+    pub fn plan_transfer(
+        &self,
+        shard: &str,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<TransferPlan> {
+        self.shard(shard)?.plan_transfer(offset, max_bytes)
+    }
+
+    /// Plans and sends in one call, waiting (poll) when a non-blocking `fd`
+    /// is full, so the stream is never cut mid-batch.
+    pub fn sendfile_to_fd(
+        &self,
+        shard: &str,
+        offset: i64,
+        max_bytes: usize,
+        fd: RawFd,
+    ) -> Result<SendfileResult> {
+        if fd < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "file descriptor {fd} is invalid"
+            )));
+        }
+        let mut plan = self.plan_transfer(shard, offset, max_bytes)?;
+        let bytes_written = plan.send_all_to_fd(fd)?;
+        Ok(SendfileResult {
+            bytes_written,
+            next_offset: plan.next_offset(),
+        })
+    }
+
+    // --------------------------------------------------------- group offsets
+
+    /// Records that `group` has consumed `shard` up to (not including) `offset`.
+    pub fn commit_offset(&self, group: &str, shard: &str, offset: i64) -> Result<()> {
+        if group.is_empty() {
+            return Err(Error::InvalidArgument("group name is empty".into()));
+        }
+        if offset < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "offset {offset} is negative"
+            )));
+        }
+        self.shard(shard)?;
+        self.group_offsets
+            .lock()
+            .insert((group.to_string(), shard.to_string()), offset);
+        Ok(())
+    }
+
+    /// The offset `group` committed for `shard`, if any.
+    pub fn committed_offset(&self, group: &str, shard: &str) -> Result<Option<i64>> {
+        self.shard(shard)?;
+        Ok(self
+            .group_offsets
+            .lock()
+            .get(&(group.to_string(), shard.to_string()))
+            .copied())
+    }
+
+    /// Forgets every offset of `group`; returns how many were removed.
+    pub fn delete_group(&self, group: &str) -> Result<u64> {
+        self.check_open()?;
+        let mut offsets = self.group_offsets.lock();
+        let before = offsets.len();
+        offsets.retain(|(g, _), _| g != group);
+        Ok((before - offsets.len()) as u64)
+    }
+
+    // ----------------------------------------------------------------- stats
+
+    /// Store-wide statistics as JSON: totals per engine and per shard.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        self.check_open()?;
+        let shards = self.shards.read();
+        let mut names: Vec<&String> = shards.keys().collect();
+        names.sort_unstable();
+        let mut per_engine: BTreeMap<&'static str, (u64, u64, u64)> = BTreeMap::new();
+        let mut shard_stats = serde_json::Map::new();
+        for name in names {
+            let shard = &shards[name];
+            let info = shard.info();
+            let entry = per_engine.entry(info.engine.name()).or_default();
+            entry.0 += 1;
+            entry.1 += info.records;
+            entry.2 += info.bytes;
+            shard_stats.insert(name.clone(), shard_json(&info, shard.as_ref()));
+        }
+        let engines: serde_json::Map<String, serde_json::Value> = per_engine
+            .into_iter()
+            .map(|(name, (count, records, bytes))| {
+                (
+                    name.to_string(),
+                    serde_json::json!({"shards": count, "records": records, "bytes": bytes}),
+                )
+            })
+            .collect();
+        Ok(serde_json::json!({
+            "dir": self.dir.display().to_string(),
+            "shard_count": shard_stats.len(),
+            "engines": engines,
+            "group_offsets": self.group_offsets.lock().len(),
+            "shards": shard_stats,
+        }))
+    }
+
+    /// One shard's statistics as JSON.
+    pub fn shard_stats(&self, name: &str) -> Result<serde_json::Value> {
+        let shard = self.shard(name)?;
+        Ok(shard_json(&shard.info(), shard.as_ref()))
+    }
+}
+
+fn shard_json(info: &ShardInfo, shard: &dyn Shard) -> serde_json::Value {
+    let mut value = serde_json::to_value(info).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("engine_stats".into(), shard.stats());
+    }
+    value
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if !self.is_closed() {
+            let _ = self.close();
+        }
+    }
+}

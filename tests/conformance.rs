@@ -1,0 +1,568 @@
+//! The engine conformance suite: behaviour every engine must show through the
+//! Store API. Each engine instantiates the whole suite with
+//! `conformance_suite!(module_name, "engine name")`.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+use mqstore::format::{decode_batch, split_batches};
+use mqstore::{Compression, Config, Header, Record, Status, Store};
+
+/// A store in a fresh temporary directory, whose default engine is `engine`.
+pub struct Fixture {
+    pub store: Store,
+    _dir: tempfile::TempDir,
+}
+
+pub fn open(engine: &str, extra: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!("[shard]\nengine = \"{engine}\"\n{extra}");
+    let config = Config::from_toml_str(&toml).unwrap();
+    let store = Store::open(dir.path(), config).unwrap();
+    Fixture { store, _dir: dir }
+}
+
+pub fn drain(mut stream: UnixStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).unwrap();
+    got
+}
+
+pub fn values(n: usize, prefix: &str) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| format!("{prefix}-{i}").into_bytes())
+        .collect()
+}
+
+pub fn append_values(store: &Store, shard: &str, values: &[Vec<u8>]) -> i64 {
+    let records: Vec<Record<'_>> = values.iter().map(|v| Record::new(v)).collect();
+    store.append_batch(shard, &records).unwrap()
+}
+
+macro_rules! conformance_suite {
+    ($module:ident, $engine:expr) => {
+        mod $module {
+            use super::*;
+
+            const ENGINE: &str = $engine;
+
+            #[test]
+            fn offsets_are_dense_from_zero() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                assert_eq!(f.store.append("s", &Record::new(b"a")).unwrap(), 0);
+                assert_eq!(append_values(&f.store, "s", &values(10, "b")), 1);
+                assert_eq!(f.store.append("s", &Record::new(b"c")).unwrap(), 11);
+                let info = f.store.shard_info("s").unwrap();
+                assert_eq!(
+                    (info.first_offset, info.next_offset, info.records),
+                    (0, 12, 12)
+                );
+                assert_eq!(info.engine.name(), ENGINE);
+            }
+
+            #[test]
+            fn records_round_trip_with_every_field() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                let record = Record {
+                    key: Some(b"key-1"),
+                    value: b"value-1",
+                    headers: vec![
+                        Header {
+                            key: "h1",
+                            value: Some(b"v1"),
+                        },
+                        Header {
+                            key: "h-null",
+                            value: None,
+                        },
+                    ],
+                    tags: vec!["red", "blue"],
+                    timestamp_ms: 1_700_000_000_123,
+                    expire_at_ms: Some(i64::MAX - 1),
+                };
+                let plain = Record::new(b"");
+                f.store.append_batch("s", &[record, plain]).unwrap();
+                let result = f.store.read("s", 0, 10, 1 << 20).unwrap();
+                assert_eq!(result.records.len(), 2);
+                assert_eq!(result.next_offset, 2);
+                let r = &result.records[0];
+                assert_eq!(r.offset, 0);
+                assert_eq!(r.key.as_deref(), Some(&b"key-1"[..]));
+                assert_eq!(&r.value[..], b"value-1");
+                assert_eq!(r.timestamp_ms, 1_700_000_000_123);
+                assert_eq!(r.expire_at_ms, Some(i64::MAX - 1));
+                assert_eq!(r.headers.len(), 2);
+                assert_eq!(&r.headers[0].key[..], b"h1");
+                assert_eq!(r.headers[0].value.as_deref(), Some(&b"v1"[..]));
+                assert_eq!(&r.headers[1].key[..], b"h-null");
+                assert_eq!(r.headers[1].value, None);
+                assert_eq!(r.tags, vec![&b"red"[..], &b"blue"[..]]);
+                let empty = &result.records[1];
+                assert_eq!(empty.key, None);
+                assert!(empty.value.is_empty());
+                assert!(empty.headers.is_empty() && empty.tags.is_empty());
+                assert_eq!(empty.expire_at_ms, None);
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                assert!(
+                    (empty.timestamp_ms - now).abs() < 60_000,
+                    "timestamp 0 means now"
+                );
+            }
+
+            #[test]
+            fn read_limits_and_next_offset() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                for _ in 0..5 {
+                    append_values(&f.store, "s", &values(4, "x"));
+                }
+                let r = f.store.read("s", 3, 6, 1 << 20).unwrap();
+                let offsets: Vec<i64> = r.records.iter().map(|r| r.offset).collect();
+                assert_eq!(offsets, (3..9).collect::<Vec<_>>());
+                assert_eq!(r.next_offset, 9);
+                // max_bytes: each value is 3 bytes; the first record always comes back.
+                let r = f.store.read("s", 0, 100, 1).unwrap();
+                assert_eq!(r.records.len(), 1);
+                assert_eq!(r.next_offset, 1);
+                let r = f.store.read("s", 0, 100, 7).unwrap();
+                assert_eq!(r.records.len(), 2);
+                let tail = f.store.read("s", 20, 10, 1 << 20).unwrap();
+                assert!(tail.records.is_empty());
+                assert_eq!(tail.next_offset, 20);
+                let err = f.store.read("s", 21, 10, 1 << 20).unwrap_err();
+                assert_eq!(err.status(), Status::OffsetOutOfRange);
+                let err = f.store.read("s", 0, 0, 1 << 20).unwrap_err();
+                assert_eq!(err.status(), Status::InvalidArgument);
+            }
+
+            #[test]
+            fn views_outlive_the_store() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                f.store.append("s", &Record::new(b"survivor")).unwrap();
+                let result = f.store.read("s", 0, 1, 1 << 20).unwrap();
+                f.store.delete_shard("s").unwrap();
+                f.store.close().unwrap();
+                drop(f);
+                assert_eq!(&result.records[0].value[..], b"survivor");
+            }
+
+            #[test]
+            fn shard_lifecycle_and_errors() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("b", None).unwrap();
+                f.store.create_shard("a", None).unwrap();
+                assert_eq!(f.store.list_shards().unwrap(), vec!["a", "b"]);
+                let err = f.store.create_shard("a", None).unwrap_err();
+                assert_eq!(err.status(), Status::ShardExists);
+                let err = f.store.append("missing", &Record::new(b"x")).unwrap_err();
+                assert_eq!(err.status(), Status::ShardNotFound);
+                let err = f.store.create_shard("", None).unwrap_err();
+                assert_eq!(err.status(), Status::InvalidArgument);
+                let err = f.store.create_shard("bad\nname", None).unwrap_err();
+                assert_eq!(err.status(), Status::InvalidArgument);
+                f.store.delete_shard("a").unwrap();
+                assert_eq!(f.store.list_shards().unwrap(), vec!["b"]);
+                assert_eq!(
+                    f.store.delete_shard("a").unwrap_err().status(),
+                    Status::ShardNotFound
+                );
+                // A recreated shard starts again from offset 0.
+                f.store.create_shard("a", None).unwrap();
+                assert_eq!(f.store.append("a", &Record::new(b"x")).unwrap(), 0);
+                f.store.close().unwrap();
+                assert_eq!(f.store.list_shards().unwrap_err().status(), Status::Closed);
+                assert_eq!(f.store.close().unwrap_err().status(), Status::Closed);
+            }
+
+            #[test]
+            fn bad_appends_are_rejected_and_change_nothing() {
+                let f = open(ENGINE, "[store]\nmax_record_bytes = 1024\n");
+                f.store.create_shard("s", None).unwrap();
+                let big = vec![7u8; 2048];
+                let err = f.store.append("s", &Record::new(&big)).unwrap_err();
+                assert_eq!(err.status(), Status::RecordTooLarge);
+                let reserved = Record {
+                    headers: vec![Header {
+                        key: "__mqs.tag",
+                        value: None,
+                    }],
+                    ..Record::new(b"x")
+                };
+                let err = f.store.append("s", &reserved).unwrap_err();
+                assert_eq!(err.status(), Status::InvalidArgument);
+                let err = f.store.append_batch("s", &[]).unwrap_err();
+                assert_eq!(err.status(), Status::InvalidArgument);
+                let ok = Record::new(b"fine");
+                let err = f
+                    .store
+                    .append_batch("s", &[ok, Record::new(&big)])
+                    .unwrap_err();
+                assert_eq!(
+                    err.status(),
+                    Status::RecordTooLarge,
+                    "a batch is all or nothing"
+                );
+                assert_eq!(f.store.shard_info("s").unwrap().next_offset, 0);
+            }
+
+            #[test]
+            fn lookups_by_key_tag_and_timestamp() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                let records: Vec<Record<'_>> = (0..20)
+                    .map(|i| Record {
+                        key: Some(if i % 2 == 0 { b"even" } else { b"odd" }),
+                        tags: if i % 5 == 0 { vec!["five"] } else { vec![] },
+                        timestamp_ms: 1_000 + i * 10,
+                        ..Record::new(b"v")
+                    })
+                    .collect();
+                f.store.append_batch("s", &records[..10]).unwrap();
+                f.store.append_batch("s", &records[10..]).unwrap();
+                let odd = f.store.read_by_keys("s", &[b"odd"], 100).unwrap();
+                assert_eq!(
+                    odd.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                    (1..20).step_by(2).collect::<Vec<_>>()
+                );
+                assert_eq!(
+                    f.store
+                        .read_by_keys("s", &[b"odd", b"even"], 3)
+                        .unwrap()
+                        .len(),
+                    3
+                );
+                assert!(f.store.read_by_keys("s", &[b"none"], 3).unwrap().is_empty());
+                let tagged = f.store.read_by_tag("s", "five", 1, 100).unwrap();
+                assert_eq!(
+                    tagged.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                    vec![5, 10, 15]
+                );
+                assert_eq!(tagged.next_offset, 20);
+                let first = f.store.read_by_tag("s", "five", 0, 1).unwrap();
+                assert_eq!(first.records.len(), 1);
+                assert_eq!(first.next_offset, 1);
+                assert_eq!(f.store.offset_for_timestamp("s", 1_055).unwrap(), Some(6));
+                assert_eq!(f.store.offset_for_timestamp("s", 0).unwrap(), Some(0));
+                assert_eq!(f.store.offset_for_timestamp("s", 1_190).unwrap(), Some(19));
+                assert_eq!(f.store.offset_for_timestamp("s", 1_191).unwrap(), None);
+                assert_eq!(
+                    f.store
+                        .offset_for_timestamp("s", mqstore::TIMESTAMP_EARLIEST)
+                        .unwrap(),
+                    Some(0)
+                );
+                assert_eq!(
+                    f.store
+                        .offset_for_timestamp("s", mqstore::TIMESTAMP_LATEST)
+                        .unwrap(),
+                    Some(20)
+                );
+                assert_eq!(
+                    f.store.offset_for_timestamp("s", -3).unwrap_err().status(),
+                    Status::InvalidArgument
+                );
+            }
+
+            #[test]
+            fn expired_records_are_skipped_by_reads() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                let gone = Record {
+                    expire_at_ms: Some(1),
+                    key: Some(b"k"),
+                    tags: vec!["t"],
+                    ..Record::new(b"old")
+                };
+                let kept = Record {
+                    key: Some(b"k"),
+                    tags: vec!["t"],
+                    ..Record::new(b"new")
+                };
+                f.store.append_batch("s", &[gone, kept]).unwrap();
+                let r = f.store.read("s", 0, 10, 1 << 20).unwrap();
+                assert_eq!(
+                    r.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+                    vec![1]
+                );
+                assert_eq!(f.store.read_by_keys("s", &[b"k"], 10).unwrap().len(), 1);
+                assert_eq!(
+                    f.store.read_by_tag("s", "t", 0, 10).unwrap().records.len(),
+                    1
+                );
+            }
+
+            #[test]
+            fn deletes() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                let records: Vec<Record<'_>> = (0..30)
+                    .map(|i| Record {
+                        key: Some(if i % 3 == 0 { b"k0" } else { b"kx" }),
+                        ..Record::new(b"v")
+                    })
+                    .collect();
+                for chunk in records.chunks(10) {
+                    f.store.append_batch("s", chunk).unwrap();
+                }
+                assert_eq!(f.store.delete_records_before("s", 5).unwrap(), 5);
+                assert_eq!(
+                    f.store.delete_records_before("s", 2).unwrap(),
+                    5,
+                    "never moves back"
+                );
+                assert_eq!(
+                    f.store.read("s", 4, 1, 100).unwrap_err().status(),
+                    Status::OffsetOutOfRange
+                );
+                let r = f.store.read("s", 5, 100, 1 << 20).unwrap();
+                assert_eq!(r.records.first().map(|r| r.offset), Some(5));
+                assert_eq!(r.records.len(), 25);
+                assert_eq!(
+                    f.store.delete_by_offsets("s", &[7, 8, 8, 100, 1]).unwrap(),
+                    2
+                );
+                assert_eq!(f.store.delete_by_keys("s", &[b"k0"]).unwrap(), 8);
+                let left: Vec<i64> = f
+                    .store
+                    .read("s", 5, 100, 1 << 20)
+                    .unwrap()
+                    .records
+                    .iter()
+                    .map(|r| r.offset)
+                    .collect();
+                let expected: Vec<i64> = (5..30)
+                    .filter(|o| o % 3 != 0 && *o != 7 && *o != 8)
+                    .collect();
+                assert_eq!(left, expected);
+                assert_eq!(
+                    f.store.shard_info("s").unwrap().records,
+                    expected.len() as u64
+                );
+                assert_eq!(
+                    f.store.delete_records_before("s", 1_000).unwrap(),
+                    30,
+                    "clamped to the high watermark"
+                );
+                assert_eq!(f.store.shard_info("s").unwrap().records, 0);
+                assert_eq!(
+                    f.store.append("s", &Record::new(b"after")).unwrap(),
+                    30,
+                    "offsets are never reused"
+                );
+            }
+
+            #[test]
+            fn retention_by_records_and_bytes() {
+                let f = open(ENGINE, "");
+                f.store
+                    .create_shard("r", Some("retention_records = 25"))
+                    .unwrap();
+                for _ in 0..10 {
+                    append_values(&f.store, "r", &values(10, "v"));
+                }
+                let info = f.store.shard_info("r").unwrap();
+                assert_eq!(info.next_offset, 100);
+                assert!(info.records <= 25 && info.records >= 10, "{info:?}");
+                assert_eq!(info.first_offset, 100 - info.records as i64);
+                f.store
+                    .create_shard("b", Some("retention_bytes = 2000"))
+                    .unwrap();
+                for _ in 0..50 {
+                    append_values(&f.store, "b", &values(5, "payload-payload"));
+                }
+                let info = f.store.shard_info("b").unwrap();
+                assert!(info.bytes <= 2000, "{info:?}");
+                assert!(info.first_offset > 0);
+            }
+
+            #[test]
+            fn retention_by_age() {
+                let f = open(ENGINE, "");
+                f.store
+                    .create_shard("a", Some("retention_ms = 60000"))
+                    .unwrap();
+                let old = Record {
+                    timestamp_ms: 1_000,
+                    ..Record::new(b"old")
+                };
+                f.store.append("a", &old).unwrap();
+                f.store.append("a", &Record::new(b"new")).unwrap();
+                let info = f.store.shard_info("a").unwrap();
+                assert_eq!(info.first_offset, 1, "{info:?}");
+                let r = f.store.read("a", 1, 10, 1 << 20).unwrap();
+                assert_eq!(r.records.len(), 1);
+            }
+
+            #[test]
+            fn group_offsets() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                f.store.create_shard("t", None).unwrap();
+                assert_eq!(f.store.committed_offset("g", "s").unwrap(), None);
+                f.store.commit_offset("g", "s", 5).unwrap();
+                f.store.commit_offset("g", "t", 7).unwrap();
+                f.store.commit_offset("h", "s", 1).unwrap();
+                assert_eq!(f.store.committed_offset("g", "s").unwrap(), Some(5));
+                assert_eq!(
+                    f.store
+                        .commit_offset("g", "missing", 1)
+                        .unwrap_err()
+                        .status(),
+                    Status::ShardNotFound
+                );
+                assert_eq!(
+                    f.store.commit_offset("g", "s", -1).unwrap_err().status(),
+                    Status::InvalidArgument
+                );
+                assert_eq!(f.store.delete_group("g").unwrap(), 2);
+                assert_eq!(f.store.committed_offset("g", "t").unwrap(), None);
+                f.store.delete_shard("s").unwrap();
+                f.store.create_shard("s", None).unwrap();
+                assert_eq!(
+                    f.store.committed_offset("h", "s").unwrap(),
+                    None,
+                    "deleting a shard drops its offsets"
+                );
+            }
+
+            #[test]
+            fn transfers_send_whole_valid_batches() {
+                for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+                    let f = open(
+                        ENGINE,
+                        &format!("compression = \"{}\"\n", compression.name()),
+                    );
+                    f.store.create_shard("s", None).unwrap();
+                    for batch in 0..6 {
+                        append_values(&f.store, "s", &values(8, &format!("batch{batch}")));
+                    }
+                    // Plan from the middle of batch 1 with room for about two batches.
+                    let one_batch = f.store.plan_transfer("s", 0, 1).unwrap();
+                    assert_eq!(one_batch.next_offset(), 8, "at least one whole batch");
+                    let batch_len = one_batch.total_bytes() as usize;
+                    let mut plan = f.store.plan_transfer("s", 10, 2 * batch_len + 1).unwrap();
+                    assert_eq!(plan.next_offset(), 24);
+                    // Data changing after planning does not change what is sent.
+                    f.store.delete_records_before("s", 20).unwrap();
+                    append_values(&f.store, "s", &values(8, "later"));
+                    let (a, b) = UnixStream::pair().unwrap();
+                    let reader = std::thread::spawn(move || drain(b));
+                    let sent = plan.send_all_to_fd(a.as_raw_fd()).unwrap();
+                    drop(a);
+                    let got = reader.join().unwrap();
+                    assert_eq!(sent, plan.total_bytes());
+                    assert_eq!(got.len() as u64, plan.total_bytes());
+                    let batches = split_batches(&got.into()).unwrap();
+                    assert_eq!(batches.len(), 2);
+                    let mut offsets = Vec::new();
+                    for batch in &batches {
+                        for record in decode_batch(batch, true).unwrap() {
+                            offsets.push(record.offset);
+                        }
+                    }
+                    assert_eq!(offsets, (8..24).collect::<Vec<_>>(), "{compression:?}");
+                    let (a, b) = UnixStream::pair().unwrap();
+                    let reader = std::thread::spawn(move || drain(b));
+                    let result = f
+                        .store
+                        .sendfile_to_fd("s", 48, 1 << 20, a.as_raw_fd())
+                        .unwrap();
+                    drop(a);
+                    assert_eq!(result.next_offset, 56);
+                    assert_eq!(reader.join().unwrap().len() as u64, result.bytes_written);
+                    let empty = f.store.plan_transfer("s", 56, 100).unwrap();
+                    assert_eq!((empty.total_bytes(), empty.next_offset()), (0, 56));
+                }
+            }
+
+            #[test]
+            fn concurrent_appends_across_shards_are_dense() {
+                let f = open(ENGINE, "");
+                let shards = ["s0", "s1", "s2"];
+                for s in shards {
+                    f.store.create_shard(s, None).unwrap();
+                }
+                let store = &f.store;
+                std::thread::scope(|scope| {
+                    for t in 0..4 {
+                        scope.spawn(move || {
+                            for i in 0..200 {
+                                let shard = shards[(t + i) % shards.len()];
+                                let value = format!("{t}:{i}");
+                                store.append(shard, &Record::new(value.as_bytes())).unwrap();
+                            }
+                        });
+                    }
+                });
+                let mut total = 0;
+                for s in shards {
+                    let r = store.read(s, 0, 10_000, usize::MAX).unwrap();
+                    let offsets: Vec<i64> = r.records.iter().map(|r| r.offset).collect();
+                    assert_eq!(offsets, (0..offsets.len() as i64).collect::<Vec<_>>());
+                    total += offsets.len();
+                }
+                assert_eq!(total, 800);
+            }
+
+            #[test]
+            fn stats_are_json() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                append_values(&f.store, "s", &values(3, "v"));
+                let stats = f.store.stats().unwrap();
+                assert_eq!(stats["shard_count"], 1);
+                assert_eq!(stats["shards"]["s"]["next_offset"], 3);
+                assert_eq!(stats["engines"][ENGINE]["records"], 3);
+                let shard = f.store.shard_stats("s").unwrap();
+                assert_eq!(shard["records"], 3);
+                assert_eq!(shard["engine_stats"]["appended_records"], 3);
+            }
+        }
+    };
+}
+
+conformance_suite!(memory, "memory");
+
+#[test]
+fn memory_engine_refuses_durable_modes() {
+    let f = open("memory", "");
+    let err = f
+        .store
+        .create_shard("s", Some("durability = \"fsync\""))
+        .unwrap_err();
+    assert_eq!(err.status(), Status::InvalidConfig);
+    assert!(err.to_string().contains("durability"), "{err}");
+}
+
+#[test]
+fn unbuilt_engines_are_unsupported_not_faked() {
+    let dir = tempfile::tempdir().unwrap();
+    for preset in ["streaming", "big_data", "edge"] {
+        let config = Config::from_toml_str(&format!("preset = \"{preset}\"")).unwrap();
+        let err = Store::open(dir.path(), config).unwrap_err();
+        assert_eq!(err.status(), Status::Unsupported, "{preset}: {err}");
+    }
+    let f = open("memory", "");
+    let err = f
+        .store
+        .create_shard("j", Some("engine = \"journal\""))
+        .unwrap_err();
+    assert_eq!(err.status(), Status::Unsupported);
+}
+
+#[test]
+fn a_directory_has_one_open_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path(), Config::default()).unwrap();
+    let err = Store::open(dir.path(), Config::default()).unwrap_err();
+    assert_eq!(err.status(), Status::Locked);
+    first.close().unwrap();
+    Store::open(dir.path(), Config::default()).unwrap();
+}

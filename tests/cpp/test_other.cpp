@@ -1,0 +1,365 @@
+// Second translation unit: includes mqstore.hpp again (ODR check: the link
+// fails if the header defines anything non-inline) and provides helpers and
+// the transfer tests to test_main.cpp.
+#include "mqstore.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "test_util.hpp"
+
+namespace other {
+
+int64_t append_numbered(mqstore::Store &store, const std::string &shard, int first, int count) {
+    // The strings must outlive append_batch: Message only borrows them.
+    std::vector<std::string> keys, values, indexes;
+    keys.reserve(count);
+    values.reserve(count);
+    indexes.reserve(count);
+    std::vector<mqstore::Message> messages(count);
+    for (int i = 0; i < count; ++i) {
+        int n = first + i;
+        keys.push_back("k" + std::to_string(n));
+        values.push_back("value-" + std::to_string(n));
+        indexes.push_back(std::to_string(n));
+        messages[i].key = keys.back();
+        messages[i].value = values.back();
+        messages[i].tags = {n % 2 == 0 ? "even" : "odd"};
+        messages[i].headers = {{"index", std::string_view(indexes.back())}};
+        messages[i].timestamp_ms = 1000 + 10 * n;
+    }
+    return store.append_batch(shard, messages);
+}
+
+std::string join_values(const mqstore::ReadResult &result) {
+    std::string out;
+    for (mqstore::RecordView record : result) {
+        if (!out.empty()) {
+            out += ',';
+        }
+        out += record.value();
+    }
+    return out;
+}
+
+mqstore::ReadResult read_then_destroy_store(const std::string &dir) {
+    mqstore::Store store = mqstore::Store::open(dir);
+    store.create_shard("ephemeral");
+    append_numbered(store, "ephemeral", 0, 5);
+    mqstore::ReadResult result = store.read("ephemeral", 1, 10);
+    store.delete_shard("ephemeral");
+    return result;  // store is closed and freed here; result keeps its batch
+}
+
+mqstore::Store open_store(const std::string &dir, const std::optional<std::string> &config) {
+    mqstore::Store store = mqstore::Store::open(dir, config);
+    return store;
+}
+
+namespace {
+
+uint64_t be(const std::string &bytes, std::size_t at, int width) {
+    uint64_t v = 0;
+    for (int i = 0; i < width; ++i) {
+        v = (v << 8) | static_cast<unsigned char>(bytes[at + i]);
+    }
+    return v;
+}
+
+/// Walks Kafka RecordBatch v2 headers. Returns false if the stream is not a
+/// sequence of whole batches; otherwise sets the batch count, the first base
+/// offset and one past the last offset.
+bool parse_batches(const std::string &bytes, int &batches, int64_t &first, int64_t &end) {
+    batches = 0;
+    first = -1;
+    end = -1;
+    std::size_t pos = 0;
+    while (pos < bytes.size()) {
+        if (bytes.size() - pos < 61) {
+            return false;
+        }
+        int64_t base = static_cast<int64_t>(be(bytes, pos, 8));
+        uint64_t length = be(bytes, pos + 8, 4);
+        int magic = static_cast<unsigned char>(bytes[pos + 16]);
+        int64_t last_delta = static_cast<int32_t>(be(bytes, pos + 23, 4));
+        if (magic != 2 || pos + 12 + length > bytes.size()) {
+            return false;
+        }
+        if (batches == 0) {
+            first = base;
+        } else if (base < end) {
+            return false;
+        }
+        end = base + last_delta + 1;
+        ++batches;
+        pos += 12 + length;
+    }
+    return true;
+}
+
+/// Reads whatever is available on a non-blocking fd.
+void drain(int fd, std::string &out) {
+    char buffer[65536];
+    for (;;) {
+        ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n > 0) {
+            out.append(buffer, static_cast<std::size_t>(n));
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else {
+            return;  // EAGAIN or EOF
+        }
+    }
+}
+
+std::string read_to_eof(int fd) {
+    std::string out;
+    char buffer[65536];
+    for (;;) {
+        ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n > 0) {
+            out.append(buffer, static_cast<std::size_t>(n));
+        } else if (n < 0 && (errno == EINTR || errno == EAGAIN)) {
+            if (errno == EAGAIN) {
+                pollfd p{fd, POLLIN, 0};
+                ::poll(&p, 1, -1);
+            }
+        } else {
+            return out;
+        }
+    }
+}
+
+void set_nonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+/// 64 batches of 16 records with 4 KiB values (4 MiB+ in all): more than a
+/// Unix socket buffer holds.
+void fill_big(mqstore::Store &store, const std::string &shard) {
+    std::string payload(4096, 'x');
+    for (int b = 0; b < 64; ++b) {
+        std::vector<mqstore::Message> batch(16);
+        for (auto &m : batch) {
+            m.value = payload;
+        }
+        store.append_batch(shard, batch);
+    }
+}
+
+void socket_transfer_resumes() {
+    mqstore::Store store = mqstore::Store::open(test::dir("transfer"));
+    store.create_shard("big");
+    fill_big(store, "big");
+
+    mqstore::Transfer transfer = store.plan_transfer("big", 0);
+    uint64_t total = transfer.total_bytes();
+    CHECK(total > (4u << 20));
+    CHECK_EQ(transfer.next_offset(), 1024);
+    CHECK_EQ(transfer.sent_bytes(), 0u);
+    CHECK(!transfer.complete());
+
+    int fds[2];
+    CHECK_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    set_nonblocking(fds[0]);
+    set_nonblocking(fds[1]);
+
+    std::string received;
+    int would_block = 0;
+    uint64_t written_sum = 0;
+    for (;;) {
+        uint64_t written = 0;
+        bool done = transfer.send(fds[0], written);
+        written_sum += written;
+        if (done) {
+            break;
+        }
+        ++would_block;
+        CHECK_EQ(transfer.sent_bytes(), written_sum);  // progress kept
+        drain(fds[1], received);
+    }
+    ::close(fds[0]);
+    received += read_to_eof(fds[1]);
+    ::close(fds[1]);
+
+    CHECK(would_block >= 1);
+    CHECK_EQ(written_sum, total);
+    CHECK_EQ(static_cast<uint64_t>(received.size()), total);
+    CHECK_EQ(transfer.sent_bytes(), total);
+    CHECK(transfer.complete());
+    int batches = 0;
+    int64_t first = 0, end = 0;
+    CHECK(parse_batches(received, batches, first, end));
+    CHECK_EQ(batches, 64);
+    CHECK_EQ(first, 0);
+    CHECK_EQ(end, transfer.next_offset());
+
+    // A complete transfer sends nothing more.
+    int spare[2];
+    CHECK_EQ(::pipe(spare), 0);
+    uint64_t again = 99;
+    CHECK(transfer.send(spare[1], again));
+    CHECK_EQ(again, 0u);
+    ::close(spare[0]);
+    ::close(spare[1]);
+
+    // max_bytes smaller than one batch still yields one whole batch.
+    mqstore::Transfer one = store.plan_transfer("big", 0, 1);
+    CHECK_EQ(one.next_offset(), 16);
+    CHECK(one.total_bytes() > 16u * 4096u);
+    CHECK(one.total_bytes() < 17u * 4096u + 4096u);
+
+    // From the middle of a batch: the whole batch is sent (whole batches only).
+    mqstore::Transfer mid = store.plan_transfer("big", 20, 1);
+    CHECK_EQ(mid.next_offset(), 32);
+
+    // At the high watermark: nothing to send; complete at once.
+    mqstore::Transfer empty = store.plan_transfer("big", 1024);
+    CHECK_EQ(empty.total_bytes(), 0u);
+    CHECK_EQ(empty.next_offset(), 1024);
+    int pipefd[2];
+    CHECK_EQ(::pipe(pipefd), 0);
+    CHECK(empty.send(pipefd[1]));
+    ::close(pipefd[0]);
+    ::close(pipefd[1]);
+
+    CHECK_THROWS_CODE(msg, store.plan_transfer("big", 5000), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_THROWS_CODE(msg2, store.plan_transfer("nope", 0), MQS_SHARD_NOT_FOUND);
+    CHECK(test::contains(msg2, "nope"));
+}
+
+void transfer_outlives_store_and_moves() {
+    std::optional<mqstore::Transfer> kept;
+    {
+        mqstore::Store store = mqstore::Store::open(test::dir("transfer-outlives"));
+        store.create_shard("s");
+        append_numbered(store, "s", 0, 10);
+        mqstore::Transfer planned = store.plan_transfer("s", 0);
+        append_numbered(store, "s", 10, 10);  // later appends change nothing planned
+        kept.emplace(std::move(planned));
+        CHECK(!planned.valid());
+        CHECK_THROWS_CODE(msg, planned.total_bytes(), MQS_INVALID_HANDLE);
+        CHECK_THROWS_CODE(msg2, planned.send(1), MQS_INVALID_HANDLE);
+        store.delete_shard("s");
+        store.close();
+    }
+    CHECK_EQ(kept->next_offset(), 10);
+    int fds[2];
+    CHECK_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    CHECK(kept->send(fds[0]));  // small: fits the socket buffer
+    ::close(fds[0]);
+    std::string received = read_to_eof(fds[1]);
+    ::close(fds[1]);
+    CHECK_EQ(static_cast<uint64_t>(received.size()), kept->total_bytes());
+    int batches = 0;
+    int64_t first = 0, end = 0;
+    CHECK(parse_batches(received, batches, first, end));
+    CHECK_EQ(batches, 1);
+    CHECK_EQ(end, 10);
+
+    // Move assignment frees the target's plan (valgrind checks) and empties the source.
+    mqstore::Store store = mqstore::Store::open(test::dir("transfer-move"));
+    store.create_shard("s");
+    append_numbered(store, "s", 0, 3);
+    mqstore::Transfer a = store.plan_transfer("s", 0);
+    mqstore::Transfer b = store.plan_transfer("s", 1);
+    a = std::move(b);
+    CHECK(a.valid());
+    CHECK(!b.valid());
+    CHECK_EQ(a.next_offset(), 3);
+}
+
+void transfer_errors() {
+    mqstore::Store store = mqstore::Store::open(test::dir("transfer-errors"));
+    store.create_shard("s");
+    append_numbered(store, "s", 0, 3);
+
+    // Closed peer: an I/O error, not SIGPIPE.
+    {
+        mqstore::Transfer t = store.plan_transfer("s", 0);
+        int fds[2];
+        CHECK_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+        ::close(fds[1]);
+        CHECK_THROWS_CODE(msg, t.send(fds[0]), MQS_IO);
+        ::close(fds[0]);
+    }
+    // A bad descriptor fails with an error (not MQS_WOULD_BLOCK, not a crash).
+    {
+        mqstore::Transfer t = store.plan_transfer("s", 0);
+        auto error = test::error_of([&] { t.send(-1); });
+        CHECK(error.has_value());
+        CHECK(error && error->code() != MQS_WOULD_BLOCK && error->code() != MQS_OK);
+    }
+    CHECK_THROWS_CODE(msg, store.sendfile_to_fd("s", 0, mqstore::UNLIMITED, -1), MQS_INVALID_ARGUMENT);
+    CHECK_THROWS_CODE(msg2, store.sendfile_to_fd("missing", 0, mqstore::UNLIMITED, 1), MQS_SHARD_NOT_FOUND);
+}
+
+void sendfile_to_file_and_socket() {
+    mqstore::Store store = mqstore::Store::open(test::dir("sendfile"));
+    store.create_shard("big");
+    fill_big(store, "big");
+    uint64_t total = store.plan_transfer("big", 0).total_bytes();
+
+    // To a regular file (not a socket: the writev path).
+    char path[] = "/tmp/mqstore-cpp-sendfile-XXXXXX";
+    int file = ::mkstemp(path);
+    CHECK(file >= 0);
+    ::unlink(path);
+    mqstore::SendfileResult to_file = store.sendfile_to_fd("big", 0, mqstore::UNLIMITED, file);
+    CHECK_EQ(to_file.bytes_written, total);
+    CHECK_EQ(to_file.next_offset, 1024);
+    ::lseek(file, 0, SEEK_SET);
+    std::string file_bytes = read_to_eof(file);
+    ::close(file);
+    CHECK_EQ(static_cast<uint64_t>(file_bytes.size()), total);
+
+    // To a full non-blocking socket: sendfile_to_fd waits instead of failing.
+    int fds[2];
+    CHECK_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    set_nonblocking(fds[0]);
+    std::string socket_bytes;
+    std::thread reader([&] { socket_bytes = read_to_eof(fds[1]); });
+    mqstore::SendfileResult to_socket = store.sendfile_to_fd("big", 0, mqstore::UNLIMITED, fds[0]);
+    ::close(fds[0]);
+    reader.join();
+    ::close(fds[1]);
+    CHECK_EQ(to_socket.bytes_written, total);
+    CHECK_EQ(to_socket.next_offset, 1024);
+    CHECK(socket_bytes == file_bytes);
+    int batches = 0;
+    int64_t first = 0, end = 0;
+    CHECK(parse_batches(socket_bytes, batches, first, end));
+    CHECK_EQ(batches, 64);
+
+    // A byte limit: whole batches, continuing where the next one starts.
+    int pipefd[2];
+    CHECK_EQ(::pipe(pipefd), 0);
+    std::string piped;
+    std::thread pipe_reader([&] { piped = read_to_eof(pipefd[0]); });  // a batch exceeds the pipe buffer
+    mqstore::SendfileResult limited = store.sendfile_to_fd("big", 16, 1, pipefd[1]);
+    ::close(pipefd[1]);
+    pipe_reader.join();
+    ::close(pipefd[0]);
+    CHECK_EQ(limited.next_offset, 32);
+    CHECK_EQ(static_cast<uint64_t>(piped.size()), limited.bytes_written);
+    CHECK(parse_batches(piped, batches, first, end));
+    CHECK_EQ(first, 16);
+    CHECK_EQ(end, 32);
+}
+
+}  // namespace
+
+void transfer_tests() {
+    test::run("transfer: socketpair, non-blocking resume", socket_transfer_resumes);
+    test::run("transfer: outlives store, move semantics", transfer_outlives_store_and_moves);
+    test::run("transfer: errors", transfer_errors);
+    test::run("sendfile_to_fd: file, socket, pipe", sendfile_to_file_and_socket);
+}
+
+}  // namespace other
