@@ -9,14 +9,14 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 VENV        := $(CURDIR)/.venv
 PYTHON      := $(VENV)/bin/python
-PIP_PKGS    := maturin==1.* pytest kafka-python lz4 zstandard
+PIP_PKGS    := maturin==1.* pytest kafka-python lz4 zstandard mypy
 DEBUG_LIB   := $(CARGO_TARGET_DIR)/debug/libmqstore.so
 RELEASE_LIB := $(CARGO_TARGET_DIR)/release/libmqstore.so
 CC          ?= cc
 CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
 
 .PHONY: all build release header tools venv python-dev python-release \
-        test lint test-rust test-c test-cpp test-python demo clean
+        test lint test-rust test-c test-cpp test-python demo clean crash-long
 
 all: build
 
@@ -61,6 +61,10 @@ test-cpp: tools build
 
 test-python: python-dev
 	$(PYTHON) -m pytest tests/python -q
+
+# The journal's kill -9 crash test, long mode (make test runs 20 cycles).
+crash-long:
+	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test journal_crash -- --nocapture
 
 test: tools lint test-rust test-c test-cpp test-python
 	@echo "make test: all suites passed"

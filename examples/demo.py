@@ -61,7 +61,7 @@ def main() -> None:
 
             # 3. Stream shard 0 over loopback TCP; decode with kafka-python.
             listener = socket.create_server(("127.0.0.1", 0))
-            decoded = {"records": 0, "batches": 0, "last_offset": -1, "bytes": 0}
+            decoded = {"records": 0, "batches": 0, "last_offset": -1, "bytes": 0, "seconds": 0.0}
 
             def consume() -> None:
                 conn, _ = listener.accept()
@@ -69,6 +69,7 @@ def main() -> None:
                 while data := conn.recv(1 << 20):
                     chunks.append(data)
                 conn.close()
+                t_decode = time.perf_counter()
                 payload = b"".join(chunks)
                 decoded["bytes"] = len(payload)
                 records = MemoryRecords(payload)
@@ -82,6 +83,7 @@ def main() -> None:
                         expected_offset += 1
                         decoded["records"] += 1
                         decoded["last_offset"] = record.offset
+                decoded["seconds"] = time.perf_counter() - t_decode
 
             reader = threading.Thread(target=consume)
             reader.start()
@@ -92,12 +94,13 @@ def main() -> None:
                 written, offset = store.sendfile_to_fd(names[0], offset, 1 << 20, sender)
                 sent += written
             sender.close()
-            reader.join()
             elapsed = time.perf_counter() - t0
+            reader.join()
             listener.close()
             print(
                 f"sendfile {sent:9,} bytes in {elapsed:6.3f} s  {sent / elapsed / 1e6:9.1f} MB/s"
-                f" -> {decoded['batches']} batches, {decoded['records']:,} records decoded by kafka-python"
+                f" -> {decoded['batches']} batches, {decoded['records']:,} records decoded by"
+                f" kafka-python in {decoded['seconds']:.2f} s ({rate(decoded['records'], decoded['seconds'])})"
             )
             assert decoded["bytes"] == sent
             assert decoded["records"] == MESSAGES_PER_SHARD

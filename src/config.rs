@@ -37,7 +37,7 @@ impl EngineKind {
 
     /// Engines compiled into and implemented by this build.
     pub fn available() -> &'static [EngineKind] {
-        &[EngineKind::Memory]
+        &[EngineKind::Memory, EngineKind::Journal]
     }
 
     pub fn is_available(self) -> bool {
@@ -127,6 +127,43 @@ impl Default for ShardOptions {
     }
 }
 
+/// What the journal engine does, on open, with an entry that fails
+/// validation (bad magic, bad CRC, truncated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryMode {
+    /// An invalid entry with nothing valid after it is a torn tail (a crash
+    /// mid-write): it is truncated. An invalid entry followed by any valid
+    /// entry is corruption in the middle of the log: open fails.
+    #[default]
+    TolerateTail,
+    /// Like `tolerate_tail`, but invalid entries in the middle are skipped
+    /// (the journal resynchronises on the next valid entry) instead of
+    /// failing the open. Data in the skipped range is lost.
+    SkipCorrupt,
+}
+
+/// Store-wide settings of the journal engine (the `[journal]` section).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JournalConfig {
+    /// Size of one journal segment file (all shards share the segments).
+    pub segment_bytes: u64,
+    /// Appends with durability `none` are buffered up to this many bytes
+    /// before the buffer is handed to the kernel.
+    pub buffer_bytes: u64,
+    pub recovery_mode: RecoveryMode,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            segment_bytes: 1 << 30,
+            buffer_bytes: 256 << 10,
+            recovery_mode: RecoveryMode::default(),
+        }
+    }
+}
+
 /// Store-wide configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -137,6 +174,8 @@ pub struct Config {
     pub max_batch_bytes: usize,
     /// Defaults for shards created without explicit options.
     pub shard_defaults: ShardOptions,
+    /// Settings of the journal engine.
+    pub journal: JournalConfig,
 }
 
 impl Default for Config {
@@ -146,6 +185,7 @@ impl Default for Config {
             max_record_bytes: 1 << 20,
             max_batch_bytes: 64 << 20,
             shard_defaults: ShardOptions::default(),
+            journal: JournalConfig::default(),
         }
     }
 }
@@ -159,7 +199,19 @@ struct ConfigFile {
     preset: Option<Preset>,
     store: Option<StoreSection>,
     shard: Option<ShardSection>,
+    journal: Option<JournalSection>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalSection {
+    segment_bytes: Option<u64>,
+    buffer_bytes: Option<u64>,
+    recovery_mode: Option<RecoveryMode>,
+}
+
+/// Journal segments hold positions as u32 file offsets in places.
+const MAX_JOURNAL_SEGMENT_BYTES: u64 = 1 << 31;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,7 +313,8 @@ impl Config {
     /// Parses the `storage.toml` schema. Keys: top-level `preset`; `[store]`
     /// max_record_bytes, max_batch_bytes; `[shard]` defaults
     /// (engine, durability, compression, segment_bytes, retention_ms,
-    /// retention_bytes, retention_records).
+    /// retention_bytes, retention_records); `[journal]` segment_bytes,
+    /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`).
     pub fn from_toml_str(text: &str) -> Result<Config> {
         let file: ConfigFile = parse_toml(text, "store configuration")?;
         let mut config = match file.preset {
@@ -289,6 +342,28 @@ impl Config {
         }
         if let Some(shard) = file.shard {
             shard.apply_to(&mut config.shard_defaults, "shard.")?;
+        }
+        if let Some(journal) = file.journal {
+            if let Some(bytes) = journal.segment_bytes {
+                if !(MIN_SEGMENT_BYTES..=MAX_JOURNAL_SEGMENT_BYTES).contains(&bytes) {
+                    return Err(Error::InvalidConfig(format!(
+                        "journal.segment_bytes: {bytes} must be between {MIN_SEGMENT_BYTES} and {MAX_JOURNAL_SEGMENT_BYTES}"
+                    )));
+                }
+                config.journal.segment_bytes = bytes;
+            }
+            if let Some(bytes) = journal.buffer_bytes {
+                if bytes == 0 || bytes > 1 << 30 {
+                    return Err(Error::InvalidConfig(format!(
+                        "journal.buffer_bytes: {bytes} must be between 1 and {}",
+                        1u64 << 30
+                    )));
+                }
+                config.journal.buffer_bytes = bytes;
+            }
+            if let Some(mode) = journal.recovery_mode {
+                config.journal.recovery_mode = mode;
+            }
         }
         if config.max_record_bytes > config.max_batch_bytes {
             return Err(Error::InvalidConfig(format!(
@@ -382,5 +457,26 @@ mod tests {
         assert!(err.to_string().contains("segment_bytes"), "{err}");
         let err = config.shard_options(Some("colour = 1")).unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn journal_section() {
+        let config = Config::from_toml_str(
+            "[journal]\nsegment_bytes = 1048576\nbuffer_bytes = 4096\nrecovery_mode = \"skip_corrupt\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.journal.segment_bytes, 1 << 20);
+        assert_eq!(config.journal.buffer_bytes, 4096);
+        assert_eq!(config.journal.recovery_mode, RecoveryMode::SkipCorrupt);
+        assert_eq!(
+            Config::default().journal.recovery_mode,
+            RecoveryMode::TolerateTail
+        );
+        let err = Config::from_toml_str("[journal]\nsegment_bytes = 10\n").unwrap_err();
+        assert!(err.to_string().contains("journal.segment_bytes"), "{err}");
+        let err = Config::from_toml_str("[journal]\nrecovery_mode = \"yolo\"\n").unwrap_err();
+        assert!(err.to_string().contains("yolo"), "{err}");
+        let err = Config::from_toml_str("[journal]\nsegmentbytes = 1\n").unwrap_err();
+        assert!(err.to_string().contains("segmentbytes"), "{err}");
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::{Config, EngineKind, ShardOptions};
+use crate::engine::journal::JournalEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST};
 use crate::format;
@@ -36,8 +37,9 @@ pub struct Store {
     config: Config,
     engines: HashMap<EngineKind, Arc<dyn Engine>>,
     shards: RwLock<HashMap<String, Arc<dyn Shard>>>,
-    /// (group, shard) → committed offset.
-    group_offsets: Mutex<BTreeMap<(String, String), i64>>,
+    /// (group, shard) → (committed offset, whether the shard is persistent).
+    /// Offsets of persistent (journal) shards are saved in `groups.json`.
+    group_offsets: Mutex<BTreeMap<(String, String), (i64, bool)>>,
     closed: AtomicBool,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
     lock_file: Mutex<Option<File>>,
@@ -72,6 +74,60 @@ fn lock_directory(dir: &Path) -> Result<File> {
     Ok(file)
 }
 
+/// File holding the committed offsets of persistent shards.
+const GROUPS_FILE: &str = "groups.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedOffset {
+    group: String,
+    shard: String,
+    offset: i64,
+}
+
+/// Engines whose shards survive a restart (their group offsets are saved).
+fn is_persistent(kind: EngineKind) -> bool {
+    kind == EngineKind::Journal
+}
+
+/// Reads `groups.json` (absent: none saved).
+fn load_group_offsets(dir: &Path) -> Result<Vec<SavedOffset>> {
+    let path = dir.join(GROUPS_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corruption(format!("'{}' is not valid: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(Error::io(format!("reading '{}'", path.display()), e)),
+    }
+}
+
+/// Replaces `groups.json` atomically: write a temporary file, fsync it,
+/// rename it over the old one, fsync the directory. A crash leaves either
+/// the old or the new file, never a mix.
+fn save_group_offsets(dir: &Path, offsets: &BTreeMap<(String, String), (i64, bool)>) -> Result<()> {
+    use std::io::Write;
+    let saved: Vec<SavedOffset> = offsets
+        .iter()
+        .filter(|(_, (_, persistent))| *persistent)
+        .map(|((group, shard), (offset, _))| SavedOffset {
+            group: group.clone(),
+            shard: shard.clone(),
+            offset: *offset,
+        })
+        .collect();
+    let path = dir.join(GROUPS_FILE);
+    let tmp = dir.join(format!("{GROUPS_FILE}.tmp"));
+    let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
+    let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
+    let json = serde_json::to_vec(&saved).map_err(|e| Error::Internal(e.to_string()))?;
+    file.write_all(&json).map_err(|e| io("writing", e))?;
+    file.sync_all().map_err(|e| io("fsyncing", e))?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("fsyncing '{}'", dir.display()), e))
+}
+
 fn validate_shard_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > MAX_SHARD_NAME_LEN {
         return Err(Error::InvalidArgument(format!(
@@ -87,9 +143,12 @@ fn validate_shard_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-fn build_engine(kind: EngineKind) -> Result<Arc<dyn Engine>> {
+/// Builds the engine of `kind` for the store in `dir`. Persistent engines
+/// only read here; they create their files when the first shard needs them.
+fn build_engine(kind: EngineKind, dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
     match kind {
         EngineKind::Memory => Ok(Arc::new(MemoryEngine)),
+        EngineKind::Journal => Ok(Arc::new(JournalEngine::new(dir, config.journal.clone()))),
         other => Err(Error::Unsupported(format!(
             "engine '{other}' is not available in this build (available: {})",
             EngineKind::available()
@@ -108,7 +167,7 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
         // Fail before touching the disk when the default engine cannot exist.
-        let default_engine = build_engine(config.shard_defaults.engine)?;
+        let default_engine = build_engine(config.shard_defaults.engine, &dir, &config)?;
         fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating store directory '{}'", dir.display()), e))?;
         let lock_file = lock_directory(&dir)?;
@@ -116,15 +175,34 @@ impl Store {
         engines.insert(config.shard_defaults.engine, default_engine);
         for &kind in EngineKind::available() {
             if let std::collections::hash_map::Entry::Vacant(slot) = engines.entry(kind) {
-                slot.insert(build_engine(kind)?);
+                slot.insert(build_engine(kind, &dir, &config)?);
+            }
+        }
+        // Only now, under the directory lock, may engines read their files.
+        let mut shards = HashMap::new();
+        for engine in engines.values() {
+            for (name, _options, shard) in engine.recover()? {
+                if shards.insert(name.clone(), shard).is_some() {
+                    return Err(Error::corruption(format!(
+                        "shard '{name}' was recovered twice (by two engines)"
+                    )));
+                }
+            }
+        }
+        let mut group_offsets = BTreeMap::new();
+        for saved in load_group_offsets(&dir)? {
+            // Offsets of a shard deleted before a crash could not be removed
+            // from the file in time: they are dropped here.
+            if shards.contains_key(&saved.shard) {
+                group_offsets.insert((saved.group, saved.shard), (saved.offset, true));
             }
         }
         Ok(Store {
             dir,
             config,
             engines,
-            shards: RwLock::new(HashMap::new()),
-            group_offsets: Mutex::new(BTreeMap::new()),
+            shards: RwLock::new(shards),
+            group_offsets: Mutex::new(group_offsets),
             closed: AtomicBool::new(false),
             lock_file: Mutex::new(Some(lock_file)),
         })
@@ -208,7 +286,7 @@ impl Store {
             .engines
             .get(&options.engine)
             .cloned()
-            .map_or_else(|| build_engine(options.engine), Ok)?;
+            .map_or_else(|| build_engine(options.engine, &self.dir, &self.config), Ok)?;
         let mut shards = self.shards.write();
         if shards.contains_key(name) {
             return Err(Error::ShardExists(name.to_string()));
@@ -227,7 +305,17 @@ impl Store {
             .write()
             .remove(name)
             .ok_or_else(|| Error::ShardNotFound(name.to_string()))?;
-        self.group_offsets.lock().retain(|(_, s), _| s != name);
+        {
+            let mut offsets = self.group_offsets.lock();
+            let before = offsets.len();
+            let persistent = offsets
+                .iter()
+                .any(|((_, s), (_, persistent))| s == name && *persistent);
+            offsets.retain(|(_, s), _| s != name);
+            if persistent && offsets.len() != before {
+                save_group_offsets(&self.dir, &offsets)?;
+            }
+        }
         let kind = shard.info().options.engine;
         match self.engines.get(&kind) {
             Some(engine) => engine.remove_shard(name, &shard),
@@ -334,7 +422,9 @@ impl Store {
         max_records: usize,
     ) -> Result<Vec<RecordView>> {
         if max_records == 0 {
-            return Err(Error::InvalidArgument("max_records must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "max_records must be at least 1".into(),
+            ));
         }
         self.shard(shard)?.read_by_keys(keys, max_records)
     }
@@ -436,10 +526,20 @@ impl Store {
                 "offset {offset} is negative"
             )));
         }
-        self.shard(shard)?;
-        self.group_offsets
-            .lock()
-            .insert((group.to_string(), shard.to_string()), offset);
+        let persistent = is_persistent(self.shard(shard)?.info().engine);
+        let mut offsets = self.group_offsets.lock();
+        let key = (group.to_string(), shard.to_string());
+        let previous = offsets.insert(key.clone(), (offset, persistent));
+        if persistent && previous != Some((offset, persistent)) {
+            // Durable before acknowledged, like the shard it belongs to.
+            if let Err(e) = save_group_offsets(&self.dir, &offsets) {
+                match previous {
+                    Some(old) => offsets.insert(key, old),
+                    None => offsets.remove(&key),
+                };
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -450,7 +550,7 @@ impl Store {
             .group_offsets
             .lock()
             .get(&(group.to_string(), shard.to_string()))
-            .copied())
+            .map(|(offset, _)| *offset))
     }
 
     /// Forgets every offset of `group`; returns how many were removed.
@@ -458,7 +558,13 @@ impl Store {
         self.check_open()?;
         let mut offsets = self.group_offsets.lock();
         let before = offsets.len();
+        let persistent = offsets
+            .iter()
+            .any(|((g, _), (_, persistent))| g == group && *persistent);
         offsets.retain(|(g, _), _| g != group);
+        if persistent {
+            save_group_offsets(&self.dir, &offsets)?;
+        }
         Ok((before - offsets.len()) as u64)
     }
 

@@ -529,6 +529,7 @@ macro_rules! conformance_suite {
 }
 
 conformance_suite!(memory, "memory");
+conformance_suite!(journal, "journal");
 
 #[test]
 fn memory_engine_refuses_durable_modes() {
@@ -544,7 +545,7 @@ fn memory_engine_refuses_durable_modes() {
 #[test]
 fn unbuilt_engines_are_unsupported_not_faked() {
     let dir = tempfile::tempdir().unwrap();
-    for preset in ["streaming", "big_data", "edge"] {
+    for preset in ["big_data", "edge"] {
         let config = Config::from_toml_str(&format!("preset = \"{preset}\"")).unwrap();
         let err = Store::open(dir.path(), config).unwrap_err();
         assert_eq!(err.status(), Status::Unsupported, "{preset}: {err}");
@@ -552,9 +553,25 @@ fn unbuilt_engines_are_unsupported_not_faked() {
     let f = open("memory", "");
     let err = f
         .store
-        .create_shard("j", Some("engine = \"journal\""))
+        .create_shard("f", Some("engine = \"file\""))
         .unwrap_err();
     assert_eq!(err.status(), Status::Unsupported);
+}
+
+#[test]
+fn streaming_preset_opens_on_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml_str("preset = \"streaming\"").unwrap();
+    let store = Store::open(dir.path(), config).unwrap();
+    let info = store.create_shard("s", None).unwrap();
+    assert_eq!(info.engine.name(), "journal");
+    assert_eq!(info.options.durability.name(), "fsync");
+    // Journal shards live beside memory shards in one store.
+    let f = open("memory", "");
+    f.store
+        .create_shard("j", Some("engine = \"journal\""))
+        .unwrap();
+    assert_eq!(f.store.append("j", &Record::new(b"x")).unwrap(), 0);
 }
 
 #[test]

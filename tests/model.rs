@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use mqstore::{Config, Record, Status, Store};
 use proptest::prelude::*;
 
-const ENGINES: &[&str] = &["memory"];
+const ENGINES: &[&str] = &["memory", "journal"];
 const SHARDS: &[&str] = &["a", "b"];
 const KEYS: &[&[u8]] = &[b"k0", b"k1", b"k2"];
 
@@ -42,6 +42,9 @@ enum Op {
         offset: i64,
         max_bytes: usize,
     },
+    /// Close and reopen the store (persistent engines only: the model keeps
+    /// everything, so every engine but memory must too).
+    Reopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -62,6 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(shard, offsets)| Op::DeleteOffsets { shard, offsets }),
         1 => (shard, 0i64..60, 1usize..400)
             .prop_map(|(shard, offset, max_bytes)| Op::Transfer { shard, offset, max_bytes }),
+        1 => Just(Op::Reopen),
     ]
 }
 
@@ -75,14 +79,25 @@ struct ModelShard {
 
 fn check(engine: &str, ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml_str(&format!("[shard]\nengine = \"{engine}\"")).unwrap();
-    let store = Store::open(dir.path(), config).unwrap();
+    // Small journal segments, so that rolls and reclaims happen too.
+    let config = Config::from_toml_str(&format!(
+        "[shard]\nengine = \"{engine}\"\n[journal]\nsegment_bytes = 65536\n"
+    ))
+    .unwrap();
+    let mut store = Store::open(dir.path(), config.clone()).unwrap();
     let mut model: Vec<ModelShard> = SHARDS.iter().map(|_| ModelShard::default()).collect();
     for name in SHARDS {
         store.create_shard(name, None).unwrap();
     }
     for op in ops {
         match op {
+            Op::Reopen => {
+                if engine != "memory" {
+                    store.close().unwrap();
+                    drop(store);
+                    store = Store::open(dir.path(), config.clone()).unwrap();
+                }
+            }
             Op::Append { shard, records } => {
                 let batch: Vec<Record<'_>> = records
                     .iter()

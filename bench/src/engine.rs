@@ -200,10 +200,17 @@ pub fn paced_latency(
     let data = payload(record_size, 1, 99);
     let record = Record::new(&data);
     if options.retention_bytes > 0 {
-        while store.shard_info("lat").map_err(to_io)?.bytes < options.retention_bytes {
+        // Steady state is reached once retention first drops a batch (the
+        // low watermark moves); the appended-bytes bound covers an engine
+        // that drops in coarser units (whole segments) later than that.
+        let mut appended = 0u64;
+        while store.shard_info("lat").map_err(to_io)?.first_offset == 0
+            && appended < 2 * options.retention_bytes
+        {
             for _ in 0..1024 {
                 store.append("lat", &record).map_err(to_io)?;
             }
+            appended += 1024 * record_size as u64;
         }
     }
     let mut latency = Latency {

@@ -108,6 +108,10 @@ fn run_c(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results) {
     let source = drivers.root.join("bench/c/ffi_bench.c");
     let binary = drivers.build_dir.join("ffi_bench");
     let lib_dir = drivers.lib.parent().unwrap_or(Path::new("."));
+    if let Err(e) = std::fs::create_dir_all(&drivers.build_dir) {
+        results.failed(C_METRIC, "msgs/s", &format!("creating {}: {e}", drivers.build_dir.display()));
+        return;
+    }
     let mut compile = Command::new(&drivers.cc);
     compile
         .args(["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"])

@@ -257,7 +257,12 @@ fn note(metric: &Metric) -> String {
             .or_else(|| metric.params.get("error"))
             .and_then(Value::as_str)
             .unwrap_or("")
-            .to_string(),
+            // One row per metric: multi-line compiler or driver errors are
+            // folded (the JSON keeps them as they were).
+            .lines()
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" | "),
     }
 }
 

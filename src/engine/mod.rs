@@ -5,6 +5,7 @@
 //! Engines validate nothing the Store already validated (shard names, record
 //! and batch sizes, engine availability): they receive well-formed input.
 
+pub mod journal;
 pub mod memory;
 
 use std::sync::Arc;
@@ -56,6 +57,9 @@ pub struct ShardInfo {
     pub options: ShardOptions,
 }
 
+/// A shard found again when a store reopens: its name, options and handle.
+pub type RecoveredShard = (String, ShardOptions, Arc<dyn Shard>);
+
 /// A storage engine: a factory and owner of shards of one kind.
 pub trait Engine: Send + Sync {
     fn kind(&self) -> EngineKind;
@@ -69,6 +73,13 @@ pub trait Engine: Send + Sync {
 
     /// Flushes and releases everything; called once by `Store::close`.
     fn close(&self) -> Result<()>;
+
+    /// Shards that survived from an earlier run of the store, with their
+    /// names and options; called once by `Store::open`. Engines that keep
+    /// nothing across a restart return none.
+    fn recover(&self) -> Result<Vec<RecoveredShard>> {
+        Ok(Vec::new())
+    }
 }
 
 /// One shard: a dense sequence of offsets starting at 0, never reused.

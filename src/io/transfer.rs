@@ -6,8 +6,11 @@
 //! (shared buffers, or open files), so appends, retention or deletes that
 //! happen in between change nothing it sends.
 
+use std::fs::File;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -21,12 +24,20 @@ const MAX_IOVECS: usize = 1024;
 pub enum TransferChunk {
     /// Bytes held in memory (one or more whole batches).
     Memory(Bytes),
+    /// `len` bytes of a file from `offset` on, sent with sendfile(2). The
+    /// plan holds the file open, so removing the file changes nothing.
+    File {
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    },
 }
 
 impl TransferChunk {
     fn len(&self) -> u64 {
         match self {
             TransferChunk::Memory(bytes) => bytes.len() as u64,
+            TransferChunk::File { len, .. } => *len,
         }
     }
 }
@@ -96,6 +107,16 @@ impl TransferPlan {
         for chunk in &self.chunks {
             match chunk {
                 TransferChunk::Memory(bytes) => out.extend_from_slice(bytes),
+                TransferChunk::File { file, offset, len } => {
+                    let start = out.len();
+                    out.resize(start + *len as usize, 0);
+                    if let Err(e) = file.read_exact_at(&mut out[start..], *offset) {
+                        // A planned file range always exists (the plan holds
+                        // the file open and stored bytes are never truncated);
+                        // failing here means the disk failed under us.
+                        panic!("reading planned file range: {e}");
+                    }
+                }
             }
         }
         out
@@ -104,8 +125,9 @@ impl TransferPlan {
     /// Writes as much of the remaining plan to `fd` as it accepts. On a
     /// non-blocking descriptor that fills up, returns with `complete == false`
     /// and keeps the position, so the next call resumes exactly there.
-    /// SIGPIPE is never raised for sockets (MSG_NOSIGNAL); a closed peer is an
-    /// `Io` error.
+    /// SIGPIPE is never delivered: memory chunks go out with MSG_NOSIGNAL,
+    /// file chunks with sendfile(2) while SIGPIPE is blocked for the calling
+    /// thread (see `SigpipeBlock`); a closed peer is an `Io` error (EPIPE).
     pub fn send_to_fd(&mut self, fd: RawFd) -> Result<SendProgress> {
         let mut written = 0u64;
         while self.sent < self.total {
@@ -150,18 +172,34 @@ impl TransferPlan {
         }
     }
 
-    /// One gathered write of the unsent memory chunks, starting mid-chunk
-    /// where the previous call stopped.
+    /// One write of the unsent bytes starting where the previous call
+    /// stopped: a file chunk goes out with sendfile(2), a run of memory
+    /// chunks with one gathered write.
     fn write_some(&mut self, fd: RawFd) -> io::Result<u64> {
         let mut skip = self.sent;
-        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(self.chunks.len().min(MAX_IOVECS));
         for chunk in &self.chunks {
-            let TransferChunk::Memory(bytes) = chunk;
-            let len = bytes.len() as u64;
+            let len = chunk.len();
             if skip >= len {
                 skip -= len;
                 continue;
             }
+            if let TransferChunk::File { file, offset, len } = chunk {
+                return send_file_range(fd, file, offset + skip, len - skip);
+            }
+            break;
+        }
+        let mut skip = self.sent;
+        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(self.chunks.len().min(MAX_IOVECS));
+        for chunk in &self.chunks {
+            let len = chunk.len();
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            let TransferChunk::Memory(bytes) = chunk else {
+                // A file chunk after memory ones: sent by the next call.
+                break;
+            };
             let rest = &bytes[skip as usize..];
             skip = 0;
             iovecs.push(libc::iovec {
@@ -196,6 +234,113 @@ impl TransferPlan {
         } else {
             Ok(n as u64)
         }
+    }
+}
+
+/// Blocks SIGPIPE in the calling thread for its lifetime. sendfile(2) has no
+/// MSG_NOSIGNAL, and writing to a socket whose peer is gone raises SIGPIPE,
+/// which kills a process that did not ignore it. A library must not change
+/// the process-wide disposition, so the signal is blocked for this thread
+/// only; a SIGPIPE our own call raised is consumed before unblocking (the
+/// caller sees EPIPE), one that was already pending is left alone.
+struct SigpipeBlock {
+    old: libc::sigset_t,
+    was_pending: bool,
+}
+
+fn sigpipe_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        set
+    }
+}
+
+impl SigpipeBlock {
+    fn new() -> Self {
+        let set = sigpipe_set();
+        // SAFETY: valid sigset pointers; pthread_sigmask affects this thread.
+        unsafe {
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            let mut pending: libc::sigset_t = std::mem::zeroed();
+            libc::sigpending(&mut pending);
+            SigpipeBlock {
+                old,
+                was_pending: libc::sigismember(&pending, libc::SIGPIPE) == 1,
+            }
+        }
+    }
+
+    /// Consumes the SIGPIPE our write raised, if it is pending now.
+    fn consume(&self) {
+        if self.was_pending {
+            return;
+        }
+        let set = sigpipe_set();
+        let zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid set and timeout; returns at once (zero timeout).
+        unsafe {
+            libc::sigtimedwait(&set, std::ptr::null_mut(), &zero);
+        }
+    }
+}
+
+impl Drop for SigpipeBlock {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut());
+        }
+    }
+}
+
+/// One sendfile(2) call of up to `len` bytes of `file` from `offset`. Falls
+/// back to pread + write when the kernel refuses sendfile for this pair of
+/// descriptors (EINVAL/ENOSYS).
+fn send_file_range(fd: RawFd, file: &File, offset: u64, len: u64) -> io::Result<u64> {
+    let guard = SigpipeBlock::new();
+    let mut off = offset as libc::off_t;
+    // The kernel moves at most 0x7ffff000 bytes per call anyway.
+    let count = len.min(1 << 30) as usize;
+    // SAFETY: both descriptors are open for the duration of the call; `off`
+    // is a valid pointer that the kernel updates.
+    let n = unsafe { libc::sendfile(fd, file.as_raw_fd(), &mut off, count) };
+    if n >= 0 {
+        return Ok(n as u64);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EPIPE) => {
+            guard.consume();
+            Err(error)
+        }
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            let mut buf = vec![0u8; count.min(256 << 10)];
+            let got = file.read_at(&mut buf, offset)?;
+            if got == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "planned file range is shorter than planned",
+                ));
+            }
+            // SAFETY: buf holds `got` initialised bytes.
+            let n = unsafe { libc::write(fd, buf.as_ptr() as *const libc::c_void, got) };
+            if n < 0 {
+                let error = io::Error::last_os_error();
+                if error.raw_os_error() == Some(libc::EPIPE) {
+                    guard.consume();
+                }
+                return Err(error);
+            }
+            Ok(n as u64)
+        }
+        _ => Err(error),
     }
 }
 
@@ -279,6 +424,58 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         drop(b);
         let mut p = plan(&[b"data"]);
+        let err = p.send_to_fd(a.as_raw_fd()).unwrap_err();
+        assert_eq!(err.status(), crate::Status::Io);
+    }
+
+    fn file_chunk(data: &[u8], offset: u64, len: u64) -> TransferChunk {
+        use std::io::Write;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(data).unwrap();
+        TransferChunk::File {
+            file: Arc::new(file),
+            offset,
+            len,
+        }
+    }
+
+    #[test]
+    fn file_chunks_go_out_with_sendfile_between_memory_chunks() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let chunks = vec![
+            TransferChunk::Memory(Bytes::from_static(b"<")),
+            file_chunk(b"xxhello fileyy", 2, 10),
+            TransferChunk::Memory(Bytes::from_static(b">")),
+        ];
+        let mut p = TransferPlan::new(chunks, 7);
+        assert_eq!(p.to_vec(), b"<hello file>");
+        assert_eq!(p.send_all_to_fd(a.as_raw_fd()).unwrap(), 12);
+        drop(a);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"<hello file>");
+    }
+
+    #[test]
+    fn file_chunk_resumes_after_would_block_and_closed_peer_is_no_signal() {
+        let data: Vec<u8> = (0..4 << 20).map(|i| (i % 253) as u8).collect();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let mut p = TransferPlan::new(vec![file_chunk(&data, 0, data.len() as u64)], 1);
+        let first = p.send_to_fd(a.as_raw_fd()).unwrap();
+        assert!(!first.complete);
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).unwrap();
+            got
+        });
+        p.send_all_to_fd(a.as_raw_fd()).unwrap();
+        drop(a);
+        assert_eq!(reader.join().unwrap(), data);
+
+        let (a, b) = UnixStream::pair().unwrap();
+        drop(b);
+        let mut p = TransferPlan::new(vec![file_chunk(b"data", 0, 4)], 1);
         let err = p.send_to_fd(a.as_raw_fd()).unwrap_err();
         assert_eq!(err.status(), crate::Status::Io);
     }

@@ -288,10 +288,16 @@ static void test_bad_configs(void) {
     CHECK_STATUS(mqs_store_open(dir, "colour = 1", &store), MQS_INVALID_CONFIG);
     CHECK_MENTIONS("colour");
 
-    /* The journal engine is not built yet. */
-    CHECK_STATUS(mqs_store_open(dir, "preset = \"streaming\"\n", &store), MQS_UNSUPPORTED);
+    /* An engine that is not built is refused, not faked. */
+    CHECK_STATUS(mqs_store_open(dir, "[shard]\nengine = \"s3\"\n", &store), MQS_UNSUPPORTED);
     CHECK(store == NULL);
-    CHECK_MENTIONS("journal");
+    CHECK_MENTIONS("s3");
+
+    /* The streaming preset opens on the journal engine. */
+    CHECK_OK(mqs_store_open(dir, "preset = \"streaming\"\n", &store));
+    REQUIRE(store != NULL);
+    CHECK_OK(mqs_store_close(store));
+    store = NULL;
 
     /* A valid preset on the memory engine. */
     CHECK_OK(mqs_store_open(dir, "preset = \"financial\"\n", &store));

@@ -158,12 +158,19 @@ def test_unavailable_engine_is_unsupported(store):
     assert "rocksdb" in str(info.value)
 
 
-def test_streaming_preset_is_unsupported(tmp_path):
-    # The streaming preset's journal engine is not built yet.
-    with pytest.raises(mqstore.Unsupported, match="journal"):
-        mqstore.Store(tmp_path, 'preset = "streaming"\n')
+def test_unbuilt_default_engine_is_unsupported(tmp_path):
+    with pytest.raises(mqstore.Unsupported, match="s3"):
+        mqstore.Store(tmp_path, '[shard]\nengine = "s3"\n')
     # Failing to open leaves nothing locked.
     mqstore.Store(tmp_path).close()
+
+
+def test_streaming_preset_opens_on_the_journal(tmp_path):
+    with mqstore.Store(tmp_path, 'preset = "streaming"\n') as store:
+        info = store.create_shard("s")
+        assert info.engine == "journal"
+        assert info.durability == "fsync"
+        assert store.append("s", b"durable") == 0
 
 
 def test_second_open_is_locked(tmp_path):

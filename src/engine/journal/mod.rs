@@ -1,0 +1,300 @@
+//! The Journal engine: the brief's durable streaming engine.
+//!
+//! One append-only journal per store (`<store>/journal/`), shared by every
+//! journal shard, so the number of files does not grow with the number of
+//! shards. Each entry frames one Kafka batch (or a catalogue record) with its
+//! shard id and a CRC-32C (see `entry` and docs/FORMAT.md). Appends from all
+//! threads and shards are group-committed by `writer::Writer`; each shard
+//! keeps a small in-memory index of its batches' positions (`index`), and
+//! reads are zero-copy views of the segments' read-only mappings; transfers
+//! sendfile(2) straight from the segment files. Opening replays the journal
+//! (`recovery`). Segment files are removed from the oldest on, once no shard
+//! has live data in them (the shards whose catalogue record lives in such a
+//! segment are checkpointed into the active one first).
+
+mod entry;
+mod index;
+mod recovery;
+mod segment;
+mod shard;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{EngineKind, JournalConfig, ShardOptions};
+use crate::engine::{Engine, RecoveredShard, Shard};
+use crate::{Error, Result};
+
+use index::ShardState;
+use segment::{sync_dir, Segment};
+pub use shard::JournalShard;
+pub(crate) use writer::{FileOps, PlainOps};
+use writer::{SegmentMap, Writer};
+
+/// Name of the journal's directory inside the store directory.
+pub const JOURNAL_DIR: &str = "journal";
+
+/// The shared journal of one store.
+pub(crate) struct Log {
+    pub config: JournalConfig,
+    pub writer: Writer,
+    segments: SegmentMap,
+    /// Live shards by name (for checkpoints before a segment is removed).
+    shards: Mutex<HashMap<String, Weak<JournalShard>>>,
+    next_id: AtomicU64,
+    reclaim: Mutex<()>,
+    removed_segments: AtomicU64,
+    recovered_entries: u64,
+    truncated_bytes: u64,
+    skipped_bytes: u64,
+}
+
+impl Log {
+    /// Removes the oldest segments that no shard has live data in (never
+    /// the active one). Only a prefix of the journal is ever removed, so
+    /// replay always sees a shard's entries in their original order.
+    /// Failures leave the files in place (and poison the journal when an
+    /// fsync failed); nothing is lost by not removing a segment.
+    pub fn maybe_reclaim(&self) {
+        let active = self.writer.active_base();
+        let candidates: Vec<Arc<Segment>> = {
+            let map = self.segments.read();
+            map.values()
+                .take_while(|s| s.base != active && s.live() == 0)
+                .cloned()
+                .collect()
+        };
+        if candidates.is_empty() {
+            return;
+        }
+        let Some(_guard) = self.reclaim.try_lock() else {
+            return;
+        };
+        let bases: HashSet<u64> = candidates.iter().map(|s| s.base).collect();
+        let shards: Vec<Arc<JournalShard>> = self
+            .shards
+            .lock()
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        // Shards whose latest catalogue record is in a doomed segment get a
+        // fresh one, durable before the old file goes; so do shards whose low
+        // watermark retention moved since their last checkpoint (the dropped
+        // batches that replay would recompute it from may be in the doomed
+        // segments).
+        let mut end = 0;
+        for shard in shards {
+            let mut state = shard.state.write();
+            if bases.contains(&state.anchor) || state.low_dirty {
+                match shard.checkpoint(&mut state) {
+                    Ok(e) => end = end.max(e),
+                    Err(_) => return,
+                }
+            }
+        }
+        if end > 0 && self.writer.commit(end, true).is_err() {
+            return;
+        }
+        {
+            let mut map = self.segments.write();
+            for s in &candidates {
+                map.remove(&s.base);
+            }
+        }
+        if self.writer.remove_files(&candidates).is_ok() {
+            self.removed_segments
+                .fetch_add(candidates.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::json!({
+            "segments": self.segments.read().len(),
+            "writes": self.writer.writes.load(Ordering::Relaxed),
+            "fdatasyncs": self.writer.syncs.load(Ordering::Relaxed),
+            "bytes_written": self.writer.bytes_written.load(Ordering::Relaxed),
+            "removed_segments": self.removed_segments.load(Ordering::Relaxed),
+            "recovered_entries": self.recovered_entries,
+            "truncated_bytes": self.truncated_bytes,
+            "skipped_bytes": self.skipped_bytes,
+            "poisoned": self.writer.poisoned(),
+        })
+    }
+}
+
+/// Creates journal shards; owns the store's journal once a shard needs it.
+pub struct JournalEngine {
+    dir: PathBuf,
+    store_dir: PathBuf,
+    config: JournalConfig,
+    ops: Arc<dyn FileOps>,
+    log: Mutex<Option<Arc<Log>>>,
+}
+
+impl JournalEngine {
+    /// An engine for the store in `store_dir`. Touches no file: the journal
+    /// directory is read by `recover` and created by the first shard.
+    pub fn new(store_dir: &Path, config: JournalConfig) -> JournalEngine {
+        Self::with_ops(store_dir, config, Arc::new(PlainOps))
+    }
+
+    pub(crate) fn with_ops(
+        store_dir: &Path,
+        config: JournalConfig,
+        ops: Arc<dyn FileOps>,
+    ) -> JournalEngine {
+        JournalEngine {
+            dir: store_dir.join(JOURNAL_DIR),
+            store_dir: store_dir.to_path_buf(),
+            config,
+            ops,
+            log: Mutex::new(None),
+        }
+    }
+
+    fn new_log(
+        &self,
+        segments: Vec<Arc<Segment>>,
+        tail: u64,
+        next_id: u64,
+        counts: (u64, u64, u64),
+    ) -> Arc<Log> {
+        let active = segments.last().expect("a journal has a segment").clone();
+        let map: BTreeMap<u64, Arc<Segment>> = segments.into_iter().map(|s| (s.base, s)).collect();
+        let map: SegmentMap = Arc::new(RwLock::new(map));
+        Arc::new(Log {
+            config: self.config.clone(),
+            writer: Writer::new(
+                self.dir.clone(),
+                self.config.segment_bytes,
+                map.clone(),
+                active,
+                tail,
+                self.ops.clone(),
+            ),
+            segments: map,
+            shards: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(next_id),
+            reclaim: Mutex::new(()),
+            removed_segments: AtomicU64::new(0),
+            recovered_entries: counts.0,
+            truncated_bytes: counts.1,
+            skipped_bytes: counts.2,
+        })
+    }
+
+    /// The journal, created (directory + first segment) on first use.
+    fn log(&self) -> Result<Arc<Log>> {
+        let mut slot = self.log.lock();
+        if let Some(log) = slot.as_ref() {
+            return Ok(log.clone());
+        }
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| Error::io(format!("creating '{}'", self.dir.display()), e))?;
+        sync_dir(&self.store_dir)?;
+        let first = Segment::create(&self.dir, 0, self.config.segment_bytes)?;
+        let log = self.new_log(vec![Arc::new(first)], 0, 1, (0, 0, 0));
+        *slot = Some(log.clone());
+        Ok(log)
+    }
+}
+
+impl Engine for JournalEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Journal
+    }
+
+    fn create_shard(&self, name: &str, options: &ShardOptions) -> Result<Arc<dyn Shard>> {
+        let log = self.log()?;
+        let id = log.next_id.fetch_add(1, Ordering::Relaxed);
+        let shard = Arc::new(JournalShard::new(
+            id,
+            name,
+            options.clone(),
+            log.clone(),
+            ShardState::default(),
+        ));
+        let end = {
+            let mut state = shard.state.write();
+            shard.checkpoint(&mut state)?
+        };
+        // The catalogue record is exactly as durable as the shard's data.
+        shard.wait(end)?;
+        log.shards
+            .lock()
+            .insert(name.to_string(), Arc::downgrade(&shard));
+        Ok(shard)
+    }
+
+    fn remove_shard(&self, name: &str, _shard: &Arc<dyn Shard>) -> Result<()> {
+        let Some(log) = self.log.lock().clone() else {
+            return Ok(());
+        };
+        let shard = log.shards.lock().remove(name).and_then(|w| w.upgrade());
+        if let Some(shard) = shard {
+            let end = shard.delete()?;
+            shard.wait(end)?;
+            log.maybe_reclaim();
+        }
+        Ok(())
+    }
+
+    fn close(&self) -> Result<()> {
+        let Some(log) = self.log.lock().take() else {
+            return Ok(());
+        };
+        // A clean close leaves everything on stable storage, whatever the
+        // shards' durability modes.
+        log.writer.commit(log.writer.end(), true)
+    }
+
+    fn recover(&self) -> Result<Vec<RecoveredShard>> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let recovered = recovery::recover(&self.dir, &self.config)?;
+        let (segments, tail) = if recovered.segments.is_empty() {
+            let first = Segment::create(&self.dir, 0, self.config.segment_bytes)?;
+            (vec![Arc::new(first)], 0)
+        } else {
+            (recovered.segments, recovered.tail)
+        };
+        let log = self.new_log(
+            segments,
+            tail,
+            recovered.next_id,
+            (
+                recovered.entries,
+                recovered.truncated_bytes,
+                recovered.skipped_bytes,
+            ),
+        );
+        let mut out: Vec<RecoveredShard> = Vec::new();
+        {
+            let mut registry = log.shards.lock();
+            for (id, r) in recovered.shards {
+                let shard = Arc::new(JournalShard::new(
+                    id,
+                    &r.name,
+                    r.options.clone(),
+                    log.clone(),
+                    r.state,
+                ));
+                registry.insert(r.name.clone(), Arc::downgrade(&shard));
+                out.push((r.name, r.options, shard));
+            }
+        }
+        *self.log.lock() = Some(log.clone());
+        // Retention applied during replay may have emptied old segments.
+        log.maybe_reclaim();
+        Ok(out)
+    }
+}

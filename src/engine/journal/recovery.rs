@@ -1,0 +1,395 @@
+//! Opening a journal: scan every segment in order, validate every entry's
+//! CRC, and replay the entries into shard indexes.
+//!
+//! Damage rules (docs/FORMAT.md, "Recovery"):
+//! - an invalid entry (bad magic, kind, length or CRC) with no valid entry
+//!   anywhere after it is a torn tail — a crash during a write. It is
+//!   truncated (zeroed with pwrite + fdatasync; later segments holding
+//!   nothing valid are removed) and the journal continues from there;
+//! - an invalid entry, or a hole of zeros, followed by a valid entry is
+//!   corruption in the middle: `tolerate_tail` (the default) refuses to open
+//!   with `Corruption`; `skip_corrupt` skips to the next valid entry.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::entry::{self, Checkpoint, Kind, Parsed, HEADER_LEN};
+use super::index::{IndexEntry, ShardState};
+use super::segment::{self, sync_dir, Segment};
+use crate::config::{Config, JournalConfig, RecoveryMode, ShardOptions};
+use crate::format::BatchHeader;
+use crate::time::now_ms;
+use crate::{Error, Result};
+
+pub struct RecoveredShard {
+    pub name: String,
+    pub options: ShardOptions,
+    pub state: ShardState,
+}
+
+pub struct Recovered {
+    /// Segments in log order; the last one is where appends continue.
+    pub segments: Vec<Arc<Segment>>,
+    /// Position in the last segment after its last valid entry.
+    pub tail: u64,
+    pub shards: BTreeMap<u64, RecoveredShard>,
+    pub next_id: u64,
+    pub entries: u64,
+    pub truncated_bytes: u64,
+    pub skipped_bytes: u64,
+}
+
+fn corruption_here(segment: &Segment, pos: u64, what: &str, next_valid: &str) -> Error {
+    Error::corruption(format!(
+        "journal segment '{}' at byte {pos}: {what}, but valid entries follow ({next_valid}); \
+         set [journal] recovery_mode = \"skip_corrupt\" to open anyway and lose the damaged range",
+        segment.path.display()
+    ))
+}
+
+/// Lists `*.log` segments of `dir` in order.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, std::path::PathBuf)>> {
+    let mut found = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?;
+    for item in entries {
+        let item = item.map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?;
+        let name = item.file_name();
+        if let Some(base) = name.to_str().and_then(segment::parse_name) {
+            found.push((base, item.path()));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Zeroes `[from, end of written data)` of a torn segment.
+fn zero_tail(segment: &Segment, from: u64) -> Result<u64> {
+    let data = segment.data();
+    let Some(last) = data[from as usize..].iter().rposition(|&b| b != 0) else {
+        return Ok(0);
+    };
+    let len = last as u64 + 1;
+    let zeros = vec![0u8; 1 << 20];
+    let mut pos = from;
+    while pos < from + len {
+        let n = (from + len - pos).min(zeros.len() as u64) as usize;
+        segment
+            .file
+            .write_all_at(&zeros[..n], pos)
+            .map_err(|e| Error::io(format!("truncating '{}'", segment.path.display()), e))?;
+        pos += n as u64;
+    }
+    segment
+        .file
+        .sync_data()
+        .map_err(|e| Error::io(format!("fdatasync of '{}'", segment.path.display()), e))?;
+    Ok(len)
+}
+
+pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
+    let mut segments = Vec::new();
+    for (base, path) in list_segments(dir)? {
+        let segment = Segment::open(path, base, HEADER_LEN as u64)?;
+        if let Some(prev) = segments.last() {
+            let prev: &Arc<Segment> = prev;
+            if prev.base + prev.len > base {
+                return Err(Error::corruption(format!(
+                    "journal segments '{}' and '{}' overlap",
+                    prev.path.display(),
+                    segment.path.display()
+                )));
+            }
+        }
+        segments.push(Arc::new(segment));
+    }
+    let mut out = Recovered {
+        segments: Vec::new(),
+        tail: 0,
+        shards: BTreeMap::new(),
+        next_id: 1,
+        entries: 0,
+        truncated_bytes: 0,
+        skipped_bytes: 0,
+    };
+    let now = now_ms();
+    let skip = config.recovery_mode == RecoveryMode::SkipCorrupt;
+    let mut catalogue = Catalogue::default();
+    let mut valid: Vec<(Arc<Segment>, u64, entry::EntryHeader)> = Vec::new();
+    let mut index = 0;
+    'segments: while index < segments.len() {
+        let segment = segments[index].clone();
+        let data = segment.data();
+        let mut pos = 0u64;
+        loop {
+            // `pos` may lie past the end when a truncated file ends inside
+            // the last entry's padding.
+            let parsed = entry::parse(data.get(pos as usize..).unwrap_or(&[]));
+            match parsed {
+                Parsed::Valid(header) => {
+                    let payload_start = pos as usize + HEADER_LEN;
+                    let payload = &data[payload_start..payload_start + header.payload_len as usize];
+                    catalogue.note(&header, payload)?;
+                    valid.push((segment.clone(), pos, header));
+                    out.entries += 1;
+                    pos += header.entry_len();
+                }
+                Parsed::Empty => {
+                    // Normally the end of this segment's data. Valid entries
+                    // after a zeroed header mean a hole in the middle.
+                    if let Some(next) = entry::find_valid(data, pos + entry::ALIGN) {
+                        if !skip {
+                            return Err(corruption_here(
+                                &segment,
+                                pos,
+                                "zeroed entry header",
+                                &format!("at byte {next}"),
+                            ));
+                        }
+                        out.skipped_bytes += next - pos;
+                        pos = next;
+                        continue;
+                    }
+                    break;
+                }
+                Parsed::Invalid(reason) => {
+                    if let Some(next) = entry::find_valid(data, pos + entry::ALIGN) {
+                        if !skip {
+                            return Err(corruption_here(
+                                &segment,
+                                pos,
+                                &reason,
+                                &format!("at byte {next}"),
+                            ));
+                        }
+                        out.skipped_bytes += next - pos;
+                        pos = next;
+                        continue;
+                    }
+                    let later = segments[index + 1..]
+                        .iter()
+                        .find(|s| entry::find_valid(s.data(), 0).is_some());
+                    if let Some(later) = later {
+                        if !skip {
+                            return Err(corruption_here(
+                                &segment,
+                                pos,
+                                &reason,
+                                &format!("in '{}'", later.path.display()),
+                            ));
+                        }
+                        out.skipped_bytes += segment.len - pos;
+                        out.segments.push(segment);
+                        index += 1;
+                        continue 'segments;
+                    }
+                    // A torn tail: nothing valid follows anywhere.
+                    out.truncated_bytes += zero_tail(&segment, pos)?;
+                    let doomed: Vec<Arc<Segment>> = segments.drain(index + 1..).collect();
+                    for later in &doomed {
+                        std::fs::remove_file(&later.path).map_err(|e| {
+                            Error::io(format!("removing '{}'", later.path.display()), e)
+                        })?;
+                    }
+                    if !doomed.is_empty() {
+                        sync_dir(dir)?;
+                    }
+                    break;
+                }
+            }
+        }
+        out.tail = pos;
+        out.segments.push(segment);
+        index += 1;
+    }
+    // Second pass: replay, now that every shard's catalogue is known.
+    for (segment, pos, header) in valid {
+        let start = pos as usize + HEADER_LEN;
+        let payload = &segment.data()[start..start + header.payload_len as usize];
+        apply(&mut out, &catalogue, &segment, pos, &header, payload, now)?;
+    }
+    for shard in out.shards.values_mut() {
+        shard.state.recompute_running_max();
+    }
+    Ok(out)
+}
+
+/// What the first pass learns about shard ids from the whole journal.
+///
+/// Replay needs it because a shard's surviving catalogue record can come
+/// AFTER some of its batches: when the segment holding a shard's creation
+/// record is removed, a fresh checkpoint is written into the newest segment,
+/// behind batches of the shard that sit in older, still present segments.
+#[derive(Default)]
+struct Catalogue {
+    /// id → (name, options TOML) from any of its checkpoints.
+    shards: std::collections::HashMap<u64, (String, String)>,
+    /// Ids whose deletion is in the journal: everything about them is
+    /// ignored (ids are never reused).
+    deleted: std::collections::HashSet<u64>,
+}
+
+impl Catalogue {
+    fn note(&mut self, header: &entry::EntryHeader, payload: &[u8]) -> Result<()> {
+        match header.kind {
+            Kind::Checkpoint => {
+                let c = Checkpoint::decode(payload)?;
+                self.shards.insert(header.shard_id, (c.name, c.options));
+            }
+            Kind::DeleteShard => {
+                self.deleted.insert(header.shard_id);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn parse_options(text: &str, where_: &str) -> Result<ShardOptions> {
+    Config::default()
+        .shard_options(Some(text))
+        .map_err(|e| Error::corruption(format!("{where_}: {e}")))
+}
+
+fn batch_entry(
+    segment: &Arc<Segment>,
+    pos: u64,
+    payload: &[u8],
+    where_: &str,
+) -> Result<(IndexEntry, i64)> {
+    let header = BatchHeader::parse(payload)?;
+    if header.total_len() != payload.len() {
+        return Err(Error::corruption(format!(
+            "{where_}: batch length {} does not match its entry ({} bytes)",
+            header.total_len(),
+            payload.len()
+        )));
+    }
+    let entry = IndexEntry::new(
+        segment.clone(),
+        pos + HEADER_LEN as u64,
+        payload.len(),
+        header.base_offset,
+        header.last_offset(),
+        header.max_timestamp,
+        header.record_count.max(0) as u32,
+    );
+    Ok((entry, header.base_offset))
+}
+
+fn apply(
+    out: &mut Recovered,
+    catalogue: &Catalogue,
+    segment: &Arc<Segment>,
+    pos: u64,
+    header: &entry::EntryHeader,
+    payload: &[u8],
+    now: i64,
+) -> Result<()> {
+    let id = header.shard_id;
+    let where_ = || format!("journal segment '{}' at byte {pos}", segment.path.display());
+    out.next_id = out.next_id.max(id + 1);
+    if catalogue.deleted.contains(&id) {
+        return Ok(());
+    }
+    if header.kind != Kind::Checkpoint && !out.shards.contains_key(&id) {
+        // Batches ahead of the shard's surviving checkpoint (see
+        // `Catalogue`): the shard exists from here on; the checkpoint
+        // further on sets its watermarks.
+        let Some((name, options)) = catalogue.shards.get(&id) else {
+            return Ok(()); // no catalogue record survives: a removed shard
+        };
+        let options = parse_options(options, &where_())?;
+        out.shards.retain(|_, s| &s.name != name);
+        out.shards.insert(
+            id,
+            RecoveredShard {
+                name: name.clone(),
+                options,
+                state: ShardState {
+                    anchor: segment.base,
+                    ..ShardState::default()
+                },
+            },
+        );
+    }
+    match header.kind {
+        Kind::Checkpoint => {
+            let c = Checkpoint::decode(payload)?;
+            match out.shards.get_mut(&id) {
+                Some(shard) => {
+                    shard.state.next_offset = shard.state.next_offset.max(c.next);
+                    shard.state.raise_low(c.low);
+                    shard.state.anchor = segment.base;
+                    shard.state.low_dirty = false;
+                }
+                None => {
+                    let options = parse_options(&c.options, &where_())?;
+                    // A name belongs to one live shard; a newer id wins.
+                    out.shards.retain(|_, s| s.name != c.name);
+                    let state = ShardState {
+                        low_watermark: c.low,
+                        next_offset: c.next,
+                        anchor: segment.base,
+                        ..ShardState::default()
+                    };
+                    out.shards.insert(
+                        id,
+                        RecoveredShard {
+                            name: c.name,
+                            options,
+                            state,
+                        },
+                    );
+                }
+            }
+        }
+        Kind::DeleteShard => {
+            out.shards.remove(&id);
+        }
+        Kind::Batch => {
+            let Some(shard) = out.shards.get_mut(&id) else {
+                return Ok(());
+            };
+            let (entry, base) = batch_entry(segment, pos, payload, &where_())?;
+            if base != header.aux as i64 || base < shard.state.next_offset {
+                return Err(Error::corruption(format!(
+                    "{}: batch at offset {base} for shard '{}' whose next offset is {}",
+                    where_(),
+                    shard.name,
+                    shard.state.next_offset
+                )));
+            }
+            shard.state.push(entry);
+            shard.state.enforce_retention(&shard.options, now);
+        }
+        Kind::Rewrite => {
+            let Some(shard) = out.shards.get_mut(&id) else {
+                return Ok(());
+            };
+            let (entry, base) = batch_entry(segment, pos, payload, &where_())?;
+            let state = &mut shard.state;
+            match state.position_of(base) {
+                Ok(i) => state.replace(i, Some(entry)),
+                // The original's segment is gone: the rewrite is the batch.
+                Err(i) if base >= state.low_watermark && entry.last_offset < state.next_offset => {
+                    state.bytes += entry.len as u64;
+                    state.records += entry.records as u64;
+                    state.last_end = state.last_end.max(entry.end());
+                    state.batches.insert(i, entry);
+                }
+                Err(_) => {}
+            }
+        }
+        Kind::DropBatch => {
+            if let Some(shard) = out.shards.get_mut(&id) {
+                if let Ok(i) = shard.state.position_of(header.aux as i64) {
+                    shard.state.replace(i, None);
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Journal segment files: `journal/<start position, 20 digits>.log`, each
+//! preallocated to its full size and mapped read-only once, so reads are
+//! zero-copy views of the page cache and transfers can sendfile(2) from it.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::{Mmap, MmapOptions};
+
+use crate::{Error, Result};
+
+pub fn file_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// Parses a segment file name back into its start position.
+pub fn parse_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// fsyncs a directory, so that a file created, renamed or removed in it
+/// survives a power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let file = File::open(dir).map_err(|e| Error::io(format!("opening '{}'", dir.display()), e))?;
+    file.sync_all()
+        .map_err(|e| Error::io(format!("fsyncing directory '{}'", dir.display()), e))
+}
+
+/// One segment. Its bytes at positions the writer has not reached yet are
+/// never looked at through the map (they are zeros or in flight).
+pub struct Segment {
+    /// Global journal position of the segment's first byte.
+    pub base: u64,
+    /// File size (the segment's capacity).
+    pub len: u64,
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    map: Arc<Mmap>,
+    /// Index entries (batches of live shards) that point into this segment.
+    /// The segment is removed once this is 0 and it is not the active one.
+    live: AtomicU64,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A zero-copy range of a mapping, owned by `Bytes`.
+struct MapSlice {
+    map: Arc<Mmap>,
+    start: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MapSlice {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.start + self.len]
+    }
+}
+
+fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
+    // SAFETY: fallocate on a descriptor we own; mode 0 allocates blocks and
+    // extends the size, so appends do not pay for block allocation and a
+    // full disk shows up here rather than as a failed write later.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    match error.raw_os_error() {
+        // Filesystems without fallocate: a sparse file of the right size.
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => file.set_len(len),
+        _ => Err(error),
+    }
+}
+
+impl Segment {
+    /// Creates, preallocates and maps a new segment, then fsyncs the
+    /// directory so the file's existence is durable before anything in it
+    /// is acknowledged.
+    pub fn create(dir: &Path, base: u64, len: u64) -> Result<Segment> {
+        let path = dir.join(file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating segment '{}'", path.display()), e))?;
+        preallocate(&file, len)
+            .map_err(|e| Error::io(format!("preallocating segment '{}'", path.display()), e))?;
+        sync_dir(dir)?;
+        Self::map(path, base, file, len)
+    }
+
+    /// Opens an existing segment (recovery). A file shorter than `min_len`
+    /// (a crash between create and preallocate) is extended with zeros.
+    pub fn open(path: PathBuf, base: u64, min_len: u64) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening segment '{}'", path.display()), e))?;
+        let mut len = file
+            .metadata()
+            .map_err(|e| Error::io(format!("stat '{}'", path.display()), e))?
+            .len();
+        if len < min_len {
+            preallocate(&file, min_len)
+                .map_err(|e| Error::io(format!("extending '{}'", path.display()), e))?;
+            len = min_len;
+        }
+        Self::map(path, base, file, len)
+    }
+
+    fn map(path: PathBuf, base: u64, file: File, len: u64) -> Result<Segment> {
+        // SAFETY: the mapping is read-only and the file is never truncated
+        // (recovery zeroes a torn tail with pwrite instead). Slices are only
+        // made of positions already written, which are never written again
+        // (the torn bytes recovery zeroes are never handed out), so no slice
+        // ever changes under its reader.
+        let map = unsafe { MmapOptions::new().len(len as usize).map(&file) }
+            .map_err(|e| Error::io(format!("mapping segment '{}'", path.display()), e))?;
+        Ok(Segment {
+            base,
+            len,
+            path,
+            file: Arc::new(file),
+            map: Arc::new(map),
+            live: AtomicU64::new(0),
+        })
+    }
+
+    /// Zero-copy view of `len` bytes at `pos` (already written).
+    pub fn bytes(&self, pos: u64, len: u64) -> Bytes {
+        Bytes::from_owner(MapSlice {
+            map: self.map.clone(),
+            start: pos as usize,
+            len: len as usize,
+        })
+    }
+
+    /// The whole mapping (recovery scans it before any write).
+    pub fn data(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::Acquire)
+    }
+
+    pub fn add_live(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn sub_live(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}

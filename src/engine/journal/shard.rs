@@ -1,0 +1,549 @@
+//! A journal shard: its index and watermarks in memory, its batches in the
+//! shared journal segments.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+use super::entry::{self, Checkpoint, Kind};
+use super::index::{IndexEntry, ShardState};
+use super::Log;
+use crate::config::{Durability, EngineKind, ShardOptions};
+use crate::engine::{
+    ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
+};
+use crate::format::{self, BatchHeader};
+use crate::io::{TransferChunk, TransferPlan};
+use crate::record::{Record, RecordView};
+use crate::time::now_ms;
+use crate::{Error, Result};
+
+pub struct JournalShard {
+    pub(crate) id: u64,
+    name: String,
+    options: ShardOptions,
+    log: Arc<Log>,
+    pub(crate) state: RwLock<ShardState>,
+    deleted: AtomicBool,
+    appended_records: AtomicU64,
+    appended_bytes: AtomicU64,
+    read_records: AtomicU64,
+}
+
+/// The shard options as `[shard]` TOML keys (stored in checkpoints).
+pub fn options_toml(options: &ShardOptions) -> String {
+    format!(
+        "engine = \"{}\"\ndurability = \"{}\"\ncompression = \"{}\"\nsegment_bytes = {}\n\
+         retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n",
+        options.engine.name(),
+        options.durability.name(),
+        options.compression.name(),
+        options.segment_bytes,
+        options.retention_ms,
+        options.retention_bytes,
+        options.retention_records
+    )
+}
+
+fn record_size(record: &RecordView) -> usize {
+    record.key.as_ref().map_or(0, Bytes::len)
+        + record.value.len()
+        + record
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
+            .sum::<usize>()
+}
+
+impl JournalShard {
+    pub(crate) fn new(
+        id: u64,
+        name: &str,
+        options: ShardOptions,
+        log: Arc<Log>,
+        state: ShardState,
+    ) -> JournalShard {
+        JournalShard {
+            id,
+            name: name.to_string(),
+            options,
+            log,
+            state: RwLock::new(state),
+            deleted: AtomicBool::new(false),
+            appended_records: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
+            read_records: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn options(&self) -> &ShardOptions {
+        &self.options
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(Error::ShardNotFound(self.name.clone()));
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, kind: Kind, aux: u64, payload: &[u8]) -> Result<super::writer::Placement> {
+        let header = entry::header(kind, self.id, aux, payload);
+        self.log.writer.enqueue(&header, payload)
+    }
+
+    /// Writes a checkpoint of the shard (name, options, watermarks) and
+    /// moves its anchor there. Called under the state lock.
+    pub(crate) fn checkpoint(&self, state: &mut ShardState) -> Result<u64> {
+        let payload = Checkpoint {
+            low: state.low_watermark,
+            next: state.next_offset,
+            name: self.name.clone(),
+            options: options_toml(&self.options),
+        }
+        .encode();
+        let placed = self.enqueue(Kind::Checkpoint, 0, &payload)?;
+        state.anchor = placed.segment.base;
+        state.low_dirty = false;
+        Ok(placed.end)
+    }
+
+    /// Marks the shard deleted and logs it; returns the entry's end.
+    pub(crate) fn delete(&self) -> Result<u64> {
+        let mut state = self.state.write();
+        let placed = self.enqueue(Kind::DeleteShard, 0, &[])?;
+        self.deleted.store(true, Ordering::Release);
+        // Releasing the index lets the segments it pinned go.
+        state.batches.clear();
+        Ok(placed.end)
+    }
+
+    /// Waits until the entry ending at `end` is as durable as this shard's
+    /// mode requires.
+    pub(crate) fn wait(&self, end: u64) -> Result<()> {
+        let writer = &self.log.writer;
+        match self.options.durability {
+            // Acknowledged from the buffer; the buffer is handed to the
+            // kernel once it grows past `buffer_bytes` (or by a later os or
+            // fsync append, a read of this data, or close).
+            Durability::None => {
+                if let Some(reason) = writer.poisoned() {
+                    return Err(Error::Poisoned(format!("journal: {reason}")));
+                }
+                if writer.pending_bytes() >= self.log.config.buffer_bytes {
+                    writer.commit(end, false)?;
+                }
+                Ok(())
+            }
+            Durability::Os => writer.commit(end, false),
+            Durability::Fsync => writer.commit(end, true),
+        }
+    }
+
+    /// Makes sure every byte the index points to is written to the file, so
+    /// the mapping shows it. Holding the shard lock meanwhile is fine: the
+    /// writer never takes shard locks.
+    fn make_readable(&self, state: &ShardState) -> Result<()> {
+        self.log.writer.ensure_written(state.last_end)
+    }
+
+    fn retention_cutoff(&self, now: i64) -> Option<i64> {
+        (self.options.retention_ms > 0)
+            .then(|| now.saturating_sub(self.options.retention_ms as i64))
+    }
+
+    /// Age retention also applies to shards nobody appends to any more.
+    fn expire_idle(&self, now: i64) {
+        let Some(cutoff) = self.retention_cutoff(now) else {
+            return;
+        };
+        let stale = {
+            let state = self.state.read();
+            state
+                .batches
+                .front()
+                .is_some_and(|b| b.max_timestamp < cutoff)
+        };
+        if stale {
+            let dropped = self.state.write().enforce_retention(&self.options, now);
+            if dropped {
+                self.log.maybe_reclaim();
+            }
+        }
+    }
+
+    /// Deletes, batch by batch, the records `matches` selects, logging a
+    /// rewritten batch (or a drop) for each affected one.
+    fn delete_where(&self, mut matches: impl FnMut(&RecordView) -> bool) -> Result<u64> {
+        self.check_live()?;
+        let mut state = self.state.write();
+        self.make_readable(&state)?;
+        let mut deleted = 0u64;
+        let mut last_end = None;
+        let mut index = 0;
+        while index < state.batches.len() {
+            let batch = &state.batches[index];
+            let bytes = batch.bytes();
+            let mut doomed = HashSet::new();
+            format::for_each_record(&bytes, false, |record| {
+                if matches(&record) {
+                    doomed.insert(record.offset);
+                }
+                true
+            })?;
+            if doomed.is_empty() {
+                index += 1;
+                continue;
+            }
+            let base = batch.base_offset;
+            let (last, max_ts, records) = (batch.last_offset, batch.max_timestamp, batch.records);
+            let kept = format::retain_records(&bytes, |offset| !doomed.contains(&offset))?;
+            deleted += doomed.len() as u64;
+            let replacement =
+                self.log_rewrite(base, last, max_ts, records - doomed.len() as u32, kept)?;
+            last_end = Some(replacement.1);
+            let removed = replacement.0.is_none();
+            state.replace(index, replacement.0);
+            if !removed {
+                index += 1;
+            }
+        }
+        drop(state);
+        if let Some(end) = last_end {
+            self.wait(end)?;
+            self.log.maybe_reclaim();
+        }
+        Ok(deleted)
+    }
+
+    /// Logs the rewritten form of batch `base` (`None`: nothing left).
+    fn log_rewrite(
+        &self,
+        base: i64,
+        last: i64,
+        max_ts: i64,
+        records: u32,
+        kept: Option<Bytes>,
+    ) -> Result<(Option<IndexEntry>, u64)> {
+        match kept {
+            Some(bytes) => {
+                let placed = self.enqueue(Kind::Rewrite, base as u64, &bytes)?;
+                let entry = IndexEntry::new(
+                    placed.segment.clone(),
+                    placed.pos + entry::HEADER_LEN as u64,
+                    bytes.len(),
+                    base,
+                    last,
+                    max_ts,
+                    records,
+                );
+                Ok((Some(entry), placed.end))
+            }
+            None => {
+                let placed = self.enqueue(Kind::DropBatch, base as u64, &[])?;
+                Ok((None, placed.end))
+            }
+        }
+    }
+}
+
+impl Shard for JournalShard {
+    fn info(&self) -> ShardInfo {
+        self.expire_idle(now_ms());
+        let state = self.state.read();
+        ShardInfo {
+            name: self.name.clone(),
+            engine: EngineKind::Journal,
+            first_offset: state.low_watermark,
+            next_offset: state.next_offset,
+            records: state.records,
+            bytes: state.bytes,
+            options: self.options.clone(),
+        }
+    }
+
+    fn append(&self, records: &[Record<'_>]) -> Result<i64> {
+        self.check_live()?;
+        let now = now_ms();
+        // Encode outside the lock; under it only the offset is assigned, the
+        // entry CRC computed and the entry copied into the log buffer, so a
+        // shard's entries enter the log in offset order.
+        let encoded = format::encode_batch(records, self.options.compression, now)?;
+        let record_count = encoded.record_count as u32;
+        let max_timestamp = encoded.max_timestamp;
+        let mut buffer = encoded.bytes;
+        let byte_len = buffer.len();
+
+        let mut state = self.state.write();
+        self.check_live()?;
+        let base_offset = state.next_offset;
+        format::set_base_offset(&mut buffer, base_offset);
+        let placed = self.enqueue(Kind::Batch, base_offset as u64, &buffer)?;
+        state.push(IndexEntry::new(
+            placed.segment.clone(),
+            placed.pos + entry::HEADER_LEN as u64,
+            byte_len,
+            base_offset,
+            base_offset + record_count as i64 - 1,
+            max_timestamp,
+            record_count,
+        ));
+        let dropped = state.enforce_retention(&self.options, now);
+        drop(state);
+
+        self.wait(placed.end)?;
+        self.appended_records
+            .fetch_add(record_count as u64, Ordering::Relaxed);
+        self.appended_bytes
+            .fetch_add(byte_len as u64, Ordering::Relaxed);
+        if dropped {
+            self.log.maybe_reclaim();
+        }
+        Ok(base_offset)
+    }
+
+    fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {
+        let now = now_ms();
+        self.expire_idle(now);
+        let state = self.state.read();
+        state.check_range(&self.name, from)?;
+        self.make_readable(&state)?;
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut next_offset = from;
+        let mut full = false;
+        for batch in state.batches.range(state.batch_index(from)..) {
+            format::for_each_record_from(&batch.bytes(), false, from, |record| {
+                if record.is_expired(now) {
+                    next_offset = record.offset + 1;
+                    return true;
+                }
+                let size = record_size(&record);
+                if records.len() >= limits.max_records
+                    || (!records.is_empty() && bytes + size > limits.max_bytes)
+                {
+                    full = true;
+                    return false;
+                }
+                bytes += size;
+                next_offset = record.offset + 1;
+                records.push(record);
+                true
+            })?;
+            if full {
+                break;
+            }
+            next_offset = next_offset.max(batch.last_offset + 1);
+        }
+        if !full {
+            next_offset = state.next_offset;
+        }
+        drop(state);
+        self.read_records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Ok(ReadResult {
+            records,
+            next_offset,
+        })
+    }
+
+    fn read_by_keys(&self, keys: &[&[u8]], max_records: usize) -> Result<Vec<RecordView>> {
+        let now = now_ms();
+        self.expire_idle(now);
+        let wanted: HashSet<&[u8]> = keys.iter().copied().collect();
+        let state = self.state.read();
+        self.make_readable(&state)?;
+        let mut records = Vec::new();
+        for batch in &state.batches {
+            if records.len() >= max_records {
+                break;
+            }
+            format::for_each_record(&batch.bytes(), false, |record| {
+                let hit = record
+                    .key
+                    .as_ref()
+                    .is_some_and(|k| wanted.contains(k.as_ref()));
+                if hit && !record.is_expired(now) {
+                    records.push(record);
+                }
+                records.len() < max_records
+            })?;
+        }
+        Ok(records)
+    }
+
+    fn read_by_tag(&self, tag: &[u8], from: i64, max_records: usize) -> Result<ReadResult> {
+        let now = now_ms();
+        self.expire_idle(now);
+        let state = self.state.read();
+        state.check_range(&self.name, from)?;
+        self.make_readable(&state)?;
+        let mut records = Vec::new();
+        let mut full = false;
+        let mut next_offset = from;
+        for batch in state.batches.range(state.batch_index(from)..) {
+            format::for_each_record_from(&batch.bytes(), false, from, |record| {
+                if !record.has_tag(tag) || record.is_expired(now) {
+                    return true;
+                }
+                if records.len() >= max_records {
+                    full = true;
+                    return false;
+                }
+                next_offset = record.offset + 1;
+                records.push(record);
+                true
+            })?;
+            if full {
+                break;
+            }
+        }
+        if !full {
+            next_offset = state.next_offset;
+        }
+        Ok(ReadResult {
+            records,
+            next_offset,
+        })
+    }
+
+    fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+        self.expire_idle(now_ms());
+        let state = self.state.read();
+        match timestamp_ms {
+            TIMESTAMP_EARLIEST => return Ok(Some(state.low_watermark)),
+            TIMESTAMP_LATEST => return Ok(Some(state.next_offset)),
+            _ => {}
+        }
+        self.make_readable(&state)?;
+        let start = state
+            .batches
+            .partition_point(|b| b.running_max_timestamp < timestamp_ms);
+        for batch in state.batches.range(start..) {
+            if batch.max_timestamp < timestamp_ms {
+                continue;
+            }
+            let mut found = None;
+            format::for_each_record(&batch.bytes(), false, |record| {
+                if record.timestamp_ms >= timestamp_ms {
+                    found = Some(record.offset);
+                    return false;
+                }
+                true
+            })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        self.check_live()?;
+        let mut state = self.state.write();
+        let target = offset.min(state.next_offset);
+        if target <= state.low_watermark {
+            return Ok(state.low_watermark);
+        }
+        self.make_readable(&state)?;
+        while state
+            .batches
+            .front()
+            .is_some_and(|b| b.last_offset < target)
+        {
+            state.pop_front();
+        }
+        // A batch straddling the new watermark is rewritten without the
+        // records below it (as the memory engine does), so transfers never
+        // send records below the low watermark.
+        if let Some(front) = state.batches.front() {
+            if front.base_offset < target {
+                let bytes = front.bytes();
+                let mut kept_records = 0u32;
+                format::for_each_record(&bytes, false, |r| {
+                    kept_records += u32::from(r.offset >= target);
+                    true
+                })?;
+                let kept = format::retain_records(&bytes, |o| o >= target)?;
+                let (base, last, max_ts) =
+                    (front.base_offset, front.last_offset, front.max_timestamp);
+                let (entry, _) = self.log_rewrite(base, last, max_ts, kept_records, kept)?;
+                state.replace(0, entry);
+            }
+        }
+        state.low_watermark = target;
+        let end = self.checkpoint(&mut state)?;
+        drop(state);
+        self.wait(end)?;
+        self.log.maybe_reclaim();
+        Ok(target)
+    }
+
+    fn delete_by_keys(&self, keys: &[&[u8]]) -> Result<u64> {
+        let doomed: HashSet<&[u8]> = keys.iter().copied().collect();
+        self.delete_where(|record| {
+            record
+                .key
+                .as_ref()
+                .is_some_and(|k| doomed.contains(k.as_ref()))
+        })
+    }
+
+    fn delete_by_offsets(&self, offsets: &[i64]) -> Result<u64> {
+        let doomed: HashSet<i64> = offsets.iter().copied().collect();
+        self.delete_where(|record| doomed.contains(&record.offset))
+    }
+
+    fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan> {
+        self.expire_idle(now_ms());
+        let state = self.state.read();
+        state.check_range(&self.name, from)?;
+        self.make_readable(&state)?;
+        let mut chunks: Vec<TransferChunk> = Vec::new();
+        let mut total = 0usize;
+        let mut next_offset = state.next_offset;
+        for batch in state.batches.range(state.batch_index(from)..) {
+            let len = batch.len as usize;
+            if !chunks.is_empty() && total + len > max_bytes {
+                next_offset = batch.base_offset;
+                break;
+            }
+            debug_assert_eq!(
+                BatchHeader::parse(&batch.bytes())
+                    .map(|h| h.base_offset)
+                    .ok(),
+                Some(batch.base_offset)
+            );
+            total += len;
+            // Batches of one shard are never adjacent in a shared journal
+            // (entry headers and other shards' entries sit between them),
+            // so each batch is its own sendfile range.
+            chunks.push(TransferChunk::File {
+                file: batch.segment.file.clone(),
+                offset: batch.pos,
+                len: len as u64,
+            });
+        }
+        Ok(TransferPlan::new(chunks, next_offset))
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let state = self.state.read();
+        let mut value = serde_json::json!({
+            "batches": state.batches.len(),
+            "appended_records": self.appended_records.load(Ordering::Relaxed),
+            "appended_bytes": self.appended_bytes.load(Ordering::Relaxed),
+            "read_records": self.read_records.load(Ordering::Relaxed),
+        });
+        drop(state);
+        value["journal"] = self.log.stats();
+        value
+    }
+}
