@@ -143,6 +143,19 @@ pub enum RecoveryMode {
     SkipCorrupt,
 }
 
+/// How the journal submits its writes and fdatasyncs (`[journal] io`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoMode {
+    /// io_uring when the system provides it, else pwrite/fdatasync.
+    #[default]
+    Auto,
+    /// io_uring; opening the journal fails if it is unavailable.
+    Uring,
+    /// pwrite(2) + fdatasync(2).
+    Pwrite,
+}
+
 /// Store-wide settings of the journal engine (the `[journal]` section).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct JournalConfig {
@@ -152,6 +165,12 @@ pub struct JournalConfig {
     /// before the buffer is handed to the kernel.
     pub buffer_bytes: u64,
     pub recovery_mode: RecoveryMode,
+    /// Submission path of the journal's I/O.
+    pub io: IoMode,
+    /// Write with O_DIRECT from aligned buffers (bypassing the page cache);
+    /// filesystems that refuse O_DIRECT (tmpfs) are written through the
+    /// page cache anyway.
+    pub direct: bool,
 }
 
 impl Default for JournalConfig {
@@ -160,6 +179,8 @@ impl Default for JournalConfig {
             segment_bytes: 1 << 30,
             buffer_bytes: 256 << 10,
             recovery_mode: RecoveryMode::default(),
+            io: IoMode::default(),
+            direct: true,
         }
     }
 }
@@ -208,6 +229,8 @@ struct JournalSection {
     segment_bytes: Option<u64>,
     buffer_bytes: Option<u64>,
     recovery_mode: Option<RecoveryMode>,
+    io: Option<IoMode>,
+    direct: Option<bool>,
 }
 
 /// Journal segments hold positions as u32 file offsets in places.
@@ -314,7 +337,8 @@ impl Config {
     /// max_record_bytes, max_batch_bytes; `[shard]` defaults
     /// (engine, durability, compression, segment_bytes, retention_ms,
     /// retention_bytes, retention_records); `[journal]` segment_bytes,
-    /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`).
+    /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
+    /// (`auto`, `uring` or `pwrite`), direct (bool).
     pub fn from_toml_str(text: &str) -> Result<Config> {
         let file: ConfigFile = parse_toml(text, "store configuration")?;
         let mut config = match file.preset {
@@ -363,6 +387,12 @@ impl Config {
             }
             if let Some(mode) = journal.recovery_mode {
                 config.journal.recovery_mode = mode;
+            }
+            if let Some(io) = journal.io {
+                config.journal.io = io;
+            }
+            if let Some(direct) = journal.direct {
+                config.journal.direct = direct;
             }
         }
         if config.max_record_bytes > config.max_batch_bytes {
@@ -478,5 +508,33 @@ mod tests {
         assert!(err.to_string().contains("yolo"), "{err}");
         let err = Config::from_toml_str("[journal]\nsegmentbytes = 1\n").unwrap_err();
         assert!(err.to_string().contains("segmentbytes"), "{err}");
+    }
+
+    #[test]
+    fn journal_io_keys() {
+        let defaults = Config::default().journal;
+        assert_eq!(defaults.io, IoMode::Auto);
+        assert!(defaults.direct);
+        for (text, io) in [
+            ("auto", IoMode::Auto),
+            ("uring", IoMode::Uring),
+            ("pwrite", IoMode::Pwrite),
+        ] {
+            let config =
+                Config::from_toml_str(&format!("[journal]\nio = \"{text}\"\ndirect = false\n"))
+                    .unwrap();
+            assert_eq!(config.journal.io, io);
+            assert!(!config.journal.direct);
+        }
+        let err = Config::from_toml_str("[journal]\nio = \"aio\"\n").unwrap_err();
+        assert_eq!(err.status(), crate::Status::InvalidConfig);
+        assert!(err.to_string().contains("aio"), "{err}");
+        let err = Config::from_toml_str("[journal]\ndirect = \"yes\"\n").unwrap_err();
+        assert!(err.to_string().contains("direct"), "{err}");
+        let err = Config::from_toml_str("[journal]\no_direct = true\n").unwrap_err();
+        assert!(err.to_string().contains("o_direct"), "{err}");
+        let json = Config::default().to_json();
+        assert_eq!(json["journal"]["io"], "auto");
+        assert_eq!(json["journal"]["direct"], true);
     }
 }

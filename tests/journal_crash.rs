@@ -42,12 +42,22 @@ impl Rng {
 }
 
 const CHILD_ENV: &str = "MQS_CRASH_CHILD_DIR";
+/// The journal I/O path of the child: `default` (io = "auto", direct),
+/// `uring-buffered`, or `pwrite` / `pwrite-buffered` for the fallbacks.
+const IO_ENV: &str = "MQS_CRASH_IO";
 const CRASH_SHARDS: usize = 3;
 
-fn crash_config() -> Config {
-    Config::from_toml_str(
-        "[shard]\nengine = \"journal\"\ndurability = \"fsync\"\n[journal]\nsegment_bytes = 131072\n",
-    )
+fn crash_config(io: &str) -> Config {
+    let keys = match io {
+        "default" => "",
+        "pwrite" => "io = \"pwrite\"\n",
+        "pwrite-buffered" => "io = \"pwrite\"\ndirect = false\n",
+        "uring-buffered" => "io = \"uring\"\ndirect = false\n",
+        other => panic!("unknown {IO_ENV} {other}"),
+    };
+    Config::from_toml_str(&format!(
+        "[shard]\nengine = \"journal\"\ndurability = \"fsync\"\n[journal]\nsegment_bytes = 131072\n{keys}"
+    ))
     .unwrap()
 }
 
@@ -58,7 +68,8 @@ fn crash_writer_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let store = Arc::new(Store::open(&dir, crash_config()).unwrap());
+    let io = std::env::var(IO_ENV).unwrap_or_else(|_| "default".into());
+    let store = Arc::new(Store::open(&dir, crash_config(&io)).unwrap());
     for s in 0..CRASH_SHARDS {
         let name = format!("c{s}");
         if store.shard_info(&name).is_err() {
@@ -103,8 +114,33 @@ fn crash_writer_child() {
     }
 }
 
+/// On every I/O path: the default (io_uring + O_DIRECT where available),
+/// io_uring through the page cache, then the pwrite fallback with O_DIRECT
+/// and through the page cache (`MQS_CRASH_MODES=a,b` picks some). One
+/// after the other in one test: tests running in parallel would share
+/// their store locks with each other's children between fork and exec.
 #[test]
 fn kill_9_loses_no_acknowledged_record() {
+    let modes = std::env::var("MQS_CRASH_MODES")
+        .unwrap_or_else(|_| "default,uring-buffered,pwrite,pwrite-buffered".into());
+    for io in modes.split(',') {
+        if io.starts_with("uring")
+            && mqstore::Store::open_with_toml(
+                tempfile::tempdir().unwrap().path(),
+                Some("[shard]\nengine = \"journal\"\n[journal]\nio = \"uring\"\n"),
+            )
+            .and_then(|s| s.create_shard("probe", None).map(|_| ()))
+            .is_err()
+        {
+            // tests/journal_io.rs asserts the fallback and the error.
+            eprintln!("{io}: io_uring unavailable here, path not run");
+            continue;
+        }
+        kill_9_cycles(io);
+    }
+}
+
+fn kill_9_cycles(io: &str) {
     let cycles: usize = std::env::var("MQS_CRASH_CYCLES")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -124,8 +160,9 @@ fn kill_9_loses_no_acknowledged_record() {
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, dir.path())
+            .env(IO_ENV, io)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let target = 1 + rng.below(150) as usize;
@@ -177,7 +214,19 @@ fn kill_9_loses_no_acknowledged_record() {
         }
         total_acks += seen;
 
-        let store = Store::open(dir.path(), crash_config()).unwrap();
+        let store = Store::open(dir.path(), crash_config(io)).unwrap();
+        if let Some((shard, _)) = acked.iter().next() {
+            let stats = store.shard_stats(shard).unwrap();
+            let path = stats["engine_stats"]["journal"]["io"].as_str().unwrap();
+            assert_eq!(
+                path.ends_with("+direct"),
+                !io.ends_with("buffered"),
+                "{path}"
+            );
+            if io != "default" {
+                assert!(path.starts_with(io.split('-').next().unwrap()), "{path}");
+            }
+        }
         for (shard, records) in &acked {
             let info = store.shard_info(shard).unwrap();
             let last = *records.keys().last().unwrap();
@@ -217,7 +266,7 @@ fn kill_9_loses_no_acknowledged_record() {
         .collect();
     segments.sort();
     eprintln!(
-        "{cycles} kill -9 cycles, {total_acks} acknowledged batches verified; \
+        "{io}: {cycles} kill -9 cycles, {total_acks} acknowledged batches verified; \
          segments left: {segments:?}"
     );
 }

@@ -30,6 +30,26 @@ pub struct Drivers {
     pub python: PathBuf,
     /// Where the compiled C driver goes.
     pub build_dir: PathBuf,
+    /// Cargo's target directory (to tell a release extension from a debug one).
+    pub target: PathBuf,
+}
+
+/// Which cargo profile built the installed Python extension: its bytes are
+/// compared with the artifacts maturin copied it from. A debug extension
+/// runs several times slower, and its figure would say nothing about the
+/// binding's overhead.
+fn extension_build(extension: &Path, target: &Path) -> &'static str {
+    let Ok(installed) = std::fs::read(extension) else {
+        return "unknown";
+    };
+    for profile in ["release", "debug"] {
+        let built = target.join(profile).join("lib_mqstore.so");
+        let same_size = std::fs::metadata(&built).is_ok_and(|m| m.len() == installed.len() as u64);
+        if same_size && std::fs::read(&built).is_ok_and(|b| b == installed) {
+            return profile;
+        }
+    }
+    "unknown"
 }
 
 /// Runs a driver and parses the JSON object on the last line of its output.
@@ -71,7 +91,11 @@ fn record(results: &mut Results, name: &str, report: Value, extra: Value) {
             }
             results.stats(name, &Stats::new(samples), "msgs/s", p);
         }
-        None => results.failed(name, "msgs/s", &format!("driver reported no samples: {report}")),
+        None => results.failed(
+            name,
+            "msgs/s",
+            &format!("driver reported no samples: {report}"),
+        ),
     }
 }
 
@@ -109,7 +133,11 @@ fn run_c(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results) {
     let binary = drivers.build_dir.join("ffi_bench");
     let lib_dir = drivers.lib.parent().unwrap_or(Path::new("."));
     if let Err(e) = std::fs::create_dir_all(&drivers.build_dir) {
-        results.failed(C_METRIC, "msgs/s", &format!("creating {}: {e}", drivers.build_dir.display()));
+        results.failed(
+            C_METRIC,
+            "msgs/s",
+            &format!("creating {}: {e}", drivers.build_dir.display()),
+        );
         return;
     }
     let mut compile = Command::new(&drivers.cc);
@@ -173,10 +201,12 @@ fn run_c(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results) {
 
 fn run_python(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results) {
     let probe = Command::new(&drivers.python)
-        .args(["-c", "import mqstore"])
+        .args(["-c", "import mqstore._mqstore as m; print(m.__file__)"])
         .output();
-    match probe {
-        Ok(out) if out.status.success() => {}
+    let extension = match probe {
+        Ok(out) if out.status.success() => {
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        }
         Ok(out) => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let last = stderr.trim().lines().last().unwrap_or("").to_string();
@@ -198,6 +228,20 @@ fn run_python(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results
             );
             return;
         }
+    };
+    let build = extension_build(&extension, &drivers.target);
+    if build == "debug" {
+        results.absent(
+            PYTHON_METRIC,
+            "msgs/s",
+            &format!(
+                "the installed extension {} is a debug build (identical to {}/debug/lib_mqstore.so); \
+                 install the release build with `make python-release`",
+                extension.display(),
+                drivers.target.display()
+            ),
+        );
+        return;
     }
     let dir = match tempfile::Builder::new().prefix("ffi-py-").tempdir_in(base) {
         Ok(dir) => dir,
@@ -218,6 +262,8 @@ fn run_python(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results
         Ok(report) => {
             let mut extra = common_params(plan);
             extra["interpreter"] = json!(drivers.python.display().to_string());
+            extra["extension"] = json!(extension.display().to_string());
+            extra["extension_build"] = json!(build);
             extra["api"] = json!("Store.append_batch(shard, list of bytes)");
             record(results, PYTHON_METRIC, report, extra);
         }
@@ -233,5 +279,10 @@ pub fn run(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results) {
 
 pub fn compare(results: &mut Results) {
     results.compare(C_METRIC, HEADLINE, 1.0, "vs the Rust API, same workload");
-    results.compare(PYTHON_METRIC, HEADLINE, 1.0, "vs the Rust API, same workload");
+    results.compare(
+        PYTHON_METRIC,
+        HEADLINE,
+        1.0,
+        "vs the Rust API, same workload",
+    );
 }

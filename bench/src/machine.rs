@@ -73,7 +73,8 @@ fn mount_of(dir: &Path) -> Option<(String, String, String, String)> {
         let (left, right) = line.split_once(" - ")?;
         let left: Vec<&str> = left.split(' ').collect();
         let right: Vec<&str> = right.split(' ').collect();
-        let (Some(mount_point), Some(fs), Some(source)) = (left.get(4), right.first(), right.get(1))
+        let (Some(mount_point), Some(fs), Some(source)) =
+            (left.get(4), right.first(), right.get(1))
         else {
             continue;
         };
@@ -94,7 +95,8 @@ fn rotational(source: &str) -> Option<bool> {
     // Partitions (vda1) report through their parent disk (vda).
     let candidates = [
         name.to_string(),
-        name.trim_end_matches(|c: char| c.is_ascii_digit()).to_string(),
+        name.trim_end_matches(|c: char| c.is_ascii_digit())
+            .to_string(),
     ];
     candidates.iter().find_map(|disk| {
         let text = std::fs::read_to_string(format!("/sys/block/{disk}/queue/rotational")).ok()?;

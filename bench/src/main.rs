@@ -9,6 +9,7 @@
 
 mod engine;
 mod ffi;
+mod journal;
 mod machine;
 mod memory;
 mod raw;
@@ -119,6 +120,9 @@ struct Args {
     dir: Option<PathBuf>,
     only: Vec<String>,
     chart: bool,
+    /// Set in the child process that runs the engine suites (see
+    /// `engines_isolated`): run inline, write JSON, print no table.
+    isolated: bool,
     drivers: ffi::Drivers,
 }
 
@@ -131,7 +135,8 @@ usage: bench [--quick] [--out FILE] [--dir DIR] [--only SECTIONS] [--no-chart]
                    then bench/results.json); the table goes to FILE with .txt
   --dir DIR        directory on the filesystem to test (default: a temporary
                    directory under the results directory, removed afterwards)
-  --only LIST      comma-separated sections: raw,memory,engines,rocksdb,ffi
+  --only LIST      comma-separated sections: raw,memory,engines (journal, file),
+                   rocksdb,ffi
   --no-chart       do not run bench/python/chart.py afterwards
   --lib PATH       libmqstore.so for the C driver (default: next to this binary;
                    env MQS_BENCH_LIB)
@@ -158,6 +163,7 @@ fn parse_args() -> Result<Args, String> {
         dir: None,
         only: SECTIONS.iter().map(|s| s.to_string()).collect(),
         chart: true,
+        isolated: false,
         drivers: ffi::Drivers {
             lib: std::env::var_os("MQS_BENCH_LIB")
                 .map(PathBuf::from)
@@ -168,6 +174,7 @@ fn parse_args() -> Result<Args, String> {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join(".venv/bin/python")),
             build_dir: target.join("bench"),
+            target: target.clone(),
             root,
         },
     };
@@ -177,6 +184,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--quick" => args.quick = true,
             "--no-chart" => args.chart = false,
+            "--isolated-child" => args.isolated = true,
             "--out" => args.out = PathBuf::from(value("--out")?),
             "--dir" => args.dir = Some(PathBuf::from(value("--dir")?)),
             "--lib" => args.drivers.lib = PathBuf::from(value("--lib")?),
@@ -187,7 +195,10 @@ fn parse_args() -> Result<Args, String> {
                 let list = value("--only")?;
                 args.only = list.split(',').map(|s| s.trim().to_string()).collect();
                 if let Some(bad) = args.only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
-                    return Err(format!("unknown section '{bad}' (known: {})", SECTIONS.join(",")));
+                    return Err(format!(
+                        "unknown section '{bad}' (known: {})",
+                        SECTIONS.join(",")
+                    ));
                 }
             }
             "-h" | "--help" => {
@@ -200,43 +211,81 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// Metrics of engines this build does not have, by the names the issue
-/// fixes, so a reader sees every promised figure and why it is missing.
-fn engines_not_built(results: &mut Results) {
-    println!("== engines not yet built");
-    let expected: [(EngineKind, &[(&str, &str)]); 2] = [
-        (
-            EngineKind::Journal,
-            &[
-                ("journal.append_1k_batch64_fsync.msgs_per_s", "msgs/s"),
-                ("journal.append_100b_batch1024_fsync.msgs_per_s", "msgs/s"),
-                ("journal.append_1k_single_fsync_4threads.p99_us", "µs"),
-                ("journal.shards_1m.rss_mb", "MiB"),
-                ("journal.shards_1m.append_msgs_per_s", "msgs/s"),
-                ("journal.read_tail_1k.gbps", "GB/s"),
-                ("journal.sendfile_1k.gbps", "GB/s"),
-                ("journal.reopen_clean.s", "s"),
-                ("journal.reopen_crash.s", "s"),
-            ],
-        ),
-        (
-            EngineKind::File,
-            &[
-                ("file.append_1k_batch64_os.msgs_per_s", "msgs/s"),
-                ("file.edge_1000shards.peak_rss_mb", "MiB"),
-            ],
-        ),
-    ];
-    for (kind, metrics) in expected {
-        let reason = if kind.is_available() {
-            // The engine landed; its workloads belong in this harness next
-            // (engine.rs has them, parameterised by shard options).
-            format!("engine '{kind}' is built, but the harness has no {kind} workloads yet")
-        } else {
-            format!("engine '{kind}' is not built yet")
-        };
-        for (name, unit) in metrics {
-            results.absent(name, unit, &reason);
+/// Engines other than memory: measured when this build has them, else
+/// their metrics (the names the issue fixes) are listed as absent, so a
+/// reader sees every promised figure and why it is missing.
+fn other_engines(base: &Path, plan: &Plan, results: &mut Results) {
+    if EngineKind::Journal.is_available() {
+        journal::run(base, plan, results);
+    } else {
+        println!("== journal engine: not built");
+        let reason = "engine 'journal' is not built yet";
+        for (name, unit) in journal::ISSUE_METRICS {
+            results.absent(name, unit, reason);
+        }
+    }
+    file_engine(results);
+}
+
+fn file_engine(results: &mut Results) {
+    println!("== file engine");
+    let reason = if EngineKind::File.is_available() {
+        // The engine landed; its workloads belong here next (engine.rs has
+        // them, parameterised by shard options, as journal.rs uses them).
+        "engine 'file' is built, but the harness has no file workloads yet"
+    } else {
+        "engine 'file' is not built yet"
+    };
+    results.absent("file.append_1k_batch64_os.msgs_per_s", "msgs/s", reason);
+    results.absent("file.edge_1000shards.peak_rss_mb", "MiB", reason);
+}
+
+/// Engines still under construction can crash the process (a segfault in
+/// an engine is exactly what a benchmark may be first to hit). Their suites
+/// run in a child process, so a crash costs their metrics, reported as
+/// failed with the signal, and not the whole run.
+fn engines_isolated(base: &Path, args: &Args, results: &mut Results) {
+    let out = base.join("engines.json");
+    let mut command = Command::new(std::env::current_exe().unwrap_or_else(|_| "bench".into()));
+    command
+        .args([
+            "--isolated-child",
+            "--no-chart",
+            "--only",
+            "engines",
+            "--dir",
+        ])
+        .arg(base)
+        .arg("--out")
+        .arg(&out);
+    if args.quick {
+        command.arg("--quick");
+    }
+    let outcome = command
+        .status()
+        .map_err(|e| e.to_string())
+        .and_then(|status| {
+            if !status.success() {
+                use std::os::unix::process::ExitStatusExt;
+                return Err(match status.signal() {
+                    Some(signal) => format!("the engine suite process died with signal {signal}"),
+                    None => format!("the engine suite process failed: {status}"),
+                });
+            }
+            let text = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+            let document: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            serde_json::from_value::<Vec<results::Metric>>(document["metrics"].clone())
+                .map_err(|e| e.to_string())
+        });
+    match outcome {
+        Ok(metrics) => results.extend(metrics),
+        Err(error) => {
+            eprintln!("bench: {error}");
+            for (name, unit) in journal::ISSUE_METRICS {
+                results.failed(name, unit, &error);
+            }
+            file_engine(results);
         }
     }
 }
@@ -262,6 +311,16 @@ fn run_chart(args: &Args) {
 }
 
 fn main() {
+    // The victim process of journal.reopen_crash (killed with SIGKILL).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.len() == 4 && argv[1] == "--child-append" {
+        let bytes = argv[3].parse().unwrap_or(1 << 20);
+        if let Err(e) = journal::child_append(Path::new(&argv[2]), bytes) {
+            eprintln!("bench --child-append: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args = match parse_args() {
         Ok(args) => args,
         Err(e) => {
@@ -269,7 +328,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let plan = if args.quick { Plan::quick() } else { Plan::full() };
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
     let started_at = machine::utc_now_rfc3339();
     let clock = Instant::now();
 
@@ -287,7 +350,10 @@ fn main() {
     {
         Ok(dir) => dir,
         Err(e) => {
-            eprintln!("bench: cannot create a directory in {}: {e}", base_parent.display());
+            eprintln!(
+                "bench: cannot create a directory in {}: {e}",
+                base_parent.display()
+            );
             std::process::exit(1);
         }
     };
@@ -312,7 +378,11 @@ fn main() {
         memory::run(base.path(), &plan, &mut results);
     }
     if wants("engines") {
-        engines_not_built(&mut results);
+        if args.isolated {
+            other_engines(base.path(), &plan, &mut results);
+        } else {
+            engines_isolated(base.path(), &args, &mut results);
+        }
     }
     if wants("rocksdb") {
         rocksdb_peer::run(base.path(), &plan, &mut results);
@@ -321,6 +391,7 @@ fn main() {
         ffi::run(base.path(), &plan, &args.drivers, &mut results);
     }
     memory::compare(&mut results);
+    journal::compare(&mut results);
     ffi::compare(&mut results);
 
     let elapsed = clock.elapsed().as_secs_f64();
@@ -331,12 +402,18 @@ fn main() {
         if plan.quick { "quick" } else { "full" },
         results.table()
     );
-    println!("\n{table}");
+    if !args.isolated {
+        println!("\n{table}");
+    }
     if let Err(e) = results::write_files(&args.out, &document, &table) {
         eprintln!("bench: writing {}: {e}", args.out.display());
         std::process::exit(1);
     }
-    println!("wrote {} and {}", args.out.display(), args.out.with_extension("txt").display());
+    println!(
+        "wrote {} and {}",
+        args.out.display(),
+        args.out.with_extension("txt").display()
+    );
     drop(base);
     if args.chart {
         run_chart(&args);

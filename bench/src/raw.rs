@@ -50,7 +50,12 @@ fn preallocate(file: &File, len: u64) -> io::Result<()> {
 /// one pass, timed including the final flush. The first 8 bytes of each
 /// write carry its offset so no two blocks are identical (a deduplicating
 /// layer must not be able to skip work).
-fn sequential_pass(file: &File, buf: &mut AlignedBuf, len: u64, sync_each: bool) -> io::Result<Duration> {
+fn sequential_pass(
+    file: &File,
+    buf: &mut AlignedBuf,
+    len: u64,
+    sync_each: bool,
+) -> io::Result<Duration> {
     let step = buf.as_slice().len() as u64;
     let start = Instant::now();
     let mut offset = 0;
@@ -78,7 +83,12 @@ struct TestFile {
 }
 
 impl TestFile {
-    fn create(dir: &Path, name: &str, len: u64, direct: bool) -> io::Result<(TestFile, AlignedBuf)> {
+    fn create(
+        dir: &Path,
+        name: &str,
+        len: u64,
+        direct: bool,
+    ) -> io::Result<(TestFile, AlignedBuf)> {
         let path = dir.join(name);
         let mut options = OpenOptions::new();
         options.create(true).truncate(true).read(true).write(true);
@@ -116,7 +126,10 @@ impl Drop for TestFile {
 fn odirect_write(dir: &Path, plan: &Plan) -> io::Result<(Stats, f64)> {
     let (test, mut buf) = TestFile::create(dir, "raw-odirect.dat", plan.disk_bytes, true)?;
     let stats = util::repeat(plan.reps, || {
-        Ok(gb_per_s(test.len, sequential_pass(&test.file, &mut buf, test.len, false)?))
+        Ok(gb_per_s(
+            test.len,
+            sequential_pass(&test.file, &mut buf, test.len, false)?,
+        ))
     })?;
     Ok((stats, gb_per_s(test.len, test.first_pass)))
 }
@@ -125,7 +138,10 @@ fn buffered_fdatasync_write(dir: &Path, plan: &Plan) -> io::Result<Stats> {
     let (test, mut buf) =
         TestFile::create(dir, "raw-buffered.dat", plan.fdatasync_write_bytes, false)?;
     util::repeat(plan.reps, || {
-        Ok(gb_per_s(test.len, sequential_pass(&test.file, &mut buf, test.len, true)?))
+        Ok(gb_per_s(
+            test.len,
+            sequential_pass(&test.file, &mut buf, test.len, true)?,
+        ))
     })
 }
 
@@ -134,13 +150,18 @@ fn buffered_fdatasync_write(dir: &Path, plan: &Plan) -> io::Result<Stats> {
 fn fdatasync_latency(dir: &Path, plan: &Plan) -> io::Result<Vec<Histogram<u64>>> {
     let block = 4096u64;
     let len = plan.fdatasync_samples as u64 * block;
-    let (test, _) = TestFile::create(dir, "raw-fdatasync.dat", len.max(JOURNAL_WRITE as u64), false)?;
+    let (test, _) = TestFile::create(
+        dir,
+        "raw-fdatasync.dat",
+        len.max(JOURNAL_WRITE as u64),
+        false,
+    )?;
     let mut buf = vec![0u8; block as usize];
     util::fill_pseudo_random(&mut buf, 7);
     let mut histograms = Vec::new();
     for _ in 0..plan.reps {
-        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-            .map_err(io::Error::other)?;
+        let mut histogram =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(io::Error::other)?;
         for i in 0..plan.fdatasync_samples as u64 {
             buf[..8].copy_from_slice(&i.to_le_bytes());
             let start = Instant::now();
@@ -181,7 +202,12 @@ fn sendfile(dir: &Path, plan: &Plan) -> io::Result<Stats> {
                 let remaining = (len - offset as u64).min(1 << 30) as usize;
                 // SAFETY: both descriptors are open; offset is a valid pointer.
                 let n = unsafe {
-                    libc::sendfile(sink.sender.as_raw_fd(), file.as_raw_fd(), &mut offset, remaining)
+                    libc::sendfile(
+                        sink.sender.as_raw_fd(),
+                        file.as_raw_fd(),
+                        &mut offset,
+                        remaining,
+                    )
                 };
                 if n < 0 {
                     let error = io::Error::last_os_error();
@@ -193,13 +219,42 @@ fn sendfile(dir: &Path, plan: &Plan) -> io::Result<Stats> {
             let received = sink.finish()?;
             let elapsed = start.elapsed();
             if received != len {
-                return Err(io::Error::other(format!("reader got {received} of {len} bytes")));
+                return Err(io::Error::other(format!(
+                    "reader got {received} of {len} bytes"
+                )));
             }
             Ok(gb_per_s(len, elapsed))
         })
     })();
     let _ = std::fs::remove_file(&path);
     result
+}
+
+/// write(2) of a 1 MiB user-space buffer to a loopback TCP socket, same
+/// total as `sendfile`: the ceiling for transfers of data that lives in
+/// process memory (the memory engine's sendfile_to_fd uses sendmsg with
+/// iovecs pointing at its stored batches: no file, so no sendfile(2)).
+fn socket_write(plan: &Plan) -> io::Result<Stats> {
+    use std::io::Write;
+    let mut data = vec![0u8; 1 << 20];
+    util::fill_pseudo_random(&mut data, 13);
+    util::repeat(plan.reps, || {
+        let mut sink = LoopbackSink::new()?;
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while sent < plan.sendfile_bytes {
+            sink.sender.write_all(&data)?;
+            sent += data.len() as u64;
+        }
+        let received = sink.finish()?;
+        let elapsed = start.elapsed();
+        if received != sent {
+            return Err(io::Error::other(format!(
+                "reader got {received} of {sent} bytes"
+            )));
+        }
+        Ok(gb_per_s(sent, elapsed))
+    })
 }
 
 /// Single-threaded memcpy between two buffers far larger than any cache:
@@ -261,7 +316,12 @@ pub fn run(dir: &Path, plan: &Plan, results: &mut Results) {
                         .map(|h| h.value_at_quantile(quantile) as f64 / 1000.0)
                         .collect(),
                 );
-                results.stats(&format!("raw.fdatasync_{suffix}_us"), &stats, "µs", p.clone());
+                results.stats(
+                    &format!("raw.fdatasync_{suffix}_us"),
+                    &stats,
+                    "µs",
+                    p.clone(),
+                );
             }
         }
         Err(e) => {
@@ -276,6 +336,13 @@ pub fn run(dir: &Path, plan: &Plan, results: &mut Results) {
         "GB/s",
         json!({ "file_bytes": plan.sendfile_bytes, "to": "loopback TCP, reader thread draining",
                 "page_cache": "warm" }),
+    );
+    results.stats_or_failed(
+        "raw.socket_write_gbps",
+        socket_write(plan),
+        "GB/s",
+        json!({ "total_bytes": plan.sendfile_bytes, "write_bytes": 1 << 20,
+                "to": "loopback TCP, reader thread draining" }),
     );
     results.stats(
         "raw.memcpy_gbps",

@@ -4,13 +4,13 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::util::Stats;
 
 /// Whether a metric has a value, and if not, why.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Measured in this run.
@@ -37,7 +37,7 @@ impl Status {
 }
 
 /// A comparison printed beside a metric: its value as a fraction of another.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Versus {
     pub metric: String,
     pub ratio: f64,
@@ -45,7 +45,7 @@ pub struct Versus {
     pub basis: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metric {
     pub name: String,
     /// `null` unless `status` is `ok`.
@@ -54,7 +54,7 @@ pub struct Metric {
     pub status: Status,
     pub params: Map<String, Value>,
     pub quick: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vs: Option<Versus>,
 }
 
@@ -115,8 +115,19 @@ impl Results {
         );
     }
 
+    /// Adds metrics measured by a child process (already printed by it).
+    pub fn extend(&mut self, metrics: Vec<Metric>) {
+        self.metrics.extend(metrics);
+    }
+
     pub fn absent(&mut self, name: &str, unit: &str, reason: &str) {
-        self.push(name, None, unit, Status::Absent, json!({ "reason": reason }));
+        self.push(
+            name,
+            None,
+            unit,
+            Status::Absent,
+            json!({ "reason": reason }),
+        );
     }
 
     pub fn not_applicable(&mut self, name: &str, unit: &str, reason: &str) {
@@ -196,8 +207,8 @@ impl Results {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<width$}  {:>14}  {:<9}  {}",
-            "metric", "value", "unit", "vs / note"
+            "{:<width$}  {:>14}  {:<9}  vs / note",
+            "metric", "value", "unit"
         );
         let _ = writeln!(out, "{}", "-".repeat(width + 60));
         for metric in &self.metrics {
@@ -215,7 +226,7 @@ pub fn human(value: f64) -> String {
         let digits = rounded.abs().to_string();
         let mut grouped = String::new();
         for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
                 grouped.push(',');
             }
             grouped.push(c);
@@ -241,7 +252,12 @@ fn note(metric: &Metric) -> String {
         Status::Ok => {
             let mut parts = Vec::new();
             if let Some(vs) = &metric.vs {
-                parts.push(format!("{:.1}% of {} ({})", vs.ratio * 100.0, vs.metric, vs.basis));
+                parts.push(format!(
+                    "{:.1}% of {} ({})",
+                    vs.ratio * 100.0,
+                    vs.metric,
+                    vs.basis
+                ));
             }
             if let (Some(min), Some(max)) = (
                 metric.params.get("min").and_then(Value::as_f64),

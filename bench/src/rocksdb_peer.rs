@@ -30,7 +30,9 @@ mod imp {
 
     /// One repetition on a fresh database: msgs/s over `duration`.
     pub fn append_once(base: &Path, sync: bool, duration: Duration) -> io::Result<f64> {
-        let dir = tempfile::Builder::new().prefix("rocksdb-").tempdir_in(base)?;
+        let dir = tempfile::Builder::new()
+            .prefix("rocksdb-")
+            .tempdir_in(base)?;
         let mut options = Options::default();
         options.create_if_missing(true);
         // Stored uncompressed, like the mqstore workloads it is compared with.

@@ -23,7 +23,10 @@ pub struct Stats {
 
 impl Stats {
     pub fn new(samples: Vec<f64>) -> Self {
-        assert!(!samples.is_empty(), "a measurement needs at least one sample");
+        assert!(
+            !samples.is_empty(),
+            "a measurement needs at least one sample"
+        );
         Stats { samples }
     }
 

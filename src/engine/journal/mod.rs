@@ -4,7 +4,9 @@
 //! journal shard, so the number of files does not grow with the number of
 //! shards. Each entry frames one Kafka batch (or a catalogue record) with its
 //! shard id and a CRC-32C (see `entry` and docs/FORMAT.md). Appends from all
-//! threads and shards are group-committed by `writer::Writer`; each shard
+//! threads and shards are group-committed by `writer::Writer` (O_DIRECT
+//! from aligned buffers, submitted through io_uring or pwrite — see
+//! `writer` and `uring`, and `[journal] io` / `direct`); each shard
 //! keeps a small in-memory index of its batches' positions (`index`), and
 //! reads are zero-copy views of the segments' read-only mappings; transfers
 //! sendfile(2) straight from the segment files. Opening replays the journal
@@ -17,6 +19,7 @@ mod index;
 mod recovery;
 mod segment;
 mod shard;
+mod uring;
 mod writer;
 
 #[cfg(test)]
@@ -29,13 +32,14 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::{EngineKind, JournalConfig, ShardOptions};
+use crate::config::{EngineKind, IoMode, JournalConfig, ShardOptions};
 use crate::engine::{Engine, RecoveredShard, Shard};
 use crate::{Error, Result};
 
 use index::ShardState;
 use segment::{sync_dir, Segment};
 pub use shard::JournalShard;
+pub(crate) use uring::UringOps;
 pub(crate) use writer::{FileOps, PlainOps};
 use writer::{SegmentMap, Writer};
 
@@ -117,6 +121,7 @@ impl Log {
 
     pub fn stats(&self) -> serde_json::Value {
         serde_json::json!({
+            "io": self.writer.io_name(),
             "segments": self.segments.read().len(),
             "writes": self.writer.writes.load(Ordering::Relaxed),
             "fdatasyncs": self.writer.syncs.load(Ordering::Relaxed),
@@ -135,29 +140,65 @@ pub struct JournalEngine {
     dir: PathBuf,
     store_dir: PathBuf,
     config: JournalConfig,
-    ops: Arc<dyn FileOps>,
+    /// Chosen from `config.io` when the journal is first opened, unless a
+    /// test forced one.
+    ops: Mutex<Option<Arc<dyn FileOps>>>,
     log: Mutex<Option<Arc<Log>>>,
+}
+
+/// The submission path for `[journal] io`: `auto` prefers io_uring and
+/// falls back to pwrite/fdatasync where it is unavailable (kernels without
+/// it, sandboxes that refuse io_uring_setup with ENOSYS or EPERM); `uring`
+/// insists on it.
+pub(crate) fn select_ops(mode: IoMode) -> Result<Arc<dyn FileOps>> {
+    match mode {
+        IoMode::Pwrite => Ok(Arc::new(PlainOps)),
+        IoMode::Uring => match UringOps::new() {
+            Ok(ops) => Ok(Arc::new(ops)),
+            Err(e) => Err(Error::Unsupported(format!(
+                "journal.io = \"uring\": io_uring is not available on this system ({e}); \
+                 set io = \"auto\" to fall back to pwrite/fdatasync, or io = \"pwrite\""
+            ))),
+        },
+        IoMode::Auto => match UringOps::new() {
+            Ok(ops) => Ok(Arc::new(ops)),
+            Err(_) => Ok(Arc::new(PlainOps)),
+        },
+    }
 }
 
 impl JournalEngine {
     /// An engine for the store in `store_dir`. Touches no file: the journal
     /// directory is read by `recover` and created by the first shard.
     pub fn new(store_dir: &Path, config: JournalConfig) -> JournalEngine {
-        Self::with_ops(store_dir, config, Arc::new(PlainOps))
+        JournalEngine {
+            dir: store_dir.join(JOURNAL_DIR),
+            store_dir: store_dir.to_path_buf(),
+            config,
+            ops: Mutex::new(None),
+            log: Mutex::new(None),
+        }
     }
 
+    #[cfg(test)]
     pub(crate) fn with_ops(
         store_dir: &Path,
         config: JournalConfig,
         ops: Arc<dyn FileOps>,
     ) -> JournalEngine {
-        JournalEngine {
-            dir: store_dir.join(JOURNAL_DIR),
-            store_dir: store_dir.to_path_buf(),
-            config,
-            ops,
-            log: Mutex::new(None),
+        let engine = Self::new(store_dir, config);
+        *engine.ops.lock() = Some(ops);
+        engine
+    }
+
+    fn ops(&self) -> Result<Arc<dyn FileOps>> {
+        let mut slot = self.ops.lock();
+        if let Some(ops) = slot.as_ref() {
+            return Ok(ops.clone());
         }
+        let ops = select_ops(self.config.io)?;
+        *slot = Some(ops.clone());
+        Ok(ops)
     }
 
     fn new_log(
@@ -166,20 +207,22 @@ impl JournalEngine {
         tail: u64,
         next_id: u64,
         counts: (u64, u64, u64),
-    ) -> Arc<Log> {
+    ) -> Result<Arc<Log>> {
         let active = segments.last().expect("a journal has a segment").clone();
         let map: BTreeMap<u64, Arc<Segment>> = segments.into_iter().map(|s| (s.base, s)).collect();
         let map: SegmentMap = Arc::new(RwLock::new(map));
-        Arc::new(Log {
+        let writer = Writer::new(
+            self.dir.clone(),
+            self.config.segment_bytes,
+            map.clone(),
+            active,
+            tail,
+            self.ops()?,
+            self.config.direct,
+        )?;
+        Ok(Arc::new(Log {
             config: self.config.clone(),
-            writer: Writer::new(
-                self.dir.clone(),
-                self.config.segment_bytes,
-                map.clone(),
-                active,
-                tail,
-                self.ops.clone(),
-            ),
+            writer,
             segments: map,
             shards: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(next_id),
@@ -188,7 +231,7 @@ impl JournalEngine {
             recovered_entries: counts.0,
             truncated_bytes: counts.1,
             skipped_bytes: counts.2,
-        })
+        }))
     }
 
     /// The journal, created (directory + first segment) on first use.
@@ -197,11 +240,13 @@ impl JournalEngine {
         if let Some(log) = slot.as_ref() {
             return Ok(log.clone());
         }
+        // Before any file is touched: a strict `io = "uring"` fails here.
+        self.ops()?;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::io(format!("creating '{}'", self.dir.display()), e))?;
         sync_dir(&self.store_dir)?;
         let first = Segment::create(&self.dir, 0, self.config.segment_bytes)?;
-        let log = self.new_log(vec![Arc::new(first)], 0, 1, (0, 0, 0));
+        let log = self.new_log(vec![Arc::new(first)], 0, 1, (0, 0, 0))?;
         *slot = Some(log.clone());
         Ok(log)
     }
@@ -260,6 +305,7 @@ impl Engine for JournalEngine {
         if !self.dir.exists() {
             return Ok(Vec::new());
         }
+        self.ops()?;
         let recovered = recovery::recover(&self.dir, &self.config)?;
         let (segments, tail) = if recovered.segments.is_empty() {
             let first = Segment::create(&self.dir, 0, self.config.segment_bytes)?;
@@ -276,7 +322,7 @@ impl Engine for JournalEngine {
                 recovered.truncated_bytes,
                 recovered.skipped_bytes,
             ),
-        );
+        )?;
         let mut out: Vec<RecoveredShard> = Vec::new();
         {
             let mut registry = log.shards.lock();

@@ -1,12 +1,14 @@
 //! Fault injection through the writer's `FileOps` seam: a failed write or
-//! fdatasync poisons the journal for good.
+//! fdatasync poisons the journal for good, on the pwrite and the io_uring
+//! path; a filesystem refusing O_DIRECT is written through the page cache.
 
 use std::fs::File;
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::{FileOps, JournalEngine};
+use super::{FileOps, JournalEngine, PlainOps, UringOps};
 use crate::config::{Durability, EngineKind, JournalConfig, ShardOptions};
 use crate::engine::{Engine, ReadLimits};
 use crate::record::Record;
@@ -51,15 +53,25 @@ fn config() -> JournalConfig {
 }
 
 fn poisons_on(mode: u8, durability: Durability) {
-    let dir = tempfile::tempdir().unwrap();
     let ops = Arc::new(Faulty::default());
-    let engine = JournalEngine::with_ops(dir.path(), config(), ops.clone());
+    let set = ops.clone();
+    poisons_with(
+        ops,
+        move |m| set.0.store(m, Ordering::SeqCst),
+        mode,
+        durability,
+    );
+}
+
+fn poisons_with(ops: Arc<dyn FileOps>, set_fault: impl Fn(u8), mode: u8, durability: Durability) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = JournalEngine::with_ops(dir.path(), config(), ops);
     let shard = engine.create_shard("s", &options(durability)).unwrap();
     let other = engine
         .create_shard("t", &options(Durability::Fsync))
         .unwrap();
     assert_eq!(shard.append(&[Record::new(b"before")]).unwrap(), 0);
-    ops.0.store(mode, Ordering::SeqCst);
+    set_fault(mode);
     // Durability os never syncs by itself: let an fsync shard hit the fault.
     let failing = if mode == FAIL_SYNC && durability != Durability::Fsync {
         &other
@@ -75,7 +87,7 @@ fn poisons_on(mode: u8, durability: Durability) {
     };
     assert!(err.to_string().contains(cause), "{err}");
     // The disk "recovers": nothing is retried, everything stays refused.
-    ops.0.store(OK, Ordering::SeqCst);
+    set_fault(OK);
     for target in [&shard, &other] {
         let err = target.append(&[Record::new(b"after")]).unwrap_err();
         assert_eq!(err.status(), Status::Poisoned);
@@ -110,6 +122,94 @@ fn failed_fsync_poisons() {
 fn failed_write_poisons() {
     poisons_on(FAIL_WRITE, Durability::Fsync);
     poisons_on(FAIL_WRITE, Durability::Os);
+}
+
+/// The same through io_uring: the failures come back in completions.
+#[test]
+fn failed_uring_requests_poison() {
+    let Ok(probe) = UringOps::new() else {
+        // Asserted in tests/journal_io.rs: `auto` fell back, `uring` fails.
+        eprintln!("io_uring unavailable: the uring fault test cannot run here");
+        return;
+    };
+    drop(probe);
+    for (mode, durability) in [
+        (FAIL_WRITE, Durability::Fsync),
+        (FAIL_WRITE, Durability::Os),
+        (FAIL_SYNC, Durability::Fsync),
+        (FAIL_SYNC, Durability::Os),
+    ] {
+        let ops = Arc::new(UringOps::new().unwrap());
+        let set = ops.clone();
+        poisons_with(
+            ops,
+            move |m| set.fault.store(m, Ordering::SeqCst),
+            mode,
+            durability,
+        );
+    }
+}
+
+/// Refuses O_DIRECT (EINVAL, as tmpfs before Linux 6.6 does) from the
+/// `allow`-th open on.
+struct NoDirect {
+    allow: usize,
+    opens: AtomicUsize,
+}
+
+impl FileOps for NoDirect {
+    fn open_direct(&self, path: &Path) -> io::Result<File> {
+        if self.opens.fetch_add(1, Ordering::SeqCst) >= self.allow {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        PlainOps.open_direct(path)
+    }
+}
+
+#[test]
+fn o_direct_refused_falls_back_to_the_page_cache() {
+    // 0: refused from the start; 1: only later segments are refused.
+    for allow in [0, 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let ops = Arc::new(NoDirect {
+            allow,
+            opens: AtomicUsize::new(0),
+        });
+        let config = JournalConfig {
+            segment_bytes: 65536 + 1000,
+            ..JournalConfig::default()
+        };
+        let engine = JournalEngine::with_ops(dir.path(), config.clone(), ops);
+        let shard = engine
+            .create_shard("s", &options(Durability::Fsync))
+            .unwrap();
+        let io = &shard.stats()["journal"]["io"];
+        assert_eq!(
+            io,
+            if allow == 0 {
+                "pwrite"
+            } else {
+                "pwrite+direct"
+            }
+        );
+        let values: Vec<Vec<u8>> = (0..200).map(|i| vec![i as u8; 700 + i % 1000]).collect();
+        for (i, v) in values.iter().enumerate() {
+            assert_eq!(shard.append(&[Record::new(v)]).unwrap(), i as i64);
+        }
+        assert!(shard.stats()["journal"]["segments"].as_u64().unwrap() > 2);
+        engine.close().unwrap();
+        drop((shard, engine));
+        let engine = JournalEngine::new(dir.path(), config);
+        let shards = engine.recover().unwrap();
+        let limits = ReadLimits {
+            max_records: usize::MAX,
+            max_bytes: usize::MAX,
+        };
+        let r = shards[0].2.read(0, limits).unwrap();
+        let got: Vec<&[u8]> = r.records.iter().map(|r| &r.value[..]).collect();
+        let want: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
+        assert_eq!(got, want);
+    }
 }
 
 #[test]

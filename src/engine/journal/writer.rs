@@ -14,20 +14,42 @@
 //! thread), while throughput grows with concurrency, as each fsync covers
 //! every entry that arrived during the previous one.
 //!
-//! The I/O goes through `FileOps` so that O_DIRECT or io_uring submission
-//! can replace plain pwrite/fdatasync later, and tests can inject failures.
+//! The leader's I/O goes through `FileOps`: io_uring (`uring::UringOps`,
+//! writes and fdatasyncs as one linked chain) or plain pwrite/fdatasync
+//! (`PlainOps`, the fallback when io_uring is unavailable), and tests inject
+//! failures there.
+//!
+//! With `direct` (the default), writes use O_DIRECT from 4 KiB-aligned
+//! buffers: the page cache is bypassed, so the journal does not evict
+//! readers' hot pages and fdatasync has no dirty pages to write back.
+//! O_DIRECT needs the buffer address, file offset and length aligned to the
+//! logical block size; `BLOCK` = 4096 is a multiple of every usual one. A
+//! flush rarely ends on a block boundary, so the writer keeps the bytes of
+//! the last, partial block (`Tail`) and the next flush rewrites that block
+//! with the new data appended; the rest of the last block is written as
+//! zeros, which is what unwritten journal space is anyway. Rewriting a block
+//! puts the same bytes over its already written part, so a crash that tears
+//! the rewrite leaves those bytes intact either way. Where O_DIRECT is
+//! refused (EINVAL: tmpfs and some other filesystems) the journal writes
+//! through the page cache instead; the file content is the same.
+//!
+//! Readers map the segments and sendfile from them: a direct write
+//! invalidates the page-cache range it covers, so mappings (including ones
+//! made before the write) and sendfile see the new bytes.
 //!
 //! Any failed write or fsync POISONS the journal: after a failed fsync the
 //! kernel may have dropped the dirty pages, so retrying it could report
 //! success for data that never reached the disk. Every later append, and
 //! every read that would need unwritten data, fails with `Poisoned`.
 
+use std::alloc::Layout;
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -36,8 +58,26 @@ use super::entry;
 use super::segment::{sync_dir, Segment};
 use crate::{Error, Result};
 
-/// The file operations of the write path (a seam for O_DIRECT/io_uring and
-/// for fault injection in tests).
+/// The alignment of O_DIRECT writes: buffer address, file offset and
+/// length. Logical block sizes are 512 or 4096 bytes; 4096 suits both.
+pub const BLOCK: u64 = 4096;
+
+/// One write of a leader's batch.
+pub struct WriteOp<'a> {
+    pub file: &'a File,
+    pub buf: &'a [u8],
+    pub pos: u64,
+}
+
+/// Which request of a batch failed (its index in `writes` or `syncs`).
+#[derive(Debug)]
+pub enum IoFailure {
+    Write(usize, io::Error),
+    Sync(usize, io::Error),
+}
+
+/// The file operations of the write path: io_uring or pwrite/fdatasync,
+/// and a seam for fault injection in tests.
 pub trait FileOps: Send + Sync {
     fn write_at(&self, file: &File, buf: &[u8], pos: u64) -> io::Result<()> {
         file.write_all_at(buf, pos)
@@ -45,6 +85,32 @@ pub trait FileOps: Send + Sync {
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
         file.sync_data()
+    }
+
+    /// Opens `path` for O_DIRECT writes.
+    fn open_direct(&self, path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+    }
+
+    /// Shown in stats (`"io"`).
+    fn name(&self) -> &'static str {
+        "pwrite"
+    }
+
+    /// Performs every write, then fdatasyncs every file of `syncs` (after
+    /// all the writes completed); stops at the first failure.
+    fn submit(&self, writes: &[WriteOp<'_>], syncs: &[&File]) -> Result<(), IoFailure> {
+        for (i, w) in writes.iter().enumerate() {
+            self.write_at(w.file, w.buf, w.pos)
+                .map_err(|e| IoFailure::Write(i, e))?;
+        }
+        for (i, file) in syncs.iter().enumerate() {
+            self.sync_data(file).map_err(|e| IoFailure::Sync(i, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -60,6 +126,148 @@ struct Run {
     segment: Arc<Segment>,
     pos: u64,
     data: Vec<u8>,
+}
+
+/// A heap buffer aligned to `BLOCK`, as O_DIRECT requires of the memory
+/// it transfers.
+struct AlignedBuf {
+    ptr: NonNull<u8>,
+    cap: usize,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain owned memory, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn new() -> AlignedBuf {
+        AlignedBuf {
+            ptr: NonNull::dangling(),
+            cap: 0,
+            len: 0,
+        }
+    }
+
+    fn layout(cap: usize) -> Layout {
+        Layout::from_size_align(cap, BLOCK as usize).expect("a valid buffer layout")
+    }
+
+    /// Makes the buffer `parts` concatenated, then zeros up to `len`.
+    fn fill(&mut self, parts: &[&[u8]], len: usize) {
+        if len > self.cap {
+            self.release();
+            let cap = len.next_multiple_of(BLOCK as usize);
+            // SAFETY: `cap` is non-zero (len > cap >= 0) and the layout valid.
+            let ptr = unsafe { std::alloc::alloc(Self::layout(cap)) };
+            let Some(ptr) = NonNull::new(ptr) else {
+                std::alloc::handle_alloc_error(Self::layout(cap));
+            };
+            self.ptr = ptr;
+            self.cap = cap;
+        }
+        let mut at = 0;
+        for part in parts {
+            assert!(at + part.len() <= len, "parts exceed the buffer");
+            // SAFETY: `at + part.len() <= len <= cap`, and `part` is another
+            // allocation (a shared borrow cannot alias this owned buffer).
+            unsafe {
+                std::ptr::copy_nonoverlapping(part.as_ptr(), self.ptr.as_ptr().add(at), part.len())
+            };
+            at += part.len();
+        }
+        // SAFETY: `[at, len)` lies inside the allocation.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(at), 0, len - at) };
+        self.len = len;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes were initialised by `fill` (and a
+        // zero-length slice of a dangling pointer is valid).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn release(&mut self) {
+        if self.cap > 0 {
+            // SAFETY: allocated by `fill` with this layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
+            // Field by field: assigning `*self` would drop (free) it again.
+            self.ptr = NonNull::dangling();
+            self.cap = 0;
+            self.len = 0;
+        }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The written bytes of the last, partial block of the journal: the next
+/// direct write to the segment starts with them (see the module comment).
+struct Tail {
+    /// Segment base.
+    base: u64,
+    /// Block-aligned position of the block in its segment.
+    start: u64,
+    /// The block's bytes up to the end of the written data.
+    bytes: Vec<u8>,
+}
+
+/// What the leader alone touches while writing.
+struct IoState {
+    /// O_DIRECT writes (false when not asked for or refused by the
+    /// filesystem).
+    direct: bool,
+    /// The O_DIRECT descriptor of the newest segment written to (base,
+    /// file); `None` where the filesystem refused O_DIRECT.
+    files: Vec<(u64, Option<Arc<File>>)>,
+    tail: Option<Tail>,
+    bufs: Vec<AlignedBuf>,
+}
+
+/// Opens `path` for O_DIRECT writes; `None` if the filesystem does not
+/// support O_DIRECT (EINVAL).
+fn open_direct(ops: &dyn FileOps, path: &Path) -> Result<Option<File>> {
+    match ops.open_direct(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(Error::io(
+            format!("opening '{}' with O_DIRECT", path.display()),
+            e,
+        )),
+    }
+}
+
+impl IoState {
+    /// The O_DIRECT descriptor of `segment`, opened on first use. Only the
+    /// newest segment's is kept: writes only move forward, and an old
+    /// descriptor would keep a reclaimed segment's disk space allocated.
+    fn direct_file(&mut self, ops: &dyn FileOps, segment: &Segment) -> Result<Option<Arc<File>>> {
+        if let Some((_, file)) = self.files.iter().find(|(base, _)| *base == segment.base) {
+            return Ok(file.clone());
+        }
+        let file = open_direct(ops, &segment.path)?.map(Arc::new);
+        self.files.retain(|(base, _)| *base > segment.base);
+        self.files.push((segment.base, file.clone()));
+        Ok(file)
+    }
+}
+
+/// Where the bytes of one write come from.
+enum Source {
+    /// `IoState::bufs[i]`.
+    Aligned(usize),
+    /// `runs[i].data[from..]`.
+    Run(usize, usize),
+}
+
+struct Piece {
+    file: Arc<File>,
+    source: Source,
+    pos: u64,
+    segment: usize,
 }
 
 struct State {
@@ -106,6 +314,8 @@ pub struct Writer {
     state: Mutex<State>,
     cond: Condvar,
     ops: Arc<dyn FileOps>,
+    io: Mutex<IoState>,
+    direct: AtomicBool,
     dir: PathBuf,
     segment_bytes: u64,
     segments: SegmentMap,
@@ -117,7 +327,8 @@ pub struct Writer {
 
 impl Writer {
     /// A writer appending to `active` from `tail` on (everything before is
-    /// already on disk).
+    /// already on disk), with O_DIRECT if `direct` and the filesystem
+    /// supports it.
     pub fn new(
         dir: PathBuf,
         segment_bytes: u64,
@@ -125,9 +336,24 @@ impl Writer {
         active: Arc<Segment>,
         tail: u64,
         ops: Arc<dyn FileOps>,
-    ) -> Writer {
+        direct: bool,
+    ) -> Result<Writer> {
         let end = active.base + tail;
-        Writer {
+        let mut io = IoState {
+            direct: false,
+            files: Vec::new(),
+            tail: None,
+            bufs: Vec::new(),
+        };
+        if direct {
+            // Probe once: a filesystem without O_DIRECT refuses the open.
+            if let Some(file) = open_direct(&*ops, &active.path)? {
+                io.files.push((active.base, Some(Arc::new(file))));
+                io.direct = true;
+            }
+        }
+        let direct = io.direct;
+        Ok(Writer {
             state: Mutex::new(State {
                 runs: Vec::new(),
                 pending_bytes: 0,
@@ -144,6 +370,8 @@ impl Writer {
             }),
             cond: Condvar::new(),
             ops,
+            io: Mutex::new(io),
+            direct: AtomicBool::new(direct),
             dir,
             segment_bytes,
             segments,
@@ -151,7 +379,17 @@ impl Writer {
             writes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// The I/O path in use, e.g. `uring+direct` or `pwrite`.
+    pub fn io_name(&self) -> String {
+        let direct = if self.direct.load(Ordering::Relaxed) {
+            "+direct"
+        } else {
+            ""
+        };
+        format!("{}{direct}", self.ops.name())
     }
 
     fn poisoned_error(reason: &str) -> Error {
@@ -316,23 +554,127 @@ impl Writer {
     }
 
     fn do_io(&self, runs: &[Run], to_sync: &[Arc<Segment>]) -> Result<()> {
-        for run in runs {
-            self.ops
-                .write_at(&run.segment.file, &run.data, run.pos)
-                .map_err(|e| {
-                    Error::io(format!("writing to '{}'", run.segment.path.display()), e)
-                })?;
-            self.writes.fetch_add(1, Ordering::Relaxed);
-            self.bytes_written
-                .fetch_add(run.data.len() as u64, Ordering::Relaxed);
+        let mut guard = self.io.lock();
+        let io = &mut *guard;
+        let mut pieces: Vec<Piece> = Vec::with_capacity(runs.len() + 1);
+        let mut aligned = 0;
+        let mut tail = io.tail.take();
+        for (r, run) in runs.iter().enumerate() {
+            let segment = &run.segment;
+            let file = if io.direct {
+                io.direct_file(&*self.ops, segment)?
+            } else {
+                None
+            };
+            let start = run.pos & !(BLOCK - 1);
+            // The end of the segment's last whole block: a file whose size
+            // is not a multiple of BLOCK ends with a partial block that
+            // O_DIRECT cannot write without growing the file, and the file
+            // size places the next segment.
+            let limit = segment.len & !(BLOCK - 1);
+            let Some(file) = file.filter(|_| start < limit) else {
+                pieces.push(Piece {
+                    file: segment.file.clone(),
+                    source: Source::Run(r, 0),
+                    pos: run.pos,
+                    segment: r,
+                });
+                continue;
+            };
+            let end = run.pos + run.data.len() as u64;
+            // The written head of the first block: kept from the previous
+            // flush, or (first write after opening) read back from the map.
+            let prefix: &[u8] = match &tail {
+                Some(t)
+                    if t.base == segment.base
+                        && t.start == start
+                        && t.start + t.bytes.len() as u64 == run.pos =>
+                {
+                    &t.bytes
+                }
+                _ => &segment.data()[start as usize..run.pos as usize],
+            };
+            let direct_end = end.next_multiple_of(BLOCK).min(limit);
+            let in_direct = (direct_end.min(end) - run.pos) as usize;
+            if io.bufs.len() <= aligned {
+                io.bufs.push(AlignedBuf::new());
+            }
+            io.bufs[aligned].fill(
+                &[prefix, &run.data[..in_direct]],
+                (direct_end - start) as usize,
+            );
+            let tail_start = end & !(BLOCK - 1);
+            let mut bytes = Vec::with_capacity((end - tail_start) as usize);
+            if tail_start < run.pos {
+                bytes.extend_from_slice(&prefix[(tail_start - start) as usize..]);
+                bytes.extend_from_slice(&run.data);
+            } else {
+                bytes.extend_from_slice(&run.data[(tail_start - run.pos) as usize..]);
+            }
+            pieces.push(Piece {
+                file,
+                source: Source::Aligned(aligned),
+                pos: start,
+                segment: r,
+            });
+            aligned += 1;
+            if end > direct_end {
+                // The bytes in the file's partial last block, through the
+                // page cache.
+                pieces.push(Piece {
+                    file: segment.file.clone(),
+                    source: Source::Run(r, in_direct),
+                    pos: direct_end,
+                    segment: r,
+                });
+            }
+            tail = Some(Tail {
+                base: segment.base,
+                start: tail_start,
+                bytes,
+            });
         }
-        for segment in to_sync {
-            self.ops
-                .sync_data(&segment.file)
-                .map_err(|e| Error::io(format!("fdatasync of '{}'", segment.path.display()), e))?;
-            self.syncs.fetch_add(1, Ordering::Relaxed);
+        let writes: Vec<WriteOp<'_>> = pieces
+            .iter()
+            .map(|p| WriteOp {
+                file: &p.file,
+                buf: match p.source {
+                    Source::Aligned(i) => io.bufs[i].as_slice(),
+                    Source::Run(r, from) => &runs[r].data[from..],
+                },
+                pos: p.pos,
+            })
+            .collect();
+        let syncs: Vec<&File> = to_sync.iter().map(|s| &*s.file).collect();
+        let result = self.ops.submit(&writes, &syncs);
+        drop(writes);
+        // Keep memory bounded after an unusually large batch.
+        for buf in &mut io.bufs {
+            if buf.cap > 4 << 20 {
+                buf.release();
+            }
         }
-        Ok(())
+        match result {
+            Ok(()) => {
+                io.tail = tail;
+                self.writes.fetch_add(runs.len() as u64, Ordering::Relaxed);
+                let bytes: usize = runs.iter().map(|r| r.data.len()).sum();
+                self.bytes_written
+                    .fetch_add(bytes as u64, Ordering::Relaxed);
+                if !syncs.is_empty() {
+                    self.syncs.fetch_add(syncs.len() as u64, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(IoFailure::Write(i, e)) => {
+                let path = &runs[pieces[i].segment].segment.path;
+                Err(Error::io(format!("writing to '{}'", path.display()), e))
+            }
+            Err(IoFailure::Sync(i, e)) => Err(Error::io(
+                format!("fdatasync of '{}'", to_sync[i].path.display()),
+                e,
+            )),
+        }
     }
 
     /// The active segment (never removed).
