@@ -90,6 +90,8 @@ pub struct ShardState {
     /// the next offset. So such a shard is checkpointed before any segment
     /// is removed.
     pub low_dirty: bool,
+    /// The shard's deletion is logged: an index checkpoint leaves it out.
+    pub deleted: bool,
 }
 
 impl ShardState {

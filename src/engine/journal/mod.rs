@@ -10,10 +10,13 @@
 //! keeps a small in-memory index of its batches' positions (`index`), and
 //! reads are zero-copy views of the segments' read-only mappings; transfers
 //! sendfile(2) straight from the segment files. Opening replays the journal
-//! (`recovery`). Segment files are removed from the oldest on, once no shard
-//! has live data in them (the shards whose catalogue record lives in such a
-//! segment are checkpointed into the active one first).
+//! (`recovery`) from the index checkpoint a clean close leaves (`ckpt`),
+//! or from the start when there is none. Segment files are removed from
+//! the oldest on, once no shard has live data in them (the shards whose
+//! catalogue record lives in such a segment are checkpointed into the
+//! active one first).
 
+mod ckpt;
 mod entry;
 mod index;
 mod recovery;
@@ -28,7 +31,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -50,15 +53,24 @@ pub const JOURNAL_DIR: &str = "journal";
 pub(crate) struct Log {
     pub config: JournalConfig,
     pub writer: Writer,
+    dir: PathBuf,
     segments: SegmentMap,
-    /// Live shards by name (for checkpoints before a segment is removed).
-    shards: Mutex<HashMap<String, Weak<JournalShard>>>,
+    /// Live shards by name (for catalogue checkpoints before a segment is
+    /// removed, and the index checkpoint at close). Strong references: the
+    /// index checkpoint at close needs every shard, and the store drops its
+    /// handles before closing the engine. The cycle (each shard holds the
+    /// log) is broken by `JournalEngine::close`, or its drop without one.
+    shards: Mutex<HashMap<String, Arc<JournalShard>>>,
+    /// An index checkpoint file may exist (see `maybe_reclaim`).
+    index_ckpt: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
     reclaim: Mutex<()>,
     removed_segments: AtomicU64,
     recovered_entries: u64,
     truncated_bytes: u64,
     skipped_bytes: u64,
+    /// End position of the index checkpoint recovery started from.
+    checkpoint_end: Option<u64>,
 }
 
 impl Log {
@@ -83,12 +95,7 @@ impl Log {
             return;
         };
         let bases: HashSet<u64> = candidates.iter().map(|s| s.base).collect();
-        let shards: Vec<Arc<JournalShard>> = self
-            .shards
-            .lock()
-            .values()
-            .filter_map(Weak::upgrade)
-            .collect();
+        let shards: Vec<Arc<JournalShard>> = self.shards.lock().values().cloned().collect();
         // Shards whose latest catalogue record is in a doomed segment get a
         // fresh one, durable before the old file goes; so do shards whose low
         // watermark retention moved since their last checkpoint (the dropped
@@ -107,6 +114,17 @@ impl Log {
         if end > 0 && self.writer.commit(end, true).is_err() {
             return;
         }
+        // The index checkpoint may point into the doomed segments. A
+        // checkpoint naming a missing segment is ignored on open anyway, but
+        // deleting it first (durably) means no open ever has to rely on that
+        // check: after a crash from here on, recovery replays the whole
+        // journal, which is what it did before checkpoints existed.
+        if self.index_ckpt.load(Ordering::Acquire) {
+            if ckpt::remove(&self.dir).is_err() {
+                return;
+            }
+            self.index_ckpt.store(false, Ordering::Release);
+        }
         {
             let mut map = self.segments.write();
             for s in &candidates {
@@ -116,6 +134,15 @@ impl Log {
         if self.writer.remove_files(&candidates).is_ok() {
             self.removed_segments
                 .fetch_add(candidates.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops `name` from the registry if it is still the shard `id` (a
+    /// shard of the same name may have been created meanwhile).
+    fn unregister(&self, name: &str, id: u64) {
+        let mut shards = self.shards.lock();
+        if shards.get(name).is_some_and(|s| s.id == id) {
+            shards.remove(name);
         }
     }
 
@@ -130,6 +157,8 @@ impl Log {
             "recovered_entries": self.recovered_entries,
             "truncated_bytes": self.truncated_bytes,
             "skipped_bytes": self.skipped_bytes,
+            "checkpoint_used": self.checkpoint_end.is_some(),
+            "checkpoint_end": self.checkpoint_end,
             "poisoned": self.writer.poisoned(),
         })
     }
@@ -207,6 +236,7 @@ impl JournalEngine {
         tail: u64,
         next_id: u64,
         counts: (u64, u64, u64),
+        checkpoint_end: Option<u64>,
     ) -> Result<Arc<Log>> {
         let active = segments.last().expect("a journal has a segment").clone();
         let map: BTreeMap<u64, Arc<Segment>> = segments.into_iter().map(|s| (s.base, s)).collect();
@@ -223,14 +253,17 @@ impl JournalEngine {
         Ok(Arc::new(Log {
             config: self.config.clone(),
             writer,
+            dir: self.dir.clone(),
             segments: map,
             shards: Mutex::new(HashMap::new()),
+            index_ckpt: std::sync::atomic::AtomicBool::new(checkpoint_end.is_some()),
             next_id: AtomicU64::new(next_id),
             reclaim: Mutex::new(()),
             removed_segments: AtomicU64::new(0),
             recovered_entries: counts.0,
             truncated_bytes: counts.1,
             skipped_bytes: counts.2,
+            checkpoint_end,
         }))
     }
 
@@ -246,9 +279,19 @@ impl JournalEngine {
             .map_err(|e| Error::io(format!("creating '{}'", self.dir.display()), e))?;
         sync_dir(&self.store_dir)?;
         let first = Segment::create(&self.dir, 0, self.config.segment_bytes)?;
-        let log = self.new_log(vec![Arc::new(first)], 0, 1, (0, 0, 0))?;
+        let log = self.new_log(vec![Arc::new(first)], 0, 1, (0, 0, 0), None)?;
         *slot = Some(log.clone());
         Ok(log)
+    }
+}
+
+impl Drop for JournalEngine {
+    /// Breaks the log ↔ shard cycle when the engine goes without a close
+    /// (a failed store open, tests driving the engine directly).
+    fn drop(&mut self) {
+        if let Some(log) = self.log.get_mut().take() {
+            log.shards.lock().clear();
+        }
     }
 }
 
@@ -267,15 +310,22 @@ impl Engine for JournalEngine {
             log.clone(),
             ShardState::default(),
         ));
+        // Registered before its catalogue record is logged, so that a close
+        // sealing the log right after that record still checkpoints it.
+        log.shards.lock().insert(name.to_string(), shard.clone());
         let end = {
             let mut state = shard.state.write();
-            shard.checkpoint(&mut state)?
+            shard.checkpoint(&mut state)
+        };
+        let end = match end {
+            Ok(end) => end,
+            Err(e) => {
+                log.unregister(name, shard.id);
+                return Err(e);
+            }
         };
         // The catalogue record is exactly as durable as the shard's data.
         shard.wait(end)?;
-        log.shards
-            .lock()
-            .insert(name.to_string(), Arc::downgrade(&shard));
         Ok(shard)
     }
 
@@ -283,9 +333,13 @@ impl Engine for JournalEngine {
         let Some(log) = self.log.lock().clone() else {
             return Ok(());
         };
-        let shard = log.shards.lock().remove(name).and_then(|w| w.upgrade());
+        let shard = log.shards.lock().get(name).cloned();
         if let Some(shard) = shard {
+            // Logged (and marked in the state) before it leaves the
+            // registry: a close in between checkpoints the shard either as
+            // live with no deletion logged, or as deleted.
             let end = shard.delete()?;
+            log.unregister(name, shard.id);
             shard.wait(end)?;
             log.maybe_reclaim();
         }
@@ -297,8 +351,21 @@ impl Engine for JournalEngine {
             return Ok(());
         };
         // A clean close leaves everything on stable storage, whatever the
-        // shards' durability modes.
-        log.writer.commit(log.writer.end(), true)
+        // shards' durability modes. Sealing first means no entry can enter
+        // the log after `end`, so the shard states snapshotted below reflect
+        // exactly the entries before it (every logged change is made under
+        // the shard's lock together with its enqueue).
+        let (end, last) = log.writer.seal();
+        // Whatever happens next, the shards let go of the log.
+        let shards: Vec<Arc<JournalShard>> = log.shards.lock().drain().map(|(_, s)| s).collect();
+        log.writer.commit(end, true)?;
+        // Only now, with everything before `end` durable, may a checkpoint
+        // claim to cover it. It is an optimisation: failing to write it
+        // loses nothing (the previous one, if any, is still valid for the
+        // shorter prefix it covers, or recovery replays everything).
+        let next_id = log.next_id.load(Ordering::Relaxed);
+        let _ = ckpt::write(&self.dir, end, last, next_id, &shards);
+        Ok(())
     }
 
     fn recover(&self) -> Result<Vec<RecoveredShard>> {
@@ -322,7 +389,9 @@ impl Engine for JournalEngine {
                 recovered.truncated_bytes,
                 recovered.skipped_bytes,
             ),
+            recovered.checkpoint_end,
         )?;
+        log.writer.set_last(recovered.last);
         let mut out: Vec<RecoveredShard> = Vec::new();
         {
             let mut registry = log.shards.lock();
@@ -334,7 +403,7 @@ impl Engine for JournalEngine {
                     log.clone(),
                     r.state,
                 ));
-                registry.insert(r.name.clone(), Arc::downgrade(&shard));
+                registry.insert(r.name.clone(), shard.clone());
                 out.push((r.name, r.options, shard));
             }
         }

@@ -1,5 +1,7 @@
-//! Opening a journal: scan every segment in order, validate every entry's
-//! CRC, and replay the entries into shard indexes.
+//! Opening a journal: load the index checkpoint when one matches the
+//! journal (`ckpt`), then scan the segments in order from its end position
+//! (from the start without one), validate every entry's CRC, and replay the
+//! entries into shard indexes.
 //!
 //! Damage rules (docs/FORMAT.md, "Recovery"):
 //! - an invalid entry (bad magic, kind, length or CRC) with no valid entry
@@ -15,6 +17,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::ckpt;
 use super::entry::{self, Checkpoint, Kind, Parsed, HEADER_LEN};
 use super::index::{IndexEntry, ShardState};
 use super::segment::{self, sync_dir, Segment};
@@ -39,6 +42,10 @@ pub struct Recovered {
     pub entries: u64,
     pub truncated_bytes: u64,
     pub skipped_bytes: u64,
+    /// The newest valid entry (global position, header bytes).
+    pub last: Option<(u64, [u8; HEADER_LEN])>,
+    /// End position of the index checkpoint replay started from.
+    pub checkpoint_end: Option<u64>,
 }
 
 fn corruption_here(segment: &Segment, pos: u64, what: &str, next_valid: &str) -> Error {
@@ -113,16 +120,46 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
         entries: 0,
         truncated_bytes: 0,
         skipped_bytes: 0,
+        last: None,
+        checkpoint_end: None,
     };
     let now = now_ms();
+    // A checkpoint that matches the journal replaces the replay of
+    // everything before its end; one that does not is deleted, so that it
+    // cannot come to match later (e.g. by a journal growing past its end).
+    let loaded = ckpt::load(dir, &segments);
+    let mut index = 0;
+    let mut resume = 0u64;
+    // (segment index, position) of a clean checkpoint's end.
+    let mut clean_end = None;
+    match loaded {
+        Some(loaded) => {
+            index = segments
+                .iter()
+                .rposition(|s| s.base <= loaded.end)
+                .expect("ckpt::load checked the end's segment");
+            resume = loaded.end - segments[index].base;
+            if loaded.clean {
+                clean_end = Some((index, resume));
+            }
+            out.segments.extend(segments[..index].iter().cloned());
+            out.shards = loaded.shards;
+            for shard in out.shards.values_mut() {
+                shard.state.enforce_retention(&shard.options, now);
+            }
+            out.next_id = loaded.next_id;
+            out.last = loaded.last;
+            out.checkpoint_end = Some(loaded.end);
+        }
+        None => ckpt::remove(dir)?,
+    }
     let skip = config.recovery_mode == RecoveryMode::SkipCorrupt;
     let mut catalogue = Catalogue::default();
     let mut valid: Vec<(Arc<Segment>, u64, entry::EntryHeader)> = Vec::new();
-    let mut index = 0;
     'segments: while index < segments.len() {
         let segment = segments[index].clone();
         let data = segment.data();
-        let mut pos = 0u64;
+        let mut pos = std::mem::take(&mut resume);
         loop {
             // `pos` may lie past the end when a truncated file ends inside
             // the last entry's padding.
@@ -132,11 +169,21 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
                     let payload_start = pos as usize + HEADER_LEN;
                     let payload = &data[payload_start..payload_start + header.payload_len as usize];
                     catalogue.note(&header, payload)?;
+                    let header_bytes = data[pos as usize..payload_start].try_into();
+                    out.last = Some((segment.base + pos, header_bytes.expect("32 bytes")));
                     valid.push((segment.clone(), pos, header));
                     out.entries += 1;
                     pos += header.entry_len();
                 }
                 Parsed::Empty => {
+                    // At a clean checkpoint's end in the last segment the
+                    // close sealed the log and nothing was appended since
+                    // (opening clears the mark before any write): the rest
+                    // is unused preallocated space, not worth scanning (up
+                    // to `segment_bytes`) for a valid entry.
+                    if clean_end == Some((index, pos)) && index + 1 == segments.len() {
+                        break;
+                    }
                     // Normally the end of this segment's data. Valid entries
                     // after a zeroed header mean a hole in the middle.
                     if let Some(next) = entry::find_valid(data, pos + entry::ALIGN) {
@@ -204,6 +251,9 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
         out.segments.push(segment);
         index += 1;
     }
+    // Shards the checkpoint holds whose deletion was logged after it
+    // (`apply` ignores every entry of a deleted id, the deletion included).
+    out.shards.retain(|id, _| !catalogue.deleted.contains(id));
     // Second pass: replay, now that every shard's catalogue is known.
     for (segment, pos, header) in valid {
         let start = pos as usize + HEADER_LEN;
@@ -212,6 +262,13 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
     }
     for shard in out.shards.values_mut() {
         shard.state.recompute_running_max();
+    }
+    if clean_end.is_some() {
+        // Appends may follow from now on: a later open must no longer
+        // assume the journal ends at the checkpoint's end. Cleared only
+        // once the open succeeds (a refused open changes nothing), and
+        // before any append.
+        ckpt::mark_dirty(dir)?;
     }
     Ok(out)
 }

@@ -120,6 +120,7 @@ impl JournalShard {
         let mut state = self.state.write();
         let placed = self.enqueue(Kind::DeleteShard, 0, &[])?;
         self.deleted.store(true, Ordering::Release);
+        state.deleted = true;
         // Releasing the index lets the segments it pinned go.
         state.batches.clear();
         Ok(placed.end)

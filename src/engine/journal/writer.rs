@@ -290,6 +290,12 @@ struct State {
     dirty: Vec<Arc<Segment>>,
     poisoned: Option<String>,
     spare: Vec<Vec<u8>>,
+    /// Global position and header of the newest entry (for the index
+    /// checkpoint's check that the journal still holds it).
+    last: Option<(u64, [u8; entry::HEADER_LEN])>,
+    /// Set by a clean close: no entry may enter the log after the index
+    /// checkpoint's end position.
+    sealed: bool,
 }
 
 /// Where an enqueued entry landed. While it exists it counts as a live
@@ -367,6 +373,8 @@ impl Writer {
                 dirty: Vec::new(),
                 poisoned: None,
                 spare: Vec::new(),
+                last: None,
+                sealed: false,
             }),
             cond: Condvar::new(),
             ops,
@@ -410,6 +418,9 @@ impl Writer {
         if let Some(reason) = &st.poisoned {
             return Err(Self::poisoned_error(reason));
         }
+        if st.sealed {
+            return Err(Error::Closed);
+        }
         if st.tail + len > st.active.len {
             // Roll. Creating the file under the lock stalls appenders for one
             // create + fallocate + directory fsync per segment (every 1 GiB
@@ -432,6 +443,7 @@ impl Writer {
         }
         let pos = st.tail;
         let active = st.active.clone();
+        st.last = Some((active.base + pos, *header));
         let extend = matches!(st.runs.last(), Some(run)
             if Arc::ptr_eq(&run.segment, &active) && run.pos + run.data.len() as u64 == pos);
         if !extend {
@@ -468,9 +480,19 @@ impl Writer {
         self.written_hint.load(Ordering::Acquire)
     }
 
-    /// The global position after the last enqueued entry.
-    pub fn end(&self) -> u64 {
-        self.state.lock().end
+    /// Records the newest entry found by recovery (before any append).
+    pub fn set_last(&self, last: Option<(u64, [u8; entry::HEADER_LEN])>) {
+        self.state.lock().last = last;
+    }
+
+    /// Refuses every later enqueue (with `Closed`) and returns the end of
+    /// the log and its newest entry: nothing can be logged past them any
+    /// more, so a checkpoint taken afterwards of the shards' states covers
+    /// exactly the entries before that end.
+    pub fn seal(&self) -> (u64, Option<(u64, [u8; entry::HEADER_LEN])>) {
+        let mut st = self.state.lock();
+        st.sealed = true;
+        (st.end, st.last)
     }
 
     /// Makes sure everything before `end` is written to the kernel.

@@ -1,0 +1,307 @@
+//! The index checkpoint (`journal/index.ckpt`): every shard's catalogue data
+//! and batch index as of a journal position, so that opening a store replays
+//! only the entries after that position instead of the whole journal.
+//! The layout is documented in docs/FORMAT.md ("Index checkpoint").
+//!
+//! Written on a clean close, after the final fdatasync and with the writer
+//! sealed, so it only ever covers durable entries. Everything up to its end
+//! position stays valid afterwards: the journal is append-only, and
+//! recovery only ever zeroes a torn tail, which lies beyond durable data and
+//! so beyond the checkpoint. What it must never survive is the removal of a
+//! segment its index points into (see `Log::maybe_reclaim`): the checkpoint
+//! is deleted before the first removal after an open, and a checkpoint
+//! naming a missing segment is ignored anyway.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::entry::{self, Parsed, HEADER_LEN};
+use super::index::{IndexEntry, ShardState};
+use super::recovery::RecoveredShard;
+use super::segment::{sync_dir, Segment};
+use super::shard::{options_toml, JournalShard};
+use crate::config::Config;
+use crate::{Error, Result};
+
+pub const FILE_NAME: &str = "index.ckpt";
+const TEMP_NAME: &str = "index.ckpt.tmp";
+/// "MQJI" read as a little-endian u32.
+const MAGIC: u32 = u32::from_le_bytes(*b"MQJI");
+const VERSION: u32 = 1;
+const FILE_HEADER_LEN: usize = 32;
+/// Offset of the clean marker: outside the CRC, so opening can clear it in
+/// place with one small write.
+const CLEAN_AT: u64 = 20;
+const CLEAN: u32 = u32::from_le_bytes(*b"CLEN");
+
+pub fn path(dir: &Path) -> PathBuf {
+    dir.join(FILE_NAME)
+}
+
+/// Serializes the checkpoint body for journal end `end`. The caller sealed
+/// the writer and synced everything before `end`, so every state change
+/// the shards show is logged at or before `end`.
+fn encode(
+    end: u64,
+    last: Option<(u64, [u8; HEADER_LEN])>,
+    next_id: u64,
+    shards: &[Arc<JournalShard>],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&end.to_le_bytes());
+    let (last_pos, last_header) = last.unwrap_or((u64::MAX, [0; HEADER_LEN]));
+    body.extend_from_slice(&last_pos.to_le_bytes());
+    body.extend_from_slice(&last_header);
+    body.extend_from_slice(&next_id.to_le_bytes());
+    let count_at = body.len();
+    body.extend_from_slice(&0u64.to_le_bytes());
+    let mut count = 0u64;
+    for shard in shards {
+        let state = shard.state.read();
+        if state.deleted {
+            continue;
+        }
+        count += 1;
+        body.extend_from_slice(&shard.id.to_le_bytes());
+        body.extend_from_slice(&state.low_watermark.to_le_bytes());
+        body.extend_from_slice(&state.next_offset.to_le_bytes());
+        body.extend_from_slice(&state.anchor.to_le_bytes());
+        body.push(state.low_dirty as u8);
+        body.extend_from_slice(&(shard.name().len() as u32).to_le_bytes());
+        body.extend_from_slice(shard.name().as_bytes());
+        let options = options_toml(shard.options());
+        body.extend_from_slice(&(options.len() as u32).to_le_bytes());
+        body.extend_from_slice(options.as_bytes());
+        body.extend_from_slice(&(state.batches.len() as u64).to_le_bytes());
+        for b in &state.batches {
+            body.extend_from_slice(&b.base_offset.to_le_bytes());
+            body.extend_from_slice(&b.last_offset.to_le_bytes());
+            body.extend_from_slice(&b.max_timestamp.to_le_bytes());
+            body.extend_from_slice(&b.records.to_le_bytes());
+            body.extend_from_slice(&b.len.to_le_bytes());
+            body.extend_from_slice(&b.segment.base.to_le_bytes());
+            body.extend_from_slice(&b.pos.to_le_bytes());
+        }
+    }
+    body[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
+    body
+}
+
+/// Writes the checkpoint atomically: temp file, fdatasync, rename,
+/// directory fsync. A crash at any point leaves either the old file or the
+/// new one, never a mix.
+pub fn write(
+    dir: &Path,
+    end: u64,
+    last: Option<(u64, [u8; HEADER_LEN])>,
+    next_id: u64,
+    shards: &[Arc<JournalShard>],
+) -> Result<()> {
+    let body = encode(end, last, next_id, shards);
+    let mut file_bytes = Vec::with_capacity(FILE_HEADER_LEN + body.len());
+    file_bytes.extend_from_slice(&MAGIC.to_le_bytes());
+    file_bytes.extend_from_slice(&VERSION.to_le_bytes());
+    file_bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    file_bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    file_bytes.extend_from_slice(&CLEAN.to_le_bytes());
+    file_bytes.extend_from_slice(&[0u8; 8]);
+    file_bytes.extend_from_slice(&body);
+    let temp = dir.join(TEMP_NAME);
+    let io = |what: &str, e| Error::io(format!("{what} '{}'", temp.display()), e);
+    let mut file = File::create(&temp).map_err(|e| io("creating", e))?;
+    file.write_all(&file_bytes).map_err(|e| io("writing", e))?;
+    file.sync_data().map_err(|e| io("fdatasync of", e))?;
+    drop(file);
+    std::fs::rename(&temp, path(dir)).map_err(|e| io("renaming", e))?;
+    sync_dir(dir)
+}
+
+/// Deletes the checkpoint (if any) durably.
+pub fn remove(dir: &Path) -> Result<()> {
+    let file = path(dir);
+    match std::fs::remove_file(&file) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing '{}'", file.display()), e)),
+    }
+}
+
+/// Clears the clean marker in place (one 4-byte write + fdatasync): from
+/// now on the journal may grow past the checkpoint's end, so recovery must
+/// again prove that nothing valid follows the end before trusting it.
+pub fn mark_dirty(dir: &Path) -> Result<()> {
+    let file = path(dir);
+    let io = |what: &str, e| Error::io(format!("{what} '{}'", file.display()), e);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .map_err(|e| io("opening", e))?;
+    f.write_all_at(&[0u8; 4], CLEAN_AT)
+        .map_err(|e| io("writing", e))?;
+    f.sync_data().map_err(|e| io("fdatasync of", e))
+}
+
+/// A checkpoint that matched the journal.
+pub struct Loaded {
+    /// Journal position up to which the checkpoint is complete.
+    pub end: u64,
+    /// Written by a clean close and nothing was appended since: the journal
+    /// ends exactly at `end`.
+    pub clean: bool,
+    /// The entry ending at `end` (global position, header bytes).
+    pub last: Option<(u64, [u8; HEADER_LEN])>,
+    pub next_id: u64,
+    pub shards: BTreeMap<u64, RecoveredShard>,
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let out = self.data.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(out)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(self.u64()? as i64)
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+/// The segment holding global position `pos` (its end included).
+fn segment_at(segments: &BTreeMap<u64, Arc<Segment>>, pos: u64) -> Option<&Arc<Segment>> {
+    let (_, s) = segments.range(..=pos).next_back()?;
+    (pos - s.base <= s.len).then_some(s)
+}
+
+/// Loads the checkpoint if it exists and agrees with `segments`. `None`
+/// when it is missing, damaged, of another version or inconsistent with
+/// the journal: the caller then replays the whole journal.
+pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
+    let data = std::fs::read(path(dir)).ok()?;
+    let header = data.get(..FILE_HEADER_LEN)?;
+    let word = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
+    if word(0) != MAGIC || word(4) != VERSION {
+        return None;
+    }
+    let body_len = u64::from_le_bytes(header[8..16].try_into().unwrap());
+    let body = data.get(FILE_HEADER_LEN..)?;
+    if body.len() as u64 != body_len || crc32c::crc32c(body) != word(16) {
+        return None;
+    }
+    let clean = word(CLEAN_AT as usize) == CLEAN;
+    let map: BTreeMap<u64, Arc<Segment>> = segments.iter().map(|s| (s.base, s.clone())).collect();
+    let mut r = Reader { data: body, pos: 0 };
+    let end = r.u64()?;
+    let last_pos = r.u64()?;
+    let last_header: [u8; HEADER_LEN] = r.take(HEADER_LEN)?.try_into().ok()?;
+    let next_id = r.u64()?;
+    segment_at(&map, end)?;
+    // The entry just before the end must be in the journal as it was: this
+    // catches a journal replaced, truncated or restored behind our back.
+    if last_pos == u64::MAX {
+        if end != 0 {
+            return None;
+        }
+    } else {
+        let s = segment_at(&map, last_pos)?;
+        let at = (last_pos - s.base) as usize;
+        let bytes = s.data().get(at..)?;
+        if bytes.get(..HEADER_LEN)? != last_header {
+            return None;
+        }
+        let Parsed::Valid(h) = entry::parse(bytes) else {
+            return None;
+        };
+        if last_pos + h.entry_len() != end {
+            return None;
+        }
+    }
+    let count = r.u64()?;
+    let mut shards = BTreeMap::new();
+    let mut names = HashMap::new();
+    for _ in 0..count {
+        let id = r.u64()?;
+        let low = r.i64()?;
+        let next = r.i64()?;
+        let anchor = r.u64()?;
+        let low_dirty = r.u8()? != 0;
+        let name = r.string()?;
+        let options_text = r.string()?;
+        let options = Config::default().shard_options(Some(&options_text)).ok()?;
+        let batches = r.u64()?;
+        let mut state = ShardState {
+            anchor,
+            ..ShardState::default()
+        };
+        for _ in 0..batches {
+            let base = r.i64()?;
+            let last = r.i64()?;
+            let max_ts = r.i64()?;
+            let records = r.u32()?;
+            let len = r.u32()?;
+            let seg_base = r.u64()?;
+            let pos = r.u64()?;
+            let segment = map.get(&seg_base)?;
+            // The batch lies wholly in its segment and before the end.
+            if pos.checked_add(len as u64)? > segment.len || seg_base + pos + len as u64 > end {
+                return None;
+            }
+            if last < base || state.batches.back().is_some_and(|b| b.last_offset >= base) {
+                return None;
+            }
+            state.push(IndexEntry::new(
+                segment.clone(),
+                pos,
+                len as usize,
+                base,
+                last,
+                max_ts,
+                records,
+            ));
+        }
+        state.low_watermark = low;
+        state.next_offset = state.next_offset.max(next);
+        state.low_dirty = low_dirty;
+        if id >= next_id || names.insert(name.clone(), id).is_some() {
+            return None;
+        }
+        shards.insert(
+            id,
+            RecoveredShard {
+                name,
+                options,
+                state,
+            },
+        );
+    }
+    if r.pos != body.len() {
+        return None;
+    }
+    Some(Loaded {
+        end,
+        clean,
+        last: (last_pos != u64::MAX).then_some((last_pos, last_header)),
+        next_id,
+        shards,
+    })
+}

@@ -1,0 +1,356 @@
+//! Journal engine: the index checkpoint (`journal/index.ckpt`) — reopen
+//! after a clean close replays nothing, a damaged or stale checkpoint falls
+//! back to the full replay, and a checkpoint behind the journal (after a
+//! crash) is completed by replaying only what follows it.
+//!
+//! "Crash images" are copies of the store directory taken while the store is
+//! open: every acknowledged append (`os` durability) is in the files, nothing
+//! of the clean close is — what a kill -9 leaves (tests/journal_ckpt_crash.rs
+//! does the real kill).
+
+use std::path::{Path, PathBuf};
+
+use mqstore::{Config, Record, ShardInfo, Status, Store};
+
+fn config() -> Config {
+    Config::from_toml_str(
+        "[shard]\nengine = \"journal\"\ndurability = \"os\"\n[journal]\nsegment_bytes = 65536\n",
+    )
+    .unwrap()
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(dir, config()).unwrap()
+}
+
+fn ckpt_path(dir: &Path) -> PathBuf {
+    dir.join("journal").join("index.ckpt")
+}
+
+/// The journal engine's stats (through any shard).
+fn journal_stats(store: &Store) -> serde_json::Value {
+    let shards = store.list_shards().unwrap();
+    let stats = store.shard_stats(&shards[0]).unwrap();
+    stats["engine_stats"]["journal"].clone()
+}
+
+fn used_checkpoint(store: &Store) -> bool {
+    journal_stats(store)["checkpoint_used"].as_bool().unwrap()
+}
+
+fn replayed(store: &Store) -> u64 {
+    journal_stats(store)["recovered_entries"].as_u64().unwrap()
+}
+
+type Snapshot = Vec<(ShardInfo, Vec<(i64, Option<Vec<u8>>, Vec<u8>)>)>;
+
+/// Every shard's info and records.
+fn snapshot(store: &Store) -> Snapshot {
+    let mut names = store.list_shards().unwrap();
+    names.sort();
+    names
+        .iter()
+        .map(|name| {
+            let info = store.shard_info(name).unwrap();
+            let records = store
+                .read(name, info.first_offset, usize::MAX, usize::MAX)
+                .unwrap()
+                .records
+                .iter()
+                .map(|r| {
+                    (
+                        r.offset,
+                        r.key.as_ref().map(|k| k.to_vec()),
+                        r.value.to_vec(),
+                    )
+                })
+                .collect();
+            (info, records)
+        })
+        .collect()
+}
+
+/// Shards with several segments' worth of batches, retention, deleted
+/// records (rewritten and dropped batches) and a deleted shard.
+fn populate(store: &Store, round: usize) {
+    if round == 0 {
+        store.create_shard("a", None).unwrap();
+        store
+            .create_shard("b", Some("retention_records = 120"))
+            .unwrap();
+        store.create_shard("gone", None).unwrap();
+        store.create_shard("quiet", None).unwrap();
+        store.append("quiet", &Record::new(b"q")).unwrap();
+    }
+    let value = vec![b'v'; 700];
+    for i in 0..150 {
+        let key = format!("k{}", i % 7);
+        let v = format!("{round}-{i}");
+        let records = [
+            Record::new(v.as_bytes()).with_key(key.as_bytes()),
+            Record::new(&value),
+        ];
+        store.append_batch("a", &records).unwrap();
+        store.append("b", &Record::new(v.as_bytes())).unwrap();
+        if round == 0 {
+            store.append("gone", &Record::new(b"x")).unwrap();
+        }
+    }
+    store.delete_by_keys("a", &[b"k3"]).unwrap();
+    store.delete_by_offsets("a", &[1, 5, 9]).unwrap();
+    store.delete_records_before("a", 20 + round as i64).unwrap();
+    if round == 0 {
+        store.delete_shard("gone").unwrap();
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for item in std::fs::read_dir(from).unwrap() {
+        let item = item.unwrap();
+        let target = to.join(item.file_name());
+        if item.file_type().unwrap().is_dir() {
+            copy_dir(&item.path(), &target);
+        } else {
+            std::fs::copy(item.path(), target).unwrap();
+        }
+    }
+}
+
+fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn clean_reopen_loads_the_checkpoint_and_replays_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    populate(&store, 0);
+    let before = snapshot(&store);
+    assert!(segment_files(dir.path()).len() > 2);
+    store.close().unwrap();
+    drop(store);
+    assert!(ckpt_path(dir.path()).exists());
+
+    let store = open(dir.path());
+    assert!(used_checkpoint(&store));
+    assert_eq!(replayed(&store), 0);
+    assert_eq!(snapshot(&store), before);
+    assert!(store.shard_info("gone").is_err());
+    // Appends continue at the right offsets; another round trip.
+    populate(&store, 1);
+    let before = snapshot(&store);
+    store.close().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert!(used_checkpoint(&store));
+    assert_eq!(replayed(&store), 0);
+    assert_eq!(snapshot(&store), before);
+    store.close().unwrap();
+    drop(store);
+
+    // The full replay, without the checkpoint, agrees.
+    std::fs::remove_file(ckpt_path(dir.path())).unwrap();
+    let store = open(dir.path());
+    assert!(!used_checkpoint(&store));
+    assert!(replayed(&store) > 600, "{}", journal_stats(&store));
+    assert_eq!(snapshot(&store), before);
+}
+
+#[test]
+fn a_damaged_checkpoint_is_ignored_and_removed() {
+    let template = tempfile::tempdir().unwrap();
+    let store = open(template.path());
+    populate(&store, 0);
+    let before = snapshot(&store);
+    store.close().unwrap();
+    drop(store);
+    let good = std::fs::read(ckpt_path(template.path())).unwrap();
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let damages: Vec<(&str, Damage)> = vec![
+        ("bit flip in the body", Box::new(|d| d[100] ^= 0x10)),
+        (
+            "bit flip in the last byte",
+            Box::new(|d| *d.last_mut().unwrap() ^= 1),
+        ),
+        ("truncated", Box::new(|d| d.truncate(d.len() - 9))),
+        ("header only", Box::new(|d| d.truncate(32))),
+        ("empty", Box::new(|d| d.clear())),
+        ("another version", Box::new(|d| d[4] = 2)),
+        ("bad magic", Box::new(|d| d[0] = b'X')),
+    ];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let mut bytes = good.clone();
+        damage(&mut bytes);
+        std::fs::write(ckpt_path(dir.path()), &bytes).unwrap();
+        let store = open(dir.path());
+        assert!(!used_checkpoint(&store), "{what}");
+        assert!(replayed(&store) > 300, "{what}");
+        assert_eq!(snapshot(&store), before, "{what}");
+        assert!(!ckpt_path(dir.path()).exists(), "{what}: left in place");
+        store.close().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert!(used_checkpoint(&store), "{what}: rewritten at close");
+        assert_eq!(snapshot(&store), before, "{what}");
+    }
+}
+
+#[test]
+fn a_checkpoint_ahead_of_the_journal_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    populate(&store, 0);
+    let old = snapshot(&store);
+    let image = tempfile::tempdir().unwrap();
+    copy_dir(&dir.path().join("journal"), image.path());
+    populate(&store, 1);
+    store.close().unwrap();
+    drop(store);
+    // The journal goes back to the older image (say, restored from a
+    // backup); the checkpoint of the newer one stays.
+    for file in segment_files(dir.path()) {
+        std::fs::remove_file(file).unwrap();
+    }
+    for item in std::fs::read_dir(image.path()).unwrap() {
+        let item = item.unwrap();
+        if item.path().extension().is_some_and(|e| e == "log") {
+            std::fs::copy(
+                item.path(),
+                dir.path().join("journal").join(item.file_name()),
+            )
+            .unwrap();
+        }
+    }
+    let store = open(dir.path());
+    assert!(!used_checkpoint(&store));
+    assert_eq!(snapshot(&store), old);
+}
+
+#[test]
+fn after_a_crash_only_the_entries_after_the_checkpoint_are_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    populate(&store, 0);
+    store.close().unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    assert!(used_checkpoint(&store));
+    let end = journal_stats(&store)["checkpoint_end"].as_u64().unwrap();
+    // After the checkpoint: appends, deletes, a shard deleted and one of the
+    // same name created, a brand new shard.
+    for i in 0..20 {
+        store
+            .append("a", &Record::new(format!("after-{i}").as_bytes()))
+            .unwrap();
+    }
+    store.delete_by_keys("a", &[b"k4"]).unwrap();
+    store.delete_shard("quiet").unwrap();
+    store.create_shard("quiet", None).unwrap();
+    store.append("quiet", &Record::new(b"new quiet")).unwrap();
+    store.delete_shard("b").unwrap();
+    store.create_shard("fresh", None).unwrap();
+    store.append("fresh", &Record::new(b"f")).unwrap();
+    let expected = snapshot(&store);
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+
+    // A hole right at the checkpoint's end, with valid entries after it, is
+    // corruption: the checkpoint stopped vouching for the journal ending
+    // there when the store was opened for writing.
+    let hole = tempfile::tempdir().unwrap();
+    copy_dir(crashed.path(), hole.path());
+    let segment = segment_files(hole.path())
+        .into_iter()
+        .rev()
+        .find(|p| {
+            let base: u64 = p.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+            base <= end
+        })
+        .unwrap();
+    let base: u64 = segment
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut data = std::fs::read(&segment).unwrap();
+    let at = (end - base) as usize;
+    assert_ne!(&data[at..at + 32], &[0u8; 32], "appends went after the end");
+    data[at..at + 32].fill(0);
+    std::fs::write(&segment, &data).unwrap();
+    let err = Store::open(hole.path(), config()).unwrap_err();
+    assert_eq!(err.status(), Status::Corruption, "{err}");
+
+    let store = open(crashed.path());
+    assert!(used_checkpoint(&store));
+    let n = replayed(&store);
+    assert!(n > 20 && n < 60, "replayed {n} entries");
+    assert_eq!(snapshot(&store), expected);
+    assert!(
+        store.shard_info("b").is_err(),
+        "a deleted shard stays deleted"
+    );
+    let quiet = store.read("quiet", 0, 10, usize::MAX).unwrap();
+    assert_eq!(quiet.records.len(), 1);
+    assert_eq!(&quiet.records[0].value[..], b"new quiet");
+    // And it keeps going: append, clean close, reopen.
+    store.append("a", &Record::new(b"later")).unwrap();
+    let expected = snapshot(&store);
+    store.close().unwrap();
+    drop(store);
+    let store = open(crashed.path());
+    assert_eq!(replayed(&store), 0);
+    assert_eq!(snapshot(&store), expected);
+}
+
+#[test]
+fn removing_a_segment_after_reopen_removes_the_checkpoint_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .create_shard("r", Some("retention_records = 40"))
+        .unwrap();
+    store.create_shard("keep", None).unwrap();
+    let value = vec![3u8; 1500];
+    for _ in 0..30 {
+        store.append("r", &Record::new(&value)).unwrap();
+    }
+    store.close().unwrap();
+    drop(store);
+
+    let store = open(dir.path());
+    assert!(used_checkpoint(&store));
+    assert!(ckpt_path(dir.path()).exists());
+    for _ in 0..300 {
+        store.append("r", &Record::new(&value)).unwrap();
+    }
+    store.append("keep", &Record::new(b"kept")).unwrap();
+    let stats = journal_stats(&store);
+    assert!(stats["removed_segments"].as_u64().unwrap() > 0, "{stats}");
+    assert!(!ckpt_path(dir.path()).exists());
+    let expected = snapshot(&store);
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    store.close().unwrap();
+    drop(store);
+
+    let store = open(crashed.path());
+    assert!(!used_checkpoint(&store));
+    assert_eq!(snapshot(&store), expected);
+    drop(store);
+    let store = open(dir.path());
+    assert!(used_checkpoint(&store));
+    assert_eq!(replayed(&store), 0);
+    assert_eq!(snapshot(&store), expected);
+}
