@@ -388,7 +388,11 @@ pub fn sendfile_all(store: &Store, end: i64) -> io::Result<f64> {
 /// What creating and using many shards costs.
 pub struct ManyShards {
     pub create: Duration,
-    /// RSS growth from creating the shards (KiB).
+    /// Heap growth from creating the shards (bytes): what they cost.
+    pub heap_bytes: u64,
+    /// RSS growth from creating the shards (KiB), after returning freed
+    /// memory to the kernel first; lower than `heap_bytes` when the process
+    /// reuses pages an earlier workload left resident.
     pub rss_kib: u64,
     pub rss_total_kib: u64,
     /// msgs/s of one single-record append to every shard in turn, per pass.
@@ -406,7 +410,9 @@ pub fn many_shards(
     // not the store's cost (the store keeps its own).
     let names: Vec<String> = (0..count).map(|i| format!("topic-{i:07}/0")).collect();
     let bench = BenchStore::open(base)?;
+    util::trim_heap();
     let before = util::proc_status_kib("VmRSS").unwrap_or(0);
+    let heap_before = util::heap_in_use_bytes();
     let start = Instant::now();
     for name in &names {
         bench
@@ -416,6 +422,7 @@ pub fn many_shards(
     }
     let create = start.elapsed();
     let after = util::proc_status_kib("VmRSS").unwrap_or(0);
+    let heap_bytes = util::heap_in_use_bytes().saturating_sub(heap_before);
     let data = payload(record_size, 1, 17);
     let record = Record::new(&data);
     let append = util::repeat(passes, || {
@@ -427,6 +434,7 @@ pub fn many_shards(
     })?;
     Ok(ManyShards {
         create,
+        heap_bytes,
         rss_kib: after.saturating_sub(before),
         rss_total_kib: after,
         append,

@@ -170,6 +170,25 @@ pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// Bytes the allocator has handed out and not had back (glibc's mallinfo2:
+/// in-use arena bytes plus mmapped chunks). Unlike RSS, this grows when a
+/// workload allocates even if the process reuses memory an earlier workload
+/// freed, so it measures what a data structure costs.
+pub fn heap_in_use_bytes() -> u64 {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let info = unsafe { libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
+}
+
+/// Returns freed heap memory to the kernel, so that RSS readings after it
+/// start from what is actually in use.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -215,5 +234,13 @@ mod tests {
     #[test]
     fn reads_own_rss() {
         assert!(proc_status_kib("VmRSS").unwrap() > 0);
+    }
+
+    #[test]
+    fn heap_in_use_grows_with_allocation() {
+        let before = heap_in_use_bytes();
+        let block = std::hint::black_box(vec![1u8; 8 << 20]);
+        assert!(heap_in_use_bytes() >= before + (8 << 20));
+        drop(block);
     }
 }
