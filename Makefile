@@ -16,7 +16,8 @@ CC          ?= cc
 CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
 
 .PHONY: all build release header tools venv python-dev python-release \
-        test lint test-rust test-c test-cpp test-python demo clean crash-long
+        test lint test-rust test-c test-cpp test-python demo clean crash-long \
+        bench bench-deps bench-quick
 
 all: build
 
@@ -76,6 +77,24 @@ $(CARGO_TARGET_DIR)/demo: examples/demo.c include/mqstore.h release
 demo: tools python-release $(CARGO_TARGET_DIR)/demo
 	$(CARGO_TARGET_DIR)/demo
 	$(PYTHON) examples/demo.py
+
+# Benchmarks (docs/BENCHMARKS.md): every engine against the raw hardware,
+# RocksDB and the C/Python bindings, in one run. bench-quick: < 3 min, no
+# RocksDB peer. bench: everything; the first build with the RocksDB peer
+# compiles RocksDB from source (15-35 min on 2 cores).
+BENCH_FEATURES ?= rocksdb
+BENCH_ARGS     ?=
+
+bench-deps: tools release python-release
+	$(VENV)/bin/pip install --quiet 'matplotlib>=3.8,<4'
+
+bench: bench-deps
+	@if [[ "$(BENCH_FEATURES)" == *rocksdb* ]] && ! ldconfig -p | grep -q 'libclang[-.0-9]*\.so'; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev; fi
+	cargo run -p mqstore-bench --release $(if $(BENCH_FEATURES),--features $(BENCH_FEATURES)) -- $(BENCH_ARGS)
+
+bench-quick: bench-deps
+	cargo run -p mqstore-bench --release -- --quick $(BENCH_ARGS)
 
 clean:
 	cargo clean

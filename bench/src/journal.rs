@@ -338,7 +338,8 @@ fn million_shards(base: &Path, plan: &Plan, results: &mut Results) {
         ("journal.shards_1m.append_msgs_per_s", "msgs/s"),
     ];
     let probe_count = 10_000;
-    let probe = match engine::many_shards(base, &options, probe_count, 100, 1) {
+    let limit = Duration::from_secs_f64(plan.many_shard_pass_secs);
+    let probe = match engine::many_shards(base, &options, probe_count, 100, 1, limit) {
         Ok(probe) => probe,
         Err(e) => {
             for (name, unit) in names {
@@ -363,8 +364,16 @@ fn million_shards(base: &Path, plan: &Plan, results: &mut Results) {
     }
     let p = json!({ "shards": plan.many_shards, "record_bytes": 100, "threads": 1,
                     "durability": "os",
-                    "append": "one single-record append to every shard in turn, per rep" });
-    match engine::many_shards(base, &options, plan.many_shards, 100, plan.reps.min(3)) {
+                    "append": "one single-record append to every shard in turn, per rep",
+                    "pass_time_limit_s": plan.many_shard_pass_secs });
+    match engine::many_shards(
+        base,
+        &options,
+        plan.many_shards,
+        100,
+        plan.reps.min(3),
+        limit,
+    ) {
         Ok(many) => {
             results.value(
                 "journal.shards_1m.create_s",

@@ -45,6 +45,8 @@ pub struct Plan {
     /// Size of the shard the read and sendfile workloads read.
     pub read_bytes: u64,
     pub many_shards: usize,
+    /// A pass of single appends over the many shards stops after this long.
+    pub many_shard_pass_secs: f64,
     /// File size of the O_DIRECT write baseline.
     pub disk_bytes: u64,
     pub fdatasync_write_bytes: u64,
@@ -68,6 +70,7 @@ impl Plan {
             many_shard_budget: 2 << 30,
             read_bytes: 1 << 30,
             many_shards: 1_000_000,
+            many_shard_pass_secs: 20.0,
             disk_bytes: 1 << 30,
             fdatasync_write_bytes: 256 << 20,
             fdatasync_samples: 2000,
@@ -90,6 +93,7 @@ impl Plan {
             many_shard_budget: 512 << 20,
             read_bytes: 256 << 20,
             many_shards: 1_000_000,
+            many_shard_pass_secs: 5.0,
             disk_bytes: 256 << 20,
             fdatasync_write_bytes: 64 << 20,
             fdatasync_samples: 500,
@@ -105,6 +109,7 @@ impl Plan {
             "headline_secs": self.headline_secs, "latency_secs": self.latency_secs,
             "offered_load": self.offered_load, "many_shard_budget": self.many_shard_budget,
             "read_bytes": self.read_bytes, "many_shards": self.many_shards,
+            "many_shard_pass_secs": self.many_shard_pass_secs,
             "disk_bytes": self.disk_bytes, "fdatasync_write_bytes": self.fdatasync_write_bytes,
             "fdatasync_samples": self.fdatasync_samples, "sendfile_bytes": self.sendfile_bytes,
             "memcpy_bytes": self.memcpy_bytes, "rocksdb_secs": self.rocksdb_secs,

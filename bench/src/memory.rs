@@ -293,8 +293,10 @@ fn million_shards(
 ) {
     let count = plan.many_shards;
     let p = json!({ "shards": count, "record_bytes": 100, "threads": 1,
-                    "append": "one single-record append to every shard in turn, per rep" });
-    match engine::many_shards(base, options, count, 100, plan.reps) {
+                    "append": "one single-record append to every shard in turn, per rep",
+                    "pass_time_limit_s": plan.many_shard_pass_secs });
+    let limit = secs(plan.many_shard_pass_secs);
+    match engine::many_shards(base, options, count, 100, plan.reps, limit) {
         Ok(many) => {
             results.value(
                 "memory.shards_1m.create_s",

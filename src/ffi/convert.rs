@@ -51,17 +51,33 @@ pub(crate) unsafe fn array_arg<'a, T>(
     count: usize,
     param: &str,
 ) -> Result<&'a [T], FfiError> {
+    // SAFETY: forwarded caller contract.
+    unsafe { array_arg_named(ptr, count, || param.to_string()) }
+}
+
+/// Like `array_arg`, but the parameter's name is built only on failure: the
+/// per-record arrays of a batch append are checked on the hot path.
+///
+/// # Safety
+/// As for `array_arg`.
+pub(crate) unsafe fn array_arg_named<'a, T>(
+    ptr: *const T,
+    count: usize,
+    param: impl FnOnce() -> String,
+) -> Result<&'a [T], FfiError> {
     if count == 0 {
         return Ok(&[]);
     }
     if ptr.is_null() {
         return Err(FfiError::invalid_argument(format_args!(
-            "`{param}` is NULL but its count is {count}"
+            "`{}` is NULL but its count is {count}",
+            param()
         )));
     }
     if count > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
         return Err(FfiError::invalid_argument(format_args!(
-            "count {count} of `{param}` is too large"
+            "count {count} of `{}` is too large",
+            param()
         )));
     }
     // SAFETY: non-NULL, and the caller guarantees `count` valid elements;
@@ -156,7 +172,7 @@ pub(crate) unsafe fn records_arg<'a>(
         let value = unsafe { slice_bytes(&record.value, || field(&"value")) }?.unwrap_or_default();
         // SAFETY: the caller guarantees `headers` holds `header_count` headers.
         let headers: &[mqs_header] =
-            unsafe { array_arg(record.headers, record.header_count, &field(&"headers")) }?;
+            unsafe { array_arg_named(record.headers, record.header_count, || field(&"headers")) }?;
         let headers = headers
             .iter()
             .enumerate()
@@ -172,7 +188,7 @@ pub(crate) unsafe fn records_arg<'a>(
             .collect::<Result<Vec<_>, FfiError>>()?;
         // SAFETY: the caller guarantees `tags` holds `tag_count` slices.
         let tags: &[mqs_slice] =
-            unsafe { array_arg(record.tags, record.tag_count, &field(&"tags")) }?;
+            unsafe { array_arg_named(record.tags, record.tag_count, || field(&"tags")) }?;
         let tags = tags
             .iter()
             .enumerate()
