@@ -14,6 +14,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::config::{EngineKind, ShardOptions};
+use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
     Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
 };
@@ -229,14 +230,12 @@ impl MemoryShard {
     }
 }
 
-fn record_size(record: &RecordView) -> usize {
-    record.key.as_ref().map_or(0, Bytes::len)
-        + record.value.len()
-        + record
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.as_ref().map_or(0, Bytes::len))
-            .sum::<usize>()
+fn scan_batch(batch: &StoredBatch) -> ScanBatch {
+    ScanBatch {
+        bytes: batch.bytes.clone(),
+        last_offset: batch.last_offset,
+        max_timestamp: batch.max_timestamp,
+    }
 }
 
 impl Shard for MemoryShard {
@@ -295,67 +294,22 @@ impl Shard for MemoryShard {
         self.expire_idle(now);
         let state = self.state.read();
         state.check_range(&self.name, from)?;
-        let mut records = Vec::new();
-        let mut bytes = 0usize;
-        let mut next_offset = from;
-        let mut full = false;
-        for batch in state.batches.range(state.batch_index(from)..) {
-            format::for_each_record_from(&batch.bytes, false, from, |record| {
-                if record.is_expired(now) {
-                    next_offset = record.offset + 1;
-                    return true;
-                }
-                let size = record_size(&record);
-                if records.len() >= limits.max_records
-                    || (!records.is_empty() && bytes + size > limits.max_bytes)
-                {
-                    full = true;
-                    return false;
-                }
-                bytes += size;
-                next_offset = record.offset + 1;
-                records.push(record);
-                true
-            })?;
-            if full {
-                break;
-            }
-            next_offset = next_offset.max(batch.last_offset + 1);
-        }
-        if !full {
-            next_offset = state.next_offset;
-        }
+        let batches = state
+            .batches
+            .range(state.batch_index(from)..)
+            .map(scan_batch);
+        let result = scan::read(batches, from, limits, now, state.next_offset)?;
         drop(state);
         self.read_records
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        Ok(ReadResult {
-            records,
-            next_offset,
-        })
+            .fetch_add(result.records.len() as u64, Ordering::Relaxed);
+        Ok(result)
     }
 
     fn read_by_keys(&self, keys: &[&[u8]], max_records: usize) -> Result<Vec<RecordView>> {
         let now = now_ms();
         self.expire_idle(now);
-        let wanted: HashSet<&[u8]> = keys.iter().copied().collect();
         let state = self.state.read();
-        let mut records = Vec::new();
-        for batch in &state.batches {
-            if records.len() >= max_records {
-                break;
-            }
-            format::for_each_record(&batch.bytes, false, |record| {
-                let hit = record
-                    .key
-                    .as_ref()
-                    .is_some_and(|k| wanted.contains(k.as_ref()));
-                if hit && !record.is_expired(now) {
-                    records.push(record);
-                }
-                records.len() < max_records
-            })?;
-        }
-        Ok(records)
+        scan::read_by_keys(state.batches.iter().map(scan_batch), keys, max_records, now)
     }
 
     fn read_by_tag(&self, tag: &[u8], from: i64, max_records: usize) -> Result<ReadResult> {
@@ -363,33 +317,11 @@ impl Shard for MemoryShard {
         self.expire_idle(now);
         let state = self.state.read();
         state.check_range(&self.name, from)?;
-        let mut records = Vec::new();
-        let mut full = false;
-        let mut next_offset = from;
-        for batch in state.batches.range(state.batch_index(from)..) {
-            format::for_each_record_from(&batch.bytes, false, from, |record| {
-                if !record.has_tag(tag) || record.is_expired(now) {
-                    return true;
-                }
-                if records.len() >= max_records {
-                    full = true;
-                    return false;
-                }
-                next_offset = record.offset + 1;
-                records.push(record);
-                true
-            })?;
-            if full {
-                break;
-            }
-        }
-        if !full {
-            next_offset = state.next_offset;
-        }
-        Ok(ReadResult {
-            records,
-            next_offset,
-        })
+        let batches = state
+            .batches
+            .range(state.batch_index(from)..)
+            .map(scan_batch);
+        scan::read_by_tag(batches, tag, from, max_records, now, state.next_offset)
     }
 
     fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
@@ -403,23 +335,7 @@ impl Shard for MemoryShard {
         let start = state
             .batches
             .partition_point(|b| b.running_max_timestamp < timestamp_ms);
-        for batch in state.batches.range(start..) {
-            if batch.max_timestamp < timestamp_ms {
-                continue;
-            }
-            let mut found = None;
-            format::for_each_record(&batch.bytes, false, |record| {
-                if record.timestamp_ms >= timestamp_ms {
-                    found = Some(record.offset);
-                    return false;
-                }
-                true
-            })?;
-            if found.is_some() {
-                return Ok(found);
-            }
-        }
-        Ok(None)
+        scan::offset_for_timestamp(state.batches.range(start..).map(scan_batch), timestamp_ms)
     }
 
     fn delete_records_before(&self, offset: i64) -> Result<i64> {

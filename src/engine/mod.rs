@@ -7,6 +7,7 @@
 
 pub mod journal;
 pub mod memory;
+pub(crate) mod scan;
 
 use std::sync::Arc;
 
