@@ -178,8 +178,12 @@ fn run_c(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results) {
         Ok(dir) => dir,
         Err(e) => return results.failed(C_METRIC, "msgs/s", &e.to_string()),
     };
+    // `cargo run` prepends its own target dirs to LD_LIBRARY_PATH, which
+    // outranks the binary's RUNPATH: pin the loader to the library measured.
+    let lib_dir = drivers.lib.parent().unwrap_or(Path::new("."));
     let report = run_driver(
         Command::new(&binary)
+            .env("LD_LIBRARY_PATH", lib_dir)
             .arg(dir.path())
             .arg(HEADLINE_SPEC.record_size.to_string())
             .arg(HEADLINE_SPEC.batch.to_string())
