@@ -112,15 +112,7 @@ impl ShardState {
     }
 
     fn check_range(&self, shard: &str, offset: i64) -> Result<()> {
-        if offset < self.low_watermark || offset > self.next_offset {
-            return Err(Error::OffsetOutOfRange {
-                shard: shard.to_string(),
-                offset,
-                first: self.low_watermark,
-                next: self.next_offset,
-            });
-        }
-        Ok(())
+        scan::check_range(shard, offset, self.low_watermark, self.next_offset)
     }
 }
 
@@ -201,32 +193,6 @@ impl MemoryShard {
             true
         })?;
         Ok(offsets)
-    }
-
-    /// Deletes, batch by batch, the records `matches` selects; re-encodes each
-    /// affected batch as Kafka's log compaction does (offsets keep their gaps).
-    fn delete_where(&self, mut matches: impl FnMut(&RecordView) -> bool) -> Result<u64> {
-        let mut state = self.state.write();
-        let mut deleted = 0u64;
-        let mut index = 0;
-        while index < state.batches.len() {
-            let batch = &state.batches[index];
-            let doomed = Self::matching_offsets(batch, &mut matches)?;
-            if doomed.is_empty() {
-                index += 1;
-                continue;
-            }
-            let doomed: HashSet<i64> = doomed.into_iter().collect();
-            let kept_records = batch.records - doomed.len() as u64;
-            let kept = format::retain_records(&batch.bytes, |offset| !doomed.contains(&offset))?;
-            deleted += doomed.len() as u64;
-            let removed = kept.is_none();
-            state.replace(index, kept, kept_records);
-            if !removed {
-                index += 1;
-            }
-        }
-        Ok(deleted)
     }
 }
 
@@ -362,19 +328,30 @@ impl Shard for MemoryShard {
         Ok(target)
     }
 
-    fn delete_by_keys(&self, keys: &[&[u8]]) -> Result<u64> {
-        let doomed: HashSet<&[u8]> = keys.iter().copied().collect();
-        self.delete_where(|record| {
-            record
-                .key
-                .as_ref()
-                .is_some_and(|k| doomed.contains(k.as_ref()))
-        })
-    }
-
-    fn delete_by_offsets(&self, offsets: &[i64]) -> Result<u64> {
-        let doomed: HashSet<i64> = offsets.iter().copied().collect();
-        self.delete_where(|record| doomed.contains(&record.offset))
+    /// Deletes, batch by batch, the records `matches` selects; re-encodes each
+    /// affected batch as Kafka's log compaction does (offsets keep their gaps).
+    fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
+        let mut state = self.state.write();
+        let mut deleted = 0u64;
+        let mut index = 0;
+        while index < state.batches.len() {
+            let batch = &state.batches[index];
+            let doomed = Self::matching_offsets(batch, &mut *matches)?;
+            if doomed.is_empty() {
+                index += 1;
+                continue;
+            }
+            let doomed: HashSet<i64> = doomed.into_iter().collect();
+            let kept_records = batch.records - doomed.len() as u64;
+            let kept = format::retain_records(&batch.bytes, |offset| !doomed.contains(&offset))?;
+            deleted += doomed.len() as u64;
+            let removed = kept.is_none();
+            state.replace(index, kept, kept_records);
+            if !removed {
+                index += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan> {

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod memory;
 pub(crate) mod scan;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -110,12 +111,28 @@ pub trait Shard: Send + Sync {
     /// and returns the new low watermark.
     fn delete_records_before(&self, offset: i64) -> Result<i64>;
 
+    /// Deletes every record `matches` selects, rewriting each affected batch
+    /// as Kafka's log compaction does (offsets keep their gaps); returns how
+    /// many were deleted.
+    fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64>;
+
     /// Deletes every record with one of `keys`; returns how many were deleted.
-    fn delete_by_keys(&self, keys: &[&[u8]]) -> Result<u64>;
+    fn delete_by_keys(&self, keys: &[&[u8]]) -> Result<u64> {
+        let doomed: HashSet<&[u8]> = keys.iter().copied().collect();
+        self.delete_where(&mut |record| {
+            record
+                .key
+                .as_ref()
+                .is_some_and(|k| doomed.contains(k.as_ref()))
+        })
+    }
 
     /// Deletes the given offsets (absent ones are ignored); returns how many
     /// were deleted.
-    fn delete_by_offsets(&self, offsets: &[i64]) -> Result<u64>;
+    fn delete_by_offsets(&self, offsets: &[i64]) -> Result<u64> {
+        let doomed: HashSet<i64> = offsets.iter().copied().collect();
+        self.delete_where(&mut |record| doomed.contains(&record.offset))
+    }
 
     /// Fixes the whole batches a transfer from `from` covers: at most
     /// `max_bytes`, but always at least one batch when any exists.

@@ -10,13 +10,31 @@ use bytes::Bytes;
 use crate::engine::{ReadLimits, ReadResult};
 use crate::format;
 use crate::record::RecordView;
-use crate::Result;
+use crate::{Error, Result};
 
 /// What a scan needs of one stored batch.
 pub(crate) struct ScanBatch {
     pub bytes: Bytes,
     pub last_offset: i64,
     pub max_timestamp: i64,
+}
+
+/// Reads and transfers start in `[low_watermark, high_watermark]`.
+pub(crate) fn check_range(
+    shard: &str,
+    offset: i64,
+    low_watermark: i64,
+    high_watermark: i64,
+) -> Result<()> {
+    if offset < low_watermark || offset > high_watermark {
+        return Err(Error::OffsetOutOfRange {
+            shard: shard.to_string(),
+            offset,
+            first: low_watermark,
+            next: high_watermark,
+        });
+    }
+    Ok(())
 }
 
 /// Key + value + header bytes of a record: what `max_bytes` limits.

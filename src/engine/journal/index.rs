@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::segment::Segment;
 use crate::config::ShardOptions;
-use crate::{Error, Result};
+use crate::Result;
 
 /// One stored batch. Holding it keeps the segment's live count up, so a
 /// segment file is removed only once no index entry points into it.
@@ -188,14 +188,6 @@ impl ShardState {
     }
 
     pub fn check_range(&self, shard: &str, offset: i64) -> Result<()> {
-        if offset < self.low_watermark || offset > self.next_offset {
-            return Err(Error::OffsetOutOfRange {
-                shard: shard.to_string(),
-                offset,
-                first: self.low_watermark,
-                next: self.next_offset,
-            });
-        }
-        Ok(())
+        crate::engine::scan::check_range(shard, offset, self.low_watermark, self.next_offset)
     }
 }

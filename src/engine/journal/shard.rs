@@ -179,50 +179,6 @@ impl JournalShard {
         }
     }
 
-    /// Deletes, batch by batch, the records `matches` selects, logging a
-    /// rewritten batch (or a drop) for each affected one.
-    fn delete_where(&self, mut matches: impl FnMut(&RecordView) -> bool) -> Result<u64> {
-        self.check_live()?;
-        let mut state = self.state.write();
-        self.make_readable(&state)?;
-        let mut deleted = 0u64;
-        let mut last_end = None;
-        let mut index = 0;
-        while index < state.batches.len() {
-            let batch = &state.batches[index];
-            let bytes = batch.bytes();
-            let mut doomed = HashSet::new();
-            format::for_each_record(&bytes, false, |record| {
-                if matches(&record) {
-                    doomed.insert(record.offset);
-                }
-                true
-            })?;
-            if doomed.is_empty() {
-                index += 1;
-                continue;
-            }
-            let base = batch.base_offset;
-            let (last, max_ts, records) = (batch.last_offset, batch.max_timestamp, batch.records);
-            let kept = format::retain_records(&bytes, |offset| !doomed.contains(&offset))?;
-            deleted += doomed.len() as u64;
-            let replacement =
-                self.log_rewrite(base, last, max_ts, records - doomed.len() as u32, kept)?;
-            last_end = Some(replacement.1);
-            let removed = replacement.0.is_none();
-            state.replace(index, replacement.0);
-            if !removed {
-                index += 1;
-            }
-        }
-        drop(state);
-        if let Some(end) = last_end {
-            self.wait(end)?;
-            self.log.maybe_reclaim();
-        }
-        Ok(deleted)
-    }
-
     /// Logs the rewritten form of batch `base` (`None`: nothing left).
     fn log_rewrite(
         &self,
@@ -403,19 +359,48 @@ impl Shard for JournalShard {
         Ok(target)
     }
 
-    fn delete_by_keys(&self, keys: &[&[u8]]) -> Result<u64> {
-        let doomed: HashSet<&[u8]> = keys.iter().copied().collect();
-        self.delete_where(|record| {
-            record
-                .key
-                .as_ref()
-                .is_some_and(|k| doomed.contains(k.as_ref()))
-        })
-    }
-
-    fn delete_by_offsets(&self, offsets: &[i64]) -> Result<u64> {
-        let doomed: HashSet<i64> = offsets.iter().copied().collect();
-        self.delete_where(|record| doomed.contains(&record.offset))
+    /// Deletes, batch by batch, the records `matches` selects, logging a
+    /// rewritten batch (or a drop) for each affected one.
+    fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
+        self.check_live()?;
+        let mut state = self.state.write();
+        self.make_readable(&state)?;
+        let mut deleted = 0u64;
+        let mut last_end = None;
+        let mut index = 0;
+        while index < state.batches.len() {
+            let batch = &state.batches[index];
+            let bytes = batch.bytes();
+            let mut doomed = HashSet::new();
+            format::for_each_record(&bytes, false, |record| {
+                if matches(&record) {
+                    doomed.insert(record.offset);
+                }
+                true
+            })?;
+            if doomed.is_empty() {
+                index += 1;
+                continue;
+            }
+            let base = batch.base_offset;
+            let (last, max_ts, records) = (batch.last_offset, batch.max_timestamp, batch.records);
+            let kept = format::retain_records(&bytes, |offset| !doomed.contains(&offset))?;
+            deleted += doomed.len() as u64;
+            let replacement =
+                self.log_rewrite(base, last, max_ts, records - doomed.len() as u32, kept)?;
+            last_end = Some(replacement.1);
+            let removed = replacement.0.is_none();
+            state.replace(index, replacement.0);
+            if !removed {
+                index += 1;
+            }
+        }
+        drop(state);
+        if let Some(end) = last_end {
+            self.wait(end)?;
+            self.log.maybe_reclaim();
+        }
+        Ok(deleted)
     }
 
     fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan> {
