@@ -2,10 +2,13 @@
 //! commit and kill -9 crash recovery.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use mqstore::{Config, Record, Status, Store};
+
+mod common;
+use common::{segment_files, values_of, Rng};
 
 /// Small segments so that tests roll and reclaim them; `journal` adds keys
 /// to the `[journal]` section.
@@ -18,57 +21,6 @@ fn config(journal: &str) -> Config {
 
 fn open(dir: &Path, extra: &str) -> Store {
     Store::open(dir, config(extra)).unwrap()
-}
-
-/// A tiny deterministic PRNG (xorshift64*), so tests need no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-    fn seeded() -> Rng {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        let seed = std::env::var("MQS_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(nanos);
-        eprintln!("seed {seed}");
-        Rng::new(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn values_of(store: &Store, shard: &str) -> Vec<(i64, Vec<u8>)> {
-    let info = store.shard_info(shard).unwrap();
-    let r = store
-        .read(shard, info.first_offset, usize::MAX, usize::MAX)
-        .unwrap();
-    r.records
-        .iter()
-        .map(|r| (r.offset, r.value.to_vec()))
-        .collect()
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("journal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files
 }
 
 /// Walks a segment file by the documented entry layout: (kind, start, end

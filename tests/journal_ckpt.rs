@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use mqstore::{Config, Record, ShardInfo, Status, Store};
 
+mod common;
+use common::{copy_dir, segment_files};
+
 fn config() -> Config {
     Config::from_toml_str(
         "[shard]\nengine = \"journal\"\ndurability = \"os\"\n[journal]\nsegment_bytes = 65536\n",
@@ -102,29 +105,6 @@ fn populate(store: &Store, round: usize) {
     if round == 0 {
         store.delete_shard("gone").unwrap();
     }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for item in std::fs::read_dir(from).unwrap() {
-        let item = item.unwrap();
-        let target = to.join(item.file_name());
-        if item.file_type().unwrap().is_dir() {
-            copy_dir(&item.path(), &target);
-        } else {
-            std::fs::copy(item.path(), target).unwrap();
-        }
-    }
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("journal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files
 }
 
 #[test]

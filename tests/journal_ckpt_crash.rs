@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 use mqstore::{Config, Record, Store};
 
+mod common;
+use common::copy_dir;
+
 const CHILD_ENV: &str = "MQS_CKPT_CRASH_CHILD";
 const SHARDS: usize = 2;
 
@@ -171,18 +174,5 @@ fn kill_9_after_reopening_from_a_checkpoint_loses_nothing() {
             }
         }
         store.close().unwrap();
-    }
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for item in std::fs::read_dir(from).unwrap() {
-        let item = item.unwrap();
-        let target = to.join(item.file_name());
-        if item.file_type().unwrap().is_dir() {
-            copy_dir(&item.path(), &target);
-        } else {
-            std::fs::copy(item.path(), target).unwrap();
-        }
     }
 }

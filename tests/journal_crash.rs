@@ -11,35 +11,8 @@ use std::sync::Arc;
 
 use mqstore::{Config, Record, Store};
 
-/// A tiny deterministic PRNG (xorshift64*), so tests need no crate.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-    fn seeded() -> Rng {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64;
-        let seed = std::env::var("MQS_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(nanos);
-        eprintln!("seed {seed}");
-        Rng::new(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+mod common;
+use common::Rng;
 
 const CHILD_ENV: &str = "MQS_CRASH_CHILD_DIR";
 /// The journal I/O path of the child: `default` (io = "auto", direct),

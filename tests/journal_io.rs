@@ -5,10 +5,13 @@
 //! io_uring is unavailable (simulated with a seccomp filter) while `uring`
 //! fails clearly.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use mqstore::{Config, Record, Status, Store};
+
+mod common;
+use common::{segment_files, values_of};
 
 /// Not a multiple of 4096: the last block of every segment is partial,
 /// which O_DIRECT cannot write (see writer.rs).
@@ -76,27 +79,6 @@ fn modes() -> Vec<(&'static str, bool, &'static str)> {
         out.push(("auto", true, "pwrite+direct"));
     }
     out
-}
-
-fn values_of(store: &Store, shard: &str) -> Vec<(i64, Vec<u8>)> {
-    let info = store.shard_info(shard).unwrap();
-    let r = store
-        .read(shard, info.first_offset, usize::MAX, usize::MAX)
-        .unwrap();
-    r.records
-        .iter()
-        .map(|r| (r.offset, r.value.to_vec()))
-        .collect()
-}
-
-fn segment_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("journal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    files.sort();
-    files
 }
 
 /// A value whose length varies so flushes end anywhere in a block.
