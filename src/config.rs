@@ -37,7 +37,7 @@ impl EngineKind {
 
     /// Engines compiled into and implemented by this build.
     pub fn available() -> &'static [EngineKind] {
-        &[EngineKind::Memory, EngineKind::Journal]
+        &[EngineKind::Memory, EngineKind::Journal, EngineKind::File]
     }
 
     pub fn is_available(self) -> bool {
@@ -185,6 +185,55 @@ impl Default for JournalConfig {
     }
 }
 
+/// When the File engine hands buffered bytes to the kernel and fdatasyncs
+/// them, beyond what each shard's durability mode demands (`[file] flush`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlushPolicy {
+    /// The OS decides when dirty pages reach the disk; fdatasync only at
+    /// segment roll and clean close (Kafka's default).
+    #[default]
+    Never,
+    /// A flusher thread writes and fdatasyncs every `flush_interval_ms`.
+    Interval,
+    /// Every append is written and fdatasynced before it is acknowledged.
+    Append,
+}
+
+impl FlushPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            FlushPolicy::Never => "never",
+            FlushPolicy::Interval => "interval",
+            FlushPolicy::Append => "append",
+        }
+    }
+}
+
+/// Store-wide settings of the File engine (the `[file]` section).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileConfig {
+    /// Memory budget of the engine: mapped segments, write buffers and
+    /// open files are kept within it (see README, "File engine").
+    pub max_memory_mb: u64,
+    pub flush: FlushPolicy,
+    /// Period of the flusher thread when `flush = "interval"`.
+    pub flush_interval_ms: u64,
+    /// Segment files held open for appending, across all file shards.
+    pub max_open_files: u64,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            max_memory_mb: 256,
+            flush: FlushPolicy::Never,
+            flush_interval_ms: 1000,
+            max_open_files: 256,
+        }
+    }
+}
+
 /// Store-wide configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -197,6 +246,8 @@ pub struct Config {
     pub shard_defaults: ShardOptions,
     /// Settings of the journal engine.
     pub journal: JournalConfig,
+    /// Settings of the File engine.
+    pub file: FileConfig,
 }
 
 impl Default for Config {
@@ -207,6 +258,7 @@ impl Default for Config {
             max_batch_bytes: 64 << 20,
             shard_defaults: ShardOptions::default(),
             journal: JournalConfig::default(),
+            file: FileConfig::default(),
         }
     }
 }
@@ -221,6 +273,16 @@ struct ConfigFile {
     store: Option<StoreSection>,
     shard: Option<ShardSection>,
     journal: Option<JournalSection>,
+    file: Option<FileSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSection {
+    max_memory_mb: Option<u64>,
+    flush: Option<FlushPolicy>,
+    flush_interval_ms: Option<u64>,
+    max_open_files: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -328,6 +390,7 @@ impl Config {
             Preset::Edge => {
                 shard.engine = EngineKind::File;
                 shard.durability = Durability::Os;
+                config.file.max_memory_mb = 100;
             }
         }
         config
@@ -393,6 +456,37 @@ impl Config {
             }
             if let Some(direct) = journal.direct {
                 config.journal.direct = direct;
+            }
+        }
+        if let Some(file) = file.file {
+            if let Some(mb) = file.max_memory_mb {
+                if !(16..=1 << 20).contains(&mb) {
+                    return Err(Error::InvalidConfig(format!(
+                        "file.max_memory_mb: {mb} must be between 16 and {}",
+                        1u64 << 20
+                    )));
+                }
+                config.file.max_memory_mb = mb;
+            }
+            if let Some(flush) = file.flush {
+                config.file.flush = flush;
+            }
+            if let Some(ms) = file.flush_interval_ms {
+                if !(1..=3_600_000).contains(&ms) {
+                    return Err(Error::InvalidConfig(format!(
+                        "file.flush_interval_ms: {ms} must be between 1 and 3600000"
+                    )));
+                }
+                config.file.flush_interval_ms = ms;
+            }
+            if let Some(n) = file.max_open_files {
+                if !(4..=1 << 20).contains(&n) {
+                    return Err(Error::InvalidConfig(format!(
+                        "file.max_open_files: {n} must be between 4 and {}",
+                        1u64 << 20
+                    )));
+                }
+                config.file.max_open_files = n;
             }
         }
         if config.max_record_bytes > config.max_batch_bytes {

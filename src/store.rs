@@ -12,6 +12,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::{Config, EngineKind, ShardOptions};
+use crate::engine::file::FileEngine;
 use crate::engine::journal::JournalEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST};
@@ -86,7 +87,7 @@ struct SavedOffset {
 
 /// Engines whose shards survive a restart (their group offsets are saved).
 fn is_persistent(kind: EngineKind) -> bool {
-    kind == EngineKind::Journal
+    matches!(kind, EngineKind::Journal | EngineKind::File)
 }
 
 /// Reads `groups.json` (absent: none saved).
@@ -149,6 +150,7 @@ fn build_engine(kind: EngineKind, dir: &Path, config: &Config) -> Result<Arc<dyn
     match kind {
         EngineKind::Memory => Ok(Arc::new(MemoryEngine)),
         EngineKind::Journal => Ok(Arc::new(JournalEngine::new(dir, config.journal.clone()))),
+        EngineKind::File => Ok(Arc::new(FileEngine::new(dir, config.file.clone()))),
         other => Err(Error::Unsupported(format!(
             "engine '{other}' is not available in this build (available: {})",
             EngineKind::available()

@@ -530,6 +530,7 @@ macro_rules! conformance_suite {
 
 conformance_suite!(memory, "memory");
 conformance_suite!(journal, "journal");
+conformance_suite!(file, "file");
 
 #[test]
 fn memory_engine_refuses_durable_modes() {
@@ -545,7 +546,7 @@ fn memory_engine_refuses_durable_modes() {
 #[test]
 fn unbuilt_engines_are_unsupported_not_faked() {
     let dir = tempfile::tempdir().unwrap();
-    for preset in ["big_data", "edge"] {
+    for preset in ["big_data"] {
         let config = Config::from_toml_str(&format!("preset = \"{preset}\"")).unwrap();
         let err = Store::open(dir.path(), config).unwrap_err();
         assert_eq!(err.status(), Status::Unsupported, "{preset}: {err}");
@@ -553,7 +554,7 @@ fn unbuilt_engines_are_unsupported_not_faked() {
     let f = open("memory", "");
     let err = f
         .store
-        .create_shard("f", Some("engine = \"file\""))
+        .create_shard("f", Some("engine = \"s3\""))
         .unwrap_err();
     assert_eq!(err.status(), Status::Unsupported);
 }

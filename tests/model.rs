@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use mqstore::{Config, Record, Status, Store};
 use proptest::prelude::*;
 
-const ENGINES: &[&str] = &["memory", "journal"];
+const ENGINES: &[&str] = &["memory", "journal", "file"];
 const SHARDS: &[&str] = &["a", "b"];
 const KEYS: &[&[u8]] = &[b"k0", b"k1", b"k2"];
 

@@ -5,6 +5,7 @@
 //! Engines validate nothing the Store already validated (shard names, record
 //! and batch sizes, engine availability): they receive well-formed input.
 
+pub mod file;
 pub mod journal;
 pub mod memory;
 pub(crate) mod scan;

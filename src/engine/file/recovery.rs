@@ -1,0 +1,238 @@
+//! Opening a file shard: summarise its segments from their index files,
+//! and scan (validating every batch's CRC-32C) what the index files do not
+//! vouch for.
+//!
+//! Damage rules, the Journal engine's (docs/FORMAT.md, "Recovery"): an
+//! invalid batch with nothing valid after it — in its segment or any later
+//! one — is a torn tail: the file is cut there (ftruncate + fdatasync) and
+//! later segments are removed. An invalid batch followed by a valid one is
+//! damage in the middle: the open fails with `Corruption`. The segment
+//! format differs from the journal's (bare Kafka batches, no entry
+//! framing), so what is shared is the batch validation of `src/format`.
+//!
+//! What is scanned: a segment whose `.index`/`.timeindex` is missing,
+//! damaged or covers a different length than the log (behind or ahead);
+//! and, unless the last close was clean, the last segment always (the one
+//! a crash can have left half-written). Sealed segments were fdatasynced
+//! with their indexes when they rolled.
+
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use memmap2::Mmap;
+
+use super::segment::{self, SegmentMeta};
+use super::shard::{FileShard, Meta, State, Writer, META_FILE};
+use super::Shared;
+use crate::config::Config;
+use crate::{Error, Result};
+
+fn read_meta(dir: &Path) -> Result<Meta> {
+    let path = dir.join(META_FILE);
+    let bytes =
+        std::fs::read(&path).map_err(|e| Error::io(format!("reading '{}'", path.display()), e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Error::corruption(format!("'{}' is not valid: {e}", path.display())))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<i64>> {
+    let mut bases = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".cleaned") || name.ends_with(".tmp") {
+            // A rewrite or metadata update a crash interrupted before its
+            // rename: the old file is still in place and complete.
+            let path = entry.path();
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io(format!("removing '{}'", path.display()), e))?;
+        } else if let Some(base) = segment::parse_log_name(&name) {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// A read-only map of a whole file (none for an empty one).
+fn map_file(path: &Path) -> Result<Option<Mmap>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::io(format!("opening '{}'", path.display()), e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat '{}'", path.display()), e))?
+        .len();
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: read-only, during recovery, before any writer or reader of
+    // this shard exists; the map is dropped before the file is truncated.
+    let map = unsafe { Mmap::map(&file) }
+        .map_err(|e| Error::io(format!("mapping '{}'", path.display()), e))?;
+    Ok(Some(map))
+}
+
+fn has_valid_batch(path: &Path) -> Result<bool> {
+    Ok(map_file(path)?.is_some_and(|data| {
+        segment::valid_batch_at(&data, 0, i64::MIN).is_ok()
+            || segment::valid_batch_after(&data, 0, i64::MIN).is_some()
+    }))
+}
+
+/// The outcome of scanning one segment.
+struct Scanned {
+    meta: SegmentMeta,
+    /// Where the valid batches end, if something invalid follows.
+    torn_at: Option<u64>,
+}
+
+fn scan(dir: &Path, base: i64, min_base: i64) -> Result<Scanned> {
+    let path = dir.join(segment::log_name(base));
+    let mut meta = SegmentMeta::new(base);
+    let Some(data) = map_file(&path)? else {
+        return Ok(Scanned {
+            meta,
+            torn_at: None,
+        });
+    };
+    let mut pos = 0u64;
+    let mut floor = min_base.max(base);
+    while pos < data.len() as u64 {
+        match segment::valid_batch_at(&data, pos, floor) {
+            Ok(batch) => {
+                meta.push(&batch);
+                floor = batch.last_offset + 1;
+                pos = batch.end();
+            }
+            Err(e) => {
+                if let Some(next) = segment::valid_batch_after(&data, pos, floor) {
+                    return Err(Error::corruption(format!(
+                        "file segment '{}' at byte {pos}: {e}, but a valid batch follows at \
+                         byte {next}",
+                        path.display()
+                    )));
+                }
+                return Ok(Scanned {
+                    meta,
+                    torn_at: Some(pos),
+                });
+            }
+        }
+    }
+    Ok(Scanned {
+        meta,
+        torn_at: None,
+    })
+}
+
+pub fn open_shard(shared: &Arc<Shared>, id: u64, dir: PathBuf, clean: bool) -> Result<Arc<FileShard>> {
+    let meta = read_meta(&dir)?;
+    let options = Config::default().shard_options(Some(&meta.options))?;
+    let bases = list_segments(&dir)?;
+    let mut segments: VecDeque<SegmentMeta> = VecDeque::new();
+    let mut next = i64::MIN;
+    for (i, &base) in bases.iter().enumerate() {
+        let path = dir.join(segment::log_name(base));
+        if base < next {
+            return Err(Error::corruption(format!(
+                "file segment '{}' starts at offset {base}, inside the previous segment \
+                 (which ends at {next})",
+                path.display()
+            )));
+        }
+        let last = i + 1 == bases.len();
+        let len = std::fs::metadata(&path)
+            .map_err(|e| Error::io(format!("stat '{}'", path.display()), e))?
+            .len();
+        let loaded = SegmentMeta::load_indexes(&dir, base, len);
+        let seg = match loaded {
+            Some(seg) if clean || !last => seg,
+            _ => {
+                let scanned = scan(&dir, base, next)?;
+                if let Some(torn) = scanned.torn_at {
+                    for &later in &bases[i + 1..] {
+                        let later_path = dir.join(segment::log_name(later));
+                        if has_valid_batch(&later_path)? {
+                            return Err(Error::corruption(format!(
+                                "file segment '{}' is damaged at byte {torn}, but segment '{}' \
+                                 after it holds valid batches",
+                                path.display(),
+                                later_path.display()
+                            )));
+                        }
+                    }
+                    // A torn tail: cut, and later (empty or garbage)
+                    // segments removed.
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(|e| Error::io(format!("opening '{}'", path.display()), e))?;
+                    file.set_len(torn)
+                        .and_then(|()| file.sync_data())
+                        .map_err(|e| Error::io(format!("truncating '{}'", path.display()), e))?;
+                    shared
+                        .truncated_bytes
+                        .fetch_add(len - torn, Ordering::Relaxed);
+                    for &later in &bases[i + 1..] {
+                        segment::remove_files(&dir, later)?;
+                    }
+                    segment::sync_dir(&dir)?;
+                }
+                shared.rebuilt_indexes.fetch_add(1, Ordering::Relaxed);
+                let seg = scanned.meta;
+                if scanned.torn_at.is_none() && !last {
+                    // Rebuilt indexes of a sealed segment are written back,
+                    // so the next open need not scan it again.
+                    seg.write_indexes(&dir)?;
+                }
+                if scanned.torn_at.is_some() {
+                    segments.push_back(seg);
+                    break;
+                }
+                seg
+            }
+        };
+        next = seg.next;
+        segments.push_back(seg);
+    }
+    if segments.is_empty() {
+        // Every segment was removed (or a crash left none): start a fresh
+        // active segment where the offsets continue.
+        let base = meta.next.max(meta.low).max(0);
+        let path = dir.join(segment::log_name(base));
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating '{}'", path.display()), e))?;
+        segment::sync_dir(&dir)?;
+        segments.push_back(SegmentMeta::new(base));
+    }
+    let next_offset = meta.next.max(segments.back().map_or(0, |s| s.next));
+    let low = meta.low.max(segments[0].base).min(next_offset);
+    let active = segments.back().expect("at least one segment");
+    let writer = Writer {
+        file: None,
+        base: active.base,
+        written: active.size,
+        ..Writer::default()
+    };
+    let state = State::new(segments, low, next_offset);
+    let shard = Arc::new(FileShard::new(
+        id,
+        &meta.name,
+        options,
+        dir,
+        shared.clone(),
+        state,
+        writer,
+    ));
+    shard.after_recovery()?;
+    Ok(shard)
+}

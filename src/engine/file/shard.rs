@@ -1,0 +1,1087 @@
+//! One file shard: its directory of segments, the in-memory summary of
+//! them, and the active segment's writer.
+//!
+//! Locks, always taken in this order: `state` (RwLock: reads share it,
+//! appends and deletes hold it exclusively), then `writer` (the active
+//! file, its buffer), then the engine's map cache. `sync` (the fdatasync
+//! gate) is taken with no other lock of the shard held, and takes `writer`
+//! briefly. Other shards' writers are only ever `try_lock`ed (fd eviction),
+//! so no two shards wait for each other.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::Mmap;
+use parking_lot::{Mutex, RwLock};
+
+use super::cache;
+use super::segment::{self, BatchInfo, SegmentMeta};
+use super::Shared;
+use crate::config::{Durability, EngineKind, FlushPolicy, ShardOptions};
+use crate::engine::scan::{self, ScanBatch};
+use crate::engine::{
+    ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
+};
+use crate::format;
+use crate::io::{TransferChunk, TransferPlan};
+use crate::record::{Record, RecordView};
+use crate::time::now_ms;
+use crate::{Error, Result};
+
+/// Name of the per-shard metadata file.
+pub const META_FILE: &str = "meta.json";
+
+/// What survives in `meta.json`: the shard's identity and the watermarks
+/// its segments cannot tell (a low watermark moved by a delete, a next
+/// offset whose batch a delete removed).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    pub name: String,
+    /// The shard's options as `[shard]` TOML keys.
+    pub options: String,
+    pub low: i64,
+    pub next: i64,
+}
+
+pub fn options_toml(options: &ShardOptions) -> String {
+    format!(
+        "engine = \"{}\"\ndurability = \"{}\"\ncompression = \"{}\"\nsegment_bytes = {}\n\
+         retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n",
+        options.engine.name(),
+        options.durability.name(),
+        options.compression.name(),
+        options.segment_bytes,
+        options.retention_ms,
+        options.retention_bytes,
+        options.retention_records
+    )
+}
+
+/// Replaces `meta.json` atomically (temp file, rename); `durable` adds the
+/// fdatasync and directory fsync that make it survive a power loss.
+pub fn write_meta(dir: &Path, meta: &Meta, durable: bool) -> Result<()> {
+    let path = dir.join(META_FILE);
+    let tmp = dir.join("meta.json.tmp");
+    let json = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
+    let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
+    let file = File::create(&tmp).map_err(|e| io("creating", e))?;
+    file.write_all_at(&json, 0).map_err(|e| io("writing", e))?;
+    if durable {
+        file.sync_data().map_err(|e| io("fdatasync of", e))?;
+    }
+    std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+    if durable {
+        segment::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The shard's segments and watermarks.
+pub struct State {
+    pub segments: VecDeque<SegmentMeta>,
+    pub low: i64,
+    pub next_offset: i64,
+    /// Position in the first segment of its first live batch: batches
+    /// before it are below the low watermark (retention drops whole batches
+    /// logically; the file goes once all of it is dead).
+    pub front_pos: u64,
+    /// Batches, records and bytes before `front_pos` (not counted as stored).
+    pub front: (u64, u64, u64),
+}
+
+impl State {
+    pub fn new(segments: VecDeque<SegmentMeta>, low: i64, next_offset: i64) -> State {
+        State {
+            segments,
+            low,
+            next_offset,
+            front_pos: 0,
+            front: (0, 0, 0),
+        }
+    }
+
+    fn live(&self) -> (u64, u64, u64) {
+        let (b, r, y) = self.segments.iter().fold((0, 0, 0), |acc, s| {
+            (acc.0 + s.batches, acc.1 + s.records, acc.2 + s.size)
+        });
+        (b - self.front.0, r - self.front.1, y - self.front.2)
+    }
+
+    fn recompute_running_max(&mut self) {
+        let mut max = i64::MIN;
+        for s in self.segments.iter_mut() {
+            max = max.max(s.max_timestamp);
+            s.running_max_timestamp = max;
+        }
+    }
+
+    /// Where the batch holding `offset` (or the next one) starts.
+    fn locate(&self, offset: i64) -> (usize, u64) {
+        let i = self.segments.partition_point(|s| s.next <= offset);
+        if i >= self.segments.len() {
+            return (i, 0);
+        }
+        let pos = self.segments[i].position_for(offset);
+        if i == 0 {
+            (0, pos.max(self.front_pos))
+        } else {
+            (i, pos)
+        }
+    }
+
+    fn check_range(&self, shard: &str, offset: i64) -> Result<()> {
+        scan::check_range(shard, offset, self.low, self.next_offset)
+    }
+}
+
+/// The active segment's file handle and append buffer.
+#[derive(Default)]
+pub struct Writer {
+    /// Closed when idle shards' descriptors were reclaimed (reopened on use).
+    pub file: Option<Arc<File>>,
+    /// Base of the segment `file` is (or would be) open on.
+    pub base: i64,
+    /// Bytes of the segment on file (the rest of its size is in `buf`).
+    pub written: u64,
+    /// Blocks reserved with fallocate up to here.
+    pub reserved: u64,
+    /// Appends not yet written (durability `none` only).
+    pub buf: Vec<u8>,
+    /// Appends accepted so far; `sync` records how many are durable.
+    pub seq: u64,
+    /// Written since the last fdatasync.
+    pub dirty: bool,
+}
+
+pub struct FileShard {
+    pub id: u64,
+    name: String,
+    options: ShardOptions,
+    pub dir: PathBuf,
+    shared: Arc<Shared>,
+    /// Segment size at which the active segment rolls.
+    capacity: u64,
+    pub state: RwLock<State>,
+    pub writer: Mutex<Writer>,
+    /// Highest append sequence number known to be fdatasynced.
+    sync: Mutex<u64>,
+    deleted: AtomicBool,
+    poisoned: Mutex<Option<String>>,
+    pub last_used: AtomicU64,
+    appended_records: AtomicU64,
+    appended_bytes: AtomicU64,
+    read_records: AtomicU64,
+    rolls: AtomicU64,
+    rewrites: AtomicU64,
+}
+
+/// Walks stored batches from a position on, mapping segments as it goes.
+/// A failure (mapping, a damaged header) ends the walk and is kept in
+/// `error` for the caller to return.
+struct Batches<'a> {
+    shard: &'a FileShard,
+    state: &'a State,
+    seg: usize,
+    pos: u64,
+    /// Batches whose last offset is below this are skipped unread.
+    min_last: i64,
+    map: Option<Arc<Mmap>>,
+    error: Option<Error>,
+}
+
+impl Iterator for Batches<'_> {
+    type Item = (BatchInfo, Bytes, usize);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let seg = self.state.segments.get(self.seg)?;
+            if self.pos >= seg.size {
+                self.seg += 1;
+                self.pos = 0;
+                self.map = None;
+                continue;
+            }
+            if self.map.is_none() {
+                match self.shard.map_segment(self.state, self.seg) {
+                    Ok(map) => self.map = Some(map),
+                    Err(e) => {
+                        self.error = Some(e);
+                        return None;
+                    }
+                }
+            }
+            let map = self.map.as_ref().expect("mapped above");
+            let info = match segment::batch_at(&map[..seg.size as usize], self.pos) {
+                Ok(info) => info,
+                Err(e) => {
+                    self.error = Some(Error::corruption(format!(
+                        "file shard '{}', segment {}: {e}",
+                        self.shard.name,
+                        segment::log_name(seg.base)
+                    )));
+                    return None;
+                }
+            };
+            self.pos = info.end();
+            if info.last_offset < self.min_last {
+                continue;
+            }
+            return Some((info, cache::slice(map, info.pos, info.len), self.seg));
+        }
+    }
+}
+
+fn scan_batch(item: (BatchInfo, Bytes, usize)) -> ScanBatch {
+    ScanBatch {
+        bytes: item.1,
+        last_offset: item.0.last_offset,
+        max_timestamp: item.0.max_timestamp,
+    }
+}
+
+impl FileShard {
+    pub(crate) fn new(
+        id: u64,
+        name: &str,
+        options: ShardOptions,
+        dir: PathBuf,
+        shared: Arc<Shared>,
+        state: State,
+        writer: Writer,
+    ) -> FileShard {
+        let capacity = shared.segment_capacity(options.segment_bytes);
+        FileShard {
+            id,
+            name: name.to_string(),
+            options,
+            dir,
+            shared,
+            capacity,
+            state: RwLock::new(state),
+            writer: Mutex::new(writer),
+            sync: Mutex::new(0),
+            deleted: AtomicBool::new(false),
+            poisoned: Mutex::new(None),
+            last_used: AtomicU64::new(0),
+            appended_records: AtomicU64::new(0),
+            appended_bytes: AtomicU64::new(0),
+            read_records: AtomicU64::new(0),
+            rolls: AtomicU64::new(0),
+            rewrites: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn options(&self) -> &ShardOptions {
+        &self.options
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    fn log_path(&self, base: i64) -> PathBuf {
+        self.dir.join(segment::log_name(base))
+    }
+
+    fn check_live(&self) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(Error::ShardNotFound(self.name.clone()));
+        }
+        if let Some(reason) = self.poisoned.lock().as_ref() {
+            return Err(Error::Poisoned(format!(
+                "file shard '{}': {reason}",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// A failed write or fdatasync leaves the file in an unknown state (and
+    /// the kernel may have dropped the dirty pages): later appends fail
+    /// rather than build on it or report a retried fsync as success.
+    fn poison<T>(&self, error: Error) -> Result<T> {
+        self.poisoned.lock().get_or_insert_with(|| error.to_string());
+        Err(error)
+    }
+
+    fn touch(&self) {
+        self.last_used
+            .store(self.shared.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// The active file, opened (and registered against the descriptor
+    /// budget) if idle shards' descriptors were reclaimed.
+    fn file(&self, w: &mut Writer) -> Result<Arc<File>> {
+        if let Some(file) = &w.file {
+            return Ok(file.clone());
+        }
+        let path = self.log_path(w.base);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening '{}'", path.display()), e))?;
+        let file = Arc::new(file);
+        if w.reserved < self.capacity {
+            segment::preallocate(&file, w.written, self.capacity);
+            w.reserved = self.capacity;
+        }
+        w.file = Some(file.clone());
+        self.shared.opened(self.id);
+        Ok(file)
+    }
+
+    /// Hands buffered appends to the kernel.
+    fn flush_buf(&self, w: &mut Writer) -> Result<()> {
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        let file = self.file(w)?;
+        if let Err(e) = file.write_all_at(&w.buf, w.written) {
+            let path = self.log_path(w.base);
+            return self.poison(Error::io(format!("writing '{}'", path.display()), e));
+        }
+        let len = w.buf.len() as u64;
+        w.written += len;
+        w.dirty = true;
+        self.shared.buffered.fetch_sub(len, Ordering::Relaxed);
+        self.shared.writes.fetch_add(1, Ordering::Relaxed);
+        self.shared.bytes_written.fetch_add(len, Ordering::Relaxed);
+        // Idle shards hold no buffer.
+        w.buf = Vec::new();
+        Ok(())
+    }
+
+    fn write_through(&self, w: &mut Writer, bytes: &[u8]) -> Result<()> {
+        self.flush_buf(w)?;
+        let file = self.file(w)?;
+        if let Err(e) = file.write_all_at(bytes, w.written) {
+            let path = self.log_path(w.base);
+            return self.poison(Error::io(format!("writing '{}'", path.display()), e));
+        }
+        w.written += bytes.len() as u64;
+        w.dirty = true;
+        self.shared.writes.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .bytes_written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn sync_file(&self, file: &File) -> Result<()> {
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        match file.sync_data() {
+            Ok(()) => Ok(()),
+            Err(e) => self.poison(Error::io(
+                format!("fdatasync in '{}'", self.dir.display()),
+                e,
+            )),
+        }
+    }
+
+    /// Returns once every append up to sequence number `seq` is on stable
+    /// storage. Concurrent callers share one fdatasync: whoever holds the
+    /// gate syncs everything written so far, and the others find their
+    /// appends already covered.
+    fn sync_to(&self, seq: u64) -> Result<()> {
+        let mut synced = self.sync.lock();
+        if *synced >= seq {
+            return Ok(());
+        }
+        let (file, upto) = {
+            let mut w = self.writer.lock();
+            self.flush_buf(&mut w)?;
+            let file = self.file(&mut w)?;
+            w.dirty = false;
+            (file, w.seq)
+        };
+        // Appends before the active segment's were synced when it rolled.
+        self.sync_file(&file)?;
+        *synced = upto;
+        Ok(())
+    }
+
+    /// Writes out the buffer and fdatasyncs when anything is unsynced: the
+    /// flusher's tick, descriptor reclaim under `interval`, and close.
+    pub fn flush(&self, sync: bool) -> Result<()> {
+        let mut w = self.writer.lock();
+        self.flush_buf(&mut w)?;
+        if sync && w.dirty {
+            if let Some(file) = w.file.clone() {
+                w.dirty = false;
+                self.sync_file(&file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives up the active file's descriptor (budget of open files). The
+    /// caller holds the writer lock.
+    pub fn release_file(&self, w: &mut Writer) -> Result<()> {
+        self.flush_buf(w)?;
+        if let Some(file) = w.file.take() {
+            if w.dirty && self.shared.config.flush != FlushPolicy::Never {
+                w.dirty = false;
+                self.sync_file(&file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clean close: everything written and fdatasynced, the active
+    /// segment's indexes written, its reserved blocks given back, its
+    /// descriptor closed.
+    pub fn close(&self) -> Result<()> {
+        let state = self.state.read();
+        if self.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut w = self.writer.lock();
+        self.flush_buf(&mut w)?;
+        let file = self.file(&mut w)?;
+        self.sync_file(&file)?;
+        w.dirty = false;
+        segment::trim(&file, w.written, w.reserved);
+        w.reserved = 0;
+        if let Some(active) = state.segments.back() {
+            active.write_indexes(&self.dir)?;
+        }
+        w.file = None;
+        self.shared.closed_file(self.id);
+        Ok(())
+    }
+
+    /// A map of segment `index` covering its written bytes. The caller made
+    /// sure buffered appends are on file (`make_readable`).
+    fn map_segment(&self, state: &State, index: usize) -> Result<Arc<Mmap>> {
+        let seg = &state.segments[index];
+        let active = index + 1 == state.segments.len();
+        let map_len = if active {
+            seg.size.max(self.capacity)
+        } else {
+            seg.size
+        };
+        self.shared.cache.get(
+            (self.id, seg.base),
+            &self.log_path(seg.base),
+            seg.size,
+            map_len,
+        )
+    }
+
+    fn make_readable(&self) -> Result<()> {
+        let mut w = self.writer.lock();
+        self.flush_buf(&mut w)
+    }
+
+    fn batches<'a>(&'a self, state: &'a State, seg: usize, pos: u64, min_last: i64) -> Batches<'a> {
+        Batches {
+            shard: self,
+            state,
+            seg,
+            pos,
+            min_last,
+            map: None,
+            error: None,
+        }
+    }
+
+    fn batches_from<'a>(&'a self, state: &'a State, offset: i64) -> Batches<'a> {
+        let (seg, pos) = state.locate(offset);
+        self.batches(state, seg, pos, offset)
+    }
+
+    /// The header of the first live batch, if any.
+    fn front_batch(&self, state: &State) -> Result<Option<BatchInfo>> {
+        let mut walk = self.batches(state, 0, state.front_pos, i64::MIN);
+        let first = walk.next();
+        match walk.error {
+            Some(e) => Err(e),
+            None => Ok(first.map(|(info, _, seg)| BatchInfo {
+                pos: if seg == 0 { info.pos } else { u64::MAX },
+                ..info
+            })),
+        }
+    }
+
+    /// Moves the front past the first live batch, then removes segment
+    /// files that hold nothing live any more (never the active one).
+    fn drop_front_batch(&self, state: &mut State, batch: &BatchInfo) -> Result<()> {
+        while state.front_pos >= state.segments[0].size && state.segments.len() > 1 {
+            self.remove_front_segment(state)?;
+        }
+        debug_assert_eq!(batch.pos, state.front_pos);
+        state.front_pos = batch.end();
+        state.front.0 += 1;
+        state.front.1 += batch.records;
+        state.front.2 += batch.len;
+        state.low = state.low.max(batch.last_offset + 1);
+        while state.front_pos >= state.segments[0].size && state.segments.len() > 1 {
+            self.remove_front_segment(state)?;
+        }
+        Ok(())
+    }
+
+    fn remove_front_segment(&self, state: &mut State) -> Result<()> {
+        let seg = state.segments.pop_front().expect("more than one segment");
+        state.front_pos = 0;
+        state.front = (0, 0, 0);
+        self.shared.cache.forget((self.id, seg.base));
+        segment::remove_files(&self.dir, seg.base)?;
+        segment::sync_dir(&self.dir)
+    }
+
+    /// Drops whole batches from the front while a retention limit is
+    /// exceeded (the memory engine's rule: size limits keep the newest
+    /// batch, age drops everything too old).
+    fn enforce_retention(&self, state: &mut State, now: i64) -> Result<()> {
+        let o = &self.options;
+        if o.retention_ms == 0 && o.retention_bytes == 0 && o.retention_records == 0 {
+            return Ok(());
+        }
+        let cutoff = (o.retention_ms > 0).then(|| now.saturating_sub(o.retention_ms as i64));
+        loop {
+            let (batches, records, bytes) = state.live();
+            if batches == 0 {
+                return Ok(());
+            }
+            let too_big = o.retention_bytes > 0 && bytes > o.retention_bytes;
+            let too_many = o.retention_records > 0 && records > o.retention_records;
+            if cutoff.is_none() && !(batches > 1 && (too_big || too_many)) {
+                return Ok(());
+            }
+            self.make_readable()?;
+            let Some(front) = self.front_batch(state)? else {
+                return Ok(());
+            };
+            let too_old = cutoff.is_some_and(|c| front.max_timestamp < c);
+            if !(too_old || (batches > 1 && (too_big || too_many))) {
+                return Ok(());
+            }
+            if front.pos == u64::MAX {
+                // The first segment is used up: its successor's first batch.
+                while state.front_pos >= state.segments[0].size && state.segments.len() > 1 {
+                    self.remove_front_segment(state)?;
+                }
+                continue;
+            }
+            self.drop_front_batch(state, &front)?;
+        }
+    }
+
+    /// Age retention also applies to shards nobody appends to any more.
+    fn expire_idle(&self) -> Result<()> {
+        if self.options.retention_ms > 0 && !self.deleted.load(Ordering::Acquire) {
+            let mut state = self.state.write();
+            self.enforce_retention(&mut state, now_ms())?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (written, fdatasynced, indexes written,
+    /// reserved blocks returned) and starts a new one at the next offset.
+    fn roll(&self, state: &mut State, w: &mut Writer) -> Result<()> {
+        self.flush_buf(w)?;
+        let file = self.file(w)?;
+        self.sync_file(&file)?;
+        w.dirty = false;
+        segment::trim(&file, w.written, w.reserved);
+        let sealed = state.segments.back().expect("a shard has a segment");
+        sealed.write_indexes(&self.dir)?;
+        let base = state.next_offset;
+        let path = self.log_path(base);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("creating segment '{}'", path.display()), e))?;
+        segment::preallocate(&file, 0, self.capacity);
+        // The new file's name must be durable before anything in it is
+        // acknowledged as durable.
+        segment::sync_dir(&self.dir)?;
+        w.file = Some(Arc::new(file));
+        w.base = base;
+        w.written = 0;
+        w.reserved = self.capacity;
+        let mut seg = SegmentMeta::new(base);
+        seg.running_max_timestamp = state
+            .segments
+            .back()
+            .map_or(i64::MIN, |s| s.running_max_timestamp);
+        state.segments.push_back(seg);
+        self.rolls.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn save_meta(&self, state: &State) -> Result<()> {
+        write_meta(
+            &self.dir,
+            &Meta {
+                name: self.name.clone(),
+                options: options_toml(&self.options),
+                low: state.low,
+                next: state.next_offset,
+            },
+            true,
+        )
+    }
+
+    /// Rewrites segment `index` as Kafka's cleaner does: every batch is
+    /// kept, replaced or dropped as `change` says (`None`: unchanged), into
+    /// a new file that is fdatasynced and renamed over the old one. Views
+    /// and transfer plans of the old file keep its inode and bytes. Batches
+    /// below the low watermark are dropped. Returns whether anything changed.
+    fn rewrite_segment(
+        &self,
+        state: &mut State,
+        w: &mut Writer,
+        index: usize,
+        change: &mut dyn FnMut(&BatchInfo, &Bytes) -> Result<Option<Option<Bytes>>>,
+    ) -> Result<bool> {
+        let map = self.map_segment(state, index)?;
+        let seg = &state.segments[index];
+        let base = seg.base;
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut changed = false;
+        let mut pos = 0u64;
+        while pos < seg.size {
+            let info = segment::batch_at(&map[..seg.size as usize], pos)?;
+            let bytes = cache::slice(&map, pos, info.len);
+            pos = info.end();
+            if info.last_offset < state.low {
+                changed = true;
+                continue;
+            }
+            match change(&info, &bytes)? {
+                None => pieces.push(bytes),
+                Some(replacement) => {
+                    changed = true;
+                    pieces.extend(replacement);
+                }
+            }
+        }
+        if !changed {
+            return Ok(false);
+        }
+        let active = index + 1 == state.segments.len();
+        let path = self.log_path(base);
+        let tmp = self.dir.join(format!("{}.cleaned", segment::log_name(base)));
+        let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io("creating", e))?;
+        let mut meta = SegmentMeta::new(base);
+        for piece in &pieces {
+            let info = segment::batch_at(piece, 0)?;
+            file.write_all_at(piece, meta.size)
+                .map_err(|e| io("writing", e))?;
+            meta.push(&BatchInfo {
+                pos: meta.size,
+                ..info
+            });
+        }
+        file.sync_data().map_err(|e| io("fdatasync of", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+        segment::sync_dir(&self.dir)?;
+        self.shared.cache.forget((self.id, base));
+        self.rewrites.fetch_add(1, Ordering::Relaxed);
+        if active {
+            // The writer moves to the new inode.
+            w.file = Some(Arc::new(file));
+            w.written = meta.size;
+            w.reserved = 0;
+            w.dirty = false;
+            if w.file.is_some() {
+                self.shared.opened(self.id);
+            }
+        } else {
+            meta.write_indexes(&self.dir)?;
+        }
+        state.segments[index] = meta;
+        if index == 0 {
+            state.front_pos = 0;
+            state.front = (0, 0, 0);
+        }
+        if !active && state.segments[index].batches == 0 {
+            state.segments.remove(index);
+            self.shared.cache.forget((self.id, base));
+            segment::remove_files(&self.dir, base)?;
+            segment::sync_dir(&self.dir)?;
+        }
+        state.recompute_running_max();
+        Ok(true)
+    }
+
+    /// Marks the shard deleted and lets go of its files and maps.
+    pub fn delete(&self) {
+        let _state = self.state.write();
+        self.deleted.store(true, Ordering::Release);
+        let mut w = self.writer.lock();
+        let buffered = w.buf.len() as u64;
+        self.shared.buffered.fetch_sub(buffered, Ordering::Relaxed);
+        w.buf = Vec::new();
+        w.file = None;
+        self.shared.closed_file(self.id);
+        self.shared.cache.forget_shard(self.id);
+    }
+}
+
+impl Shard for FileShard {
+    fn info(&self) -> ShardInfo {
+        let _ = self.expire_idle();
+        let state = self.state.read();
+        let (_, records, bytes) = state.live();
+        ShardInfo {
+            name: self.name.clone(),
+            engine: EngineKind::File,
+            first_offset: state.low,
+            next_offset: state.next_offset,
+            records,
+            bytes,
+            options: self.options.clone(),
+        }
+    }
+
+    fn append(&self, records: &[Record<'_>]) -> Result<i64> {
+        self.check_live()?;
+        let now = now_ms();
+        // Encoded outside the lock; under it only the offset is assigned and
+        // the bytes written (or buffered).
+        let encoded = format::encode_batch(records, self.options.compression, now)?;
+        let record_count = encoded.record_count as u64;
+        let max_timestamp = encoded.max_timestamp;
+        let mut bytes = encoded.bytes;
+        let len = bytes.len() as u64;
+        let policy = self.shared.config.flush;
+        let durability = self.options.durability;
+
+        let mut state = self.state.write();
+        self.check_live()?;
+        self.touch();
+        let base_offset = state.next_offset;
+        format::set_base_offset(&mut bytes, base_offset);
+        let mut w = self.writer.lock();
+        let active_size = state.segments.back().map_or(0, |s| s.size);
+        if active_size > 0 && active_size + len > self.capacity {
+            self.roll(&mut state, &mut w)?;
+        }
+        let pos = state.segments.back().map_or(0, |s| s.size);
+        let buffer_cap = self.shared.buffer_cap(self.capacity);
+        let buffered = durability == Durability::None
+            && policy != FlushPolicy::Append
+            && w.buf.len() as u64 + len <= buffer_cap
+            && self.shared.reserve_buffer(len);
+        if buffered {
+            w.buf.extend_from_slice(&bytes);
+        } else {
+            self.write_through(&mut w, &bytes)?;
+        }
+        w.seq += 1;
+        let seq = w.seq;
+        drop(w);
+        let batch = BatchInfo {
+            pos,
+            len,
+            base_offset,
+            last_offset: base_offset + record_count as i64 - 1,
+            max_timestamp,
+            records: record_count,
+        };
+        let active = state.segments.back_mut().expect("a shard has a segment");
+        active.push(&batch);
+        let before = state
+            .segments
+            .len()
+            .checked_sub(2)
+            .map_or(i64::MIN, |i| state.segments[i].running_max_timestamp);
+        let active = state.segments.back_mut().expect("a shard has a segment");
+        active.running_max_timestamp = before.max(active.max_timestamp);
+        state.next_offset = batch.last_offset + 1;
+        self.enforce_retention(&mut state, now)?;
+        drop(state);
+
+        if durability == Durability::Fsync || policy == FlushPolicy::Append {
+            self.sync_to(seq)?;
+        }
+        self.appended_records
+            .fetch_add(record_count, Ordering::Relaxed);
+        self.appended_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(base_offset)
+    }
+
+    fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {
+        let now = now_ms();
+        self.expire_idle()?;
+        let state = self.state.read();
+        state.check_range(&self.name, from)?;
+        self.make_readable()?;
+        self.touch();
+        let mut walk = self.batches_from(&state, from);
+        let result = scan::read(
+            walk.by_ref().map(scan_batch),
+            from,
+            limits,
+            now,
+            state.next_offset,
+        )?;
+        if let Some(e) = walk.error {
+            return Err(e);
+        }
+        drop(state);
+        self.read_records
+            .fetch_add(result.records.len() as u64, Ordering::Relaxed);
+        Ok(result)
+    }
+
+    fn read_by_keys(&self, keys: &[&[u8]], max_records: usize) -> Result<Vec<RecordView>> {
+        let now = now_ms();
+        self.expire_idle()?;
+        let state = self.state.read();
+        self.make_readable()?;
+        let mut walk = self.batches(&state, 0, state.front_pos, state.low);
+        let result = scan::read_by_keys(walk.by_ref().map(scan_batch), keys, max_records, now)?;
+        match walk.error {
+            Some(e) => Err(e),
+            None => Ok(result),
+        }
+    }
+
+    fn read_by_tag(&self, tag: &[u8], from: i64, max_records: usize) -> Result<ReadResult> {
+        let now = now_ms();
+        self.expire_idle()?;
+        let state = self.state.read();
+        state.check_range(&self.name, from)?;
+        self.make_readable()?;
+        let mut walk = self.batches_from(&state, from);
+        let result = scan::read_by_tag(
+            walk.by_ref().map(scan_batch),
+            tag,
+            from,
+            max_records,
+            now,
+            state.next_offset,
+        )?;
+        match walk.error {
+            Some(e) => Err(e),
+            None => Ok(result),
+        }
+    }
+
+    fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+        self.expire_idle()?;
+        let state = self.state.read();
+        match timestamp_ms {
+            TIMESTAMP_EARLIEST => return Ok(Some(state.low)),
+            TIMESTAMP_LATEST => return Ok(Some(state.next_offset)),
+            _ => {}
+        }
+        self.make_readable()?;
+        let seg = state
+            .segments
+            .partition_point(|s| s.running_max_timestamp < timestamp_ms);
+        let Some(segment) = state.segments.get(seg) else {
+            return Ok(None);
+        };
+        let start = segment.offset_for_time(timestamp_ms).max(state.low);
+        let mut walk = self.batches_from(&state, start);
+        let found = scan::offset_for_timestamp(walk.by_ref().map(scan_batch), timestamp_ms)?;
+        match walk.error {
+            Some(e) => Err(e),
+            None => Ok(found),
+        }
+    }
+
+    fn delete_records_before(&self, offset: i64) -> Result<i64> {
+        self.check_live()?;
+        let mut state = self.state.write();
+        let target = offset.min(state.next_offset);
+        if target <= state.low {
+            return Ok(state.low);
+        }
+        let mut w = self.writer.lock();
+        self.flush_buf(&mut w)?;
+        // Whole segments below the target go; a batch straddling it is
+        // rewritten without the records below it (so transfers never send
+        // them), which also drops the dead batches before it in that file.
+        while state.segments.len() > 1 && state.segments[0].next <= target {
+            self.remove_front_segment(&mut state)?;
+        }
+        let straddle = state.locate(target).0;
+        let old_low = state.low;
+        state.low = target;
+        if straddle < state.segments.len() {
+            let result = self.rewrite_segment(&mut state, &mut w, straddle, &mut |info, bytes| {
+                if info.base_offset < target && info.last_offset >= target {
+                    Ok(Some(format::retain_records(bytes, |o| o >= target)?))
+                } else {
+                    Ok(None)
+                }
+            });
+            if let Err(e) = result {
+                state.low = old_low;
+                return Err(e);
+            }
+        }
+        drop(w);
+        self.recount_front(&mut state)?;
+        self.save_meta(&state)?;
+        Ok(target)
+    }
+
+    fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
+        self.check_live()?;
+        let mut state = self.state.write();
+        let mut w = self.writer.lock();
+        self.flush_buf(&mut w)?;
+        let mut deleted = 0u64;
+        let mut any = false;
+        let mut index = 0;
+        while index < state.segments.len() {
+            let before = state.segments.len();
+            let changed = self.rewrite_segment(&mut state, &mut w, index, &mut |_, bytes| {
+                let mut doomed = HashSet::new();
+                format::for_each_record(bytes, false, |record| {
+                    if matches(&record) {
+                        doomed.insert(record.offset);
+                    }
+                    true
+                })?;
+                if doomed.is_empty() {
+                    return Ok(None);
+                }
+                deleted += doomed.len() as u64;
+                Ok(Some(format::retain_records(bytes, |o| !doomed.contains(&o))?))
+            })?;
+            any |= changed;
+            if state.segments.len() == before {
+                index += 1;
+            }
+        }
+        drop(w);
+        if any {
+            self.recount_front(&mut state)?;
+            self.save_meta(&state)?;
+        }
+        Ok(deleted)
+    }
+
+    fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan> {
+        self.expire_idle()?;
+        let state = self.state.read();
+        state.check_range(&self.name, from)?;
+        self.make_readable()?;
+        let mut chunks: Vec<TransferChunk> = Vec::new();
+        let mut total = 0u64;
+        let mut next_offset = state.next_offset;
+        // (segment index, start, end) of the contiguous range being built.
+        let mut range: Option<(usize, u64, u64)> = None;
+        let mut ranges = Vec::new();
+        let mut walk = self.batches_from(&state, from);
+        for (info, _, seg) in walk.by_ref() {
+            if total > 0 && total + info.len > max_bytes as u64 {
+                next_offset = info.base_offset;
+                break;
+            }
+            total += info.len;
+            range = match range {
+                Some((s, start, end)) if s == seg && end == info.pos => Some((s, start, info.end())),
+                Some(done) => {
+                    ranges.push(done);
+                    Some((seg, info.pos, info.end()))
+                }
+                None => Some((seg, info.pos, info.end())),
+            };
+        }
+        if let Some(e) = walk.error {
+            return Err(e);
+        }
+        ranges.extend(range);
+        for (seg, start, end) in ranges {
+            // The plan holds its own descriptor: sending works after the
+            // segment is removed or rewritten, and after the store closes.
+            let path = self.log_path(state.segments[seg].base);
+            let file =
+                File::open(&path).map_err(|e| Error::io(format!("opening '{}'", path.display()), e))?;
+            chunks.push(TransferChunk::File {
+                file: Arc::new(file),
+                offset: start,
+                len: end - start,
+            });
+        }
+        Ok(TransferPlan::new(chunks, next_offset))
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let state = self.state.read();
+        let (batches, _, _) = state.live();
+        let w = self.writer.lock();
+        serde_json::json!({
+            "segments": state.segments.len(),
+            "batches": batches,
+            "segment_capacity": self.capacity,
+            "buffered_bytes": w.buf.len(),
+            "file_open": w.file.is_some(),
+            "appended_records": self.appended_records.load(Ordering::Relaxed),
+            "appended_bytes": self.appended_bytes.load(Ordering::Relaxed),
+            "read_records": self.read_records.load(Ordering::Relaxed),
+            "rolls": self.rolls.load(Ordering::Relaxed),
+            "rewrites": self.rewrites.load(Ordering::Relaxed),
+            "poisoned": self.poisoned.lock().clone(),
+            "engine": self.shared.stats(),
+        })
+    }
+}
+
+impl FileShard {
+    /// Completes a recovered shard's state: running timestamp maxima, the
+    /// dead prefix below the low watermark, and retention as of now.
+    pub fn after_recovery(&self) -> Result<()> {
+        let mut state = self.state.write();
+        state.recompute_running_max();
+        self.recount_front(&mut state)?;
+        self.enforce_retention(&mut state, now_ms())
+    }
+
+    /// Recomputes the first segment's dead prefix (batches wholly below the
+    /// low watermark) after the low watermark moved or files changed.
+    pub fn recount_front(&self, state: &mut State) -> Result<()> {
+        state.front_pos = 0;
+        state.front = (0, 0, 0);
+        while state.segments.len() > 1 && state.segments[0].next <= state.low {
+            self.remove_front_segment(state)?;
+        }
+        if state.segments[0].size == 0 || state.segments[0].base >= state.low {
+            return Ok(());
+        }
+        self.make_readable()?;
+        let map = self.map_segment(state, 0)?;
+        let seg = &state.segments[0];
+        let mut pos = 0;
+        let mut front = (0, 0, 0);
+        while pos < seg.size {
+            let info = segment::batch_at(&map[..seg.size as usize], pos)?;
+            if info.last_offset >= state.low {
+                break;
+            }
+            front = (front.0 + 1, front.1 + info.records, front.2 + info.len);
+            pos = info.end();
+        }
+        state.front_pos = pos;
+        state.front = front;
+        Ok(())
+    }
+}
