@@ -375,7 +375,8 @@ impl Engine for FileEngine {
 
     fn close(&self) -> Result<()> {
         self.stop_flusher();
-        let shards: Vec<Arc<FileShard>> = self.shared.shards.lock().drain().map(|(_, s)| s).collect();
+        let shards: Vec<Arc<FileShard>> =
+            self.shared.shards.lock().drain().map(|(_, s)| s).collect();
         let mut first_error = None;
         for shard in &shards {
             if let Err(e) = shard.close() {

@@ -91,7 +91,7 @@ struct Scanned {
     torn_at: Option<u64>,
 }
 
-fn scan(dir: &Path, base: i64, min_base: i64) -> Result<Scanned> {
+fn scan(dir: &Path, base: i64) -> Result<Scanned> {
     let path = dir.join(segment::log_name(base));
     let mut meta = SegmentMeta::new(base);
     let Some(data) = map_file(&path)? else {
@@ -101,9 +101,23 @@ fn scan(dir: &Path, base: i64, min_base: i64) -> Result<Scanned> {
         });
     };
     let mut pos = 0u64;
-    let mut floor = min_base.max(base);
+    let mut floor = base;
     while pos < data.len() as u64 {
-        match segment::valid_batch_at(&data, pos, floor) {
+        // Offsets are dense within and across segments (compaction leaves
+        // empty batches), so a batch must start exactly where the previous
+        // one ended: the only check on a base offset, which the CRC does
+        // not cover.
+        let checked = segment::valid_batch_at(&data, pos, floor).and_then(|batch| {
+            if batch.base_offset == floor {
+                Ok(batch)
+            } else {
+                Err(Error::corruption(format!(
+                    "batch base offset {} where {floor} was expected",
+                    batch.base_offset
+                )))
+            }
+        });
+        match checked {
             Ok(batch) => {
                 meta.push(&batch);
                 floor = batch.last_offset + 1;
@@ -130,7 +144,12 @@ fn scan(dir: &Path, base: i64, min_base: i64) -> Result<Scanned> {
     })
 }
 
-pub fn open_shard(shared: &Arc<Shared>, id: u64, dir: PathBuf, clean: bool) -> Result<Arc<FileShard>> {
+pub fn open_shard(
+    shared: &Arc<Shared>,
+    id: u64,
+    dir: PathBuf,
+    clean: bool,
+) -> Result<Arc<FileShard>> {
     let meta = read_meta(&dir)?;
     let options = Config::default().shard_options(Some(&meta.options))?;
     let bases = list_segments(&dir)?;
@@ -138,10 +157,10 @@ pub fn open_shard(shared: &Arc<Shared>, id: u64, dir: PathBuf, clean: bool) -> R
     let mut next = i64::MIN;
     for (i, &base) in bases.iter().enumerate() {
         let path = dir.join(segment::log_name(base));
-        if base < next {
+        if i > 0 && base != next {
             return Err(Error::corruption(format!(
-                "file segment '{}' starts at offset {base}, inside the previous segment \
-                 (which ends at {next})",
+                "file segment '{}' starts at offset {base}, but the previous segment \
+                 ends at {next}",
                 path.display()
             )));
         }
@@ -153,7 +172,7 @@ pub fn open_shard(shared: &Arc<Shared>, id: u64, dir: PathBuf, clean: bool) -> R
         let seg = match loaded {
             Some(seg) if clean || !last => seg,
             _ => {
-                let scanned = scan(&dir, base, next)?;
+                let scanned = scan(&dir, base)?;
                 if let Some(torn) = scanned.torn_at {
                     for &later in &bases[i + 1..] {
                         let later_path = dir.join(segment::log_name(later));

@@ -12,6 +12,8 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 use crate::format::{self, BatchHeader, BATCH_HEADER_LEN};
 use crate::{Error, Result};
 
@@ -168,6 +170,27 @@ pub fn valid_batch_after(data: &[u8], pos: u64, min_base: i64) -> Option<u64> {
         at += 1;
     }
     None
+}
+
+/// An empty batch standing in for `batch` once compaction removed all its
+/// records: same base offset and last offset delta, no records. Kafka's
+/// cleaner keeps such batches too; here they keep every segment's offsets
+/// dense (each batch starts where the one before it ended), which is what
+/// lets recovery tell a damaged base offset (outside the CRC's reach) from
+/// a compacted gap.
+pub fn empty_batch_like(batch: &[u8]) -> Result<Bytes> {
+    let header = BatchHeader::parse(batch)?;
+    let empty = BatchHeader {
+        batch_length: format::MIN_BATCH_LENGTH,
+        record_count: 0,
+        crc: 0,
+        attributes: header.attributes & !format::compression::COMPRESSION_CODEC_MASK,
+        ..header
+    };
+    let mut bytes = empty.to_bytes();
+    let crc = crc32c::crc32c(&bytes[format::ATTRIBUTES_OFFSET..]);
+    bytes[format::CRC_OFFSET..format::ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
+    Ok(Bytes::copy_from_slice(&bytes))
 }
 
 /// In-memory summary of a segment, kept for every segment of a shard.
@@ -351,7 +374,11 @@ impl SegmentMeta {
         for entry in body[TIME_INDEX_HEADER_LEN..].chunks_exact(TIME_ENTRY_LEN) {
             let ts = i64::from_le_bytes(entry[..8].try_into().unwrap());
             let rel = u32::from_le_bytes(entry[8..].try_into().unwrap());
-            if meta.time_index.last().is_some_and(|&(t, r)| t > ts || r > rel) {
+            if meta
+                .time_index
+                .last()
+                .is_some_and(|&(t, r)| t > ts || r > rel)
+            {
                 return None;
             }
             meta.time_index.push((ts, rel));

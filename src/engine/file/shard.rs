@@ -139,6 +139,10 @@ impl State {
     }
 }
 
+/// What a rewrite does with one batch: `None` keeps it, `Some(Some(b))`
+/// replaces it by `b`, `Some(None)` empties it.
+type Change<'a> = dyn FnMut(&BatchInfo, &Bytes) -> Result<Option<Option<Bytes>>> + 'a;
+
 /// The active segment's file handle and append buffer.
 #[derive(Default)]
 pub struct Writer {
@@ -309,13 +313,17 @@ impl FileShard {
     /// the kernel may have dropped the dirty pages): later appends fail
     /// rather than build on it or report a retried fsync as success.
     fn poison<T>(&self, error: Error) -> Result<T> {
-        self.poisoned.lock().get_or_insert_with(|| error.to_string());
+        self.poisoned
+            .lock()
+            .get_or_insert_with(|| error.to_string());
         Err(error)
     }
 
     fn touch(&self) {
-        self.last_used
-            .store(self.shared.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        self.last_used.store(
+            self.shared.tick.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
     }
 
     /// The active file, opened (and registered against the descriptor
@@ -639,14 +647,15 @@ impl FileShard {
     /// Rewrites segment `index` as Kafka's cleaner does: every batch is
     /// kept, replaced or dropped as `change` says (`None`: unchanged), into
     /// a new file that is fdatasynced and renamed over the old one. Views
-    /// and transfer plans of the old file keep its inode and bytes. Batches
-    /// below the low watermark are dropped. Returns whether anything changed.
+    /// and transfer plans of the old file keep its inode and bytes. A batch
+    /// left with no record stays as an empty batch (`empty_batch_like`), so
+    /// offsets stay dense in the file. Returns whether anything changed.
     fn rewrite_segment(
         &self,
         state: &mut State,
         w: &mut Writer,
         index: usize,
-        change: &mut dyn FnMut(&BatchInfo, &Bytes) -> Result<Option<Option<Bytes>>>,
+        change: &mut Change<'_>,
     ) -> Result<bool> {
         let map = self.map_segment(state, index)?;
         let seg = &state.segments[index];
@@ -659,14 +668,18 @@ impl FileShard {
             let bytes = cache::slice(&map, pos, info.len);
             pos = info.end();
             if info.last_offset < state.low {
-                changed = true;
+                pieces.push(bytes);
                 continue;
             }
             match change(&info, &bytes)? {
                 None => pieces.push(bytes),
-                Some(replacement) => {
+                Some(Some(replacement)) => {
                     changed = true;
-                    pieces.extend(replacement);
+                    pieces.push(replacement);
+                }
+                Some(None) => {
+                    changed = true;
+                    pieces.push(segment::empty_batch_like(&bytes)?);
                 }
             }
         }
@@ -675,7 +688,9 @@ impl FileShard {
         }
         let active = index + 1 == state.segments.len();
         let path = self.log_path(base);
-        let tmp = self.dir.join(format!("{}.cleaned", segment::log_name(base)));
+        let tmp = self
+            .dir
+            .join(format!("{}.cleaned", segment::log_name(base)));
         let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
         let file = OpenOptions::new()
             .read(true)
@@ -964,7 +979,9 @@ impl Shard for FileShard {
                     return Ok(None);
                 }
                 deleted += doomed.len() as u64;
-                Ok(Some(format::retain_records(bytes, |o| !doomed.contains(&o))?))
+                Ok(Some(format::retain_records(bytes, |o| {
+                    !doomed.contains(&o)
+                })?))
             })?;
             any |= changed;
             if state.segments.len() == before {
@@ -998,7 +1015,9 @@ impl Shard for FileShard {
             }
             total += info.len;
             range = match range {
-                Some((s, start, end)) if s == seg && end == info.pos => Some((s, start, info.end())),
+                Some((s, start, end)) if s == seg && end == info.pos => {
+                    Some((s, start, info.end()))
+                }
                 Some(done) => {
                     ranges.push(done);
                     Some((seg, info.pos, info.end()))
@@ -1014,8 +1033,8 @@ impl Shard for FileShard {
             // The plan holds its own descriptor: sending works after the
             // segment is removed or rewritten, and after the store closes.
             let path = self.log_path(state.segments[seg].base);
-            let file =
-                File::open(&path).map_err(|e| Error::io(format!("opening '{}'", path.display()), e))?;
+            let file = File::open(&path)
+                .map_err(|e| Error::io(format!("opening '{}'", path.display()), e))?;
             chunks.push(TransferChunk::File {
                 file: Arc::new(file),
                 offset: start,
