@@ -17,7 +17,7 @@ CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
 
 .PHONY: all build release header tools venv python-dev python-release \
         test lint test-rust test-c test-cpp test-python demo clean crash-long \
-        bench bench-deps bench-quick
+        bench bench-deps bench-quick edge
 
 all: build
 
@@ -63,9 +63,23 @@ test-cpp: tools build
 test-python: python-dev
 	$(PYTHON) -m pytest tests/python -q
 
-# The journal's kill -9 crash test, long mode (make test runs 20 cycles).
+# The kill -9 crash tests of the journal and file engines, long mode
+# (make test runs 20 cycles of each).
 crash-long:
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test journal_crash -- --nocapture
+	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test file_crash -- --nocapture
+
+# The edge build: no default features (no zstd, so no C library linked),
+# in its own target directory so it never replaces the full release build.
+# Prints the stripped library's size and what it links.
+EDGE_DIR := $(CARGO_TARGET_DIR)/edge
+edge:
+	cargo build -p mqstore --release --no-default-features --target-dir $(EDGE_DIR)
+	strip -o $(EDGE_DIR)/libmqstore-edge.so $(EDGE_DIR)/release/libmqstore.so
+	@echo "edge build: $(EDGE_DIR)/libmqstore-edge.so, stripped: $$(stat -c %s $(EDGE_DIR)/libmqstore-edge.so) bytes"
+	@echo "links: $$(readelf -d $(EDGE_DIR)/libmqstore-edge.so | sed -n 's/.*NEEDED.*\[\(.*\)\]/\1/p' | tr '\n' ' ')"
+	cargo test -p mqstore --release --no-default-features --target-dir $(EDGE_DIR) \
+	    --test file_recovery --test file_flush --test file_crash
 
 test: tools lint test-rust test-c test-cpp test-python
 	@echo "make test: all suites passed"

@@ -37,7 +37,13 @@ impl EngineKind {
 
     /// Engines compiled into and implemented by this build.
     pub fn available() -> &'static [EngineKind] {
-        &[EngineKind::Memory, EngineKind::Journal, EngineKind::File]
+        const AVAILABLE: &[EngineKind] = &[
+            EngineKind::Memory,
+            #[cfg(feature = "journal")]
+            EngineKind::Journal,
+            EngineKind::File,
+        ];
+        AVAILABLE
     }
 
     pub fn is_available(self) -> bool {

@@ -13,6 +13,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::{Config, EngineKind, ShardOptions};
 use crate::engine::file::FileEngine;
+#[cfg(feature = "journal")]
 use crate::engine::journal::JournalEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST};
@@ -149,6 +150,7 @@ fn validate_shard_name(name: &str) -> Result<()> {
 fn build_engine(kind: EngineKind, dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
     match kind {
         EngineKind::Memory => Ok(Arc::new(MemoryEngine)),
+        #[cfg(feature = "journal")]
         EngineKind::Journal => Ok(Arc::new(JournalEngine::new(dir, config.journal.clone()))),
         EngineKind::File => Ok(Arc::new(FileEngine::new(dir, config.file.clone()))),
         other => Err(Error::Unsupported(format!(

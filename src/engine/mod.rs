@@ -6,6 +6,7 @@
 //! and batch sizes, engine availability): they receive well-formed input.
 
 pub mod file;
+#[cfg(feature = "journal")]
 pub mod journal;
 pub mod memory;
 pub(crate) mod scan;
