@@ -353,6 +353,64 @@ void sendfile_to_file_and_socket() {
     CHECK_EQ(end, 32);
 }
 
+void file_engine_roundtrip() {
+    const std::string dir = test::dir("file-engine");
+    const std::string config = "preset = \"edge\"\n";
+    std::vector<std::string> values;
+    {
+        mqstore::Store store = mqstore::Store::open(dir, config);
+        store.create_shard("f", std::string("segment_bytes = 65536\ndurability = \"fsync\""));
+        for (int b = 0; b < 20; ++b) {
+            std::vector<mqstore::Message> batch(10);
+            for (int i = 0; i < 10; ++i) {
+                values.push_back("file-" + std::to_string(b * 10 + i) + std::string(500, 'v'));
+            }
+            for (int i = 0; i < 10; ++i) {
+                batch[i].value = values[b * 10 + i];
+            }
+            CHECK_EQ(store.append_batch("f", batch), b * 10);
+        }
+        mqstore::ShardInfo info = store.shard_info("f");
+        CHECK_EQ(info.engine, std::string("file"));
+        CHECK_EQ(info.next_offset, 200);
+        mqstore::ReadResult all = store.read("f", 0, 1000, mqstore::UNLIMITED);
+        CHECK_EQ(all.size(), static_cast<std::size_t>(200));
+        int64_t expect = 0;
+        for (mqstore::RecordView record : all) {
+            CHECK_EQ(record.offset(), expect);
+            CHECK(record.value() == values[static_cast<std::size_t>(expect)]);
+            ++expect;
+        }
+        char path[] = "/tmp/mqstore-cpp-file-engine-XXXXXX";
+        int file = ::mkstemp(path);
+        CHECK(file >= 0);
+        ::unlink(path);
+        mqstore::SendfileResult sent = store.sendfile_to_fd("f", 0, mqstore::UNLIMITED, file);
+        CHECK_EQ(sent.next_offset, 200);
+        CHECK_EQ(sent.bytes_written, info.bytes);
+        ::lseek(file, 0, SEEK_SET);
+        std::string bytes = read_to_eof(file);
+        ::close(file);
+        int batches = 0;
+        int64_t first = 0, end = 0;
+        CHECK(parse_batches(bytes, batches, first, end));
+        CHECK_EQ(batches, 20);
+        CHECK_EQ(end, 200);
+        store.close();
+    }
+    mqstore::Store store = mqstore::Store::open(dir, config);
+    CHECK_EQ(store.shard_info("f").next_offset, 200);
+    mqstore::ReadResult one = store.read("f", 123, 1, mqstore::UNLIMITED);
+    CHECK_EQ(one.size(), static_cast<std::size_t>(1));
+    for (mqstore::RecordView record : one) {
+        CHECK(record.value() == values[123]);
+    }
+    mqstore::Message more;
+    more.value = "after reopen";
+    CHECK_EQ(store.append("f", more), 200);
+    store.close();
+}
+
 }  // namespace
 
 void transfer_tests() {
@@ -360,6 +418,7 @@ void transfer_tests() {
     test::run("transfer: outlives store, move semantics", transfer_outlives_store_and_moves);
     test::run("transfer: errors", transfer_errors);
     test::run("sendfile_to_fd: file, socket, pipe", sendfile_to_file_and_socket);
+    test::run("file engine: segments, views, sendfile, reopen", file_engine_roundtrip);
 }
 
 }  // namespace other
