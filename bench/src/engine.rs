@@ -13,7 +13,7 @@ use mqstore::{Config, Durability, EngineKind, Record, ShardOptions, Store};
 use serde_json::json;
 
 use crate::util::{self, gb_per_s, LoopbackSink, Stats};
-use crate::Results;
+use crate::{Plan, Results};
 
 /// Retention of every shard the append workloads write to. Memory-engine
 /// shards keep everything by default; a broker bounds them, and so does the
@@ -21,7 +21,7 @@ use crate::Results;
 /// batches are dropped from the front as new ones arrive (steady state).
 pub const APPEND_RETENTION_BYTES: u64 = 64 << 20;
 /// Kafka's default per-partition fetch size: what one read or transfer asks for.
-const FETCH_BYTES: usize = 1 << 20;
+pub const FETCH_BYTES: usize = 1 << 20;
 
 pub fn to_io(e: mqstore::Error) -> io::Error {
     io::Error::other(e.to_string())
@@ -39,6 +39,21 @@ impl BenchStore {
         let dir = tempfile::Builder::new().prefix("store-").tempdir_in(base)?;
         let store = Store::open(dir.path(), Config::default()).map_err(to_io)?;
         Ok(BenchStore { store, _dir: dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self._dir.path()
+    }
+
+    /// Closes the store cleanly, runs `between` on its closed directory
+    /// (evicting its files from the page cache, say) and opens it again.
+    pub fn reopen(&mut self, between: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
+        self.store.close().map_err(to_io)?;
+        between(self._dir.path())?;
+        let store = Store::open(self._dir.path(), Config::default()).map_err(to_io)?;
+        // The old store is closed: dropping it releases nothing twice.
+        drop(std::mem::replace(&mut self.store, store));
+        Ok(())
     }
 }
 
@@ -463,6 +478,616 @@ pub fn accepts(
         .create_shard_with("probe", options(engine, durability, 0))
         .map(|_| ())
         .map_err(|e| e.to_string()))
+}
+
+// ------------------------------------------------------ persistent engines
+//
+// The suite every engine with files runs (journal now, file when it lands:
+// bench/src/file.rs calls these with `EngineKind::File` and prefix "file").
+// Each `Persistent` method is one workload group, run by the harness in a
+// child process of its own so its peak RSS is its own (see main.rs).
+
+/// Durability modes, in the order the table lists them.
+pub const DURABILITIES: [Durability; 3] = [Durability::None, Durability::Os, Durability::Fsync];
+
+/// The centre of the persistent engines' append matrix: 1 KiB records in
+/// batches of 64, one thread, one shard (the issue's headline shape).
+pub const MATRIX_BASE: AppendSpec = AppendSpec {
+    record_size: 1024,
+    batch: 64,
+    threads: 1,
+    shards: 1,
+};
+
+/// The persistent engines' append matrix, one dimension at a time around
+/// `MATRIX_BASE`: record size 100 B / 1 KiB / 16 KiB, batch 1 / 64 / 1,024,
+/// threads 1 / 2 / 4, shards 1 / 1,000 (1,000,000 shards is the
+/// `shards_1m` workload: creating them alone takes a minute or more). The
+/// full cross product per durability (54 points, 3 s each) would take
+/// longer than the rest of the run together, while each dimension's effect
+/// is what a reader compares.
+pub fn one_factor_points() -> Vec<AppendSpec> {
+    let mut points = vec![MATRIX_BASE];
+    for record_size in [100, 16 << 10] {
+        points.push(AppendSpec {
+            record_size,
+            ..MATRIX_BASE
+        });
+    }
+    for batch in [1, 1024] {
+        points.push(AppendSpec {
+            batch,
+            ..MATRIX_BASE
+        });
+    }
+    for threads in [2, 4] {
+        points.push(AppendSpec {
+            threads,
+            ..MATRIX_BASE
+        });
+    }
+    points.push(AppendSpec {
+        shards: 1000,
+        ..MATRIX_BASE
+    });
+    points
+}
+
+/// `{prefix}.append_1k_batch64_t1_s1_fsync.msgs_per_s` and so on.
+pub fn matrix_name(prefix: &str, spec: &AppendSpec, durability: Durability) -> String {
+    format!(
+        "{prefix}.append_{}_batch{}_t{}_s{}_{}.msgs_per_s",
+        crate::memory::size_label(spec.record_size),
+        spec.batch,
+        spec.threads,
+        spec.shards,
+        durability.name()
+    )
+}
+
+/// The workload groups of a persistent engine, each run in its own child
+/// process (`bench --group NAME`).
+pub const PERSISTENT_GROUPS: [&str; 5] = ["append", "latency", "read", "reopen", "shards"];
+
+/// A persistent engine under test and the prefix of its metric names.
+#[derive(Clone, Copy)]
+pub struct Persistent {
+    pub kind: EngineKind,
+    pub prefix: &'static str,
+}
+
+impl Persistent {
+    fn name(&self, rest: &str) -> String {
+        format!("{}.{rest}", self.prefix)
+    }
+
+    fn options(&self, durability: Durability, retention_bytes: u64) -> ShardOptions {
+        options(self.kind, durability, retention_bytes)
+    }
+
+    /// Runs one group (`PERSISTENT_GROUPS`).
+    pub fn run_group(&self, group: &str, base: &Path, plan: &Plan, results: &mut Results) {
+        match group {
+            "append" => self.appends(base, plan, results),
+            "latency" => self.latency(base, plan, results),
+            "read" => self.reads(base, plan, results),
+            "reopen" => self.reopen(base, plan, results),
+            "shards" => self.million_shards(base, plan, results),
+            other => results.failed(
+                &self.name(&format!("{other}.peak_rss_mb")),
+                "MiB",
+                &format!("unknown workload group '{other}'"),
+            ),
+        }
+    }
+
+    /// Headline appends (longer, more repetitions) and the matrix, in
+    /// every durability mode.
+    pub fn appends(&self, base: &Path, plan: &Plan, results: &mut Results) {
+        let secs = Duration::from_secs_f64(plan.headline_secs);
+        for (record_size, batch) in [(1024, 64), (100, 1024)] {
+            for durability in DURABILITIES {
+                let options = self.options(durability, APPEND_RETENTION_BYTES);
+                let name = self.name(&format!(
+                    "append_{}_batch{batch}_{}.msgs_per_s",
+                    crate::memory::size_label(record_size),
+                    durability.name()
+                ));
+                let spec = AppendSpec {
+                    record_size,
+                    batch,
+                    threads: 1,
+                    shards: 1,
+                };
+                let mut p = spec.params(&options);
+                p["seconds_per_rep"] = json!(plan.headline_secs);
+                results.stats_or_failed(
+                    &name,
+                    append_throughput(base, &options, spec, secs, u64::MAX, plan.reps),
+                    "msgs/s",
+                    p,
+                );
+            }
+        }
+        // Group commit: four producers on four shards, fsync per batch.
+        let options = self.options(Durability::Fsync, APPEND_RETENTION_BYTES);
+        let spec = AppendSpec {
+            threads: 4,
+            shards: 4,
+            ..MATRIX_BASE
+        };
+        let mut p = spec.params(&options);
+        p["seconds_per_rep"] = json!(plan.headline_secs);
+        results.stats_or_failed(
+            &self.name("append_1k_batch64_fsync_t4_s4.msgs_per_s"),
+            append_throughput(base, &options, spec, secs, u64::MAX, plan.reps),
+            "msgs/s",
+            p,
+        );
+
+        let secs = Duration::from_secs_f64(plan.matrix_secs);
+        for durability in DURABILITIES {
+            let options = self.options(durability, APPEND_RETENTION_BYTES);
+            for spec in one_factor_points() {
+                // Every shard keeps its retention's worth: many-shard runs
+                // also stop at a byte budget, or they would fill the disk.
+                let budget = if spec.shards > 1 {
+                    plan.many_shard_budget
+                } else {
+                    u64::MAX
+                };
+                let mut p = spec.params(&options);
+                p["seconds_per_rep"] = json!(plan.matrix_secs);
+                p["design"] = json!("one dimension varied around 1k x 64 x 1 thread x 1 shard");
+                if spec.shards > 1 {
+                    p["budget_payload_bytes"] = json!(budget);
+                }
+                results.stats_or_failed(
+                    &matrix_name(self.prefix, &spec, durability),
+                    append_throughput(base, &options, spec, secs, budget, plan.matrix_reps),
+                    "msgs/s",
+                    p,
+                );
+            }
+        }
+    }
+
+    /// Closed-loop fsync latency from four threads, and paced single 1 KiB
+    /// appends at a fixed fraction of the measured maximum, `os` and
+    /// `fsync` (as for the memory engine: latency from the intended start,
+    /// no coordinated omission).
+    pub fn latency(&self, base: &Path, plan: &Plan, results: &mut Results) {
+        let secs = Duration::from_secs_f64(plan.headline_secs);
+        let mut runs = Vec::new();
+        let mut failure = None;
+        for _ in 0..plan.reps {
+            match closed_loop_latency(base, &self.options(Durability::Fsync, 0), 1024, 4, secs) {
+                Ok(latency) => runs.push(latency),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let prefix = self.name("append_1k_single_fsync_4threads");
+        match failure {
+            None => {
+                let p = json!({
+                    "record_bytes": 1024, "threads": 4, "shards": 1, "durability": "fsync",
+                    "load": "closed loop: each thread appends, waits for the ack, appends again",
+                    "seconds_per_rep": plan.headline_secs,
+                });
+                // Closed loop: response and service are the same samples,
+                // so only the response names are kept.
+                for (suffix, quantile) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+                    let stats = Stats::new(
+                        runs.iter()
+                            .map(|l| l.response.value_at_quantile(quantile) as f64 / 1000.0)
+                            .collect(),
+                    );
+                    let mut p = p.clone();
+                    p["samples_per_rep"] = json!(runs[0].response.len());
+                    results.stats(&format!("{prefix}.{suffix}_us"), &stats, "µs", p);
+                }
+            }
+            Some(e) => results.failed(&format!("{prefix}.p99_us"), "µs", &e),
+        }
+
+        let reps = plan.reps.min(3);
+        for durability in [Durability::Os, Durability::Fsync] {
+            // No retention and no prefill: files grow, nothing is dropped
+            // while measuring (unlike the memory engine's steady state).
+            let options = self.options(durability, 0);
+            let prefix = self.name(&format!("append_1k_single_{}", durability.name()));
+            let spec = AppendSpec {
+                batch: 1,
+                ..MATRIX_BASE
+            };
+            let max = match append_throughput(
+                base,
+                &options,
+                spec,
+                Duration::from_secs_f64(plan.calibrate_secs),
+                u64::MAX,
+                reps,
+            ) {
+                Ok(max) => max,
+                Err(e) => {
+                    results.failed(&format!("{prefix}.msgs_per_s"), "msgs/s", &e.to_string());
+                    continue;
+                }
+            };
+            let mut p = spec.params(&options);
+            p["seconds_per_rep"] = json!(plan.calibrate_secs);
+            results.stats(&format!("{prefix}.msgs_per_s"), &max, "msgs/s", p);
+            let rate = max.median() * plan.offered_load;
+            let runs: io::Result<Vec<Latency>> = (0..reps)
+                .map(|_| {
+                    paced_latency(
+                        base,
+                        &options,
+                        1024,
+                        rate,
+                        Duration::from_secs_f64(plan.latency_secs),
+                    )
+                })
+                .collect();
+            match runs {
+                Ok(runs) => report_latency(
+                    results,
+                    &prefix,
+                    &runs,
+                    "us",
+                    1000.0,
+                    json!({
+                        "record_bytes": 1024, "threads": 1, "shards": 1,
+                        "durability": durability.name(),
+                        "offered_msgs_per_s": rate, "offered_fraction_of_max": plan.offered_load,
+                        "seconds_per_rep": plan.latency_secs,
+                        "pacing": "busy-wait on the monotonic clock",
+                    }),
+                ),
+                Err(e) => results.failed(&format!("{prefix}.p99_us"), "µs", &e.to_string()),
+            }
+        }
+    }
+
+    /// Tail, hot and cold reads and sendfile_to_fd of one shard of 1 KiB
+    /// records (written in batches of 64 with `os` durability).
+    ///
+    /// - tail: a fresh store per repetition, read front to back right after
+    ///   it was written, as a consumer that keeps up with the producers.
+    /// - hot: the last of those stores read again (page cache / mappings
+    ///   warm from the tail pass).
+    /// - sendfile: the same warm shard to a loopback socket.
+    /// - cold: per repetition, the store is closed cleanly, its files are
+    ///   fdatasynced and dropped from the page cache
+    ///   (posix_fadvise(POSIX_FADV_DONTNEED)), it is reopened and read once.
+    ///   mincore(2) checks the eviction; the resident fraction after the
+    ///   eviction and after the reopen go into params.
+    pub fn reads(&self, base: &Path, plan: &Plan, results: &mut Results) {
+        let names = ["read_tail_1k", "read_hot_1k", "sendfile_1k", "read_cold_1k"]
+            .map(|n| self.name(&format!("{n}.gbps")));
+        let fail_all = |results: &mut Results, e: &io::Error| {
+            for name in &names {
+                results.failed(name, "GB/s", &e.to_string());
+            }
+        };
+        let options = self.options(Durability::Os, 0);
+        let p = json!({
+            "record_bytes": 1024, "written_in_batches_of": 64, "shard_bytes": plan.read_bytes,
+            "request_bytes": FETCH_BYTES, "durability_when_written": "os",
+            "measured": "record value bytes returned by Store::read (zero-copy views, not touched)",
+        });
+        let mut tail = Vec::new();
+        let mut kept = None;
+        for _ in 0..plan.reps {
+            let outcome = prefilled(base, &options, 1024, 64, plan.read_bytes)
+                .and_then(|(bench, end)| Ok((read_all(&bench.store, end)?, bench, end)));
+            match outcome {
+                Ok((gbps, bench, end)) => {
+                    tail.push(gbps);
+                    // Keep only the last store: one on disk at a time.
+                    kept = Some((bench, end));
+                }
+                Err(e) => return fail_all(results, &e),
+            }
+        }
+        let Some((mut bench, end)) = kept else {
+            return;
+        };
+        let mut tail_p = p.clone();
+        tail_p["fresh_store_per_rep"] = json!(true);
+        results.stats(&names[0], &Stats::new(tail), "GB/s", tail_p);
+        results.stats_or_failed(
+            &names[1],
+            util::repeat(plan.reps, || read_all(&bench.store, end)),
+            "GB/s",
+            p.clone(),
+        );
+        let mut send_p = p.clone();
+        send_p["measured"] =
+            json!("batch bytes sent by Store::sendfile_to_fd to loopback TCP, until received");
+        results.stats_or_failed(
+            &names[2],
+            util::repeat(plan.reps, || sendfile_all(&bench.store, end)),
+            "GB/s",
+            send_p,
+        );
+        let mut after_evict = Vec::new();
+        let mut after_open = Vec::new();
+        let cold = util::repeat(plan.reps, || {
+            bench.reopen(|dir| {
+                after_evict.push(util::evict_from_page_cache(dir)?.fraction());
+                Ok(())
+            })?;
+            after_open.push(util::page_cache_residency(bench.path())?.fraction());
+            read_all(&bench.store, end)
+        });
+        let mut cold_p = p.clone();
+        cold_p["eviction"] = json!(
+            "clean close, fdatasync + posix_fadvise(DONTNEED) on every file, reopen; \
+             residency by mincore(2)"
+        );
+        cold_p["resident_fraction_after_evict"] = json!(after_evict);
+        cold_p["resident_fraction_after_reopen"] = json!(after_open);
+        results.stats_or_failed(&names[3], cold, "GB/s", cold_p);
+    }
+
+    /// Open time after a clean close and after kill -9, with a store of
+    /// `plan.read_bytes` of 1 KiB records.
+    pub fn reopen(&self, base: &Path, plan: &Plan, results: &mut Results) {
+        let p = json!({ "store_bytes": plan.read_bytes, "record_bytes": 1024, "batch": 64,
+                        "durability": "os" });
+        let clean = util::repeat(plan.reps.min(3), || {
+            reopen_clean(base, self.kind, plan.read_bytes).map(|r| r.0)
+        });
+        results.stats_or_failed(&self.name("reopen_clean.s"), clean, "s", p.clone());
+        let mut crash_p = p.clone();
+        crash_p["kill"] = json!("SIGKILL while appending, 200 ms after the fill");
+        let crash = util::repeat(plan.reps.min(3), || {
+            reopen_crash(base, self.kind, plan.read_bytes).map(|r| r.0)
+        });
+        results.stats_or_failed(&self.name("reopen_crash.s"), crash, "s", crash_p);
+    }
+
+    /// A million shards, if creating them fits in the run: 10,000 are
+    /// created first and the time for all is extrapolated from them.
+    pub fn million_shards(&self, base: &Path, plan: &Plan, results: &mut Results) {
+        let options = self.options(Durability::Os, 0);
+        let names = [
+            (self.name("shards_1m.create_s"), "s"),
+            (self.name("shards_1m.rss_mb"), "MiB"),
+            (self.name("shards_1m.append_msgs_per_s"), "msgs/s"),
+        ];
+        let probe_count = 10_000;
+        let limit = Duration::from_secs_f64(plan.many_shard_pass_secs);
+        let probe = match many_shards(base, &options, probe_count, 100, 1, limit) {
+            Ok(probe) => probe,
+            Err(e) => {
+                for (name, unit) in &names {
+                    results.failed(name, unit, &e.to_string());
+                }
+                return;
+            }
+        };
+        let projected = probe.create.as_secs_f64() * plan.many_shards as f64 / probe_count as f64;
+        let allowed = if plan.quick { 20.0 } else { 120.0 };
+        if projected > allowed {
+            let reason = format!(
+                "skipped: creating {probe_count} {} shards took {:.2} s, so {} would take \
+                 about {projected:.0} s (this run allows {allowed:.0} s)",
+                self.prefix,
+                probe.create.as_secs_f64(),
+                plan.many_shards
+            );
+            for (name, unit) in &names {
+                results.absent(name, unit, &reason);
+            }
+            return;
+        }
+        let p = json!({ "shards": plan.many_shards, "record_bytes": 100, "threads": 1,
+                        "durability": "os",
+                        "append": "one single-record append to every shard in turn, per rep",
+                        "pass_time_limit_s": plan.many_shard_pass_secs });
+        match many_shards(
+            base,
+            &options,
+            plan.many_shards,
+            100,
+            plan.reps.min(3),
+            limit,
+        ) {
+            Ok(many) => {
+                results.value(&names[0].0, many.create.as_secs_f64(), "s", p.clone());
+                let mut rss_p = p.clone();
+                rss_p["measured"] =
+                    json!("heap growth (glibc mallinfo2) from creating the empty shards");
+                rss_p["rss_growth_mb"] = json!(util::mib(many.rss_kib));
+                rss_p["process_rss_mb"] = json!(util::mib(many.rss_total_kib));
+                rss_p["bytes_per_shard"] = json!(many.heap_bytes as f64 / plan.many_shards as f64);
+                results.value(
+                    &names[1].0,
+                    many.heap_bytes as f64 / (1u64 << 20) as f64,
+                    "MiB",
+                    rss_p,
+                );
+                results.stats(&names[2].0, &many.append, "msgs/s", p);
+            }
+            Err(e) => {
+                for (name, unit) in &names {
+                    results.failed(name, unit, &e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Closed-loop latency: `threads` producers each append one record, wait
+/// for the acknowledgement, and append the next. With fsync durability the
+/// offered load is the concurrency itself, so there is no backlog to omit:
+/// every acknowledgement is one sample.
+fn closed_loop_latency(
+    base: &Path,
+    options: &ShardOptions,
+    record_size: usize,
+    threads: usize,
+    duration: Duration,
+) -> io::Result<Latency> {
+    let bench = BenchStore::open(base)?;
+    let store = &bench.store;
+    store
+        .create_shard_with("lat", options.clone())
+        .map_err(to_io)?;
+    let barrier = Barrier::new(threads);
+    let histograms = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let barrier = &barrier;
+                scope.spawn(move || -> io::Result<Histogram<u64>> {
+                    let data = payload(record_size, 1, t as u64 + 31);
+                    let record = Record::new(&data);
+                    let mut histogram = histogram()?;
+                    barrier.wait();
+                    let start = Instant::now();
+                    while start.elapsed() < duration {
+                        let began = Instant::now();
+                        store.append("lat", &record).map_err(to_io)?;
+                        histogram.saturating_record(began.elapsed().as_nanos() as u64);
+                    }
+                    Ok(histogram)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .map_err(|_| io::Error::other("latency thread panicked"))?
+            })
+            .collect::<io::Result<Vec<_>>>()
+    })?;
+    let mut merged = histograms[0].clone();
+    for h in &histograms[1..] {
+        merged.add(h).map_err(io::Error::other)?;
+    }
+    Ok(Latency {
+        response: merged.clone(),
+        service: merged,
+        preempted: 0,
+    })
+}
+
+/// Shard options for the reopen workloads: `os` durability, since a killed
+/// process loses nothing the kernel already has and fsync would only slow
+/// the filling down.
+fn reopen_options(kind: EngineKind) -> ShardOptions {
+    options(kind, Durability::Os, 0)
+}
+
+fn fill(store: &Store, bytes: u64) -> io::Result<i64> {
+    let data = payload(1024, 64, 41);
+    let batch = records(&data, 1024);
+    let mut written = 0;
+    while written < bytes {
+        store.append_batch("data", &batch).map_err(to_io)?;
+        written += data.len() as u64;
+    }
+    Ok(store.shard_info("data").map_err(to_io)?.next_offset)
+}
+
+/// Time to open a store holding `bytes` of 1 KiB records after a clean close.
+fn reopen_clean(base: &Path, kind: EngineKind, bytes: u64) -> io::Result<(f64, i64)> {
+    let dir = tempfile::Builder::new()
+        .prefix("reopen-")
+        .tempdir_in(base)?;
+    let end = {
+        let store = Store::open(dir.path(), Config::default()).map_err(to_io)?;
+        store
+            .create_shard_with("data", reopen_options(kind))
+            .map_err(to_io)?;
+        let end = fill(&store, bytes)?;
+        store.close().map_err(to_io)?;
+        end
+    };
+    let start = Instant::now();
+    let store = Store::open(dir.path(), Config::default()).map_err(to_io)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let recovered = store.shard_info("data").map_err(to_io)?.next_offset;
+    if recovered != end {
+        return Err(io::Error::other(format!(
+            "reopened with next_offset {recovered}, closed at {end}"
+        )));
+    }
+    Ok((elapsed, recovered))
+}
+
+/// The child side of `reopen_crash` (`bench --child-append DIR BYTES
+/// ENGINE`): fills the store, says "ready" with the offset reached, then
+/// keeps appending until it is killed mid-write.
+pub fn child_append(dir: &Path, bytes: u64, engine: &str) -> io::Result<()> {
+    use std::io::Write;
+    let kind = EngineKind::available()
+        .iter()
+        .copied()
+        .find(|k| k.name() == engine)
+        .ok_or_else(|| io::Error::other(format!("engine '{engine}' is not in this build")))?;
+    let store = Store::open(dir, Config::default()).map_err(to_io)?;
+    store
+        .create_shard_with("data", reopen_options(kind))
+        .map_err(to_io)?;
+    let end = fill(&store, bytes)?;
+    let mut stdout = io::stdout();
+    writeln!(stdout, "ready {end}")?;
+    stdout.flush()?;
+    loop {
+        fill(&store, 1 << 20)?;
+    }
+}
+
+/// Time to open a store whose writer was killed with SIGKILL while
+/// appending: replay must find the torn tail and recover every
+/// acknowledged batch.
+fn reopen_crash(base: &Path, kind: EngineKind, bytes: u64) -> io::Result<(f64, i64, i64)> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::Builder::new().prefix("crash-").tempdir_in(base)?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--child-append")
+        .arg(dir.path())
+        .arg(bytes.to_string())
+        .arg(kind.name())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut line = String::new();
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("no child stdout"))?;
+    BufReader::new(stdout).read_line(&mut line)?;
+    let acknowledged: i64 = match line.trim().strip_prefix("ready ") {
+        Some(n) => n.parse().map_err(io::Error::other)?,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(format!("child said {line:?}, not ready")));
+        }
+    };
+    // Let it get well into further appends so the kill lands mid-write.
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill()?; // SIGKILL: no destructor, no flush, no close
+    child.wait()?;
+    let start = Instant::now();
+    let store = Store::open(dir.path(), Config::default()).map_err(to_io)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let recovered = store.shard_info("data").map_err(to_io)?.next_offset;
+    if recovered < acknowledged {
+        return Err(io::Error::other(format!(
+            "recovered next_offset {recovered}, but {acknowledged} were acknowledged"
+        )));
+    }
+    Ok((elapsed, acknowledged, recovered))
 }
 
 #[cfg(test)]

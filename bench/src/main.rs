@@ -125,9 +125,12 @@ struct Args {
     dir: Option<PathBuf>,
     only: Vec<String>,
     chart: bool,
-    /// Set in the child process that runs the engine suites (see
-    /// `engines_isolated`): run inline, write JSON, print no table.
+    /// Set in the child processes that run the engine suites (see
+    /// `run_isolated`): run inline, write JSON, print no table.
     isolated: bool,
+    /// In such a child: the one workload group to run ("append",
+    /// "journal/read", ...); all of the section's when absent.
+    group: Option<String>,
     drivers: ffi::Drivers,
 }
 
@@ -169,6 +172,7 @@ fn parse_args() -> Result<Args, String> {
         only: SECTIONS.iter().map(|s| s.to_string()).collect(),
         chart: true,
         isolated: false,
+        group: None,
         drivers: ffi::Drivers {
             lib: std::env::var_os("MQS_BENCH_LIB")
                 .map(PathBuf::from)
@@ -190,6 +194,7 @@ fn parse_args() -> Result<Args, String> {
             "--quick" => args.quick = true,
             "--no-chart" => args.chart = false,
             "--isolated-child" => args.isolated = true,
+            "--group" => args.group = Some(value("--group")?),
             "--out" => args.out = PathBuf::from(value("--out")?),
             "--dir" => args.dir = Some(PathBuf::from(value("--dir")?)),
             "--lib" => args.drivers.lib = PathBuf::from(value("--lib")?),
@@ -218,10 +223,14 @@ fn parse_args() -> Result<Args, String> {
 
 /// Engines other than memory: measured when this build has them, else
 /// their metrics (the names the issue fixes) are listed as absent, so a
-/// reader sees every promised figure and why it is missing.
+/// reader sees every promised figure and why it is missing. Inline: used by
+/// a child asked for the whole section (`--isolated-child --only engines`
+/// without `--group`).
 fn other_engines(base: &Path, plan: &Plan, results: &mut Results) {
     if EngineKind::Journal.is_available() {
-        journal::run(base, plan, results);
+        for group in engine::PERSISTENT_GROUPS {
+            journal::run_group(group, base, plan, results);
+        }
     } else {
         println!("== journal engine: not built");
         let reason = "engine 'journal' is not built yet";
@@ -245,19 +254,33 @@ fn file_engine(results: &mut Results) {
     results.absent("file.edge_1000shards.peak_rss_mb", "MiB", reason);
 }
 
-/// Engines still under construction can crash the process (a segfault in
-/// an engine is exactly what a benchmark may be first to hit). Their suites
-/// run in a child process, so a crash costs their metrics, reported as
-/// failed with the signal, and not the whole run.
-fn engines_isolated(base: &Path, args: &Args, results: &mut Results) {
-    let out = base.join("engines.json");
+/// How a workload group's child process ended.
+struct ChildRun {
+    /// Its peak RSS (ru_maxrss of wait4: the child and any process it
+    /// waited for, such as the kill -9 victim of reopen_crash), KiB.
+    max_rss_kib: u64,
+    outcome: Result<Vec<results::Metric>, String>,
+}
+
+/// Runs one workload group in a child process (`bench --isolated-child
+/// --only SECTION --group GROUP`) and collects its metrics and peak RSS.
+///
+/// Children because engines still under construction can crash the process
+/// (a segfault in an engine is exactly what a benchmark may be first to
+/// hit): a crash costs that group's metrics, reported as failed with the
+/// signal, and not the whole run. And because a process's peak RSS cannot
+/// be reset, one process per group is what gives each workload its own.
+fn run_child(base: &Path, args: &Args, section: &str, group: &str) -> ChildRun {
+    let out = base.join(format!("{}-{}.json", section, group.replace('/', "-")));
     let mut command = Command::new(std::env::current_exe().unwrap_or_else(|_| "bench".into()));
     command
         .args([
             "--isolated-child",
             "--no-chart",
             "--only",
-            "engines",
+            section,
+            "--group",
+            group,
             "--dir",
         ])
         .arg(base)
@@ -266,32 +289,174 @@ fn engines_isolated(base: &Path, args: &Args, results: &mut Results) {
     if args.quick {
         command.arg("--quick");
     }
-    let outcome = command
-        .status()
-        .map_err(|e| e.to_string())
-        .and_then(|status| {
-            if !status.success() {
-                use std::os::unix::process::ExitStatusExt;
-                return Err(match status.signal() {
-                    Some(signal) => format!("the engine suite process died with signal {signal}"),
-                    None => format!("the engine suite process failed: {status}"),
-                });
+    let child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            return ChildRun {
+                max_rss_kib: 0,
+                outcome: Err(format!("could not start the workload process: {e}")),
             }
-            let text = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
-            let document: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| e.to_string())?;
-            serde_json::from_value::<Vec<results::Metric>>(document["metrics"].clone())
-                .map_err(|e| e.to_string())
+        }
+    };
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data, filled by wait4.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = loop {
+        // SAFETY: `pid` is our child, not yet reaped (std's Child is never
+        // waited on); status and usage are writable.
+        let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if rc == pid {
+            break Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            break Err(format!("waiting for the workload process: {error}"));
+        }
+    };
+    let max_rss_kib = usage.ru_maxrss.max(0) as u64;
+    let outcome = waited.and_then(|()| {
+        if libc::WIFSIGNALED(status) {
+            return Err(format!(
+                "the workload process died with signal {}",
+                libc::WTERMSIG(status)
+            ));
+        }
+        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            return Err(format!(
+                "the workload process failed (exit status {})",
+                libc::WEXITSTATUS(status)
+            ));
+        }
+        let text = std::fs::read_to_string(&out).map_err(|e| e.to_string())?;
+        let document: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        serde_json::from_value::<Vec<results::Metric>>(document["metrics"].clone())
+            .map_err(|e| e.to_string())
+    });
+    let _ = std::fs::remove_file(&out);
+    drop(child);
+    ChildRun {
+        max_rss_kib,
+        outcome,
+    }
+}
+
+/// Runs an engine's workload groups, each in its own child process, and
+/// records `{engine}.{group}.peak_rss_mb` for each and `{engine}.peak_rss_mb`
+/// (the largest). `required` are metrics that must exist afterwards: any
+/// missing (their group failed) is reported failed with the group's error.
+fn run_groups(
+    base: &Path,
+    args: &Args,
+    section: &str,
+    engine: &str,
+    groups: &[&str],
+    required: &[(&str, &str)],
+    results: &mut Results,
+) {
+    let mut peaks = serde_json::Map::new();
+    let mut errors = Vec::new();
+    for group in groups {
+        let child_group = if section == "memory" {
+            group.to_string()
+        } else {
+            format!("{engine}/{group}")
+        };
+        let run = run_child(base, args, section, &child_group);
+        let name = format!("{engine}.{group}.peak_rss_mb");
+        let p = serde_json::json!({
+            "measured": "ru_maxrss of the workload group's own process (wait4)",
+            "group": group,
         });
-    match outcome {
+        match run.outcome {
+            Ok(metrics) => {
+                results.extend(metrics);
+                results.value(&name, util::mib(run.max_rss_kib), "MiB", p);
+                peaks.insert(group.to_string(), util::mib(run.max_rss_kib).into());
+            }
+            Err(error) => {
+                eprintln!("bench: {engine} {group}: {error}");
+                results.failed(&name, "MiB", &error);
+                errors.push(format!("{group}: {error}"));
+            }
+        }
+    }
+    for (name, unit) in required {
+        if results.get(name).is_none() {
+            results.failed(name, unit, &errors.join("; "));
+        }
+    }
+    let peak = peaks
+        .values()
+        .filter_map(|v| v.as_f64())
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let name = format!("{engine}.peak_rss_mb");
+    match peak {
+        Some(peak) => results.value(
+            &name,
+            peak,
+            "MiB",
+            serde_json::json!({
+                "measured": "largest peak RSS of the engine's workload groups, each in its own \
+                             process (ru_maxrss from wait4)",
+                "per_group_mb": peaks,
+            }),
+        ),
+        None => results.failed(&name, "MiB", &errors.join("; ")),
+    }
+}
+
+/// The engines section from the parent: each persistent engine's groups
+/// in child processes; engines not in the build are listed absent.
+fn engines_isolated(base: &Path, args: &Args, results: &mut Results) {
+    if EngineKind::Journal.is_available() {
+        run_groups(
+            base,
+            args,
+            "engines",
+            "journal",
+            &engine::PERSISTENT_GROUPS,
+            &journal::ISSUE_METRICS,
+            results,
+        );
+    } else {
+        println!("== journal engine: not built");
+        let reason = "engine 'journal' is not built yet";
+        for (name, unit) in journal::ISSUE_METRICS {
+            results.absent(name, unit, reason);
+        }
+    }
+    let run = run_child(base, args, "engines", "file");
+    match run.outcome {
         Ok(metrics) => results.extend(metrics),
         Err(error) => {
-            eprintln!("bench: {error}");
-            for (name, unit) in journal::ISSUE_METRICS {
-                results.failed(name, unit, &error);
-            }
+            eprintln!("bench: file engine: {error}");
             file_engine(results);
         }
+    }
+}
+
+/// A child's work: one group of its section, or the whole section.
+fn run_in_child(section: &str, args: &Args, base: &Path, plan: &Plan, results: &mut Results) {
+    match (section, args.group.as_deref()) {
+        ("memory", Some(group)) => memory::run_group(group, base, plan, results),
+        ("memory", None) => {
+            for group in memory::GROUPS {
+                memory::run_group(group, base, plan, results);
+            }
+            memory::not_applicable(base, plan, results);
+        }
+        ("engines", Some("file")) => file_engine(results),
+        ("engines", Some(group)) => match group.split_once('/') {
+            Some(("journal", group)) => journal::run_group(group, base, plan, results),
+            _ => results.failed(
+                &format!("{group}.peak_rss_mb"),
+                "MiB",
+                &format!("unknown workload group '{group}'"),
+            ),
+        },
+        ("engines", None) => other_engines(base, plan, results),
+        _ => {}
     }
 }
 
@@ -316,12 +481,21 @@ fn run_chart(args: &Args) {
 }
 
 fn main() {
-    // The victim process of journal.reopen_crash (killed with SIGKILL).
+    // The victim process of {engine}.reopen_crash (killed with SIGKILL).
     let argv: Vec<String> = std::env::args().collect();
-    if argv.len() == 4 && argv[1] == "--child-append" {
+    if argv.len() == 5 && argv[1] == "--child-append" {
         let bytes = argv[3].parse().unwrap_or(1 << 20);
-        if let Err(e) = journal::child_append(Path::new(&argv[2]), bytes) {
+        if let Err(e) = engine::child_append(Path::new(&argv[2]), bytes, &argv[4]) {
             eprintln!("bench --child-append: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    // The Rust driver of the FFI comparison (a process, like the C and
+    // Python drivers it is compared with).
+    if argv.len() >= 2 && argv[1] == "--driver-rust" {
+        if let Err(e) = ffi::rust_driver(&argv[2..]) {
+            eprintln!("bench --driver-rust: {e}");
             std::process::exit(1);
         }
         return;
@@ -380,11 +554,24 @@ fn main() {
         raw::run(base.path(), &plan, &mut results);
     }
     if wants("memory") {
-        memory::run(base.path(), &plan, &mut results);
+        if args.isolated {
+            run_in_child("memory", &args, base.path(), &plan, &mut results);
+        } else {
+            run_groups(
+                base.path(),
+                &args,
+                "memory",
+                "memory",
+                &memory::GROUPS,
+                &[(memory::HEADLINE, "msgs/s")],
+                &mut results,
+            );
+            memory::not_applicable(base.path(), &plan, &mut results);
+        }
     }
     if wants("engines") {
         if args.isolated {
-            other_engines(base.path(), &plan, &mut results);
+            run_in_child("engines", &args, base.path(), &plan, &mut results);
         } else {
             engines_isolated(base.path(), &args, &mut results);
         }

@@ -49,11 +49,72 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
 
-pub fn run(base: &Path, plan: &Plan, results: &mut Results) {
-    println!("== memory engine");
-    let peak_resettable = util::reset_peak_rss();
-    let options = engine::options(EngineKind::Memory, Durability::None, APPEND_RETENTION_BYTES);
+/// The memory engine's workload groups, each run in a child process of its
+/// own (`bench --only memory --group NAME`), so each has its own peak RSS.
+pub const GROUPS: [&str; 4] = ["append", "latency", "read", "shards"];
 
+/// Metrics that need no measurement: modes and workloads the engine does
+/// not have (recorded by the parent process).
+pub fn not_applicable(base: &Path, plan: &Plan, results: &mut Results) {
+    for durability in [Durability::Os, Durability::Fsync] {
+        let name = format!("memory.append_1k_batch64_{}.msgs_per_s", durability.name());
+        match engine::accepts(base, EngineKind::Memory, durability) {
+            Ok(Err(refusal)) => results.not_applicable(&name, "msgs/s", &refusal),
+            Ok(Ok(())) => {
+                // The engine gained this mode: measure it like the rest.
+                let options =
+                    engine::options(EngineKind::Memory, durability, APPEND_RETENTION_BYTES);
+                let spec = engine::MATRIX_BASE;
+                results.stats_or_failed(
+                    &name,
+                    engine::append_throughput(
+                        base,
+                        &options,
+                        spec,
+                        secs(plan.headline_secs),
+                        u64::MAX,
+                        plan.reps,
+                    ),
+                    "msgs/s",
+                    spec.params(&options),
+                );
+            }
+            Err(e) => results.failed(&name, "msgs/s", &e.to_string()),
+        }
+    }
+    for name in ["memory.reopen_clean.s", "memory.reopen_crash.s"] {
+        results.not_applicable(
+            name,
+            "s",
+            "the memory engine keeps nothing across close or crash: nothing to reopen",
+        );
+    }
+    results.not_applicable(
+        "memory.read_cold_1k.gbps",
+        "GB/s",
+        "the memory engine has no cold tier: every read is a hot read (see read_tail)",
+    );
+}
+
+/// Runs one of `GROUPS`.
+pub fn run_group(group: &str, base: &Path, plan: &Plan, results: &mut Results) {
+    println!("== memory engine: {group}");
+    let options = engine::options(EngineKind::Memory, Durability::None, APPEND_RETENTION_BYTES);
+    match group {
+        "append" => appends(base, plan, results, &options),
+        "latency" => single_append_latency(base, plan, results, &options),
+        "read" => reads(base, plan, results, &options),
+        "shards" => million_shards(base, plan, results, &options),
+        other => results.failed(
+            &format!("memory.{other}.peak_rss_mb"),
+            "MiB",
+            &format!("unknown workload group '{other}'"),
+        ),
+    }
+}
+
+fn appends(base: &Path, plan: &Plan, results: &mut Results, options: &mqstore::ShardOptions) {
+    let options = options.clone();
     // The headline: one thread, one shard, 100 B records in batches of 1,024
     // (the brief's 10M msgs/s target). Longer and more repetitions than the
     // matrix; the FFI drivers repeat exactly this workload.
@@ -113,69 +174,6 @@ pub fn run(base: &Path, plan: &Plan, results: &mut Results) {
             }
         }
     }
-
-    single_append_latency(base, plan, results, &options);
-    reads(base, plan, results, &options);
-
-    for durability in [Durability::Os, Durability::Fsync] {
-        let name = format!("memory.append_1k_batch64_{}.msgs_per_s", durability.name());
-        match engine::accepts(base, EngineKind::Memory, durability) {
-            Ok(Err(refusal)) => results.not_applicable(&name, "msgs/s", &refusal),
-            Ok(Ok(())) => {
-                // The engine gained this mode: measure it like the rest.
-                let options =
-                    engine::options(EngineKind::Memory, durability, APPEND_RETENTION_BYTES);
-                let spec = AppendSpec {
-                    record_size: 1024,
-                    batch: 64,
-                    threads: 1,
-                    shards: 1,
-                };
-                results.stats_or_failed(
-                    &name,
-                    engine::append_throughput(
-                        base,
-                        &options,
-                        spec,
-                        secs(plan.headline_secs),
-                        u64::MAX,
-                        plan.reps,
-                    ),
-                    "msgs/s",
-                    spec.params(&options),
-                );
-            }
-            Err(e) => results.failed(&name, "msgs/s", &e.to_string()),
-        }
-    }
-    for name in ["memory.reopen_clean.s", "memory.reopen_crash.s"] {
-        results.not_applicable(
-            name,
-            "s",
-            "the memory engine keeps nothing across close or crash: nothing to reopen",
-        );
-    }
-
-    match util::proc_status_kib("VmHWM") {
-        Some(kib) => results.value(
-            "memory.peak_rss_mb",
-            mib(kib),
-            "MiB",
-            json!({
-                "scope": if peak_resettable {
-                    "process peak during the memory workloads above (VmHWM reset before them)"
-                } else {
-                    "process peak since start (VmHWM could not be reset)"
-                },
-                "retention_bytes_per_shard": APPEND_RETENTION_BYTES,
-                "budget_payload_bytes_many_shards": plan.many_shard_budget,
-                "prefilled_read_bytes": plan.read_bytes,
-            }),
-        ),
-        None => results.failed("memory.peak_rss_mb", "MiB", "no VmHWM in /proc/self/status"),
-    }
-
-    million_shards(base, plan, results, &options);
 }
 
 /// Finds the highest single-append rate, then offers half of it, paced, and
@@ -246,42 +244,63 @@ fn single_append_latency(
     );
 }
 
-/// Tail reads and sendfile_to_fd over one prefilled shard of 1 KiB records.
+/// Tail and hot reads and sendfile_to_fd over a prefilled shard of 1 KiB
+/// records: tail is the first read of a fresh shard right after it was
+/// written (one per repetition), hot the same shard read again; in memory
+/// both are reads of the same heap, so they differ only by cache warmth.
 fn reads(base: &Path, plan: &Plan, results: &mut Results, options: &mqstore::ShardOptions) {
     let p = json!({
         "record_bytes": 1024, "written_in_batches_of": 64, "shard_bytes": plan.read_bytes,
-        "request_bytes": 1 << 20,
+        "request_bytes": engine::FETCH_BYTES,
+        "measured": "record value bytes returned by Store::read (zero-copy views, not touched)",
     });
-    match engine::prefilled(base, options, 1024, 64, plan.read_bytes) {
-        Ok((bench, end)) => {
-            let mut read_p = p.clone();
-            read_p["measured"] =
-                json!("record value bytes returned by Store::read (zero-copy views, not touched)");
-            results.stats_or_failed(
-                "memory.read_tail_1k.gbps",
-                util::repeat(plan.reps, || engine::read_all(&bench.store, end)),
-                "GB/s",
-                read_p,
-            );
-            let mut send_p = p.clone();
-            send_p["measured"] =
-                json!("batch bytes sent by Store::sendfile_to_fd to loopback TCP, until received");
-            results.stats_or_failed(
-                "memory.sendfile_1k.gbps",
-                util::repeat(plan.reps, || engine::sendfile_all(&bench.store, end)),
-                "GB/s",
-                send_p,
-            );
-        }
-        Err(e) => {
-            results.failed("memory.read_tail_1k.gbps", "GB/s", &e.to_string());
-            results.failed("memory.sendfile_1k.gbps", "GB/s", &e.to_string());
+    let names = [
+        "memory.read_tail_1k.gbps",
+        "memory.read_hot_1k.gbps",
+        "memory.sendfile_1k.gbps",
+    ];
+    let mut tail = Vec::new();
+    let mut kept = None;
+    for rep in 0..plan.reps {
+        // One store at a time: the previous one is dropped before the next fill.
+        kept = None;
+        let outcome = engine::prefilled(base, options, 1024, 64, plan.read_bytes)
+            .and_then(|(bench, end)| Ok((engine::read_all(&bench.store, end)?, bench, end)));
+        match outcome {
+            Ok((gbps, bench, end)) => {
+                tail.push(gbps);
+                if rep + 1 == plan.reps {
+                    kept = Some((bench, end));
+                }
+            }
+            Err(e) => {
+                for name in names {
+                    results.failed(name, "GB/s", &e.to_string());
+                }
+                return;
+            }
         }
     }
-    results.not_applicable(
-        "memory.read_cold_1k.gbps",
+    let Some((bench, end)) = kept else {
+        return;
+    };
+    let mut tail_p = p.clone();
+    tail_p["fresh_store_per_rep"] = json!(true);
+    results.stats(names[0], &util::Stats::new(tail), "GB/s", tail_p);
+    results.stats_or_failed(
+        names[1],
+        util::repeat(plan.reps, || engine::read_all(&bench.store, end)),
         "GB/s",
-        "the memory engine has no cold tier: every read is a hot read (see read_tail)",
+        p.clone(),
+    );
+    let mut send_p = p.clone();
+    send_p["measured"] =
+        json!("batch bytes sent by Store::sendfile_to_fd to loopback TCP, until received");
+    results.stats_or_failed(
+        names[2],
+        util::repeat(plan.reps, || engine::sendfile_all(&bench.store, end)),
+        "GB/s",
+        send_p,
     );
 }
 
@@ -363,6 +382,7 @@ pub fn compare(results: &mut Results) {
         );
     }
     results.compare("memory.read_tail_1k.gbps", "raw.memcpy_gbps", 1.0, "GB/s");
+    results.compare("memory.read_hot_1k.gbps", "raw.memcpy_gbps", 1.0, "GB/s");
     // Memory holds no file: its transfers are bounded by user-memory socket
     // writes, not by sendfile(2) (file-backed engines compare with that).
     results.compare(

@@ -4,6 +4,7 @@
 use std::alloc::{self, Layout};
 use std::io::{self, Read};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -163,13 +164,6 @@ pub fn proc_status_kib(field: &str) -> Option<u64> {
     })
 }
 
-/// Resets VmHWM (peak RSS) to the current RSS, so each workload's peak can be
-/// read on its own. Writing "5" to clear_refs does this since Linux 4.0;
-/// returns false where it is not allowed, and peaks then span the process.
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
 /// Bytes the allocator has handed out and not had back (glibc's mallinfo2:
 /// in-use arena bytes plus mmapped chunks). Unlike RSS, this grows when a
 /// workload allocates even if the process reuses memory an earlier workload
@@ -187,6 +181,114 @@ pub fn trim_heap() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// How much of a directory's files is in the page cache.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Residency {
+    pub files: u64,
+    pub pages: u64,
+    pub resident_pages: u64,
+}
+
+impl Residency {
+    pub fn fraction(&self) -> f64 {
+        if self.pages == 0 {
+            0.0
+        } else {
+            self.resident_pages as f64 / self.pages as f64
+        }
+    }
+}
+
+/// Every regular file under `dir`, recursively.
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            files_under(&entry.path(), out)?;
+        } else if kind.is_file() {
+            out.push(entry.path());
+        }
+    }
+    Ok(())
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf only reads a system constant.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+/// Counts the pages of the files under `dir` that are in the page cache,
+/// with mincore(2) on a fresh read-only mapping (which faults nothing in).
+pub fn page_cache_residency(dir: &Path) -> io::Result<Residency> {
+    use std::os::fd::AsRawFd;
+    let mut files = Vec::new();
+    files_under(dir, &mut files)?;
+    let page = page_size();
+    let mut total = Residency::default();
+    for path in files {
+        let file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        total.files += 1;
+        if len == 0 {
+            continue;
+        }
+        let pages = len.div_ceil(page);
+        // SAFETY: a new private read-only mapping of the whole file; it is
+        // only passed to mincore and unmapped below, never dereferenced.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut vec = vec![0u8; pages as usize];
+        // SAFETY: `addr` maps `len` bytes; `vec` has one byte per page.
+        let rc = unsafe { libc::mincore(addr, len as usize, vec.as_mut_ptr()) };
+        let error = io::Error::last_os_error();
+        // SAFETY: unmapping the mapping made above, exactly once.
+        unsafe { libc::munmap(addr, len as usize) };
+        if rc != 0 {
+            return Err(error);
+        }
+        total.pages += pages;
+        total.resident_pages += vec.iter().filter(|&&b| b & 1 == 1).count() as u64;
+    }
+    Ok(total)
+}
+
+/// Evicts the files under `dir` from the page cache, unprivileged: each is
+/// fdatasynced (only clean pages can be dropped) and then dropped with
+/// posix_fadvise(POSIX_FADV_DONTNEED). Returns the residency afterwards,
+/// so the caller can check that it worked.
+pub fn evict_from_page_cache(dir: &Path) -> io::Result<Residency> {
+    use std::os::fd::AsRawFd;
+    let mut files = Vec::new();
+    files_under(dir, &mut files)?;
+    for path in files {
+        let file = std::fs::OpenOptions::new().read(true).open(&path)?;
+        file.sync_data()?;
+        // SAFETY: a valid descriptor; the advice only affects the cache.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+    }
+    page_cache_residency(dir)
 }
 
 pub fn mib(kib: u64) -> f64 {
@@ -234,6 +336,23 @@ mod tests {
     #[test]
     fn reads_own_rss() {
         assert!(proc_status_kib("VmRSS").unwrap() > 0);
+    }
+
+    #[test]
+    fn eviction_empties_the_page_cache() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let mut file = std::fs::File::create(dir.path().join("sub/data")).unwrap();
+        file.write_all(&vec![1u8; 4 << 20]).unwrap();
+        let before = page_cache_residency(dir.path()).unwrap();
+        assert_eq!((before.files, before.pages), (1, (4 << 20) / page_size()));
+        let after = evict_from_page_cache(dir.path()).unwrap();
+        // tmpfs cannot drop its pages (they are the file): only check where
+        // the filesystem is a real one.
+        if before.fraction() > 0.0 && after.fraction() < 1.0 {
+            assert!(after.fraction() < 0.1, "{after:?}");
+        }
     }
 
     #[test]
