@@ -9,6 +9,7 @@
 
 mod engine;
 mod ffi;
+mod file;
 mod journal;
 mod machine;
 mod memory;
@@ -243,15 +244,7 @@ fn other_engines(base: &Path, plan: &Plan, results: &mut Results) {
 
 fn file_engine(results: &mut Results) {
     println!("== file engine");
-    let reason = if EngineKind::File.is_available() {
-        // The engine landed; its workloads belong here next (engine.rs has
-        // them, parameterised by shard options, as journal.rs uses them).
-        "engine 'file' is built, but the harness has no file workloads yet"
-    } else {
-        "engine 'file' is not built yet"
-    };
-    results.absent("file.append_1k_batch64_os.msgs_per_s", "msgs/s", reason);
-    results.absent("file.edge_1000shards.peak_rss_mb", "MiB", reason);
+    file::run_from_args(results);
 }
 
 /// How a workload group's child process ended.
