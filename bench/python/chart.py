@@ -113,6 +113,102 @@ def matrix_engines(metrics):
     return found
 
 
+DURABILITIES = ["none", "os", "fsync"]
+
+
+def persistent_engines(metrics):
+    """Engines with the one-factor matrix (engine.append_..._t1_s1_<durability>)."""
+    found = []
+    for name, m in metrics.items():
+        hit = re.match(r"(\w+)\.append_\w+_batch\d+_t\d+_s\d+_(none|os|fsync)\.msgs_per_s$",
+                       name)
+        if hit and m.get("status") == "ok" and hit.group(1) not in found:
+            found.append(hit.group(1))
+    return found
+
+
+def by_durability(ax, metrics, engine, points, xlabel, title):
+    """One-factor matrix: one group per point of the varied dimension, one
+    bar per durability mode. `points` is [(label, metric-name-middle)]."""
+    width = 0.26
+    lowest = None
+    for j, durability in enumerate(DURABILITIES):
+        xs, ys, errs = [], [], [[], []]
+        for i, (_, middle) in enumerate(points):
+            name = f"{engine}.append_{middle}_{durability}.msgs_per_s"
+            v = value(metrics, name)
+            if v is None:
+                ax.text(i + (j - 1) * width, 1, status_label(metrics, name), rotation=90,
+                        fontsize=6, ha="center", va="bottom", color="#555555")
+                continue
+            lo, hi = spread(metrics, name)
+            xs.append(i + (j - 1) * width)
+            ys.append(v)
+            errs[0].append(lo)
+            errs[1].append(hi)
+        if ys:
+            lowest = min([lowest, *ys]) if lowest is not None else min(ys)
+        ax.bar(xs, ys, width, label=durability, color=COLORS[j], yerr=errs, capsize=2,
+               ecolor="#333333")
+        for x, y in zip(xs, ys):
+            ax.text(x, y, human(y), ha="center", va="bottom", fontsize=6.5)
+    ax.set_xticks(range(len(points)))
+    ax.set_xticklabels([label for label, _ in points], fontsize=8)
+    ax.set_xlabel(xlabel)
+    if lowest:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=lowest / 3)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(human))
+    ax.set_ylabel("messages / s")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower left", title="durability", title_fontsize=7)
+
+
+def persistent_row(row, metrics, engine):
+    """A persistent engine's matrix: record size, batch size, threads and
+    shards, each varied alone around 1 KiB × 64, 1 thread, 1 shard."""
+    by_durability(row[0], metrics, engine,
+                  [(label, f"{size}_batch64_t1_s1") for size, label in SIZES],
+                  "record size (batch 64, 1 thread, 1 shard)",
+                  f"{engine}: append msgs/s by record size")
+    by_durability(row[1], metrics, engine,
+                  [(str(b), f"1k_batch{b}_t1_s1") for b in BATCHES],
+                  "records per batch (1 KiB, 1 thread, 1 shard)",
+                  f"{engine}: append msgs/s by batch size")
+    by_durability(row[2], metrics, engine,
+                  [("1t 1s", "1k_batch64_t1_s1"), ("2t 1s", "1k_batch64_t2_s1"),
+                   ("4t 1s", "1k_batch64_t4_s1"), ("1t 1000s", "1k_batch64_t1_s1000")],
+                  "threads (t) / shards (s) (1 KiB × 64)",
+                  f"{engine}: append msgs/s by threads and shards")
+    # Payload bandwidth by record size, against the disk's O_DIRECT limit.
+    names = [f"{engine}.append_{size}_batch64_t1_s1_{d}.msgs_per_s"
+             for size, _ in SIZES for d in DURABILITIES]
+    labels = [f"{label}\n{d}" for _, label in SIZES for d in DURABILITIES]
+    present = [n for n in names if value(metrics, n) is not None]
+    if present:
+        xs = range(len(names))
+        for i, name in enumerate(names):
+            v = value(metrics, name)
+            size = name.split(".append_")[1].split("_")[0]
+            if v is None:
+                continue
+            g = v * SIZE_BYTES[size] / 1e9
+            row[3].bar(i, g, color=COLORS[i % 3])
+            row[3].text(i, g, f"{g:.2g}", ha="center", va="bottom", fontsize=6.5)
+        row[3].set_xticks(list(xs))
+        row[3].set_xticklabels(labels, fontsize=6.5)
+        disk = value(metrics, "raw.odirect_write_gbps")
+        if disk:
+            row[3].axhline(disk, linestyle=":", color="#444444", linewidth=1)
+            row[3].text(len(names) - 0.5, disk, f" O_DIRECT write {disk:.2f}", va="bottom",
+                        ha="right", fontsize=7)
+        row[3].set_ylabel("GB/s (10^9 B/s) of record values")
+        row[3].set_title(f"{engine}: payload GB/s by record size (batch 64)", fontsize=10)
+    else:
+        row[3].axis("off")
+
+
 def grouped(ax, metrics, engine, title, per_byte=False, raw_lines=()):
     """Append throughput by record size (groups) and batch size (bars)."""
     width = 0.26
@@ -157,42 +253,79 @@ def grouped(ax, metrics, engine, title, per_byte=False, raw_lines=()):
 
 
 def transfers(ax, metrics):
-    """Reads and transfers beside the raw limits they are bounded by."""
-    names = [
-        "raw.memcpy_gbps", "memory.read_tail_1k.gbps", "journal.read_tail_1k.gbps",
-        "raw.sendfile_gbps", "memory.sendfile_1k.gbps", "journal.sendfile_1k.gbps",
-    ]
-    labels = ["raw\nmemcpy", "memory\nread", "journal\nread", "raw\nsendfile",
-              "memory\nsendfile", "journal\nsendfile"]
-    bars(ax, metrics, names, labels, log=False,
-         colors=["#444444", COLORS[0], COLORS[1], "#444444", COLORS[0], COLORS[1]])
-    ax.set_title("reads (1 KiB records) and transfers to loopback TCP", fontsize=10)
+    """Reads (tail, hot, cold) and transfers beside the raw limits."""
+    names, labels, colors = ["raw.memcpy_gbps"], ["raw\nmemcpy"], ["#444444"]
+    for k, engine in enumerate(("memory", "journal", "file")):
+        for kind in ("tail", "hot", "cold"):
+            name = f"{engine}.read_{kind}_1k.gbps"
+            if name in metrics and metrics[name].get("status") != "n/a":
+                names.append(name)
+                labels.append(f"{engine}\n{kind}")
+                colors.append(COLORS[k])
+    names.append("raw.sendfile_gbps")
+    labels.append("raw\nsendfile")
+    colors.append("#444444")
+    for k, engine in enumerate(("memory", "journal", "file")):
+        name = f"{engine}.sendfile_1k.gbps"
+        if name in metrics:
+            names.append(name)
+            labels.append(f"{engine}\nsendfile")
+            colors.append(COLORS[k])
+    bars(ax, metrics, names, labels, log=False, colors=colors)
+    ax.tick_params(axis="x", labelsize=6.5)
+    ax.set_title("reads of 1 KiB records (tail / hot / cold) and transfers to loopback TCP",
+                 fontsize=10)
     ax.set_ylabel("GB/s (10^9 B/s)")
 
 
+def peak_rss(ax, metrics):
+    """Peak RSS of each engine's workload groups (one process per group)."""
+    names, labels, colors = [], [], []
+    for k, engine in enumerate(("memory", "journal", "file")):
+        for name in sorted(metrics):
+            hit = re.match(rf"{engine}\.(\w+)\.peak_rss_mb$", name)
+            if hit:
+                names.append(name)
+                labels.append(f"{engine}\n{hit.group(1)}")
+                colors.append(COLORS[k])
+    if not names:
+        ax.axis("off")
+        return
+    bars(ax, metrics, names, labels, log=False, colors=colors)
+    ax.tick_params(axis="x", labelsize=6.5)
+    ax.set_title("peak RSS per workload group (MiB, own process)", fontsize=10)
+    ax.set_ylabel("MiB")
+
+
 def throughput_chart(doc, metrics, out):
-    engines = matrix_engines(metrics) or ["memory"]
-    cols = max(3, 2 * len(engines) + 1)
-    fig, axes = plt.subplots(2, cols, figsize=(5.2 * cols, 9.5), squeeze=False)
+    engines = [e for e in matrix_engines(metrics) if e == "memory"] or ["memory"]
+    persistent = persistent_engines(metrics)
+    cols = 4
+    rows = 2 + len(persistent)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, 4.8 * rows), squeeze=False)
     top = axes[0]
-    for k, engine in enumerate(engines):
-        ax = top[2 * k]
+    for k, engine in enumerate(engines[:1]):
+        ax = top[0]
         grouped(ax, metrics, engine, f"{engine}: append msgs/s")
-        if engine == "memory":
-            ax.axhline(10e6, color="#C44E52", linestyle=":", linewidth=1)
-            ax.text(2.45, 10e6, "10M msgs/s target", va="bottom", ha="right", fontsize=7,
-                    color="#C44E52")
+        ax.axhline(10e6, color="#C44E52", linestyle=":", linewidth=1)
+        ax.text(2.45, 10e6, "10M msgs/s target", va="bottom", ha="right", fontsize=7,
+                color="#C44E52")
         ax.set_ylabel("messages / s")
-        grouped(top[2 * k + 1], metrics, engine, f"{engine}: append payload GB/s",
+        grouped(top[1], metrics, engine, f"{engine}: append payload GB/s",
                 per_byte=True,
                 raw_lines=[("raw.memcpy_gbps", "memcpy", "--"),
                            ("raw.odirect_write_gbps", "O_DIRECT write", ":")])
-        top[2 * k + 1].set_ylabel("GB/s (10^9 B/s) of record values")
-    transfers(top[2 * len(engines)], metrics)
-    for ax in top[2 * len(engines) + 1:]:
-        ax.axis("off")
+        top[1].set_ylabel("GB/s (10^9 B/s) of record values")
+    # The transfers panel has many bars: let it span the last two columns.
+    gs = top[2].get_gridspec()
+    top[2].remove()
+    top[3].remove()
+    transfers(fig.add_subplot(gs[0, 2:]), metrics)
 
-    bottom = axes[1]
+    for r, engine in enumerate(persistent, start=1):
+        persistent_row(axes[r], metrics, engine)
+
+    bottom = axes[rows - 1]
     # Scaling of the headline workload with threads and shards.
     names, labels = [], []
     for shards in (1, 1000):
@@ -207,19 +340,25 @@ def throughput_chart(doc, metrics, out):
     # Engines and the peer at the same records: 1 KiB in batches of 64.
     names = [
         "memory.append_1k_batch64_t1_s1.msgs_per_s",
+        "journal.append_1k_batch64_none.msgs_per_s",
+        "journal.append_1k_batch64_os.msgs_per_s",
         "journal.append_1k_batch64_fsync.msgs_per_s",
         "file.append_1k_batch64_os.msgs_per_s",
         "rocksdb.append_1k_batch64_sync.msgs_per_s",
         "rocksdb.append_1k_batch64_nosync.msgs_per_s",
     ]
-    labels = ["memory\nnone", "journal\nfsync", "file\nos", "RocksDB\nWAL sync", "RocksDB\nno sync"]
+    labels = ["memory\nnone", "journal\nnone", "journal\nos", "journal\nfsync", "file\nos",
+              "RocksDB\nWAL sync", "RocksDB\nno sync"]
     bars(bottom[1], metrics, names, labels)
     bottom[1].set_title("1 KiB × 64 per engine (durability below)", fontsize=10)
     bottom[1].set_ylabel("messages / s")
 
     # FFI: the same workload from Rust, C and Python.
+    rust_name = "ffi_rust.append_100b_batch1024.msgs_per_s"
+    if value(metrics, rust_name) is None:
+        rust_name = "memory.append_100b_batch1024.msgs_per_s"
     names = [
-        "memory.append_100b_batch1024.msgs_per_s",
+        rust_name,
         "ffi_c.append_100b_batch1024.msgs_per_s",
         "ffi_python.append_100b_batch1024.msgs_per_s",
     ]
@@ -230,11 +369,12 @@ def throughput_chart(doc, metrics, out):
         if rust and v:
             bottom[2].text(i, v / 2, f"{100 * v / rust:.0f}%\nof Rust", ha="center",
                            fontsize=8, color="white", fontweight="bold")
-    bottom[2].set_title("FFI: memory, 100 B × 1024, 1 thread", fontsize=10)
+    bottom[2].set_title("FFI: memory, 100 B × 1024, 1 thread"
+                        + (" (reps interleaved)" if rust_name.startswith("ffi_") else ""),
+                        fontsize=10)
     bottom[2].set_ylabel("messages / s")
 
-    for ax in bottom[3:]:
-        ax.axis("off")
+    peak_rss(bottom[3], metrics)
 
     machine = doc.get("machine", {})
     fs = machine.get("filesystem", {})
@@ -251,8 +391,50 @@ def throughput_chart(doc, metrics, out):
     plt.close(fig)
 
 
+def paced_latency(ax, metrics):
+    """Persistent engines: single 1 KiB appends paced at a fixed offered
+    load, per durability; response (from intended start) and service time."""
+    groups = []
+    for engine in persistent_engines(metrics):
+        for durability in ("os", "fsync"):
+            prefix = f"{engine}.append_1k_single_{durability}"
+            if f"{prefix}.p99_us" in metrics:
+                groups.append((f"{engine} {durability}", prefix))
+    if not groups:
+        ax.axis("off")
+        return
+    pct = ["p50", "p99", "p999", "max"]
+    width = 0.8 / (2 * len(groups))
+    k = 0
+    for g, (label, prefix) in enumerate(groups):
+        for kind, what in (("", "response"), ("service_", "service")):
+            for i, p in enumerate(pct):
+                name = f"{prefix}.{kind}{p}_us"
+                v = value(metrics, name)
+                x = i - 0.4 + (k + 0.5) * width
+                if v is None:
+                    continue
+                lo, hi = spread(metrics, name)
+                ax.bar(x, v * 1e3, width, color=COLORS[k % len(COLORS)],
+                       yerr=[[lo * 1e3], [hi * 1e3]], capsize=1.5, ecolor="#333333",
+                       label=f"{label} {what}" if i == 0 else None)
+            k += 1
+    ax.set_xticks(range(len(pct)))
+    ax.set_xticklabels(pct)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(duration_ns))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.legend(fontsize=7, loc="upper left")
+    first = metrics.get(f"{groups[0][1]}.p99_us", {}).get("params", {})
+    frac = first.get("offered_fraction_of_max")
+    sub = f" at {100 * frac:.0f}% of the measured maximum" if frac else ""
+    ax.set_title(f"single 1 KiB appends, paced{sub}", fontsize=10)
+    ax.set_ylabel("latency")
+
+
 def latency_chart(doc, metrics, out):
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+    fig, grid = plt.subplots(2, 2, figsize=(15, 10))
+    axes = [grid[0][0], grid[1][0], grid[1][1], grid[0][1]]
     pct = ["p50", "p99", "p999", "max"]
 
     ax = axes[0]
@@ -294,6 +476,8 @@ def latency_chart(doc, metrics, out):
     bars(axes[1], metrics, names, ["p50", "p99", "p999"], scale=1e3, fmt=duration_ns)
     axes[1].set_title("journal: single 1 KiB appends, fsync, 4 threads (closed loop)", fontsize=10)
     axes[1].set_ylabel("latency")
+
+    paced_latency(axes[3], metrics)
 
     names = [f"raw.fdatasync_{p}_us" for p in ("p50", "p99", "p999")]
     bars(axes[2], metrics, names, ["p50", "p99", "p999"], scale=1e3, fmt=duration_ns)
