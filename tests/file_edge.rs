@@ -25,7 +25,9 @@ fn edge_1000_shards_append_and_read_back() {
     for name in &names {
         store.create_shard(name, None).unwrap();
     }
-    let data: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 + i / 1024) as u8).collect();
+    let data: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i * 7 + i / 1024) as u8)
+        .collect();
     let batch: Vec<Record<'_>> = data.chunks(1024).map(Record::new).collect();
     let started = std::time::Instant::now();
     let mut written = 0u64;
