@@ -8,6 +8,7 @@
 pub mod file;
 #[cfg(feature = "journal")]
 pub mod journal;
+pub(crate) mod keyfilter;
 pub mod memory;
 pub(crate) mod scan;
 

@@ -349,7 +349,7 @@ static void test_shards_and_names(void) {
     CHECK_OK(mqs_shard_get_info(store, "orders", &info));
     CHECK(info.first_offset == 0 && info.next_offset == 0);
     CHECK(info.records == 0 && info.bytes == 0);
-    CHECK(info.engine != NULL && strcmp(info.engine, "memory") == 0);
+    CHECK(info.engine != NULL && strcmp(info.engine, "journal") == 0);
     mqs_record_in record = keyed_record("k", "v");
     int64_t offset = -1;
     CHECK_OK(mqs_append(store, "orders", &record, &offset));
@@ -902,7 +902,7 @@ static void test_stats(void) {
 
     CHECK_OK(mqs_stats(store, "metrics", &json));
     REQUIRE(json != NULL);
-    CHECK(strstr(json, "\"engine\":\"memory\"") != NULL);
+    CHECK(strstr(json, "\"engine\":\"journal\"") != NULL);
     CHECK(strstr(json, "\"records\":1") != NULL);
     CHECK(strstr(json, "\"engine_stats\"") != NULL);
     CHECK_OK(mqs_string_free(json));

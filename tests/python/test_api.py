@@ -85,8 +85,8 @@ def test_create_list_info_delete(store):
     assert isinstance(info, mqstore.ShardInfo)
     assert (info.name, info.engine, info.durability, info.compression) == (
         "orders",
-        "memory",
-        "none",
+        "journal",
+        "fsync",
         "none",
     )
     assert (info.first_offset, info.next_offset, info.records, info.bytes) == (0, 0, 0, 0)
@@ -434,7 +434,7 @@ def test_stats(store, shard):
     assert isinstance(stats, dict)
     assert stats["shard_count"] == 1
     assert stats["group_offsets"] == 1
-    assert stats["engines"]["memory"]["records"] == 3
+    assert stats["engines"]["journal"]["records"] == 3
     assert stats["shards"][shard]["next_offset"] == 3
     one = store.stats(shard)
     assert one["name"] == shard

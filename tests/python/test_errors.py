@@ -147,7 +147,7 @@ def test_bad_shard_options_name_the_key(store, kwargs, key):
 
 def test_durability_fsync_on_memory_engine(store):
     with pytest.raises(mqstore.ConfigError, match="durability") as info:
-        store.create_shard("s", durability="fsync")
+        store.create_shard("s", engine="memory", durability="fsync")
     assert "memory engine" in str(info.value)
 
 

@@ -25,13 +25,18 @@ use super::recovery::RecoveredShard;
 use super::segment::{sync_dir, Segment};
 use super::shard::{options_toml, JournalShard};
 use crate::config::Config;
+use crate::engine::keyfilter::KeyFilter;
 use crate::{Error, Result};
 
 pub const FILE_NAME: &str = "index.ckpt";
 const TEMP_NAME: &str = "index.ckpt.tmp";
 /// "MQJI" read as a little-endian u32.
 const MAGIC: u32 = u32::from_le_bytes(*b"MQJI");
-const VERSION: u32 = 1;
+/// Version 2 added each batch's key filter; a version-1 file is ignored
+/// (the journal is replayed and the filters computed on demand).
+const VERSION: u32 = 2;
+/// Key filter count of a batch whose filter was never computed.
+const NO_FILTER: u32 = u32::MAX;
 const FILE_HEADER_LEN: usize = 32;
 /// Offset of the clean marker: outside the CRC, so opening can clear it in
 /// place with one small write.
@@ -85,6 +90,15 @@ fn encode(
             body.extend_from_slice(&b.len.to_le_bytes());
             body.extend_from_slice(&b.segment.base.to_le_bytes());
             body.extend_from_slice(&b.pos.to_le_bytes());
+            match b.keys.get() {
+                Some(filter) => {
+                    body.extend_from_slice(&(filter.hashes().len() as u32).to_le_bytes());
+                    for hash in filter.hashes() {
+                        body.extend_from_slice(&hash.to_le_bytes());
+                    }
+                }
+                None => body.extend_from_slice(&NO_FILTER.to_le_bytes()),
+            }
         }
     }
     body[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
@@ -261,6 +275,19 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
             let len = r.u32()?;
             let seg_base = r.u64()?;
             let pos = r.u64()?;
+            let filter = match r.u32()? {
+                NO_FILTER => None,
+                n => {
+                    // Bounded by the bytes left, so a damaged count cannot
+                    // make us allocate more than the file holds.
+                    let raw = r.take((n as usize).checked_mul(4)?)?;
+                    let hashes = raw
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                        .collect();
+                    Some(KeyFilter::from_hashes(hashes)?)
+                }
+            };
             let segment = map.get(&seg_base)?;
             // The batch lies wholly in its segment and before the end.
             if pos.checked_add(len as u64)? > segment.len || seg_base + pos + len as u64 > end {
@@ -269,7 +296,7 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
             if last < base || state.batches.back().is_some_and(|b| b.last_offset >= base) {
                 return None;
             }
-            state.push(IndexEntry::new(
+            let batch = IndexEntry::new(
                 segment.clone(),
                 pos,
                 len as usize,
@@ -277,7 +304,11 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
                 last,
                 max_ts,
                 records,
-            ));
+            );
+            if let Some(filter) = filter {
+                let _ = batch.keys.set(filter);
+            }
+            state.push(batch);
         }
         state.low_watermark = low;
         state.next_offset = state.next_offset.max(next);

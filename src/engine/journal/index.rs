@@ -2,12 +2,13 @@
 //! pointing at the batch's bytes in a journal segment.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
 use super::segment::Segment;
 use crate::config::ShardOptions;
+use crate::engine::keyfilter::KeyFilter;
 use crate::Result;
 
 /// One stored batch. Holding it keeps the segment's live count up, so a
@@ -27,6 +28,10 @@ pub struct IndexEntry {
     /// Position of the batch bytes (after the entry header) in the segment.
     pub pos: u64,
     pub segment: Arc<Segment>,
+    /// Hashes of the batch's keys and tags: set at append and from the
+    /// index checkpoint, computed on the first key or tag lookup for
+    /// batches replayed from the journal (so replay decodes no records).
+    pub keys: OnceLock<KeyFilter>,
 }
 
 impl IndexEntry {
@@ -50,6 +55,25 @@ impl IndexEntry {
             len: len as u32,
             pos,
             segment,
+            keys: OnceLock::new(),
+        }
+    }
+
+    /// Whether the batch may hold a key or tag hashed in `wanted`.
+    pub fn may_contain_any(&self, wanted: &[u32]) -> bool {
+        if let Some(filter) = self.keys.get() {
+            return filter.may_contain_any(wanted);
+        }
+        match KeyFilter::from_batch(&self.bytes()) {
+            Ok(filter) => {
+                let hit = filter.may_contain_any(wanted);
+                // A racing lookup may have set it first: same content.
+                let _ = self.keys.set(filter);
+                hit
+            }
+            // A batch that does not decode cannot be ruled out: the scan
+            // reports its error.
+            Err(_) => true,
         }
     }
 

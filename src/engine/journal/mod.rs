@@ -19,6 +19,7 @@
 mod ckpt;
 mod entry;
 mod index;
+mod prefill;
 mod recovery;
 mod segment;
 mod shard;
@@ -149,6 +150,7 @@ impl Log {
     pub fn stats(&self) -> serde_json::Value {
         serde_json::json!({
             "io": self.writer.io_name(),
+            "prefill": self.writer.prefill_stats(),
             "segments": self.segments.read().len(),
             "writes": self.writer.writes.load(Ordering::Relaxed),
             "fdatasyncs": self.writer.syncs.load(Ordering::Relaxed),
@@ -249,6 +251,7 @@ impl JournalEngine {
             tail,
             self.ops()?,
             self.config.direct,
+            self.config.prefill_zeros,
         )?;
         Ok(Arc::new(Log {
             config: self.config.clone(),
@@ -358,6 +361,7 @@ impl Engine for JournalEngine {
         let (end, last) = log.writer.seal();
         // Whatever happens next, the shards let go of the log.
         let shards: Vec<Arc<JournalShard>> = log.shards.lock().drain().map(|(_, s)| s).collect();
+        log.writer.stop_prefill();
         log.writer.commit(end, true)?;
         // Only now, with everything before `end` durable, may a checkpoint
         // claim to cover it. It is an optimisation: failing to write it

@@ -1,6 +1,8 @@
 //! Journal segment files: `journal/<start position, 20 digits>.log`, each
-//! preallocated to its full size and mapped read-only once, so reads are
-//! zero-copy views of the page cache and transfers can sendfile(2) from it.
+//! created at its full size (sparse: blocks are allocated, and zeroed, just
+//! ahead of the writer by `prefill`, so a small store takes little disk)
+//! and mapped read-only once, so reads are zero-copy views of the page
+//! cache and transfers can sendfile(2) from it.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -70,22 +72,6 @@ impl AsRef<[u8]> for MapSlice {
     }
 }
 
-fn preallocate(file: &File, len: u64) -> std::io::Result<()> {
-    // SAFETY: fallocate on a descriptor we own; mode 0 allocates blocks and
-    // extends the size, so appends do not pay for block allocation and a
-    // full disk shows up here rather than as a failed write later.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
-        // Filesystems without fallocate: a sparse file of the right size.
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => file.set_len(len),
-        _ => Err(error),
-    }
-}
-
 /// Waits until no direct I/O is in flight on the file, before recovery
 /// reads it.
 ///
@@ -112,9 +98,10 @@ fn wait_for_direct_io(file: &File, len: u64) {
 }
 
 impl Segment {
-    /// Creates, preallocates and maps a new segment, then fsyncs the
-    /// directory so the file's existence is durable before anything in it
-    /// is acknowledged.
+    /// Creates (at full size, sparse) and maps a new segment, then fsyncs
+    /// the directory so the file's existence is durable before anything in
+    /// it is acknowledged. The size is part of what is durable: it places
+    /// the next segment, and the directory fsync covers the inode.
     pub fn create(dir: &Path, base: u64, len: u64) -> Result<Segment> {
         let path = dir.join(file_name(base));
         let file = OpenOptions::new()
@@ -123,14 +110,16 @@ impl Segment {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io(format!("creating segment '{}'", path.display()), e))?;
-        preallocate(&file, len)
-            .map_err(|e| Error::io(format!("preallocating segment '{}'", path.display()), e))?;
+        file.set_len(len)
+            .map_err(|e| Error::io(format!("sizing segment '{}'", path.display()), e))?;
+        file.sync_all()
+            .map_err(|e| Error::io(format!("fsyncing segment '{}'", path.display()), e))?;
         sync_dir(dir)?;
         Self::map(path, base, file, len)
     }
 
     /// Opens an existing segment (recovery). A file shorter than `min_len`
-    /// (a crash between create and preallocate) is extended with zeros.
+    /// (a crash between create and sizing it) is extended with zeros.
     pub fn open(path: PathBuf, base: u64, min_len: u64) -> Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
@@ -142,7 +131,7 @@ impl Segment {
             .map_err(|e| Error::io(format!("stat '{}'", path.display()), e))?
             .len();
         if len < min_len {
-            preallocate(&file, min_len)
+            file.set_len(min_len)
                 .map_err(|e| Error::io(format!("extending '{}'", path.display()), e))?;
             len = min_len;
         }

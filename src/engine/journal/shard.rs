@@ -12,6 +12,7 @@ use super::entry::{self, Checkpoint, Kind};
 use super::index::{IndexEntry, ShardState};
 use super::Log;
 use crate::config::{Durability, EngineKind, ShardOptions};
+use crate::engine::keyfilter::{self, KeyFilter};
 use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
     ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
@@ -232,6 +233,7 @@ impl Shard for JournalShard {
         // entry CRC computed and the entry copied into the log buffer, so a
         // shard's entries enter the log in offset order.
         let encoded = format::encode_batch(records, self.options.compression, now)?;
+        let keys = KeyFilter::from_records(records);
         let record_count = encoded.record_count as u32;
         let max_timestamp = encoded.max_timestamp;
         let mut buffer = encoded.bytes;
@@ -242,7 +244,7 @@ impl Shard for JournalShard {
         let base_offset = state.next_offset;
         format::set_base_offset(&mut buffer, base_offset);
         let placed = self.enqueue(Kind::Batch, base_offset as u64, &buffer)?;
-        state.push(IndexEntry::new(
+        let batch = IndexEntry::new(
             placed.segment.clone(),
             placed.pos + entry::HEADER_LEN as u64,
             byte_len,
@@ -250,7 +252,9 @@ impl Shard for JournalShard {
             base_offset + record_count as i64 - 1,
             max_timestamp,
             record_count,
-        ));
+        );
+        let _ = batch.keys.set(keys);
+        state.push(batch);
         let dropped = state.enforce_retention(&self.options, now);
         drop(state);
 
@@ -287,7 +291,13 @@ impl Shard for JournalShard {
         self.expire_idle(now);
         let state = self.state.read();
         self.make_readable(&state)?;
-        scan::read_by_keys(state.batches.iter().map(scan_batch), keys, max_records, now)
+        let wanted: Vec<u32> = keys.iter().map(|k| keyfilter::key_hash(k)).collect();
+        let batches = state
+            .batches
+            .iter()
+            .filter(|b| b.may_contain_any(&wanted))
+            .map(scan_batch);
+        scan::read_by_keys(batches, keys, max_records, now)
     }
 
     fn read_by_tag(&self, tag: &[u8], from: i64, max_records: usize) -> Result<ReadResult> {
@@ -296,9 +306,11 @@ impl Shard for JournalShard {
         let state = self.state.read();
         state.check_range(&self.name, from)?;
         self.make_readable(&state)?;
+        let wanted = [keyfilter::tag_hash(tag)];
         let batches = state
             .batches
             .range(state.batch_index(from)..)
+            .filter(|b| b.may_contain_any(&wanted))
             .map(scan_batch);
         scan::read_by_tag(batches, tag, from, max_records, now, state.next_offset)
     }

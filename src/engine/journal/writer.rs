@@ -55,6 +55,7 @@ use std::sync::Arc;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::entry;
+use super::prefill::Prefill;
 use super::segment::{sync_dir, Segment};
 use crate::{Error, Result};
 
@@ -326,6 +327,7 @@ pub struct Writer {
     segment_bytes: u64,
     segments: SegmentMap,
     written_hint: AtomicU64,
+    prefill: Prefill,
     pub writes: AtomicU64,
     pub syncs: AtomicU64,
     pub bytes_written: AtomicU64,
@@ -334,7 +336,9 @@ pub struct Writer {
 impl Writer {
     /// A writer appending to `active` from `tail` on (everything before is
     /// already on disk), with O_DIRECT if `direct` and the filesystem
-    /// supports it.
+    /// supports it, and the space ahead prepared with zeros if
+    /// `prefill_zeros` (see `prefill`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dir: PathBuf,
         segment_bytes: u64,
@@ -343,6 +347,7 @@ impl Writer {
         tail: u64,
         ops: Arc<dyn FileOps>,
         direct: bool,
+        prefill_zeros: bool,
     ) -> Result<Writer> {
         let end = active.base + tail;
         let mut io = IoState {
@@ -359,6 +364,9 @@ impl Writer {
             }
         }
         let direct = io.direct;
+        // Zeros are written with O_DIRECT; where the filesystem refuses it
+        // (tmpfs) writing them would only fill the page cache.
+        let prefill = Prefill::start(active.clone(), tail, prefill_zeros && direct);
         Ok(Writer {
             state: Mutex::new(State {
                 runs: Vec::new(),
@@ -384,6 +392,7 @@ impl Writer {
             segment_bytes,
             segments,
             written_hint: AtomicU64::new(end),
+            prefill,
             writes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
@@ -583,6 +592,8 @@ impl Writer {
         let mut tail = io.tail.take();
         for (r, run) in runs.iter().enumerate() {
             let segment = &run.segment;
+            self.prefill
+                .before_write(segment, run.pos + run.data.len() as u64);
             let file = if io.direct {
                 io.direct_file(&*self.ops, segment)?
             } else {
@@ -697,6 +708,15 @@ impl Writer {
                 e,
             )),
         }
+    }
+
+    /// Stops preparing space ahead (at close: nothing more is appended).
+    pub fn stop_prefill(&self) {
+        self.prefill.stop();
+    }
+
+    pub fn prefill_stats(&self) -> serde_json::Value {
+        self.prefill.stats()
     }
 
     /// The active segment (never removed).
