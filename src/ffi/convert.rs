@@ -186,9 +186,8 @@ impl Drop for Records<'_> {
 /// and the field.
 ///
 /// This runs for every appended record, so the common batch (records with a
-/// key and a value only) is checked in one branch-free pass and converted in
-/// a second, without building error context. Any other batch, including
-/// every invalid one, goes record by record through [`record_arg`], which
+/// key and a value only) is checked and converted in one pass, without
+/// building error context. Any other batch, including every invalid one, goes record by record through [`record_arg`], which
 /// checks each field and names the one that failed: the same checks, only
 /// the error message needs the slow path.
 ///
@@ -199,26 +198,32 @@ pub(crate) unsafe fn records_arg<'a>(
     records: &'a [mqs_record_in],
     param: &str,
 ) -> Result<Records<'a>, FfiError> {
-    let plain = records
+    // One pass: each record is checked and converted together (its fields
+    // are read once); a record that fails the check is converted to a
+    // placeholder that borrows nothing, and the batch is then redone below.
+    let mut plain = true;
+    let converted: Vec<Record<'a>> = records
         .iter()
-        .fold(true, |all, record| all & is_plain(record));
+        .map(|record| {
+            let ok = is_plain(record);
+            plain &= ok;
+            // SAFETY: `ok` says whether `is_plain` accepted the record; the
+            // caller guarantees its slices are valid.
+            unsafe { plain_record(record, ok) }
+        })
+        .collect();
     if plain {
-        let records = records
-            .iter()
-            // SAFETY: `is_plain` checked every record; the caller guarantees
-            // the slices are valid.
-            .map(|record| unsafe { plain_record(record) })
-            .collect();
         return Ok(Records {
-            records,
+            records: converted,
             plain: true,
         });
     }
-    let mut out = Vec::with_capacity(records.len());
+    let mut out = converted;
+    out.clear();
     for (index, record) in records.iter().enumerate() {
         let converted = if is_plain(record) {
             // SAFETY: checked plain; the caller guarantees valid slices.
-            unsafe { plain_record(record) }
+            unsafe { plain_record(record, true) }
         } else {
             // SAFETY: the caller guarantees the record's slices and arrays.
             unsafe { record_arg(record, index, param) }?
@@ -246,22 +251,23 @@ fn is_plain(record: &mqs_record_in) -> bool {
         & valid_slice(&record.value)
 }
 
-/// Converts a record that [`is_plain`].
+/// Converts a record that [`is_plain`] accepted (`ok`); for one it did not,
+/// an empty record that borrows nothing (to be discarded).
 ///
 /// # Safety
-/// `is_plain(record)`, and the record's non-NULL slices point to `len`
-/// readable bytes, unmodified during `'a`.
+/// `ok` is `is_plain(record)`, and the record's non-NULL slices point to
+/// `len` readable bytes, unmodified during `'a`.
 #[inline(always)]
-unsafe fn plain_record<'a>(record: &mqs_record_in) -> Record<'a> {
-    let key = (!record.key.data.is_null()).then(|| {
+unsafe fn plain_record<'a>(record: &mqs_record_in, ok: bool) -> Record<'a> {
+    let key = (ok & !record.key.data.is_null()).then(|| {
         // SAFETY: non-NULL, valid (is_plain) and readable (caller contract).
         unsafe { std::slice::from_raw_parts(record.key.data, record.key.len) }
     });
-    let value: &[u8] = if record.value.data.is_null() {
-        &[]
-    } else {
+    let value: &[u8] = if ok & !record.value.data.is_null() {
         // SAFETY: as above.
         unsafe { std::slice::from_raw_parts(record.value.data, record.value.len) }
+    } else {
+        &[]
     };
     Record {
         key,
