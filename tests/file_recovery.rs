@@ -114,7 +114,24 @@ fn clean_reopen_uses_the_indexes_and_keeps_everything() {
     let store = open(dir.path());
     assert_eq!(engine_stat(&store, "s", "rebuilt_indexes"), 0);
     check_all(&store, "s", 0, 2000);
+    // An idle shard's close rewrites nothing (its index files still match).
+    let stamp = |p: &PathBuf| std::fs::metadata(p).unwrap().modified().unwrap();
+    let indexes = files(&sdir, "index");
+    let before: Vec<_> = indexes.iter().map(stamp).collect();
+    store.close().unwrap();
+    assert_eq!(indexes.iter().map(stamp).collect::<Vec<_>>(), before);
+    let store = open(dir.path());
     fill(&store, "s", 5);
+    check_all(&store, "s", 0, 2050);
+    store.close().unwrap();
+    let last = indexes.last().unwrap();
+    assert_ne!(
+        stamp(last),
+        *before.last().unwrap(),
+        "the active segment's index follows it"
+    );
+    let store = open(dir.path());
+    assert_eq!(engine_stat(&store, "s", "rebuilt_indexes"), 0);
     check_all(&store, "s", 0, 2050);
 }
 

@@ -155,6 +155,8 @@ pub fn open_shard(
     let bases = list_segments(&dir)?;
     let mut segments: VecDeque<SegmentMeta> = VecDeque::new();
     let mut next = i64::MIN;
+    // Whether the last segment's index files match it as it is.
+    let mut active_indexed = false;
     for (i, &base) in bases.iter().enumerate() {
         let path = dir.join(segment::log_name(base));
         if i > 0 && base != next {
@@ -170,7 +172,10 @@ pub fn open_shard(
             .len();
         let loaded = SegmentMeta::load_indexes(&dir, base, len);
         let seg = match loaded {
-            Some(seg) if clean || !last => seg,
+            Some(seg) if clean || !last => {
+                active_indexed = last;
+                seg
+            }
             _ => {
                 let scanned = scan(&dir, base)?;
                 if let Some(torn) = scanned.torn_at {
@@ -240,6 +245,7 @@ pub fn open_shard(
         file: None,
         base: active.base,
         written: active.size,
+        indexed: active_indexed.then_some(active.size),
         ..Writer::default()
     };
     let state = State::new(segments, low, next_offset);

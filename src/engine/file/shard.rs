@@ -160,6 +160,9 @@ pub struct Writer {
     pub seq: u64,
     /// Written since the last fdatasync.
     pub dirty: bool,
+    /// Length of the active segment its index files on disk describe (a
+    /// clean close need not rewrite them when nothing was appended since).
+    pub indexed: Option<u64>,
 }
 
 pub struct FileShard {
@@ -455,13 +458,24 @@ impl FileShard {
         }
         let mut w = self.writer.lock();
         self.flush_buf(&mut w)?;
+        let active = state.segments.back().expect("a shard has a segment");
+        if !w.dirty && w.reserved == 0 && w.indexed == Some(active.size) {
+            // Idle since it was opened or last closed: nothing to do, and
+            // no descriptor to open for it.
+            w.file = None;
+            self.shared.closed_file(self.id);
+            return Ok(());
+        }
         let file = self.file(&mut w)?;
-        self.sync_file(&file)?;
-        w.dirty = false;
+        if w.dirty {
+            self.sync_file(&file)?;
+            w.dirty = false;
+        }
         segment::trim(&file, w.written, w.reserved);
         w.reserved = 0;
-        if let Some(active) = state.segments.back() {
+        if w.indexed != Some(active.size) {
             active.write_indexes(&self.dir)?;
+            w.indexed = Some(active.size);
         }
         w.file = None;
         self.shared.closed_file(self.id);
@@ -621,6 +635,7 @@ impl FileShard {
         w.base = base;
         w.written = 0;
         w.reserved = self.capacity;
+        w.indexed = None;
         let mut seg = SegmentMeta::new(base);
         seg.running_max_timestamp = state
             .segments
@@ -720,6 +735,7 @@ impl FileShard {
             w.written = meta.size;
             w.reserved = 0;
             w.dirty = false;
+            w.indexed = None;
             if w.file.is_some() {
                 self.shared.opened(self.id);
             }
