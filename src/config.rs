@@ -184,6 +184,9 @@ pub struct JournalConfig {
     /// commit (about twice as fast on ext4); costs writing every byte
     /// twice. When false, the space ahead is only fallocated.
     pub prefill_zeros: bool,
+    /// The newest this many segments are read through their mapping;
+    /// older ones with pread and read-ahead (at least 1).
+    pub hot_segments: u32,
 }
 
 impl Default for JournalConfig {
@@ -195,6 +198,7 @@ impl Default for JournalConfig {
             io: IoMode::default(),
             direct: true,
             prefill_zeros: true,
+            hot_segments: 3,
         }
     }
 }
@@ -308,6 +312,7 @@ struct JournalSection {
     io: Option<IoMode>,
     direct: Option<bool>,
     prefill_zeros: Option<bool>,
+    hot_segments: Option<u32>,
 }
 
 /// Journal segments hold positions as u32 file offsets in places.
@@ -422,7 +427,7 @@ impl Config {
     /// (engine, durability, compression, segment_bytes, retention_ms,
     /// retention_bytes, retention_records); `[journal]` segment_bytes,
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
-    /// (`auto`, `uring` or `pwrite`), direct (bool), prefill_zeros (bool).
+    /// (`auto`, `uring` or `pwrite`), direct (bool), prefill_zeros (bool), hot_segments (≥ 1).
     pub fn from_toml_str(text: &str) -> Result<Config> {
         let file: ConfigFile = parse_toml(text, "store configuration")?;
         let mut config = match file.preset {
@@ -480,6 +485,15 @@ impl Config {
             }
             if let Some(prefill) = journal.prefill_zeros {
                 config.journal.prefill_zeros = prefill;
+            }
+            if let Some(hot) = journal.hot_segments {
+                if hot == 0 {
+                    return Err(Error::InvalidConfig(
+                        "journal.hot_segments: must be at least 1 (the segment being written is always hot)"
+                            .into(),
+                    ));
+                }
+                config.journal.hot_segments = hot;
             }
         }
         if let Some(file) = file.file {

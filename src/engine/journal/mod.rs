@@ -17,6 +17,7 @@
 //! active one first).
 
 mod ckpt;
+mod cold;
 mod entry;
 mod index;
 mod prefill;
@@ -67,6 +68,9 @@ pub(crate) struct Log {
     next_id: AtomicU64,
     reclaim: Mutex<()>,
     removed_segments: AtomicU64,
+    /// Cold reads (pread) and the bytes they fetched.
+    cold_reads: AtomicU64,
+    cold_read_bytes: AtomicU64,
     recovered_entries: u64,
     truncated_bytes: u64,
     skipped_bytes: u64,
@@ -138,6 +142,14 @@ impl Log {
         }
     }
 
+    /// The start of the oldest hot segment: the newest `hot_segments` are
+    /// read through their mapping, older ones with pread (see `cold`).
+    pub fn hot_from(&self) -> u64 {
+        let map = self.segments.read();
+        let hot = self.config.hot_segments.max(1) as usize;
+        map.keys().rev().nth(hot - 1).copied().unwrap_or(0)
+    }
+
     /// Drops `name` from the registry if it is still the shard `id` (a
     /// shard of the same name may have been created meanwhile).
     fn unregister(&self, name: &str, id: u64) {
@@ -156,6 +168,9 @@ impl Log {
             "fdatasyncs": self.writer.syncs.load(Ordering::Relaxed),
             "bytes_written": self.writer.bytes_written.load(Ordering::Relaxed),
             "removed_segments": self.removed_segments.load(Ordering::Relaxed),
+            "hot_segments": self.config.hot_segments,
+            "cold_reads": self.cold_reads.load(Ordering::Relaxed),
+            "cold_read_bytes": self.cold_read_bytes.load(Ordering::Relaxed),
             "recovered_entries": self.recovered_entries,
             "truncated_bytes": self.truncated_bytes,
             "skipped_bytes": self.skipped_bytes,
@@ -263,6 +278,8 @@ impl JournalEngine {
             next_id: AtomicU64::new(next_id),
             reclaim: Mutex::new(()),
             removed_segments: AtomicU64::new(0),
+            cold_reads: AtomicU64::new(0),
+            cold_read_bytes: AtomicU64::new(0),
             recovered_entries: counts.0,
             truncated_bytes: counts.1,
             skipped_bytes: counts.2,

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
+use super::cold::BatchReader;
 use super::entry::{self, Checkpoint, Kind};
 use super::index::{IndexEntry, ShardState};
 use super::Log;
 use crate::config::{Durability, EngineKind, ShardOptions};
 use crate::engine::keyfilter::{self, KeyFilter};
-use crate::engine::scan::{self, ScanBatch};
+use crate::engine::scan;
 use crate::engine::{
     ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
 };
@@ -48,14 +49,6 @@ pub fn options_toml(options: &ShardOptions) -> String {
         options.retention_bytes,
         options.retention_records
     )
-}
-
-fn scan_batch(batch: &IndexEntry) -> ScanBatch {
-    ScanBatch {
-        bytes: batch.bytes(),
-        last_offset: batch.last_offset,
-        max_timestamp: batch.max_timestamp,
-    }
 }
 
 impl JournalShard {
@@ -275,11 +268,13 @@ impl Shard for JournalShard {
         let state = self.state.read();
         state.check_range(&self.name, from)?;
         self.make_readable(&state)?;
+        let mut reader = BatchReader::new(&self.log);
         let batches = state
             .batches
             .range(state.batch_index(from)..)
-            .map(scan_batch);
-        let result = scan::read(batches, from, limits, now, state.next_offset)?;
+            .map_while(|b| reader.scan_batch(b));
+        let result = scan::read(batches, from, limits, now, state.next_offset);
+        let result = reader.finish(result)?;
         drop(state);
         self.read_records
             .fetch_add(result.records.len() as u64, Ordering::Relaxed);
@@ -292,12 +287,14 @@ impl Shard for JournalShard {
         let state = self.state.read();
         self.make_readable(&state)?;
         let wanted: Vec<u32> = keys.iter().map(|k| keyfilter::key_hash(k)).collect();
+        let mut reader = BatchReader::new(&self.log);
         let batches = state
             .batches
             .iter()
             .filter(|b| b.may_contain_any(&wanted))
-            .map(scan_batch);
-        scan::read_by_keys(batches, keys, max_records, now)
+            .map_while(|b| reader.scan_batch(b));
+        let result = scan::read_by_keys(batches, keys, max_records, now);
+        reader.finish(result)
     }
 
     fn read_by_tag(&self, tag: &[u8], from: i64, max_records: usize) -> Result<ReadResult> {
@@ -307,12 +304,14 @@ impl Shard for JournalShard {
         state.check_range(&self.name, from)?;
         self.make_readable(&state)?;
         let wanted = [keyfilter::tag_hash(tag)];
+        let mut reader = BatchReader::new(&self.log);
         let batches = state
             .batches
             .range(state.batch_index(from)..)
             .filter(|b| b.may_contain_any(&wanted))
-            .map(scan_batch);
-        scan::read_by_tag(batches, tag, from, max_records, now, state.next_offset)
+            .map_while(|b| reader.scan_batch(b));
+        let result = scan::read_by_tag(batches, tag, from, max_records, now, state.next_offset);
+        reader.finish(result)
     }
 
     fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
@@ -327,7 +326,13 @@ impl Shard for JournalShard {
         let start = state
             .batches
             .partition_point(|b| b.running_max_timestamp < timestamp_ms);
-        scan::offset_for_timestamp(state.batches.range(start..).map(scan_batch), timestamp_ms)
+        let mut reader = BatchReader::new(&self.log);
+        let batches = state
+            .batches
+            .range(start..)
+            .map_while(|b| reader.scan_batch(b));
+        let result = scan::offset_for_timestamp(batches, timestamp_ms);
+        reader.finish(result)
     }
 
     fn delete_records_before(&self, offset: i64) -> Result<i64> {
