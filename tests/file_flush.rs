@@ -13,6 +13,20 @@ fn flusher_threads() -> usize {
         .count()
 }
 
+/// Waits (bounded) until `flusher_threads()` is `n`: a thread names itself
+/// after it starts, and its /proc entry goes just after it is joined.
+fn expect_flushers(n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while flusher_threads() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} flusher threads, expected {n}",
+            flusher_threads()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 fn open(dir: &std::path::Path, durability: &str, file: &str) -> Store {
     let toml = format!("[shard]\nengine = \"file\"\ndurability = \"{durability}\"\n[file]\n{file}");
     Store::open(dir, Config::from_toml_str(&toml).unwrap()).unwrap()
@@ -82,7 +96,7 @@ fn flush_policies_and_the_flusher_thread() {
     assert_eq!(flusher_threads(), 0, "no shard yet, no thread");
     store.create_shard("a", None).unwrap();
     store.create_shard("b", None).unwrap();
-    assert_eq!(flusher_threads(), 1);
+    expect_flushers(1);
     store.append("a", &Record::new(b"later")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -94,5 +108,5 @@ fn flush_policies_and_the_flusher_thread() {
         std::thread::sleep(Duration::from_millis(1));
     }
     store.close().unwrap();
-    assert_eq!(flusher_threads(), 0, "close stops the thread");
+    expect_flushers(0);
 }
