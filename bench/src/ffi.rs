@@ -55,6 +55,13 @@ fn extension_build(extension: &Path, target: &Path) -> &'static str {
             return profile;
         }
     }
+    // Built in another target directory (the tree is shared, and any
+    // `make test-python` installs a debug build): debug builds carry
+    // rustc's overflow-check panic messages, release builds do not.
+    let marker: &[u8] = b"attempt to add with overflow";
+    if installed.windows(marker.len()).any(|w| w == marker) {
+        return "debug";
+    }
     "unknown"
 }
 
@@ -261,10 +268,9 @@ fn python_driver(drivers: &Drivers) -> Result<Driver, Unavailable> {
     let build = extension_build(&extension, &drivers.target);
     if build == "debug" {
         return Err(Unavailable::Absent(format!(
-            "the installed extension {} is a debug build (identical to {}/debug/lib_mqstore.so); \
+            "the installed extension {} is a debug build (overflow checks compiled in); \
              install the release build with `make python-release`",
-            extension.display(),
-            drivers.target.display()
+            extension.display()
         )));
     }
     Ok(Driver {
@@ -322,7 +328,7 @@ pub fn run(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results) {
         ),
     ];
     let count = slots.len();
-    for round in 0..plan.reps {
+    for round in 0..plan.ffi_rounds {
         for i in 0..count {
             let slot = &mut slots[(i + round) % count].1;
             let Ok((driver, samples, report)) = slot else {
@@ -343,12 +349,32 @@ pub fn run(base: &Path, plan: &Plan, drivers: &Drivers, results: &mut Results) {
             }
         }
     }
+    // The Rust samples, round by round, for paired ratios: within a round
+    // the drivers ran seconds apart, so a ratio per round cancels most of
+    // the machine's drift.
+    let rust_samples: Option<Vec<f64>> = match &slots[0].1 {
+        Ok((_, samples, _)) => Some(samples.clone()),
+        Err(_) => None,
+    };
     for (metric, slot) in slots {
         match slot {
             Ok((driver, samples, report)) => {
                 let mut report = report.unwrap_or_else(|| json!({}));
-                report["samples"] = json!(samples);
                 let mut extra = common_params(plan);
+                if let Some(rust) = rust_samples.as_ref().filter(|_| metric != RUST_METRIC) {
+                    let ratios: Vec<f64> = samples
+                        .iter()
+                        .zip(rust)
+                        .filter(|(_, r)| **r > 0.0)
+                        .map(|(s, r)| s / r)
+                        .collect();
+                    if !ratios.is_empty() {
+                        extra["ratio_to_rust_per_round"] = json!(ratios);
+                        extra["ratio_to_rust_median_of_rounds"] =
+                            json!(Stats::new(ratios).median());
+                    }
+                }
+                report["samples"] = json!(samples);
                 if let (Value::Object(extra), Value::Object(own)) = (&mut extra, driver.params) {
                     extra.extend(own);
                 }

@@ -32,6 +32,8 @@ pub struct Plan {
     pub quick: bool,
     /// Repetitions of each headline metric (the median is reported).
     pub reps: usize,
+    /// Rounds of the FFI comparison (one rep of each driver per round).
+    pub ffi_rounds: usize,
     /// Repetitions of each point of the append matrix.
     pub matrix_reps: usize,
     pub matrix_secs: f64,
@@ -62,6 +64,7 @@ impl Plan {
         Plan {
             quick: false,
             reps: 5,
+            ffi_rounds: 7,
             matrix_reps: 3,
             matrix_secs: 1.0,
             headline_secs: 2.0,
@@ -85,6 +88,7 @@ impl Plan {
         Plan {
             quick: true,
             reps: 3,
+            ffi_rounds: 5,
             matrix_reps: 1,
             matrix_secs: 0.2,
             headline_secs: 0.5,
@@ -106,7 +110,7 @@ impl Plan {
 
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({
-            "reps": self.reps, "matrix_reps": self.matrix_reps, "matrix_secs": self.matrix_secs,
+            "reps": self.reps, "ffi_rounds": self.ffi_rounds, "matrix_reps": self.matrix_reps, "matrix_secs": self.matrix_secs,
             "headline_secs": self.headline_secs, "latency_secs": self.latency_secs,
             "offered_load": self.offered_load, "many_shard_budget": self.many_shard_budget,
             "read_bytes": self.read_bytes, "many_shards": self.many_shards,
@@ -544,7 +548,22 @@ fn main() {
     let mut results = Results::new(plan.quick);
     let wants = |section: &str| args.only.iter().any(|s| s == section);
     if wants("raw") {
-        raw::run(base.path(), &plan, &mut results);
+        if args.isolated {
+            raw::run(base.path(), &plan, &mut results);
+        } else {
+            // In a child too: the raw baselines touch hundreds of MiB, and
+            // a process spawned later starts its peak RSS at its parent's
+            // (exec records the old address space's high-water mark), which
+            // would put a floor under every workload group's figure.
+            let run = run_child(base.path(), &args, "raw", "all");
+            match run.outcome {
+                Ok(metrics) => results.extend(metrics),
+                Err(error) => {
+                    eprintln!("bench: raw baselines: {error}");
+                    results.failed("raw.memcpy_gbps", "GB/s", &error);
+                }
+            }
+        }
     }
     if wants("memory") {
         if args.isolated {
