@@ -224,3 +224,83 @@ fn recovery_of_an_empty_journal_directory() {
     assert_eq!(shard.append(&[Record::new(b"x")]).unwrap(), 0);
     engine.close().unwrap();
 }
+
+/// fdatasync blocks while the gate is closed, after announcing itself.
+#[derive(Default)]
+struct Gated {
+    closed: parking_lot::Mutex<bool>,
+    opened: parking_lot::Condvar,
+    entered: parking_lot::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+impl FileOps for Gated {
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        let mut closed = self.closed.lock();
+        if *closed {
+            if let Some(tx) = self.entered.lock().take() {
+                tx.send(()).unwrap();
+            }
+            while *closed {
+                self.opened.wait(&mut closed);
+            }
+        }
+        drop(closed);
+        file.sync_data()
+    }
+}
+
+impl Gated {
+    fn open(&self) {
+        *self.closed.lock() = false;
+        self.opened.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so a failed assertion cannot leave a
+/// thread blocked at it (and the test hanging instead of failing).
+struct OpenOnDrop<'a>(&'a Gated);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// While one leader's fdatasync is in flight (its write phase over, so the
+/// next leader may write), a waiter for data that flush covers must wait
+/// for it, not lead a flush of its own: the segments are no longer in the
+/// dirty set, and an empty flush would report durability too early.
+#[test]
+fn a_flush_in_flight_is_waited_for_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = Arc::new(Gated::default());
+    let engine = JournalEngine::with_ops(dir.path(), config(), gated.clone());
+    let shard = engine
+        .create_shard("s", &options(Durability::Fsync))
+        .unwrap();
+    let log = engine.log.lock().clone().unwrap();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    *gated.entered.lock() = Some(entered_tx);
+    *gated.closed.lock() = true;
+    std::thread::scope(|scope| {
+        let gate = OpenOnDrop(&gated);
+        let appender = scope.spawn(|| shard.append(&[Record::new(b"durable?")]));
+        entered.recv().unwrap();
+        // The appender's write is done and its flush is held at the gate.
+        let end = log.writer.written();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let waiter = scope.spawn(move || {
+            let result = log.writer.commit(end, true);
+            done_tx.send(()).unwrap();
+            result
+        });
+        assert_eq!(
+            done.recv_timeout(std::time::Duration::from_millis(200)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+            "commit returned while the flush covering its data was held"
+        );
+        drop(gate);
+        assert_eq!(appender.join().unwrap().unwrap(), 0);
+        waiter.join().unwrap().unwrap();
+    });
+}

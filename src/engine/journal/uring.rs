@@ -5,9 +5,12 @@
 //! it) in one io_uring_enter, instead of one pwrite and one fdatasync
 //! syscall each.
 //!
-//! One ring per journal, behind a mutex; only the group-commit leader
-//! submits, so the mutex is uncontended. The caller waits for every
-//! completion before returning, so buffers outlive their requests.
+//! Two rings per journal, each behind a mutex: one for the leader's writes
+//! (and the write + fdatasync chains of buffered mode), one for the
+//! fdatasync-only submissions of O_DIRECT mode's sync phase, so a leader
+//! waiting for a device flush does not hold up the next leader's writes.
+//! The caller waits for every completion before returning, so buffers
+//! outlive their requests.
 
 use std::fs::File;
 use std::io;
@@ -28,6 +31,7 @@ const MAX_WRITE: usize = 1 << 30;
 
 pub struct UringOps {
     ring: Mutex<IoUring>,
+    sync_ring: Mutex<IoUring>,
     /// Test hook: 1 makes writes, 2 makes fdatasyncs target an invalid
     /// descriptor, so the kernel fails them (EBADF) through the ring.
     #[cfg(test)]
@@ -54,6 +58,15 @@ impl UringOps {
     /// sandbox may refuse io_uring_setup with ENOSYS or EPERM, or block
     /// io_uring_enter).
     pub fn new() -> io::Result<UringOps> {
+        Ok(UringOps {
+            ring: Mutex::new(Self::checked_ring()?),
+            sync_ring: Mutex::new(Self::checked_ring()?),
+            #[cfg(test)]
+            fault: std::sync::atomic::AtomicU8::new(0),
+        })
+    }
+
+    fn checked_ring() -> io::Result<IoUring> {
         let mut ring = IoUring::new(ENTRIES)?;
         let nop = opcode::Nop::new().build().user_data(0);
         // SAFETY: a NOP references no memory.
@@ -67,11 +80,7 @@ impl UringOps {
         if cqe.result() < 0 {
             return Err(io::Error::from_raw_os_error(-cqe.result()));
         }
-        Ok(UringOps {
-            ring: Mutex::new(ring),
-            #[cfg(test)]
-            fault: std::sync::atomic::AtomicU8::new(0),
-        })
+        Ok(ring)
     }
 
     /// Runs `ops` in order as linked chains; a short write is continued
@@ -210,7 +219,11 @@ impl FileOps for UringOps {
                 fd: bad(file.as_raw_fd(), 2),
             });
         }
-        let mut ring = self.ring.lock();
-        self.run(&mut ring, ops)
+        let ring = if writes.is_empty() {
+            &self.sync_ring
+        } else {
+            &self.ring
+        };
+        self.run(&mut ring.lock(), ops)
     }
 }

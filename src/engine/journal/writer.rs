@@ -9,7 +9,10 @@
 //! leader, takes the whole buffer, writes it (one pwrite per segment run)
 //! and, if anyone asked for it, issues one fdatasync per dirty segment;
 //! everyone who enqueued meanwhile waits on the condvar and is served by the
-//! next leader in one write and one fdatasync. Leader/follower keeps the
+//! next leader in one write and one fdatasync. With O_DIRECT the fdatasync
+//! is a phase of its own (`sync_after_write`): the write phase is released
+//! first, so the next group's write overlaps this group's device flush.
+//! Leader/follower keeps the
 //! latency of a lone appender at one write + one fsync (no hand-off to a
 //! thread), while throughput grows with concurrency, as each fsync covers
 //! every entry that arrived during the previous one.
@@ -52,7 +55,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use super::entry;
 use super::prefill::Prefill;
@@ -285,6 +288,10 @@ struct State {
     synced: u64,
     /// The highest position an fsync waiter needs synced.
     sync_wanted: u64,
+    /// The highest target of an fdatasync started in a sync phase
+    /// (`sync_after_write`): everything before it is covered by a flush
+    /// that is in flight or done.
+    sync_started: u64,
     /// A leader is doing I/O (without the lock).
     writing: bool,
     /// Segments written to since the last fdatasync.
@@ -377,6 +384,7 @@ impl Writer {
                 written: end,
                 synced: end,
                 sync_wanted: 0,
+                sync_started: 0,
                 writing: false,
                 dirty: Vec::new(),
                 poisoned: None,
@@ -530,6 +538,13 @@ impl Writer {
             }
             if sync {
                 st.sync_wanted = st.sync_wanted.max(end);
+                if st.sync_started >= end {
+                    // A flush in flight covers this entry; leading another
+                    // would find its segments already taken from `dirty`
+                    // and could report durability before that flush ends.
+                    self.cond.wait(&mut st);
+                    continue;
+                }
             }
             if st.writing {
                 self.cond.wait(&mut st);
@@ -539,8 +554,15 @@ impl Writer {
             let runs = std::mem::take(&mut st.runs);
             let target = st.end;
             let do_sync = st.sync_wanted > st.synced;
+            // With O_DIRECT, the fdatasync runs after the write phase is
+            // released, so the next leader writes while this one waits for
+            // the device flush (see `sync_after_write`). Through the page
+            // cache it stays inside the write phase: two overlapping
+            // fdatasyncs of buffered data could let one report success for
+            // pages whose writeback error the other consumed.
+            let overlap = self.direct.load(Ordering::Relaxed);
             let mut to_sync = Vec::new();
-            if do_sync {
+            if do_sync && !overlap {
                 to_sync = std::mem::take(&mut st.dirty);
                 for run in &runs {
                     if !to_sync.iter().any(|s| Arc::ptr_eq(s, &run.segment)) {
@@ -560,7 +582,7 @@ impl Writer {
                 Ok(()) => {
                     st.written = target;
                     self.written_hint.store(target, Ordering::Release);
-                    if do_sync {
+                    if do_sync && !overlap {
                         st.synced = target;
                     } else {
                         for run in &runs {
@@ -581,6 +603,50 @@ impl Writer {
                 }
             }
             self.cond.notify_all();
+            if do_sync && overlap && st.poisoned.is_none() {
+                self.sync_after_write(&mut st, target);
+            }
+        }
+    }
+
+    /// The sync phase of a leader whose write phase is over (O_DIRECT
+    /// only): fdatasyncs every dirty segment without holding the write
+    /// phase, so the next group's write overlaps this device flush — group
+    /// commit then pays max(write, flush) per group instead of their sum.
+    ///
+    /// Why `synced` may only grow to `target`, and why an overlapping
+    /// flush that finishes first may cover this one's data: every byte
+    /// before `target` was written (the O_DIRECT write completed) before
+    /// this fdatasync started, and any fdatasync started later flushes the
+    /// device cache after those writes too. A failure still poisons the
+    /// journal, whatever another flush reported.
+    fn sync_after_write(&self, st: &mut MutexGuard<'_, State>, target: u64) {
+        let to_sync = std::mem::take(&mut st.dirty);
+        st.sync_started = st.sync_started.max(target);
+        let result = MutexGuard::unlocked(st, || self.do_sync(&to_sync));
+        match result {
+            Ok(()) => st.synced = st.synced.max(target),
+            Err(e) => {
+                // The flush may have covered nothing: put the segments back
+                // for whoever looks at `dirty` (nobody, once poisoned).
+                st.dirty.extend(to_sync);
+                st.poisoned.get_or_insert(e.to_string());
+            }
+        }
+        self.cond.notify_all();
+    }
+
+    fn do_sync(&self, to_sync: &[Arc<Segment>]) -> Result<()> {
+        let syncs: Vec<&File> = to_sync.iter().map(|s| &*s.file).collect();
+        match self.ops.submit(&[], &syncs) {
+            Ok(()) => {
+                self.syncs.fetch_add(syncs.len() as u64, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(IoFailure::Sync(i, e)) | Err(IoFailure::Write(i, e)) => Err(Error::io(
+                format!("fdatasync of '{}'", to_sync[i].path.display()),
+                e,
+            )),
         }
     }
 
