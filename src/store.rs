@@ -2,7 +2,7 @@
 //! chosen when it was created, validates every request once (so engines get
 //! well-formed input), and keeps consumer-group offsets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -39,6 +39,8 @@ pub struct Store {
     config: Config,
     engines: HashMap<EngineKind, Arc<dyn Engine>>,
     shards: RwLock<HashMap<String, Arc<dyn Shard>>>,
+    /// Names whose creation is in progress outside the `shards` lock.
+    creating: Mutex<HashSet<String>>,
     /// (group, shard) → (committed offset, whether the shard is persistent).
     /// Offsets of persistent (journal) shards are saved in `groups.json`.
     group_offsets: Mutex<BTreeMap<(String, String), (i64, bool)>>,
@@ -206,6 +208,7 @@ impl Store {
             config,
             engines,
             shards: RwLock::new(shards),
+            creating: Mutex::new(HashSet::new()),
             group_offsets: Mutex::new(group_offsets),
             closed: AtomicBool::new(false),
             lock_file: Mutex::new(Some(lock_file)),
@@ -291,11 +294,20 @@ impl Store {
             .get(&options.engine)
             .cloned()
             .map_or_else(|| build_engine(options.engine, &self.dir, &self.config), Ok)?;
-        let mut shards = self.shards.write();
-        if shards.contains_key(name) {
-            return Err(Error::ShardExists(name.to_string()));
+        {
+            let shards = self.shards.write();
+            if shards.contains_key(name) || !self.creating.lock().insert(name.to_string()) {
+                return Err(Error::ShardExists(name.to_string()));
+            }
         }
-        let shard = engine.create_shard(name, &options)?;
+        // The engine may wait for the shard's catalogue record to be
+        // durable (one fdatasync for journal shards): the store-wide lock
+        // is not held meanwhile, so appends and reads of other shards go
+        // on, and concurrent creations share one flush.
+        let created = engine.create_shard(name, &options);
+        let mut shards = self.shards.write();
+        self.creating.lock().remove(name);
+        let shard = created?;
         let info = shard.info();
         shards.insert(name.to_string(), shard);
         Ok(info)

@@ -596,3 +596,43 @@ fn cold_segments_are_read_with_pread_and_match_the_mapped_reads() {
     assert_eq!(err.status(), Status::InvalidConfig);
     assert!(err.to_string().contains("hot_segments"), "{err}");
 }
+
+#[test]
+fn concurrent_creations_race_cleanly_and_all_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config::from_toml_str("[journal]\nsegment_bytes = 65536\n").unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    let winners: usize = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| store.create_shard("same", None)))
+            .collect();
+        let makers: Vec<_> = (0..4)
+            .map(|t| {
+                let store = &store;
+                scope.spawn(move || {
+                    for i in 0..25 {
+                        store.create_shard(&format!("t{t}-{i}"), None).unwrap();
+                    }
+                })
+            })
+            .collect();
+        makers.into_iter().for_each(|m| m.join().unwrap());
+        racers
+            .into_iter()
+            .map(|r| match r.join().unwrap() {
+                Ok(_) => 1,
+                Err(e) => {
+                    assert_eq!(e.status(), Status::ShardExists, "{e}");
+                    0
+                }
+            })
+            .sum()
+    });
+    assert_eq!(winners, 1);
+    assert_eq!(store.list_shards().unwrap().len(), 101);
+    store.append("same", &Record::new(b"x")).unwrap();
+    drop(store);
+    let store = Store::open(dir.path(), config()).unwrap();
+    assert_eq!(store.list_shards().unwrap().len(), 101);
+    assert_eq!(store.shard_info("same").unwrap().next_offset, 1);
+}
