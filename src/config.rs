@@ -187,6 +187,9 @@ pub struct JournalConfig {
     /// The newest this many segments are read through their mapping;
     /// older ones with pread and read-ahead (at least 1).
     pub hot_segments: u32,
+    /// Write an index checkpoint each time the journal grows by this much,
+    /// bounding the replay after a crash; 0 = only at clean close.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for JournalConfig {
@@ -199,6 +202,7 @@ impl Default for JournalConfig {
             direct: true,
             prefill_zeros: true,
             hot_segments: 3,
+            checkpoint_bytes: 1 << 30,
         }
     }
 }
@@ -313,6 +317,7 @@ struct JournalSection {
     direct: Option<bool>,
     prefill_zeros: Option<bool>,
     hot_segments: Option<u32>,
+    checkpoint_bytes: Option<u64>,
 }
 
 /// Journal segments hold positions as u32 file offsets in places.
@@ -427,7 +432,8 @@ impl Config {
     /// (engine, durability, compression, segment_bytes, retention_ms,
     /// retention_bytes, retention_records); `[journal]` segment_bytes,
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
-    /// (`auto`, `uring` or `pwrite`), direct (bool), prefill_zeros (bool), hot_segments (≥ 1).
+    /// (`auto`, `uring` or `pwrite`), direct (bool), prefill_zeros (bool), hot_segments (≥ 1),
+    /// checkpoint_bytes (0 = at clean close only).
     pub fn from_toml_str(text: &str) -> Result<Config> {
         let file: ConfigFile = parse_toml(text, "store configuration")?;
         let mut config = match file.preset {
@@ -494,6 +500,9 @@ impl Config {
                     ));
                 }
                 config.journal.hot_segments = hot;
+            }
+            if let Some(bytes) = journal.checkpoint_bytes {
+                config.journal.checkpoint_bytes = bytes;
             }
         }
         if let Some(file) = file.file {

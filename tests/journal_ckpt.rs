@@ -191,7 +191,7 @@ fn a_damaged_checkpoint_is_ignored_and_removed() {
         ("truncated", Box::new(|d| d.truncate(d.len() - 9))),
         ("header only", Box::new(|d| d.truncate(32))),
         ("empty", Box::new(|d| d.clear())),
-        ("the previous version", Box::new(|d| d[4] = 1)),
+        ("an older version", Box::new(|d| d[4] = 1)),
         ("bad magic", Box::new(|d| d[0] = b'X')),
     ];
     for (what, damage) in damages {
@@ -362,4 +362,59 @@ fn removing_a_segment_after_reopen_removes_the_checkpoint_first() {
     assert!(used_checkpoint(&store));
     assert_eq!(replayed(&store), 0);
     assert_eq!(snapshot(&store), expected);
+}
+
+/// Waits until the store's checkpointer has written `n` checkpoints.
+fn wait_for_checkpoints(store: &Store, n: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while journal_stats(store)["checkpoints_written"]
+        .as_u64()
+        .unwrap()
+        < n
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint: {}",
+            journal_stats(store)
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn periodic_checkpoints_bound_the_replay_after_a_crash() {
+    let config = || {
+        Config::from_toml_str(
+            "[shard]\nengine = \"journal\"\ndurability = \"os\"\n\
+             [journal]\nsegment_bytes = 65536\ncheckpoint_bytes = 131072\n",
+        )
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config()).unwrap();
+    populate(&store, 0);
+    wait_for_checkpoints(&store, 1);
+    // Appends, deletes, rewrites and a new shard after it, while the
+    // checkpointer may run again.
+    populate(&store, 1);
+    store.create_shard("late", None).unwrap();
+    store.append("late", &Record::new(b"after")).unwrap();
+    let before = snapshot(&store);
+    // A crash image: the files as they are, no clean close.
+    let image = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), image.path());
+    let full = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), full.path());
+    std::fs::remove_file(ckpt_path(full.path())).unwrap();
+    drop(store);
+
+    let recovered = Store::open(image.path(), config()).unwrap();
+    assert!(used_checkpoint(&recovered));
+    assert_eq!(snapshot(&recovered), before);
+    let replayed_with = replayed(&recovered);
+    let replayed_all = replayed(&Store::open(full.path(), config()).unwrap());
+    assert!(
+        replayed_with * 2 < replayed_all,
+        "replayed {replayed_with} of {replayed_all} entries"
+    );
 }

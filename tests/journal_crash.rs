@@ -28,8 +28,12 @@ fn crash_config(io: &str) -> Config {
         "uring-buffered" => "io = \"uring\"\ndirect = false\n",
         other => panic!("unknown {IO_ENV} {other}"),
     };
+    // Small segments and frequent periodic checkpoints: kills land during
+    // segment rolls and checkpoint writes, and reopen replays from a
+    // checkpoint of the running journal most of the time.
     Config::from_toml_str(&format!(
-        "[shard]\nengine = \"journal\"\ndurability = \"fsync\"\n[journal]\nsegment_bytes = 131072\n{keys}"
+        "[shard]\nengine = \"journal\"\ndurability = \"fsync\"\n[journal]\nsegment_bytes = 131072\n\
+         checkpoint_bytes = 16384\n{keys}"
     ))
     .unwrap()
 }
@@ -124,6 +128,8 @@ fn kill_9_cycles(io: &str) {
     // shard -> offset -> value, every acknowledged record so far.
     let mut acked: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
     let mut total_acks = 0usize;
+    let mut clean_ckpt: Option<Vec<u8>> = None;
+    let mut from_periodic = 0usize;
     for cycle in 0..cycles {
         let mut child = Command::new(&exe)
             .args([
@@ -187,6 +193,10 @@ fn kill_9_cycles(io: &str) {
         }
         total_acks += seen;
 
+        // A checkpoint other than the one the last clean close left was
+        // written by the child's checkpointer while it appended.
+        let ckpt_file = dir.path().join("journal").join("index.ckpt");
+        let periodic = std::fs::read(&ckpt_file).ok() != clean_ckpt;
         let store = Store::open(dir.path(), crash_config(io)).unwrap();
         if let Some((shard, _)) = acked.iter().next() {
             let stats = store.shard_stats(shard).unwrap();
@@ -231,15 +241,25 @@ fn kill_9_cycles(io: &str) {
                 );
             }
         }
+        let shard = store.list_shards().unwrap()[0].clone();
+        let journal = &store.shard_stats(&shard).unwrap()["engine_stats"]["journal"];
+        if periodic && journal["checkpoint_used"] == true {
+            from_periodic += 1;
+        }
         store.close().unwrap();
+        clean_ckpt = std::fs::read(&ckpt_file).ok();
     }
+    assert!(
+        from_periodic > 0,
+        "{io}: no reopen replayed from a periodic checkpoint in {cycles} cycles"
+    );
     let mut segments: Vec<String> = std::fs::read_dir(dir.path().join("journal"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     segments.sort();
     eprintln!(
-        "{io}: {cycles} kill -9 cycles, {total_acks} acknowledged batches verified; \
-         segments left: {segments:?}"
+        "{io}: {cycles} kill -9 cycles, {total_acks} acknowledged batches verified, \
+         {from_periodic} reopens from a periodic checkpoint; segments left: {segments:?}"
     );
 }

@@ -4,7 +4,17 @@
 //! The layout is documented in docs/FORMAT.md ("Index checkpoint").
 //!
 //! Written on a clean close, after the final fdatasync and with the writer
-//! sealed, so it only ever covers durable entries. Everything up to its end
+//! sealed, and periodically while the journal grows (`[journal]
+//! checkpoint_bytes`, see `Log::checkpoint`), so that the replay after a
+//! crash is bounded by that distance rather than by the journal's size.
+//! A periodic checkpoint cannot stop the log: each shard is snapshotted
+//! under its own lock together with the log's end at that moment (its
+//! *covered* position: every entry of the shard before it is in the
+//! snapshot, none after), replay starts at the smallest covered position
+//! (the checkpoint's end) and skips a shard's entries below its own
+//! covered position. Everything below the largest covered position is
+//! fdatasynced before the file is written, so it only covers durable
+//! entries too. Everything up to its end
 //! position stays valid afterwards: the journal is append-only, and
 //! recovery only ever zeroes a torn tail, which lies beyond durable data and
 //! so beyond the checkpoint. What it must never survive is the removal of a
@@ -24,6 +34,7 @@ use super::index::{IndexEntry, ShardState};
 use super::recovery::RecoveredShard;
 use super::segment::{sync_dir, Segment};
 use super::shard::{options_toml, JournalShard};
+use super::writer::Writer;
 use crate::config::Config;
 use crate::engine::keyfilter::KeyFilter;
 use crate::{Error, Result};
@@ -32,9 +43,9 @@ pub const FILE_NAME: &str = "index.ckpt";
 const TEMP_NAME: &str = "index.ckpt.tmp";
 /// "MQJI" read as a little-endian u32.
 const MAGIC: u32 = u32::from_le_bytes(*b"MQJI");
-/// Version 2 added each batch's key filter; a version-1 file is ignored
-/// (the journal is replayed and the filters computed on demand).
-const VERSION: u32 = 2;
+/// Version 2 added each batch's key filter, version 3 each shard's covered
+/// position; an older file is ignored (the journal is replayed).
+const VERSION: u32 = 3;
 /// Key filter count of a batch whose filter was never computed.
 const NO_FILTER: u32 = u32::MAX;
 const FILE_HEADER_LEN: usize = 32;
@@ -47,15 +58,19 @@ pub fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
 }
 
-/// Serializes the checkpoint body for journal end `end`. The caller sealed
-/// the writer and synced everything before `end`, so every state change
-/// the shards show is logged at or before `end`.
+/// Serializes the checkpoint body for journal end `end`, the log position
+/// of entry `last`'s end. At a clean close the writer is sealed at `end`,
+/// and every shard is covered to it (`writer` is `None`). Otherwise each
+/// shard's covered position is the writer's end read under the shard's
+/// lock, at or after `end`. Returns the body and the largest covered
+/// position, which must be durable before the body is written.
 fn encode(
     end: u64,
     last: Option<(u64, [u8; HEADER_LEN])>,
     next_id: u64,
     shards: &[Arc<JournalShard>],
-) -> Vec<u8> {
+    writer: Option<&Writer>,
+) -> (Vec<u8>, u64) {
     let mut body = Vec::new();
     body.extend_from_slice(&end.to_le_bytes());
     let (last_pos, last_header) = last.unwrap_or((u64::MAX, [0; HEADER_LEN]));
@@ -65,13 +80,20 @@ fn encode(
     let count_at = body.len();
     body.extend_from_slice(&0u64.to_le_bytes());
     let mut count = 0u64;
+    let mut max_covered = end;
     for shard in shards {
         let state = shard.state.read();
         if state.deleted {
             continue;
         }
+        // Entries of a shard enter the log under its (write) lock, so
+        // while this read lock is held none can, and every one before the
+        // log's current end is reflected in `state`.
+        let covered = writer.map_or(end, |w| w.end_position());
+        max_covered = max_covered.max(covered);
         count += 1;
         body.extend_from_slice(&shard.id.to_le_bytes());
+        body.extend_from_slice(&covered.to_le_bytes());
         body.extend_from_slice(&state.low_watermark.to_le_bytes());
         body.extend_from_slice(&state.next_offset.to_le_bytes());
         body.extend_from_slice(&state.anchor.to_le_bytes());
@@ -102,12 +124,11 @@ fn encode(
         }
     }
     body[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
-    body
+    (body, max_covered)
 }
 
-/// Writes the checkpoint atomically: temp file, fdatasync, rename,
-/// directory fsync. A crash at any point leaves either the old file or the
-/// new one, never a mix.
+/// Writes the clean-close checkpoint: the caller sealed the writer at
+/// `end` and synced everything before it.
 pub fn write(
     dir: &Path,
     end: u64,
@@ -115,15 +136,37 @@ pub fn write(
     next_id: u64,
     shards: &[Arc<JournalShard>],
 ) -> Result<()> {
-    let body = encode(end, last, next_id, shards);
+    let (body, _) = encode(end, last, next_id, shards, None);
+    write_body(dir, &body, true)
+}
+
+/// Writes a checkpoint of the running journal (see the module comment):
+/// `end` and `last` are the writer's position read before `shards` were
+/// listed, `next_id` read after.
+pub fn write_periodic(
+    dir: &Path,
+    writer: &Writer,
+    (end, last): (u64, Option<(u64, [u8; HEADER_LEN])>),
+    next_id: u64,
+    shards: &[Arc<JournalShard>],
+) -> Result<()> {
+    let (body, max_covered) = encode(end, last, next_id, shards, Some(writer));
+    writer.commit(max_covered, true)?;
+    write_body(dir, &body, false)
+}
+
+/// Writes the file atomically: temp file, fdatasync, rename, directory
+/// fsync. A crash at any point leaves either the old file or the new one,
+/// never a mix.
+fn write_body(dir: &Path, body: &[u8], clean: bool) -> Result<()> {
     let mut file_bytes = Vec::with_capacity(FILE_HEADER_LEN + body.len());
     file_bytes.extend_from_slice(&MAGIC.to_le_bytes());
     file_bytes.extend_from_slice(&VERSION.to_le_bytes());
     file_bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    file_bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    file_bytes.extend_from_slice(&CLEAN.to_le_bytes());
+    file_bytes.extend_from_slice(&crc32c::crc32c(body).to_le_bytes());
+    file_bytes.extend_from_slice(&(if clean { CLEAN } else { 0 }).to_le_bytes());
     file_bytes.extend_from_slice(&[0u8; 8]);
-    file_bytes.extend_from_slice(&body);
+    file_bytes.extend_from_slice(body);
     let temp = dir.join(TEMP_NAME);
     let io = |what: &str, e| Error::io(format!("{what} '{}'", temp.display()), e);
     let mut file = File::create(&temp).map_err(|e| io("creating", e))?;
@@ -170,6 +213,9 @@ pub struct Loaded {
     pub last: Option<(u64, [u8; HEADER_LEN])>,
     pub next_id: u64,
     pub shards: BTreeMap<u64, RecoveredShard>,
+    /// Shard id → covered position: replay skips the shard's entries
+    /// before it (they are in its state already).
+    pub covered: HashMap<u64, u64>,
 }
 
 struct Reader<'a> {
@@ -253,8 +299,15 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
     let count = r.u64()?;
     let mut shards = BTreeMap::new();
     let mut names = HashMap::new();
+    let mut covered_by_id = HashMap::new();
     for _ in 0..count {
         let id = r.u64()?;
+        let covered = r.u64()?;
+        // A shard is covered from the end on, and never past the journal.
+        segment_at(&map, covered)?;
+        if covered < end || (clean && covered != end) {
+            return None;
+        }
         let low = r.i64()?;
         let next = r.i64()?;
         let anchor = r.u64()?;
@@ -289,8 +342,9 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
                 }
             };
             let segment = map.get(&seg_base)?;
-            // The batch lies wholly in its segment and before the end.
-            if pos.checked_add(len as u64)? > segment.len || seg_base + pos + len as u64 > end {
+            // The batch lies wholly in its segment and before the shard's
+            // covered position.
+            if pos.checked_add(len as u64)? > segment.len || seg_base + pos + len as u64 > covered {
                 return None;
             }
             if last < base || state.batches.back().is_some_and(|b| b.last_offset >= base) {
@@ -316,6 +370,7 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
         if id >= next_id || names.insert(name.clone(), id).is_some() {
             return None;
         }
+        covered_by_id.insert(id, covered);
         shards.insert(
             id,
             RecoveredShard {
@@ -334,5 +389,6 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
         last: (last_pos != u64::MAX).then_some((last_pos, last_header)),
         next_id,
         shards,
+        covered: covered_by_id,
     })
 }

@@ -20,6 +20,7 @@ mod ckpt;
 mod cold;
 mod entry;
 mod index;
+mod periodic;
 mod prefill;
 mod recovery;
 mod segment;
@@ -76,6 +77,11 @@ pub(crate) struct Log {
     skipped_bytes: u64,
     /// End position of the index checkpoint recovery started from.
     checkpoint_end: Option<u64>,
+    /// A periodic checkpoint is due once the log has been written up to
+    /// here (`u64::MAX`: never, `checkpoint_bytes` = 0).
+    next_checkpoint_at: AtomicU64,
+    checkpoints: AtomicU64,
+    checkpointer: Option<periodic::Checkpointer>,
 }
 
 impl Log {
@@ -142,6 +148,41 @@ impl Log {
         }
     }
 
+    /// Called after appends: wakes the checkpointer once the journal has
+    /// grown by `checkpoint_bytes` since the last checkpoint.
+    pub fn maybe_checkpoint(&self) {
+        if self.checkpoint_due() {
+            if let Some(checkpointer) = &self.checkpointer {
+                checkpointer.poke();
+            }
+        }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.writer.written() >= self.next_checkpoint_at.load(Ordering::Relaxed)
+    }
+
+    /// Writes a checkpoint of the running journal (see `ckpt`). Holds the
+    /// reclaim lock: a segment removal deletes the checkpoint first, and
+    /// must not run between this one's snapshot and its write.
+    pub fn checkpoint(&self) -> Result<()> {
+        let _guard = self.reclaim.lock();
+        let position = self.writer.position();
+        let shards: Vec<Arc<JournalShard>> = self.shards.lock().values().cloned().collect();
+        // Read after listing the shards: every listed id is below it.
+        let next_id = self.next_id.load(Ordering::Acquire);
+        ckpt::write_periodic(&self.dir, &self.writer, position, next_id, &shards)?;
+        self.index_ckpt.store(true, Ordering::Release);
+        if self.config.checkpoint_bytes > 0 {
+            self.next_checkpoint_at.store(
+                position.0.saturating_add(self.config.checkpoint_bytes),
+                Ordering::Relaxed,
+            );
+        }
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The start of the oldest hot segment: the newest `hot_segments` are
     /// read through their mapping, older ones with pread (see `cold`).
     pub fn hot_from(&self) -> u64 {
@@ -169,6 +210,7 @@ impl Log {
             "bytes_written": self.writer.bytes_written.load(Ordering::Relaxed),
             "removed_segments": self.removed_segments.load(Ordering::Relaxed),
             "hot_segments": self.config.hot_segments,
+            "checkpoints_written": self.checkpoints.load(Ordering::Relaxed),
             "cold_reads": self.cold_reads.load(Ordering::Relaxed),
             "cold_read_bytes": self.cold_read_bytes.load(Ordering::Relaxed),
             "recovered_entries": self.recovered_entries,
@@ -268,7 +310,16 @@ impl JournalEngine {
             self.config.direct,
             self.config.prefill_zeros,
         )?;
-        Ok(Arc::new(Log {
+        let end = writer.end_position();
+        let next_checkpoint_at = match self.config.checkpoint_bytes {
+            0 => u64::MAX,
+            bytes => end.saturating_add(bytes),
+        };
+        Ok(Arc::new_cyclic(|weak| Log {
+            checkpointer: (self.config.checkpoint_bytes > 0)
+                .then(|| periodic::Checkpointer::start(weak.clone())),
+            next_checkpoint_at: AtomicU64::new(next_checkpoint_at),
+            checkpoints: AtomicU64::new(0),
             config: self.config.clone(),
             writer,
             dir: self.dir.clone(),
@@ -370,6 +421,9 @@ impl Engine for JournalEngine {
         let Some(log) = self.log.lock().take() else {
             return Ok(());
         };
+        if let Some(checkpointer) = &log.checkpointer {
+            checkpointer.stop();
+        }
         // A clean close leaves everything on stable storage, whatever the
         // shards' durability modes. Sealing first means no entry can enter
         // the log after `end`, so the shard states snapshotted below reflect

@@ -132,6 +132,8 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
     let mut resume = 0u64;
     // (segment index, position) of a clean checkpoint's end.
     let mut clean_end = None;
+    // Shard id → position below which its entries are in the checkpoint.
+    let mut covered = std::collections::HashMap::new();
     match loaded {
         Some(loaded) => {
             index = segments
@@ -150,6 +152,7 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
             out.next_id = loaded.next_id;
             out.last = loaded.last;
             out.checkpoint_end = Some(loaded.end);
+            covered = loaded.covered;
         }
         None => ckpt::remove(dir)?,
     }
@@ -258,6 +261,14 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
     for (segment, pos, header) in valid {
         let start = pos as usize + HEADER_LEN;
         let payload = &segment.data()[start..start + header.payload_len as usize];
+        // A periodic checkpoint snapshotted this shard after this entry.
+        if covered
+            .get(&header.shard_id)
+            .is_some_and(|&c| segment.base + pos < c)
+        {
+            out.next_id = out.next_id.max(header.shard_id + 1);
+            continue;
+        }
         apply(&mut out, &catalogue, &segment, pos, &header, payload, now)?;
     }
     for shard in out.shards.values_mut() {

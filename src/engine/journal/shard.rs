@@ -252,6 +252,7 @@ impl Shard for JournalShard {
         drop(state);
 
         self.wait(placed.end)?;
+        self.log.maybe_checkpoint();
         self.appended_records
             .fetch_add(record_count as u64, Ordering::Relaxed);
         self.appended_bytes

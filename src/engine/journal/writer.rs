@@ -512,6 +512,19 @@ impl Writer {
         (st.end, st.last)
     }
 
+    /// The end of the log and its newest entry, without sealing (a periodic
+    /// checkpoint's replay start).
+    pub fn position(&self) -> (u64, Option<(u64, [u8; entry::HEADER_LEN])>) {
+        let st = self.state.lock();
+        (st.end, st.last)
+    }
+
+    /// The end of the log: the position the next entry starts at (or
+    /// where the next segment begins).
+    pub fn end_position(&self) -> u64 {
+        self.state.lock().end
+    }
+
     /// Makes sure everything before `end` is written to the kernel.
     pub fn ensure_written(&self, end: u64) -> Result<()> {
         if self.written() >= end {
