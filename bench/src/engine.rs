@@ -782,12 +782,13 @@ impl Persistent {
         let mut tail = Vec::new();
         let mut kept = None;
         for _ in 0..plan.reps {
+            // One store at a time: the previous one goes before the next fill.
+            drop(kept.take());
             let outcome = prefilled(base, &options, 1024, 64, plan.read_bytes)
                 .and_then(|(bench, end)| Ok((read_all(&bench.store, end)?, bench, end)));
             match outcome {
                 Ok((gbps, bench, end)) => {
                     tail.push(gbps);
-                    // Keep only the last store: one on disk at a time.
                     kept = Some((bench, end));
                 }
                 Err(e) => return fail_all(results, &e),
