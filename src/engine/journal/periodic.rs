@@ -10,12 +10,20 @@
 //! costs nothing. It holds only a weak reference to the log, so it never
 //! keeps a closed journal alive.
 
+use std::cell::Cell;
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
 use super::Log;
+
+thread_local! {
+    /// Set on checkpointer threads. Checked instead of comparing
+    /// `thread::current()` ids: that would allocate a thread handle on a
+    /// C caller's thread which is never freed (valgrind reports it).
+    static ON_CHECKPOINTER: Cell<bool> = const { Cell::new(false) };
+}
 
 #[derive(Default)]
 struct State {
@@ -64,7 +72,7 @@ impl Checkpointer {
         };
         // The thread itself may drop the last reference to the log (it
         // upgrades its weak one while it works): it must not join itself.
-        if thread.thread().id() != std::thread::current().id() {
+        if !ON_CHECKPOINTER.with(Cell::get) {
             let _ = thread.join();
         }
     }
@@ -78,6 +86,7 @@ impl Drop for Checkpointer {
 
 impl Shared {
     fn run(&self, log: Weak<Log>) {
+        ON_CHECKPOINTER.with(|on| on.set(true));
         loop {
             {
                 let mut st = self.state.lock();
