@@ -119,6 +119,24 @@ fn serialize_compression<S: serde::Serializer>(
     s.serialize_str(c.name())
 }
 
+impl ShardOptions {
+    /// The options as `[shard]` TOML keys: what the persistent engines
+    /// store, read back with `Config::shard_options`.
+    pub fn to_toml(&self) -> String {
+        format!(
+            "engine = \"{}\"\ndurability = \"{}\"\ncompression = \"{}\"\nsegment_bytes = {}\n\
+             retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n",
+            self.engine.name(),
+            self.durability.name(),
+            self.compression.name(),
+            self.segment_bytes,
+            self.retention_ms,
+            self.retention_bytes,
+            self.retention_records
+        )
+    }
+}
+
 impl Default for ShardOptions {
     fn default() -> Self {
         // The brief's default scenario (streaming): durable journal shards,

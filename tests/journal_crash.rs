@@ -3,16 +3,10 @@
 //! parent's descriptors (the store's flock included), which would make
 //! other tests' reopen of a store fail with `Locked` now and then.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-use mqstore::{Config, Record, Store};
+use mqstore::{Config, Store};
 
 mod common;
-use common::Rng;
+use common::{crash, Rng};
 
 const CHILD_ENV: &str = "MQS_CRASH_CHILD_DIR";
 /// The journal I/O path of the child: `default` (io = "auto", direct),
@@ -38,57 +32,15 @@ fn crash_config(io: &str) -> Config {
     .unwrap()
 }
 
-/// The child side of the crash test: appends forever from several threads
-/// and reports every acknowledged batch on stdout. A no-op in a normal run.
+/// The child side of the crash test (see `common::crash`). A no-op in a
+/// normal run.
 #[test]
 fn crash_writer_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
     let io = std::env::var(IO_ENV).unwrap_or_else(|_| "default".into());
-    let store = Arc::new(Store::open(&dir, crash_config(&io)).unwrap());
-    for s in 0..CRASH_SHARDS {
-        let name = format!("c{s}");
-        if store.shard_info(&name).is_err() {
-            // Shards keep only their newest records: old batches are dropped
-            // and segments reclaimed while the writers run and get killed.
-            store
-                .create_shard(&name, Some("retention_records = 300"))
-                .unwrap();
-        }
-    }
-    let pid = std::process::id();
-    let counter = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let store = store.clone();
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let mut rng = Rng::new(pid as u64 * 31 + t);
-                loop {
-                    let shard = format!("c{}", rng.below(CRASH_SHARDS as u64));
-                    let n = 1 + rng.below(4) as usize;
-                    let values: Vec<String> = (0..n)
-                        .map(|_| {
-                            let id = counter.fetch_add(1, Ordering::Relaxed);
-                            let pad = "p".repeat(rng.below(600) as usize);
-                            format!("{pid}.{id}.{pad}")
-                        })
-                        .collect();
-                    let records: Vec<Record<'_>> =
-                        values.iter().map(|v| Record::new(v.as_bytes())).collect();
-                    let base = store.append_batch(&shard, &records).unwrap();
-                    let line = format!("ACK {shard} {base} {}\n", values.join(" "));
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(line.as_bytes()).unwrap();
-                    out.flush().unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
-    }
+    crash::append_and_ack_forever(Store::open(&dir, crash_config(&io)).unwrap(), CRASH_SHARDS);
 }
 
 /// On every I/O path: the default (io_uring + O_DIRECT where available),
@@ -124,74 +76,17 @@ fn kill_9_cycles(io: &str) {
         .unwrap_or(20);
     let mut rng = Rng::seeded();
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
-    // shard -> offset -> value, every acknowledged record so far.
-    let mut acked: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
+    let mut acked = crash::Acked::new();
     let mut total_acks = 0usize;
     let mut clean_ckpt: Option<Vec<u8>> = None;
     let mut from_periodic = 0usize;
     for cycle in 0..cycles {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_writer_child",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, dir.path())
-            .env(IO_ENV, io)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let target = 1 + rng.below(150) as usize;
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
-        let mut seen = 0;
-        let mut line = String::new();
-        let record = |line: &str, acked: &mut BTreeMap<String, BTreeMap<i64, String>>| {
-            let Some(rest) = line.strip_prefix("ACK ") else {
-                return false;
-            };
-            if !line.ends_with('\n') {
-                return false; // cut off by the kill: not a complete ack
-            }
-            let mut parts = rest.split_whitespace();
-            let shard = parts.next().unwrap().to_string();
-            let base: i64 = parts.next().unwrap().parse().unwrap();
-            let map = acked.entry(shard).or_default();
-            for (i, value) in parts.enumerate() {
-                let previous = map.insert(base + i as i64, value.to_string());
-                assert!(
-                    previous.is_none(),
-                    "offset {} acknowledged twice",
-                    base + i as i64
-                );
-            }
-            true
-        };
-        while seen < target {
-            line.clear();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                panic!("child exited early in cycle {cycle}");
-            }
-            if record(&line, &mut acked) {
-                seen += 1;
-            }
-        }
-        // SAFETY-free kill: SIGKILL by pid, the child we spawned.
-        child.kill().unwrap();
-        child.wait().unwrap();
-        // Acks printed before death are acknowledged too.
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            if record(&line, &mut acked) {
-                seen += 1;
-            }
-        }
-        total_acks += seen;
+        let label = format!("{io} cycle {cycle}");
+        let envs = [
+            (CHILD_ENV, dir.path().as_os_str()),
+            (IO_ENV, std::ffi::OsStr::new(io)),
+        ];
+        total_acks += crash::run_child_and_kill(&mut rng, &envs, &mut acked, &label);
 
         // A checkpoint other than the one the last clean close left was
         // written by the child's checkpointer while it appended.
@@ -210,37 +105,7 @@ fn kill_9_cycles(io: &str) {
                 assert!(path.starts_with(io.split('-').next().unwrap()), "{path}");
             }
         }
-        for (shard, records) in &acked {
-            let info = store.shard_info(shard).unwrap();
-            let last = *records.keys().last().unwrap();
-            assert!(
-                info.next_offset > last,
-                "cycle {cycle}: {shard} lost its tail"
-            );
-            let first = info.first_offset;
-            assert!(
-                info.next_offset - first >= info.next_offset.min(297),
-                "cycle {cycle}: {shard} retention kept too little: {info:?}"
-            );
-            let got = store.read(shard, first, usize::MAX, usize::MAX).unwrap();
-            let offsets: Vec<i64> = got.records.iter().map(|r| r.offset).collect();
-            assert_eq!(
-                offsets,
-                (first..info.next_offset).collect::<Vec<_>>(),
-                "cycle {cycle}: {shard} offsets dense and in order"
-            );
-            for (offset, value) in records {
-                if *offset < first {
-                    continue; // dropped by retention
-                }
-                let r = &got.records[(*offset - first) as usize];
-                assert_eq!(
-                    std::str::from_utf8(&r.value).unwrap(),
-                    value,
-                    "cycle {cycle}: {shard}@{offset}"
-                );
-            }
-        }
+        crash::verify(&store, &acked, &label);
         let shard = store.list_shards().unwrap()[0].clone();
         let journal = &store.shard_stats(&shard).unwrap()["engine_stats"]["journal"];
         if periodic && journal["checkpoint_used"] == true {

@@ -1,6 +1,8 @@
-//! Helpers shared by the journal test binaries. Each binary uses a subset,
-//! so the others are not dead code there.
+//! Helpers shared by the persistent engines' test binaries. Each binary
+//! uses a subset, so the others are not dead code there.
 #![allow(dead_code)]
+
+pub mod crash;
 
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,6 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use memmap2::{Mmap, MmapOptions};
 use parking_lot::Mutex;
 
@@ -40,27 +39,7 @@ pub struct MapCache {
     inner: Mutex<Inner>,
 }
 
-/// A zero-copy range of a map, owned by `Bytes`.
-struct MapSlice {
-    map: Arc<Mmap>,
-    start: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for MapSlice {
-    fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
-    }
-}
-
-/// Bytes `[start, start + len)` of `map` as a `Bytes` that keeps it alive.
-pub fn slice(map: &Arc<Mmap>, start: u64, len: u64) -> Bytes {
-    Bytes::from_owner(MapSlice {
-        map: map.clone(),
-        start: start as usize,
-        len: len as usize,
-    })
-}
+pub use crate::io::map_slice as slice;
 
 impl MapCache {
     pub fn new(budget: u64) -> MapCache {

@@ -301,7 +301,7 @@ impl Engine for FileEngine {
         std::fs::create_dir(&tmp).map_err(|e| io("creating", e))?;
         let meta = Meta {
             name: name.to_string(),
-            options: shard::options_toml(options),
+            options: options.to_toml(),
             low: 0,
             next: 0,
         };

@@ -48,13 +48,7 @@ pub fn time_index_path(dir: &Path, base: i64) -> PathBuf {
     dir.join(format!("{base:020}.timeindex"))
 }
 
-/// fsyncs a directory so that files created, renamed or removed in it
-/// survive a power loss.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("fsyncing directory '{}'", dir.display()), e))
-}
+pub use crate::io::sync_dir;
 
 /// Reserves `len` bytes of blocks for the active segment without changing
 /// its size (FALLOC_FL_KEEP_SIZE): appends do not pay for block allocation

@@ -48,20 +48,6 @@ pub struct Meta {
     pub next: i64,
 }
 
-pub fn options_toml(options: &ShardOptions) -> String {
-    format!(
-        "engine = \"{}\"\ndurability = \"{}\"\ncompression = \"{}\"\nsegment_bytes = {}\n\
-         retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n",
-        options.engine.name(),
-        options.durability.name(),
-        options.compression.name(),
-        options.segment_bytes,
-        options.retention_ms,
-        options.retention_bytes,
-        options.retention_records
-    )
-}
-
 /// Replaces `meta.json` atomically (temp file, rename); `durable` adds the
 /// fdatasync and directory fsync that make it survive a power loss.
 pub fn write_meta(dir: &Path, meta: &Meta, durable: bool) -> Result<()> {
@@ -651,7 +637,7 @@ impl FileShard {
             &self.dir,
             &Meta {
                 name: self.name.clone(),
-                options: options_toml(&self.options),
+                options: self.options.to_toml(),
                 low: state.low,
                 next: state.next_offset,
             },

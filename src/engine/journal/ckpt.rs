@@ -33,7 +33,7 @@ use super::entry::{self, Parsed, HEADER_LEN};
 use super::index::{IndexEntry, ShardState};
 use super::recovery::RecoveredShard;
 use super::segment::{sync_dir, Segment};
-use super::shard::{options_toml, JournalShard};
+use super::shard::JournalShard;
 use super::writer::Writer;
 use crate::config::Config;
 use crate::engine::keyfilter::KeyFilter;
@@ -100,7 +100,7 @@ fn encode(
         body.push(state.low_dirty as u8);
         body.extend_from_slice(&(shard.name().len() as u32).to_le_bytes());
         body.extend_from_slice(shard.name().as_bytes());
-        let options = options_toml(shard.options());
+        let options = shard.options().to_toml();
         body.extend_from_slice(&(options.len() as u32).to_le_bytes());
         body.extend_from_slice(options.as_bytes());
         body.extend_from_slice(&(state.batches.len() as u64).to_le_bytes());

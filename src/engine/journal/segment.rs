@@ -27,13 +27,7 @@ pub fn parse_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
-/// fsyncs a directory, so that a file created, renamed or removed in it
-/// survives a power loss.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    let file = File::open(dir).map_err(|e| Error::io(format!("opening '{}'", dir.display()), e))?;
-    file.sync_all()
-        .map_err(|e| Error::io(format!("fsyncing directory '{}'", dir.display()), e))
-}
+pub use crate::io::sync_dir;
 
 /// One segment. Its bytes at positions the writer has not reached yet are
 /// never looked at through the map (they are zeros or in flight).
@@ -56,19 +50,6 @@ impl std::fmt::Debug for Segment {
             .field("base", &self.base)
             .field("len", &self.len)
             .finish_non_exhaustive()
-    }
-}
-
-/// A zero-copy range of a mapping, owned by `Bytes`.
-struct MapSlice {
-    map: Arc<Mmap>,
-    start: usize,
-    len: usize,
-}
-
-impl AsRef<[u8]> for MapSlice {
-    fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.start + self.len]
     }
 }
 
@@ -159,11 +140,7 @@ impl Segment {
 
     /// Zero-copy view of `len` bytes at `pos` (already written).
     pub fn bytes(&self, pos: u64, len: u64) -> Bytes {
-        Bytes::from_owner(MapSlice {
-            map: self.map.clone(),
-            start: pos as usize,
-            len: len as usize,
-        })
+        crate::io::map_slice(&self.map, pos, len)
     }
 
     /// The whole mapping (recovery scans it before any write).

@@ -36,21 +36,6 @@ pub struct JournalShard {
     read_records: AtomicU64,
 }
 
-/// The shard options as `[shard]` TOML keys (stored in checkpoints).
-pub fn options_toml(options: &ShardOptions) -> String {
-    format!(
-        "engine = \"{}\"\ndurability = \"{}\"\ncompression = \"{}\"\nsegment_bytes = {}\n\
-         retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n",
-        options.engine.name(),
-        options.durability.name(),
-        options.compression.name(),
-        options.segment_bytes,
-        options.retention_ms,
-        options.retention_bytes,
-        options.retention_records
-    )
-}
-
 impl JournalShard {
     pub(crate) fn new(
         id: u64,
@@ -99,7 +84,7 @@ impl JournalShard {
             low: state.low_watermark,
             next: state.next_offset,
             name: self.name.clone(),
-            options: options_toml(&self.options),
+            options: self.options.to_toml(),
         }
         .encode();
         let placed = self.enqueue(Kind::Checkpoint, 0, &payload)?;
