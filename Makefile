@@ -74,6 +74,7 @@ crash-long:
 # Prints the stripped library's size and what it links.
 EDGE_DIR := $(CARGO_TARGET_DIR)/edge
 edge:
+	cargo clippy -p mqstore --no-default-features --target-dir $(EDGE_DIR) -- -D warnings
 	cargo build -p mqstore --release --no-default-features --target-dir $(EDGE_DIR)
 	strip -o $(EDGE_DIR)/libmqstore-edge.so $(EDGE_DIR)/release/libmqstore.so
 	@echo "edge build: $(EDGE_DIR)/libmqstore-edge.so, stripped: $$(stat -c %s $(EDGE_DIR)/libmqstore-edge.so) bytes"
@@ -81,7 +82,7 @@ edge:
 	cargo test -p mqstore --release --no-default-features --target-dir $(EDGE_DIR) \
 	    --test file_recovery --test file_flush --test file_crash
 
-test: tools lint test-rust test-c test-cpp test-python
+test: tools lint test-rust test-c test-cpp test-python edge
 	@echo "make test: all suites passed"
 
 $(CARGO_TARGET_DIR)/demo: examples/demo.c include/mqstore.h release
@@ -99,15 +100,19 @@ demo: tools python-release $(CARGO_TARGET_DIR)/demo
 BENCH_FEATURES ?= rocksdb
 BENCH_ARGS     ?=
 
-bench-deps: tools release python-release
+bench-deps: tools python-release
 	$(VENV)/bin/pip install --quiet 'matplotlib>=3.8,<4'
 
+# One cargo invocation builds libmqstore.so (for the C driver) and the
+# harness, so mqstore is compiled once for both, not once per target.
 bench: bench-deps
 	@if [[ "$(BENCH_FEATURES)" == *rocksdb* ]] && ! ldconfig -p | grep -q 'libclang[-.0-9]*\.so'; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev; fi
+	cargo build --release -p mqstore -p mqstore-bench $(if $(BENCH_FEATURES),--features mqstore-bench/$(BENCH_FEATURES))
 	cargo run -p mqstore-bench --release $(if $(BENCH_FEATURES),--features $(BENCH_FEATURES)) -- $(BENCH_ARGS)
 
 bench-quick: bench-deps
+	cargo build --release -p mqstore -p mqstore-bench
 	cargo run -p mqstore-bench --release -- --quick $(BENCH_ARGS)
 
 clean:
