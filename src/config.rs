@@ -208,6 +208,9 @@ pub struct JournalConfig {
     /// Write an index checkpoint each time the journal grows by this much,
     /// bounding the replay after a crash; 0 = only at clean close.
     pub checkpoint_bytes: u64,
+    /// The newest this many written journal bytes stay in memory for tail
+    /// reads and transfers (O_DIRECT writes bypass the page cache); 0 = off.
+    pub tail_cache_bytes: u64,
 }
 
 impl Default for JournalConfig {
@@ -221,6 +224,7 @@ impl Default for JournalConfig {
             prefill_zeros: true,
             hot_segments: 3,
             checkpoint_bytes: 1 << 30,
+            tail_cache_bytes: 64 << 20,
         }
     }
 }
@@ -336,6 +340,7 @@ struct JournalSection {
     prefill_zeros: Option<bool>,
     hot_segments: Option<u32>,
     checkpoint_bytes: Option<u64>,
+    tail_cache_bytes: Option<u64>,
 }
 
 /// Journal segments hold positions as u32 file offsets in places.
@@ -451,7 +456,7 @@ impl Config {
     /// retention_bytes, retention_records); `[journal]` segment_bytes,
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
     /// (`auto`, `uring` or `pwrite`), direct (bool), prefill_zeros (bool), hot_segments (≥ 1),
-    /// checkpoint_bytes (0 = at clean close only).
+    /// checkpoint_bytes (0 = at clean close only), tail_cache_bytes (0 = off).
     pub fn from_toml_str(text: &str) -> Result<Config> {
         let file: ConfigFile = parse_toml(text, "store configuration")?;
         let mut config = match file.preset {
@@ -521,6 +526,9 @@ impl Config {
             }
             if let Some(bytes) = journal.checkpoint_bytes {
                 config.journal.checkpoint_bytes = bytes;
+            }
+            if let Some(bytes) = journal.tail_cache_bytes {
+                config.journal.tail_cache_bytes = bytes;
             }
         }
         if let Some(file) = file.file {

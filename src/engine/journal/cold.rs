@@ -52,10 +52,13 @@ impl<'a> BatchReader<'a> {
 
     pub fn bytes(&mut self, batch: &IndexEntry) -> Result<Bytes> {
         let segment = &batch.segment;
+        let len = batch.len as u64;
+        if let Some(bytes) = self.log.writer.tail.get(segment.base + batch.pos, len) {
+            return Ok(bytes);
+        }
         if segment.base >= self.hot_from {
             return Ok(batch.bytes());
         }
-        let len = batch.len as u64;
         if let Some((base, start, buf)) = &self.window {
             if *base == segment.base
                 && batch.pos >= *start

@@ -25,6 +25,7 @@ mod prefill;
 mod recovery;
 mod segment;
 mod shard;
+mod tail;
 mod uring;
 mod writer;
 
@@ -211,6 +212,7 @@ impl Log {
             "removed_segments": self.removed_segments.load(Ordering::Relaxed),
             "hot_segments": self.config.hot_segments,
             "checkpoints_written": self.checkpoints.load(Ordering::Relaxed),
+            "tail_cache_bytes": self.writer.tail.bytes(),
             "cold_reads": self.cold_reads.load(Ordering::Relaxed),
             "cold_read_bytes": self.cold_read_bytes.load(Ordering::Relaxed),
             "recovered_entries": self.recovered_entries,
@@ -309,6 +311,7 @@ impl JournalEngine {
             self.ops()?,
             self.config.direct,
             self.config.prefill_zeros,
+            self.config.tail_cache_bytes,
         )?;
         let end = writer.end_position();
         let next_checkpoint_at = match self.config.checkpoint_bytes {

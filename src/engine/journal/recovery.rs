@@ -251,6 +251,8 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
             }
         }
         out.tail = pos;
+        // Scanned: keep the peak RSS of a long replay near one segment.
+        segment.release_pages();
         out.segments.push(segment);
         index += 1;
     }
@@ -273,6 +275,9 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
     }
     for shard in out.shards.values_mut() {
         shard.state.recompute_running_max();
+    }
+    for segment in &segments {
+        segment.release_pages();
     }
     if clean_end.is_some() {
         // Appends may follow from now on: a later open must no longer

@@ -143,6 +143,20 @@ impl Segment {
         crate::io::map_slice(&self.map, pos, len)
     }
 
+    /// Drops this process's page mappings of the segment (the pages stay in
+    /// the page cache): recovery touches every page of the journal once,
+    /// which would otherwise stay counted in the process's RSS, up to the
+    /// journal's size.
+    pub fn release_pages(&self) {
+        // SAFETY: MADV_DONTNEED on a shared, read-only file mapping only
+        // drops page table entries; the next access faults the same file
+        // bytes back in, so no slice handed out can observe a change.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise(memmap2::UncheckedAdvice::DontNeed)
+        };
+    }
+
     /// The whole mapping (recovery scans it before any write).
     pub fn data(&self) -> &[u8] {
         &self.map

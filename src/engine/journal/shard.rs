@@ -430,10 +430,20 @@ impl Shard for JournalShard {
             // Batches of one shard are never adjacent in a shared journal
             // (entry headers and other shards' entries sit between them),
             // so each batch is its own sendfile range.
-            chunks.push(TransferChunk::File {
-                file: batch.segment.file.clone(),
-                offset: batch.pos,
-                len: len as u64,
+            // The newest batches from the tail cache (O_DIRECT wrote them
+            // past the page cache), older ones with sendfile.
+            let cached = self
+                .log
+                .writer
+                .tail
+                .get(batch.segment.base + batch.pos, len as u64);
+            chunks.push(match cached {
+                Some(bytes) => TransferChunk::Memory(bytes),
+                None => TransferChunk::File {
+                    file: batch.segment.file.clone(),
+                    offset: batch.pos,
+                    len: len as u64,
+                },
             });
         }
         Ok(TransferPlan::new(chunks, next_offset))

@@ -60,6 +60,7 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use super::entry;
 use super::prefill::Prefill;
 use super::segment::{sync_dir, Segment};
+use super::tail::TailCache;
 use crate::{Error, Result};
 
 /// The alignment of O_DIRECT writes: buffer address, file offset and
@@ -335,6 +336,8 @@ pub struct Writer {
     segments: SegmentMap,
     written_hint: AtomicU64,
     prefill: Prefill,
+    /// The newest written runs, for tail reads (see `tail`).
+    pub tail: TailCache,
     pub writes: AtomicU64,
     pub syncs: AtomicU64,
     pub bytes_written: AtomicU64,
@@ -355,6 +358,7 @@ impl Writer {
         ops: Arc<dyn FileOps>,
         direct: bool,
         prefill_zeros: bool,
+        tail_cache_bytes: u64,
     ) -> Result<Writer> {
         let end = active.base + tail;
         let mut io = IoState {
@@ -401,6 +405,7 @@ impl Writer {
             segments,
             written_hint: AtomicU64::new(end),
             prefill,
+            tail: TailCache::new(tail_cache_bytes),
             writes: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
@@ -464,7 +469,12 @@ impl Writer {
         let extend = matches!(st.runs.last(), Some(run)
             if Arc::ptr_eq(&run.segment, &active) && run.pos + run.data.len() as u64 == pos);
         if !extend {
-            let data = st.spare.pop().unwrap_or_default();
+            // Runs go to the tail cache after their write (when it is on),
+            // so size a new one for a typical flush up front.
+            let data = st
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(64 << 10));
             st.runs.push(Run {
                 segment: active.clone(),
                 pos,
@@ -588,6 +598,7 @@ impl Writer {
             drop(st);
 
             let result = self.do_io(&runs, &to_sync);
+            let written = result.is_ok();
 
             st = self.state.lock();
             st.writing = false;
@@ -610,7 +621,9 @@ impl Writer {
                 }
             }
             for mut run in runs {
-                if st.spare.len() < 4 && run.data.capacity() <= 4 << 20 {
+                if written && self.tail.enabled() {
+                    self.tail.push(run.segment.base + run.pos, run.data);
+                } else if st.spare.len() < 4 && run.data.capacity() <= 4 << 20 {
                     run.data.clear();
                     st.spare.push(run.data);
                 }

@@ -1,0 +1,95 @@
+//! The newest journal bytes, kept in memory after they were written.
+//!
+//! Why: the journal writes with O_DIRECT, so what it just wrote is not in
+//! the page cache, and a consumer at the tail (the common case: a follower
+//! or a live subscriber reading what was appended a moment ago) would read
+//! it back from the disk through the mapping. The writer hands each
+//! written run of entries to this cache instead of recycling its buffer;
+//! reads and transfers of batches that lie in it use zero-copy slices of
+//! those buffers. The oldest runs are dropped once the cache holds more
+//! than `[journal] tail_cache_bytes`.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+
+#[derive(Default)]
+struct Inner {
+    /// (global journal position of the first byte, bytes), in log order.
+    runs: VecDeque<(u64, Bytes)>,
+    bytes: u64,
+}
+
+pub struct TailCache {
+    capacity: u64,
+    inner: RwLock<Inner>,
+}
+
+impl TailCache {
+    pub fn new(capacity: u64) -> TailCache {
+        TailCache {
+            capacity,
+            inner: RwLock::new(Inner::default()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
+    /// Keeps `data`, written at global position `start`.
+    pub fn push(&self, start: u64, data: Vec<u8>) {
+        if !self.enabled() || data.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.write();
+        inner.bytes += data.len() as u64;
+        inner.runs.push_back((start, Bytes::from(data)));
+        while inner.bytes > self.capacity {
+            let Some((_, old)) = inner.runs.pop_front() else {
+                break;
+            };
+            inner.bytes -= old.len() as u64;
+        }
+    }
+
+    /// The `len` bytes at global position `pos`, if they are cached.
+    pub fn get(&self, pos: u64, len: u64) -> Option<Bytes> {
+        if !self.enabled() {
+            return None;
+        }
+        let inner = self.inner.read();
+        let after = inner.runs.partition_point(|(start, _)| *start <= pos);
+        let (start, run) = inner.runs.get(after.checked_sub(1)?)?;
+        let at = (pos - start) as usize;
+        (at + len as usize <= run.len()).then(|| run.slice(at..at + len as usize))
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.inner.read().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_what_it_holds_and_drops_the_oldest() {
+        let cache = TailCache::new(250);
+        cache.push(1000, vec![1; 100]);
+        cache.push(1100, vec![2; 100]);
+        assert_eq!(cache.get(1000, 100).unwrap(), vec![1u8; 100]);
+        assert_eq!(cache.get(1150, 50).unwrap(), vec![2u8; 50]);
+        assert_eq!(cache.get(1050, 100), None, "spans two runs");
+        assert_eq!(cache.get(900, 10), None);
+        cache.push(1200, vec![3; 100]);
+        assert_eq!(cache.get(1000, 10), None, "oldest run dropped");
+        assert_eq!(cache.get(1210, 10).unwrap(), vec![3u8; 10]);
+        assert_eq!(cache.bytes(), 200);
+        let off = TailCache::new(0);
+        off.push(0, vec![1; 10]);
+        assert_eq!(off.get(0, 10), None);
+    }
+}
