@@ -410,6 +410,9 @@ pub struct ManyShards {
     /// reuses pages an earlier workload left resident.
     pub rss_kib: u64,
     pub rss_total_kib: u64,
+    /// msgs/s of the same appends all to one shard of the same store, per
+    /// pass: the single-shard figure the many-shard rate is judged against.
+    pub one_shard: Stats,
     /// msgs/s of single-record appends to every shard in turn, per pass
     /// (a pass stops early at the time limit; the rate covers what it did).
     pub append: Stats,
@@ -456,7 +459,22 @@ pub fn many_shards(
         }
         Ok(appended as f64 / start.elapsed().as_secs_f64())
     })?;
+    let one_shard = util::repeat(passes, || {
+        let start = Instant::now();
+        let mut appended = 0u64;
+        while appended < count as u64 {
+            for _ in 0..1024.min(count) {
+                bench.store.append(&names[0], &record).map_err(to_io)?;
+            }
+            appended += 1024.min(count) as u64;
+            if start.elapsed() >= pass_limit {
+                break;
+            }
+        }
+        Ok(appended as f64 / start.elapsed().as_secs_f64())
+    })?;
     Ok(ManyShards {
+        one_shard,
         create,
         heap_bytes,
         rss_kib: after.saturating_sub(before),
@@ -913,7 +931,18 @@ impl Persistent {
                     "MiB",
                     rss_p,
                 );
+                let mut one_p = p.clone();
+                one_p["append"] =
+                    json!("the same single-record appends, all to one shard of the same store");
+                let one_name = self.name("shards_1m.one_shard_append_msgs_per_s");
+                results.stats(&one_name, &many.one_shard, "msgs/s", one_p);
                 results.stats(&names[2].0, &many.append, "msgs/s", p);
+                results.compare(
+                    &names[2].0,
+                    &one_name,
+                    1.0,
+                    "vs one shard, same appends, same store",
+                );
             }
             Err(e) => {
                 for (name, unit) in &names {

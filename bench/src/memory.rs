@@ -335,11 +335,25 @@ fn million_shards(
                 "MiB",
                 rss_p,
             );
+            let mut one_p = p.clone();
+            one_p["append"] = json!("the same single-record appends, all to one shard");
+            results.stats(
+                "memory.shards_1m.one_shard_append_msgs_per_s",
+                &many.one_shard,
+                "msgs/s",
+                one_p,
+            );
             results.stats(
                 "memory.shards_1m.append_msgs_per_s",
                 &many.append,
                 "msgs/s",
                 p,
+            );
+            results.compare(
+                "memory.shards_1m.append_msgs_per_s",
+                "memory.shards_1m.one_shard_append_msgs_per_s",
+                1.0,
+                "vs one shard, same appends",
             );
         }
         Err(e) => {
