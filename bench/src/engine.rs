@@ -22,6 +22,9 @@ use crate::{Plan, Results};
 pub const APPEND_RETENTION_BYTES: u64 = 64 << 20;
 /// Kafka's default per-partition fetch size: what one read or transfer asks for.
 pub const FETCH_BYTES: usize = 1 << 20;
+/// What a consumer keeping up with its producers reads right after they
+/// wrote it: within the journal's default tail cache (64 MiB).
+pub const TAIL_WINDOW_BYTES: u64 = 48 << 20;
 
 pub fn to_io(e: mqstore::Error) -> io::Error {
     io::Error::other(e.to_string())
@@ -356,8 +359,14 @@ pub fn prefilled(
 /// written. Returns GB/s of record values handed out (the views are
 /// zero-copy: the bytes themselves are not touched).
 pub fn read_all(store: &Store, end: i64) -> io::Result<f64> {
+    read_from(store, 0, end)
+}
+
+/// Reads the prefilled shard from `from` to `end` in 1 MiB requests;
+/// returns GB/s of record value bytes.
+pub fn read_from(store: &Store, from: i64, end: i64) -> io::Result<f64> {
     let start = Instant::now();
-    let mut offset = 0;
+    let mut offset = from;
     let mut bytes = 0u64;
     while offset < end {
         let result = store
@@ -773,8 +782,11 @@ impl Persistent {
     /// Tail, hot and cold reads and sendfile_to_fd of one shard of 1 KiB
     /// records (written in batches of 64 with `os` durability).
     ///
-    /// - tail: a fresh store per repetition, read front to back right after
-    ///   it was written, as a consumer that keeps up with the producers.
+    /// - tail: a fresh store per repetition; right after it was written, its
+    ///   newest `TAIL_WINDOW_BYTES` are read, as a consumer that keeps up with
+    ///   the producers reads them (within the journal's 64 MiB tail cache).
+    /// - catchup: the whole store read front to back right after it was
+    ///   written, as a consumer that fell a whole store behind.
     /// - hot: the last of those stores read again (page cache / mappings
     ///   warm from the tail pass).
     /// - sendfile: the same warm shard to a loopback socket.
@@ -784,8 +796,14 @@ impl Persistent {
     ///   mincore(2) checks the eviction; the resident fraction after the
     ///   eviction and after the reopen go into params.
     pub fn reads(&self, base: &Path, plan: &Plan, results: &mut Results) {
-        let names = ["read_tail_1k", "read_hot_1k", "sendfile_1k", "read_cold_1k"]
-            .map(|n| self.name(&format!("{n}.gbps")));
+        let names = [
+            "read_tail_1k",
+            "read_hot_1k",
+            "sendfile_1k",
+            "read_cold_1k",
+            "read_catchup_1k",
+        ]
+        .map(|n| self.name(&format!("{n}.gbps")));
         let fail_all = |results: &mut Results, e: &io::Error| {
             for name in &names {
                 results.failed(name, "GB/s", &e.to_string());
@@ -798,15 +816,21 @@ impl Persistent {
             "measured": "record value bytes returned by Store::read (zero-copy views, not touched)",
         });
         let mut tail = Vec::new();
+        let mut catchup = Vec::new();
         let mut kept = None;
         for _ in 0..plan.reps {
             // One store at a time: the previous one goes before the next fill.
             drop(kept.take());
-            let outcome = prefilled(base, &options, 1024, 64, plan.read_bytes)
-                .and_then(|(bench, end)| Ok((read_all(&bench.store, end)?, bench, end)));
+            let window = (TAIL_WINDOW_BYTES / 1024) as i64;
+            let outcome =
+                prefilled(base, &options, 1024, 64, plan.read_bytes).and_then(|(bench, end)| {
+                    let newest = read_from(&bench.store, (end - window).max(0), end)?;
+                    Ok((newest, read_all(&bench.store, end)?, bench, end))
+                });
             match outcome {
-                Ok((gbps, bench, end)) => {
-                    tail.push(gbps);
+                Ok((newest, all, bench, end)) => {
+                    tail.push(newest);
+                    catchup.push(all);
                     kept = Some((bench, end));
                 }
                 Err(e) => return fail_all(results, &e),
@@ -817,7 +841,13 @@ impl Persistent {
         };
         let mut tail_p = p.clone();
         tail_p["fresh_store_per_rep"] = json!(true);
+        tail_p["read_bytes"] = json!(TAIL_WINDOW_BYTES);
+        tail_p["measured"] = json!("the newest bytes, read right after the fill");
         results.stats(&names[0], &Stats::new(tail), "GB/s", tail_p);
+        let mut catchup_p = p.clone();
+        catchup_p["fresh_store_per_rep"] = json!(true);
+        catchup_p["measured"] = json!("the whole shard, read right after the fill");
+        results.stats(&names[4], &Stats::new(catchup), "GB/s", catchup_p);
         results.stats_or_failed(
             &names[1],
             util::repeat(plan.reps, || read_all(&bench.store, end)),

@@ -15,10 +15,14 @@
 //! One thread per journal keeps up to `AHEAD` bytes past the writer's
 //! position zeroed (O_DIRECT writes of `CHUNK` bytes, then one fdatasync per chunk,
 //! which commits the extent conversion once per chunk rather than once per
-//! append). The cost is writing every byte of the journal twice; with
-//! `[journal] prefill_zeros = false` (or where O_DIRECT is unavailable) the
-//! thread only fallocates the space ahead instead, which keeps block
-//! allocation out of the append path but not the extent conversion.
+//! append). The cost is writing those bytes twice, which only pays when
+//! appends wait for fdatasync: a chunk is zeroed only if the journal
+//! fdatasynced since the previous chunk was prepared, and otherwise (pure
+//! `none`/`os` traffic, bound by disk bandwidth, where doubling the writes
+//! would halve throughput) just fallocated. With `[journal] prefill_zeros =
+//! false` (or where O_DIRECT is unavailable) it always only fallocates,
+//! which keeps block allocation out of the append path but not the extent
+//! conversion.
 //!
 //! Correctness rests on one rule: the thread never touches a block at or
 //! before the highest block the writer has claimed, and the writer never
@@ -29,6 +33,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -66,12 +71,15 @@ struct State {
     /// writer's own writes then report the problem, e.g. ENOSPC).
     failed: Option<String>,
     prepared_bytes: u64,
+    zeroed_bytes: u64,
 }
 
 struct Shared {
     state: Mutex<State>,
     cond: Condvar,
     zeros: bool,
+    /// fdatasyncs the writer issued (see `note_sync`).
+    syncs: AtomicU64,
 }
 
 pub struct Prefill {
@@ -94,9 +102,11 @@ impl Prefill {
                 stop: false,
                 failed: None,
                 prepared_bytes: 0,
+                zeroed_bytes: 0,
             }),
             cond: Condvar::new(),
             zeros,
+            syncs: AtomicU64::new(0),
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -138,6 +148,11 @@ impl Prefill {
         }
     }
 
+    /// The writer issued an fdatasync: the space ahead is worth zeroing.
+    pub fn note_sync(&self) {
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Stops the thread (clean close); appends after it just go unprepared.
     pub fn stop(&self) {
         self.shared.state.lock().stop = true;
@@ -162,6 +177,7 @@ impl Prefill {
         serde_json::json!({
             "mode": if self.shared.zeros { "zeros" } else { "allocate" },
             "prepared_bytes": st.prepared_bytes,
+            "zeroed_bytes": st.zeroed_bytes,
             "ahead_bytes": st.ready.saturating_sub(st.claimed),
             "target_ahead_bytes": ahead(&st),
             "failed": st.failed,
@@ -180,6 +196,9 @@ impl Shared {
         let mut zeros: Option<MmapMut> = None;
         // The O_DIRECT descriptor of the segment being prepared.
         let mut file: Option<(u64, File)> = None;
+        // Zero the first chunk: a new journal's first appends are as likely
+        // to be fsynced as not.
+        let mut syncs_seen = u64::MAX;
         loop {
             let (segment, start, end) = {
                 let mut st = self.state.lock();
@@ -199,7 +218,10 @@ impl Shared {
                     self.cond.wait(&mut st);
                 }
             };
-            let result = self.prepare(&segment, start, end, &mut zeros, &mut file);
+            let syncs = self.syncs.load(Ordering::Relaxed);
+            let zero = self.zeros && syncs != syncs_seen;
+            syncs_seen = syncs;
+            let result = self.prepare(&segment, start, end, zero, &mut zeros, &mut file);
             let mut st = self.state.lock();
             st.busy = None;
             match result {
@@ -208,6 +230,9 @@ impl Shared {
                         st.ready = end;
                     }
                     st.prepared_bytes += end - start;
+                    if zero {
+                        st.zeroed_bytes += end - start;
+                    }
                 }
                 Err(e) => st.failed = Some(format!("{}: {e}", segment.path.display())),
             }
@@ -220,10 +245,11 @@ impl Shared {
         segment: &Segment,
         start: u64,
         end: u64,
+        zero: bool,
         zeros: &mut Option<MmapMut>,
         file: &mut Option<(u64, File)>,
     ) -> std::io::Result<()> {
-        if !self.zeros {
+        if !zero {
             return allocate(&segment.file, start, end);
         }
         if zeros.is_none() {
@@ -333,6 +359,32 @@ mod tests {
         // The distance ahead grew with what the writer wrote.
         assert!(prefill.stats()["target_ahead_bytes"].as_u64().unwrap() >= written);
         assert!(prefill.stats()["prepared_bytes"].as_u64().unwrap() >= MIN_AHEAD);
+    }
+
+    #[test]
+    fn zeros_only_while_the_writer_fdatasyncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment = Arc::new(Segment::create(dir.path(), 0, 64 << 20).unwrap());
+        let prefill = Prefill::start(segment.clone(), 0, true);
+        prefill.wait_ready(MIN_AHEAD);
+        let zeroed = |p: &Prefill| p.stats()["zeroed_bytes"].as_u64().unwrap();
+        let prepared = |p: &Prefill| p.stats()["prepared_bytes"].as_u64().unwrap();
+        // Two chunks of half the distance ahead: the first is zeroed, the
+        // second (no fdatasync since) only allocated.
+        let first = zeroed(&prefill);
+        assert_eq!(first, MIN_AHEAD / 2, "{}", prefill.stats());
+        prefill.before_write(&segment, 2 << 20);
+        prefill.wait_ready(4 << 20);
+        assert_eq!(zeroed(&prefill), first);
+        assert!(prepared(&prefill) >= 3 << 20);
+        // After an fdatasync, the next chunk is zeroed.
+        prefill.note_sync();
+        let before = prepared(&prefill);
+        prefill.before_write(&segment, 6 << 20);
+        prefill.wait_ready(12 << 20);
+        prefill.stop();
+        assert!(zeroed(&prefill) > first, "{}", prefill.stats());
+        assert!(prepared(&prefill) > before);
     }
 
     #[test]

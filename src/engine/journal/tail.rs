@@ -16,8 +16,9 @@ use parking_lot::RwLock;
 
 #[derive(Default)]
 struct Inner {
-    /// (global journal position of the first byte, bytes), in log order.
-    runs: VecDeque<(u64, Bytes)>,
+    /// (global journal position of the first byte, bytes, bytes charged
+    /// to the budget: the allocation), in log order.
+    runs: VecDeque<(u64, Bytes, u64)>,
     bytes: u64,
 }
 
@@ -39,18 +40,25 @@ impl TailCache {
     }
 
     /// Keeps `data`, written at global position `start`.
-    pub fn push(&self, start: u64, data: Vec<u8>) {
+    pub fn push(&self, start: u64, mut data: Vec<u8>) {
         if !self.enabled() || data.is_empty() {
             return;
         }
+        // The budget is memory, so it counts the allocation: a small run in
+        // a buffer sized for a large flush (a lone catalogue record, say) is
+        // moved to one of its own size first.
+        if data.capacity() > 2 * data.len() {
+            data.shrink_to_fit();
+        }
+        let charged = data.capacity() as u64;
         let mut inner = self.inner.write();
-        inner.bytes += data.len() as u64;
-        inner.runs.push_back((start, Bytes::from(data)));
+        inner.bytes += charged;
+        inner.runs.push_back((start, Bytes::from(data), charged));
         while inner.bytes > self.capacity {
-            let Some((_, old)) = inner.runs.pop_front() else {
+            let Some((_, _, old)) = inner.runs.pop_front() else {
                 break;
             };
-            inner.bytes -= old.len() as u64;
+            inner.bytes -= old;
         }
     }
 
@@ -60,8 +68,8 @@ impl TailCache {
             return None;
         }
         let inner = self.inner.read();
-        let after = inner.runs.partition_point(|(start, _)| *start <= pos);
-        let (start, run) = inner.runs.get(after.checked_sub(1)?)?;
+        let after = inner.runs.partition_point(|(start, _, _)| *start <= pos);
+        let (start, run, _) = inner.runs.get(after.checked_sub(1)?)?;
         let at = (pos - start) as usize;
         (at + len as usize <= run.len()).then(|| run.slice(at..at + len as usize))
     }
@@ -79,7 +87,9 @@ mod tests {
     fn serves_what_it_holds_and_drops_the_oldest() {
         let cache = TailCache::new(250);
         cache.push(1000, vec![1; 100]);
-        cache.push(1100, vec![2; 100]);
+        let mut oversized = Vec::with_capacity(4096);
+        oversized.extend_from_slice(&[2; 100]);
+        cache.push(1100, oversized);
         assert_eq!(cache.get(1000, 100).unwrap(), vec![1u8; 100]);
         assert_eq!(cache.get(1150, 50).unwrap(), vec![2u8; 50]);
         assert_eq!(cache.get(1050, 100), None, "spans two runs");

@@ -667,6 +667,7 @@ impl Writer {
         match self.ops.submit(&[], &syncs) {
             Ok(()) => {
                 self.syncs.fetch_add(syncs.len() as u64, Ordering::Relaxed);
+                self.prefill.note_sync();
                 Ok(())
             }
             Err(IoFailure::Sync(i, e)) | Err(IoFailure::Write(i, e)) => Err(Error::io(
@@ -788,6 +789,7 @@ impl Writer {
                     .fetch_add(bytes as u64, Ordering::Relaxed);
                 if !syncs.is_empty() {
                     self.syncs.fetch_add(syncs.len() as u64, Ordering::Relaxed);
+                    self.prefill.note_sync();
                 }
                 Ok(())
             }
