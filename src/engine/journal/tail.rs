@@ -44,10 +44,11 @@ impl TailCache {
         if !self.enabled() || data.is_empty() {
             return;
         }
-        // The budget is memory, so it counts the allocation: a small run in
-        // a buffer sized for a large flush (a lone catalogue record, say) is
-        // moved to one of its own size first.
-        if data.capacity() > 2 * data.len() {
+        // The budget is memory, so it counts the allocation: a run in a
+        // buffer much larger than itself (a lone catalogue record in one
+        // sized for a large flush, or a run that just doubled its buffer)
+        // is moved to one of its own size first.
+        if data.capacity() > data.len() + data.len() / 8 {
             data.shrink_to_fit();
         }
         let charged = data.capacity() as u64;
