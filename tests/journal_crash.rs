@@ -70,10 +70,7 @@ fn kill_9_loses_no_acknowledged_record() {
 }
 
 fn kill_9_cycles(io: &str) {
-    let cycles: usize = std::env::var("MQS_CRASH_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let cycles = crash::cycles();
     let mut rng = Rng::seeded();
     let dir = tempfile::tempdir().unwrap();
     let mut acked = crash::Acked::new();

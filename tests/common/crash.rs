@@ -22,6 +22,15 @@ pub type Acked = BTreeMap<String, BTreeMap<i64, String>>;
 /// files or segments removed) while the writers run and get killed.
 pub const RETAINED_RECORDS: i64 = 300;
 
+/// Kill cycles per mode: `MQS_CRASH_CYCLES`, 20 by default (`make
+/// crash-long` asks for 500).
+pub fn cycles() -> usize {
+    std::env::var("MQS_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
 /// The child's side: creates shards `c0` … `c{shards - 1}` if needed, then
 /// appends forever from 4 threads, printing `ACK <shard> <base> <values…>`
 /// per acknowledged batch.
