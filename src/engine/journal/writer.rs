@@ -12,10 +12,10 @@
 //! next leader in one write and one fdatasync. With O_DIRECT the fdatasync
 //! is a phase of its own (`sync_after_write`): the write phase is released
 //! first, so the next group's write overlaps this group's device flush.
-//! Leader/follower keeps the
-//! latency of a lone appender at one write + one fsync (no hand-off to a
-//! thread), while throughput grows with concurrency, as each fsync covers
-//! every entry that arrived during the previous one.
+//! Leader/follower keeps the latency of a lone appender at one write + one
+//! fsync (no hand-off to a thread), while throughput grows with
+//! concurrency, as each fsync covers every entry that arrived during the
+//! previous one.
 //!
 //! The leader's I/O goes through `FileOps`: io_uring (`uring::UringOps`,
 //! writes and fdatasyncs as one linked chain) or plain pwrite/fdatasync
