@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use super::index::IndexEntry;
 use super::Log;
+use crate::engine::keyfilter::KeyFilter;
 use crate::engine::scan::ScanBatch;
 use crate::{Error, Result};
 
@@ -50,12 +51,12 @@ impl<'a> BatchReader<'a> {
         }
     }
 
-    pub fn bytes(&mut self, batch: &IndexEntry) -> Result<Bytes> {
-        let segment = &batch.segment;
-        let len = batch.len as u64;
-        if let Some(bytes) = self.log.writer.tail.get(segment.base + batch.pos, len) {
+    fn bytes(&mut self, batch: &IndexEntry) -> Result<Bytes> {
+        if let Some(bytes) = self.log.writer.tail.batch(batch) {
             return Ok(bytes);
         }
+        let segment = &batch.segment;
+        let len = batch.len as u64;
         if segment.base >= self.hot_from {
             return Ok(batch.bytes());
         }
@@ -85,12 +86,44 @@ impl<'a> BatchReader<'a> {
     /// The batch as a scan wants it; `None` (ending the scan) after a
     /// failure, which `finish` then reports.
     pub fn scan_batch(&mut self, batch: &IndexEntry) -> Option<ScanBatch> {
+        let bytes = self.fetch(batch)?;
+        Some(scan_batch(batch, bytes))
+    }
+
+    /// For key and tag lookups: like `scan_batch`, but `Some(None)` for a
+    /// batch whose key filter rules out every hash of `wanted`. A batch
+    /// without a filter yet (replayed, or rewritten by a delete) gets one
+    /// from the bytes fetched here, which the scan then uses too.
+    pub fn scan_batch_matching(
+        &mut self,
+        batch: &IndexEntry,
+        wanted: &[u32],
+    ) -> Option<Option<ScanBatch>> {
+        if let Some(filter) = batch.keys.get() {
+            if !filter.may_contain_any(wanted) {
+                return Some(None);
+            }
+            return self.scan_batch(batch).map(Some);
+        }
+        let bytes = self.fetch(batch)?;
+        // A batch that does not decode cannot be ruled out: the scan
+        // reports its error.
+        if let Ok(filter) = KeyFilter::from_batch(&bytes) {
+            let hit = filter.may_contain_any(wanted);
+            // A racing lookup may have set it first: same content.
+            let _ = batch.keys.set(filter);
+            if !hit {
+                return Some(None);
+            }
+        }
+        Some(Some(scan_batch(batch, bytes)))
+    }
+
+    /// The batch's bytes; `None` (ending the scan) after a failure, which
+    /// `finish` then reports.
+    fn fetch(&mut self, batch: &IndexEntry) -> Option<Bytes> {
         match self.bytes(batch) {
-            Ok(bytes) => Some(ScanBatch {
-                bytes,
-                last_offset: batch.last_offset,
-                max_timestamp: batch.max_timestamp,
-            }),
+            Ok(bytes) => Some(bytes),
             Err(e) => {
                 self.error = Some(e);
                 None
@@ -104,5 +137,13 @@ impl<'a> BatchReader<'a> {
             Some(e) => Err(e),
             None => result,
         }
+    }
+}
+
+fn scan_batch(batch: &IndexEntry, bytes: Bytes) -> ScanBatch {
+    ScanBatch {
+        bytes,
+        last_offset: batch.last_offset,
+        max_timestamp: batch.max_timestamp,
     }
 }

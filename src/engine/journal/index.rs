@@ -59,22 +59,9 @@ impl IndexEntry {
         }
     }
 
-    /// Whether the batch may hold a key or tag hashed in `wanted`.
-    pub fn may_contain_any(&self, wanted: &[u32]) -> bool {
-        if let Some(filter) = self.keys.get() {
-            return filter.may_contain_any(wanted);
-        }
-        match KeyFilter::from_batch(&self.bytes()) {
-            Ok(filter) => {
-                let hit = filter.may_contain_any(wanted);
-                // A racing lookup may have set it first: same content.
-                let _ = self.keys.set(filter);
-                hit
-            }
-            // A batch that does not decode cannot be ruled out: the scan
-            // reports its error.
-            Err(_) => true,
-        }
+    /// Global journal position of the batch bytes.
+    pub fn global_pos(&self) -> u64 {
+        self.segment.base + self.pos
     }
 
     /// Zero-copy view of the batch (the caller made sure it is written).
@@ -84,7 +71,7 @@ impl IndexEntry {
 
     /// Global journal position just past the batch.
     pub fn end(&self) -> u64 {
-        self.segment.base + self.pos + self.len as u64
+        self.global_pos() + self.len as u64
     }
 }
 

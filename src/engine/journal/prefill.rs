@@ -78,8 +78,9 @@ struct Shared {
     state: Mutex<State>,
     cond: Condvar,
     zeros: bool,
-    /// fdatasyncs the writer issued (see `note_sync`).
-    syncs: AtomicU64,
+    /// The writer's count of fdatasyncs: a change since the last chunk
+    /// means the space ahead is worth zeroing.
+    syncs: Arc<AtomicU64>,
 }
 
 pub struct Prefill {
@@ -88,9 +89,9 @@ pub struct Prefill {
 }
 
 impl Prefill {
-    /// Starts preparing `active` from `tail` on: with zeros if `zeros`,
-    /// else by fallocate.
-    pub fn start(active: Arc<Segment>, tail: u64, zeros: bool) -> Prefill {
+    /// Starts preparing `active` from `tail` on: with zeros if `zeros` and
+    /// the writer's fdatasync count `syncs` moved, else by fallocate.
+    pub fn start(active: Arc<Segment>, tail: u64, zeros: bool, syncs: Arc<AtomicU64>) -> Prefill {
         let claimed = tail.next_multiple_of(BLOCK);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -106,7 +107,7 @@ impl Prefill {
             }),
             cond: Condvar::new(),
             zeros,
-            syncs: AtomicU64::new(0),
+            syncs,
         });
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
@@ -146,11 +147,6 @@ impl Prefill {
         if st.ready < st.claimed + ahead(&st) && st.failed.is_none() {
             self.shared.cond.notify_all();
         }
-    }
-
-    /// The writer issued an fdatasync: the space ahead is worth zeroing.
-    pub fn note_sync(&self) {
-        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Stops the thread (clean close); appends after it just go unprepared.
@@ -334,7 +330,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let segment = Arc::new(Segment::create(dir.path(), 0, 32 << 20).unwrap());
         assert!(allocated(&segment) < 64 << 10, "a new segment is sparse");
-        let prefill = Prefill::start(segment.clone(), 0, true);
+        let prefill = Prefill::start(segment.clone(), 0, true, Arc::default());
         prefill.wait_ready(MIN_AHEAD);
         assert!(allocated(&segment) >= MIN_AHEAD);
         assert_eq!(prefill.stats()["failed"], serde_json::Value::Null);
@@ -365,7 +361,8 @@ mod tests {
     fn zeros_only_while_the_writer_fdatasyncs() {
         let dir = tempfile::tempdir().unwrap();
         let segment = Arc::new(Segment::create(dir.path(), 0, 64 << 20).unwrap());
-        let prefill = Prefill::start(segment.clone(), 0, true);
+        let syncs = Arc::new(AtomicU64::new(0));
+        let prefill = Prefill::start(segment.clone(), 0, true, syncs.clone());
         prefill.wait_ready(MIN_AHEAD);
         let zeroed = |p: &Prefill| p.stats()["zeroed_bytes"].as_u64().unwrap();
         let prepared = |p: &Prefill| p.stats()["prepared_bytes"].as_u64().unwrap();
@@ -378,7 +375,7 @@ mod tests {
         assert_eq!(zeroed(&prefill), first);
         assert!(prepared(&prefill) >= 3 << 20);
         // After an fdatasync, the next chunk is zeroed.
-        prefill.note_sync();
+        syncs.fetch_add(1, Ordering::Relaxed);
         let before = prepared(&prefill);
         prefill.before_write(&segment, 6 << 20);
         prefill.wait_ready(12 << 20);
@@ -391,7 +388,7 @@ mod tests {
     fn allocate_mode_reserves_blocks_without_writing() {
         let dir = tempfile::tempdir().unwrap();
         let segment = Arc::new(Segment::create(dir.path(), 0, 8 << 20).unwrap());
-        let prefill = Prefill::start(segment.clone(), 0, false);
+        let prefill = Prefill::start(segment.clone(), 0, false, Arc::default());
         prefill.wait_ready(MIN_AHEAD);
         prefill.stop();
         assert!(allocated(&segment) >= MIN_AHEAD);
@@ -403,7 +400,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = Arc::new(Segment::create(dir.path(), 0, 1 << 20).unwrap());
         let second = Arc::new(Segment::create(dir.path(), 1 << 20, 4 << 20).unwrap());
-        let prefill = Prefill::start(first.clone(), 0, true);
+        let prefill = Prefill::start(first.clone(), 0, true, Arc::default());
         prefill.before_write(&second, 4096);
         prefill.wait_ready(4096 + MIN_AHEAD);
         prefill.stop();

@@ -251,8 +251,6 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
             }
         }
         out.tail = pos;
-        // Scanned: keep the peak RSS of a long replay near one segment.
-        segment.release_pages();
         out.segments.push(segment);
         index += 1;
     }

@@ -277,8 +277,8 @@ impl Shard for JournalShard {
         let batches = state
             .batches
             .iter()
-            .filter(|b| b.may_contain_any(&wanted))
-            .map_while(|b| reader.scan_batch(b));
+            .map_while(|b| reader.scan_batch_matching(b, &wanted))
+            .flatten();
         let result = scan::read_by_keys(batches, keys, max_records, now);
         reader.finish(result)
     }
@@ -294,8 +294,8 @@ impl Shard for JournalShard {
         let batches = state
             .batches
             .range(state.batch_index(from)..)
-            .filter(|b| b.may_contain_any(&wanted))
-            .map_while(|b| reader.scan_batch(b));
+            .map_while(|b| reader.scan_batch_matching(b, &wanted))
+            .flatten();
         let result = scan::read_by_tag(batches, tag, from, max_records, now, state.next_offset);
         reader.finish(result)
     }
@@ -432,12 +432,7 @@ impl Shard for JournalShard {
             // so each batch is its own sendfile range.
             // The newest batches from the tail cache (O_DIRECT wrote them
             // past the page cache), older ones with sendfile.
-            let cached = self
-                .log
-                .writer
-                .tail
-                .get(batch.segment.base + batch.pos, len as u64);
-            chunks.push(match cached {
+            chunks.push(match self.log.writer.tail.batch(batch) {
                 Some(bytes) => TransferChunk::Memory(bytes),
                 None => TransferChunk::File {
                     file: batch.segment.file.clone(),

@@ -14,6 +14,8 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use parking_lot::RwLock;
 
+use super::index::IndexEntry;
+
 #[derive(Default)]
 struct Inner {
     /// (global journal position of the first byte, bytes, bytes charged
@@ -63,8 +65,13 @@ impl TailCache {
         }
     }
 
+    /// The bytes of `batch`, if they are cached.
+    pub fn batch(&self, batch: &IndexEntry) -> Option<Bytes> {
+        self.get(batch.global_pos(), batch.len as u64)
+    }
+
     /// The `len` bytes at global position `pos`, if they are cached.
-    pub fn get(&self, pos: u64, len: u64) -> Option<Bytes> {
+    fn get(&self, pos: u64, len: u64) -> Option<Bytes> {
         if !self.enabled() {
             return None;
         }

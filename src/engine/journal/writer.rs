@@ -339,7 +339,9 @@ pub struct Writer {
     /// The newest written runs, for tail reads (see `tail`).
     pub tail: TailCache,
     pub writes: AtomicU64,
-    pub syncs: AtomicU64,
+    /// fdatasyncs issued (shared with `prefill`, which zeroes while they
+    /// happen).
+    pub syncs: Arc<AtomicU64>,
     pub bytes_written: AtomicU64,
 }
 
@@ -377,7 +379,8 @@ impl Writer {
         let direct = io.direct;
         // Zeros are written with O_DIRECT; where the filesystem refuses it
         // (tmpfs) writing them would only fill the page cache.
-        let prefill = Prefill::start(active.clone(), tail, prefill_zeros && direct);
+        let syncs = Arc::new(AtomicU64::new(0));
+        let prefill = Prefill::start(active.clone(), tail, prefill_zeros && direct, syncs.clone());
         Ok(Writer {
             state: Mutex::new(State {
                 runs: Vec::new(),
@@ -407,7 +410,7 @@ impl Writer {
             prefill,
             tail: TailCache::new(tail_cache_bytes),
             writes: AtomicU64::new(0),
-            syncs: AtomicU64::new(0),
+            syncs,
             bytes_written: AtomicU64::new(0),
         })
     }
@@ -667,7 +670,6 @@ impl Writer {
         match self.ops.submit(&[], &syncs) {
             Ok(()) => {
                 self.syncs.fetch_add(syncs.len() as u64, Ordering::Relaxed);
-                self.prefill.note_sync();
                 Ok(())
             }
             Err(IoFailure::Sync(i, e)) | Err(IoFailure::Write(i, e)) => Err(Error::io(
@@ -789,7 +791,6 @@ impl Writer {
                     .fetch_add(bytes as u64, Ordering::Relaxed);
                 if !syncs.is_empty() {
                     self.syncs.fetch_add(syncs.len() as u64, Ordering::Relaxed);
-                    self.prefill.note_sync();
                 }
                 Ok(())
             }
