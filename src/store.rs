@@ -406,6 +406,28 @@ impl Store {
         shard.append(records)
     }
 
+    /// Appends records as one batch like `append_batch`, but returns once
+    /// the batch has its offsets (it is readable from then on) without
+    /// waiting for the shard's durability mode: the journal's flusher
+    /// thread writes and syncs it while the caller goes on. The batch is
+    /// acknowledged only when `wait_durable` for its offsets returns. This
+    /// lets one producer keep several batches in flight, as Kafka producers
+    /// do. Other engines return once the batch is acknowledged.
+    pub fn append_batch_nowait(&self, shard: &str, records: &[Record<'_>]) -> Result<i64> {
+        let shard = self.shard(shard)?;
+        self.validate_records(records)?;
+        shard.append_nowait(records)
+    }
+
+    /// Waits until the record at `offset` of `shard`, and every earlier
+    /// one, is as durable as the shard's durability mode promises: the
+    /// acknowledgement of pipelined appends (`append_batch_nowait`).
+    /// `offset` must be below the shard's next offset; records deleted
+    /// meanwhile count as acknowledged.
+    pub fn wait_durable(&self, shard: &str, offset: i64) -> Result<()> {
+        self.shard(shard)?.wait_durable(offset)
+    }
+
     // ----------------------------------------------------------------- reads
 
     /// Reads up to `max_records` records (and about `max_bytes` of key, value

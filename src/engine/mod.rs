@@ -95,6 +95,22 @@ pub trait Shard: Send + Sync {
     /// Returns once the shard's durability mode is satisfied.
     fn append(&self, records: &[Record<'_>]) -> Result<i64>;
 
+    /// Appends like `append` but may return before the batch is as durable
+    /// as the shard's mode requires (pipelining: a producer keeps several
+    /// batches in flight); `wait_durable` then acknowledges it. Engines
+    /// without a pipelined path return once the batch is acknowledged.
+    fn append_nowait(&self, records: &[Record<'_>]) -> Result<i64> {
+        self.append(records)
+    }
+
+    /// Waits until the record at `offset`, and every earlier one, is as
+    /// durable as the shard's mode requires. `offset` must have been
+    /// appended (`< next_offset`); records deleted since count as done.
+    fn wait_durable(&self, offset: i64) -> Result<()> {
+        let info = self.info();
+        scan::check_appended(&info.name, offset, info.next_offset)
+    }
+
     /// Reads records from `from` on. `from` must lie in
     /// `[first_offset, next_offset]`.
     fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult>;

@@ -19,6 +19,20 @@ pub(crate) struct ScanBatch {
     pub max_timestamp: i64,
 }
 
+/// Checks that `offset` was appended to the shard (`wait_durable`'s
+/// argument): the valid range reported is `0..=next_offset - 1`.
+pub(crate) fn check_appended(shard: &str, offset: i64, next_offset: i64) -> Result<()> {
+    if (0..next_offset).contains(&offset) {
+        return Ok(());
+    }
+    Err(Error::OffsetOutOfRange {
+        shard: shard.to_string(),
+        offset,
+        first: 0,
+        next: next_offset - 1,
+    })
+}
+
 /// Reads and transfers start in `[low_watermark, high_watermark]`.
 pub(crate) fn check_range(
     shard: &str,

@@ -20,13 +20,13 @@ mod ckpt;
 mod cold;
 mod entry;
 mod index;
-mod periodic;
 mod prefill;
 mod recovery;
 mod segment;
 mod shard;
 mod tail;
 mod uring;
+mod worker;
 mod writer;
 
 #[cfg(test)]
@@ -35,7 +35,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
 use parking_lot::{Mutex, RwLock};
 
@@ -82,7 +82,10 @@ pub(crate) struct Log {
     /// here (`u64::MAX`: never, `checkpoint_bytes` = 0).
     next_checkpoint_at: AtomicU64,
     checkpoints: AtomicU64,
-    checkpointer: Option<periodic::Checkpointer>,
+    checkpointer: Option<worker::Worker>,
+    /// Writes what pipelined appends buffered; started by the first one.
+    flusher: OnceLock<worker::Worker>,
+    me: Weak<Log>,
 }
 
 impl Log {
@@ -159,6 +162,31 @@ impl Log {
         }
     }
 
+    fn checkpoint_if_due(&self) {
+        if self.checkpoint_due() {
+            // A failed checkpoint loses nothing: the previous one (or the
+            // full replay) still recovers everything.
+            let _ = self.checkpoint();
+        }
+    }
+
+    /// Hands the entries before `end` to the flusher thread, to be written
+    /// (and fdatasynced when `sync`) without the caller waiting; returns the
+    /// bytes buffered and not yet being written.
+    pub fn flush_in_background(&self, end: u64, sync: bool) -> Result<u64> {
+        let (poke, pending) = self.writer.request_background(end, sync)?;
+        if poke {
+            self.flusher
+                .get_or_init(|| {
+                    worker::Worker::start("mqs-journal-flush", self.me.clone(), |log| {
+                        log.writer.serve_background()
+                    })
+                })
+                .poke();
+        }
+        Ok(pending)
+    }
+
     fn checkpoint_due(&self) -> bool {
         self.writer.written() >= self.next_checkpoint_at.load(Ordering::Relaxed)
     }
@@ -206,9 +234,9 @@ impl Log {
             "io": self.writer.io_name(),
             "prefill": self.writer.prefill_stats(),
             "segments": self.segments.read().len(),
-            "writes": self.writer.writes.load(Ordering::Relaxed),
-            "fdatasyncs": self.writer.syncs.load(Ordering::Relaxed),
-            "bytes_written": self.writer.bytes_written.load(Ordering::Relaxed),
+            "writes": self.writer.counters.writes.load(Ordering::Relaxed),
+            "fdatasyncs": self.writer.counters.syncs.load(Ordering::Relaxed),
+            "bytes_written": self.writer.counters.bytes_written.load(Ordering::Relaxed),
             "removed_segments": self.removed_segments.load(Ordering::Relaxed),
             "hot_segments": self.config.hot_segments,
             "checkpoints_written": self.checkpoints.load(Ordering::Relaxed),
@@ -319,8 +347,11 @@ impl JournalEngine {
             bytes => end.saturating_add(bytes),
         };
         Ok(Arc::new_cyclic(|weak| Log {
-            checkpointer: (self.config.checkpoint_bytes > 0)
-                .then(|| periodic::Checkpointer::start(weak.clone())),
+            checkpointer: (self.config.checkpoint_bytes > 0).then(|| {
+                worker::Worker::start("mqs-journal-ckpt", weak.clone(), Log::checkpoint_if_due)
+            }),
+            flusher: OnceLock::new(),
+            me: weak.clone(),
             next_checkpoint_at: AtomicU64::new(next_checkpoint_at),
             checkpoints: AtomicU64::new(0),
             config: self.config.clone(),
@@ -436,6 +467,9 @@ impl Engine for JournalEngine {
         // Whatever happens next, the shards let go of the log.
         let shards: Vec<Arc<JournalShard>> = log.shards.lock().drain().map(|(_, s)| s).collect();
         log.writer.stop_prefill();
+        if let Some(flusher) = log.flusher.get() {
+            flusher.stop();
+        }
         log.writer.commit(end, true)?;
         // Only now, with everything before `end` durable, may a checkpoint
         // claim to cover it. It is an optimisation: failing to write it

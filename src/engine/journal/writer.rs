@@ -295,6 +295,13 @@ struct State {
     sync_started: u64,
     /// A leader is doing I/O (without the lock).
     writing: bool,
+    /// What pipelined appends asked the flusher thread to write and to
+    /// sync (global positions; see `request_background`).
+    background_written: u64,
+    background_synced: u64,
+    /// The flusher thread was poked and has not yet found all of the
+    /// above done.
+    flusher_busy: bool,
     /// Segments written to since the last fdatasync.
     dirty: Vec<Arc<Segment>>,
     poisoned: Option<String>,
@@ -338,10 +345,16 @@ pub struct Writer {
     prefill: Prefill,
     /// The newest written runs, for tail reads (see `tail`).
     pub tail: TailCache,
+    /// Shared with `prefill`, which decides from them whether zeroing the
+    /// space ahead pays.
+    pub counters: Arc<IoCounters>,
+}
+
+/// What the writer has done since the journal opened.
+#[derive(Default)]
+pub struct IoCounters {
     pub writes: AtomicU64,
-    /// fdatasyncs issued (shared with `prefill`, which zeroes while they
-    /// happen).
-    pub syncs: Arc<AtomicU64>,
+    pub syncs: AtomicU64,
     pub bytes_written: AtomicU64,
 }
 
@@ -379,8 +392,13 @@ impl Writer {
         let direct = io.direct;
         // Zeros are written with O_DIRECT; where the filesystem refuses it
         // (tmpfs) writing them would only fill the page cache.
-        let syncs = Arc::new(AtomicU64::new(0));
-        let prefill = Prefill::start(active.clone(), tail, prefill_zeros && direct, syncs.clone());
+        let counters = Arc::new(IoCounters::default());
+        let prefill = Prefill::start(
+            active.clone(),
+            tail,
+            prefill_zeros && direct,
+            counters.clone(),
+        );
         Ok(Writer {
             state: Mutex::new(State {
                 runs: Vec::new(),
@@ -393,6 +411,9 @@ impl Writer {
                 sync_wanted: 0,
                 sync_started: 0,
                 writing: false,
+                background_written: 0,
+                background_synced: 0,
+                flusher_busy: false,
                 dirty: Vec::new(),
                 poisoned: None,
                 spare: Vec::new(),
@@ -409,9 +430,7 @@ impl Writer {
             written_hint: AtomicU64::new(end),
             prefill,
             tail: TailCache::new(tail_cache_bytes),
-            writes: AtomicU64::new(0),
-            syncs,
-            bytes_written: AtomicU64::new(0),
+            counters,
         })
     }
 
@@ -546,6 +565,57 @@ impl Writer {
         self.commit(end, false)
     }
 
+    /// Asks for everything before `end` to be written (and synced when
+    /// `sync`) by the flusher thread, without waiting; returns whether the
+    /// flusher must be poked (it is not busy with earlier requests) and the
+    /// bytes buffered and not yet being written.
+    pub fn request_background(&self, end: u64, sync: bool) -> Result<(bool, u64)> {
+        let mut st = self.state.lock();
+        if let Some(reason) = &st.poisoned {
+            return Err(Self::poisoned_error(reason));
+        }
+        if sync {
+            if st.synced >= end {
+                return Ok((false, st.pending_bytes));
+            }
+            st.background_synced = st.background_synced.max(end);
+        } else {
+            if st.written >= end {
+                return Ok((false, st.pending_bytes));
+            }
+            st.background_written = st.background_written.max(end);
+        }
+        let poke = !std::mem::replace(&mut st.flusher_busy, true);
+        Ok((poke, st.pending_bytes))
+    }
+
+    /// The flusher thread's task: leads commits until every background
+    /// request is served (or the journal is poisoned: the waiters see that
+    /// themselves). Each commit takes everything buffered, so while one is
+    /// writing or syncing, the producers' next batches pile up into the
+    /// next, larger group.
+    pub fn serve_background(&self) {
+        loop {
+            let (target, sync) = {
+                let mut st = self.state.lock();
+                if st.poisoned.is_some() {
+                    st.flusher_busy = false;
+                    return;
+                }
+                if st.synced < st.background_synced {
+                    (st.background_synced.max(st.background_written), true)
+                } else if st.written < st.background_written {
+                    (st.background_written, false)
+                } else {
+                    st.flusher_busy = false;
+                    return;
+                }
+            };
+            // A failure poisons the journal; the next round sees it.
+            let _ = self.commit(target, sync);
+        }
+    }
+
     /// Waits until everything before `end` is written (and synced when
     /// `sync`), leading the I/O when nobody else is.
     pub fn commit(&self, end: u64, sync: bool) -> Result<()> {
@@ -669,7 +739,9 @@ impl Writer {
         let syncs: Vec<&File> = to_sync.iter().map(|s| &*s.file).collect();
         match self.ops.submit(&[], &syncs) {
             Ok(()) => {
-                self.syncs.fetch_add(syncs.len() as u64, Ordering::Relaxed);
+                self.counters
+                    .syncs
+                    .fetch_add(syncs.len() as u64, Ordering::Relaxed);
                 Ok(())
             }
             Err(IoFailure::Sync(i, e)) | Err(IoFailure::Write(i, e)) => Err(Error::io(
@@ -785,12 +857,18 @@ impl Writer {
         match result {
             Ok(()) => {
                 io.tail = tail;
-                self.writes.fetch_add(runs.len() as u64, Ordering::Relaxed);
+                let counters = &self.counters;
+                counters
+                    .writes
+                    .fetch_add(runs.len() as u64, Ordering::Relaxed);
                 let bytes: usize = runs.iter().map(|r| r.data.len()).sum();
-                self.bytes_written
+                counters
+                    .bytes_written
                     .fetch_add(bytes as u64, Ordering::Relaxed);
                 if !syncs.is_empty() {
-                    self.syncs.fetch_add(syncs.len() as u64, Ordering::Relaxed);
+                    counters
+                        .syncs
+                        .fetch_add(syncs.len() as u64, Ordering::Relaxed);
                 }
                 Ok(())
             }
