@@ -277,6 +277,24 @@ class Store:
     def append_batch(
         self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record]
     ) -> int: ...
+    def append_batch_nowait(
+        self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record]
+    ) -> int:
+        """Appends ``records`` as one atomic batch, like ``append_batch``
+        (same items, same validation), and returns the offset of the first as
+        soon as the batch has its offsets: readers see it at once. It does not
+        wait for the shard's durability mode; the batch is acknowledged only
+        once ``wait_durable`` returns for one of its offsets or a later one.
+        Typical use: keep a window of N batches in flight, waiting on the
+        oldest when the window is full."""
+    def wait_durable(self, shard: str, offset: int) -> None:
+        """Blocks (with the GIL released) until the record at ``offset`` and
+        every earlier record of ``shard`` is as durable as the shard's
+        durability mode promises (none: buffered; os: handed to the kernel;
+        fsync: fdatasynced). Deleted records count as durable. Raises
+        ``OffsetOutOfRange`` unless ``0 <= offset < next_offset``,
+        ``ShardNotFound``, ``StoreClosed``, or ``Poisoned`` after a failed
+        fsync."""
 
     # reads
     def read(

@@ -247,6 +247,34 @@ impl PyStore {
             .or_raise(py)
     }
 
+    /// Appends records as one atomic batch like `append_batch` (same items,
+    /// same validation) and returns the offset of the first as soon as the
+    /// batch has its offsets — readers see it at once — without waiting for
+    /// the shard's durability mode. The batch is acknowledged only when
+    /// `wait_durable` returns for one of its offsets or a later one; keep a
+    /// window of batches in flight and wait on the oldest.
+    fn append_batch_nowait<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        records: &Bound<'py, PyAny>,
+    ) -> PyResult<i64> {
+        let arena = Arena::new();
+        let records: Vec<Record<'_>> = convert::records_from_iterable(&arena, records)?;
+        py.detach(|| self.inner.append_batch_nowait(shard, &records))
+            .or_raise(py)
+    }
+
+    /// Blocks until the record at `offset` and every earlier record of
+    /// `shard` is as durable as the shard's durability mode promises (none:
+    /// buffered; os: handed to the kernel; fsync: fdatasynced). `offset`
+    /// must be below the shard's next offset; deleted records count as
+    /// durable.
+    fn wait_durable(&self, py: Python<'_>, shard: &str, offset: i64) -> PyResult<()> {
+        py.detach(|| self.inner.wait_durable(shard, offset))
+            .or_raise(py)
+    }
+
     // ------------------------------------------------------------- reads
 
     /// Reads up to `max_records` records (and about `max_bytes` of key,
