@@ -466,6 +466,61 @@ enum mqs_status mqs_append_batch(struct mqs_store *store,
                                  int64_t *out_base_offset);
 
 /**
+ * Appends `count` records (at least 1) to `shard` as one batch, atomically,
+ * like `mqs_append_batch` (the same argument checks and the same errors),
+ * but returns as soon as the batch has its offsets, without waiting for the
+ * shard's durability mode. `*out_base_offset` is the offset of the first
+ * record; the others follow densely.
+ *
+ * Readers see the batch immediately (`mqs_read`, transfers, ...), but it is
+ * NOT acknowledged yet: on the journal engine a background flusher thread
+ * writes it (durability `os`) and fdatasyncs it (`fsync`) while the caller
+ * goes on, and a crash before that may lose it. The batch is acknowledged
+ * only when `mqs_wait_durable` returns `MQS_OK` for an offset at or after
+ * it: any of its own offsets (the base offset will do; a batch becomes
+ * durable as a whole) or a later one of the same shard. This lets one
+ * producer keep several batches in flight, like Kafka's
+ * `max.in.flight.requests.per.connection`: a producer typically keeps a
+ * window of N batches, and when the window is full calls `mqs_wait_durable`
+ * on the oldest batch's base offset before appending the next one; one
+ * wait acknowledges every earlier batch of the shard too. On the memory
+ * and file engines the call returns once the batch is already
+ * acknowledged, as `mqs_append_batch` does.
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string; `records` points to `count` valid
+ * `mqs_record_in`s whose slices and arrays are valid for their lengths;
+ * `out_base_offset` is valid for writing.
+ */
+enum mqs_status mqs_append_batch_nowait(struct mqs_store *store,
+                                        const char *shard,
+                                        const struct mqs_record_in *records,
+                                        size_t count,
+                                        int64_t *out_base_offset);
+
+/**
+ * Blocks until the record at `offset` of `shard`, and every earlier record
+ * of the shard, is as durable as the shard's durability mode promises
+ * (`none`: buffered; `os`: handed to the kernel; `fsync`: fdatasynced).
+ * Returning `MQS_OK` is the acknowledgement of every batch appended with
+ * `mqs_append_batch_nowait` up to and including the one holding `offset`.
+ * Records deleted meanwhile (e.g. by `mqs_delete_records_before`) count as
+ * durable. Returns at once for records appended with `mqs_append` or
+ * `mqs_append_batch` (already acknowledged) and on the memory and file
+ * engines.
+ *
+ * Fails with `MQS_OFFSET_OUT_OF_RANGE` when `offset` is negative or not yet
+ * appended (at or past the shard's next offset), `MQS_SHARD_NOT_FOUND`,
+ * `MQS_INVALID_HANDLE` for a closed store handle (`MQS_CLOSED` when a close
+ * races with the call), and `MQS_POISONED` after a failed fsync (the batch
+ * is then not acknowledged).
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string.
+ */
+enum mqs_status mqs_wait_durable(struct mqs_store *store, const char *shard, int64_t offset);
+
+/**
  * Deletes every record before `offset` (moves the low watermark up to it,
  * clamped to the high watermark); `*out_low_watermark` is the new low
  * watermark.

@@ -627,6 +627,35 @@ public:
         return base;
     }
 
+    /// Pipelined append: appends records as one batch like append_batch()
+    /// (same checks, same errors) and returns the offset of the first as
+    /// soon as the batch has its offsets, without waiting for the shard's
+    /// durability mode. Readers see the batch at once, but it is
+    /// acknowledged only when wait_durable() returns for one of its offsets
+    /// or a later one; until then a crash may lose it. A producer typically
+    /// keeps a window of N batches in flight and, when the window is full,
+    /// calls wait_durable() on the oldest batch's base offset (which
+    /// acknowledges every earlier batch of the shard too). The memory and
+    /// file engines return once the batch is acknowledged. Payloads are
+    /// passed by pointer, not copied.
+    int64_t append_batch_nowait(const std::string &shard, const std::vector<Message> &messages) {
+        Encoded encoded(messages.data(), messages.size());
+        int64_t base = -1;
+        check(mqs_append_batch_nowait(handle(), detail::c_name(shard, "shard name"), encoded.records.data(),
+                                      encoded.records.size(), &base));
+        return base;
+    }
+
+    /// Blocks until the record at offset, and every earlier record of shard,
+    /// is as durable as the shard's durability mode promises: the
+    /// acknowledgement of append_batch_nowait() batches up to the one holding
+    /// offset. Deleted records count as durable. MQS_OFFSET_OUT_OF_RANGE when
+    /// offset < 0 or >= the shard's next offset, MQS_SHARD_NOT_FOUND,
+    /// MQS_POISONED after a failed fsync.
+    void wait_durable(const std::string &shard, int64_t offset) const {
+        check(mqs_wait_durable(handle(), detail::c_name(shard, "shard name"), offset));
+    }
+
     // -------------------------------------------------------------- reads
 
     /// Up to max_records records from offset on, stopping once about

@@ -11,11 +11,13 @@
 #include <ftw.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1295,6 +1297,8 @@ static void test_use_after_close(void) {
     CHECK(names == NULL);
     CHECK_STATUS(mqs_append(store, "s", &record, &offset), MQS_INVALID_HANDLE);
     CHECK_STATUS(mqs_append_batch(store, "s", &record, 1, &offset), MQS_INVALID_HANDLE);
+    CHECK_STATUS(mqs_append_batch_nowait(store, "s", &record, 1, &offset), MQS_INVALID_HANDLE);
+    CHECK_STATUS(mqs_wait_durable(store, "s", 0), MQS_INVALID_HANDLE);
     CHECK_STATUS(mqs_read(store, "s", 0, 1, 1, &batch), MQS_INVALID_HANDLE);
     CHECK(batch == NULL);
     CHECK_STATUS(mqs_read_by_keys(store, "s", &key, 1, 1, &batch), MQS_INVALID_HANDLE);
@@ -1453,6 +1457,342 @@ static void test_file_engine(void) {
     CHECK_OK(mqs_store_close(store));
 }
 
+/* ------------------------------------------------------- pipelined appends */
+
+enum { PIPE_BATCHES = 50, PIPE_PER_BATCH = 7, PIPE_WINDOW = 8 };
+
+static void pipe_key(char *out, size_t size, int n) { snprintf(out, size, "k%04d", n); }
+
+static void pipe_value(char *out, size_t size, const char *shard, int n) {
+    /* Values of varying length: 0 to 39 characters of padding. */
+    static const char pad[] = "0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    snprintf(out, size, "%s-value-%04d-%.*s", shard, n, n % 40, pad);
+}
+
+/* The number after "fdatasyncs": in a stats document, or -1. */
+static long long stats_fdatasyncs(mqs_store *store, const char *shard) {
+    char *json = NULL;
+    long long syncs = -1;
+    if (mqs_stats(store, shard, &json) == MQS_OK && json != NULL) {
+        const char *at = strstr(json, "\"fdatasyncs\":");
+        if (at != NULL) {
+            syncs = strtoll(at + strlen("\"fdatasyncs\":"), NULL, 10);
+        }
+        mqs_string_free(json);
+    }
+    return syncs;
+}
+
+/* Appends PIPE_BATCHES batches of PIPE_PER_BATCH records to `shard` (which
+ * must be empty) with mqs_append_batch_nowait, keeping at most PIPE_WINDOW
+ * batches unacknowledged: when the window is full it waits on the oldest
+ * batch's base offset, as a pipelining producer does. Each batch must be
+ * readable as soon as the call returns; then the rest are waited for. */
+static void pipe_fill(mqs_store *store, const char *shard) {
+    int64_t window[PIPE_WINDOW];
+    int oldest = 0, in_flight = 0, max_in_flight = 0;
+    char keys[PIPE_PER_BATCH][16];
+    char values[PIPE_PER_BATCH][128];
+    for (int b = 0; b < PIPE_BATCHES; b++) {
+        if (in_flight == PIPE_WINDOW) {
+            CHECK_OK(mqs_wait_durable(store, shard, window[oldest]));
+            oldest = (oldest + 1) % PIPE_WINDOW;
+            in_flight--;
+        }
+        mqs_record_in records[PIPE_PER_BATCH];
+        for (int i = 0; i < PIPE_PER_BATCH; i++) {
+            int n = b * PIPE_PER_BATCH + i;
+            pipe_key(keys[i], sizeof keys[i], n);
+            pipe_value(values[i], sizeof values[i], shard, n);
+            records[i] = keyed_record(keys[i], values[i]);
+        }
+        int64_t base = -1;
+        CHECK_OK(mqs_append_batch_nowait(store, shard, records, PIPE_PER_BATCH, &base));
+        CHECK(base == (int64_t)b * PIPE_PER_BATCH); /* dense and increasing */
+        /* The caller's buffers are only borrowed during the call. */
+        memset(values, 'X', sizeof values);
+        window[(oldest + in_flight) % PIPE_WINDOW] = base;
+        in_flight++;
+        if (in_flight > max_in_flight) {
+            max_in_flight = in_flight;
+        }
+        /* Readable immediately, before any acknowledgement. */
+        const mqs_record *out = NULL;
+        size_t count = 0;
+        mqs_batch *batch = read_ok(store, shard, base, 100, SIZE_MAX, &out, &count);
+        char expected[128];
+        pipe_value(expected, sizeof expected, shard, b * PIPE_PER_BATCH + PIPE_PER_BATCH - 1);
+        CHECK(count == PIPE_PER_BATCH && out[0].offset == base &&
+              slice_is(out[PIPE_PER_BATCH - 1].value, expected));
+        CHECK_OK(mqs_batch_free(batch));
+    }
+    CHECK(max_in_flight == PIPE_WINDOW);
+    while (in_flight > 0) {
+        CHECK_OK(mqs_wait_durable(store, shard, window[oldest]));
+        oldest = (oldest + 1) % PIPE_WINDOW;
+        in_flight--;
+    }
+    const int64_t total = (int64_t)PIPE_BATCHES * PIPE_PER_BATCH;
+    CHECK_OK(mqs_wait_durable(store, shard, total - 1));
+    CHECK_OK(mqs_wait_durable(store, shard, 0)); /* long acknowledged: still OK */
+    struct mqs_shard_info info;
+    CHECK_OK(mqs_shard_get_info(store, shard, &info));
+    CHECK(info.first_offset == 0 && info.next_offset == total && info.records == (uint64_t)total);
+}
+
+/* Reads the records pipe_fill wrote and compares every one. */
+static void pipe_verify(mqs_store *store, const char *shard) {
+    const int64_t total = (int64_t)PIPE_BATCHES * PIPE_PER_BATCH;
+    const mqs_record *out = NULL;
+    size_t count = 0;
+    mqs_batch *batch = read_ok(store, shard, 0, (size_t)total, SIZE_MAX, &out, &count);
+    int64_t next = -1;
+    CHECK_OK(mqs_batch_next_offset(batch, &next));
+    CHECK(next == total);
+    CHECK(count == (size_t)total);
+    int mismatches = 0;
+    for (size_t i = 0; i < count; i++) {
+        char key[16], value[128];
+        pipe_key(key, sizeof key, (int)i);
+        pipe_value(value, sizeof value, shard, (int)i);
+        if (out[i].offset != (int64_t)i || !slice_is(out[i].key, key) ||
+            !slice_is(out[i].value, value)) {
+            if (mismatches++ == 0) {
+                fprintf(stderr, "%s: record %zu differs (offset %" PRId64 ")\n", shard, i,
+                        out[i].offset);
+            }
+        }
+    }
+    CHECK(mismatches == 0);
+    CHECK_OK(mqs_batch_free(batch));
+}
+
+/* The journal (the default engine, durability fsync by default) and its os
+ * and none modes, the memory and the file engine: a window of in-flight
+ * batches, everything read back, and (persistent shards) found again after
+ * a reopen. */
+static void test_append_nowait_pipeline(void) {
+    char dir[128];
+    new_store_dir(dir, sizeof dir);
+    mqs_store *store = NULL;
+    REQUIRE(mqs_store_open(dir, NULL, &store) == MQS_OK);
+    CHECK_OK(mqs_shard_create(store, "journal-fsync", NULL));
+    CHECK_OK(mqs_shard_create(store, "journal-os", "durability = \"os\""));
+    CHECK_OK(mqs_shard_create(store, "journal-none", "durability = \"none\""));
+    CHECK_OK(mqs_shard_create(store, "memory", "engine = \"memory\""));
+    CHECK_OK(mqs_shard_create(store, "file", "engine = \"file\"\ndurability = \"fsync\""));
+    const char *shards[5] = {"journal-fsync", "journal-os", "journal-none", "memory", "file"};
+    const char *engines[5] = {"journal", "journal", "journal", "memory", "file"};
+    for (int s = 0; s < 5; s++) {
+        struct mqs_shard_info info;
+        CHECK_OK(mqs_shard_get_info(store, shards[s], &info));
+        CHECK(info.engine != NULL && strcmp(info.engine, engines[s]) == 0);
+        pipe_fill(store, shards[s]);
+        pipe_verify(store, shards[s]);
+    }
+    /* Acknowledging the fsync shard's batches took fdatasyncs. */
+    CHECK(stats_fdatasyncs(store, "journal-fsync") >= 1);
+
+    /* A later plain append is acknowledged on return; waiting on it is OK. */
+    mqs_record_in after = value_record("plain append");
+    int64_t offset = -1;
+    CHECK_OK(mqs_append(store, "journal-fsync", &after, &offset));
+    CHECK(offset == (int64_t)PIPE_BATCHES * PIPE_PER_BATCH);
+    CHECK_OK(mqs_wait_durable(store, "journal-fsync", offset));
+    CHECK_OK(mqs_store_close(store));
+
+    /* Everything is still there after a reopen (journal and file shards). */
+    REQUIRE(mqs_store_open(dir, NULL, &store) == MQS_OK);
+    for (int s = 0; s < 5; s++) {
+        if (strcmp(engines[s], "memory") == 0) {
+            continue;
+        }
+        pipe_verify(store, shards[s]);
+        struct mqs_shard_info info;
+        CHECK_OK(mqs_shard_get_info(store, shards[s], &info));
+        int64_t expect_next = (int64_t)PIPE_BATCHES * PIPE_PER_BATCH + (s == 0 ? 1 : 0);
+        CHECK(info.next_offset == expect_next);
+        CHECK_OK(mqs_wait_durable(store, shards[s], expect_next - 1));
+    }
+    /* Pipelining goes on from where the reopened shard left off. */
+    mqs_record_in more[2] = {value_record("again-0"), value_record("again-1")};
+    int64_t base = -1;
+    CHECK_OK(mqs_append_batch_nowait(store, "journal-fsync", more, 2, &base));
+    CHECK(base == (int64_t)PIPE_BATCHES * PIPE_PER_BATCH + 1);
+    CHECK_OK(mqs_wait_durable(store, "journal-fsync", base + 1));
+    CHECK_OK(mqs_store_close(store));
+}
+
+/* Acknowledged means it survives the process: a child pipelines batches,
+ * waits for them, appends a few more without waiting, reports through a
+ * pipe, and is killed with SIGKILL by this process (no close, no flush; the
+ * child's valgrind does not get to run either). The reopened store has every
+ * acknowledged record. */
+static void test_append_nowait_survives_kill(void) {
+    char dir[128];
+    new_store_dir(dir, sizeof dir);
+    const int64_t acked = (int64_t)PIPE_BATCHES * PIPE_PER_BATCH;
+    int ready[2];
+    REQUIRE(pipe(ready) == 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        close(ready[0]);
+        mqs_store *store = NULL;
+        if (mqs_store_open(dir, NULL, &store) != MQS_OK ||
+            mqs_shard_create(store, "journal-fsync", NULL) != MQS_OK) {
+            _exit(1);
+        }
+        pipe_fill(store, "journal-fsync");
+        if (check_failed != 0) {
+            _exit(2);
+        }
+        /* Unacknowledged batches: they may or may not survive. */
+        char value[128];
+        for (int b = 0; b < 4; b++) {
+            int64_t n = acked + b;
+            pipe_value(value, sizeof value, "journal-fsync", (int)n);
+            mqs_record_in record = value_record(value);
+            int64_t base = -1;
+            if (mqs_append_batch_nowait(store, "journal-fsync", &record, 1, &base) != MQS_OK ||
+                base != n) {
+                _exit(3);
+            }
+        }
+        if (write(ready[1], "k", 1) != 1) {
+            _exit(4);
+        }
+        for (;;) {
+            pause(); /* until the parent's SIGKILL */
+        }
+    }
+    close(ready[1]);
+    char byte = 0;
+    ssize_t got = read(ready[0], &byte, 1);
+    close(ready[0]);
+    CHECK(got == 1 && byte == 'k');
+    if (got == 1) {
+        kill(child, SIGKILL);
+    }
+    int wstatus = 0;
+    REQUIRE(waitpid(child, &wstatus, 0) == child);
+    CHECK(WIFSIGNALED(wstatus) && WTERMSIG(wstatus) == SIGKILL);
+    if (WIFEXITED(wstatus)) {
+        fprintf(stderr, "pipelining child exited with %d\n", WEXITSTATUS(wstatus));
+    }
+
+    mqs_store *store = NULL;
+    REQUIRE(mqs_store_open(dir, NULL, &store) == MQS_OK);
+    struct mqs_shard_info info;
+    CHECK_OK(mqs_shard_get_info(store, "journal-fsync", &info));
+    CHECK(info.next_offset >= acked && info.next_offset <= acked + 4);
+    pipe_verify(store, "journal-fsync");
+    /* Whatever survived of the unacknowledged tail is intact. */
+    if (info.next_offset > acked) {
+        const mqs_record *out = NULL;
+        size_t count = 0;
+        mqs_batch *batch = read_ok(store, "journal-fsync", acked, 10, SIZE_MAX, &out, &count);
+        CHECK(count == (size_t)(info.next_offset - acked));
+        for (size_t i = 0; i < count; i++) {
+            char value[128];
+            pipe_value(value, sizeof value, "journal-fsync", (int)(acked + (int64_t)i));
+            CHECK(out[i].offset == acked + (int64_t)i && slice_is(out[i].value, value));
+        }
+        CHECK_OK(mqs_batch_free(batch));
+    }
+    CHECK_OK(mqs_store_close(store));
+}
+
+/* Argument checks and errors of mqs_append_batch_nowait and mqs_wait_durable:
+ * status codes and messages. */
+static void test_append_nowait_errors(void) {
+    mqs_store *store = open_store("[store]\nmax_record_bytes = 1024\n");
+    CHECK_OK(mqs_shard_create(store, "s", NULL));
+    mqs_record_in records[2] = {keyed_record("a", "one"), keyed_record("b", "two")};
+    int64_t base = -77;
+
+    CHECK_STATUS(mqs_append_batch_nowait(NULL, "s", records, 2, &base), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`store` is NULL");
+    CHECK_STATUS(mqs_append_batch_nowait(store, NULL, records, 2, &base), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`shard` is NULL");
+    CHECK_STATUS(mqs_append_batch_nowait(store, "s", NULL, 2, &base), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`records` is NULL");
+    CHECK_STATUS(mqs_append_batch_nowait(store, "s", records, 0, &base), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("at least one record");
+    CHECK_STATUS(mqs_append_batch_nowait(store, "s", records, 2, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`out_base_offset` is NULL");
+    CHECK_STATUS(mqs_append_batch_nowait(store, "missing", records, 2, &base),
+                 MQS_SHARD_NOT_FOUND);
+    CHECK_MENTIONS("missing");
+    CHECK_STATUS(mqs_append_batch_nowait(store, "bad\xff", records, 2, &base),
+                 MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`shard`");
+
+    static uint8_t big[2000];
+    memset(big, 'b', sizeof big);
+    mqs_record_in oversized[2] = {keyed_record("ok", "fits"), {.value = {big, sizeof big}}};
+    CHECK_STATUS(mqs_append_batch_nowait(store, "s", oversized, 2, &base), MQS_RECORD_TOO_LARGE);
+    CHECK_MENTIONS("1024");
+    mqs_header reserved[1] = {{text("__mqs.tag"), text("v")}};
+    mqs_record_in bad = value_record("bad");
+    bad.headers = reserved;
+    bad.header_count = 1;
+    CHECK_STATUS(mqs_append_batch_nowait(store, "s", &bad, 1, &base), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("reserved");
+    CHECK(base == -77); /* out-param untouched on failure */
+
+    struct mqs_shard_info info;
+    CHECK_OK(mqs_shard_get_info(store, "s", &info));
+    CHECK(info.next_offset == 0); /* no failed append stored anything */
+
+    /* mqs_wait_durable on an empty shard: nothing to wait for. */
+    CHECK_STATUS(mqs_wait_durable(store, "s", 0), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_MENTIONS("out of range");
+
+    CHECK_OK(mqs_append_batch_nowait(store, "s", records, 2, &base));
+    CHECK(base == 0);
+    CHECK_OK(mqs_append_batch_nowait(store, "s", records, 2, &base));
+    CHECK(base == 2);
+    CHECK_STATUS(mqs_wait_durable(store, "s", -1), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_MENTIONS("offset -1 out of range");
+    CHECK_STATUS(mqs_wait_durable(store, "s", 4), MQS_OFFSET_OUT_OF_RANGE); /* == next */
+    CHECK_MENTIONS("offset 4 out of range");
+    CHECK_STATUS(mqs_wait_durable(store, "s", INT64_MAX), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_STATUS(mqs_wait_durable(store, "missing", 0), MQS_SHARD_NOT_FOUND);
+    CHECK_MENTIONS("missing");
+    CHECK_STATUS(mqs_wait_durable(store, NULL, 0), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`shard` is NULL");
+    CHECK_STATUS(mqs_wait_durable(NULL, "s", 0), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`store` is NULL");
+    CHECK_OK(mqs_wait_durable(store, "s", 3));
+
+    /* Deleted records count as durable. */
+    int64_t low = -1;
+    CHECK_OK(mqs_append_batch_nowait(store, "s", records, 2, &base));
+    CHECK(base == 4);
+    CHECK_OK(mqs_delete_records_before(store, "s", 6, &low));
+    CHECK(low == 6);
+    CHECK_OK(mqs_wait_durable(store, "s", 5));
+    CHECK_OK(mqs_wait_durable(store, "s", 0));
+    CHECK_STATUS(mqs_wait_durable(store, "s", 6), MQS_OFFSET_OUT_OF_RANGE); /* still == next */
+
+    /* A deleted shard is gone for both calls. */
+    CHECK_OK(mqs_shard_delete(store, "s"));
+    CHECK_STATUS(mqs_wait_durable(store, "s", 0), MQS_SHARD_NOT_FOUND);
+    CHECK_STATUS(mqs_append_batch_nowait(store, "s", records, 2, &base), MQS_SHARD_NOT_FOUND);
+
+    /* A closed store handle. */
+    CHECK_OK(mqs_shard_create(store, "t", NULL));
+    CHECK_OK(mqs_append_batch_nowait(store, "t", records, 2, &base));
+    CHECK_OK(mqs_store_close(store));
+    CHECK_STATUS(mqs_wait_durable(store, "t", 0), MQS_INVALID_HANDLE);
+    CHECK_MENTIONS("mqs_store");
+    CHECK_STATUS(mqs_append_batch_nowait(store, "t", records, 2, &base), MQS_INVALID_HANDLE);
+    CHECK_MENTIONS("mqs_store");
+}
+
 int main(void) {
     crc32c_init();
     strcpy(g_root, "/tmp/mqs-c-test-XXXXXX");
@@ -1479,6 +1819,9 @@ int main(void) {
     test_use_after_close();
     test_close_race();
     test_file_engine();
+    test_append_nowait_pipeline();
+    test_append_nowait_survives_kill();
+    test_append_nowait_errors();
 
     remove_tree(g_root);
     return check_summary();

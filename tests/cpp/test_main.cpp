@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <deque>
 #include <filesystem>
 #include <set>
 #include <string>
@@ -640,6 +641,138 @@ void c_interop() {
     CHECK(adopted.native_handle() == raw);
 }
 
+// Pipelined appends: batches in flight, acknowledged through wait_durable().
+constexpr int kPipeBatches = 50;
+constexpr int kPipePerBatch = 6;
+constexpr std::size_t kPipeWindow = 8;
+
+/// Values of varying length (0 to 32 bytes of padding).
+std::string pipe_value(int n) {
+    return "pipe-" + std::to_string(n) + std::string(static_cast<std::size_t>(n % 33), 'p');
+}
+
+/// Checks that shard holds exactly the records pipeline_fill() wrote (up to
+/// offset kPipeBatches * kPipePerBatch).
+void pipeline_verify(const Store &store, const std::string &shard) {
+    const int total = kPipeBatches * kPipePerBatch;
+    ReadResult all = store.read(shard, 0, static_cast<std::size_t>(total));
+    CHECK_EQ(all.size(), static_cast<std::size_t>(total));
+    CHECK_EQ(all.next_offset(), total);
+    int mismatches = 0;
+    int64_t expect = 0;
+    for (RecordView r : all) {
+        const std::string key = "k" + std::to_string(expect);
+        if (r.offset() != expect || r.value() != pipe_value(static_cast<int>(expect)) ||
+            r.key() != std::optional<std::string_view>(key)) {
+            ++mismatches;
+        }
+        ++expect;
+    }
+    CHECK_EQ(mismatches, 0);
+}
+
+/// Appends kPipeBatches batches with append_batch_nowait(), at most
+/// kPipeWindow unacknowledged (waits on the oldest when the window is full),
+/// then waits for the rest.
+void pipeline_fill(Store &store, const std::string &shard) {
+    std::deque<int64_t> in_flight;
+    std::size_t max_in_flight = 0;
+    int dense = 0;
+    int readable = 0;
+    for (int b = 0; b < kPipeBatches; ++b) {
+        if (in_flight.size() == kPipeWindow) {
+            store.wait_durable(shard, in_flight.front());
+            in_flight.pop_front();
+        }
+        std::vector<std::string> keys, values;
+        std::vector<Message> batch(kPipePerBatch);
+        for (int i = 0; i < kPipePerBatch; ++i) {
+            keys.push_back("k" + std::to_string(b * kPipePerBatch + i));
+            values.push_back(pipe_value(b * kPipePerBatch + i));
+        }
+        for (int i = 0; i < kPipePerBatch; ++i) {
+            batch[i].key = keys[i];
+            batch[i].value = values[i];
+        }
+        int64_t base = store.append_batch_nowait(shard, batch);
+        if (base == static_cast<int64_t>(b) * kPipePerBatch) {
+            ++dense;
+        }
+        in_flight.push_back(base);
+        max_in_flight = std::max(max_in_flight, in_flight.size());
+        // Readable before it is acknowledged.
+        ReadResult now = store.read(shard, base, 100);
+        if (now.size() == static_cast<std::size_t>(kPipePerBatch) && now[0].offset() == base &&
+            now[kPipePerBatch - 1].value() == values.back()) {
+            ++readable;
+        }
+    }
+    CHECK_EQ(dense, kPipeBatches);  // dense, increasing base offsets
+    CHECK_EQ(readable, kPipeBatches);
+    CHECK_EQ(max_in_flight, kPipeWindow);
+    while (!in_flight.empty()) {
+        store.wait_durable(shard, in_flight.front());
+        in_flight.pop_front();
+    }
+    const int64_t total = kPipeBatches * kPipePerBatch;
+    store.wait_durable(shard, total - 1);  // throws on failure (fails the case)
+    CHECK_EQ(store.shard_info(shard).next_offset, total);
+}
+
+void pipelined_appends() {
+    const std::string dir = test::dir("pipelined");
+    {
+        Store store = Store::open(dir);
+        store.create_shard("durable");  // journal, durability fsync: the defaults
+        store.create_shard("mem", std::string("engine = \"memory\""));
+        CHECK_EQ(store.shard_info("durable").engine, std::string("journal"));
+        CHECK_EQ(store.shard_info("mem").engine, std::string("memory"));
+        for (const char *shard : {"durable", "mem"}) {
+            pipeline_fill(store, shard);
+            pipeline_verify(store, shard);
+        }
+        store.close();
+    }
+    Store store = Store::open(dir);
+    const int64_t total = kPipeBatches * kPipePerBatch;
+    CHECK_EQ(store.shard_info("durable").next_offset, total);
+    pipeline_verify(store, "durable");
+    store.wait_durable("durable", total - 1);
+    Message more;
+    more.value = "after reopen";
+    CHECK_EQ(store.append_batch_nowait("durable", {more, more}), total);
+    store.wait_durable("durable", total);
+    CHECK_EQ(store.read("durable", total + 1, 10)[0].value(), "after reopen");
+}
+
+void pipelined_errors() {
+    Store store = Store::open(test::dir("pipelined-errors"), std::string("[store]\nmax_record_bytes = 1024"));
+    store.create_shard("s");
+    Message m;
+    m.value = "v";
+    CHECK_EQ(store.append_batch_nowait("s", {m, m, m}), 0);
+    CHECK_THROWS_CODE(at_next, store.wait_durable("s", 3), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK(test::contains(at_next, "offset 3 out of range"));
+    CHECK_THROWS_CODE(negative, store.wait_durable("s", -1), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK(test::contains(negative, "offset -1"));
+    CHECK_THROWS_CODE(unknown_wait, store.wait_durable("nope", 0), MQS_SHARD_NOT_FOUND);
+    CHECK(test::contains(unknown_wait, "nope"));
+    CHECK_THROWS_CODE(unknown_append, store.append_batch_nowait("nope", {m}), MQS_SHARD_NOT_FOUND);
+    CHECK(test::contains(unknown_append, "nope"));
+    CHECK_THROWS_CODE(empty, store.append_batch_nowait("s", {}), MQS_INVALID_ARGUMENT);
+    CHECK(test::contains(empty, "at least one record"));
+    std::string large(2000, 'L');
+    Message too_big;
+    too_big.value = large;
+    CHECK_THROWS_CODE(big, store.append_batch_nowait("s", {m, too_big}), MQS_RECORD_TOO_LARGE);
+    CHECK(test::contains(big, "1024"));
+    store.wait_durable("s", 2);
+    CHECK_EQ(store.shard_info("s").next_offset, 3);  // failed batches stored nothing
+    store.close();
+    CHECK_THROWS_CODE(closed, store.wait_durable("s", 0), MQS_INVALID_HANDLE);
+    CHECK_THROWS_CODE(closed_append, store.append_batch_nowait("s", {m}), MQS_INVALID_HANDLE);
+}
+
 }  // namespace
 
 int main() {
@@ -669,6 +802,8 @@ int main() {
     test::run("stats", stats_json);
     test::run("threads", threads);
     test::run("C interop", c_interop);
+    test::run("pipelined appends: window, read back, reopen", pipelined_appends);
+    test::run("pipelined appends: errors", pipelined_errors);
     other::transfer_tests();
 
     std::error_code ignored;
