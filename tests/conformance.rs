@@ -512,6 +512,65 @@ macro_rules! conformance_suite {
             }
 
             #[test]
+            fn pipelined_appends_are_acknowledged_by_wait_durable() {
+                let f = open(ENGINE, "");
+                let modes: &[&str] = if ENGINE == "memory" {
+                    &["none"]
+                } else {
+                    &["none", "os", "fsync"]
+                };
+                for mode in modes {
+                    let shard = format!("p-{mode}");
+                    let options = format!("durability = \"{mode}\"");
+                    f.store.create_shard(&shard, Some(&options)).unwrap();
+                    let batches: Vec<Vec<Vec<u8>>> =
+                        (0..40).map(|b| values(3, &format!("{mode}-{b}"))).collect();
+                    let mut in_flight = std::collections::VecDeque::new();
+                    for (b, batch) in batches.iter().enumerate() {
+                        if in_flight.len() == 4 {
+                            let oldest: i64 = in_flight.pop_front().unwrap();
+                            f.store.wait_durable(&shard, oldest + 2).unwrap();
+                        }
+                        let records: Vec<Record<'_>> =
+                            batch.iter().map(|v| Record::new(v)).collect();
+                        let base = f.store.append_batch_nowait(&shard, &records).unwrap();
+                        assert_eq!(base, 3 * b as i64, "{mode}: offsets stay dense");
+                        in_flight.push_back(base);
+                    }
+                    f.store.wait_durable(&shard, 119).unwrap();
+                    let read = f.store.read(&shard, 0, 1000, usize::MAX).unwrap();
+                    let got: Vec<&[u8]> = read.records.iter().map(|r| &r.value[..]).collect();
+                    let want: Vec<&[u8]> = batches.iter().flatten().map(|v| &v[..]).collect();
+                    assert_eq!(got, want, "{mode}");
+
+                    for offset in [-1, 120] {
+                        let err = f.store.wait_durable(&shard, offset).unwrap_err();
+                        assert_eq!(err.status(), Status::OffsetOutOfRange, "{mode} {offset}");
+                        assert!(err.to_string().contains(&shard), "{err}");
+                    }
+                    f.store.delete_records_before(&shard, 30).unwrap();
+                    f.store.wait_durable(&shard, 5).unwrap();
+                }
+                let err = f.store.wait_durable("missing", 0).unwrap_err();
+                assert_eq!(err.status(), Status::ShardNotFound);
+                let err = f
+                    .store
+                    .append_batch_nowait("missing", &[Record::new(b"x")])
+                    .unwrap_err();
+                assert_eq!(err.status(), Status::ShardNotFound);
+                let err = f.store.append_batch_nowait("p-none", &[]).unwrap_err();
+                assert_eq!(err.status(), Status::InvalidArgument);
+                f.store.close().unwrap();
+                let err = f.store.wait_durable("p-none", 0).unwrap_err();
+                assert_eq!(err.status(), Status::Closed);
+                let err = f
+                    .store
+                    .append_batch_nowait("p-none", &[Record::new(b"x")])
+                    .unwrap_err();
+                assert_eq!(err.status(), Status::Closed);
+            }
+
+            #[test]
             fn stats_are_json() {
                 let f = open(ENGINE, "");
                 f.store.create_shard("s", None).unwrap();

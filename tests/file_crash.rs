@@ -43,6 +43,7 @@ fn crash_writer_child() {
     crash::append_and_ack_forever(
         Store::open(&dir, crash_config(&mode)).unwrap(),
         CRASH_SHARDS,
+        crash::Appends::Blocking,
     );
 }
 

@@ -28,7 +28,8 @@ fn crash_writer_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    crash::append_and_ack_forever(Store::open(&dir, config()).unwrap(), SHARDS);
+    let store = Store::open(&dir, config()).unwrap();
+    crash::append_and_ack_forever(store, SHARDS, crash::Appends::Blocking);
 }
 
 #[test]

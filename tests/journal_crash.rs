@@ -10,13 +10,14 @@ use common::{crash, Rng};
 
 const CHILD_ENV: &str = "MQS_CRASH_CHILD_DIR";
 /// The journal I/O path of the child: `default` (io = "auto", direct),
-/// `uring-buffered`, or `pwrite` / `pwrite-buffered` for the fallbacks.
+/// `uring-buffered`, or `pwrite` / `pwrite-buffered` for the fallbacks;
+/// `pipelined` is the default path with pipelined appends.
 const IO_ENV: &str = "MQS_CRASH_IO";
 const CRASH_SHARDS: usize = 3;
 
 fn crash_config(io: &str) -> Config {
     let keys = match io {
-        "default" => "",
+        "default" | "pipelined" => "",
         "pwrite" => "io = \"pwrite\"\n",
         "pwrite-buffered" => "io = \"pwrite\"\ndirect = false\n",
         "uring-buffered" => "io = \"uring\"\ndirect = false\n",
@@ -40,18 +41,25 @@ fn crash_writer_child() {
         return;
     };
     let io = std::env::var(IO_ENV).unwrap_or_else(|_| "default".into());
-    crash::append_and_ack_forever(Store::open(&dir, crash_config(&io)).unwrap(), CRASH_SHARDS);
+    let appends = if io == "pipelined" {
+        crash::Appends::Pipelined
+    } else {
+        crash::Appends::Blocking
+    };
+    let store = Store::open(&dir, crash_config(&io)).unwrap();
+    crash::append_and_ack_forever(store, CRASH_SHARDS, appends);
 }
 
 /// On every I/O path: the default (io_uring + O_DIRECT where available),
-/// io_uring through the page cache, then the pwrite fallback with O_DIRECT
-/// and through the page cache (`MQS_CRASH_MODES=a,b` picks some). One
+/// with blocking and with pipelined appends, io_uring through the page
+/// cache, then the pwrite fallback with O_DIRECT and through the page cache
+/// (`MQS_CRASH_MODES=a,b` picks some). One
 /// after the other in one test: tests running in parallel would share
 /// their store locks with each other's children between fork and exec.
 #[test]
 fn kill_9_loses_no_acknowledged_record() {
     let modes = std::env::var("MQS_CRASH_MODES")
-        .unwrap_or_else(|_| "default,uring-buffered,pwrite,pwrite-buffered".into());
+        .unwrap_or_else(|_| "default,pipelined,uring-buffered,pwrite,pwrite-buffered".into());
     for io in modes.split(',') {
         if io.starts_with("uring")
             && mqstore::Store::open_with_toml(
@@ -98,7 +106,7 @@ fn kill_9_cycles(io: &str) {
                 !io.ends_with("buffered"),
                 "{path}"
             );
-            if io != "default" {
+            if !matches!(io, "default" | "pipelined") {
                 assert!(path.starts_with(io.split('-').next().unwrap()), "{path}");
             }
         }

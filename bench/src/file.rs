@@ -80,6 +80,7 @@ pub fn run(base: &Path, plan: &Plan, results: &mut Results) {
             batch: 64,
             threads: 1,
             shards: 1,
+            window: 0,
         };
         let mut p = spec.params(&options);
         p["seconds_per_rep"] = json!(plan.headline_secs);

@@ -33,6 +33,7 @@ pub const HEADLINE_SPEC: AppendSpec = AppendSpec {
     batch: 1024,
     threads: 1,
     shards: 1,
+    window: 0,
 };
 
 pub fn matrix_name(spec: &AppendSpec) -> String {
@@ -146,6 +147,7 @@ fn appends(base: &Path, plan: &Plan, results: &mut Results, options: &mqstore::S
                         batch,
                         threads,
                         shards,
+                        window: 0,
                     };
                     let budget = if shards == 1 {
                         u64::MAX
@@ -189,6 +191,7 @@ fn single_append_latency(
         batch: 1,
         threads: 1,
         shards: 1,
+        window: 0,
     };
     let max = match engine::append_throughput(
         base,
@@ -381,6 +384,7 @@ pub fn compare(results: &mut Results) {
                         batch,
                         threads,
                         shards,
+                        window: 0,
                     };
                     names.push((matrix_name(&spec), record_size));
                 }

@@ -31,10 +31,23 @@ pub fn cycles() -> usize {
         .unwrap_or(20)
 }
 
+/// How the child's threads append.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Appends {
+    /// `append_batch`: acknowledged when it returns.
+    Blocking,
+    /// `append_batch_nowait` with up to `PIPELINE_WINDOW` batches in
+    /// flight per thread: a batch is acknowledged (printed) only once
+    /// `wait_durable` on its last offset returned.
+    Pipelined,
+}
+
+const PIPELINE_WINDOW: usize = 8;
+
 /// The child's side: creates shards `c0` … `c{shards - 1}` if needed, then
 /// appends forever from 4 threads, printing `ACK <shard> <base> <values…>`
 /// per acknowledged batch.
-pub fn append_and_ack_forever(store: Store, shards: usize) {
+pub fn append_and_ack_forever(store: Store, shards: usize, appends: Appends) {
     let store = Arc::new(store);
     for s in 0..shards {
         let name = format!("c{s}");
@@ -51,6 +64,13 @@ pub fn append_and_ack_forever(store: Store, shards: usize) {
             let counter = counter.clone();
             std::thread::spawn(move || {
                 let mut rng = Rng::new(pid as u64 * 31 + t);
+                let ack = |shard: &str, base: i64, values: &[String]| {
+                    let line = format!("ACK {shard} {base} {}\n", values.join(" "));
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(line.as_bytes()).unwrap();
+                    out.flush().unwrap();
+                };
+                let mut in_flight = std::collections::VecDeque::new();
                 loop {
                     let shard = format!("c{}", rng.below(shards as u64));
                     let n = 1 + rng.below(4) as usize;
@@ -63,11 +83,20 @@ pub fn append_and_ack_forever(store: Store, shards: usize) {
                         .collect();
                     let records: Vec<Record<'_>> =
                         values.iter().map(|v| Record::new(v.as_bytes())).collect();
-                    let base = store.append_batch(&shard, &records).unwrap();
-                    let line = format!("ACK {shard} {base} {}\n", values.join(" "));
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(line.as_bytes()).unwrap();
-                    out.flush().unwrap();
+                    if appends == Appends::Blocking {
+                        let base = store.append_batch(&shard, &records).unwrap();
+                        ack(&shard, base, &values);
+                        continue;
+                    }
+                    if in_flight.len() == PIPELINE_WINDOW {
+                        let (shard, base, values): (String, i64, Vec<String>) =
+                            in_flight.pop_front().unwrap();
+                        let last = base + values.len() as i64 - 1;
+                        store.wait_durable(&shard, last).unwrap();
+                        ack(&shard, base, &values);
+                    }
+                    let base = store.append_batch_nowait(&shard, &records).unwrap();
+                    in_flight.push_back((shard, base, values));
                 }
             })
         })

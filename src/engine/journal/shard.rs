@@ -29,7 +29,7 @@ use crate::{Error, Result};
 /// writes' worth (1 MiB writes reach the device's sequential bandwidth
 /// here), so the flusher's groups stay large while a producer that never
 /// waits is held to the disk's pace.
-const PIPELINE_BYTES: u64 = 8 << 20;
+pub(crate) const PIPELINE_BYTES: u64 = 8 << 20;
 
 pub struct JournalShard {
     pub(crate) id: u64,

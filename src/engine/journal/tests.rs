@@ -304,3 +304,138 @@ fn a_flush_in_flight_is_waited_for_not_skipped() {
         waiter.join().unwrap().unwrap();
     });
 }
+
+/// A pipelined append returns before its fdatasync (here held at the gate)
+/// and the flusher thread issues that fdatasync by itself; `wait_durable`
+/// returns only once it completed.
+#[test]
+fn pipelined_appends_are_synced_by_the_flusher() {
+    let dir = tempfile::tempdir().unwrap();
+    let gated = Arc::new(Gated::default());
+    let engine = JournalEngine::with_ops(dir.path(), config(), gated.clone());
+    let shard = engine
+        .create_shard("s", &options(Durability::Fsync))
+        .unwrap();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    *gated.entered.lock() = Some(entered_tx);
+    *gated.closed.lock() = true;
+    std::thread::scope(|scope| {
+        let gate = OpenOnDrop(&gated);
+        assert_eq!(shard.append_nowait(&[Record::new(b"a")]).unwrap(), 0);
+        assert_eq!(shard.append_nowait(&[Record::new(b"b")]).unwrap(), 1);
+        // Nobody waits: the flusher reached the fdatasync on its own.
+        entered.recv().unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let shard = &shard;
+        let waiter = scope.spawn(move || {
+            let result = shard.wait_durable(1);
+            done_tx.send(()).unwrap();
+            result
+        });
+        assert_eq!(
+            done.recv_timeout(std::time::Duration::from_millis(200)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+            "wait_durable returned while the fdatasync was held"
+        );
+        drop(gate);
+        waiter.join().unwrap().unwrap();
+    });
+    let stats = shard.stats();
+    assert!(
+        stats["journal"]["fdatasyncs"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    engine.close().unwrap();
+}
+
+#[test]
+fn a_failed_fsync_in_the_flusher_reaches_wait_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = Arc::new(Faulty::default());
+    let engine = JournalEngine::with_ops(dir.path(), config(), ops.clone());
+    let shard = engine
+        .create_shard("s", &options(Durability::Fsync))
+        .unwrap();
+    ops.0.store(FAIL_SYNC, Ordering::SeqCst);
+    // The append itself may or may not see the poison yet (the flusher
+    // races it); its acknowledgement must not succeed.
+    let offset = match shard.append_nowait(&[Record::new(b"lost")]) {
+        Ok(offset) => offset,
+        Err(err) => panic!("the first pipelined append failed early: {err}"),
+    };
+    let err = shard.wait_durable(offset).unwrap_err();
+    assert_eq!(err.status(), Status::Poisoned, "{err}");
+    assert!(err.to_string().contains("fdatasync"), "{err}");
+    ops.0.store(OK, Ordering::SeqCst);
+    let err = shard.append_nowait(&[Record::new(b"after")]).unwrap_err();
+    assert_eq!(err.status(), Status::Poisoned);
+    assert_eq!(
+        shard.wait_durable(offset).unwrap_err().status(),
+        Status::Poisoned
+    );
+}
+
+/// What pipelined appends left unacknowledged is made durable by a clean
+/// close, like everything else.
+#[test]
+fn close_persists_pipelined_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    for durability in [Durability::Os, Durability::Fsync] {
+        let engine = JournalEngine::new(dir.path(), config());
+        engine.recover().unwrap();
+        let name = format!("{durability:?}");
+        let shard = engine.create_shard(&name, &options(durability)).unwrap();
+        for i in 0..100u32 {
+            shard
+                .append_nowait(&[Record::new(&i.to_le_bytes())])
+                .unwrap();
+        }
+        drop(shard);
+        engine.close().unwrap();
+    }
+    let engine = JournalEngine::new(dir.path(), config());
+    let shards = engine.recover().unwrap();
+    assert_eq!(shards.len(), 2);
+    let limits = ReadLimits {
+        max_records: 1000,
+        max_bytes: usize::MAX,
+    };
+    for (name, _, shard) in shards {
+        let values: Vec<Vec<u8>> = shard
+            .read(0, limits)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| r.value.to_vec())
+            .collect();
+        let want: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
+        assert_eq!(values, want, "{name}");
+    }
+}
+
+/// A producer that never waits is held to the disk's pace: the bytes
+/// buffered and not yet being written stay bounded.
+#[test]
+fn pipelined_appends_that_are_never_awaited_stay_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: 64 << 20,
+        ..JournalConfig::default()
+    };
+    let engine = JournalEngine::new(dir.path(), config);
+    engine.recover().unwrap();
+    let shard = engine.create_shard("s", &options(Durability::Os)).unwrap();
+    let log = engine.log.lock().clone().unwrap();
+    let value = vec![3u8; 64 << 10];
+    let mut most = 0;
+    for _ in 0..512 {
+        shard.append_nowait(&[Record::new(&value)]).unwrap();
+        most = most.max(log.writer.pending_bytes());
+    }
+    let limit = super::shard::PIPELINE_BYTES + (64 << 10) + 4096;
+    assert!(most <= limit, "{most} bytes buffered, limit {limit}");
+    shard.wait_durable(511).unwrap();
+    assert!(log.writer.written() >= 512 * (64 << 10));
+    drop(shard);
+    engine.close().unwrap();
+}
