@@ -84,7 +84,7 @@ pub(crate) struct Log {
     checkpoints: AtomicU64,
     checkpointer: Option<worker::Worker>,
     /// Writes what pipelined appends buffered; started by the first one.
-    flusher: OnceLock<worker::Worker>,
+    flushers: OnceLock<[worker::Worker; 2]>,
     me: Weak<Log>,
 }
 
@@ -176,13 +176,20 @@ impl Log {
     pub fn flush_in_background(&self, end: u64, sync: bool) -> Result<u64> {
         let (poke, pending) = self.writer.request_background(end, sync)?;
         if poke {
-            self.flusher
-                .get_or_init(|| {
-                    worker::Worker::start("mqs-journal-flush", self.me.clone(), |log| {
+            // Two flushers: with O_DIRECT, while one waits for its group's
+            // fdatasync (the write phase released), the other writes the
+            // next group, so the device flush overlaps the next write.
+            let flushers = self.flushers.get_or_init(|| {
+                let start = |name| {
+                    worker::Worker::start(name, self.me.clone(), |log| {
                         log.writer.serve_background()
                     })
-                })
-                .poke();
+                };
+                [start("mqs-journal-flush"), start("mqs-journal-flush")]
+            });
+            for flusher in flushers {
+                flusher.poke();
+            }
         }
         Ok(pending)
     }
@@ -350,7 +357,7 @@ impl JournalEngine {
             checkpointer: (self.config.checkpoint_bytes > 0).then(|| {
                 worker::Worker::start("mqs-journal-ckpt", weak.clone(), Log::checkpoint_if_due)
             }),
-            flusher: OnceLock::new(),
+            flushers: OnceLock::new(),
             me: weak.clone(),
             next_checkpoint_at: AtomicU64::new(next_checkpoint_at),
             checkpoints: AtomicU64::new(0),
@@ -467,7 +474,7 @@ impl Engine for JournalEngine {
         // Whatever happens next, the shards let go of the log.
         let shards: Vec<Arc<JournalShard>> = log.shards.lock().drain().map(|(_, s)| s).collect();
         log.writer.stop_prefill();
-        if let Some(flusher) = log.flusher.get() {
+        for flusher in log.flushers.get().into_iter().flatten() {
             flusher.stop();
         }
         log.writer.commit(end, true)?;

@@ -9,10 +9,10 @@
 //!   keeps a recovery-point checkpoint for the same reason. Appends poke it
 //!   once the threshold is crossed (`Log::maybe_checkpoint`: two atomic
 //!   loads per append).
-//! - the flusher writes and fdatasyncs what pipelined appends
-//!   (`append_nowait`) left in the buffer (`Log::flush_background`), so a
-//!   producer keeps encoding while its earlier batches reach the disk. It
-//!   is started by the first pipelined append.
+//! - two flushers write and fdatasync what pipelined appends
+//!   (`append_nowait`) left in the buffer (`Writer::serve_background`), so
+//!   a producer keeps encoding while its earlier batches reach the disk.
+//!   They are started by the first pipelined append (`Log::flush_in_background`).
 //!
 //! An idle worker costs nothing but its sleeping thread. Each holds only a
 //! weak reference to the log, so it never keeps a closed journal alive.

@@ -295,12 +295,13 @@ struct State {
     sync_started: u64,
     /// A leader is doing I/O (without the lock).
     writing: bool,
-    /// What pipelined appends asked the flusher thread to write and to
+    /// What pipelined appends asked the flusher threads to write and to
     /// sync (global positions; see `request_background`).
     background_written: u64,
     background_synced: u64,
-    /// The flusher thread was poked and has not yet found all of the
-    /// above done.
+    /// The flushers were poked and none has found all of the above done
+    /// since (one may still be serving after another cleared it: a spare
+    /// poke then is harmless, and no request goes without one).
     flusher_busy: bool,
     /// Segments written to since the last fdatasync.
     dirty: Vec<Arc<Segment>>,
@@ -566,8 +567,8 @@ impl Writer {
     }
 
     /// Asks for everything before `end` to be written (and synced when
-    /// `sync`) by the flusher thread, without waiting; returns whether the
-    /// flusher must be poked (it is not busy with earlier requests) and the
+    /// `sync`) by the flusher threads, without waiting; returns whether the
+    /// flushers must be poked (they are not busy with earlier requests) and the
     /// bytes buffered and not yet being written.
     pub fn request_background(&self, end: u64, sync: bool) -> Result<(bool, u64)> {
         let mut st = self.state.lock();
@@ -589,7 +590,7 @@ impl Writer {
         Ok((poke, st.pending_bytes))
     }
 
-    /// The flusher thread's task: leads commits until every background
+    /// A flusher thread's task: leads commits until every background
     /// request is served (or the journal is poisoned: the waiters see that
     /// themselves). Each commit takes everything buffered, so while one is
     /// writing or syncing, the producers' next batches pile up into the
