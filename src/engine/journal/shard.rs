@@ -116,15 +116,16 @@ impl JournalShard {
     pub(crate) fn wait(&self, end: u64) -> Result<()> {
         let writer = &self.log.writer;
         match self.options.durability {
-            // Acknowledged from the buffer; the buffer is handed to the
-            // kernel once it grows past `buffer_bytes` (or by a later os or
-            // fsync append, a read of this data, or close).
+            // Acknowledged from the buffer. Once `buffer_bytes` are
+            // buffered the flushers write them in the background (so do a
+            // later os or fsync append, a read of this data, and close);
+            // past `PIPELINE_BYTES` the appender writes them itself.
             Durability::None => {
                 if let Some(reason) = writer.poisoned() {
                     return Err(Error::Poisoned(format!("journal: {reason}")));
                 }
                 if writer.pending_bytes() >= self.log.config.buffer_bytes {
-                    writer.commit(end, false)?;
+                    self.write_behind(end, false)?;
                 }
                 Ok(())
             }
@@ -133,21 +134,25 @@ impl JournalShard {
         }
     }
 
-    /// The pipelined counterpart of `wait`: the flusher thread writes (and
-    /// for `fsync` syncs) the entry ending at `end` while the caller goes
-    /// on; `wait_durable` acknowledges it.
+    /// The pipelined counterpart of `wait`: the flushers write (and for
+    /// `fsync` sync) the entry ending at `end` while the caller goes on;
+    /// `wait_durable` acknowledges it.
     fn hand_off(&self, end: u64) -> Result<()> {
-        let sync = match self.options.durability {
+        match self.options.durability {
             // Acknowledged from the buffer anyway.
-            Durability::None => return self.wait(end),
-            Durability::Os => false,
-            Durability::Fsync => true,
-        };
+            Durability::None => self.wait(end),
+            Durability::Os => self.write_behind(end, false),
+            Durability::Fsync => self.write_behind(end, true),
+        }
+    }
+
+    /// Asks the flusher threads to write (and sync when `sync`) the log up
+    /// to `end`. A producer that never waits must not grow the buffer
+    /// without bound: past `PIPELINE_BYTES` it writes the buffer itself
+    /// (the flushers may be busy in an fdatasync meanwhile, which this
+    /// write overlaps with O_DIRECT).
+    fn write_behind(&self, end: u64, sync: bool) -> Result<()> {
         let pending = self.log.flush_in_background(end, sync)?;
-        // A producer that never waits must not grow the buffer without
-        // bound: past `PIPELINE_BYTES` it writes the buffer itself (the
-        // flusher may be busy in an fdatasync meanwhile, which this write
-        // overlaps with O_DIRECT).
         if pending >= PIPELINE_BYTES {
             self.log.writer.commit(end, false)?;
         }
