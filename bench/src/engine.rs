@@ -1248,6 +1248,7 @@ mod tests {
             batch: 1,
             threads: 1,
             shards: 1,
+            window: 0,
         };
         let start = Instant::now();
         append_once(
