@@ -6,6 +6,7 @@ use super::convert::{array_arg, keys_arg, out_arg, records_arg, str_arg};
 use super::guard::{status, FfiError};
 use super::store::STORES;
 use super::types::{mqs_record_in, mqs_slice, mqs_status, mqs_store};
+use crate::{Record, Store};
 
 /// Appends one record to `shard`; `*out_offset` is its offset. The record's
 /// memory is only borrowed during the call. Fails with
@@ -59,20 +60,17 @@ pub unsafe extern "C" fn mqs_append_batch(
     count: usize,
     out_base_offset: *mut i64,
 ) -> mqs_status {
-    status(|| {
-        let store = STORES.get(store, "store")?;
-        // SAFETY: NUL-terminated string (caller contract).
-        let shard = unsafe { str_arg(shard, "shard") }?;
-        // SAFETY: `records` holds `count` records (caller contract).
-        let input = unsafe { array_arg(records, count, "records") }?;
-        // SAFETY: the records' slices and arrays are valid (caller contract).
-        let records = unsafe { records_arg(input, "records") }?;
-        out_arg(out_base_offset, "out_base_offset")?;
-        let offset = store.append_batch(shard, &records)?;
-        // SAFETY: checked non-NULL; writable per the caller contract.
-        unsafe { out_base_offset.write(offset) };
-        Ok(())
-    })
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        append_batch_with(
+            store,
+            shard,
+            records,
+            count,
+            out_base_offset,
+            Store::append_batch,
+        )
+    }
 }
 
 /// Appends `count` records (at least 1) to `shard` as one batch, atomically,
@@ -108,6 +106,32 @@ pub unsafe extern "C" fn mqs_append_batch_nowait(
     count: usize,
     out_base_offset: *mut i64,
 ) -> mqs_status {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        append_batch_with(
+            store,
+            shard,
+            records,
+            count,
+            out_base_offset,
+            Store::append_batch_nowait,
+        )
+    }
+}
+
+/// The body of `mqs_append_batch` and `mqs_append_batch_nowait`: the same
+/// checks and conversions, then `append`.
+///
+/// # Safety
+/// As for `mqs_append_batch`.
+unsafe fn append_batch_with(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    records: *const mqs_record_in,
+    count: usize,
+    out_base_offset: *mut i64,
+    append: fn(&Store, &str, &[Record<'_>]) -> crate::Result<i64>,
+) -> mqs_status {
     status(|| {
         let store = STORES.get(store, "store")?;
         // SAFETY: NUL-terminated string (caller contract).
@@ -117,7 +141,7 @@ pub unsafe extern "C" fn mqs_append_batch_nowait(
         // SAFETY: the records' slices and arrays are valid (caller contract).
         let records = unsafe { records_arg(input, "records") }?;
         out_arg(out_base_offset, "out_base_offset")?;
-        let offset = store.append_batch_nowait(shard, &records)?;
+        let offset = append(&store, shard, &records)?;
         // SAFETY: checked non-NULL; writable per the caller contract.
         unsafe { out_base_offset.write(offset) };
         Ok(())

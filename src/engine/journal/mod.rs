@@ -170,15 +170,15 @@ impl Log {
         }
     }
 
-    /// Hands the entries before `end` to the flusher thread, to be written
+    /// Hands the entries before `end` to the flusher threads, to be written
     /// (and fdatasynced when `sync`) without the caller waiting; returns the
     /// bytes buffered and not yet being written.
     pub fn flush_in_background(&self, end: u64, sync: bool) -> Result<u64> {
         let (poke, pending) = self.writer.request_background(end, sync)?;
         if poke {
-            // Two flushers: with O_DIRECT, while one waits for its group's
-            // fdatasync (the write phase released), the other writes the
-            // next group, so the device flush overlaps the next write.
+            // Two flushers: with O_DIRECT a leader's fdatasync runs outside
+            // the write phase, so the other can lead the write of a newer
+            // group meanwhile (one pipelining producer: +16-18 % measured).
             let flushers = self.flushers.get_or_init(|| {
                 let start = |name| {
                     worker::Worker::start(name, self.me.clone(), |log| {

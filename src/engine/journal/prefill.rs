@@ -16,10 +16,12 @@
 //! position zeroed (O_DIRECT writes of `CHUNK` bytes, then one fdatasync per chunk,
 //! which commits the extent conversion once per chunk rather than once per
 //! append). The cost is writing those bytes twice, which only pays when
-//! appends wait for fdatasync: a chunk is zeroed only if the journal
-//! fdatasynced since the previous chunk was prepared, and otherwise (pure
-//! `none`/`os` traffic, bound by disk bandwidth, where doubling the writes
-//! would halve throughput) just fallocated. With `[journal] prefill_zeros =
+//! appends wait for fdatasync in small groups: a chunk is zeroed only if
+//! the journal fdatasynced since the previous chunk was prepared, less than
+//! `ZERO_BELOW_BYTES_PER_SYNC` per fdatasync on average (`worth_zeroing`);
+//! otherwise (pure `none`/`os` traffic, or the large groups of many or of
+//! pipelining producers: bound by disk bandwidth, where doubling the writes
+//! would halve throughput) it is just fallocated. With `[journal] prefill_zeros =
 //! false` (or where O_DIRECT is unavailable) it always only fallocates,
 //! which keeps block allocation out of the append path but not the extent
 //! conversion.
