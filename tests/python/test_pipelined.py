@@ -3,14 +3,13 @@ Store.wait_durable acknowledges them. Covers every built engine, reopening,
 concurrent producers, the error paths and the release of the GIL."""
 
 import os
-import sys
 import threading
 from collections import deque
-from contextlib import contextmanager
 
 import pytest
 
 import mqstore
+from gil_probe import main_thread_ran_while_worker_busy
 
 BATCHES = 50
 WINDOW = 8
@@ -229,44 +228,12 @@ def test_threads_pipeline_into_one_shard(store, shard):
             assert [bytes(r.value) for r in page] == [f"{tid}-{b}-{i}".encode() for i in range(3)]
 
 
-@contextmanager
-def _no_forced_gil_switches():
-    """The interpreter hands the GIL to another thread only when the running
-    thread releases it itself (a blocking call or py.detach); see
-    test_threads.py, whose probe controls show the method works."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1000.0)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
-
-
-def _main_thread_ran_while_worker_busy(call, calls):
-    """How many of the worker's `calls` calls had completed when the main
-    thread next got the GIL (== calls when no call released it)."""
-    done = []
-
-    def worker():
-        for _ in range(calls):
-            call()
-            done.append(None)
-
-    with _no_forced_gil_switches():
-        thread = threading.Thread(target=worker)
-        thread.start()
-        completed_when_main_resumed = len(done)
-        thread.join()
-    assert len(done) == calls
-    return completed_when_main_resumed
-
-
 def test_append_batch_nowait_releases_the_gil(store):
     # zstd compression of an 8 MiB batch keeps each call busy for
     # milliseconds with the GIL released.
     store.create_shard("z", compression="zstd")
     big = [bytes(range(256)) * 4] * 8192
-    assert _main_thread_ran_while_worker_busy(lambda: store.append_batch_nowait("z", big), calls=5) < 5
+    assert main_thread_ran_while_worker_busy(lambda: store.append_batch_nowait("z", big), calls=5) < 5
 
 
 def test_wait_durable_releases_the_gil(store):
@@ -280,7 +247,7 @@ def test_wait_durable_releases_the_gil(store):
         values = [os.urandom(512 * 1024) for _ in range(32)]
         base = store.append_batch_nowait("w", values)
         last = base + len(values) - 1
-        if _main_thread_ran_while_worker_busy(lambda: store.wait_durable("w", last), calls=1) == 0:
+        if main_thread_ran_while_worker_busy(lambda: store.wait_durable("w", last), calls=1) == 0:
             break
     else:
         pytest.fail("the main thread never ran while wait_durable was waiting")

@@ -2,14 +2,13 @@
 readers see consistent data; close() races cleanly; and appends and reads
 release the GIL."""
 
-import sys
 import threading
 from collections import defaultdict
-from contextlib import contextmanager
 
 import pytest
 
 import mqstore
+from gil_probe import main_thread_ran_while_worker_busy
 
 THREADS = 8
 SHARDS = ["s0", "s1", "s2", "s3"]
@@ -210,40 +209,6 @@ def test_append_batch_while_another_thread_mutates_the_list(store, shard):
     assert offset == 300 * 64
 
 
-@contextmanager
-def _no_forced_gil_switches():
-    """Makes the interpreter hand the GIL to another thread only when the
-    running thread releases it itself (blocking call or py.detach)."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1000.0)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
-
-
-def _main_thread_ran_while_worker_busy(call, calls=20):
-    """Starts a worker making `calls` calls; returns how many had completed
-    when the main thread next got the GIL. Thread.start() waits for the
-    worker to start, and with forced switches off the main thread only
-    resumes when the worker releases the GIL -- which, in a loop of pure
-    store calls, only happens inside a call that detaches."""
-    done = []
-
-    def worker():
-        for _ in range(calls):
-            call()
-            done.append(None)
-
-    with _no_forced_gil_switches():
-        thread = threading.Thread(target=worker)
-        thread.start()
-        completed_when_main_resumed = len(done)
-        thread.join()
-    assert len(done) == calls
-    return completed_when_main_resumed
-
-
 # The probe needs calls that work for milliseconds with the GIL released,
 # so that the waiting main thread is surely scheduled meanwhile: zstd
 # compression of an 8 MiB batch, and its decompression on read.
@@ -252,19 +217,19 @@ BIG_BATCH = [bytes(range(256)) * 4] * 8192
 
 def test_append_batch_releases_the_gil(store):
     store.create_shard("z", compression="zstd")
-    assert _main_thread_ran_while_worker_busy(lambda: store.append_batch("z", BIG_BATCH), calls=5) < 5
+    assert main_thread_ran_while_worker_busy(lambda: store.append_batch("z", BIG_BATCH), calls=5) < 5
 
 
 def test_read_releases_the_gil(store):
     store.create_shard("z", compression="zstd")
     store.append_batch("z", BIG_BATCH)
-    assert _main_thread_ran_while_worker_busy(lambda: store.read("z", 0, max_records=1), calls=5) < 5
+    assert main_thread_ran_while_worker_busy(lambda: store.read("z", 0, max_records=1), calls=5) < 5
 
 
 def test_gil_probe_controls():
     # The probe above distinguishes the two cases: a call that keeps the GIL
     # (pure-Python work) never lets the main thread in before the worker
     # ends; a call that releases it (a timed lock wait) does.
-    assert _main_thread_ran_while_worker_busy(lambda: sum(range(20000))) == 20
+    assert main_thread_ran_while_worker_busy(lambda: sum(range(20000))) == 20
     never = threading.Semaphore(0)
-    assert _main_thread_ran_while_worker_busy(lambda: never.acquire(timeout=0.005)) < 20
+    assert main_thread_ran_while_worker_busy(lambda: never.acquire(timeout=0.005)) < 20
