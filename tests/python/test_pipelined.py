@@ -3,13 +3,12 @@ Store.wait_durable acknowledges them. Covers every built engine, reopening,
 concurrent producers, the error paths and the release of the GIL."""
 
 import os
-import threading
 from collections import deque
 
 import pytest
 
 import mqstore
-from gil_probe import main_thread_ran_while_worker_busy
+from thread_helpers import main_thread_ran_while_worker_busy, run_threads
 
 BATCHES = 50
 WINDOW = 8
@@ -161,26 +160,15 @@ def test_threads_pipeline_into_their_own_shards(tmp_path):
     threads_count = 4
     path = tmp_path / "store"
     results = {}
-    errors = []
     with mqstore.Store(path) as store:
         names = [f"t{i}" for i in range(threads_count)]
         for name in names:
             store.create_shard(name)
 
-        def worker(name):
-            try:
-                results[name] = _pipeline(store, name, batches=30)
-            except BaseException as e:  # noqa: BLE001 - reported below
-                errors.append(e)
+        def worker(index):
+            results[names[index]] = _pipeline(store, names[index], batches=30)
 
-        threads = [threading.Thread(target=worker, args=(name,)) for name in names]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-            assert not t.is_alive()
-        if errors:
-            raise errors[0]
+        run_threads(worker, threads_count)
         assert sorted(results) == names
         for name in names:
             _check_contents(store, name, results[name])
@@ -194,31 +182,20 @@ def test_threads_pipeline_into_one_shard(store, shard):
     # range, and each producer's waits acknowledge its batches.
     threads_count = 4
     bases = {i: [] for i in range(threads_count)}
-    errors = []
 
     def worker(tid):
-        try:
-            in_flight = deque()
-            for b in range(25):
-                values = [f"{tid}-{b}-{i}".encode() for i in range(3)]
-                base = store.append_batch_nowait(shard, values)
-                bases[tid].append(base)
-                in_flight.append(base + 2)
-                if len(in_flight) > WINDOW:
-                    store.wait_durable(shard, in_flight.popleft())
-            while in_flight:
+        in_flight = deque()
+        for b in range(25):
+            values = [f"{tid}-{b}-{i}".encode() for i in range(3)]
+            base = store.append_batch_nowait(shard, values)
+            bases[tid].append(base)
+            in_flight.append(base + 2)
+            if len(in_flight) > WINDOW:
                 store.wait_durable(shard, in_flight.popleft())
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        while in_flight:
+            store.wait_durable(shard, in_flight.popleft())
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(threads_count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-        assert not t.is_alive()
-    if errors:
-        raise errors[0]
+    run_threads(worker, threads_count)
     all_bases = sorted(b for lst in bases.values() for b in lst)
     assert all_bases == list(range(0, threads_count * 25 * 3, 3))
     for tid, lst in bases.items():
@@ -237,14 +214,16 @@ def test_append_batch_nowait_releases_the_gil(store):
 
 
 def test_wait_durable_releases_the_gil(store):
-    # A 16 MiB batch of random bytes takes the flusher milliseconds to write
-    # and fdatasync; the worker waits for it from its first instruction. A
-    # wait that kept the GIL would never let the main thread in first, so
+    # A 7 MiB batch of random bytes takes the flushers milliseconds to write
+    # and fdatasync; the worker waits for it from its first instruction. (It
+    # stays under the journal's 8 MiB pipelining bound: past it the append
+    # writes the buffer itself and only the fdatasync is left to wait for.)
+    # A wait that kept the GIL would never let the main thread in first, so
     # a retry cannot hide that; it only absorbs a flusher fast enough to
     # finish before the worker thread started.
     store.create_shard("w")
-    for _ in range(3):
-        values = [os.urandom(512 * 1024) for _ in range(32)]
+    for _ in range(20):
+        values = [os.urandom(512 * 1024) for _ in range(14)]
         base = store.append_batch_nowait("w", values)
         last = base + len(values) - 1
         if main_thread_ran_while_worker_busy(lambda: store.wait_durable("w", last), calls=1) == 0:

@@ -8,29 +8,10 @@ from collections import defaultdict
 import pytest
 
 import mqstore
-from gil_probe import main_thread_ran_while_worker_busy
+from thread_helpers import main_thread_ran_while_worker_busy, run_threads
 
 THREADS = 8
 SHARDS = ["s0", "s1", "s2", "s3"]
-
-
-def _run_threads(target, count):
-    errors = []
-
-    def wrapper(index):
-        try:
-            target(index)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=wrapper, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-        assert not t.is_alive()
-    if errors:
-        raise errors[0]
 
 
 def test_concurrent_appends_get_dense_unique_offsets(store):
@@ -57,7 +38,7 @@ def test_concurrent_appends_get_dense_unique_offsets(store):
                     assert base + j not in written[shard], "offset handed out twice"
                     written[shard][base + j] = value
 
-    _run_threads(worker, THREADS)
+    run_threads(worker, THREADS)
 
     for shard in SHARDS:
         offsets = sorted(written[shard])
@@ -83,7 +64,7 @@ def test_batches_stay_contiguous_under_contention(store, shard):
             with lock:
                 bases.append((base, tid))
 
-    _run_threads(worker, THREADS)
+    run_threads(worker, THREADS)
     # Each batch is atomic: its 10 records are consecutive and all its own.
     result = {}
     offset = 0
@@ -118,10 +99,10 @@ def test_readers_and_writers_together(store, shard):
                 break
         assert offset == store.shard_info(shard).next_offset
 
-    writers = threading.Thread(target=lambda: (_run_threads(writer, 4), writers_done.set()))
+    writers = threading.Thread(target=lambda: (run_threads(writer, 4), writers_done.set()))
     writers.start()
     try:
-        _run_threads(reader, 3)
+        run_threads(reader, 3)
     finally:
         writers.join()
     assert store.shard_info(shard).next_offset == 4 * 300 * 3
@@ -171,7 +152,7 @@ def test_concurrent_shard_lifecycle(store):
             if round_ % 2 == 0:
                 store.delete_shard(name)
 
-    _run_threads(worker, THREADS)
+    run_threads(worker, THREADS)
     assert len(store.list_shards()) == THREADS * 15
 
 

@@ -266,6 +266,29 @@ impl Drop for OpenOnDrop<'_> {
     }
 }
 
+/// Runs `wait` on a thread of `scope` and checks that it has not returned
+/// 200 ms later: the gate holds the fdatasync it needs. `held` says what
+/// returning early would mean.
+fn spawn_held<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    wait: impl FnOnce() -> T + Send + 'scope,
+    held: &str,
+) -> std::thread::ScopedJoinHandle<'scope, T> {
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let waiter = scope.spawn(move || {
+        let result = wait();
+        // Nobody listens once the check below is over.
+        let _ = done_tx.send(());
+        result
+    });
+    assert_eq!(
+        done.recv_timeout(std::time::Duration::from_millis(200)),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout),
+        "{held}"
+    );
+    waiter
+}
+
 /// While one leader's fdatasync is in flight (its write phase over, so the
 /// next leader may write), a waiter for data that flush covers must wait
 /// for it, not lead a flush of its own: the segments are no longer in the
@@ -288,16 +311,10 @@ fn a_flush_in_flight_is_waited_for_not_skipped() {
         entered.recv().unwrap();
         // The appender's write is done and its flush is held at the gate.
         let end = log.writer.written();
-        let (done_tx, done) = std::sync::mpsc::channel();
-        let waiter = scope.spawn(move || {
-            let result = log.writer.commit(end, true);
-            done_tx.send(()).unwrap();
-            result
-        });
-        assert_eq!(
-            done.recv_timeout(std::time::Duration::from_millis(200)),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
-            "commit returned while the flush covering its data was held"
+        let waiter = spawn_held(
+            scope,
+            move || log.writer.commit(end, true),
+            "commit returned while the flush covering its data was held",
         );
         drop(gate);
         assert_eq!(appender.join().unwrap().unwrap(), 0);
@@ -306,7 +323,7 @@ fn a_flush_in_flight_is_waited_for_not_skipped() {
 }
 
 /// A pipelined append returns before its fdatasync (here held at the gate)
-/// and the flusher thread issues that fdatasync by itself; `wait_durable`
+/// and a flusher thread issues that fdatasync by itself; `wait_durable`
 /// returns only once it completed.
 #[test]
 fn pipelined_appends_are_synced_by_the_flusher() {
@@ -325,17 +342,11 @@ fn pipelined_appends_are_synced_by_the_flusher() {
         assert_eq!(shard.append_nowait(&[Record::new(b"b")]).unwrap(), 1);
         // Nobody waits: the flusher reached the fdatasync on its own.
         entered.recv().unwrap();
-        let (done_tx, done) = std::sync::mpsc::channel();
         let shard = &shard;
-        let waiter = scope.spawn(move || {
-            let result = shard.wait_durable(1);
-            done_tx.send(()).unwrap();
-            result
-        });
-        assert_eq!(
-            done.recv_timeout(std::time::Duration::from_millis(200)),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout),
-            "wait_durable returned while the fdatasync was held"
+        let waiter = spawn_held(
+            scope,
+            move || shard.wait_durable(1),
+            "wait_durable returned while the fdatasync was held",
         );
         drop(gate);
         waiter.join().unwrap().unwrap();

@@ -1,5 +1,5 @@
-"""Whether a call releases the GIL: shared by test_threads.py (which also
-holds the probe's controls) and test_pipelined.py."""
+"""Thread helpers shared by test_threads.py (which also holds the GIL
+probe's controls) and test_pipelined.py."""
 
 import sys
 import threading
@@ -38,3 +38,24 @@ def main_thread_ran_while_worker_busy(call, calls=20):
         thread.join()
     assert len(done) == calls
     return completed_when_main_resumed
+
+
+def run_threads(target, count):
+    """Runs target(0) .. target(count - 1) on threads and re-raises the first
+    exception any of them raised."""
+    errors = []
+
+    def wrapper(index):
+        try:
+            target(index)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=wrapper, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+        assert not t.is_alive()
+    if errors:
+        raise errors[0]
