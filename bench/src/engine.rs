@@ -389,6 +389,33 @@ pub fn prefilled(
 /// consumer that is caught up with the producers reads what was just
 /// written. Returns GB/s of record values handed out (the views are
 /// zero-copy: the bytes themselves are not touched).
+/// The hot read (`names[0]`) and the sendfile (`names[1]`) of a filled
+/// shard `end` records long, `plan.reps` times each, with parameters `p`.
+pub fn hot_read_and_sendfile(
+    results: &mut Results,
+    plan: &Plan,
+    store: &Store,
+    end: i64,
+    names: [&str; 2],
+    p: &serde_json::Value,
+) {
+    results.stats_or_failed(
+        names[0],
+        util::repeat(plan.reps, || read_all(store, end)),
+        "GB/s",
+        p.clone(),
+    );
+    let mut send_p = p.clone();
+    send_p["measured"] =
+        json!("batch bytes sent by Store::sendfile_to_fd to loopback TCP, until received");
+    results.stats_or_failed(
+        names[1],
+        util::repeat(plan.reps, || sendfile_all(store, end)),
+        "GB/s",
+        send_p,
+    );
+}
+
 pub fn read_all(store: &Store, end: i64) -> io::Result<f64> {
     read_from(store, 0, end)
 }
@@ -907,21 +934,7 @@ impl Persistent {
         catchup_p["fresh_store_per_rep"] = json!(true);
         catchup_p["measured"] = json!("the whole shard, read right after the fill");
         results.stats(&names[4], &Stats::new(catchup), "GB/s", catchup_p);
-        results.stats_or_failed(
-            &names[1],
-            util::repeat(plan.reps, || read_all(&bench.store, end)),
-            "GB/s",
-            p.clone(),
-        );
-        let mut send_p = p.clone();
-        send_p["measured"] =
-            json!("batch bytes sent by Store::sendfile_to_fd to loopback TCP, until received");
-        results.stats_or_failed(
-            &names[2],
-            util::repeat(plan.reps, || sendfile_all(&bench.store, end)),
-            "GB/s",
-            send_p,
-        );
+        hot_read_and_sendfile(results, plan, &bench.store, end, [&names[1], &names[2]], &p);
         let mut after_evict = Vec::new();
         let mut after_open = Vec::new();
         let cold = util::repeat(plan.reps, || {

@@ -290,21 +290,7 @@ fn reads(base: &Path, plan: &Plan, results: &mut Results, options: &mqstore::Sha
     let mut tail_p = p.clone();
     tail_p["fresh_store_per_rep"] = json!(true);
     results.stats(names[0], &util::Stats::new(tail), "GB/s", tail_p);
-    results.stats_or_failed(
-        names[1],
-        util::repeat(plan.reps, || engine::read_all(&bench.store, end)),
-        "GB/s",
-        p.clone(),
-    );
-    let mut send_p = p.clone();
-    send_p["measured"] =
-        json!("batch bytes sent by Store::sendfile_to_fd to loopback TCP, until received");
-    results.stats_or_failed(
-        names[2],
-        util::repeat(plan.reps, || engine::sendfile_all(&bench.store, end)),
-        "GB/s",
-        send_p,
-    );
+    engine::hot_read_and_sendfile(results, plan, &bench.store, end, [names[1], names[2]], &p);
 }
 
 fn million_shards(

@@ -72,12 +72,12 @@ mod imp {
                 offset += 1;
             }
             db.write_opt(batch, &write_options).map_err(to_io)?;
-            let window_done = offset % (WINDOW * BATCH as u64) == 0;
-            if matches!(sync, Sync::PerWindow) && window_done {
+            if matches!(sync, Sync::PerWindow) {
+                if offset % (WINDOW * BATCH as u64) != 0 {
+                    // Only acknowledged (synced) messages count.
+                    continue;
+                }
                 db.flush_wal(true).map_err(to_io)?;
-            } else if matches!(sync, Sync::PerWindow) {
-                // Only acknowledged (synced) messages count.
-                continue;
             }
             let elapsed = start.elapsed();
             if elapsed >= duration {
