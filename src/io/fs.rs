@@ -1,7 +1,7 @@
-//! Filesystem helpers both persistent engines need: directory fsync and
-//! zero-copy `Bytes` views of a mapped file.
+//! Filesystem helpers both persistent engines need: creating a new file,
+//! directory fsync and zero-copy `Bytes` views of a mapped file.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -9,6 +9,17 @@ use bytes::Bytes;
 use memmap2::Mmap;
 
 use crate::{Error, Result};
+
+/// Creates `path` for reading and writing, failing if it exists (a new
+/// segment never replaces one); errors read "creating `what` '`path`'".
+pub fn create_new(path: &Path, what: &str) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("creating {what}'{}'", path.display()), e))
+}
 
 /// fsyncs a directory, so that a file created, renamed or removed in it
 /// survives a power loss.

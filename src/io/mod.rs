@@ -4,6 +4,6 @@
 mod fs;
 mod transfer;
 
-pub use fs::{map_slice, sync_dir};
+pub use fs::{create_new, map_slice, sync_dir};
 
 pub use transfer::{TransferChunk, TransferPlan};

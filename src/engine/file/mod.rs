@@ -24,7 +24,6 @@ mod segment;
 mod shard;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -35,6 +34,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::{Durability, EngineKind, FileConfig, FlushPolicy, ShardOptions};
 use crate::engine::{Engine, RecoveredShard, Shard};
+use crate::io::create_new;
 use crate::{Error, Result};
 
 use cache::MapCache;
@@ -308,12 +308,7 @@ impl Engine for FileEngine {
         let built = (|| {
             shard::write_meta(&tmp, &meta, durable)?;
             let log = tmp.join(segment::log_name(0));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&log)
-                .map_err(|e| Error::io(format!("creating '{}'", log.display()), e))?;
+            let file = create_new(&log, "")?;
             if durable {
                 sync_dir(&tmp)?;
             }

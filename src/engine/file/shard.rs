@@ -28,7 +28,7 @@ use crate::engine::{
     ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
 };
 use crate::format;
-use crate::io::{TransferChunk, TransferPlan};
+use crate::io::{create_new, TransferChunk, TransferPlan};
 use crate::record::{Record, RecordView};
 use crate::time::now_ms;
 use crate::{Error, Result};
@@ -607,12 +607,7 @@ impl FileShard {
         sealed.write_indexes(&self.dir)?;
         let base = state.next_offset;
         let path = self.log_path(base);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("creating segment '{}'", path.display()), e))?;
+        let file = create_new(&path, "segment ")?;
         segment::preallocate(&file, 0, self.capacity);
         // The new file's name must be durable before anything in it is
         // acknowledged as durable.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::{Mmap, MmapOptions};
 
+use crate::io::create_new;
 use crate::{Error, Result};
 
 pub fn file_name(base: u64) -> String {
@@ -85,12 +86,7 @@ impl Segment {
     /// the next segment, and the directory fsync covers the inode.
     pub fn create(dir: &Path, base: u64, len: u64) -> Result<Segment> {
         let path = dir.join(file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("creating segment '{}'", path.display()), e))?;
+        let file = create_new(&path, "segment ")?;
         file.set_len(len)
             .map_err(|e| Error::io(format!("sizing segment '{}'", path.display()), e))?;
         file.sync_all()
