@@ -409,7 +409,7 @@ impl Store {
     /// Appends records as one batch like `append_batch`, but returns once
     /// the batch has its offsets (it is readable from then on) without
     /// waiting for the shard's durability mode: the journal's flusher
-    /// thread writes and syncs it while the caller goes on. The batch is
+    /// threads write and sync it while the caller goes on. The batch is
     /// acknowledged only when `wait_durable` for its offsets returns. This
     /// lets one producer keep several batches in flight, as Kafka producers
     /// do. Other engines return once the batch is acknowledged.

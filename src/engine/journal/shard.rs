@@ -222,7 +222,7 @@ impl JournalShard {
     }
 
     /// Appends one batch; waits for the shard's durability unless
-    /// `pipelined`, which hands the entry to the flusher thread instead.
+    /// `pipelined`, which hands the entry to the flusher threads instead.
     fn append_batch(&self, records: &[Record<'_>], pipelined: bool) -> Result<i64> {
         self.check_live()?;
         let now = now_ms();
