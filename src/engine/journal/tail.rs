@@ -41,28 +41,49 @@ impl TailCache {
         self.capacity > 0
     }
 
-    /// Keeps `data`, written at global position `start`.
-    pub fn push(&self, start: u64, mut data: Vec<u8>) {
+    /// Keeps `data`, written at global position `start`. Returns the
+    /// buffers of the runs it dropped that no reader still holds, emptied,
+    /// for the writer to reuse: their pages are already mapped, while a
+    /// fresh buffer page-faults on every 4 KiB the appenders fill (a fifth
+    /// of a pipelining producer's time with 16 MiB in flight).
+    pub fn push(&self, start: u64, mut data: Vec<u8>) -> Vec<Vec<u8>> {
         if !self.enabled() || data.is_empty() {
-            return;
+            return Vec::new();
         }
         // The budget is memory, so it counts the allocation: a run in a
-        // buffer much larger than itself (a lone catalogue record in one
-        // sized for a large flush, or a run that just doubled its buffer)
-        // is moved to one of its own size first.
-        if data.capacity() > data.len() + data.len() / 8 {
+        // buffer much larger than itself (a lone catalogue record in a
+        // reused buffer sized for a large flush) is moved to one of its own
+        // size first. Runs grown by doubling stay within twice their size.
+        if data.capacity() > 2 * data.len() {
             data.shrink_to_fit();
         }
         let charged = data.capacity() as u64;
+        let mut evicted = Vec::new();
         let mut inner = self.inner.write();
         inner.bytes += charged;
-        inner.runs.push_back((start, Bytes::from(data), charged));
+        // Two flushers finish in either order: keep the runs sorted by
+        // position for `get` (almost always this is the back).
+        let at = inner.runs.partition_point(|(s, _, _)| *s < start);
+        inner.runs.insert(at, (start, Bytes::from(data), charged));
         while inner.bytes > self.capacity {
-            let Some((_, _, old)) = inner.runs.pop_front() else {
+            let Some((_, run, old)) = inner.runs.pop_front() else {
                 break;
             };
             inner.bytes -= old;
+            evicted.push(run);
         }
+        // Outside the lock: freeing megabytes (buffers still shared with
+        // readers, or surplus) takes a while.
+        drop(inner);
+        evicted
+            .into_iter()
+            .filter_map(|run| run.try_into_mut().ok())
+            .map(|mut run| {
+                // Emptied first, so the conversion copies nothing.
+                run.clear();
+                Vec::from(run)
+            })
+            .collect()
     }
 
     /// The bytes of `batch`, if they are cached.
@@ -109,5 +130,35 @@ mod tests {
         let off = TailCache::new(0);
         off.push(0, vec![1; 10]);
         assert_eq!(off.get(0, 10), None);
+    }
+
+    #[test]
+    fn dropped_runs_come_back_for_reuse_unless_a_reader_holds_them() {
+        let cache = TailCache::new(300);
+        assert!(cache.push(0, vec![1; 100]).is_empty());
+        assert!(cache.push(100, vec![2; 100]).is_empty());
+        let held = cache.get(100, 10).unwrap();
+        assert!(
+            cache.push(200, vec![3; 100]).is_empty(),
+            "nothing dropped yet"
+        );
+        let reusable = cache.push(300, vec![4; 100]);
+        assert_eq!(cache.get(310, 10).unwrap(), vec![4u8; 10]);
+        assert_eq!(reusable.len(), 1, "the first run, which nobody reads");
+        assert!(reusable[0].is_empty() && reusable[0].capacity() >= 100);
+        assert!(cache.push(400, vec![5; 100]).is_empty(), "the held run");
+        assert_eq!(held, vec![2u8; 10], "a reader's view outlives the cache");
+    }
+
+    #[test]
+    fn runs_pushed_out_of_order_are_found() {
+        let cache = TailCache::new(1000);
+        cache.push(0, vec![1; 100]);
+        cache.push(200, vec![3; 100]);
+        cache.push(100, vec![2; 100]);
+        for (pos, byte) in [(0u64, 1u8), (150, 2), (299, 3)] {
+            assert_eq!(cache.get(pos, 1).unwrap(), vec![byte], "at {pos}");
+        }
+        assert_eq!(cache.get(300, 1), None);
     }
 }

@@ -133,6 +133,12 @@ struct Run {
     data: Vec<u8>,
 }
 
+/// Emptied run buffers kept for new runs, at most, and the largest kept:
+/// enough for a few groups in flight, so that steady appending reuses
+/// buffers whose pages are mapped instead of faulting in fresh ones.
+const SPARE_RUNS: usize = 4;
+const SPARE_RUN_BYTES: usize = 8 << 20;
+
 /// A heap buffer aligned to `BLOCK`, as O_DIRECT requires of the memory
 /// it transfers.
 struct AlignedBuf {
@@ -694,17 +700,29 @@ impl Writer {
                     st.poisoned = Some(e.to_string());
                 }
             }
-            for mut run in runs {
-                if written && self.tail.enabled() {
-                    self.tail.push(run.segment.base + run.pos, run.data);
-                } else if st.spare.len() < 4 && run.data.capacity() <= 4 << 20 {
-                    run.data.clear();
-                    st.spare.push(run.data);
-                }
-            }
             self.cond.notify_all();
             if do_sync && overlap && st.poisoned.is_none() {
                 self.sync_after_write(&mut st, target);
+            }
+            let reusable = if written && self.tail.enabled() {
+                // Only after the fdatasync and off the lock: the cache may
+                // shrink the runs and free older ones (a few hundred µs
+                // for megabytes), which would otherwise delay the device
+                // flush and stall appenders. Until then readers of these
+                // bytes use the mapping.
+                MutexGuard::unlocked(&mut st, || {
+                    runs.into_iter()
+                        .flat_map(|run| self.tail.push(run.segment.base + run.pos, run.data))
+                        .collect()
+                })
+            } else {
+                runs.into_iter().map(|run| run.data).collect::<Vec<_>>()
+            };
+            for mut data in reusable {
+                if st.spare.len() < SPARE_RUNS && data.capacity() <= SPARE_RUN_BYTES {
+                    data.clear();
+                    st.spare.push(data);
+                }
             }
         }
     }
