@@ -52,9 +52,10 @@ impl TailCache {
         }
         // The budget is memory, so it counts the allocation: a run in a
         // buffer much larger than itself (a lone catalogue record in a
-        // reused buffer sized for a large flush) is moved to one of its own
-        // size first. Runs grown by doubling stay within twice their size.
-        if data.capacity() > 2 * data.len() {
+        // reused one sized for a large flush, or a run that just doubled
+        // its buffer) is moved to one of its own size first (for large
+        // buffers glibc shrinks in place or with mremap: no copy).
+        if data.capacity() > data.len() + data.len() / 8 {
             data.shrink_to_fit();
         }
         let charged = data.capacity() as u64;
