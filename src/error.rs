@@ -92,6 +92,14 @@ pub enum Error {
         first: i64,
         next: i64,
     },
+    /// `wait_durable` for an offset the shard never assigned (reported as
+    /// `OffsetOutOfRange`).
+    #[error("offset {offset} was never appended to shard '{shard}' (its next offset is {next})")]
+    NotAppended {
+        shard: String,
+        offset: i64,
+        next: i64,
+    },
     #[error("store is closed")]
     Closed,
     #[error("corruption: {0}")]
@@ -123,7 +131,7 @@ impl Error {
             Error::ShardNotFound(_) => Status::ShardNotFound,
             Error::ShardExists(_) => Status::ShardExists,
             Error::RecordTooLarge { .. } => Status::RecordTooLarge,
-            Error::OffsetOutOfRange { .. } => Status::OffsetOutOfRange,
+            Error::OffsetOutOfRange { .. } | Error::NotAppended { .. } => Status::OffsetOutOfRange,
             Error::Closed => Status::Closed,
             Error::Corruption(_) => Status::Corruption,
             Error::Io { .. } => Status::Io,

@@ -551,6 +551,13 @@ macro_rules! conformance_suite {
                     f.store.delete_records_before(&shard, 30).unwrap();
                     f.store.wait_durable(&shard, 5).unwrap();
                 }
+                f.store.create_shard("p-empty", None).unwrap();
+                let err = f.store.wait_durable("p-empty", 0).unwrap_err();
+                assert_eq!(err.status(), Status::OffsetOutOfRange);
+                assert_eq!(
+                    err.to_string(),
+                    "offset 0 was never appended to shard 'p-empty' (its next offset is 0)"
+                );
                 let err = f.store.wait_durable("missing", 0).unwrap_err();
                 assert_eq!(err.status(), Status::ShardNotFound);
                 let err = f

@@ -20,16 +20,15 @@ pub(crate) struct ScanBatch {
 }
 
 /// Checks that `offset` was appended to the shard (`wait_durable`'s
-/// argument): the valid range reported is `0..=next_offset - 1`.
+/// argument; offsets removed since still count).
 pub(crate) fn check_appended(shard: &str, offset: i64, next_offset: i64) -> Result<()> {
     if (0..next_offset).contains(&offset) {
         return Ok(());
     }
-    Err(Error::OffsetOutOfRange {
+    Err(Error::NotAppended {
         shard: shard.to_string(),
         offset,
-        first: 0,
-        next: next_offset - 1,
+        next: next_offset,
     })
 }
 
