@@ -620,11 +620,7 @@ public:
     /// Appends records as one batch, atomically (all or none); returns the
     /// offset of the first. Payloads are passed by pointer, not copied.
     int64_t append_batch(const std::string &shard, const std::vector<Message> &messages) {
-        Encoded encoded(messages.data(), messages.size());
-        int64_t base = -1;
-        check(mqs_append_batch(handle(), detail::c_name(shard, "shard name"), encoded.records.data(),
-                               encoded.records.size(), &base));
-        return base;
+        return append_batch_with(mqs_append_batch, shard, messages);
     }
 
     /// Pipelined append: appends records as one batch like append_batch()
@@ -639,11 +635,7 @@ public:
     /// file engines return once the batch is acknowledged. Payloads are
     /// passed by pointer, not copied.
     int64_t append_batch_nowait(const std::string &shard, const std::vector<Message> &messages) {
-        Encoded encoded(messages.data(), messages.size());
-        int64_t base = -1;
-        check(mqs_append_batch_nowait(handle(), detail::c_name(shard, "shard name"), encoded.records.data(),
-                                      encoded.records.size(), &base));
-        return base;
+        return append_batch_with(mqs_append_batch_nowait, shard, messages);
     }
 
     /// Blocks until the record at offset, and every earlier record of shard,
@@ -832,6 +824,17 @@ private:
             }
         }
     };
+
+    /// The body of append_batch() and append_batch_nowait(), which differ
+    /// only in the C function called.
+    int64_t append_batch_with(decltype(&mqs_append_batch) append, const std::string &shard,
+                              const std::vector<Message> &messages) {
+        Encoded encoded(messages.data(), messages.size());
+        int64_t base = -1;
+        check(append(handle(), detail::c_name(shard, "shard name"), encoded.records.data(), encoded.records.size(),
+                     &base));
+        return base;
+    }
 
     mqs_store *handle() const {
         if (s_ == nullptr) {

@@ -38,6 +38,21 @@ impl PyStore {
             .or_raise(py)?;
         Ok(PyStore { inner })
     }
+
+    /// The body of `append_batch` and `append_batch_nowait`: the same
+    /// conversion, then `append` with the GIL released.
+    fn append_batch_with<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        records: &Bound<'py, PyAny>,
+        append: fn(&mqstore::Store, &str, &[Record<'_>]) -> mqstore::Result<i64>,
+    ) -> PyResult<i64> {
+        let arena = Arena::new();
+        let records: Vec<Record<'_>> = convert::records_from_iterable(&arena, records)?;
+        py.detach(|| append(&self.inner, shard, &records))
+            .or_raise(py)
+    }
 }
 
 #[pymethods]
@@ -241,10 +256,7 @@ impl PyStore {
         shard: &str,
         records: &Bound<'py, PyAny>,
     ) -> PyResult<i64> {
-        let arena = Arena::new();
-        let records: Vec<Record<'_>> = convert::records_from_iterable(&arena, records)?;
-        py.detach(|| self.inner.append_batch(shard, &records))
-            .or_raise(py)
+        self.append_batch_with(py, shard, records, mqstore::Store::append_batch)
     }
 
     /// Appends records as one atomic batch like `append_batch` (same items,
@@ -259,10 +271,7 @@ impl PyStore {
         shard: &str,
         records: &Bound<'py, PyAny>,
     ) -> PyResult<i64> {
-        let arena = Arena::new();
-        let records: Vec<Record<'_>> = convert::records_from_iterable(&arena, records)?;
-        py.detach(|| self.inner.append_batch_nowait(shard, &records))
-            .or_raise(py)
+        self.append_batch_with(py, shard, records, mqstore::Store::append_batch_nowait)
     }
 
     /// Blocks until the record at `offset` and every earlier record of

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::{FileOps, JournalEngine, PlainOps, UringOps};
 use crate::config::{Durability, EngineKind, JournalConfig, ShardOptions};
-use crate::engine::{Engine, ReadLimits};
+use crate::engine::{Engine, ReadLimits, Shard};
 use crate::record::Record;
 use crate::Status;
 
@@ -256,6 +256,32 @@ impl Gated {
     }
 }
 
+/// A journal whose fdatasyncs are held at a closed gate, with one `fsync`
+/// shard "s"; `entered` hears the first fdatasync reach the gate.
+struct HeldJournal {
+    gated: Arc<Gated>,
+    engine: JournalEngine,
+    shard: Arc<dyn Shard>,
+    entered: std::sync::mpsc::Receiver<()>,
+}
+
+fn held_fsync_journal(dir: &Path) -> HeldJournal {
+    let gated = Arc::new(Gated::default());
+    let engine = JournalEngine::with_ops(dir, config(), gated.clone());
+    let shard = engine
+        .create_shard("s", &options(Durability::Fsync))
+        .unwrap();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    *gated.entered.lock() = Some(entered_tx);
+    *gated.closed.lock() = true;
+    HeldJournal {
+        gated,
+        engine,
+        shard,
+        entered,
+    }
+}
+
 /// Opens the gate when dropped, so a failed assertion cannot leave a
 /// thread blocked at it (and the test hanging instead of failing).
 struct OpenOnDrop<'a>(&'a Gated);
@@ -296,15 +322,13 @@ fn spawn_held<'scope, T: Send + 'scope>(
 #[test]
 fn a_flush_in_flight_is_waited_for_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
-    let gated = Arc::new(Gated::default());
-    let engine = JournalEngine::with_ops(dir.path(), config(), gated.clone());
-    let shard = engine
-        .create_shard("s", &options(Durability::Fsync))
-        .unwrap();
+    let HeldJournal {
+        gated,
+        engine,
+        shard,
+        entered,
+    } = held_fsync_journal(dir.path());
     let log = engine.log.lock().clone().unwrap();
-    let (entered_tx, entered) = std::sync::mpsc::channel();
-    *gated.entered.lock() = Some(entered_tx);
-    *gated.closed.lock() = true;
     std::thread::scope(|scope| {
         let gate = OpenOnDrop(&gated);
         let appender = scope.spawn(|| shard.append(&[Record::new(b"durable?")]));
@@ -328,14 +352,12 @@ fn a_flush_in_flight_is_waited_for_not_skipped() {
 #[test]
 fn pipelined_appends_are_synced_by_the_flusher() {
     let dir = tempfile::tempdir().unwrap();
-    let gated = Arc::new(Gated::default());
-    let engine = JournalEngine::with_ops(dir.path(), config(), gated.clone());
-    let shard = engine
-        .create_shard("s", &options(Durability::Fsync))
-        .unwrap();
-    let (entered_tx, entered) = std::sync::mpsc::channel();
-    *gated.entered.lock() = Some(entered_tx);
-    *gated.closed.lock() = true;
+    let HeldJournal {
+        gated,
+        engine,
+        shard,
+        entered,
+    } = held_fsync_journal(dir.path());
     std::thread::scope(|scope| {
         let gate = OpenOnDrop(&gated);
         assert_eq!(shard.append_nowait(&[Record::new(b"a")]).unwrap(), 0);
