@@ -685,3 +685,87 @@ fn the_newest_batches_are_read_and_sent_from_memory() {
     }
     assert_eq!(offset, 300);
 }
+
+/// Appends a batch of ten records to a fresh shard `x`, makes the segment
+/// holding it reclaimable by filling later segments from a shard that
+/// retains one record, runs `delete` on `x` (which rewrites the batch),
+/// fills more so that the batch's segment is reclaimed, and returns what
+/// a kill -9 at that point would leave.
+fn rewrite_then_reclaim(delete: impl Fn(&Store)) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml_str(
+        "[shard]\nengine = \"journal\"\ndurability = \"fsync\"\n\
+         [journal]\nsegment_bytes = 1048576\n",
+    )
+    .unwrap();
+    let store = Store::open(dir.path(), config.clone()).unwrap();
+    store.create_shard("x", None).unwrap();
+    let values: Vec<Vec<u8>> = (0..10).map(|i| format!("v{i}").into_bytes()).collect();
+    let records: Vec<Record<'_>> = values.iter().map(|v| Record::new(v)).collect();
+    store.append_batch("x", &records).unwrap();
+    store
+        .create_shard("churn", Some("retention_records = 1"))
+        .unwrap();
+    let filler = vec![b'z'; 60_000];
+    for _ in 0..60 {
+        store.append("churn", &Record::new(&filler)).unwrap();
+    }
+    delete(&store);
+    for _ in 0..30 {
+        store.append("churn", &Record::new(&filler)).unwrap();
+    }
+    let segments = store.shard_stats("x").unwrap()["engine_stats"]["journal"]["removed_segments"]
+        .as_u64()
+        .unwrap();
+    assert!(segments > 0, "the batch's segment must be reclaimed");
+    let copy = common::crash_copy(dir.path());
+    drop(store);
+    let store = Store::open(copy.path(), config).unwrap();
+    (copy, store)
+}
+
+fn values_after(store: &Store) -> Vec<(i64, String)> {
+    values_of(store, "x")
+        .into_iter()
+        .map(|(o, v)| (o, String::from_utf8(v).unwrap()))
+        .collect()
+}
+
+fn expected(offsets: impl Iterator<Item = i64>) -> Vec<(i64, String)> {
+    offsets.map(|o| (o, format!("v{o}"))).collect()
+}
+
+#[test]
+fn a_mid_batch_delete_survives_the_reclaim_of_the_batch_and_a_crash() {
+    let (_dir, store) = rewrite_then_reclaim(|s| {
+        assert_eq!(s.delete_records_before("x", 5).unwrap(), 5);
+    });
+    let info = store.shard_info("x").unwrap();
+    assert_eq!((info.first_offset, info.next_offset), (5, 10));
+    assert_eq!(values_after(&store), expected(5..10));
+}
+
+#[test]
+fn deletes_by_key_and_offset_survive_the_reclaim_of_the_batch_and_a_crash() {
+    let (_dir, store) = rewrite_then_reclaim(|s| {
+        assert_eq!(s.delete_by_offsets("x", &[2, 7]).unwrap(), 2);
+    });
+    assert_eq!(
+        values_after(&store),
+        expected((0..10).filter(|o| ![2, 7].contains(o)))
+    );
+    assert_eq!(store.shard_info("x").unwrap().next_offset, 10);
+}
+
+/// A second rewrite of the same batch logged after the low watermark moved
+/// into it: its base offset is below the watermark, its records are not.
+#[test]
+fn a_batch_rewritten_twice_across_a_watermark_survives_a_crash() {
+    let (_dir, store) = rewrite_then_reclaim(|s| {
+        assert_eq!(s.delete_records_before("x", 3).unwrap(), 3);
+        assert_eq!(s.delete_by_offsets("x", &[6]).unwrap(), 1);
+    });
+    let info = store.shard_info("x").unwrap();
+    assert_eq!((info.first_offset, info.next_offset), (3, 10));
+    assert_eq!(values_after(&store), expected((3..10).filter(|&o| o != 6)));
+}

@@ -1,14 +1,26 @@
 //! Property test: an engine against a trivially correct model, under random
 //! operation sequences. Any engine can be checked by adding it to `ENGINES`.
+//!
+//! Values are sometimes kilobytes long and segments small (64 KiB), so
+//! segments roll and, once retention and deletes empty them, are
+//! reclaimed; one shard keeps only its newest `RETAINED` records. Besides
+//! clean reopens, a case may crash: the store's files as a kill -9 would
+//! leave them are copied and the copy opened in its place. Every
+//! acknowledged record that no delete or retention removed must be there.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use mqstore::{Config, Record, Status, Store};
 use proptest::prelude::*;
 
+mod common;
+
 const ENGINES: &[&str] = &["memory", "journal", "file"];
 const SHARDS: &[&str] = &["a", "b"];
 const KEYS: &[&[u8]] = &[b"k0", b"k1", b"k2"];
+/// Shard "b" keeps at least its newest this many records (whole batches go).
+const RETAINED: usize = 12;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -45,49 +57,127 @@ enum Op {
     /// Close and reopen the store (persistent engines only: the model keeps
     /// everything, so every engine but memory must too).
     Reopen,
+    /// Reopen what a kill -9 now would leave (persistent engines only).
+    Crash,
+    /// Delete the shard and create one of the same name.
+    Recreate {
+        shard: usize,
+    },
+}
+
+/// A value: mostly short, sometimes a few KiB so that segments fill.
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        3 => proptest::collection::vec(any::<u8>(), 0..40),
+        2 => (any::<u8>(), 1000usize..12000).prop_map(|(byte, len)| {
+            (0..len).map(|i| byte.wrapping_add(i as u8)).collect()
+        }),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let shard = 0..SHARDS.len();
-    let record = (
-        proptest::option::of(0..KEYS.len()),
-        proptest::collection::vec(any::<u8>(), 0..40),
-    );
+    let record = (proptest::option::of(0..KEYS.len()), value());
     prop_oneof![
         4 => (shard.clone(), proptest::collection::vec(record, 1..8))
             .prop_map(|(shard, records)| Op::Append { shard, records }),
         2 => (shard.clone(), 0i64..60, 1usize..10)
             .prop_map(|(shard, offset, max_records)| Op::Read { shard, offset, max_records }),
         1 => (shard.clone(), 0..KEYS.len()).prop_map(|(shard, key)| Op::ReadByKey { shard, key }),
-        1 => (shard.clone(), 0i64..60).prop_map(|(shard, offset)| Op::DeleteBefore { shard, offset }),
+        2 => (shard.clone(), 0i64..80).prop_map(|(shard, offset)| Op::DeleteBefore { shard, offset }),
         1 => (shard.clone(), 0..KEYS.len()).prop_map(|(shard, key)| Op::DeleteByKey { shard, key }),
         1 => (shard.clone(), proptest::collection::vec(0i64..60, 0..5))
             .prop_map(|(shard, offsets)| Op::DeleteOffsets { shard, offsets }),
-        1 => (shard, 0i64..60, 1usize..400)
+        1 => (shard.clone(), 0i64..60, 1usize..400)
             .prop_map(|(shard, offset, max_bytes)| Op::Transfer { shard, offset, max_bytes }),
         1 => Just(Op::Reopen),
+        3 => Just(Op::Crash),
+        1 => shard.prop_map(|shard| Op::Recreate { shard }),
     ]
 }
 
-/// The model: live records by offset, the low and the high watermark.
+/// The model: live records by offset, the batches they came in (those
+/// with a live record left), the low and the high watermark.
 #[derive(Default)]
 struct ModelShard {
     live: BTreeMap<i64, (Option<Vec<u8>>, Vec<u8>)>,
+    batches: std::collections::VecDeque<(i64, i64)>,
     low: i64,
     next: i64,
+    /// Keeps at least this many records, dropping whole batches from the
+    /// front beyond it, but never the newest batch (0: everything).
+    retained: usize,
 }
 
-fn check(engine: &str, ops: &[Op]) -> Result<(), TestCaseError> {
-    let dir = tempfile::tempdir().unwrap();
-    // Small journal segments, so that rolls and reclaims happen too.
-    let config = Config::from_toml_str(&format!(
-        "[shard]\nengine = \"{engine}\"\n[journal]\nsegment_bytes = 65536\n"
+impl ModelShard {
+    fn new(index: usize) -> ModelShard {
+        ModelShard {
+            retained: if index == 1 { RETAINED } else { 0 },
+            ..ModelShard::default()
+        }
+    }
+
+    fn options(&self) -> String {
+        format!("retention_records = {}", self.retained)
+    }
+
+    /// Forgets batches left without live records, as the engines do.
+    fn drop_empty_batches(&mut self) {
+        let live = &self.live;
+        self.batches
+            .retain(|&(base, last)| live.range(base..=last).next().is_some());
+    }
+
+    fn enforce_retention(&mut self) {
+        while self.retained > 0 && self.batches.len() > 1 && self.live.len() > self.retained {
+            let (_, last) = self.batches.pop_front().unwrap();
+            self.low = self.low.max(last + 1);
+            self.live = self.live.split_off(&self.low);
+        }
+    }
+}
+
+/// The store's configuration for `engine`: small segments (journal and
+/// file) so that rolls and reclaims happen, frequent periodic index
+/// checkpoints (journal), and the case's durability.
+fn config(engine: &str, durability: &str) -> Config {
+    let durability = if engine == "memory" {
+        "none"
+    } else {
+        durability
+    };
+    Config::from_toml_str(&format!(
+        "[shard]\nengine = \"{engine}\"\ndurability = \"{durability}\"\nsegment_bytes = 65536\n\
+         [journal]\nsegment_bytes = 65536\ncheckpoint_bytes = 16384\n"
     ))
-    .unwrap();
-    let mut store = Store::open(dir.path(), config.clone()).unwrap();
-    let mut model: Vec<ModelShard> = SHARDS.iter().map(|_| ModelShard::default()).collect();
-    for name in SHARDS {
-        store.create_shard(name, None).unwrap();
+    .unwrap()
+}
+
+fn open(dir: &Path, config: &Config) -> Store {
+    Store::open(dir, config.clone()).unwrap()
+}
+
+/// A directory for one case's store: in memory (tmpfs) where there is
+/// one, since the model is about what the engines keep, not about the
+/// device (tests/*_crash.rs kill real processes on the real disk), and
+/// thousands of fsyncs per run would otherwise dominate its time.
+fn case_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
+fn check(engine: &str, durability: &str, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut dir = case_dir();
+    let config = config(engine, durability);
+    let mut store = open(dir.path(), &config);
+    let mut model: Vec<ModelShard> = (0..SHARDS.len()).map(ModelShard::new).collect();
+    for (name, m) in SHARDS.iter().zip(&model) {
+        store.create_shard(name, Some(&m.options())).unwrap();
     }
     for op in ops {
         match op {
@@ -95,8 +185,25 @@ fn check(engine: &str, ops: &[Op]) -> Result<(), TestCaseError> {
                 if engine != "memory" {
                     store.close().unwrap();
                     drop(store);
-                    store = Store::open(dir.path(), config.clone()).unwrap();
+                    store = open(dir.path(), &config);
+                    check_shards(&store, &model)?;
                 }
+            }
+            Op::Crash => {
+                if engine != "memory" {
+                    let copy = common::crash_copy(dir.path());
+                    drop(store);
+                    dir = copy;
+                    store = open(dir.path(), &config);
+                    check_shards(&store, &model)?;
+                }
+            }
+            Op::Recreate { shard } => {
+                store.delete_shard(SHARDS[*shard]).unwrap();
+                model[*shard] = ModelShard::new(*shard);
+                store
+                    .create_shard(SHARDS[*shard], Some(&model[*shard].options()))
+                    .unwrap();
             }
             Op::Append { shard, records } => {
                 let batch: Vec<Record<'_>> = records
@@ -114,6 +221,8 @@ fn check(engine: &str, ops: &[Op]) -> Result<(), TestCaseError> {
                         .insert(m.next, (key.map(|k| KEYS[k].to_vec()), value.clone()));
                     m.next += 1;
                 }
+                m.batches.push_back((base, m.next - 1));
+                m.enforce_retention();
             }
             Op::Read {
                 shard,
@@ -184,12 +293,14 @@ fn check(engine: &str, ops: &[Op]) -> Result<(), TestCaseError> {
                     .unwrap();
                 m.low = m.low.max((*offset).min(m.next));
                 m.live = m.live.split_off(&m.low);
+                m.drop_empty_batches();
                 prop_assert_eq!(low, m.low);
             }
             Op::DeleteByKey { shard, key } => {
                 let m = &mut model[*shard];
                 let before = m.live.len();
                 m.live.retain(|_, (k, _)| k.as_deref() != Some(KEYS[*key]));
+                m.drop_empty_batches();
                 let deleted = store.delete_by_keys(SHARDS[*shard], &[KEYS[*key]]).unwrap();
                 prop_assert_eq!(deleted as usize, before - m.live.len());
             }
@@ -199,6 +310,7 @@ fn check(engine: &str, ops: &[Op]) -> Result<(), TestCaseError> {
                 for o in offsets {
                     m.live.remove(o);
                 }
+                m.drop_empty_batches();
                 let deleted = store.delete_by_offsets(SHARDS[*shard], offsets).unwrap();
                 prop_assert_eq!(deleted as usize, before - m.live.len());
             }
@@ -243,22 +355,48 @@ fn check(engine: &str, ops: &[Op]) -> Result<(), TestCaseError> {
             }
         }
     }
-    for (index, name) in SHARDS.iter().enumerate() {
+    check_shards(&store, &model)
+}
+
+/// Watermarks, record counts and every live record of every shard.
+fn check_shards(store: &Store, model: &[ModelShard]) -> Result<(), TestCaseError> {
+    for (m, name) in model.iter().zip(SHARDS) {
         let info = store.shard_info(name).unwrap();
-        prop_assert_eq!(info.next_offset, model[index].next);
-        prop_assert_eq!(info.first_offset, model[index].low);
-        prop_assert_eq!(info.records, model[index].live.len() as u64);
+        prop_assert_eq!(info.next_offset, m.next, "{} next offset", name);
+        prop_assert_eq!(info.first_offset, m.low, "{} low watermark", name);
+        prop_assert_eq!(info.records, m.live.len() as u64, "{} records", name);
+        let got: Vec<(i64, Vec<u8>)> = store
+            .read(name, m.low, usize::MAX, usize::MAX)
+            .unwrap()
+            .records
+            .iter()
+            .map(|r| (r.offset, r.value.to_vec()))
+            .collect();
+        let expected: Vec<(i64, Vec<u8>)> =
+            m.live.iter().map(|(o, (_, v))| (*o, v.clone())).collect();
+        prop_assert!(got == expected, "{}: live records differ", name);
     }
     Ok(())
 }
 
+/// Cases per run: `MQS_MODEL_CASES`, 500 by default.
+fn cases() -> u32 {
+    std::env::var("MQS_MODEL_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
-    fn engines_match_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+    fn engines_match_the_model(
+        ops in proptest::collection::vec(op(), 1..80),
+        durability in prop_oneof![Just("os")],
+    ) {
         for engine in ENGINES {
-            check(engine, &ops)?;
+            check(engine, durability, &ops)?;
         }
     }
 }

@@ -71,3 +71,39 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// What a kill -9 of the process would leave of the open store in `dir`:
+/// a copy of its files as the kernel holds them now (no close, no flush;
+/// the directory lock is not copied), made next to `dir`, on the same
+/// filesystem. The caller must have no calls in flight. Background
+/// threads may still write: an index checkpoint is only written after the
+/// journal it covers, so it is copied first (a later copy of the journal
+/// then holds everything it names), and a file a checkpoint's rename
+/// removed meanwhile is left out, as if the kill came before.
+pub fn crash_copy(dir: &Path) -> tempfile::TempDir {
+    let copy = match dir.parent() {
+        Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
+    let is_segment = |p: &Path| p.extension().is_some_and(|e| e == "log");
+    copy_files(dir, copy.path(), &|p| !is_segment(p));
+    copy_files(dir, copy.path(), &is_segment);
+    copy
+}
+
+fn copy_files(from: &Path, to: &Path, wanted: &dyn Fn(&Path) -> bool) {
+    std::fs::create_dir_all(to).unwrap();
+    for item in std::fs::read_dir(from).unwrap() {
+        let item = item.unwrap();
+        let target = to.join(item.file_name());
+        if item.file_type().unwrap().is_dir() {
+            copy_files(&item.path(), &target, wanted);
+        } else if wanted(&item.path()) {
+            match std::fs::copy(item.path(), target) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("copying {}: {e}", item.path().display()),
+            }
+        }
+    }
+}

@@ -103,6 +103,12 @@ pub struct ShardState {
     pub low_dirty: bool,
     /// The shard's deletion is logged: an index checkpoint leaves it out.
     pub deleted: bool,
+    /// Global end of the newest entry logged for this shard (0: none since
+    /// the journal opened). A call that finds its work already done by
+    /// another (a delete below the watermark, nothing left to delete)
+    /// waits for this before reporting the state it saw: that state may
+    /// come from an entry still on its way to the disk.
+    pub logged_end: u64,
 }
 
 impl ShardState {
@@ -125,6 +131,16 @@ impl ShardState {
         self.last_end = self.last_end.max(entry.end());
         self.next_offset = self.next_offset.max(entry.last_offset + 1);
         self.batches.push_back(entry);
+    }
+
+    /// Puts a batch recovered from a rewrite at `index` (its position by
+    /// base offset) when the original's segment is gone.
+    pub fn insert(&mut self, index: usize, entry: IndexEntry) {
+        self.bytes += entry.len as u64;
+        self.records += entry.records as u64;
+        self.last_end = self.last_end.max(entry.end());
+        self.next_offset = self.next_offset.max(entry.last_offset + 1);
+        self.batches.insert(index, entry);
     }
 
     pub fn pop_front(&mut self) {

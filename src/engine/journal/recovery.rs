@@ -445,12 +445,12 @@ fn apply(
             match state.position_of(base) {
                 Ok(i) => state.replace(i, Some(entry)),
                 // The original's segment is gone: the rewrite is the batch.
-                Err(i) if base >= state.low_watermark && entry.last_offset < state.next_offset => {
-                    state.bytes += entry.len as u64;
-                    state.records += entry.records as u64;
-                    state.last_end = state.last_end.max(entry.end());
-                    state.batches.insert(i, entry);
-                }
+                // Only a batch was ever rewritten that was live then, so
+                // nothing earlier in the log can have dropped it; what
+                // dropped it later follows in the log. Its base may lie
+                // below the low watermark (rewritten again after a delete
+                // moved the watermark into it), its records do not.
+                Err(i) if entry.last_offset >= state.low_watermark => state.insert(i, entry),
                 Err(_) => {}
             }
         }

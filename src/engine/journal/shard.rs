@@ -79,9 +79,19 @@ impl JournalShard {
         Ok(())
     }
 
-    fn enqueue(&self, kind: Kind, aux: u64, payload: &[u8]) -> Result<super::writer::Placement> {
+    /// Logs an entry of this shard. Called under the state's write lock,
+    /// so the shard's entries enter the log in the order of its changes.
+    fn enqueue(
+        &self,
+        state: &mut ShardState,
+        kind: Kind,
+        aux: u64,
+        payload: &[u8],
+    ) -> Result<super::writer::Placement> {
         let header = entry::header(kind, self.id, aux, payload);
-        self.log.writer.enqueue(&header, payload)
+        let placed = self.log.writer.enqueue(&header, payload)?;
+        state.logged_end = placed.end;
+        Ok(placed)
     }
 
     /// Writes a checkpoint of the shard (name, options, watermarks) and
@@ -94,7 +104,7 @@ impl JournalShard {
             options: self.options.to_toml(),
         }
         .encode();
-        let placed = self.enqueue(Kind::Checkpoint, 0, &payload)?;
+        let placed = self.enqueue(state, Kind::Checkpoint, 0, &payload)?;
         state.anchor = placed.segment.base;
         state.low_dirty = false;
         Ok(placed.end)
@@ -103,7 +113,7 @@ impl JournalShard {
     /// Marks the shard deleted and logs it; returns the entry's end.
     pub(crate) fn delete(&self) -> Result<u64> {
         let mut state = self.state.write();
-        let placed = self.enqueue(Kind::DeleteShard, 0, &[])?;
+        let placed = self.enqueue(&mut state, Kind::DeleteShard, 0, &[])?;
         self.deleted.store(true, Ordering::Release);
         state.deleted = true;
         // Releasing the index lets the segments it pinned go.
@@ -194,15 +204,16 @@ impl JournalShard {
     /// Logs the rewritten form of batch `base` (`None`: nothing left).
     fn log_rewrite(
         &self,
+        state: &mut ShardState,
         base: i64,
         last: i64,
         max_ts: i64,
         records: u32,
         kept: Option<Bytes>,
-    ) -> Result<(Option<IndexEntry>, u64)> {
+    ) -> Result<Option<IndexEntry>> {
         match kept {
             Some(bytes) => {
-                let placed = self.enqueue(Kind::Rewrite, base as u64, &bytes)?;
+                let placed = self.enqueue(state, Kind::Rewrite, base as u64, &bytes)?;
                 let entry = IndexEntry::new(
                     placed.segment.clone(),
                     placed.pos + entry::HEADER_LEN as u64,
@@ -212,11 +223,11 @@ impl JournalShard {
                     max_ts,
                     records,
                 );
-                Ok((Some(entry), placed.end))
+                Ok(Some(entry))
             }
             None => {
-                let placed = self.enqueue(Kind::DropBatch, base as u64, &[])?;
-                Ok((None, placed.end))
+                self.enqueue(state, Kind::DropBatch, base as u64, &[])?;
+                Ok(None)
             }
         }
     }
@@ -240,7 +251,7 @@ impl JournalShard {
         self.check_live()?;
         let base_offset = state.next_offset;
         format::set_base_offset(&mut buffer, base_offset);
-        let placed = self.enqueue(Kind::Batch, base_offset as u64, &buffer)?;
+        let placed = self.enqueue(&mut state, Kind::Batch, base_offset as u64, &buffer)?;
         let batch = IndexEntry::new(
             placed.segment.clone(),
             placed.pos + entry::HEADER_LEN as u64,
@@ -386,7 +397,13 @@ impl Shard for JournalShard {
         let mut state = self.state.write();
         let target = offset.min(state.next_offset);
         if target <= state.low_watermark {
-            return Ok(state.low_watermark);
+            // Another call (or retention) got here first: acknowledge only
+            // once what moved the watermark is as durable as this one's
+            // own change would have been.
+            let (low, end) = (state.low_watermark, state.logged_end);
+            drop(state);
+            self.wait(end)?;
+            return Ok(low);
         }
         self.make_readable(&state)?;
         while state
@@ -410,7 +427,7 @@ impl Shard for JournalShard {
                 let kept = format::retain_records(&bytes, |o| o >= target)?;
                 let (base, last, max_ts) =
                     (front.base_offset, front.last_offset, front.max_timestamp);
-                let (entry, _) = self.log_rewrite(base, last, max_ts, kept_records, kept)?;
+                let entry = self.log_rewrite(&mut state, base, last, max_ts, kept_records, kept)?;
                 state.replace(0, entry);
             }
         }
@@ -429,7 +446,6 @@ impl Shard for JournalShard {
         let mut state = self.state.write();
         self.make_readable(&state)?;
         let mut deleted = 0u64;
-        let mut last_end = None;
         let mut index = 0;
         while index < state.batches.len() {
             let batch = &state.batches[index];
@@ -449,18 +465,21 @@ impl Shard for JournalShard {
             let (last, max_ts, records) = (batch.last_offset, batch.max_timestamp, batch.records);
             let kept = format::retain_records(&bytes, |offset| !doomed.contains(&offset))?;
             deleted += doomed.len() as u64;
+            let kept_records = records - doomed.len() as u32;
             let replacement =
-                self.log_rewrite(base, last, max_ts, records - doomed.len() as u32, kept)?;
-            last_end = Some(replacement.1);
-            let removed = replacement.0.is_none();
-            state.replace(index, replacement.0);
+                self.log_rewrite(&mut state, base, last, max_ts, kept_records, kept)?;
+            let removed = replacement.is_none();
+            state.replace(index, replacement);
             if !removed {
                 index += 1;
             }
         }
+        // With nothing found, the records may be gone by another call's
+        // delete still on its way to the disk: wait for it as well.
+        let end = state.logged_end;
         drop(state);
-        if let Some(end) = last_end {
-            self.wait(end)?;
+        self.wait(end)?;
+        if deleted > 0 {
             self.log.maybe_reclaim();
         }
         Ok(deleted)
