@@ -18,7 +18,7 @@ use crate::engine::journal::JournalEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST};
 use crate::format;
-use crate::io::TransferPlan;
+use crate::io::{create_dir_all_durable, sync_dir, TransferPlan};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
 use crate::{Error, Result};
 
@@ -127,9 +127,7 @@ fn save_group_offsets(dir: &Path, offsets: &BTreeMap<(String, String), (i64, boo
     file.sync_all().map_err(|e| io("fsyncing", e))?;
     drop(file);
     fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("fsyncing '{}'", dir.display()), e))
+    sync_dir(dir)
 }
 
 fn validate_shard_name(name: &str) -> Result<()> {
@@ -174,8 +172,8 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         // Fail before touching the disk when the default engine cannot exist.
         let default_engine = build_engine(config.shard_defaults.engine, &dir, &config)?;
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating store directory '{}'", dir.display()), e))?;
+        // A store created for `fsync` appends must not vanish with them.
+        create_dir_all_durable(&dir)?;
         let lock_file = lock_directory(&dir)?;
         let mut engines = HashMap::new();
         engines.insert(config.shard_defaults.engine, default_engine);
@@ -663,5 +661,67 @@ impl Drop for Store {
         if !self.is_closed() {
             let _ = self.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::take_synced_dirs;
+
+    fn memory_config() -> Config {
+        Config::from_toml_str("[shard]\nengine = \"memory\"\n").unwrap()
+    }
+
+    /// Where `dir` is in the list of fsynced directories (it must be).
+    fn synced_at(synced: &[PathBuf], dir: &Path) -> usize {
+        synced
+            .iter()
+            .position(|d| d == dir)
+            .unwrap_or_else(|| panic!("'{}' was not fsynced; fsynced: {synced:?}", dir.display()))
+    }
+
+    /// A directory entry is durable only once its parent is fsynced: open
+    /// fsyncs the parent of every directory it creates, from the top down.
+    #[test]
+    fn open_makes_every_directory_it_creates_durable() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a").join("b").join("store");
+        take_synced_dirs();
+        let store = Store::open(&dir, memory_config()).unwrap();
+        let synced = take_synced_dirs();
+        let parents = [
+            root.path().to_path_buf(),
+            root.path().join("a"),
+            root.path().join("a").join("b"),
+        ];
+        let order: Vec<usize> = parents.iter().map(|p| synced_at(&synced, p)).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{synced:?}");
+        store.close().unwrap();
+
+        // Reopening creates nothing, so it fsyncs no parent.
+        take_synced_dirs();
+        Store::open(&dir, memory_config()).unwrap().close().unwrap();
+        let synced = take_synced_dirs();
+        assert!(!synced.iter().any(|d| parents.contains(d)), "{synced:?}");
+    }
+
+    /// The engines' own directories (`file/`, `journal/`) are as durable.
+    #[test]
+    fn engine_directories_are_durable() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path(), memory_config()).unwrap();
+        let mut engines = vec![("f", "file")];
+        if cfg!(feature = "journal") {
+            engines.push(("j", "journal"));
+        }
+        for (name, engine) in engines {
+            take_synced_dirs();
+            let options = format!("engine = \"{engine}\"\ndurability = \"os\"\n");
+            store.create_shard(name, Some(&options)).unwrap();
+            assert!(root.path().join(engine).is_dir());
+            synced_at(&take_synced_dirs(), root.path());
+        }
+        store.close().unwrap();
     }
 }

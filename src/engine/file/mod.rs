@@ -34,7 +34,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::{Durability, EngineKind, FileConfig, FlushPolicy, ShardOptions};
 use crate::engine::{Engine, RecoveredShard, Shard};
-use crate::io::create_new;
+use crate::io::{create_dir_all_durable, create_new};
 use crate::{Error, Result};
 
 use cache::MapCache;
@@ -193,7 +193,6 @@ struct Flusher {
 /// Creates file shards and owns the store's `file/` directory.
 pub struct FileEngine {
     dir: PathBuf,
-    store_dir: PathBuf,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     flusher: Mutex<Option<Flusher>>,
@@ -205,7 +204,6 @@ impl FileEngine {
     pub fn new(store_dir: &Path, config: FileConfig) -> FileEngine {
         FileEngine {
             dir: store_dir.join(FILE_DIR),
-            store_dir: store_dir.to_path_buf(),
             shared: Arc::new(Shared::new(config)),
             next_id: AtomicU64::new(1),
             flusher: Mutex::new(None),
@@ -286,11 +284,7 @@ impl Engine for FileEngine {
 
     fn create_shard(&self, name: &str, options: &ShardOptions) -> Result<Arc<dyn Shard>> {
         let durable = options.durability == Durability::Fsync;
-        if !self.dir.exists() {
-            std::fs::create_dir_all(&self.dir)
-                .map_err(|e| Error::io(format!("creating '{}'", self.dir.display()), e))?;
-            sync_dir(&self.store_dir)?;
-        }
+        create_dir_all_durable(&self.dir)?;
         self.start_flusher()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let dir = self.shard_dir(id);

@@ -44,7 +44,7 @@ use crate::engine::{Engine, RecoveredShard, Shard};
 use crate::{Error, Result};
 
 use index::ShardState;
-use segment::{sync_dir, Segment};
+use segment::Segment;
 pub use shard::JournalShard;
 pub(crate) use uring::UringOps;
 pub(crate) use writer::{FileOps, PlainOps};
@@ -263,7 +263,6 @@ impl Log {
 /// Creates journal shards; owns the store's journal once a shard needs it.
 pub struct JournalEngine {
     dir: PathBuf,
-    store_dir: PathBuf,
     config: JournalConfig,
     /// Chosen from `config.io` when the journal is first opened, unless a
     /// test forced one.
@@ -298,7 +297,6 @@ impl JournalEngine {
     pub fn new(store_dir: &Path, config: JournalConfig) -> JournalEngine {
         JournalEngine {
             dir: store_dir.join(JOURNAL_DIR),
-            store_dir: store_dir.to_path_buf(),
             config,
             ops: Mutex::new(None),
             log: Mutex::new(None),
@@ -387,9 +385,7 @@ impl JournalEngine {
         }
         // Before any file is touched: a strict `io = "uring"` fails here.
         self.ops()?;
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| Error::io(format!("creating '{}'", self.dir.display()), e))?;
-        sync_dir(&self.store_dir)?;
+        crate::io::create_dir_all_durable(&self.dir)?;
         let first = Segment::create(&self.dir, 0, self.config.segment_bytes)?;
         let log = self.new_log(vec![Arc::new(first)], 0, 1, (0, 0, 0), None)?;
         *slot = Some(log.clone());
