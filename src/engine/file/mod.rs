@@ -22,6 +22,8 @@ mod cache;
 mod recovery;
 mod segment;
 mod shard;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
