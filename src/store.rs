@@ -668,6 +668,8 @@ impl Drop for Store {
 mod tests {
     use super::*;
     use crate::io::take_synced_dirs;
+    use crate::thread::failpoint::fail_spawn;
+    use crate::Status;
 
     fn memory_config() -> Config {
         Config::from_toml_str("[shard]\nengine = \"memory\"\n").unwrap()
@@ -722,6 +724,124 @@ mod tests {
             assert!(root.path().join(engine).is_dir());
             synced_at(&take_synced_dirs(), root.path());
         }
+        store.close().unwrap();
+    }
+
+    fn values(store: &Store, shard: &str) -> Vec<Vec<u8>> {
+        let read = store.read(shard, 0, usize::MAX, usize::MAX).unwrap();
+        read.records.iter().map(|r| r.value.to_vec()).collect()
+    }
+
+    /// A background thread that failed to start: an I/O error naming it.
+    fn assert_thread_failed(err: &Error, thread: &str) {
+        assert_eq!(err.status(), Status::Io, "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&format!("'{thread}'")), "{message}");
+    }
+
+    #[cfg(feature = "journal")]
+    const JOURNAL: &str = "[shard]\nengine = \"journal\"\n[journal]\nsegment_bytes = 1048576\n";
+
+    /// Opening a journal that needs a thread which cannot start fails,
+    /// naming the thread, and leaves the store as it found it: unlocked,
+    /// its data intact.
+    #[cfg(feature = "journal")]
+    #[test]
+    fn open_fails_when_a_journal_thread_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || Config::from_toml_str(JOURNAL).unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        store.create_shard("s", None).unwrap();
+        store.append("s", &Record::new(b"kept")).unwrap();
+        store.close().unwrap();
+        for thread in ["mqs-journal-ckpt", "mqs-journal-prefill"] {
+            let _failing = fail_spawn(thread);
+            let err = Store::open(dir.path(), config()).unwrap_err();
+            assert_thread_failed(&err, thread);
+        }
+        let store = Store::open(dir.path(), config()).unwrap();
+        assert_eq!(values(&store, "s"), [b"kept".to_vec()]);
+        store.close().unwrap();
+    }
+
+    /// The journal is created by the first journal shard; when its threads
+    /// cannot start, that creation fails and can be retried.
+    #[cfg(feature = "journal")]
+    #[test]
+    fn creating_the_journal_fails_when_its_threads_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::from_toml_str(JOURNAL).unwrap()).unwrap();
+        for thread in ["mqs-journal-ckpt", "mqs-journal-prefill"] {
+            let _failing = fail_spawn(thread);
+            let err = store.create_shard("s", None).unwrap_err();
+            assert_thread_failed(&err, thread);
+            assert!(store.list_shards().unwrap().is_empty());
+        }
+        store.create_shard("s", None).unwrap();
+        store.append("s", &Record::new(b"v")).unwrap();
+        assert_eq!(values(&store, "s"), [b"v".to_vec()]);
+        store.close().unwrap();
+    }
+
+    /// The first pipelined append starts the journal's flushers: when they
+    /// cannot start, it fails naming them (its batch, logged already, is
+    /// unacknowledged like that of any failed append), and the next one
+    /// starts them.
+    #[cfg(feature = "journal")]
+    #[test]
+    fn a_pipelined_append_fails_when_the_flushers_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || Config::from_toml_str(JOURNAL).unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        store.create_shard("s", None).unwrap();
+        {
+            let _failing = fail_spawn("mqs-journal-flush");
+            let err = store
+                .append_batch_nowait("s", &[Record::new(b"first")])
+                .unwrap_err();
+            assert_thread_failed(&err, "mqs-journal-flush");
+        }
+        let offset = store
+            .append_batch_nowait("s", &[Record::new(b"second")])
+            .unwrap();
+        store.wait_durable("s", offset).unwrap();
+        store.close().unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        assert_eq!(values(&store, "s"), [b"first".to_vec(), b"second".to_vec()]);
+        store.close().unwrap();
+    }
+
+    const FILE_INTERVAL: &str =
+        "[shard]\nengine = \"file\"\ndurability = \"os\"\n[file]\nflush = \"interval\"\n";
+
+    /// The File engine's flusher (`flush = "interval"`): the first file
+    /// shard's creation or the open of a store with file shards fails when
+    /// it cannot start, and the failed open leaves the files untouched (a
+    /// clean close's marker stays, so the next open need not scan).
+    #[test]
+    fn file_engine_calls_fail_when_its_flusher_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || Config::from_toml_str(FILE_INTERVAL).unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        {
+            let _failing = fail_spawn("mqs-file-flush");
+            let err = store.create_shard("s", None).unwrap_err();
+            assert_thread_failed(&err, "mqs-file-flush");
+            assert!(store.list_shards().unwrap().is_empty());
+        }
+        store.create_shard("s", None).unwrap();
+        store.append("s", &Record::new(b"kept")).unwrap();
+        store.close().unwrap();
+        let marker = dir.path().join("file").join("CLEAN");
+        assert!(marker.exists());
+        {
+            let _failing = fail_spawn("mqs-file-flush");
+            let err = Store::open(dir.path(), config()).unwrap_err();
+            assert_thread_failed(&err, "mqs-file-flush");
+        }
+        assert!(marker.exists());
+        let store = Store::open(dir.path(), config()).unwrap();
+        assert_eq!(values(&store, "s"), [b"kept".to_vec()]);
         store.close().unwrap();
     }
 }
