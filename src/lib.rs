@@ -13,6 +13,7 @@ pub mod format;
 pub mod io;
 pub mod record;
 pub mod store;
+mod thread;
 mod time;
 
 pub use config::{Config, Durability, EngineKind, Preset, ShardOptions};

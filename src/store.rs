@@ -18,7 +18,7 @@ use crate::engine::journal::JournalEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::{Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST};
 use crate::format;
-use crate::io::TransferPlan;
+use crate::io::{create_dir_all_durable, sync_dir, TransferPlan};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
 use crate::{Error, Result};
 
@@ -127,9 +127,7 @@ fn save_group_offsets(dir: &Path, offsets: &BTreeMap<(String, String), (i64, boo
     file.sync_all().map_err(|e| io("fsyncing", e))?;
     drop(file);
     fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("fsyncing '{}'", dir.display()), e))
+    sync_dir(dir)
 }
 
 fn validate_shard_name(name: &str) -> Result<()> {
@@ -174,8 +172,8 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         // Fail before touching the disk when the default engine cannot exist.
         let default_engine = build_engine(config.shard_defaults.engine, &dir, &config)?;
-        fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("creating store directory '{}'", dir.display()), e))?;
+        // A store created for `fsync` appends must not vanish with them.
+        create_dir_all_durable(&dir)?;
         let lock_file = lock_directory(&dir)?;
         let mut engines = HashMap::new();
         engines.insert(config.shard_defaults.engine, default_engine);
@@ -663,5 +661,187 @@ impl Drop for Store {
         if !self.is_closed() {
             let _ = self.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::take_synced_dirs;
+    use crate::thread::failpoint::fail_spawn;
+    use crate::Status;
+
+    fn memory_config() -> Config {
+        Config::from_toml_str("[shard]\nengine = \"memory\"\n").unwrap()
+    }
+
+    /// Where `dir` is in the list of fsynced directories (it must be).
+    fn synced_at(synced: &[PathBuf], dir: &Path) -> usize {
+        synced
+            .iter()
+            .position(|d| d == dir)
+            .unwrap_or_else(|| panic!("'{}' was not fsynced; fsynced: {synced:?}", dir.display()))
+    }
+
+    /// A directory entry is durable only once its parent is fsynced: open
+    /// fsyncs the parent of every directory it creates, from the top down.
+    #[test]
+    fn open_makes_every_directory_it_creates_durable() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a").join("b").join("store");
+        take_synced_dirs();
+        let store = Store::open(&dir, memory_config()).unwrap();
+        let synced = take_synced_dirs();
+        let parents = [
+            root.path().to_path_buf(),
+            root.path().join("a"),
+            root.path().join("a").join("b"),
+        ];
+        let order: Vec<usize> = parents.iter().map(|p| synced_at(&synced, p)).collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{synced:?}");
+        store.close().unwrap();
+
+        // Reopening creates nothing, so it fsyncs no parent.
+        take_synced_dirs();
+        Store::open(&dir, memory_config()).unwrap().close().unwrap();
+        let synced = take_synced_dirs();
+        assert!(!synced.iter().any(|d| parents.contains(d)), "{synced:?}");
+    }
+
+    /// The engines' own directories (`file/`, `journal/`) are as durable.
+    #[test]
+    fn engine_directories_are_durable() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path(), memory_config()).unwrap();
+        let mut engines = vec![("f", "file")];
+        if cfg!(feature = "journal") {
+            engines.push(("j", "journal"));
+        }
+        for (name, engine) in engines {
+            take_synced_dirs();
+            let options = format!("engine = \"{engine}\"\ndurability = \"os\"\n");
+            store.create_shard(name, Some(&options)).unwrap();
+            assert!(root.path().join(engine).is_dir());
+            synced_at(&take_synced_dirs(), root.path());
+        }
+        store.close().unwrap();
+    }
+
+    fn values(store: &Store, shard: &str) -> Vec<Vec<u8>> {
+        let read = store.read(shard, 0, usize::MAX, usize::MAX).unwrap();
+        read.records.iter().map(|r| r.value.to_vec()).collect()
+    }
+
+    /// A background thread that failed to start: an I/O error naming it.
+    fn assert_thread_failed(err: &Error, thread: &str) {
+        assert_eq!(err.status(), Status::Io, "{err}");
+        let message = err.to_string();
+        assert!(message.contains(&format!("'{thread}'")), "{message}");
+    }
+
+    #[cfg(feature = "journal")]
+    const JOURNAL: &str = "[shard]\nengine = \"journal\"\n[journal]\nsegment_bytes = 1048576\n";
+
+    /// Opening a journal that needs a thread which cannot start fails,
+    /// naming the thread, and leaves the store as it found it: unlocked,
+    /// its data intact.
+    #[cfg(feature = "journal")]
+    #[test]
+    fn open_fails_when_a_journal_thread_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || Config::from_toml_str(JOURNAL).unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        store.create_shard("s", None).unwrap();
+        store.append("s", &Record::new(b"kept")).unwrap();
+        store.close().unwrap();
+        for thread in ["mqs-journal-ckpt", "mqs-journal-prefill"] {
+            let _failing = fail_spawn(thread);
+            let err = Store::open(dir.path(), config()).unwrap_err();
+            assert_thread_failed(&err, thread);
+        }
+        let store = Store::open(dir.path(), config()).unwrap();
+        assert_eq!(values(&store, "s"), [b"kept".to_vec()]);
+        store.close().unwrap();
+    }
+
+    /// The journal is created by the first journal shard; when its threads
+    /// cannot start, that creation fails and can be retried.
+    #[cfg(feature = "journal")]
+    #[test]
+    fn creating_the_journal_fails_when_its_threads_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::from_toml_str(JOURNAL).unwrap()).unwrap();
+        for thread in ["mqs-journal-ckpt", "mqs-journal-prefill"] {
+            let _failing = fail_spawn(thread);
+            let err = store.create_shard("s", None).unwrap_err();
+            assert_thread_failed(&err, thread);
+            assert!(store.list_shards().unwrap().is_empty());
+        }
+        store.create_shard("s", None).unwrap();
+        store.append("s", &Record::new(b"v")).unwrap();
+        assert_eq!(values(&store, "s"), [b"v".to_vec()]);
+        store.close().unwrap();
+    }
+
+    /// The first pipelined append starts the journal's flushers: when they
+    /// cannot start, it fails naming them (its batch, logged already, is
+    /// unacknowledged like that of any failed append), and the next one
+    /// starts them.
+    #[cfg(feature = "journal")]
+    #[test]
+    fn a_pipelined_append_fails_when_the_flushers_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || Config::from_toml_str(JOURNAL).unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        store.create_shard("s", None).unwrap();
+        {
+            let _failing = fail_spawn("mqs-journal-flush");
+            let err = store
+                .append_batch_nowait("s", &[Record::new(b"first")])
+                .unwrap_err();
+            assert_thread_failed(&err, "mqs-journal-flush");
+        }
+        let offset = store
+            .append_batch_nowait("s", &[Record::new(b"second")])
+            .unwrap();
+        store.wait_durable("s", offset).unwrap();
+        store.close().unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        assert_eq!(values(&store, "s"), [b"first".to_vec(), b"second".to_vec()]);
+        store.close().unwrap();
+    }
+
+    const FILE_INTERVAL: &str =
+        "[shard]\nengine = \"file\"\ndurability = \"os\"\n[file]\nflush = \"interval\"\n";
+
+    /// The File engine's flusher (`flush = "interval"`): the first file
+    /// shard's creation or the open of a store with file shards fails when
+    /// it cannot start, and the failed open leaves the files untouched (a
+    /// clean close's marker stays, so the next open need not scan).
+    #[test]
+    fn file_engine_calls_fail_when_its_flusher_cannot_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || Config::from_toml_str(FILE_INTERVAL).unwrap();
+        let store = Store::open(dir.path(), config()).unwrap();
+        {
+            let _failing = fail_spawn("mqs-file-flush");
+            let err = store.create_shard("s", None).unwrap_err();
+            assert_thread_failed(&err, "mqs-file-flush");
+            assert!(store.list_shards().unwrap().is_empty());
+        }
+        store.create_shard("s", None).unwrap();
+        store.append("s", &Record::new(b"kept")).unwrap();
+        store.close().unwrap();
+        let marker = dir.path().join("file").join("CLEAN");
+        assert!(marker.exists());
+        {
+            let _failing = fail_spawn("mqs-file-flush");
+            let err = Store::open(dir.path(), config()).unwrap_err();
+            assert_thread_failed(&err, "mqs-file-flush");
+        }
+        assert!(marker.exists());
+        let store = Store::open(dir.path(), config()).unwrap();
+        assert_eq!(values(&store, "s"), [b"kept".to_vec()]);
+        store.close().unwrap();
     }
 }

@@ -3,7 +3,8 @@
 //! they write are byte-identical, O_DIRECT falls back to the page cache
 //! where the filesystem refuses it, and `auto` falls back to pwrite where
 //! io_uring is unavailable (simulated with a seccomp filter) while `uring`
-//! fails clearly.
+//! fails clearly. io_uring must work here unless `MQS_EXPECT_NO_URING=1`
+//! declares a machine without it (see `uring_available`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,26 +33,59 @@ fn io_of(store: &Store, shard: &str) -> String {
         .to_string()
 }
 
+/// `MQS_EXPECT_NO_URING=1` declares a machine without io_uring.
+fn expect_no_uring() -> bool {
+    std::env::var("MQS_EXPECT_NO_URING").as_deref() == Ok("1")
+}
+
 /// Whether io_uring works here (the strict mode's answer), checking that
 /// the answer is consistent with `auto` and that the refusal is clear.
+/// Its absence fails the tests that need it, unless `MQS_EXPECT_NO_URING=1`
+/// declared it (and a declaration that is not true fails too).
 fn uring_available() -> bool {
+    uring_policy(expect_no_uring()).unwrap_or_else(|problem| panic!("{problem}"))
+}
+
+/// `Ok(true)`: io_uring works (and was not declared absent); `Ok(false)`:
+/// declared absent and indeed absent; `Err`: what is wrong.
+fn uring_policy(declared_absent: bool) -> Result<bool, String> {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), config("uring", false, "os")).unwrap();
-    match store.create_shard("s", None) {
+    let err = match store.create_shard("s", None) {
+        Ok(_) if declared_absent => {
+            return Err(
+                "MQS_EXPECT_NO_URING=1 declares no io_uring, yet it works here: \
+                        unset it so that the io_uring paths are tested"
+                    .into(),
+            )
+        }
         Ok(_) => {
             assert_eq!(io_of(&store, "s"), "uring");
-            true
+            return Ok(true);
         }
-        Err(err) => {
-            assert_uring_refused(&err);
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path(), config("auto", false, "os")).unwrap();
-            store.create_shard("s", None).unwrap();
-            assert_eq!(io_of(&store, "s"), "pwrite", "auto must fall back");
-            eprintln!("io_uring is unavailable here: only the pwrite path runs ({err})");
-            false
-        }
+        Err(err) => err,
+    };
+    assert_uring_refused(&err);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config("auto", false, "os")).unwrap();
+    store.create_shard("s", None).unwrap();
+    assert_eq!(io_of(&store, "s"), "pwrite", "auto must fall back");
+    if declared_absent {
+        Ok(false)
+    } else {
+        Err(format!(
+            "io_uring is unavailable here ({err}), so its paths cannot be tested; \
+             on a machine without io_uring, set MQS_EXPECT_NO_URING=1 to skip them"
+        ))
     }
+}
+
+/// Reports a part of `test` that did not run, past the test harness's
+/// output capture (which would hide it in a passing test).
+fn skipped(test: &str, what: &str) {
+    use std::io::Write;
+    let line = format!("SKIPPED: {test}: {what} (MQS_EXPECT_NO_URING=1: no io_uring here)\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 fn assert_uring_refused(err: &mqstore::Error) {
@@ -63,7 +97,7 @@ fn assert_uring_refused(err: &mqstore::Error) {
 
 /// Every (io, direct) combination to run, with the `io` stats value each
 /// must show on a filesystem that supports O_DIRECT.
-fn modes() -> Vec<(&'static str, bool, &'static str)> {
+fn modes(test: &str) -> Vec<(&'static str, bool, &'static str)> {
     let uring = uring_available();
     let mut out = vec![
         ("pwrite", false, "pwrite"),
@@ -76,6 +110,7 @@ fn modes() -> Vec<(&'static str, bool, &'static str)> {
             ("auto", true, "uring+direct"),
         ]);
     } else {
+        skipped(test, "the io = \"uring\" and \"auto\" + io_uring paths");
         out.push(("auto", true, "pwrite+direct"));
     }
     out
@@ -148,7 +183,7 @@ fn write_read_reopen(io: &str, direct: bool, expect: &str, durability: &str) {
 
 #[test]
 fn every_io_path_writes_reads_and_reopens() {
-    for (io, direct, expect) in modes() {
+    for (io, direct, expect) in modes("every_io_path_writes_reads_and_reopens") {
         for durability in ["fsync", "os", "none"] {
             eprintln!("io = {io}, direct = {direct}, durability = {durability}");
             write_read_reopen(io, direct, expect, durability);
@@ -162,7 +197,7 @@ fn every_io_path_writes_reads_and_reopens() {
 #[test]
 fn every_io_path_writes_identical_files() {
     let mut reference: Option<(String, Vec<Vec<u8>>)> = None;
-    for (io, direct, _) in modes() {
+    for (io, direct, _) in modes("every_io_path_writes_identical_files") {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path(), config(io, direct, "fsync")).unwrap();
@@ -215,7 +250,7 @@ fn every_io_path_writes_identical_files() {
 /// including a partial block written again by the next flush.
 #[test]
 fn a_mapping_made_before_direct_writes_sees_them() {
-    for (io, direct, expect) in modes() {
+    for (io, direct, expect) in modes("a_mapping_made_before_direct_writes_sees_them") {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config(io, direct, "fsync")).unwrap();
         store.create_shard("s", None).unwrap();
@@ -365,6 +400,32 @@ fn without_io_uring_auto_falls_back_and_uring_fails_clearly() {
         let store = Store::open(dir.path(), config("pwrite", true, "fsync")).unwrap();
         assert_eq!(values_of(&store, "s").len(), 50);
         assert_eq!(io_of(&store, "s"), "pwrite+direct");
+    })
+    .join()
+    .unwrap();
+}
+
+/// The io_uring tests' guard: a machine without io_uring fails them with
+/// the remedy, unless it declared itself so; the declaration is checked.
+#[test]
+fn missing_io_uring_fails_unless_declared() {
+    if expect_no_uring() {
+        skipped(
+            "missing_io_uring_fails_unless_declared",
+            "the check that a false declaration fails",
+        );
+    } else {
+        // Fails with the remedy where io_uring is missing.
+        assert!(uring_available());
+        let problem = uring_policy(true).unwrap_err();
+        assert!(problem.contains("MQS_EXPECT_NO_URING=1"), "{problem}");
+    }
+    std::thread::spawn(|| {
+        deny_io_uring_in_this_thread();
+        let problem = uring_policy(false).unwrap_err();
+        assert!(problem.contains("io_uring is unavailable"), "{problem}");
+        assert!(problem.contains("MQS_EXPECT_NO_URING=1"), "{problem}");
+        assert_eq!(uring_policy(true), Ok(false));
     })
     .join()
     .unwrap();

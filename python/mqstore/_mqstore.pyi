@@ -227,7 +227,15 @@ class Transfer:
 class Store:
     """An open store; thread-safe, and every call releases the GIL while it
     works. ``close()`` is idempotent; other calls on a closed store raise
-    ``StoreClosed``. Usable as a context manager (closes on exit)."""
+    ``StoreClosed``. Usable as a context manager (closes on exit).
+
+    Bytes-like arguments (values, keys, header values, lookup keys): ``bytes``
+    and other read-only buffers are read in place, without a copy, while the
+    GIL is released, so they must not change during the call. Buffers that
+    another thread could write to meanwhile (``bytearray``, writable
+    ``memoryview``, ``array``, writable ``mmap``, and read-only views of
+    them) are copied when the call takes them: the call stores what they
+    held then."""
 
     def __new__(cls, path: _StrPath, config: str | None = None) -> Self:
         """Opens (creating if needed) the store in ``path``; ``config`` is

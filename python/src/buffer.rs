@@ -6,9 +6,13 @@
 //! batch buffer alive: views outlive `close()` and the store itself.
 //!
 //! In: [`Arena`] borrows the memory of `bytes` objects (and of any other
-//! bytes-like object, through `PyObject_GetBuffer`) for the duration of one
-//! call, holding a reference to each owner so that another thread mutating
-//! the caller's list while the GIL is released cannot free it.
+//! read-only bytes-like object, through `PyObject_GetBuffer`) for the
+//! duration of one call, holding a reference to each owner so that another
+//! thread mutating the caller's list while the GIL is released cannot free
+//! it. A buffer another thread could write to while the GIL is released (a
+//! bytearray, a writable memoryview, an array; also a read-only view of
+//! one) is copied first, while the GIL is held: Rust reading memory that
+//! Python code writes at the same time would be a data race.
 
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
@@ -90,14 +94,71 @@ impl Buffer {
     }
 }
 
-/// One exported buffer held by an [`Arena`]; released on drop.
+/// One exported buffer, released on drop. It lives only while the GIL is
+/// held: it is created and dropped by code holding the GIL, and as it holds
+/// raw pointers it is not `Send`, so it cannot enter `py.detach`.
 struct HeldView(Box<ffi::Py_buffer>);
 
+impl HeldView {
+    /// `obj`'s buffer, or `None` when it exports none (the pending Python
+    /// error is cleared).
+    fn get(obj: &Bound<'_, PyAny>) -> Option<HeldView> {
+        let mut view = Box::new(ffi::Py_buffer::new());
+        // SAFETY: `view` is a valid, writable Py_buffer; the GIL is held.
+        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_SIMPLE) };
+        if rc != 0 {
+            drop(PyErr::take(obj.py()));
+            return None;
+        }
+        Some(HeldView(view))
+    }
+
+    /// The exported bytes, valid while `self` is.
+    fn bytes(&self) -> &[u8] {
+        if self.0.len == 0 {
+            return &[];
+        }
+        // SAFETY: PyBUF_SIMPLE guarantees `len` contiguous bytes at `buf`,
+        // kept alive (and not resized) until PyBuffer_Release in Drop.
+        unsafe { std::slice::from_raw_parts(self.0.buf as *const u8, self.0.len as usize) }
+    }
+}
+
+impl Drop for HeldView {
+    fn drop(&mut self) {
+        // SAFETY: filled by a successful PyObject_GetBuffer and released
+        // exactly once, with the GIL held (see the type's comment).
+        unsafe { ffi::PyBuffer_Release(&mut *self.0) };
+    }
+}
+
+/// Whether the bytes `view` exports from `obj` stay unchanged while the
+/// GIL is released: the exporter says they are read-only, and for a
+/// memoryview so is the object it views (a read-only view of a bytearray
+/// still changes with the bytearray). When in doubt, no.
+fn unchanging(obj: &Bound<'_, PyAny>, view: &HeldView) -> bool {
+    if view.0.readonly == 0 {
+        return false;
+    }
+    let Ok(memoryview) = obj.cast::<PyMemoryView>() else {
+        return true;
+    };
+    match memoryview.getattr("obj") {
+        Ok(base) if base.is_instance_of::<PyBytes>() => true,
+        Ok(base) if !base.is_none() && !base.is_instance_of::<PyMemoryView>() => {
+            HeldView::get(&base).is_some_and(|v| v.0.readonly != 0)
+        }
+        _ => false,
+    }
+}
+
 /// Owners of borrowed memory for one call. Everything borrowed through it
-/// stays valid (and, for `bytes` and `str`, unchanged) until it is dropped.
+/// stays valid and unchanged until it is dropped.
 pub struct Arena<'py> {
     objects: RefCell<Vec<Bound<'py, PyAny>>>,
     views: RefCell<Vec<HeldView>>,
+    /// Copies of buffers that could change during the call.
+    copies: RefCell<Vec<Box<[u8]>>>,
 }
 
 impl<'py> Arena<'py> {
@@ -105,6 +166,7 @@ impl<'py> Arena<'py> {
         Arena {
             objects: RefCell::new(Vec::new()),
             views: RefCell::new(Vec::new()),
+            copies: RefCell::new(Vec::new()),
         }
     }
 
@@ -113,31 +175,30 @@ impl<'py> Arena<'py> {
         self.objects.borrow_mut().push(obj);
     }
 
-    /// The bytes of a bytes-like object, without copying. `None` when `obj`
-    /// does not export a contiguous buffer (the pending Python error is
-    /// cleared; callers raise their own `TypeError` with context).
+    /// The bytes of a bytes-like object: borrowed when read-only, else a
+    /// copy taken now (see [`unchanging`]). `None` when `obj` does not
+    /// export a contiguous buffer (the "a bytes-like object is required"
+    /// error is discarded; callers raise a `TypeError` naming the argument).
     pub fn bytes<'a>(&'a self, obj: &Bound<'py, PyAny>) -> Option<&'a [u8]> {
         if let Ok(bytes) = obj.cast::<PyBytes>() {
             return Some(self.bytes_of(bytes));
         }
-        let mut view = Box::new(ffi::Py_buffer::new());
-        // SAFETY: `view` is a valid, writable Py_buffer; the GIL is held.
-        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_SIMPLE) };
-        if rc != 0 {
-            // Discard the "a bytes-like object is required" error; the
-            // caller raises a TypeError naming the argument.
-            drop(PyErr::take(obj.py()));
-            return None;
-        }
-        let (ptr, len) = (view.buf as *const u8, view.len as usize);
-        self.views.borrow_mut().push(HeldView(view));
-        if len == 0 {
-            return Some(&[]);
-        }
-        // SAFETY: PyBUF_SIMPLE guarantees `len` contiguous bytes at `buf`,
-        // kept alive (and not resized) until PyBuffer_Release in Drop. A
-        // mutable exporter (bytearray) could still have its bytes changed
-        // by another thread during the call, as with socket.send.
+        let view = HeldView::get(obj)?;
+        let (ptr, len) = if unchanging(obj, &view) {
+            let bytes = view.bytes();
+            let borrowed = (bytes.as_ptr(), bytes.len());
+            self.views.borrow_mut().push(view);
+            borrowed
+        } else {
+            let copy: Box<[u8]> = view.bytes().into();
+            let copied = (copy.as_ptr(), copy.len());
+            self.copies.borrow_mut().push(copy);
+            copied
+        };
+        // SAFETY: the bytes are either the held view's (alive and unchanged
+        // until the arena releases it) or a boxed copy the arena owns (its
+        // heap block never moves, and is never changed or freed before the
+        // arena is dropped).
         Some(unsafe { std::slice::from_raw_parts(ptr, len) })
     }
 
@@ -207,17 +268,6 @@ impl<'py> Arena<'py> {
                 type_name(obj)
             ))
         })
-    }
-}
-
-impl Drop for Arena<'_> {
-    fn drop(&mut self) {
-        for view in self.views.get_mut().iter_mut() {
-            // SAFETY: each view was filled by a successful PyObject_GetBuffer
-            // and is released exactly once; an Arena<'py> only exists while
-            // the GIL is held (it is never moved into `py.detach`).
-            unsafe { ffi::PyBuffer_Release(&mut *view.0) };
-        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Filesystem helpers both persistent engines need: creating a new file,
-//! directory fsync and zero-copy `Bytes` views of a mapped file.
+//! Filesystem helpers the store and both persistent engines need: creating
+//! a new file, durable directory creation and fsync, zero-copy `Bytes`
+//! views of a mapped file.
 
 use std::fs::{File, OpenOptions};
 use std::path::Path;
@@ -26,7 +27,57 @@ pub fn create_new(path: &Path, what: &str) -> Result<File> {
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(format!("fsyncing directory '{}'", dir.display()), e))
+        .map_err(|e| Error::io(format!("fsyncing directory '{}'", dir.display()), e))?;
+    #[cfg(test)]
+    SYNCED_DIRS.with(|synced| synced.borrow_mut().push(dir.to_path_buf()));
+    Ok(())
+}
+
+/// Creates `dir` and whichever of its ancestors are missing, like
+/// `fs::create_dir_all`, and makes each new directory durable: a directory
+/// entry survives a power loss only once its parent is fsynced, so each
+/// parent is, from the top down (a new directory is never made durable
+/// under a parent that could still vanish). Existing directories cost one
+/// `stat`.
+pub fn create_dir_all_durable(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|d| !d.as_os_str().is_empty())
+        .take_while(|d| !d.is_dir())
+        .collect();
+    for new in missing.into_iter().rev() {
+        match std::fs::create_dir(new) {
+            Ok(()) => {}
+            // Created meanwhile by someone else, who may not sync it.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && new.is_dir() => {}
+            Err(e) => {
+                return Err(Error::io(
+                    format!("creating directory '{}'", new.display()),
+                    e,
+                ))
+            }
+        }
+        let parent = match new.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Directories this thread fsynced, in order: what a power loss cannot
+    /// take back cannot be observed otherwise.
+    static SYNCED_DIRS: std::cell::RefCell<Vec<std::path::PathBuf>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Takes the list of directories this thread fsynced since the last call.
+#[cfg(test)]
+pub fn take_synced_dirs() -> Vec<std::path::PathBuf> {
+    SYNCED_DIRS.with(|synced| synced.take())
 }
 
 /// A range of a mapping, owned by `Bytes`: holding it keeps the map alive.

@@ -1,9 +1,11 @@
 //! Operating-system I/O shared by the engines: zero-copy transfers to a
-//! descriptor, directory fsync, views of mapped files.
+//! descriptor, durable directory creation and fsync, views of mapped files.
 
 mod fs;
 mod transfer;
 
-pub use fs::{create_new, map_slice, sync_dir};
+#[cfg(test)]
+pub use fs::take_synced_dirs;
+pub use fs::{create_dir_all_durable, create_new, map_slice, sync_dir};
 
 pub use transfer::{TransferChunk, TransferPlan};

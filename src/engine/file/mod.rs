@@ -22,6 +22,8 @@ mod cache;
 mod recovery;
 mod segment;
 mod shard;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -34,7 +36,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::{Durability, EngineKind, FileConfig, FlushPolicy, ShardOptions};
 use crate::engine::{Engine, RecoveredShard, Shard};
-use crate::io::create_new;
+use crate::io::{create_dir_all_durable, create_new};
 use crate::{Error, Result};
 
 use cache::MapCache;
@@ -184,6 +186,9 @@ impl Shared {
     }
 }
 
+/// Shard directories by id.
+type ShardDirs = Vec<(u64, PathBuf)>;
+
 /// The flusher thread of `flush = "interval"`.
 struct Flusher {
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -193,7 +198,6 @@ struct Flusher {
 /// Creates file shards and owns the store's `file/` directory.
 pub struct FileEngine {
     dir: PathBuf,
-    store_dir: PathBuf,
     shared: Arc<Shared>,
     next_id: AtomicU64,
     flusher: Mutex<Option<Flusher>>,
@@ -205,7 +209,6 @@ impl FileEngine {
     pub fn new(store_dir: &Path, config: FileConfig) -> FileEngine {
         FileEngine {
             dir: store_dir.join(FILE_DIR),
-            store_dir: store_dir.to_path_buf(),
             shared: Arc::new(Shared::new(config)),
             next_id: AtomicU64::new(1),
             flusher: Mutex::new(None),
@@ -229,27 +232,23 @@ impl FileEngine {
         let shared = self.shared.clone();
         let signal = stop.clone();
         let period = Duration::from_millis(self.shared.config.flush_interval_ms);
-        let handle = std::thread::Builder::new()
-            .name("mqs-file-flush".into())
-            .spawn(move || {
-                let (lock, condvar) = &*signal;
-                let mut stopped = lock.lock();
-                while !*stopped {
-                    condvar.wait_for(&mut stopped, period);
-                    if *stopped {
-                        break;
-                    }
-                    drop(stopped);
-                    let shards: Vec<Arc<FileShard>> =
-                        shared.shards.lock().values().cloned().collect();
-                    for shard in shards {
-                        // A failure poisons the shard; its appends report it.
-                        let _ = shard.flush(true);
-                    }
-                    stopped = lock.lock();
+        let handle = crate::thread::spawn("mqs-file-flush", move || {
+            let (lock, condvar) = &*signal;
+            let mut stopped = lock.lock();
+            while !*stopped {
+                condvar.wait_for(&mut stopped, period);
+                if *stopped {
+                    break;
                 }
-            })
-            .map_err(|e| Error::io("starting the file engine's flusher thread", e))?;
+                drop(stopped);
+                let shards: Vec<Arc<FileShard>> = shared.shards.lock().values().cloned().collect();
+                for shard in shards {
+                    // A failure poisons the shard; its appends report it.
+                    let _ = shard.flush(true);
+                }
+                stopped = lock.lock();
+            }
+        })?;
         *slot = Some(Flusher { stop, handle });
         Ok(())
     }
@@ -260,6 +259,27 @@ impl FileEngine {
             flusher.stop.1.notify_all();
             let _ = flusher.handle.join();
         }
+    }
+
+    /// The shard directories in `file/` (by id, sorted) and the ones a
+    /// crash left half-created or half-deleted.
+    fn list_dir(&self) -> Result<(ShardDirs, Vec<PathBuf>)> {
+        let listing = |e| Error::io(format!("listing '{}'", self.dir.display()), e);
+        let mut dirs = Vec::new();
+        let mut unfinished = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(listing)? {
+            let entry = entry.map_err(listing)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".tmp") || name.ends_with(".deleted") {
+                unfinished.push(entry.path());
+            } else if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+                if let Ok(id) = name.parse::<u64>() {
+                    dirs.push((id, entry.path()));
+                }
+            }
+        }
+        dirs.sort();
+        Ok((dirs, unfinished))
     }
 
     fn find(&self, name: &str) -> Option<Arc<FileShard>> {
@@ -286,11 +306,7 @@ impl Engine for FileEngine {
 
     fn create_shard(&self, name: &str, options: &ShardOptions) -> Result<Arc<dyn Shard>> {
         let durable = options.durability == Durability::Fsync;
-        if !self.dir.exists() {
-            std::fs::create_dir_all(&self.dir)
-                .map_err(|e| Error::io(format!("creating '{}'", self.dir.display()), e))?;
-            sync_dir(&self.store_dir)?;
-        }
+        create_dir_all_durable(&self.dir)?;
         self.start_flusher()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let dir = self.shard_dir(id);
@@ -398,6 +414,12 @@ impl Engine for FileEngine {
         if !self.dir.exists() {
             return Ok(Vec::new());
         }
+        let (dirs, unfinished) = self.list_dir()?;
+        if !dirs.is_empty() {
+            // Before anything changes on disk: an open that fails here
+            // leaves the files (and the clean marker) as it found them.
+            self.start_flusher()?;
+        }
         let marker = self.dir.join(CLEAN_MARKER);
         let clean = marker.exists();
         if clean {
@@ -407,28 +429,13 @@ impl Engine for FileEngine {
                 .map_err(|e| Error::io(format!("removing '{}'", marker.display()), e))?;
             sync_dir(&self.dir)?;
         }
+        for path in unfinished {
+            // A creation or deletion a crash interrupted.
+            std::fs::remove_dir_all(&path)
+                .map_err(|e| Error::io(format!("removing '{}'", path.display()), e))?;
+        }
         let mut recovered = Vec::new();
         let mut max_id = 0;
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| Error::io(format!("listing '{}'", self.dir.display()), e))?;
-        let mut dirs = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| Error::io(format!("listing '{}'", self.dir.display()), e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".tmp") || name.ends_with(".deleted") {
-                // A creation or deletion a crash interrupted.
-                std::fs::remove_dir_all(entry.path())
-                    .map_err(|e| Error::io(format!("removing '{}'", entry.path().display()), e))?;
-                continue;
-            }
-            if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
-                if let Ok(id) = name.parse::<u64>() {
-                    dirs.push((id, entry.path()));
-                }
-            }
-        }
-        dirs.sort();
         for (id, path) in dirs {
             max_id = max_id.max(id);
             let shard = recovery::open_shard(&self.shared, id, path, clean)?;
@@ -440,9 +447,6 @@ impl Engine for FileEngine {
             ));
         }
         self.next_id.store(max_id + 1, Ordering::Relaxed);
-        if !recovered.is_empty() {
-            self.start_flusher()?;
-        }
         Ok(recovered)
     }
 }

@@ -164,6 +164,9 @@ pub struct FileShard {
     /// Highest append sequence number known to be fdatasynced.
     sync: Mutex<u64>,
     deleted: AtomicBool,
+    /// Set by close under the state's write lock: no append or delete
+    /// starts after it, so none can write after close's final flush.
+    closed: AtomicBool,
     poisoned: Mutex<Option<String>>,
     pub last_used: AtomicU64,
     appended_records: AtomicU64,
@@ -171,6 +174,10 @@ pub struct FileShard {
     read_records: AtomicU64,
     rolls: AtomicU64,
     rewrites: AtomicU64,
+    /// Run by an append between writing its batch and its fdatasync, so a
+    /// test can hold it there.
+    #[cfg(test)]
+    pub(super) before_sync: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 /// Walks stored batches from a position on, mapping segments as it goes.
@@ -259,6 +266,7 @@ impl FileShard {
             writer: Mutex::new(writer),
             sync: Mutex::new(0),
             deleted: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             poisoned: Mutex::new(None),
             last_used: AtomicU64::new(0),
             appended_records: AtomicU64::new(0),
@@ -266,6 +274,8 @@ impl FileShard {
             read_records: AtomicU64::new(0),
             rolls: AtomicU64::new(0),
             rewrites: AtomicU64::new(0),
+            #[cfg(test)]
+            before_sync: Mutex::new(None),
         }
     }
 
@@ -285,7 +295,12 @@ impl FileShard {
         self.dir.join(segment::log_name(base))
     }
 
+    /// Whether the shard may still change: appends and deletes check it
+    /// again under the state's write lock, where close cannot interleave.
     fn check_live(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         if self.deleted.load(Ordering::Acquire) {
             return Err(Error::ShardNotFound(self.name.clone()));
         }
@@ -394,6 +409,10 @@ impl FileShard {
         if *synced >= seq {
             return Ok(());
         }
+        // Not covered: never reopen a closed shard's file, nor retry after
+        // a failed fdatasync (the kernel may have dropped the dirty pages,
+        // so a second one could report success for lost data).
+        self.check_live()?;
         let (file, upto) = {
             let mut w = self.writer.lock();
             self.flush_buf(&mut w)?;
@@ -434,18 +453,24 @@ impl FileShard {
         Ok(())
     }
 
-    /// Clean close: everything written and fdatasynced, the active
-    /// segment's indexes written, its reserved blocks given back, its
-    /// descriptor closed.
+    /// Clean close: later appends and deletes refused, everything written
+    /// and fdatasynced, the active segment's indexes written, its reserved
+    /// blocks given back, its descriptor closed.
     pub fn close(&self) -> Result<()> {
-        let state = self.state.read();
-        if self.deleted.load(Ordering::Acquire) {
-            return Ok(());
+        {
+            // An append holding the lock has written (or buffered) its
+            // batch, which the flush below covers; later ones see `closed`.
+            let _state = self.state.write();
+            self.closed.store(true, Ordering::Release);
+            if self.deleted.load(Ordering::Acquire) {
+                return Ok(());
+            }
         }
+        self.final_sync()?;
+        let state = self.state.read();
         let mut w = self.writer.lock();
-        self.flush_buf(&mut w)?;
         let active = state.segments.back().expect("a shard has a segment");
-        if !w.dirty && w.reserved == 0 && w.indexed == Some(active.size) {
+        if w.reserved == 0 && w.indexed == Some(active.size) {
             // Idle since it was opened or last closed: nothing to do, and
             // no descriptor to open for it.
             w.file = None;
@@ -453,10 +478,6 @@ impl FileShard {
             return Ok(());
         }
         let file = self.file(&mut w)?;
-        if w.dirty {
-            self.sync_file(&file)?;
-            w.dirty = false;
-        }
         segment::trim(&file, w.written, w.reserved);
         w.reserved = 0;
         if w.indexed != Some(active.size) {
@@ -465,6 +486,29 @@ impl FileShard {
         }
         w.file = None;
         self.shared.closed_file(self.id);
+        Ok(())
+    }
+
+    /// Close's flush and fdatasync, at the sync gate: appends that wrote
+    /// before close and still wait for their fdatasync find it done (they
+    /// never reopen the closed file), and none is reported durable after a
+    /// failed fdatasync.
+    fn final_sync(&self) -> Result<()> {
+        let mut synced = self.sync.lock();
+        let mut w = self.writer.lock();
+        self.flush_buf(&mut w)?;
+        if let Some(reason) = self.poisoned.lock().as_ref() {
+            return Err(Error::Poisoned(format!(
+                "file shard '{}': {reason}",
+                self.name
+            )));
+        }
+        if w.dirty {
+            let file = self.file(&mut w)?;
+            self.sync_file(&file)?;
+            w.dirty = false;
+        }
+        *synced = w.seq;
         Ok(())
     }
 
@@ -590,7 +634,10 @@ impl FileShard {
     fn expire_idle(&self) -> Result<()> {
         if self.options.retention_ms > 0 && !self.deleted.load(Ordering::Acquire) {
             let mut state = self.state.write();
-            self.enforce_retention(&mut state, now_ms())?;
+            // A read racing close must not remove files after the marker.
+            if !self.closed.load(Ordering::Acquire) {
+                self.enforce_retention(&mut state, now_ms())?;
+            }
         }
         Ok(())
     }
@@ -826,6 +873,10 @@ impl Shard for FileShard {
         self.enforce_retention(&mut state, now)?;
         drop(state);
 
+        #[cfg(test)]
+        if let Some(hook) = self.before_sync.lock().as_ref() {
+            hook();
+        }
         if durability == Durability::Fsync || policy == FlushPolicy::Append {
             self.sync_to(seq)?;
         }
@@ -918,8 +969,8 @@ impl Shard for FileShard {
     }
 
     fn delete_records_before(&self, offset: i64) -> Result<i64> {
-        self.check_live()?;
         let mut state = self.state.write();
+        self.check_live()?;
         let target = offset.min(state.next_offset);
         if target <= state.low {
             return Ok(state.low);
@@ -955,8 +1006,8 @@ impl Shard for FileShard {
     }
 
     fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
-        self.check_live()?;
         let mut state = self.state.write();
+        self.check_live()?;
         let mut w = self.writer.lock();
         self.flush_buf(&mut w)?;
         let mut deleted = 0u64;

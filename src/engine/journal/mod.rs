@@ -44,7 +44,7 @@ use crate::engine::{Engine, RecoveredShard, Shard};
 use crate::{Error, Result};
 
 use index::ShardState;
-use segment::{sync_dir, Segment};
+use segment::Segment;
 pub use shard::JournalShard;
 pub(crate) use uring::UringOps;
 pub(crate) use writer::{FileOps, PlainOps};
@@ -174,24 +174,35 @@ impl Log {
     /// (and fdatasynced when `sync`) without the caller waiting; returns the
     /// bytes buffered and not yet being written.
     pub fn flush_in_background(&self, end: u64, sync: bool) -> Result<u64> {
+        // Started before the request: one that failed to start leaves no
+        // request behind that no thread would serve.
+        let flushers = self.flushers()?;
         let (poke, pending) = self.writer.request_background(end, sync)?;
         if poke {
-            // Two flushers: with O_DIRECT a leader's fdatasync runs outside
-            // the write phase, so the other can lead the write of a newer
-            // group meanwhile (one pipelining producer: +16-18 % measured).
-            let flushers = self.flushers.get_or_init(|| {
-                let start = |name| {
-                    worker::Worker::start(name, self.me.clone(), |log| {
-                        log.writer.serve_background()
-                    })
-                };
-                [start("mqs-journal-flush"), start("mqs-journal-flush")]
-            });
             for flusher in flushers {
                 flusher.poke();
             }
         }
         Ok(pending)
+    }
+
+    /// The flusher threads, started on first use. Two: with O_DIRECT a
+    /// leader's fdatasync runs outside the write phase, so the other can
+    /// lead the write of a newer group meanwhile (one pipelining producer:
+    /// +16-18 % measured).
+    fn flushers(&self) -> Result<&[worker::Worker; 2]> {
+        if let Some(flushers) = self.flushers.get() {
+            return Ok(flushers);
+        }
+        let start = || {
+            worker::Worker::start("mqs-journal-flush", self.me.clone(), |log| {
+                log.writer.serve_background()
+            })
+        };
+        // Two callers may race here: the loser's threads are stopped when
+        // `set` hands them back and they are dropped.
+        let _ = self.flushers.set([start()?, start()?]);
+        Ok(self.flushers.get().expect("set above"))
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -263,7 +274,6 @@ impl Log {
 /// Creates journal shards; owns the store's journal once a shard needs it.
 pub struct JournalEngine {
     dir: PathBuf,
-    store_dir: PathBuf,
     config: JournalConfig,
     /// Chosen from `config.io` when the journal is first opened, unless a
     /// test forced one.
@@ -298,7 +308,6 @@ impl JournalEngine {
     pub fn new(store_dir: &Path, config: JournalConfig) -> JournalEngine {
         JournalEngine {
             dir: store_dir.join(JOURNAL_DIR),
-            store_dir: store_dir.to_path_buf(),
             config,
             ops: Mutex::new(None),
             log: Mutex::new(None),
@@ -353,10 +362,19 @@ impl JournalEngine {
             0 => u64::MAX,
             bytes => end.saturating_add(bytes),
         };
-        Ok(Arc::new_cyclic(|weak| Log {
-            checkpointer: (self.config.checkpoint_bytes > 0).then(|| {
-                worker::Worker::start("mqs-journal-ckpt", weak.clone(), Log::checkpoint_if_due)
-            }),
+        // `new_cyclic` cannot fail: a checkpointer that cannot start is
+        // reported once the log is built, and dropping the log stops the
+        // threads that did start.
+        let mut failed = None;
+        let log = Arc::new_cyclic(|weak| Log {
+            checkpointer: match self.config.checkpoint_bytes {
+                0 => None,
+                _ => {
+                    worker::Worker::start("mqs-journal-ckpt", weak.clone(), Log::checkpoint_if_due)
+                        .map_err(|e| failed = Some(e))
+                        .ok()
+                }
+            },
             flushers: OnceLock::new(),
             me: weak.clone(),
             next_checkpoint_at: AtomicU64::new(next_checkpoint_at),
@@ -376,7 +394,8 @@ impl JournalEngine {
             truncated_bytes: counts.1,
             skipped_bytes: counts.2,
             checkpoint_end,
-        }))
+        });
+        failed.map_or(Ok(log), Err)
     }
 
     /// The journal, created (directory + first segment) on first use.
@@ -387,11 +406,18 @@ impl JournalEngine {
         }
         // Before any file is touched: a strict `io = "uring"` fails here.
         self.ops()?;
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| Error::io(format!("creating '{}'", self.dir.display()), e))?;
-        sync_dir(&self.store_dir)?;
+        crate::io::create_dir_all_durable(&self.dir)?;
         let first = Segment::create(&self.dir, 0, self.config.segment_bytes)?;
-        let log = self.new_log(vec![Arc::new(first)], 0, 1, (0, 0, 0), None)?;
+        let path = first.path.clone();
+        let log = match self.new_log(vec![Arc::new(first)], 0, 1, (0, 0, 0), None) {
+            Ok(log) => log,
+            Err(e) => {
+                // So that the next shard creates the journal afresh (an
+                // empty journal directory is no journal to recovery).
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
         *slot = Some(log.clone());
         Ok(log)
     }

@@ -96,13 +96,13 @@ pub struct Prefill {
 impl Prefill {
     /// Starts preparing `active` from `tail` on: with zeros if `zeros` and
     /// the writer's `counters` show small synced groups (`worth_zeroing`),
-    /// else by fallocate.
+    /// else by fallocate. Fails (naming the thread) when it cannot start.
     pub fn start(
         active: Arc<Segment>,
         tail: u64,
         zeros: bool,
         counters: Arc<IoCounters>,
-    ) -> Prefill {
+    ) -> crate::Result<Prefill> {
         let claimed = tail.next_multiple_of(BLOCK);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -121,19 +121,11 @@ impl Prefill {
             counters,
         });
         let worker = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("mqs-journal-prefill".into())
-            .spawn(move || worker.run())
-            .ok();
-        if thread.is_none() {
-            // Without the thread, appends still work: they write into
-            // unprepared space, as with prefilling switched off.
-            shared.state.lock().failed = Some("could not start the prefill thread".into());
-        }
-        Prefill {
+        let thread = crate::thread::spawn("mqs-journal-prefill", move || worker.run())?;
+        Ok(Prefill {
             shared,
-            thread: Mutex::new(thread),
-        }
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Called by the writer before it writes `[.., end)` of `segment`
@@ -358,7 +350,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let segment = Arc::new(Segment::create(dir.path(), 0, 32 << 20).unwrap());
         assert!(allocated(&segment) < 64 << 10, "a new segment is sparse");
-        let prefill = Prefill::start(segment.clone(), 0, true, Arc::default());
+        let prefill = Prefill::start(segment.clone(), 0, true, Arc::default()).unwrap();
         prefill.wait_ready(MIN_AHEAD);
         assert!(allocated(&segment) >= MIN_AHEAD);
         assert_eq!(prefill.stats()["failed"], serde_json::Value::Null);
@@ -390,7 +382,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let segment = Arc::new(Segment::create(dir.path(), 0, 64 << 20).unwrap());
         let counters = Arc::new(IoCounters::default());
-        let prefill = Prefill::start(segment.clone(), 0, true, counters.clone());
+        let prefill = Prefill::start(segment.clone(), 0, true, counters.clone()).unwrap();
         prefill.wait_ready(MIN_AHEAD);
         let zeroed = |p: &Prefill| p.stats()["zeroed_bytes"].as_u64().unwrap();
         let prepared = |p: &Prefill| p.stats()["prepared_bytes"].as_u64().unwrap();
@@ -433,7 +425,7 @@ mod tests {
     fn allocate_mode_reserves_blocks_without_writing() {
         let dir = tempfile::tempdir().unwrap();
         let segment = Arc::new(Segment::create(dir.path(), 0, 8 << 20).unwrap());
-        let prefill = Prefill::start(segment.clone(), 0, false, Arc::default());
+        let prefill = Prefill::start(segment.clone(), 0, false, Arc::default()).unwrap();
         prefill.wait_ready(MIN_AHEAD);
         prefill.stop();
         assert!(allocated(&segment) >= MIN_AHEAD);
@@ -445,7 +437,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = Arc::new(Segment::create(dir.path(), 0, 1 << 20).unwrap());
         let second = Arc::new(Segment::create(dir.path(), 1 << 20, 4 << 20).unwrap());
-        let prefill = Prefill::start(first.clone(), 0, true, Arc::default());
+        let prefill = Prefill::start(first.clone(), 0, true, Arc::default()).unwrap();
         prefill.before_write(&second, 4096);
         prefill.wait_ready(4096 + MIN_AHEAD);
         prefill.stop();

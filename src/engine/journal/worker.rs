@@ -50,20 +50,16 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a thread named `name` that runs `task` after each `poke`.
-    /// Without the thread (spawning failed) pokes do nothing; callers must
-    /// not depend on the task for correctness, only for timeliness.
-    pub fn start(name: &str, log: Weak<Log>, task: fn(&Log)) -> Worker {
+    /// Starts a thread named `name` that runs `task` after each `poke`;
+    /// fails (naming it) when the thread cannot start.
+    pub fn start(name: &str, log: Weak<Log>, task: fn(&Log)) -> crate::Result<Worker> {
         let shared = Arc::new(Shared::default());
         let worker = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || worker.run(log, task))
-            .ok();
-        Worker {
+        let thread = crate::thread::spawn(name, move || worker.run(log, task))?;
+        Ok(Worker {
             shared,
-            thread: Mutex::new(thread),
-        }
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Asks for one more run of the task (pokes while it runs are merged

@@ -405,7 +405,7 @@ impl Writer {
             tail,
             prefill_zeros && direct,
             counters.clone(),
-        );
+        )?;
         Ok(Writer {
             state: Mutex::new(State {
                 runs: Vec::new(),
