@@ -977,6 +977,16 @@ impl Shard for FileShard {
         }
         let mut w = self.writer.lock();
         self.flush_buf(&mut w)?;
+        // The new watermark is durable before any file changes: a crash
+        // from here on finds it and recovery drops what lies below it, so
+        // the delete happens whole or not at all (files changed first would
+        // lose records above an old watermark a crash left in place).
+        let old_low = state.low;
+        state.low = target;
+        if let Err(e) = self.save_meta(&state) {
+            state.low = old_low;
+            return Err(e);
+        }
         // Whole segments below the target go; a batch straddling it is
         // rewritten without the records below it (so transfers never send
         // them), which also drops the dead batches before it in that file.
@@ -984,24 +994,17 @@ impl Shard for FileShard {
             self.remove_front_segment(&mut state)?;
         }
         let straddle = state.locate(target).0;
-        let old_low = state.low;
-        state.low = target;
         if straddle < state.segments.len() {
-            let result = self.rewrite_segment(&mut state, &mut w, straddle, &mut |info, bytes| {
+            self.rewrite_segment(&mut state, &mut w, straddle, &mut |info, bytes| {
                 if info.base_offset < target && info.last_offset >= target {
                     Ok(Some(format::retain_records(bytes, |o| o >= target)?))
                 } else {
                     Ok(None)
                 }
-            });
-            if let Err(e) = result {
-                state.low = old_low;
-                return Err(e);
-            }
+            })?;
         }
         drop(w);
         self.recount_front(&mut state)?;
-        self.save_meta(&state)?;
         Ok(target)
     }
 
