@@ -494,3 +494,165 @@ fn pipelined_appends_that_are_never_awaited_stay_bounded() {
     drop(shard);
     engine.close().unwrap();
 }
+
+/// Runs `f` on a thread and fails if it has not returned within 20 s: a
+/// call that waits forever must fail the test, not hang it.
+fn returns<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} never returned"))
+}
+
+/// After the leader's I/O failed without a completion to say which request
+/// did (io_uring_enter failed once the kernel took the requests, or the
+/// submission panicked): the journal is poisoned, and every later append
+/// and the close fail at once instead of waiting for a write phase that
+/// never ends. What was acknowledged before is there after reopening.
+fn failed_submission_poisons(ops: Arc<dyn FileOps>, fail: impl Fn(bool), cause: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(JournalEngine::with_ops(dir.path(), config(), ops));
+    let shard = engine
+        .create_shard("s", &options(Durability::Fsync))
+        .unwrap();
+    assert_eq!(shard.append(&[Record::new(b"before")]).unwrap(), 0);
+    fail(true);
+    let err = shard.append(&[Record::new(b"lost")]).unwrap_err();
+    assert_eq!(err.status(), Status::Poisoned, "{err}");
+    assert!(err.to_string().contains(cause), "{err}");
+    fail(false);
+    let (s, e) = (shard.clone(), engine.clone());
+    let (append, close) = returns("an append or close after the failure", move || {
+        (s.append(&[Record::new(b"after")]), e.close())
+    });
+    assert_eq!(append.unwrap_err().status(), Status::Poisoned);
+    assert_eq!(close.unwrap_err().status(), Status::Poisoned);
+    drop((shard, engine));
+    let engine = JournalEngine::new(dir.path(), config());
+    let shards = engine.recover().unwrap();
+    let limits = ReadLimits {
+        max_records: 10,
+        max_bytes: usize::MAX,
+    };
+    let r = shards[0].2.read(0, limits).unwrap();
+    assert_eq!(&r.records[0].value[..], b"before");
+}
+
+#[test]
+fn a_failed_uring_enter_with_requests_in_flight_poisons() {
+    if !uring_expected("a_failed_uring_enter_with_requests_in_flight_poisons") {
+        return;
+    }
+    let ops = Arc::new(UringOps::new().unwrap());
+    let set = ops.clone();
+    let fail = move |on: bool| set.fault.store(if on { 3 } else { OK }, Ordering::SeqCst);
+    failed_submission_poisons(ops, fail, "submitting journal writes");
+}
+
+/// Panics in `submit` while set.
+#[derive(Default)]
+struct Panicking(std::sync::atomic::AtomicBool);
+
+impl FileOps for Panicking {
+    fn submit(
+        &self,
+        writes: &[super::writer::WriteOp<'_>],
+        syncs: &[&File],
+    ) -> Result<(), super::writer::IoFailure> {
+        assert!(!self.0.load(Ordering::SeqCst), "injected submission panic");
+        PlainOps.submit(writes, syncs)
+    }
+}
+
+#[test]
+fn a_panic_in_the_writers_io_poisons_instead_of_wedging_the_journal() {
+    let ops = Arc::new(Panicking::default());
+    let set = ops.clone();
+    let fail = move |on: bool| set.0.store(on, Ordering::SeqCst);
+    failed_submission_poisons(ops, fail, "injected submission panic");
+}
+
+/// fdatasync blocks for one file (the journal's first segment, by inode)
+/// while the gate is closed, after announcing itself; other files sync.
+struct GatedFile {
+    inode: std::sync::atomic::AtomicU64,
+    gate: Gated,
+}
+
+impl FileOps for GatedFile {
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if file.metadata()?.ino() == self.inode.load(Ordering::SeqCst) {
+            return self.gate.sync_data(file);
+        }
+        file.sync_data()
+    }
+}
+
+/// A group written at the end of one segment has its fdatasync in flight
+/// when the next group, after a roll, is written and synced in the next
+/// segment. That later flush covers only the new segment: neither its
+/// appender nor a waiter for the earlier group may be acknowledged before
+/// the earlier segment's own fdatasync finished.
+#[test]
+fn a_flush_of_the_next_segment_does_not_acknowledge_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = Arc::new(GatedFile {
+        inode: Default::default(),
+        gate: Gated::default(),
+    });
+    let config = JournalConfig {
+        segment_bytes: 64 << 10,
+        ..JournalConfig::default()
+    };
+    let engine = JournalEngine::with_ops(dir.path(), config, ops.clone());
+    let shard = engine
+        .create_shard("s", &options(Durability::Fsync))
+        .unwrap();
+    let log = engine.log.lock().clone().unwrap();
+    assert!(
+        log.writer.io_name().ends_with("+direct"),
+        "the overlapping flushes need O_DIRECT"
+    );
+    let first = std::fs::metadata(
+        dir.path()
+            .join("journal")
+            .join(super::segment::file_name(0)),
+    );
+    ops.inode.store(
+        std::os::unix::fs::MetadataExt::ino(&first.unwrap()),
+        Ordering::SeqCst,
+    );
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    *ops.gate.entered.lock() = Some(entered_tx);
+    *ops.gate.closed.lock() = true;
+    std::thread::scope(|scope| {
+        let gate = OpenOnDrop(&ops.gate);
+        let first = scope.spawn(|| shard.append(&[Record::new(b"first segment")]));
+        entered.recv().unwrap();
+        let end = log.writer.written();
+        // Too large for the rest of the first segment: a roll.
+        let big = vec![7u8; 64 << 10];
+        let shard = &shard;
+        let second = spawn_held(
+            scope,
+            move || shard.append(&[Record::new(&big)]),
+            "an append in the next segment was acknowledged before the previous \
+             segment's fdatasync finished",
+        );
+        let log = &log;
+        let waiter = spawn_held(
+            scope,
+            move || log.writer.commit(end, true),
+            "a group was acknowledged before its own segment's fdatasync finished",
+        );
+        drop(gate);
+        assert_eq!(first.join().unwrap().unwrap(), 0);
+        assert_eq!(second.join().unwrap().unwrap(), 1);
+        waiter.join().unwrap().unwrap();
+    });
+    drop(shard);
+    engine.close().unwrap();
+}

@@ -10,11 +10,14 @@
 //! fdatasync-only submissions of O_DIRECT mode's sync phase, so a leader
 //! waiting for a device flush does not hold up the next leader's writes.
 //! The caller waits for every completion before returning, so buffers
-//! outlive their requests.
+//! outlive their requests, also when io_uring_enter fails with requests
+//! in flight (`settle`); such a failure is reported as a submission
+//! failure, which poisons the journal, and the ring is never used again.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 use parking_lot::Mutex;
@@ -30,13 +33,26 @@ const ENTRIES: u32 = 32;
 const MAX_WRITE: usize = 1 << 30;
 
 pub struct UringOps {
-    ring: Mutex<IoUring>,
-    sync_ring: Mutex<IoUring>,
+    ring: Mutex<Ring>,
+    sync_ring: Mutex<Ring>,
     /// Test hook: 1 makes writes, 2 makes fdatasyncs target an invalid
-    /// descriptor, so the kernel fails them (EBADF) through the ring.
+    /// descriptor, so the kernel fails them (EBADF) through the ring; 3
+    /// makes io_uring_enter fail (EIO) once the kernel took the requests.
     #[cfg(test)]
     pub fault: std::sync::atomic::AtomicU8,
 }
+
+struct Ring {
+    ring: IoUring,
+    /// Why the ring may not be entered again: a failed submission can
+    /// leave entries in the queue that the next io_uring_enter would
+    /// submit, pointing into buffers long gone.
+    broken: Option<String>,
+}
+
+/// How long requests may stay in flight after io_uring_enter failed before
+/// the process is aborted (see `settle`).
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy)]
 enum Op {
@@ -53,14 +69,64 @@ enum Op {
     },
 }
 
+fn transient(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+        || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY))
+}
+
+/// Collects the completions in the ring into `results` (by request index).
+fn reap(ring: &mut IoUring, results: &mut [Option<i32>], pending: &mut usize) {
+    for cqe in ring.completion() {
+        if let Some(slot) = results.get_mut(cqe.user_data() as usize) {
+            if slot.replace(cqe.result()).is_none() {
+                *pending -= 1;
+            }
+        }
+    }
+}
+
+/// After io_uring_enter failed: waits until no request of the chunk is in
+/// the kernel's hands any more, since the caller frees their buffers on
+/// return. Requests the kernel never took stay queued (the ring is then
+/// marked broken, so nothing submits them). Completions keep arriving
+/// after a failed enter (the kernel runs completion work on the way back
+/// from any system call); if they stop, returning could let the kernel
+/// read freed memory into the journal, so the process is aborted instead.
+fn settle(ring: &mut IoUring, results: &mut [Option<i32>], pending: &mut usize) {
+    let started = Instant::now();
+    loop {
+        reap(ring, results, pending);
+        let queued = {
+            let mut sq = ring.submission();
+            sq.sync();
+            sq.len()
+        };
+        if *pending <= queued {
+            return;
+        }
+        if started.elapsed() > SETTLE_LIMIT {
+            eprintln!(
+                "mqstore: io_uring requests still in flight {}s after io_uring_enter failed; \
+                 aborting, as returning would free memory the kernel may still read",
+                SETTLE_LIMIT.as_secs()
+            );
+            std::process::abort();
+        }
+        if ring.submit_and_wait(1).is_err() {
+            std::thread::yield_now();
+        }
+    }
+}
+
 impl UringOps {
     /// Sets up a ring and checks that it really executes requests (a
     /// sandbox may refuse io_uring_setup with ENOSYS or EPERM, or block
     /// io_uring_enter).
     pub fn new() -> io::Result<UringOps> {
+        let ring = |ring| Ring { ring, broken: None };
         Ok(UringOps {
-            ring: Mutex::new(Self::checked_ring()?),
-            sync_ring: Mutex::new(Self::checked_ring()?),
+            ring: Mutex::new(ring(Self::checked_ring()?)),
+            sync_ring: Mutex::new(ring(Self::checked_ring()?)),
             #[cfg(test)]
             fault: std::sync::atomic::AtomicU8::new(0),
         })
@@ -83,9 +149,41 @@ impl UringOps {
         Ok(ring)
     }
 
+    fn fault(&self) -> u8 {
+        #[cfg(test)]
+        return self.fault.load(std::sync::atomic::Ordering::SeqCst);
+        #[cfg(not(test))]
+        0
+    }
+
+    /// io_uring_enter: submits what is queued and waits for `want`
+    /// completions.
+    fn enter(&self, ring: &mut IoUring, want: usize) -> io::Result<usize> {
+        if self.fault() == 3 {
+            ring.submit()?;
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        ring.submit_and_wait(want)
+    }
+
+    /// Runs `ops` on `ring` unless an earlier failure broke it; a failed
+    /// submission breaks it.
+    fn run(&self, ring: &mut Ring, ops: Vec<Op>) -> Result<(), IoFailure> {
+        if let Some(why) = &ring.broken {
+            return Err(IoFailure::Submission(io::Error::other(format!(
+                "io_uring is unusable after an earlier failure ({why})"
+            ))));
+        }
+        let result = self.run_chains(&mut ring.ring, ops);
+        if let Err(IoFailure::Submission(e)) = &result {
+            ring.broken = Some(e.to_string());
+        }
+        result
+    }
+
     /// Runs `ops` in order as linked chains; a short write is continued
     /// and the requests after it (cancelled by the kernel) are resubmitted.
-    fn run(&self, ring: &mut IoUring, mut ops: Vec<Op>) -> Result<(), IoFailure> {
+    fn run_chains(&self, ring: &mut IoUring, mut ops: Vec<Op>) -> Result<(), IoFailure> {
         let capacity = ring.submission().capacity().min(ENTRIES as usize);
         let mut done = 0;
         while done < ops.len() {
@@ -118,26 +216,23 @@ impl UringOps {
                     entry = entry.flags(squeue::Flags::IO_LINK);
                 }
                 // SAFETY: every buffer is borrowed by the caller for the
-                // whole call, and this function waits below for the
-                // completion of every request it pushed.
-                unsafe { ring.submission().push(&entry) }.expect("the ring has room for a chunk");
+                // whole call, and this function does not return while the
+                // kernel holds a request it pushed (see `settle`).
+                if unsafe { ring.submission().push(&entry) }.is_err() {
+                    return Err(IoFailure::Submission(io::Error::other(
+                        "io_uring submission queue full",
+                    )));
+                }
             }
             let mut pending = chunk.len();
             while pending > 0 {
-                if let Err(e) = ring.submit_and_wait(pending) {
-                    if e.kind() == io::ErrorKind::Interrupted
-                        || matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY))
-                    {
-                        std::thread::yield_now();
-                        continue;
+                match self.enter(ring, pending) {
+                    Ok(_) => reap(ring, &mut results, &mut pending),
+                    Err(e) if transient(&e) => std::thread::yield_now(),
+                    Err(e) => {
+                        settle(ring, &mut results, &mut pending);
+                        return Err(IoFailure::Submission(e));
                     }
-                    // Requests may still be in flight, referencing the
-                    // caller's buffers: there is no safe way on.
-                    panic!("io_uring_enter failed with requests in flight: {e}");
-                }
-                for cqe in ring.completion() {
-                    results[cqe.user_data() as usize] = Some(cqe.result());
-                    pending -= 1;
                 }
             }
             for (i, op) in chunk.iter().enumerate() {
@@ -176,7 +271,7 @@ impl UringOps {
                                 pos: pos + n as u64,
                             };
                             ops.drain(..at);
-                            return self.run(ring, ops);
+                            return self.run_chains(ring, ops);
                         }
                     }
                     Op::Sync { index, .. } => {
@@ -198,10 +293,7 @@ impl FileOps for UringOps {
     }
 
     fn submit(&self, writes: &[WriteOp<'_>], syncs: &[&File]) -> Result<(), IoFailure> {
-        #[cfg(test)]
-        let fault = self.fault.load(std::sync::atomic::Ordering::SeqCst);
-        #[cfg(not(test))]
-        let fault = 0;
+        let fault = self.fault();
         let bad = |fd: RawFd, when: u8| if fault == when { -1 } else { fd };
         let mut ops = Vec::with_capacity(writes.len() + syncs.len());
         for (index, w) in writes.iter().enumerate() {

@@ -79,6 +79,9 @@ pub struct WriteOp<'a> {
 pub enum IoFailure {
     Write(usize, io::Error),
     Sync(usize, io::Error),
+    /// The requests could not be handed to the kernel or waited for
+    /// (io_uring_enter failed): which of them ran is unknown.
+    Submission(io::Error),
 }
 
 /// The file operations of the write path: io_uring or pwrite/fdatasync,
@@ -299,6 +302,11 @@ struct State {
     /// (`sync_after_write`): everything before it is covered by a flush
     /// that is in flight or done.
     sync_started: u64,
+    /// Sync phases in flight, in the order they started: (target, done).
+    /// `synced` only moves past a target once every phase before it is
+    /// done too: a later phase may sync only the newer segment after a
+    /// roll, while the older segment's flush is still running.
+    syncs: std::collections::VecDeque<(u64, bool)>,
     /// A leader is doing I/O (without the lock).
     writing: bool,
     /// What pipelined appends asked the flusher threads to write and to
@@ -319,6 +327,42 @@ struct State {
     /// Set by a clean close: no entry may enter the log after the index
     /// checkpoint's end position.
     sealed: bool,
+}
+
+impl State {
+    /// Marks the sync phase of `target` done and moves `synced` past every
+    /// phase that is done with none before it still in flight.
+    fn sync_done(&mut self, target: u64) {
+        if let Some(phase) = self
+            .syncs
+            .iter_mut()
+            .find(|(t, done)| *t == target && !done)
+        {
+            phase.1 = true;
+        }
+        while let Some(&(t, true)) = self.syncs.front() {
+            self.synced = self.synced.max(t);
+            self.syncs.pop_front();
+        }
+    }
+}
+
+/// Runs a leader's I/O, turning a panic into an error: the caller then
+/// poisons the journal and wakes every waiter, instead of unwinding with
+/// the write phase still marked as taken (which would leave every later
+/// append and the close waiting forever).
+fn guarded(io: impl FnOnce() -> Result<()>) -> Result<()> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(io)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(Error::Internal(format!("journal I/O failed: {what}")))
+        }
+    }
 }
 
 /// Where an enqueued entry landed. While it exists it counts as a live
@@ -417,6 +461,7 @@ impl Writer {
                 synced: end,
                 sync_wanted: 0,
                 sync_started: 0,
+                syncs: std::collections::VecDeque::new(),
                 writing: false,
                 background_written: 0,
                 background_synced: 0,
@@ -677,7 +722,7 @@ impl Writer {
             st.writing = true;
             drop(st);
 
-            let result = self.do_io(&runs, &to_sync);
+            let result = guarded(|| self.do_io(&runs, &to_sync));
             let written = result.is_ok();
 
             st = self.state.lock();
@@ -687,7 +732,8 @@ impl Writer {
                     st.written = target;
                     self.written_hint.store(target, Ordering::Release);
                     if do_sync && !overlap {
-                        st.synced = target;
+                        st.syncs.push_back((target, false));
+                        st.sync_done(target);
                     } else {
                         for run in &runs {
                             if !st.dirty.iter().any(|s| Arc::ptr_eq(s, &run.segment)) {
@@ -732,18 +778,20 @@ impl Writer {
     /// phase, so the next group's write overlaps this device flush — group
     /// commit then pays max(write, flush) per group instead of their sum.
     ///
-    /// Why `synced` may only grow to `target`, and why an overlapping
-    /// flush that finishes first may cover this one's data: every byte
-    /// before `target` was written (the O_DIRECT write completed) before
-    /// this fdatasync started, and any fdatasync started later flushes the
-    /// device cache after those writes too. A failure still poisons the
-    /// journal, whatever another flush reported.
+    /// Every byte before `target` was written (the O_DIRECT write
+    /// completed) before this fdatasync started, but this phase syncs only
+    /// the segments written since the previous phase took its own: after a
+    /// roll, an older phase may still be flushing the previous segment.
+    /// So `synced` reaches `target` only once every earlier phase is done
+    /// too (`State::syncs`). A failure poisons the journal, whatever
+    /// another flush reported.
     fn sync_after_write(&self, st: &mut MutexGuard<'_, State>, target: u64) {
         let to_sync = std::mem::take(&mut st.dirty);
         st.sync_started = st.sync_started.max(target);
-        let result = MutexGuard::unlocked(st, || self.do_sync(&to_sync));
+        st.syncs.push_back((target, false));
+        let result = MutexGuard::unlocked(st, || guarded(|| self.do_sync(&to_sync)));
         match result {
-            Ok(()) => st.synced = st.synced.max(target),
+            Ok(()) => st.sync_done(target),
             Err(e) => {
                 // The flush may have covered nothing: put the segments back
                 // for whoever looks at `dirty` (nobody, once poisoned).
@@ -767,6 +815,7 @@ impl Writer {
                 format!("fdatasync of '{}'", to_sync[i].path.display()),
                 e,
             )),
+            Err(IoFailure::Submission(e)) => Err(Error::io("submitting fdatasyncs", e)),
         }
     }
 
@@ -899,6 +948,7 @@ impl Writer {
                 format!("fdatasync of '{}'", to_sync[i].path.display()),
                 e,
             )),
+            Err(IoFailure::Submission(e)) => Err(Error::io("submitting journal writes", e)),
         }
     }
 
