@@ -31,6 +31,12 @@ pub enum Kind {
     Rewrite = 4,
     /// The batch at base offset `aux` is gone (all its records deleted).
     DropBatch = 5,
+    /// Everything in the journal before global position `aux` was on
+    /// stable storage when this entry was logged (one after each
+    /// fdatasync; shard id 0). Recovery uses the newest it finds to tell
+    /// an unacknowledged tail torn by a power cut from damage to
+    /// acknowledged data.
+    Synced = 6,
 }
 
 impl Kind {
@@ -41,6 +47,7 @@ impl Kind {
             3 => Kind::DeleteShard,
             4 => Kind::Rewrite,
             5 => Kind::DropBatch,
+            6 => Kind::Synced,
             _ => return None,
         })
     }

@@ -496,6 +496,11 @@ impl Engine for JournalEngine {
         // the log after `end`, so the shard states snapshotted below reflect
         // exactly the entries before it (every logged change is made under
         // the shard's lock together with its enqueue).
+        // Synced before sealing, so that a `Synced` entry proves the whole
+        // journal durable (it is written by the final commit below): a
+        // replay without the checkpoint then treats damage anywhere as
+        // corruption, not as a torn tail. A failure here shows again below.
+        let _ = log.writer.commit(log.writer.end_position(), true);
         let (end, last) = log.writer.seal();
         // Whatever happens next, the shards let go of the log.
         let shards: Vec<Arc<JournalShard>> = log.shards.lock().drain().map(|(_, s)| s).collect();

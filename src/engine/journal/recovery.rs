@@ -96,6 +96,59 @@ fn zero_tail(segment: &Segment, from: u64) -> Result<u64> {
     Ok(len)
 }
 
+/// Whether damage at `pos` of `segments[index]` lies in the journal's
+/// unsynced tail: at or past every position proven durable, by the
+/// entries before it (`proven`) and by the `Synced` entries after it. A
+/// power cut may persist any subset of the blocks written since the last
+/// completed fdatasync, so an invalid entry there followed by valid ones
+/// is a torn group nobody was told is durable, not corruption; so is an
+/// invalid entry with nothing valid after it anywhere.
+fn unsynced_tail(segments: &[Arc<Segment>], index: usize, pos: u64, proven: u64) -> bool {
+    let mut proven = proven;
+    let mut valid_after = false;
+    for (i, segment) in segments.iter().enumerate().skip(index) {
+        let data = segment.data();
+        let mut at = if i == index { pos + entry::ALIGN } else { 0 };
+        while let Some(found) = entry::find_valid(data, at) {
+            valid_after = true;
+            let Parsed::Valid(header) = entry::parse(&data[found as usize..]) else {
+                unreachable!("find_valid found a valid entry");
+            };
+            if header.kind == Kind::Synced {
+                proven = proven.max(header.aux);
+            }
+            at = found + header.entry_len();
+        }
+    }
+    !valid_after || segments[index].base + pos >= proven
+}
+
+/// Cuts the journal at `pos` of `segments[index]`: zeroes the rest of that
+/// segment's data and removes the later segments.
+fn cut_tail(
+    dir: &Path,
+    segments: &mut Vec<Arc<Segment>>,
+    index: usize,
+    pos: u64,
+    out: &mut Recovered,
+) -> Result<()> {
+    out.truncated_bytes += zero_tail(&segments[index], pos)?;
+    let doomed: Vec<Arc<Segment>> = segments.drain(index + 1..).collect();
+    for later in &doomed {
+        let data = later.data();
+        out.truncated_bytes += data
+            .iter()
+            .rposition(|&b| b != 0)
+            .map_or(0, |p| p as u64 + 1);
+        std::fs::remove_file(&later.path)
+            .map_err(|e| Error::io(format!("removing '{}'", later.path.display()), e))?;
+    }
+    if !doomed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
     let mut segments = Vec::new();
     for (base, path) in list_segments(dir)? {
@@ -157,6 +210,10 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
         None => ckpt::remove(dir)?,
     }
     let skip = config.recovery_mode == RecoveryMode::SkipCorrupt;
+    // Everything before this global position is known to have been on
+    // stable storage: a checkpoint only covers synced entries, and each
+    // `Synced` entry records a position.
+    let mut proven = out.checkpoint_end.unwrap_or(0);
     let mut catalogue = Catalogue::default();
     let mut valid: Vec<(Arc<Segment>, u64, entry::EntryHeader)> = Vec::new();
     'segments: while index < segments.len() {
@@ -169,6 +226,9 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
             let parsed = entry::parse(data.get(pos as usize..).unwrap_or(&[]));
             match parsed {
                 Parsed::Valid(header) => {
+                    if header.kind == Kind::Synced {
+                        proven = proven.max(header.aux);
+                    }
                     let payload_start = pos as usize + HEADER_LEN;
                     let payload = &data[payload_start..payload_start + header.payload_len as usize];
                     catalogue.note(&header, payload)?;
@@ -188,8 +248,13 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
                         break;
                     }
                     // Normally the end of this segment's data. Valid entries
-                    // after a zeroed header mean a hole in the middle.
+                    // after a zeroed header mean a hole in the middle, or
+                    // the torn, unsynced tail a power cut leaves.
                     if let Some(next) = entry::find_valid(data, pos + entry::ALIGN) {
+                        if unsynced_tail(&segments, index, pos, proven) {
+                            cut_tail(dir, &mut segments, index, pos, &mut out)?;
+                            break;
+                        }
                         if !skip {
                             return Err(corruption_here(
                                 &segment,
@@ -205,7 +270,12 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
                     break;
                 }
                 Parsed::Invalid(reason) => {
-                    if let Some(next) = entry::find_valid(data, pos + entry::ALIGN) {
+                    let valid_after = entry::find_valid(data, pos + entry::ALIGN);
+                    if unsynced_tail(&segments, index, pos, proven) {
+                        cut_tail(dir, &mut segments, index, pos, &mut out)?;
+                        break;
+                    }
+                    if let Some(next) = valid_after {
                         if !skip {
                             return Err(corruption_here(
                                 &segment,
@@ -235,18 +305,7 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
                         index += 1;
                         continue 'segments;
                     }
-                    // A torn tail: nothing valid follows anywhere.
-                    out.truncated_bytes += zero_tail(&segment, pos)?;
-                    let doomed: Vec<Arc<Segment>> = segments.drain(index + 1..).collect();
-                    for later in &doomed {
-                        std::fs::remove_file(&later.path).map_err(|e| {
-                            Error::io(format!("removing '{}'", later.path.display()), e)
-                        })?;
-                    }
-                    if !doomed.is_empty() {
-                        sync_dir(dir)?;
-                    }
-                    break;
+                    unreachable!("a damaged entry with nothing valid after it is a torn tail");
                 }
             }
         }
@@ -454,6 +513,7 @@ fn apply(
                 Err(_) => {}
             }
         }
+        Kind::Synced => {}
         Kind::DropBatch => {
             if let Some(shard) = out.shards.get_mut(&id) {
                 if let Ok(i) = shard.state.position_of(header.aux as i64) {

@@ -327,6 +327,8 @@ struct State {
     /// Set by a clean close: no entry may enter the log after the index
     /// checkpoint's end position.
     sealed: bool,
+    /// The `synced` position the newest `Synced` entry records.
+    marked: u64,
 }
 
 impl State {
@@ -471,6 +473,7 @@ impl Writer {
                 spare: Vec::new(),
                 last: None,
                 sealed: false,
+                marked: end,
             }),
             cond: Condvar::new(),
             ops,
@@ -509,7 +512,6 @@ impl Writer {
     /// owning shard's lock, so a shard's entries enter the log in the order
     /// of its state changes.
     pub fn enqueue(&self, header: &[u8; entry::HEADER_LEN], payload: &[u8]) -> Result<Placement> {
-        let len = entry::entry_len(payload.len());
         let mut st = self.state.lock();
         if let Some(reason) = &st.poisoned {
             return Err(Self::poisoned_error(reason));
@@ -517,6 +519,31 @@ impl Writer {
         if st.sealed {
             return Err(Error::Closed);
         }
+        self.enqueue_locked(&mut st, header, payload)
+    }
+
+    /// Logs a `Synced` entry recording the synced position, once it moved
+    /// past the last one recorded. It goes out with the next group: a
+    /// power cut can tear that group, but every `Synced` entry that
+    /// survives proves the journal intact up to its position (see
+    /// `recovery`). Nothing waits for it.
+    fn mark_synced(&self, st: &mut State) {
+        if st.synced <= st.marked || st.sealed || st.poisoned.is_some() {
+            return;
+        }
+        st.marked = st.synced;
+        let header = entry::header(entry::Kind::Synced, 0, st.synced, &[]);
+        // A failure (creating a segment) poisoned the journal already.
+        let _ = self.enqueue_locked(st, &header, &[]);
+    }
+
+    fn enqueue_locked(
+        &self,
+        st: &mut State,
+        header: &[u8; entry::HEADER_LEN],
+        payload: &[u8],
+    ) -> Result<Placement> {
+        let len = entry::entry_len(payload.len());
         if st.tail + len > st.active.len {
             // Roll. Creating the file under the lock stalls appenders for one
             // create + fallocate + directory fsync per segment (every 1 GiB
@@ -734,6 +761,7 @@ impl Writer {
                     if do_sync && !overlap {
                         st.syncs.push_back((target, false));
                         st.sync_done(target);
+                        self.mark_synced(&mut st);
                     } else {
                         for run in &runs {
                             if !st.dirty.iter().any(|s| Arc::ptr_eq(s, &run.segment)) {
@@ -791,7 +819,10 @@ impl Writer {
         st.syncs.push_back((target, false));
         let result = MutexGuard::unlocked(st, || guarded(|| self.do_sync(&to_sync)));
         match result {
-            Ok(()) => st.sync_done(target),
+            Ok(()) => {
+                st.sync_done(target);
+                self.mark_synced(st);
+            }
             Err(e) => {
                 // The flush may have covered nothing: put the segments back
                 // for whoever looks at `dirty` (nobody, once poisoned).
