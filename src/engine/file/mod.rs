@@ -201,6 +201,9 @@ pub struct FileEngine {
     shared: Arc<Shared>,
     next_id: AtomicU64,
     flusher: Mutex<Option<Flusher>>,
+    /// Set by `close` under the shard map's lock: a creation racing the
+    /// close must not leave a shard behind the CLEAN marker.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl FileEngine {
@@ -212,7 +215,20 @@ impl FileEngine {
             shared: Arc::new(Shared::new(config)),
             next_id: AtomicU64::new(1),
             flusher: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Removes a deleted shard's files. Renamed first (durably), so a crash
+    /// in the middle of removing them never brings back a half-deleted
+    /// shard (recovery finishes the removal of a `.deleted` directory).
+    fn discard(&self, shard: &FileShard) -> Result<()> {
+        let doomed = self.dir.join(format!("{:020}.deleted", shard.id));
+        std::fs::rename(&shard.dir, &doomed)
+            .map_err(|e| Error::io(format!("removing '{}'", shard.dir.display()), e))?;
+        sync_dir(&self.dir)?;
+        std::fs::remove_dir_all(&doomed)
+            .map_err(|e| Error::io(format!("removing '{}'", doomed.display()), e))
     }
 
     fn shard_dir(&self, id: u64) -> PathBuf {
@@ -305,6 +321,9 @@ impl Engine for FileEngine {
     }
 
     fn create_shard(&self, name: &str, options: &ShardOptions) -> Result<Arc<dyn Shard>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         let durable = options.durability == Durability::Fsync;
         create_dir_all_durable(&self.dir)?;
         self.start_flusher()?;
@@ -363,7 +382,16 @@ impl Engine for FileEngine {
             }
         }
         shard.writer.lock().reserved = shard.capacity();
-        self.shared.shards.lock().insert(id, shard.clone());
+        {
+            let mut shards = self.shared.shards.lock();
+            if self.closed.load(Ordering::Acquire) {
+                drop(shards);
+                shard.delete();
+                self.discard(&shard)?;
+                return Err(Error::Closed);
+            }
+            shards.insert(id, shard.clone());
+        }
         self.shared.opened(id);
         Ok(shard)
     }
@@ -374,20 +402,16 @@ impl Engine for FileEngine {
         };
         shard.delete();
         self.shared.shards.lock().remove(&shard.id);
-        // Renamed first (durably), so a crash in the middle of removing the
-        // files never brings back a half-deleted shard.
-        let doomed = self.dir.join(format!("{:020}.deleted", shard.id));
-        std::fs::rename(&shard.dir, &doomed)
-            .map_err(|e| Error::io(format!("removing '{}'", shard.dir.display()), e))?;
-        sync_dir(&self.dir)?;
-        std::fs::remove_dir_all(&doomed)
-            .map_err(|e| Error::io(format!("removing '{}'", doomed.display()), e))
+        self.discard(&shard)
     }
 
     fn close(&self) -> Result<()> {
         self.stop_flusher();
-        let shards: Vec<Arc<FileShard>> =
-            self.shared.shards.lock().drain().map(|(_, s)| s).collect();
+        let shards: Vec<Arc<FileShard>> = {
+            let mut shards = self.shared.shards.lock();
+            self.closed.store(true, Ordering::Release);
+            shards.drain().map(|(_, s)| s).collect()
+        };
         let mut first_error = None;
         for shard in &shards {
             if let Err(e) = shard.close() {

@@ -99,3 +99,25 @@ fn an_append_in_flight_at_close_completes_before_the_marker() {
         [b"in flight".to_vec()]
     );
 }
+
+/// A creation that reaches the engine after its close (a `create_shard`
+/// racing `Store::close`) is refused and leaves no shard behind the CLEAN
+/// marker.
+#[test]
+fn a_shard_created_after_close_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine(dir.path());
+    engine
+        .create_shard("s", &options(Durability::Fsync))
+        .unwrap();
+    engine.close().unwrap();
+    let Err(err) = engine.create_shard("late", &options(Durability::Fsync)) else {
+        panic!("a closed engine created a shard");
+    };
+    assert_eq!(err.status(), Status::Closed, "{err}");
+    drop(engine);
+    let reopened = FileEngine::new(dir.path(), FileConfig::default());
+    let recovered = reopened.recover().unwrap();
+    let names: Vec<&str> = recovered.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["s"]);
+}

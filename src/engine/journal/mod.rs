@@ -279,6 +279,10 @@ pub struct JournalEngine {
     /// test forced one.
     ops: Mutex<Option<Arc<dyn FileOps>>>,
     log: Mutex<Option<Arc<Log>>>,
+    /// Set by `close` under the `log` lock: a shard creation racing the
+    /// close must not start a new journal (with a fresh segment 0 and shard
+    /// ids counting from 1 again) beside the closed one.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// The submission path for `[journal] io`: `auto` prefers io_uring and
@@ -311,6 +315,7 @@ impl JournalEngine {
             config,
             ops: Mutex::new(None),
             log: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -404,6 +409,9 @@ impl JournalEngine {
         if let Some(log) = slot.as_ref() {
             return Ok(log.clone());
         }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
         // Before any file is touched: a strict `io = "uring"` fails here.
         self.ops()?;
         crate::io::create_dir_all_durable(&self.dir)?;
@@ -485,7 +493,12 @@ impl Engine for JournalEngine {
     }
 
     fn close(&self) -> Result<()> {
-        let Some(log) = self.log.lock().take() else {
+        let taken = {
+            let mut slot = self.log.lock();
+            self.closed.store(true, Ordering::Release);
+            slot.take()
+        };
+        let Some(log) = taken else {
             return Ok(());
         };
         if let Some(checkpointer) = &log.checkpointer {

@@ -656,3 +656,29 @@ fn a_flush_of_the_next_segment_does_not_acknowledge_the_previous_one() {
     drop(shard);
     engine.close().unwrap();
 }
+
+/// A creation that reaches the engine after its close (a `create_shard`
+/// racing `Store::close`) must not start a second journal: that one would
+/// begin a new segment 0 (beside later segments, where earlier ones were
+/// removed) and hand out shard ids from 1 again.
+#[test]
+fn a_shard_created_after_close_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = JournalEngine::new(dir.path(), config());
+    engine.recover().unwrap();
+    engine
+        .create_shard("s", &options(Durability::Fsync))
+        .unwrap();
+    engine.close().unwrap();
+    let files = std::fs::read_dir(dir.path().join(super::JOURNAL_DIR))
+        .unwrap()
+        .count();
+    let Err(err) = engine.create_shard("late", &options(Durability::Fsync)) else {
+        panic!("a closed engine created a shard");
+    };
+    assert_eq!(err.status(), Status::Closed, "{err}");
+    let after = std::fs::read_dir(dir.path().join(super::JOURNAL_DIR))
+        .unwrap()
+        .count();
+    assert_eq!(after, files, "no file created after the close");
+}
