@@ -709,7 +709,15 @@ fn rewrite_then_reclaim(delete: impl Fn(&Store)) -> (tempfile::TempDir, Store) {
     let store = Store::open(dir.path(), config.clone()).unwrap();
     store.create_shard("x", None).unwrap();
     let values: Vec<Vec<u8>> = (0..10).map(|i| format!("v{i}").into_bytes()).collect();
-    let records: Vec<Record<'_>> = values.iter().map(|v| Record::new(v)).collect();
+    let keys: Vec<Vec<u8>> = (0..10).map(|i| format!("k{i}").into_bytes()).collect();
+    let records: Vec<Record<'_>> = values
+        .iter()
+        .zip(&keys)
+        .map(|(v, k)| Record {
+            key: Some(k),
+            ..Record::new(v)
+        })
+        .collect();
     store.append_batch("x", &records).unwrap();
     store
         .create_shard("churn", Some("retention_records = 1"))
@@ -756,7 +764,8 @@ fn a_mid_batch_delete_survives_the_reclaim_of_the_batch_and_a_crash() {
 #[test]
 fn deletes_by_key_and_offset_survive_the_reclaim_of_the_batch_and_a_crash() {
     let (_dir, store) = rewrite_then_reclaim(|s| {
-        assert_eq!(s.delete_by_offsets("x", &[2, 7]).unwrap(), 2);
+        assert_eq!(s.delete_by_offsets("x", &[2]).unwrap(), 1);
+        assert_eq!(s.delete_by_keys("x", &[b"k7"]).unwrap(), 1);
     });
     assert_eq!(
         values_after(&store),
