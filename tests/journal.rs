@@ -858,13 +858,9 @@ fn lose_sector(file: &Path, data: &[u8], at: usize) -> usize {
 /// default recovery mode) and keeps everything a `Synced` entry proves.
 #[test]
 fn a_torn_unsynced_tail_is_cut_not_refused() {
-    let Crashed {
-        dir,
-        file,
-        data,
-        entries,
-        proven,
-    } = synced_then_unsynced();
+    let crashed = synced_then_unsynced();
+    let (dir, file, data) = (&crashed.dir, &crashed.file, &crashed.data);
+    let (entries, proven) = (&crashed.entries, crashed.proven);
     let loose: Vec<&(u8, usize, usize)> = entries
         .iter()
         .filter(|e| e.0 == 1 && e.1 >= proven)
@@ -905,13 +901,9 @@ fn a_torn_unsynced_tail_is_cut_not_refused() {
 /// corruption: the open is refused and changes nothing.
 #[test]
 fn damage_before_a_synced_entry_is_corruption() {
-    let Crashed {
-        dir,
-        file,
-        data,
-        entries,
-        proven,
-    } = synced_then_unsynced();
+    let crashed = synced_then_unsynced();
+    let (dir, file, data) = (&crashed.dir, &crashed.file, &crashed.data);
+    let (entries, proven) = (&crashed.entries, crashed.proven);
     let synced: Vec<&(u8, usize, usize)> = entries
         .iter()
         .filter(|e| e.0 == 1 && e.2 + 512 < proven)
