@@ -866,7 +866,7 @@ fn a_torn_unsynced_tail_is_cut_not_refused() {
         .filter(|e| e.0 == 1 && e.1 >= proven)
         .collect();
     assert!(loose.len() >= 25, "the os batches lie past the proof");
-    let sector = lose_sector(&file, &data, loose[10].1 + 40);
+    let sector = lose_sector(file, data, loose[10].1 + 40);
     let store = open(dir.path(), "");
     let durable = values_of(&store, "durable");
     assert_eq!(durable.len(), 20, "every fsync-acknowledged batch survives");
@@ -908,14 +908,14 @@ fn damage_before_a_synced_entry_is_corruption() {
         .iter()
         .filter(|e| e.0 == 1 && e.2 + 512 < proven)
         .collect();
-    let sector = lose_sector(&file, &data, synced[synced.len() / 2].1 + 40);
+    let sector = lose_sector(file, data, synced[synced.len() / 2].1 + 40);
     assert!(sector + 512 <= proven);
     let err = Store::open(dir.path(), config("")).unwrap_err();
     assert_eq!(err.status(), Status::Corruption, "{err}");
     let mut damaged = data.clone();
     damaged[sector..sector + 512].fill(0);
     assert_eq!(
-        std::fs::read(&file).unwrap(),
+        std::fs::read(file).unwrap(),
         damaged,
         "a refused open changes nothing"
     );
