@@ -604,9 +604,13 @@ fn main() {
     if wants("ffi") {
         ffi::run(base.path(), &plan, &args.drivers, &mut results);
     }
-    memory::compare(&mut results);
-    journal::compare(&mut results);
-    ffi::compare(&mut results);
+    if !args.isolated {
+        // Ratios between sections: only the parent has every section's
+        // metrics (a workload group's child would list the pairs absent).
+        memory::compare(&mut results);
+        journal::compare(&mut results);
+        ffi::compare(&mut results);
+    }
 
     let elapsed = clock.elapsed().as_secs_f64();
     let document = results.to_json(machine, &started_at, elapsed);
