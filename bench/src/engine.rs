@@ -1226,8 +1226,10 @@ impl Persistent {
         let options = self.options(Durability::Os, 0);
         let names = [
             (self.name("shards_1m.create_s"), "s"),
-            (self.name("shards_1m.rss_mb"), "MiB"),
             (self.name("shards_1m.append_msgs_per_s"), "msgs/s"),
+            (self.name("shards_1m.rss_mb"), "MiB"),
+            (self.name("shards_1m.rss_growth_mb"), "MiB"),
+            (self.name("shards_1m.heap_mb"), "MiB"),
         ];
         let probe_count = 10_000;
         let limit = Duration::from_secs_f64(plan.many_shard_pass_secs);
@@ -1275,9 +1277,9 @@ impl Persistent {
                     json!("the same single-record appends, all to one shard of the same store");
                 let one_name = self.name("shards_1m.one_shard_append_msgs_per_s");
                 results.stats(&one_name, &many.one_shard, "msgs/s", one_p);
-                results.stats(&names[2].0, &many.append, "msgs/s", p);
+                results.stats(&names[1].0, &many.append, "msgs/s", p);
                 results.compare(
-                    &names[2].0,
+                    &names[1].0,
                     &one_name,
                     1.0,
                     "vs one shard, same appends, same store",

@@ -360,6 +360,7 @@ fn million_shards(
             for (name, unit) in [
                 ("memory.shards_1m.create_s", "s"),
                 ("memory.shards_1m.rss_mb", "MiB"),
+                ("memory.shards_1m.rss_growth_mb", "MiB"),
                 ("memory.shards_1m.heap_mb", "MiB"),
                 ("memory.shards_1m.append_msgs_per_s", "msgs/s"),
             ] {
