@@ -98,6 +98,7 @@ pub fn run(base: &Path, plan: &Plan, results: &mut Results) {
         "record_bytes": 1024, "written_in_batches_of": 64, "shard_bytes": plan.read_bytes,
         "request_bytes": FETCH_BYTES, "durability_when_written": "os",
         "max_memory_mb": Config::default().file.max_memory_mb,
+        "measured": engine::READ_MEASURED,
     });
     match engine::prefilled(base, &read_options, 1024, 64, plan.read_bytes) {
         Ok((bench, end)) => {
@@ -269,4 +270,15 @@ fn edge_child(dir: &Path, report: &Path, total: u64) -> io::Result<()> {
         "records": records, "touched": touched,
     });
     std::fs::write(report, json.to_string())
+}
+
+/// Ratios printed beside the file engine's reads and transfers.
+pub fn compare(results: &mut Results) {
+    results.compare(
+        "file.read_tail_1k.gbps",
+        "raw.mem_read_gbps",
+        1.0,
+        "bytes touched, GB/s",
+    );
+    results.compare("file.sendfile_1k.gbps", "raw.sendfile_gbps", 1.0, "GB/s");
 }

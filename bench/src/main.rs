@@ -609,6 +609,7 @@ fn main() {
         // metrics (a workload group's child would list the pairs absent).
         memory::compare(&mut results);
         journal::compare(&mut results);
+        file::compare(&mut results);
         ffi::compare(&mut results);
     }
 
