@@ -383,6 +383,17 @@ def peak_rss(ax, metrics):
     ax.set_ylabel("MiB")
 
 
+def load_note(doc):
+    """The load average the run was measured under, as recorded by the harness."""
+    load = doc.get("machine", {}).get("load", {})
+    during = load.get("during_1m", {})
+    if during.get("min") is None:
+        return ""
+    start = (load.get("start") or [None])[0]
+    return (f"; load avg (1 min) {start if start is not None else '?'} at start, "
+            f"{during['min']:.2f}..{during['max']:.2f} during")
+
+
 def throughput_chart(doc, metrics, out):
     engines = [e for e in matrix_engines(metrics) if e == "memory"] or ["memory"]
     persistent = persistent_engines(metrics)
@@ -476,7 +487,8 @@ def throughput_chart(doc, metrics, out):
         f"{'QUICK' if doc.get('quick') else 'full'} run {doc.get('started_at', '')}\n"
         f"{machine.get('cores', '?')} cores {machine.get('cpu_model', '')}, "
         f"{machine.get('memory_mb', '?')} MB RAM, kernel {machine.get('kernel', '')}, "
-        f"{fs.get('type', '?')} on {fs.get('source', '?')}; bars: median, whiskers: min..max",
+        f"{fs.get('type', '?')} on {fs.get('source', '?')}; bars: median, whiskers: min..max"
+        f"{load_note(doc)}",
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
@@ -588,7 +600,7 @@ def latency_chart(doc, metrics, out):
 
     fig.suptitle(
         f"mqstore latency percentiles — {'QUICK' if doc.get('quick') else 'full'} run "
-        f"{doc.get('started_at', '')}; bars: median of reps, whiskers: min..max",
+        f"{doc.get('started_at', '')}; bars: median of reps, whiskers: min..max{load_note(doc)}",
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.93))

@@ -21,7 +21,7 @@ mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mqstore::EngineKind;
 pub use results::Results;
@@ -543,6 +543,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // The load the run was measured under (the parent only: children are
+    // part of the run).
+    let sampler = (!args.isolated).then(|| machine::LoadSampler::start(Duration::from_secs(10)));
     let mut machine = machine::describe(base.path());
     machine["plan"] = plan.describe();
     println!(
@@ -614,9 +617,17 @@ fn main() {
     }
 
     let elapsed = clock.elapsed().as_secs_f64();
+    let load = match sampler {
+        Some(sampler) => {
+            let (record, summary) = sampler.finish();
+            machine["load"] = record;
+            format!("; {summary}")
+        }
+        None => String::new(),
+    };
     let document = results.to_json(machine, &started_at, elapsed);
     let table = format!(
-        "mqstore {} benchmark, {} run, {started_at}, {elapsed:.0} s\n\n{}",
+        "mqstore {} benchmark, {} run, {started_at}, {elapsed:.0} s{load}\n\n{}",
         mqstore::VERSION,
         if plan.quick { "quick" } else { "full" },
         results.table()
