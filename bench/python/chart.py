@@ -198,10 +198,10 @@ def persistent_row(row, metrics, engine):
             row[3].text(i, g, f"{g:.2g}", ha="center", va="bottom", fontsize=6.5)
         row[3].set_xticks(list(xs))
         row[3].set_xticklabels(labels, fontsize=6.5)
-        disk = value(metrics, "raw.odirect_write_gbps")
+        disk = value(metrics, "raw.write_ceiling_gbps")
         if disk:
             row[3].axhline(disk, linestyle=":", color="#444444", linewidth=1)
-            row[3].text(len(names) - 0.5, disk, f" O_DIRECT write {disk:.2f}", va="bottom",
+            row[3].text(len(names) - 0.5, disk, f" raw write ceiling {disk:.2f}", va="bottom",
                         ha="right", fontsize=7)
         row[3].set_ylabel("GB/s (10^9 B/s) of record values")
         row[3].set_title(f"{engine}: payload GB/s by record size (batch 64)", fontsize=10)
@@ -253,8 +253,9 @@ def grouped(ax, metrics, engine, title, per_byte=False, raw_lines=()):
 
 
 def transfers(ax, metrics):
-    """Reads (tail, hot, cold) and transfers beside the raw limits."""
-    names, labels, colors = ["raw.memcpy_gbps"], ["raw\nmemcpy"], ["#444444"]
+    """Reads (tail, hot, cold; every byte touched) and transfers beside the
+    raw limits."""
+    names, labels, colors = ["raw.mem_read_gbps"], ["raw\nmem read"], ["#444444"]
     for k, engine in enumerate(("memory", "journal", "file")):
         for kind in ("tail", "hot", "cold"):
             name = f"{engine}.read_{kind}_1k.gbps"
@@ -273,9 +274,94 @@ def transfers(ax, metrics):
             colors.append(COLORS[k])
     bars(ax, metrics, names, labels, log=False, colors=colors)
     ax.tick_params(axis="x", labelsize=6.5)
-    ax.set_title("reads of 1 KiB records (tail / hot / cold) and transfers to loopback TCP",
-                 fontsize=10)
+    ax.set_title("reads of 1 KiB records, bytes touched (tail / hot / cold), and transfers "
+                 "to loopback TCP", fontsize=10)
     ax.set_ylabel("GB/s (10^9 B/s)")
+
+
+WRITE_SIZES = ["64k", "256k", "1m", "4m"]
+
+
+def write_matrix(ax, metrics):
+    """The raw O_DIRECT write matrix: write size (groups) by queue depth and
+    space (bars), with the ceiling (its best point) as a line."""
+    series = [(qd, space) for space in ("unwritten", "overwrite") for qd in (1, 4, 16)]
+    width = 0.8 / len(series)
+    any_value = False
+    for j, (qd, space) in enumerate(series):
+        for i, size in enumerate(WRITE_SIZES):
+            name = f"raw.odirect_write_{size}_qd{qd}_{space}_gbps"
+            v = value(metrics, name)
+            if v is None:
+                continue
+            any_value = True
+            lo, hi = spread(metrics, name)
+            ax.bar(i - 0.4 + (j + 0.5) * width, v, width, color=COLORS[j % len(COLORS)],
+                   hatch="//" if space == "unwritten" else None, yerr=[[lo], [hi]],
+                   capsize=1.5, ecolor="#333333",
+                   label=f"QD {qd}, {space}" if i == 0 else None)
+    if not any_value:
+        ax.axis("off")
+        return
+    ceiling = metrics.get("raw.write_ceiling_gbps", {})
+    v = value(metrics, "raw.write_ceiling_gbps")
+    if v:
+        ax.axhline(v, linestyle=":", color="#444444", linewidth=1)
+        best = ceiling.get("params", {}).get("achieved_by", "")
+        ax.text(len(WRITE_SIZES) - 0.5, v, f" ceiling {v:.2f} ({best.replace('raw.', '')})",
+                va="bottom", ha="right", fontsize=7)
+    ax.set_xticks(range(len(WRITE_SIZES)))
+    ax.set_xticklabels(WRITE_SIZES)
+    ax.set_xlabel("O_DIRECT write size (sequential; one fdatasync per pass)")
+    ax.set_ylabel("GB/s (10^9 B/s)")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.set_title("raw: O_DIRECT writes by size, queue depth and space "
+                 "(hatched: fallocated, never written)", fontsize=10)
+
+
+def peer_pairs(ax, metrics):
+    """Journal vs RocksDB, the same workload side by side."""
+    pairs = []
+    for name in metrics:
+        hit = re.match(r"journal_vs_rocksdb\.(\w+)\.ratio$", name)
+        if hit:
+            pairs.append(hit.group(1))
+    if not pairs:
+        ax.axis("off")
+        return
+    width = 0.38
+    lowest = None
+    for j, (engine, label) in enumerate((("journal", "journal"), ("rocksdb", "RocksDB"))):
+        for i, workload in enumerate(pairs):
+            name = f"{engine}.{workload}.msgs_per_s"
+            v = value(metrics, name)
+            x = i + (j - 0.5) * width
+            if v is None:
+                ax.text(x, 1, status_label(metrics, name), rotation=90, fontsize=6,
+                        ha="center", va="bottom", color="#555555")
+                continue
+            lowest = v if lowest is None else min(lowest, v)
+            lo, hi = spread(metrics, name)
+            ax.bar(x, v, width, color=COLORS[j], yerr=[[lo], [hi]], capsize=2,
+                   ecolor="#333333", label=label if i == 0 else None)
+    for i, workload in enumerate(pairs):
+        ratio = value(metrics, f"journal_vs_rocksdb.{workload}.ratio")
+        j = value(metrics, f"journal.{workload}.msgs_per_s")
+        if ratio and j:
+            ax.text(i, j, f"{ratio:.2g}x", ha="center", va="bottom", fontsize=7,
+                    fontweight="bold")
+    ax.set_xticks(range(len(pairs)))
+    ax.set_xticklabels([w.replace("append_", "").replace("_", "\n", 2) for w in pairs],
+                       fontsize=6.5)
+    if lowest:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=lowest / 3)
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(human))
+    ax.set_ylabel("messages / s")
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("journal vs RocksDB, same workload (producers, window, durability)",
+                 fontsize=10)
 
 
 def peak_rss(ax, metrics):
@@ -297,11 +383,22 @@ def peak_rss(ax, metrics):
     ax.set_ylabel("MiB")
 
 
+def load_note(doc):
+    """The load average the run was measured under, as recorded by the harness."""
+    load = doc.get("machine", {}).get("load", {})
+    during = load.get("during_1m", {})
+    if during.get("min") is None:
+        return ""
+    start = (load.get("start") or [None])[0]
+    return (f"; load avg (1 min) {start if start is not None else '?'} at start, "
+            f"{during['min']:.2f}..{during['max']:.2f} during")
+
+
 def throughput_chart(doc, metrics, out):
     engines = [e for e in matrix_engines(metrics) if e == "memory"] or ["memory"]
     persistent = persistent_engines(metrics)
     cols = 4
-    rows = 2 + len(persistent)
+    rows = 3 + len(persistent)
     fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, 4.8 * rows), squeeze=False)
     top = axes[0]
     for k, engine in enumerate(engines[:1]):
@@ -314,7 +411,7 @@ def throughput_chart(doc, metrics, out):
         grouped(top[1], metrics, engine, f"{engine}: append payload GB/s",
                 per_byte=True,
                 raw_lines=[("raw.memcpy_gbps", "memcpy", "--"),
-                           ("raw.odirect_write_gbps", "O_DIRECT write", ":")])
+                           ("raw.write_ceiling_gbps", "raw write ceiling", ":")])
         top[1].set_ylabel("GB/s (10^9 B/s) of record values")
     # The transfers panel has many bars: let it span the last two columns.
     gs = top[2].get_gridspec()
@@ -324,6 +421,14 @@ def throughput_chart(doc, metrics, out):
 
     for r, engine in enumerate(persistent, start=1):
         persistent_row(axes[r], metrics, engine)
+
+    # The raw write matrix and the like-with-like peer comparison.
+    row = axes[rows - 2]
+    gs = row[0].get_gridspec()
+    for ax in row:
+        ax.remove()
+    write_matrix(fig.add_subplot(gs[rows - 2, 0:2]), metrics)
+    peer_pairs(fig.add_subplot(gs[rows - 2, 2:]), metrics)
 
     bottom = axes[rows - 1]
     # Scaling of the headline workload with threads and shards.
@@ -344,13 +449,12 @@ def throughput_chart(doc, metrics, out):
         "journal.append_1k_batch64_os.msgs_per_s",
         "journal.append_1k_batch64_fsync.msgs_per_s",
         "file.append_1k_batch64_os.msgs_per_s",
-        "rocksdb.append_1k_batch64_sync.msgs_per_s",
-        "rocksdb.append_1k_batch64_nosync.msgs_per_s",
+        "file.append_1k_batch64_fsync.msgs_per_s",
     ]
     labels = ["memory\nnone", "journal\nnone", "journal\nos", "journal\nfsync", "file\nos",
-              "RocksDB\nWAL sync", "RocksDB\nno sync"]
+              "file\nfsync"]
     bars(bottom[1], metrics, names, labels)
-    bottom[1].set_title("1 KiB × 64 per engine (durability below)", fontsize=10)
+    bottom[1].set_title("1 KiB × 64, one blocking producer, per engine", fontsize=10)
     bottom[1].set_ylabel("messages / s")
 
     # FFI: the same workload from Rust, C and Python.
@@ -383,7 +487,8 @@ def throughput_chart(doc, metrics, out):
         f"{'QUICK' if doc.get('quick') else 'full'} run {doc.get('started_at', '')}\n"
         f"{machine.get('cores', '?')} cores {machine.get('cpu_model', '')}, "
         f"{machine.get('memory_mb', '?')} MB RAM, kernel {machine.get('kernel', '')}, "
-        f"{fs.get('type', '?')} on {fs.get('source', '?')}; bars: median, whiskers: min..max",
+        f"{fs.get('type', '?')} on {fs.get('source', '?')}; bars: median, whiskers: min..max"
+        f"{load_note(doc)}",
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
@@ -392,14 +497,16 @@ def throughput_chart(doc, metrics, out):
 
 
 def paced_latency(ax, metrics):
-    """Persistent engines: single 1 KiB appends paced at a fixed offered
-    load, per durability; response (from intended start) and service time."""
+    """Persistent engines: single 1 KiB appends offered open loop at a fixed
+    rate, per durability and producer count; open-loop (from intended start)
+    and service time."""
     groups = []
     for engine in persistent_engines(metrics):
-        for durability in ("os", "fsync"):
-            prefix = f"{engine}.append_1k_single_{durability}"
-            if f"{prefix}.p99_us" in metrics:
-                groups.append((f"{engine} {durability}", prefix))
+        for durability, suffix, label in (("os", "", ""), ("fsync", "", ""),
+                                          ("fsync", "_4threads", " 4 producers")):
+            prefix = f"{engine}.append_1k_single_{durability}{suffix}"
+            if f"{prefix}.open_loop_p99_us" in metrics:
+                groups.append((f"{engine} {durability}{label}", prefix))
     if not groups:
         ax.axis("off")
         return
@@ -407,7 +514,7 @@ def paced_latency(ax, metrics):
     width = 0.8 / (2 * len(groups))
     k = 0
     for g, (label, prefix) in enumerate(groups):
-        for kind, what in (("", "response"), ("service_", "service")):
+        for kind, what in (("open_loop_", "open loop"), ("service_", "service")):
             for i, p in enumerate(pct):
                 name = f"{prefix}.{kind}{p}_us"
                 v = value(metrics, name)
@@ -425,10 +532,16 @@ def paced_latency(ax, metrics):
     ax.yaxis.set_major_formatter(FuncFormatter(duration_ns))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.legend(fontsize=7, loc="upper left")
-    first = metrics.get(f"{groups[0][1]}.p99_us", {}).get("params", {})
+    first = metrics.get(f"{groups[0][1]}.open_loop_p99_us", {}).get("params", {})
     frac = first.get("offered_fraction_of_max")
-    sub = f" at {100 * frac:.0f}% of the measured maximum" if frac else ""
-    ax.set_title(f"single 1 KiB appends, paced{sub}", fontsize=10)
+    sub = f" at {100 * frac:.0f}% of the closed-loop maximum" if frac else ""
+    rates = []
+    for label, prefix in groups:
+        rate = metrics.get(f"{prefix}.open_loop_p99_us", {}).get("params", {}).get(
+            "offered_msgs_per_s")
+        if rate:
+            rates.append(f"{label}: {human(rate)}/s")
+    ax.set_title(f"single 1 KiB appends, open loop{sub}\n" + ", ".join(rates), fontsize=9)
     ax.set_ylabel("latency")
 
 
@@ -439,7 +552,7 @@ def latency_chart(doc, metrics, out):
 
     ax = axes[0]
     width = 0.38
-    for j, (kind, label) in enumerate((("", "response (from intended start)"),
+    for j, (kind, label) in enumerate((("open_loop_", "open loop (from intended start)"),
                                         ("service_", "service (the call alone)"))):
         names = [f"memory.append_100b_single.{kind}{p}_ns" for p in pct]
         for i, name in enumerate(names):
@@ -462,7 +575,7 @@ def latency_chart(doc, metrics, out):
     ax.text(3.6, 1000, "1 µs p99 target", va="bottom", ha="right", fontsize=7,
             color="#C44E52")
     ax.legend(fontsize=7, loc="upper left")
-    m = metrics.get("memory.append_100b_single.p99_ns", {})
+    m = metrics.get("memory.append_100b_single.open_loop_p99_ns", {})
     params = m.get("params", {})
     offered = params.get("offered_msgs_per_s")
     switches = params.get("involuntary_context_switches_per_rep")
@@ -472,21 +585,22 @@ def latency_chart(doc, metrics, out):
     ax.set_title(f"memory: single 100 B append latency{sub}", fontsize=10)
     ax.set_ylabel("latency")
 
-    names = [f"journal.append_1k_single_fsync_4threads.{p}_us" for p in ("p50", "p99", "p999")]
-    bars(axes[1], metrics, names, ["p50", "p99", "p999"], scale=1e3, fmt=duration_ns)
-    axes[1].set_title("journal: single 1 KiB appends, fsync, 4 threads (closed loop)", fontsize=10)
+    names = [f"raw.odirect_commit_4k_{p}_us" for p in pct]
+    bars(axes[1], metrics, names, pct, scale=1e3, fmt=duration_ns)
+    axes[1].set_title("raw: O_DIRECT 4 KiB overwrite + fdatasync (the smallest journal commit)",
+                      fontsize=10)
     axes[1].set_ylabel("latency")
 
     paced_latency(axes[3], metrics)
 
-    names = [f"raw.fdatasync_{p}_us" for p in ("p50", "p99", "p999")]
-    bars(axes[2], metrics, names, ["p50", "p99", "p999"], scale=1e3, fmt=duration_ns)
-    axes[2].set_title("raw: 4 KiB write + fdatasync", fontsize=10)
+    names = [f"raw.fdatasync_{p}_us" for p in pct]
+    bars(axes[2], metrics, names, pct, scale=1e3, fmt=duration_ns)
+    axes[2].set_title("raw: buffered 4 KiB write + fdatasync", fontsize=10)
     axes[2].set_ylabel("latency")
 
     fig.suptitle(
         f"mqstore latency percentiles — {'QUICK' if doc.get('quick') else 'full'} run "
-        f"{doc.get('started_at', '')}; bars: median of reps, whiskers: min..max",
+        f"{doc.get('started_at', '')}; bars: median of reps, whiskers: min..max{load_note(doc)}",
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.93))

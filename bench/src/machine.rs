@@ -157,6 +157,80 @@ pub fn utc_now_rfc3339() -> String {
     )
 }
 
+/// The three load averages of /proc/loadavg (1, 5 and 15 minutes).
+pub fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([fields.next()??, fields.next()??, fields.next()??])
+}
+
+/// Samples the 1-minute load average every `period` on a thread of its own
+/// until stopped: on a shared machine a figure means little without the
+/// load it was measured under, so every run records it.
+pub struct LoadSampler {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+    start: Option<[f64; 3]>,
+    period: std::time::Duration,
+}
+
+impl LoadSampler {
+    pub fn start(period: std::time::Duration) -> LoadSampler {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            loop {
+                if let Some([one, _, _]) = load_average() {
+                    samples.push(one);
+                }
+                match stopped.recv_timeout(period) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return samples,
+                }
+            }
+        });
+        LoadSampler {
+            stop,
+            thread,
+            start: load_average(),
+            period,
+        }
+    }
+
+    /// Stops sampling; returns the record for results.json and a one-line
+    /// summary for the table's header.
+    pub fn finish(self) -> (Value, String) {
+        let _ = self.stop.send(());
+        let samples = self.thread.join().unwrap_or_default();
+        let end = load_average();
+        let min = samples.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = samples.iter().copied().fold(0.0, f64::max);
+        let one = |l: Option<[f64; 3]>| l.map_or("?".to_string(), |l| format!("{:.2}", l[0]));
+        let summary = if samples.is_empty() {
+            format!(
+                "load average (1 min) {} at start, {} at end",
+                one(self.start),
+                one(end)
+            )
+        } else {
+            format!(
+                "load average (1 min) {} at start, {min:.2}..{max:.2} during, {} at end",
+                one(self.start),
+                one(end)
+            )
+        };
+        let record = json!({
+            "source": "/proc/loadavg", "cores": std::thread::available_parallelism()
+                .map(|n| n.get()).unwrap_or(0),
+            "start": self.start, "end": end,
+            "during_1m": { "min": (!samples.is_empty()).then_some(min),
+                           "max": (!samples.is_empty()).then_some(max),
+                           "samples": samples, "period_s": self.period.as_secs_f64() },
+        });
+        (record, summary)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +241,15 @@ mod tests {
         assert!(facts["cores"].as_u64().unwrap() >= 1);
         assert!(!facts["kernel"].as_str().unwrap().is_empty());
         assert!(!facts["filesystem"]["type"].as_str().unwrap().is_empty());
+    }
+
+    #[test]
+    fn samples_the_load() {
+        let sampler = LoadSampler::start(std::time::Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let (record, summary) = sampler.finish();
+        assert!(summary.starts_with("load average"), "{summary}");
+        assert!(record["during_1m"]["samples"].as_array().unwrap().len() >= 2);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!
 //! See docs/BENCHMARKS.md for the workloads and every metric name.
 
+mod disk;
 mod engine;
 mod ffi;
 mod file;
@@ -20,7 +21,7 @@ mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mqstore::EngineKind;
 pub use results::Results;
@@ -50,13 +51,13 @@ pub struct Plan {
     pub many_shards: usize,
     /// A pass of single appends over the many shards stops after this long.
     pub many_shard_pass_secs: f64,
-    /// File size of the O_DIRECT write baseline.
+    /// Bytes written per pass of each point of the O_DIRECT write matrix
+    /// (`disk.rs`; `matrix_reps` passes per point).
     pub disk_bytes: u64,
     pub fdatasync_write_bytes: u64,
     pub fdatasync_samples: usize,
     pub sendfile_bytes: u64,
     pub memcpy_bytes: usize,
-    pub rocksdb_secs: f64,
 }
 
 impl Plan {
@@ -80,7 +81,6 @@ impl Plan {
             fdatasync_samples: 2000,
             sendfile_bytes: 1 << 30,
             memcpy_bytes: 256 << 20,
-            rocksdb_secs: 3.0,
         }
     }
 
@@ -104,7 +104,6 @@ impl Plan {
             fdatasync_samples: 500,
             sendfile_bytes: 256 << 20,
             memcpy_bytes: 128 << 20,
-            rocksdb_secs: 1.0,
         }
     }
 
@@ -117,7 +116,7 @@ impl Plan {
             "many_shard_pass_secs": self.many_shard_pass_secs,
             "disk_bytes": self.disk_bytes, "fdatasync_write_bytes": self.fdatasync_write_bytes,
             "fdatasync_samples": self.fdatasync_samples, "sendfile_bytes": self.sendfile_bytes,
-            "memcpy_bytes": self.memcpy_bytes, "rocksdb_secs": self.rocksdb_secs,
+            "memcpy_bytes": self.memcpy_bytes,
         })
     }
 }
@@ -256,6 +255,10 @@ struct ChildRun {
     /// Its peak RSS (ru_maxrss of wait4: the child and any process it
     /// waited for, such as the kill -9 victim of reopen_crash), KiB.
     max_rss_kib: u64,
+    /// The harness's own RSS when it started the child, KiB: the floor of
+    /// `max_rss_kib` (exec keeps the high-water mark of the address space
+    /// the child was forked with).
+    parent_rss_kib: u64,
     outcome: Result<Vec<results::Metric>, String>,
 }
 
@@ -269,6 +272,7 @@ struct ChildRun {
 /// be reset, one process per group is what gives each workload its own.
 fn run_child(base: &Path, args: &Args, section: &str, group: &str) -> ChildRun {
     let out = base.join(format!("{}-{}.json", section, group.replace('/', "-")));
+    let parent_rss_kib = util::proc_status_kib("VmRSS").unwrap_or(0);
     let mut command = Command::new(std::env::current_exe().unwrap_or_else(|_| "bench".into()));
     command
         .args([
@@ -291,6 +295,7 @@ fn run_child(base: &Path, args: &Args, section: &str, group: &str) -> ChildRun {
         Err(e) => {
             return ChildRun {
                 max_rss_kib: 0,
+                parent_rss_kib,
                 outcome: Err(format!("could not start the workload process: {e}")),
             }
         }
@@ -334,6 +339,7 @@ fn run_child(base: &Path, args: &Args, section: &str, group: &str) -> ChildRun {
     drop(child);
     ChildRun {
         max_rss_kib,
+        parent_rss_kib,
         outcome,
     }
 }
@@ -362,8 +368,12 @@ fn run_groups(
         let run = run_child(base, args, section, &child_group);
         let name = format!("{engine}.{group}.peak_rss_mb");
         let p = serde_json::json!({
-            "measured": "ru_maxrss of the workload group's own process (wait4)",
+            "measured": "peak RSS: ru_maxrss of the workload group's own process (wait4), \
+                         file-backed (mapped segments) and anonymous pages alike",
             "group": group,
+            "floor_mb": util::mib(run.parent_rss_kib),
+            "floor": "the harness's RSS when it started the process, which exec carries \
+                      into ru_maxrss",
         });
         match run.outcome {
             Ok(metrics) => {
@@ -533,6 +543,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // The load the run was measured under (the parent only: children are
+    // part of the run).
+    let sampler = (!args.isolated).then(|| machine::LoadSampler::start(Duration::from_secs(10)));
     let mut machine = machine::describe(base.path());
     machine["plan"] = plan.describe();
     println!(
@@ -594,14 +607,27 @@ fn main() {
     if wants("ffi") {
         ffi::run(base.path(), &plan, &args.drivers, &mut results);
     }
-    memory::compare(&mut results);
-    journal::compare(&mut results);
-    ffi::compare(&mut results);
+    if !args.isolated {
+        // Ratios between sections: only the parent has every section's
+        // metrics (a workload group's child would list the pairs absent).
+        memory::compare(&mut results);
+        journal::compare(&mut results);
+        file::compare(&mut results);
+        ffi::compare(&mut results);
+    }
 
     let elapsed = clock.elapsed().as_secs_f64();
+    let load = match sampler {
+        Some(sampler) => {
+            let (record, summary) = sampler.finish();
+            machine["load"] = record;
+            format!("; {summary}")
+        }
+        None => String::new(),
+    };
     let document = results.to_json(machine, &started_at, elapsed);
     let table = format!(
-        "mqstore {} benchmark, {} run, {started_at}, {elapsed:.0} s\n\n{}",
+        "mqstore {} benchmark, {} run, {started_at}, {elapsed:.0} s{load}\n\n{}",
         mqstore::VERSION,
         if plan.quick { "quick" } else { "full" },
         results.table()

@@ -5,46 +5,19 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+use crate::disk::{fdatasync, preallocate};
 use crate::util::{self, gb_per_s, AlignedBuf, LoopbackSink, Stats};
 use crate::{Plan, Results};
 
-/// The journal's write size (the brief's 256 KB group-commit buffer).
-pub const JOURNAL_WRITE: usize = 256 << 10;
-/// O_DIRECT alignment: the brief's 4 KB, which covers 512 B and 4 KiB
-/// logical-block devices alike.
-const DIRECT_ALIGN: usize = 4096;
-
-fn fdatasync(file: &File) -> io::Result<()> {
-    // SAFETY: a plain syscall on a descriptor we own.
-    if unsafe { libc::fdatasync(file.as_raw_fd()) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Reserves `len` bytes of blocks. Filesystems without fallocate fall back
-/// to a sparse file (the prefill pass then allocates).
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    // SAFETY: a plain syscall on a descriptor we own.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = io::Error::last_os_error();
-    if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        file.set_len(len)
-    } else {
-        Err(error)
-    }
-}
+/// Write size of the buffered fdatasync baseline.
+pub const BUFFERED_WRITE: usize = 256 << 10;
 
 /// Writes `len` bytes sequentially in `buf`-sized writes, then fdatasync:
 /// one pass, timed including the final flush. The first 8 bytes of each
@@ -72,48 +45,29 @@ fn sequential_pass(
 }
 
 /// A preallocated file written once in full (untimed for the reps), so the
-/// timed passes overwrite allocated, initialised blocks: they measure data
-/// movement rather than the filesystem converting unwritten extents. The
-/// first pass's speed is still reported, as `first_pass_gbps`.
+/// timed passes overwrite allocated, initialised blocks.
 struct TestFile {
     file: File,
     path: std::path::PathBuf,
     len: u64,
-    first_pass: Duration,
 }
 
 impl TestFile {
-    fn create(
-        dir: &Path,
-        name: &str,
-        len: u64,
-        direct: bool,
-    ) -> io::Result<(TestFile, AlignedBuf)> {
+    /// A buffered (page cache) file.
+    fn create(dir: &Path, name: &str, len: u64) -> io::Result<(TestFile, AlignedBuf)> {
         let path = dir.join(name);
-        let mut options = OpenOptions::new();
-        options.create(true).truncate(true).read(true).write(true);
-        if direct {
-            options.custom_flags(libc::O_DIRECT);
-        }
-        let file = options.open(&path).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("opening {} (O_DIRECT={direct}): {e}", path.display()),
-            )
-        })?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", path.display())))?;
         preallocate(&file, len)?;
-        let mut buf = AlignedBuf::new(JOURNAL_WRITE, DIRECT_ALIGN);
+        let mut buf = AlignedBuf::new(BUFFERED_WRITE, 4096);
         util::fill_pseudo_random(buf.as_mut_slice(), 0x5eed);
-        let first_pass = sequential_pass(&file, &mut buf, len, false)?;
-        Ok((
-            TestFile {
-                file,
-                path,
-                len,
-                first_pass,
-            },
-            buf,
-        ))
+        sequential_pass(&file, &mut buf, len, false)?;
+        Ok((TestFile { file, path, len }, buf))
     }
 }
 
@@ -123,20 +77,8 @@ impl Drop for TestFile {
     }
 }
 
-fn odirect_write(dir: &Path, plan: &Plan) -> io::Result<(Stats, f64)> {
-    let (test, mut buf) = TestFile::create(dir, "raw-odirect.dat", plan.disk_bytes, true)?;
-    let stats = util::repeat(plan.reps, || {
-        Ok(gb_per_s(
-            test.len,
-            sequential_pass(&test.file, &mut buf, test.len, false)?,
-        ))
-    })?;
-    Ok((stats, gb_per_s(test.len, test.first_pass)))
-}
-
 fn buffered_fdatasync_write(dir: &Path, plan: &Plan) -> io::Result<Stats> {
-    let (test, mut buf) =
-        TestFile::create(dir, "raw-buffered.dat", plan.fdatasync_write_bytes, false)?;
+    let (test, mut buf) = TestFile::create(dir, "raw-buffered.dat", plan.fdatasync_write_bytes)?;
     util::repeat(plan.reps, || {
         Ok(gb_per_s(
             test.len,
@@ -150,12 +92,7 @@ fn buffered_fdatasync_write(dir: &Path, plan: &Plan) -> io::Result<Stats> {
 fn fdatasync_latency(dir: &Path, plan: &Plan) -> io::Result<Vec<Histogram<u64>>> {
     let block = 4096u64;
     let len = plan.fdatasync_samples as u64 * block;
-    let (test, _) = TestFile::create(
-        dir,
-        "raw-fdatasync.dat",
-        len.max(JOURNAL_WRITE as u64),
-        false,
-    )?;
+    let (test, _) = TestFile::create(dir, "raw-fdatasync.dat", len.max(BUFFERED_WRITE as u64))?;
     let mut buf = vec![0u8; block as usize];
     util::fill_pseudo_random(&mut buf, 7);
     let mut histograms = Vec::new();
@@ -280,26 +217,43 @@ fn memcpy(plan: &Plan) -> Stats {
     Stats::new(samples)
 }
 
+/// Single-threaded read of a buffer far larger than any cache, every byte
+/// summed with `util::touch`, in 1 KiB pieces like the 1 KiB record values
+/// the read workloads touch: the ceiling for a reader that looks at what it
+/// reads.
+fn mem_read(plan: &Plan) -> Stats {
+    let mut src = vec![0u8; plan.memcpy_bytes];
+    util::fill_pseudo_random(&mut src, 5);
+    let rounds = 4;
+    let samples = (0..plan.reps)
+        .map(|_| {
+            let start = Instant::now();
+            let mut sum = 0u64;
+            for _ in 0..rounds {
+                for piece in std::hint::black_box(&src).chunks(1024) {
+                    sum = sum.wrapping_add(util::touch(piece));
+                }
+            }
+            std::hint::black_box(sum);
+            gb_per_s((src.len() * rounds) as u64, start.elapsed())
+        })
+        .collect();
+    Stats::new(samples)
+}
+
+/// hdrhistogram percentiles reported for every latency (max as 1.0).
+pub const PERCENTILES: [(&str, f64); 4] =
+    [("p50", 0.5), ("p99", 0.99), ("p999", 0.999), ("max", 1.0)];
+
 pub fn run(dir: &Path, plan: &Plan, results: &mut Results) {
     println!("== raw baselines (on {})", dir.display());
-    let write_params = json!({
-        "write_bytes": JOURNAL_WRITE, "align": DIRECT_ALIGN, "file_bytes": plan.disk_bytes,
-        "queue_depth": 1, "file": "preallocated, written once before the timed passes",
-    });
-    match odirect_write(dir, plan) {
-        Ok((stats, first_pass)) => {
-            let mut p = write_params.clone();
-            p["first_pass_gbps"] = json!(first_pass);
-            results.stats("raw.odirect_write_gbps", &stats, "GB/s", p);
-        }
-        Err(e) => results.failed("raw.odirect_write_gbps", "GB/s", &e.to_string()),
-    }
+    crate::disk::write_matrix(dir, plan, results);
     results.stats_or_failed(
         "raw.buffered_fdatasync_write_gbps",
         buffered_fdatasync_write(dir, plan),
         "GB/s",
         json!({
-            "write_bytes": JOURNAL_WRITE, "file_bytes": plan.fdatasync_write_bytes,
+            "write_bytes": BUFFERED_WRITE, "file_bytes": plan.fdatasync_write_bytes,
             "sync": "fdatasync after every write",
         }),
     );
@@ -309,11 +263,11 @@ pub fn run(dir: &Path, plan: &Plan, results: &mut Results) {
                 "write_bytes": 4096, "samples_per_rep": plan.fdatasync_samples,
                 "measured": "pwrite of 4 KiB + fdatasync, in µs",
             });
-            for (suffix, quantile) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+            for (suffix, quantile) in PERCENTILES {
                 let stats = Stats::new(
                     histograms
                         .iter()
-                        .map(|h| h.value_at_quantile(quantile) as f64 / 1000.0)
+                        .map(|h| util::percentile(h, quantile) / 1000.0)
                         .collect(),
                 );
                 results.stats(
@@ -325,8 +279,35 @@ pub fn run(dir: &Path, plan: &Plan, results: &mut Results) {
             }
         }
         Err(e) => {
-            for suffix in ["p50", "p99", "p999"] {
+            for (suffix, _) in PERCENTILES {
                 results.failed(&format!("raw.fdatasync_{suffix}_us"), "µs", &e.to_string());
+            }
+        }
+    }
+    match crate::disk::odirect_commit_latency(dir, plan) {
+        Ok(runs) => {
+            for (suffix, quantile) in PERCENTILES {
+                let pick = |h: &Histogram<u64>| util::percentile(h, quantile) / 1000.0;
+                let p = json!({
+                    "write_bytes": 4096, "samples_per_rep": plan.fdatasync_samples,
+                    "file": "preallocated and written once: O_DIRECT overwrites",
+                    "measured": "O_DIRECT pwrite of 4 KiB + fdatasync, in µs: the journal's \
+                                 smallest blocking commit",
+                    "fdatasync_alone_us": runs.iter().map(|r| pick(&r.fdatasync)).collect::<Vec<_>>(),
+                });
+                let stats = Stats::new(runs.iter().map(|r| pick(&r.total)).collect());
+                results.stats(
+                    &format!("raw.odirect_commit_4k_{suffix}_us"),
+                    &stats,
+                    "µs",
+                    p,
+                );
+            }
+        }
+        Err(e) => {
+            for (suffix, _) in PERCENTILES {
+                let name = format!("raw.odirect_commit_4k_{suffix}_us");
+                results.failed(&name, "µs", &e.to_string());
             }
         }
     }
@@ -349,5 +330,13 @@ pub fn run(dir: &Path, plan: &Plan, results: &mut Results) {
         &memcpy(plan),
         "GB/s",
         json!({ "buffer_bytes": plan.memcpy_bytes, "threads": 1 }),
+    );
+    results.stats(
+        "raw.mem_read_gbps",
+        &mem_read(plan),
+        "GB/s",
+        json!({ "buffer_bytes": plan.memcpy_bytes, "threads": 1,
+                "measured": "bytes read and summed by util::touch, the loop every read \
+                             throughput metric runs over the bytes it counts" }),
     );
 }

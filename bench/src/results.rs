@@ -251,6 +251,11 @@ fn note(metric: &Metric) -> String {
     match metric.status {
         Status::Ok => {
             let mut parts = Vec::new();
+            // What the figure must be read with (e.g. the offered rate of a
+            // latency, the configuration that gave the write ceiling).
+            if let Some(note) = metric.params.get("note").and_then(Value::as_str) {
+                parts.push(note.to_string());
+            }
             if let Some(vs) = &metric.vs {
                 parts.push(format!(
                     "{:.1}% of {} ({})",
