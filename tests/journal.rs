@@ -953,3 +953,41 @@ fn random_sector_loss_past_the_proof_never_refuses_the_open() {
         }
     }
 }
+
+/// A `delete_records_before` inside a batch logs two entries (the new
+/// watermark, the batch rewritten without the records below it). A crash
+/// that keeps only the first of them must leave the delete done or not
+/// done, never records gone above the watermark recovery finds.
+#[test]
+fn a_mid_batch_delete_cut_short_by_a_crash_is_all_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), "");
+    store
+        .create_shard("x", Some("durability = \"fsync\""))
+        .unwrap();
+    let values: Vec<Vec<u8>> = (0..10).map(|i| format!("v{i}").into_bytes()).collect();
+    let records: Vec<Record<'_>> = values.iter().map(|v| Record::new(v)).collect();
+    store.append_batch("x", &records).unwrap();
+    assert_eq!(store.delete_records_before("x", 5).unwrap(), 5);
+    let copy = common::crash_copy(dir.path());
+    drop(store);
+    let file = segment_files(copy.path()).remove(0);
+    let mut data = std::fs::read(&file).unwrap();
+    let entries = walk_entries(&data);
+    // The delete's entries are the last two shard entries (a Synced entry
+    // may follow); keep the first, lose everything from the second on.
+    let shard_entries: Vec<&(u8, usize, usize)> = entries.iter().filter(|e| e.0 != 6).collect();
+    let second = shard_entries[shard_entries.len() - 1].1;
+    let end = entries.last().unwrap().2;
+    data[second..end].fill(0);
+    std::fs::write(&file, &data).unwrap();
+    let store = open(copy.path(), "");
+    let info = store.shard_info("x").unwrap();
+    let got: Vec<i64> = values_of(&store, "x").iter().map(|(o, _)| *o).collect();
+    let expected: Vec<i64> = (info.first_offset..10).collect();
+    assert!(info.first_offset == 0 || info.first_offset == 5, "{info:?}");
+    assert_eq!(
+        got, expected,
+        "every record at or above the watermark ({info:?})"
+    );
+}

@@ -406,6 +406,29 @@ impl Shard for JournalShard {
             return Ok(low);
         }
         self.make_readable(&state)?;
+        // A batch straddling the new watermark is rewritten without the
+        // records below it (as the memory engine does), so transfers never
+        // send records below the low watermark. Worked out before anything
+        // changes: a batch that fails to decode changes nothing.
+        let straddling = match state.batches.get(state.batch_index(target)) {
+            Some(b) if b.base_offset < target => {
+                let bytes = b.bytes();
+                let mut kept_records = 0u32;
+                format::for_each_record(&bytes, false, |r| {
+                    kept_records += u32::from(r.offset >= target);
+                    true
+                })?;
+                let kept = format::retain_records(&bytes, |o| o >= target)?;
+                Some((
+                    b.base_offset,
+                    b.last_offset,
+                    b.max_timestamp,
+                    kept_records,
+                    kept,
+                ))
+            }
+            _ => None,
+        };
         while state
             .batches
             .front()
@@ -413,26 +436,17 @@ impl Shard for JournalShard {
         {
             state.pop_front();
         }
-        // A batch straddling the new watermark is rewritten without the
-        // records below it (as the memory engine does), so transfers never
-        // send records below the low watermark.
-        if let Some(front) = state.batches.front() {
-            if front.base_offset < target {
-                let bytes = front.bytes();
-                let mut kept_records = 0u32;
-                format::for_each_record(&bytes, false, |r| {
-                    kept_records += u32::from(r.offset >= target);
-                    true
-                })?;
-                let kept = format::retain_records(&bytes, |o| o >= target)?;
-                let (base, last, max_ts) =
-                    (front.base_offset, front.last_offset, front.max_timestamp);
-                let entry = self.log_rewrite(&mut state, base, last, max_ts, kept_records, kept)?;
-                state.replace(0, entry);
-            }
-        }
+        // The watermark is logged before the rewrite: a crash between the
+        // two leaves the delete done (the straddling batch keeps records
+        // below the watermark, which reads skip), never half done with
+        // records gone above an old watermark.
         state.low_watermark = target;
-        let end = self.checkpoint(&mut state)?;
+        self.checkpoint(&mut state)?;
+        if let Some((base, last, max_ts, kept_records, kept)) = straddling {
+            let entry = self.log_rewrite(&mut state, base, last, max_ts, kept_records, kept)?;
+            state.replace(0, entry);
+        }
+        let end = state.logged_end;
         drop(state);
         self.wait(end)?;
         self.log.maybe_reclaim();
