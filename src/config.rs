@@ -24,30 +24,14 @@ pub enum EngineKind {
 }
 
 impl EngineKind {
+    /// The name in configurations and every API (from the engine registry).
     pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Memory => "memory",
-            EngineKind::Journal => "journal",
-            EngineKind::File => "file",
-            EngineKind::Rocksdb => "rocksdb",
-            EngineKind::S3 => "s3",
-            EngineKind::Hybrid => "hybrid",
-        }
+        crate::engine::registry::spec(self).name
     }
 
-    /// Engines compiled into and implemented by this build.
-    pub fn available() -> &'static [EngineKind] {
-        const AVAILABLE: &[EngineKind] = &[
-            EngineKind::Memory,
-            #[cfg(feature = "journal")]
-            EngineKind::Journal,
-            EngineKind::File,
-        ];
-        AVAILABLE
-    }
-
+    /// Whether this build has the engine.
     pub fn is_available(self) -> bool {
-        Self::available().contains(&self)
+        crate::engine::registry::spec(self).available()
     }
 }
 
@@ -372,11 +356,14 @@ impl ShardSection {
     fn apply_to(self, options: &mut ShardOptions, key_prefix: &str) -> Result<()> {
         if let Some(engine) = self.engine {
             options.engine = engine;
-            // The memory engine has one durability; naming the engine
-            // without a durability must not inherit the default `fsync`
-            // and then be refused.
-            if engine == EngineKind::Memory && self.durability.is_none() {
-                options.durability = Durability::None;
+            // Naming an engine without a durability must not inherit a
+            // default it cannot honour (the memory engine's only mode is
+            // `none`) and then be refused.
+            let caps = crate::engine::registry::spec(engine).capabilities();
+            if let Some(caps) = caps.filter(|_| self.durability.is_none()) {
+                if !caps.durability.contains(&options.durability) {
+                    options.durability = caps.default_durability;
+                }
             }
         }
         if let Some(durability) = self.durability {

@@ -12,11 +12,9 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::{Config, EngineKind, ShardOptions};
-use crate::engine::file::FileEngine;
-#[cfg(feature = "journal")]
-use crate::engine::journal::JournalEngine;
-use crate::engine::memory::MemoryEngine;
-use crate::engine::{Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST};
+use crate::engine::{
+    registry, Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
+};
 use crate::format;
 use crate::io::{create_dir_all_durable, sync_dir, TransferPlan};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
@@ -44,6 +42,9 @@ pub struct Store {
     /// (group, shard) → (committed offset, whether the shard is persistent).
     /// Offsets of persistent (journal) shards are saved in `groups.json`.
     group_offsets: Mutex<BTreeMap<(String, String), (i64, bool)>>,
+    /// `groups.json` may still hold offsets of a deleted shard (rewriting
+    /// it after the deletion failed); the next rewrite drops them.
+    groups_stale: AtomicBool,
     closed: AtomicBool,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
     lock_file: Mutex<Option<File>>,
@@ -90,7 +91,9 @@ struct SavedOffset {
 
 /// Engines whose shards survive a restart (their group offsets are saved).
 fn is_persistent(kind: EngineKind) -> bool {
-    matches!(kind, EngineKind::Journal | EngineKind::File)
+    registry::spec(kind)
+        .capabilities()
+        .is_some_and(|caps| caps.persistent)
 }
 
 /// Reads `groups.json` (absent: none saved).
@@ -145,41 +148,25 @@ fn validate_shard_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Builds the engine of `kind` for the store in `dir`. Persistent engines
-/// only read here; they create their files when the first shard needs them.
-fn build_engine(kind: EngineKind, dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
-    match kind {
-        EngineKind::Memory => Ok(Arc::new(MemoryEngine)),
-        #[cfg(feature = "journal")]
-        EngineKind::Journal => Ok(Arc::new(JournalEngine::new(dir, config.journal.clone()))),
-        EngineKind::File => Ok(Arc::new(FileEngine::new(dir, config.file.clone()))),
-        other => Err(Error::Unsupported(format!(
-            "engine '{other}' is not available in this build (available: {})",
-            EngineKind::available()
-                .iter()
-                .map(|k| k.name())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
-    }
-}
-
 impl Store {
     /// Opens (creating if needed) the store in `dir`. Only one open store
     /// may use a directory at a time, across processes: a second open fails
     /// with `Locked`.
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
         let dir = dir.as_ref().to_path_buf();
-        // Fail before touching the disk when the default engine cannot exist.
-        let default_engine = build_engine(config.shard_defaults.engine, &dir, &config)?;
+        // Fail before touching the disk when the default engine cannot
+        // exist or cannot honour the default options.
+        let default_spec = registry::spec(config.shard_defaults.engine);
+        default_spec.check(&config.shard_defaults)?;
+        let default_engine = default_spec.build(&dir, &config)?;
         // A store created for `fsync` appends must not vanish with them.
         create_dir_all_durable(&dir)?;
         let lock_file = lock_directory(&dir)?;
         let mut engines = HashMap::new();
         engines.insert(config.shard_defaults.engine, default_engine);
-        for &kind in EngineKind::available() {
-            if let std::collections::hash_map::Entry::Vacant(slot) = engines.entry(kind) {
-                slot.insert(build_engine(kind, &dir, &config)?);
+        for spec in registry::available() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = engines.entry(spec.kind) {
+                slot.insert(spec.build(&dir, &config)?);
             }
         }
         // Only now, under the directory lock, may engines read their files.
@@ -208,6 +195,7 @@ impl Store {
             shards: RwLock::new(shards),
             creating: Mutex::new(HashSet::new()),
             group_offsets: Mutex::new(group_offsets),
+            groups_stale: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             lock_file: Mutex::new(Some(lock_file)),
         })
@@ -287,11 +275,19 @@ impl Store {
     pub fn create_shard_with(&self, name: &str, options: ShardOptions) -> Result<ShardInfo> {
         self.check_open()?;
         validate_shard_name(name)?;
+        let spec = registry::spec(options.engine);
+        spec.check(&options)?;
+        if self.groups_stale.load(Ordering::Acquire) {
+            // A deleted shard's offsets may still be in `groups.json`; a
+            // new shard of its name must not inherit them at the next open.
+            self.save_groups(&self.group_offsets.lock())?;
+        }
+        // Every engine of the build was built at open.
         let engine = self
             .engines
             .get(&options.engine)
             .cloned()
-            .map_or_else(|| build_engine(options.engine, &self.dir, &self.config), Ok)?;
+            .map_or_else(|| spec.build(&self.dir, &self.config), Ok)?;
         {
             let shards = self.shards.write();
             if shards.contains_key(name) || !self.creating.lock().insert(name.to_string()) {
@@ -306,35 +302,52 @@ impl Store {
         let mut shards = self.shards.write();
         self.creating.lock().remove(name);
         let shard = created?;
-        let info = shard.info();
-        shards.insert(name.to_string(), shard);
-        Ok(info)
+        shards.insert(name.to_string(), shard.clone());
+        drop(shards);
+        shard.info()
     }
 
-    /// Deletes a shard, its data and its committed group offsets.
+    /// Rewrites `groups.json` from `offsets`; clears the stale mark.
+    fn save_groups(&self, offsets: &BTreeMap<(String, String), (i64, bool)>) -> Result<()> {
+        save_group_offsets(&self.dir, offsets)?;
+        self.groups_stale.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Deletes a shard, its data and its committed group offsets. The
+    /// engine's removal is the commit point: until it succeeded the shard
+    /// stays listed (a creation of its name still finds it), and when it
+    /// fails nothing changed, so a failure never leaves a shard that is
+    /// gone now and back after a restart.
     pub fn delete_shard(&self, name: &str) -> Result<()> {
-        self.check_open()?;
-        let shard = self
-            .shards
-            .write()
-            .remove(name)
-            .ok_or_else(|| Error::ShardNotFound(name.to_string()))?;
-        {
-            let mut offsets = self.group_offsets.lock();
-            let before = offsets.len();
-            let persistent = offsets
-                .iter()
-                .any(|((_, s), (_, persistent))| s == name && *persistent);
-            offsets.retain(|(_, s), _| s != name);
-            if persistent && offsets.len() != before {
-                save_group_offsets(&self.dir, &offsets)?;
+        let shard = self.shard(name)?;
+        match self.engines.get(&shard.kind()) {
+            Some(engine) => engine.remove_shard(name, &shard)?,
+            None => {
+                return Err(Error::Internal(format!(
+                    "shard '{name}' has no engine in this store"
+                )))
             }
         }
-        let kind = shard.info().options.engine;
-        match self.engines.get(&kind) {
-            Some(engine) => engine.remove_shard(name, &shard),
-            None => Ok(()),
+        {
+            let mut shards = self.shards.write();
+            if shards.get(name).is_some_and(|s| Arc::ptr_eq(s, &shard)) {
+                shards.remove(name);
+            }
         }
+        let mut offsets = self.group_offsets.lock();
+        let before = offsets.len();
+        let persistent = offsets
+            .iter()
+            .any(|((_, s), (_, persistent))| s == name && *persistent);
+        offsets.retain(|(_, s), _| s != name);
+        if persistent && offsets.len() != before && self.save_groups(&offsets).is_err() {
+            // The shard is gone for good; its offsets left in the file are
+            // dropped at the next open (no shard of that name), or by the
+            // next rewrite, which a creation of the name forces first.
+            self.groups_stale.store(true, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Names of all shards, sorted.
@@ -346,7 +359,7 @@ impl Store {
     }
 
     pub fn shard_info(&self, name: &str) -> Result<ShardInfo> {
-        Ok(self.shard(name)?.info())
+        self.shard(name)?.info()
     }
 
     // --------------------------------------------------------------- appends
@@ -562,13 +575,13 @@ impl Store {
                 "offset {offset} is negative"
             )));
         }
-        let persistent = is_persistent(self.shard(shard)?.info().engine);
+        let persistent = is_persistent(self.shard(shard)?.kind());
         let mut offsets = self.group_offsets.lock();
         let key = (group.to_string(), shard.to_string());
         let previous = offsets.insert(key.clone(), (offset, persistent));
         if persistent && previous != Some((offset, persistent)) {
             // Durable before acknowledged, like the shard it belongs to.
-            if let Err(e) = save_group_offsets(&self.dir, &offsets) {
+            if let Err(e) = self.save_groups(&offsets) {
                 match previous {
                     Some(old) => offsets.insert(key, old),
                     None => offsets.remove(&key),
@@ -609,19 +622,27 @@ impl Store {
     /// Store-wide statistics as JSON: totals per engine and per shard.
     pub fn stats(&self) -> Result<serde_json::Value> {
         self.check_open()?;
-        let shards = self.shards.read();
-        let mut names: Vec<&String> = shards.keys().collect();
-        names.sort_unstable();
+        // Snapshot the map: an engine may take its time answering (a
+        // remote one), and must not hold up shard creation meanwhile.
+        let mut shards: Vec<(String, Arc<dyn Shard>)> = self
+            .shards
+            .read()
+            .iter()
+            .map(|(name, shard)| (name.clone(), shard.clone()))
+            .collect();
+        shards.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut per_engine: BTreeMap<&'static str, (u64, u64, u64)> = BTreeMap::new();
         let mut shard_stats = serde_json::Map::new();
-        for name in names {
-            let shard = &shards[name];
-            let info = shard.info();
-            let entry = per_engine.entry(info.engine.name()).or_default();
+        for (name, shard) in shards {
+            let entry = per_engine.entry(shard.kind().name()).or_default();
             entry.0 += 1;
-            entry.1 += info.records;
-            entry.2 += info.bytes;
-            shard_stats.insert(name.clone(), shard_json(&info, shard.as_ref()));
+            // One shard that cannot answer does not hide the others.
+            let stats = shard_json(shard.as_ref()).unwrap_or_else(
+                |e| serde_json::json!({"error": e.to_string(), "status": e.status().as_str()}),
+            );
+            entry.1 += stats["records"].as_u64().unwrap_or(0);
+            entry.2 += stats["bytes"].as_u64().unwrap_or(0);
+            shard_stats.insert(name, stats);
         }
         let engines: serde_json::Map<String, serde_json::Value> = per_engine
             .into_iter()
@@ -636,6 +657,7 @@ impl Store {
             "dir": self.dir.display().to_string(),
             "shard_count": shard_stats.len(),
             "engines": engines,
+            "capabilities": registry::to_json(),
             "group_offsets": self.group_offsets.lock().len(),
             "shards": shard_stats,
         }))
@@ -643,17 +665,16 @@ impl Store {
 
     /// One shard's statistics as JSON.
     pub fn shard_stats(&self, name: &str) -> Result<serde_json::Value> {
-        let shard = self.shard(name)?;
-        Ok(shard_json(&shard.info(), shard.as_ref()))
+        shard_json(self.shard(name)?.as_ref())
     }
 }
 
-fn shard_json(info: &ShardInfo, shard: &dyn Shard) -> serde_json::Value {
-    let mut value = serde_json::to_value(info).unwrap_or_default();
+fn shard_json(shard: &dyn Shard) -> Result<serde_json::Value> {
+    let mut value = serde_json::to_value(shard.info()?).unwrap_or_default();
     if let Some(object) = value.as_object_mut() {
-        object.insert("engine_stats".into(), shard.stats());
+        object.insert("engine_stats".into(), shard.stats()?);
     }
-    value
+    Ok(value)
 }
 
 impl Drop for Store {
@@ -843,5 +864,85 @@ mod tests {
         let store = Store::open(dir.path(), config()).unwrap();
         assert_eq!(values(&store, "s"), [b"kept".to_vec()]);
         store.close().unwrap();
+    }
+
+    /// A shard whose engine cannot answer (a remote engine whose server is
+    /// unreachable), wrapping a working one for everything else.
+    struct Unreachable(Arc<dyn Shard>);
+
+    fn unreachable() -> Error {
+        Error::io(
+            "asking the engine's server",
+            std::io::Error::from_raw_os_error(libc::ECONNREFUSED),
+        )
+    }
+
+    impl Shard for Unreachable {
+        fn kind(&self) -> EngineKind {
+            self.0.kind()
+        }
+        fn info(&self) -> Result<ShardInfo> {
+            Err(unreachable())
+        }
+        fn stats(&self) -> Result<serde_json::Value> {
+            Err(unreachable())
+        }
+        fn append(&self, records: &[Record<'_>]) -> Result<i64> {
+            self.0.append(records)
+        }
+        fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {
+            self.0.read(from, limits)
+        }
+        fn read_by_keys(&self, keys: &[&[u8]], max: usize) -> Result<Vec<RecordView>> {
+            self.0.read_by_keys(keys, max)
+        }
+        fn read_by_tag(&self, tag: &[u8], from: i64, max: usize) -> Result<ReadResult> {
+            self.0.read_by_tag(tag, from, max)
+        }
+        fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
+            self.0.offset_for_timestamp(timestamp_ms)
+        }
+        fn delete_records_before(&self, offset: i64) -> Result<i64> {
+            self.0.delete_records_before(offset)
+        }
+        fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
+            self.0.delete_where(matches)
+        }
+        fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan> {
+            self.0.plan_transfer(from, max_bytes)
+        }
+    }
+
+    /// `info` and `stats` failing reach the caller of the shard's calls as
+    /// that error; the store-wide stats still report every other shard.
+    #[test]
+    fn a_shard_that_cannot_answer_is_reported_not_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), memory_config()).unwrap();
+        store.create_shard("down", None).unwrap();
+        store.create_shard("up", None).unwrap();
+        store.append("up", &Record::new(b"x")).unwrap();
+        {
+            let mut shards = store.shards.write();
+            let inner = shards["down"].clone();
+            shards.insert("down".into(), Arc::new(Unreachable(inner)));
+        }
+        for err in [
+            store.shard_info("down").unwrap_err(),
+            store.shard_stats("down").unwrap_err(),
+        ] {
+            assert_eq!(err.status(), Status::Io, "{err}");
+            assert!(err.to_string().contains("server"), "{err}");
+        }
+        let stats = store.stats().unwrap();
+        assert_eq!(stats["shards"]["down"]["status"], "I/O error");
+        assert!(stats["shards"]["down"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("server"));
+        assert_eq!(stats["shards"]["up"]["records"], 1);
+        assert_eq!(stats["engines"]["memory"]["shards"], 2);
+        assert_eq!(stats["capabilities"]["memory"]["persistent"], false);
+        assert_eq!(stats["capabilities"]["journal"]["pipelined"], true);
     }
 }

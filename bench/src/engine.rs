@@ -1405,10 +1405,9 @@ fn reopen_clean(base: &Path, kind: EngineKind, bytes: u64) -> io::Result<(f64, i
 /// keeps appending until it is killed mid-write.
 pub fn child_append(dir: &Path, bytes: u64, engine: &str) -> io::Result<()> {
     use std::io::Write;
-    let kind = EngineKind::available()
-        .iter()
-        .copied()
-        .find(|k| k.name() == engine)
+    let kind = mqstore::engine::registry::available()
+        .find(|spec| spec.name == engine)
+        .map(|spec| spec.kind)
         .ok_or_else(|| io::Error::other(format!("engine '{engine}' is not in this build")))?;
     let store = Store::open(dir, Config::default()).map_err(to_io)?;
     store

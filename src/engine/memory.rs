@@ -22,7 +22,7 @@ use crate::format::{self, BatchHeader};
 use crate::io::{TransferChunk, TransferPlan};
 use crate::record::{Record, RecordView};
 use crate::time::now_ms;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Creates memory shards. Holds no state of its own: shards own their data.
 #[derive(Debug, Default)]
@@ -34,13 +34,7 @@ impl Engine for MemoryEngine {
     }
 
     fn create_shard(&self, name: &str, options: &ShardOptions) -> Result<Arc<dyn Shard>> {
-        if options.durability != crate::config::Durability::None {
-            return Err(Error::InvalidConfig(format!(
-                "durability: the memory engine keeps nothing across a crash, so it cannot \
-                 acknowledge with '{}'; use durability = \"none\" or a persistent engine",
-                options.durability.name()
-            )));
-        }
+        // The registry refused durabilities it cannot honour.
         Ok(Arc::new(MemoryShard::new(name, options.clone())))
     }
 
@@ -205,10 +199,14 @@ fn scan_batch(batch: &StoredBatch) -> ScanBatch {
 }
 
 impl Shard for MemoryShard {
-    fn info(&self) -> ShardInfo {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Memory
+    }
+
+    fn info(&self) -> Result<ShardInfo> {
         self.expire_idle(now_ms());
         let state = self.state.read();
-        ShardInfo {
+        Ok(ShardInfo {
             name: self.name.clone(),
             engine: EngineKind::Memory,
             first_offset: state.low_watermark,
@@ -216,7 +214,7 @@ impl Shard for MemoryShard {
             records: state.records,
             bytes: state.bytes,
             options: self.options.clone(),
-        }
+        })
     }
 
     fn append(&self, records: &[Record<'_>]) -> Result<i64> {
@@ -377,13 +375,13 @@ impl Shard for MemoryShard {
         Ok(TransferPlan::new(chunks, next_offset))
     }
 
-    fn stats(&self) -> serde_json::Value {
+    fn stats(&self) -> Result<serde_json::Value> {
         let state = self.state.read();
-        serde_json::json!({
+        Ok(serde_json::json!({
             "batches": state.batches.len(),
             "appended_records": self.appended_records.load(Ordering::Relaxed),
             "appended_bytes": self.appended_bytes.load(Ordering::Relaxed),
             "read_records": self.read_records.load(Ordering::Relaxed),
-        })
+        }))
     }
 }

@@ -10,6 +10,7 @@ pub mod file;
 pub mod journal;
 pub(crate) mod keyfilter;
 pub mod memory;
+pub mod registry;
 pub(crate) mod scan;
 
 use std::collections::HashSet;
@@ -89,7 +90,12 @@ pub trait Engine: Send + Sync {
 
 /// One shard: a dense sequence of offsets starting at 0, never reused.
 pub trait Shard: Send + Sync {
-    fn info(&self) -> ShardInfo;
+    /// The engine the shard lives on.
+    fn kind(&self) -> EngineKind;
+
+    /// The shard's watermarks and sizes. May fail: an engine may have to
+    /// ask a server that is unreachable, or finish retention work first.
+    fn info(&self) -> Result<ShardInfo>;
 
     /// Appends the records as one batch and returns the offset of the first.
     /// Returns once the shard's durability mode is satisfied.
@@ -107,7 +113,7 @@ pub trait Shard: Send + Sync {
     /// durable as the shard's mode requires. `offset` must have been
     /// appended (`< next_offset`); records deleted since count as done.
     fn wait_durable(&self, offset: i64) -> Result<()> {
-        let info = self.info();
+        let info = self.info()?;
         scan::check_appended(&info.name, offset, info.next_offset)
     }
 
@@ -157,6 +163,6 @@ pub trait Shard: Send + Sync {
     /// `max_bytes`, but always at least one batch when any exists.
     fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan>;
 
-    /// Engine-specific counters as JSON.
-    fn stats(&self) -> serde_json::Value;
+    /// Engine-specific counters as JSON. May fail like `info`.
+    fn stats(&self) -> Result<serde_json::Value>;
 }

@@ -19,14 +19,7 @@ pub struct mqs_names {
 }
 
 fn engine_name(kind: EngineKind) -> &'static CStr {
-    match kind {
-        EngineKind::Memory => c"memory",
-        EngineKind::Journal => c"journal",
-        EngineKind::File => c"file",
-        EngineKind::Rocksdb => c"rocksdb",
-        EngineKind::S3 => c"s3",
-        EngineKind::Hybrid => c"hybrid",
-    }
+    crate::engine::registry::spec(kind).c_name
 }
 
 /// Opens (creating if needed) the store in directory `dir`, configured by

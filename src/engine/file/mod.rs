@@ -219,16 +219,23 @@ impl FileEngine {
         }
     }
 
-    /// Removes a deleted shard's files. Renamed first (durably), so a crash
-    /// in the middle of removing them never brings back a half-deleted
-    /// shard (recovery finishes the removal of a `.deleted` directory).
+    /// Removes a deleted shard's files: renamed to `<id>.deleted` and the
+    /// directory fsynced (the commit point: recovery finishes the removal
+    /// of a `.deleted` directory and never brings the shard back), then
+    /// removed. A failure before the commit point renames the files back.
     fn discard(&self, shard: &FileShard) -> Result<()> {
         let doomed = self.dir.join(format!("{:020}.deleted", shard.id));
         std::fs::rename(&shard.dir, &doomed)
             .map_err(|e| Error::io(format!("removing '{}'", shard.dir.display()), e))?;
-        sync_dir(&self.dir)?;
-        std::fs::remove_dir_all(&doomed)
-            .map_err(|e| Error::io(format!("removing '{}'", doomed.display()), e))
+        if let Err(e) = sync_dir(&self.dir) {
+            // Not durable either way: undo it, so the shard stays whole.
+            let _ = std::fs::rename(&doomed, &shard.dir);
+            return Err(e);
+        }
+        // Past the commit point: what is left is only disk space, which
+        // the next open reclaims.
+        let _ = std::fs::remove_dir_all(&doomed);
+        Ok(())
     }
 
     fn shard_dir(&self, id: u64) -> PathBuf {
@@ -386,8 +393,9 @@ impl Engine for FileEngine {
             let mut shards = self.shared.shards.lock();
             if self.closed.load(Ordering::Acquire) {
                 drop(shards);
-                shard.delete();
+                shard.mark_deleted();
                 self.discard(&shard)?;
+                shard.release();
                 return Err(Error::Closed);
             }
             shards.insert(id, shard.clone());
@@ -400,9 +408,17 @@ impl Engine for FileEngine {
         let Some(shard) = self.find(name) else {
             return Ok(());
         };
-        shard.delete();
+        // Appends are refused while the files go; a failure before the
+        // removal is durable takes that back, so the shard is never gone
+        // now and back after a restart.
+        shard.mark_deleted();
+        if let Err(e) = self.discard(&shard) {
+            shard.undelete();
+            return Err(e);
+        }
         self.shared.shards.lock().remove(&shard.id);
-        self.discard(&shard)
+        shard.release();
+        Ok(())
     }
 
     fn close(&self) -> Result<()> {

@@ -785,10 +785,21 @@ impl FileShard {
         Ok(true)
     }
 
-    /// Marks the shard deleted and lets go of its files and maps.
-    pub fn delete(&self) {
+    /// Refuses appends and deletes from now on: a deletion in progress,
+    /// which `undelete` takes back if it fails.
+    pub fn mark_deleted(&self) {
         let _state = self.state.write();
         self.deleted.store(true, Ordering::Release);
+    }
+
+    pub fn undelete(&self) {
+        let _state = self.state.write();
+        self.deleted.store(false, Ordering::Release);
+    }
+
+    /// Lets go of a deleted shard's buffer, file and maps.
+    pub fn release(&self) {
+        let _state = self.state.write();
         let mut w = self.writer.lock();
         let buffered = w.buf.len() as u64;
         self.shared.buffered.fetch_sub(buffered, Ordering::Relaxed);
@@ -800,11 +811,15 @@ impl FileShard {
 }
 
 impl Shard for FileShard {
-    fn info(&self) -> ShardInfo {
-        let _ = self.expire_idle();
+    fn kind(&self) -> EngineKind {
+        EngineKind::File
+    }
+
+    fn info(&self) -> Result<ShardInfo> {
+        self.expire_idle()?;
         let state = self.state.read();
         let (_, records, bytes) = state.live();
-        ShardInfo {
+        Ok(ShardInfo {
             name: self.name.clone(),
             engine: EngineKind::File,
             first_offset: state.low,
@@ -812,7 +827,7 @@ impl Shard for FileShard {
             records,
             bytes,
             options: self.options.clone(),
-        }
+        })
     }
 
     fn append(&self, records: &[Record<'_>]) -> Result<i64> {
@@ -1095,11 +1110,11 @@ impl Shard for FileShard {
         Ok(TransferPlan::new(chunks, next_offset))
     }
 
-    fn stats(&self) -> serde_json::Value {
+    fn stats(&self) -> Result<serde_json::Value> {
         let state = self.state.read();
         let (batches, _, _) = state.live();
         let w = self.writer.lock();
-        serde_json::json!({
+        Ok(serde_json::json!({
             "segments": state.segments.len(),
             "batches": batches,
             "segment_capacity": self.capacity,
@@ -1112,7 +1127,7 @@ impl Shard for FileShard {
             "rewrites": self.rewrites.load(Ordering::Relaxed),
             "poisoned": self.poisoned.lock().clone(),
             "engine": self.shared.stats(),
-        })
+        }))
     }
 }
 

@@ -61,7 +61,11 @@ fn an_append_after_close_is_refused() {
         let err = shard.delete_records_before(1).unwrap_err();
         assert_eq!(err.status(), Status::Closed, "{durability:?}: {err}");
         assert_eq!(log_len(&file_shard), len, "{durability:?}");
-        assert_eq!(file_shard.stats()["file_open"], false, "{durability:?}");
+        assert_eq!(
+            file_shard.stats().unwrap()["file_open"],
+            false,
+            "{durability:?}"
+        );
         assert_eq!(
             values_after_reopen(dir.path(), "s"),
             [b"before".to_vec()],
@@ -93,7 +97,7 @@ fn an_append_in_flight_at_close_completes_before_the_marker() {
     engine.close().unwrap();
     resume.wait();
     assert_eq!(appender.join().unwrap().unwrap(), 0);
-    assert_eq!(file_shard.stats()["file_open"], false);
+    assert_eq!(file_shard.stats().unwrap()["file_open"], false);
     assert_eq!(
         values_after_reopen(dir.path(), "s"),
         [b"in flight".to_vec()]

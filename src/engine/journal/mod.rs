@@ -485,8 +485,16 @@ impl Engine for JournalEngine {
             // registry: a close in between checkpoints the shard either as
             // live with no deletion logged, or as deleted.
             let end = shard.delete()?;
+            // Until the deletion is as durable as the shard's mode asks,
+            // the shard stays (appends refused meanwhile): a failure, which
+            // poisons the journal, leaves it whole, never gone now and back
+            // after a restart.
+            if let Err(e) = shard.wait(end) {
+                shard.undelete();
+                return Err(e);
+            }
             log.unregister(name, shard.id);
-            shard.wait(end)?;
+            shard.release();
             log.maybe_reclaim();
         }
         Ok(())

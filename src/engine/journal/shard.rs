@@ -110,15 +110,26 @@ impl JournalShard {
         Ok(placed.end)
     }
 
-    /// Marks the shard deleted and logs it; returns the entry's end.
+    /// Logs the shard's deletion and refuses appends from now on; returns
+    /// the entry's end. `undelete` takes it back if the entry never becomes
+    /// durable, `release` lets go of the index once it did.
     pub(crate) fn delete(&self) -> Result<u64> {
         let mut state = self.state.write();
         let placed = self.enqueue(&mut state, Kind::DeleteShard, 0, &[])?;
         self.deleted.store(true, Ordering::Release);
         state.deleted = true;
-        // Releasing the index lets the segments it pinned go.
-        state.batches.clear();
         Ok(placed.end)
+    }
+
+    pub(crate) fn undelete(&self) {
+        let mut state = self.state.write();
+        state.deleted = false;
+        self.deleted.store(false, Ordering::Release);
+    }
+
+    /// Releasing the index lets the segments it pinned go.
+    pub(crate) fn release(&self) {
+        self.state.write().batches.clear();
     }
 
     /// Waits until the entry ending at `end` is as durable as this shard's
@@ -284,10 +295,14 @@ impl JournalShard {
 }
 
 impl Shard for JournalShard {
-    fn info(&self) -> ShardInfo {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Journal
+    }
+
+    fn info(&self) -> Result<ShardInfo> {
         self.expire_idle(now_ms());
         let state = self.state.read();
-        ShardInfo {
+        Ok(ShardInfo {
             name: self.name.clone(),
             engine: EngineKind::Journal,
             first_offset: state.low_watermark,
@@ -295,7 +310,7 @@ impl Shard for JournalShard {
             records: state.records,
             bytes: state.bytes,
             options: self.options.clone(),
-        }
+        })
     }
 
     fn append(&self, records: &[Record<'_>]) -> Result<i64> {
@@ -537,7 +552,7 @@ impl Shard for JournalShard {
         Ok(TransferPlan::new(chunks, next_offset))
     }
 
-    fn stats(&self) -> serde_json::Value {
+    fn stats(&self) -> Result<serde_json::Value> {
         let state = self.state.read();
         let mut value = serde_json::json!({
             "batches": state.batches.len(),
@@ -547,6 +562,6 @@ impl Shard for JournalShard {
         });
         drop(state);
         value["journal"] = self.log.stats();
-        value
+        Ok(value)
     }
 }

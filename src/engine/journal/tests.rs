@@ -205,7 +205,7 @@ fn o_direct_refused_falls_back_to_the_page_cache() {
         let shard = engine
             .create_shard("s", &options(Durability::Fsync))
             .unwrap();
-        let io = &shard.stats()["journal"]["io"];
+        let io = &shard.stats().unwrap()["journal"]["io"];
         assert_eq!(
             io,
             if allow == 0 {
@@ -218,7 +218,12 @@ fn o_direct_refused_falls_back_to_the_page_cache() {
         for (i, v) in values.iter().enumerate() {
             assert_eq!(shard.append(&[Record::new(v)]).unwrap(), i as i64);
         }
-        assert!(shard.stats()["journal"]["segments"].as_u64().unwrap() > 2);
+        assert!(
+            shard.stats().unwrap()["journal"]["segments"]
+                .as_u64()
+                .unwrap()
+                > 2
+        );
         engine.close().unwrap();
         drop((shard, engine));
         let engine = JournalEngine::new(dir.path(), config);
@@ -395,7 +400,7 @@ fn pipelined_appends_are_synced_by_the_flusher() {
         drop(gate);
         waiter.join().unwrap().unwrap();
     });
-    let stats = shard.stats();
+    let stats = shard.stats().unwrap();
     assert!(
         stats["journal"]["fdatasyncs"].as_u64().unwrap() >= 1,
         "{stats}"
@@ -681,4 +686,30 @@ fn a_shard_created_after_close_is_refused() {
         .unwrap()
         .count();
     assert_eq!(after, files, "no file created after the close");
+}
+
+/// A shard deletion whose entry cannot be made durable (the fdatasync
+/// fails, poisoning the journal) is refused and leaves the shard whole:
+/// readable and still registered, not gone now and back after a restart.
+#[test]
+fn a_deletion_that_cannot_be_synced_leaves_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let ops = Arc::new(Faulty::default());
+    let engine = JournalEngine::with_ops(dir.path(), config(), ops.clone());
+    let shard = engine
+        .create_shard("s", &options(Durability::Fsync))
+        .unwrap();
+    shard.append(&[Record::new(b"kept")]).unwrap();
+    ops.0.store(FAIL_SYNC, Ordering::SeqCst);
+    let err = engine.remove_shard("s", &shard).unwrap_err();
+    assert_eq!(err.status(), Status::Poisoned, "{err}");
+    let limits = ReadLimits {
+        max_records: 10,
+        max_bytes: usize::MAX,
+    };
+    let r = shard.read(0, limits).unwrap();
+    assert_eq!(&r.records[0].value[..], b"kept");
+    assert_eq!(shard.info().unwrap().records, 1);
+    let log = engine.log.lock().clone().unwrap();
+    assert!(log.shards.lock().contains_key("s"), "still registered");
 }
