@@ -531,9 +531,9 @@ impl PyTransfer {
     }
 
     /// The planned bytes (all of them, whatever was sent), as `bytes`.
-    fn bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let data = py.detach(|| self.snapshot.to_vec());
-        PyBytes::new(py, &data)
+    fn bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = py.detach(|| self.snapshot.to_vec()).or_raise(py)?;
+        Ok(PyBytes::new(py, &data))
     }
 
     fn __repr__(&self) -> String {
