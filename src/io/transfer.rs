@@ -169,8 +169,8 @@ impl TransferPlan {
 
     /// Copies the next bytes of the plan into `buf`, advancing the progress
     /// `send_to_fd` uses too (the two can be mixed on one plan). Returns the
-    /// bytes copied: as many as fit, unless the plan ends first; 0 only when
-    /// the plan is complete. File chunks are read with pread(2), lazy chunks
+    /// bytes copied: as many as fit, unless the plan ends first (or a read
+    /// fails, below); 0 only when the plan is complete. File chunks are read with pread(2), lazy chunks
     /// fetched. An empty `buf` is an `InvalidArgument` error (it could never
     /// make progress). A read or fetch failure after some bytes were copied
     /// returns those bytes; the next call retries at the byte it stopped at
