@@ -661,7 +661,8 @@ enum mqs_status mqs_offset_for_timestamp(struct mqs_store *store,
  * Plans a transfer of the stored batches of `shard` from the one holding
  * `offset` on: at most `max_bytes`, but at least one batch when any is
  * stored. Query its size with `mqs_transfer_info` (e.g. to write a Fetch
- * response's length first), send it with `mqs_transfer_send`, free it with
+ * response's length first), send it with `mqs_transfer_send` or copy it
+ * into buffers with `mqs_transfer_read_into`, free it with
  * `mqs_transfer_free`. On failure `*out_transfer` is set to NULL.
  *
  * The first batch may start before `offset` (batches are sent whole).
@@ -678,7 +679,8 @@ enum mqs_status mqs_transfer_plan(struct mqs_store *store,
 
 /**
  * The transfer's total size in bytes, the offset a consumer continues from
- * after it, and the bytes already sent.
+ * after it, and the bytes already sent or read (`mqs_transfer_send` and
+ * `mqs_transfer_read_into` advance one progress).
  *
  * # Safety
  * `transfer` is not freed by another thread during the call; the out
@@ -702,6 +704,35 @@ enum mqs_status mqs_transfer_info(const struct mqs_transfer *transfer,
  * is valid for writing.
  */
 enum mqs_status mqs_transfer_send(struct mqs_transfer *transfer, int fd, uint64_t *out_written);
+
+/**
+ * Copies the next bytes of the transfer into `buf` (at most `len`), for a
+ * broker that sends through TLS or its own framing rather than to a
+ * descriptor. It continues where the last `mqs_transfer_send` or
+ * `mqs_transfer_read_into` stopped, and both calls may be mixed on one
+ * transfer. `*out_written` is set to the bytes copied: `len` unless the
+ * transfer ends first (or a read fails, below), 0 only when it is already
+ * complete.
+ * `*out_complete` tells whether the whole transfer has now been sent or
+ * read. Bytes held in memory are copied, bytes in files read with pread(2),
+ * bytes an engine keeps elsewhere fetched: the call may wait for the disk
+ * or the network.
+ *
+ * `buf` NULL with `len` > 0, or `len` 0, is `MQS_INVALID_ARGUMENT`. A read
+ * failure after some bytes were copied returns `MQS_OK` with those bytes;
+ * the next call retries at the byte where this one stopped and reports the
+ * failure (`MQS_IO`, ...) if it persists.
+ *
+ * # Safety
+ * `transfer` is not used by another thread during the call; `buf` is NULL
+ * or valid for writing `len` bytes (it need not be initialised); the out
+ * pointers are valid for writing.
+ */
+enum mqs_status mqs_transfer_read_into(struct mqs_transfer *transfer,
+                                       uint8_t *buf,
+                                       size_t len,
+                                       size_t *out_written,
+                                       bool *out_complete);
 
 /**
  * Frees a transfer (sent or not). NULL is a no-op (`MQS_OK`); a transfer

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use mqstore::format::{decode_batch, split_batches};
-use mqstore::{Compression, Config, Header, Record, Status, Store};
+use mqstore::{Compression, Config, Header, Record, Status, Store, TransferPlan};
 
 /// A store in a fresh temporary directory, whose default engine is `engine`.
 pub struct Fixture {
@@ -38,6 +38,41 @@ pub fn values(n: usize, prefix: &str) -> Vec<Vec<u8>> {
 pub fn append_values(store: &Store, shard: &str, values: &[Vec<u8>]) -> i64 {
     let records: Vec<Record<'_>> = values.iter().map(|v| Record::new(v)).collect();
     store.append_batch(shard, &records).unwrap()
+}
+
+/// What a socket receives when the rest of `plan` is sent to it.
+pub fn send_rest(plan: &mut TransferPlan) -> Vec<u8> {
+    let (a, b) = UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || drain(b));
+    plan.send_all_to_fd(a.as_raw_fd()).unwrap();
+    drop(a);
+    reader.join().unwrap()
+}
+
+/// The rest of `plan`, read into a buffer of `size` bytes at a time.
+pub fn read_rest(plan: &mut TransferPlan, size: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; size];
+    let mut out = Vec::new();
+    loop {
+        let n = plan.read_into(&mut buf).unwrap();
+        if n == 0 {
+            return out;
+        }
+        assert!(n == size || plan.is_complete(), "short only at the end");
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The offsets of every record in a stream of whole batches.
+pub fn stream_offsets(stream: Vec<u8>) -> Vec<i64> {
+    let batches = split_batches(&stream.into()).unwrap();
+    let mut offsets = Vec::new();
+    for batch in &batches {
+        for record in decode_batch(batch, true).unwrap() {
+            offsets.push(record.offset);
+        }
+    }
+    offsets
 }
 
 macro_rules! conformance_suite {
@@ -479,6 +514,55 @@ macro_rules! conformance_suite {
                     assert_eq!(reader.join().unwrap().len() as u64, result.bytes_written);
                     let empty = f.store.plan_transfer("s", 56, 100).unwrap();
                     assert_eq!((empty.total_bytes(), empty.next_offset()), (0, 56));
+                }
+            }
+
+            #[test]
+            fn transfers_read_into_buffers_give_the_sent_bytes() {
+                // Without the tail cache the journal's plans hold files.
+                for extra in ["", "[journal]\ntail_cache_bytes = 0\n"] {
+                    let f = open(ENGINE, extra);
+                    f.store.create_shard("s", None).unwrap();
+                    for batch in 0..6 {
+                        append_values(&f.store, "s", &values(8, &format!("batch{batch}")));
+                    }
+                    let sent = send_rest(&mut f.store.plan_transfer("s", 0, usize::MAX).unwrap());
+                    assert_eq!(stream_offsets(sent.clone()), (0..48).collect::<Vec<_>>());
+                    for size in [1, 7, 4096] {
+                        let mut plan = f.store.plan_transfer("s", 0, usize::MAX).unwrap();
+                        assert_eq!(read_rest(&mut plan, size), sent, "{extra} {size}");
+                        assert!(plan.is_complete());
+                        assert_eq!(plan.sent_bytes(), sent.len() as u64);
+                        assert_eq!(plan.read_into(&mut [0u8; 8]).unwrap(), 0);
+                    }
+
+                    // Read partly, then sent.
+                    let mut plan = f.store.plan_transfer("s", 0, usize::MAX).unwrap();
+                    let mut head = vec![0u8; 100];
+                    assert_eq!(plan.read_into(&mut head).unwrap(), 100);
+                    assert_eq!([head, send_rest(&mut plan)].concat(), sent);
+                    let err = plan.read_into(&mut []).unwrap_err();
+                    assert_eq!(err.status(), Status::InvalidArgument);
+
+                    // Sent until a non-blocking socket is full, then read.
+                    f.store.create_shard("big", None).unwrap();
+                    let big = vec![7u8; 64 << 10];
+                    for _ in 0..16 {
+                        let records = vec![Record::new(&big); 4];
+                        f.store.append_batch("big", &records).unwrap();
+                    }
+                    let mut plan = f.store.plan_transfer("big", 0, usize::MAX).unwrap();
+                    let expected = plan.to_vec().unwrap();
+                    let (a, b) = UnixStream::pair().unwrap();
+                    a.set_nonblocking(true).unwrap();
+                    let progress = plan.send_to_fd(a.as_raw_fd()).unwrap();
+                    assert!(!progress.complete, "4 MiB fill a socketpair");
+                    drop(a);
+                    let received = drain(b);
+                    assert_eq!(received.len() as u64, progress.written);
+                    let stream = [received, read_rest(&mut plan, 4096)].concat();
+                    assert_eq!(stream, expected);
+                    assert_eq!(stream_offsets(stream), (0..64).collect::<Vec<_>>());
                 }
             }
 

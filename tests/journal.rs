@@ -378,7 +378,11 @@ fn sendfile_from_the_journal_to_a_file_and_a_pipe() {
         store.append_batch("s", &records).unwrap();
         store.append("other", &Record::new(b"interleaved")).unwrap();
     }
-    let expected = store.plan_transfer("s", 0, usize::MAX).unwrap().to_vec();
+    let expected = store
+        .plan_transfer("s", 0, usize::MAX)
+        .unwrap()
+        .to_vec()
+        .unwrap();
     let batches = mqstore::format::split_batches(&expected.clone().into()).unwrap();
     assert_eq!(batches.len(), 50);
 

@@ -326,7 +326,7 @@ fn check(engine: &str, durability: &str, ops: &[Op]) -> Result<(), TestCaseError
                     continue;
                 }
                 let plan = plan.unwrap();
-                let bytes = bytes::Bytes::from(plan.to_vec());
+                let bytes = bytes::Bytes::from(plan.to_vec().unwrap());
                 prop_assert_eq!(bytes.len() as u64, plan.total_bytes());
                 let mut offsets = Vec::new();
                 for batch in mqstore::format::split_batches(&bytes).unwrap() {

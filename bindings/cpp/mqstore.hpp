@@ -400,8 +400,9 @@ private:
 // ------------------------------------------------------------------- transfer
 
 /// A planned transfer of whole stored batches (Kafka RecordBatch v2 bytes) to
-/// a file descriptor. total_bytes()/next_offset() are fixed at planning time
-/// (write a response's length first, then send); the plan holds its own
+/// a file descriptor (send()) or into the caller's buffers (read_into(), for
+/// TLS or a broker's own framing). total_bytes()/next_offset() are fixed at
+/// planning time (write a response's length first, then send); the plan holds its own
 /// reference to the bytes, so later appends/deletes/closing the Store change
 /// nothing it sends. Move-only; the destructor frees the plan. Using a
 /// moved-from Transfer throws Error(MQS_INVALID_HANDLE).
@@ -425,9 +426,9 @@ public:
     uint64_t total_bytes() const { return info().total; }
     /// The offset the consumer continues from after this transfer.
     int64_t next_offset() const { return info().next; }
-    /// Bytes already sent (by all send() calls).
+    /// Bytes already sent or read (by all send() and read_into() calls).
     uint64_t sent_bytes() const { return info().sent; }
-    /// Whether everything has been sent.
+    /// Whether everything has been sent or read.
     bool complete() const {
         Info i = info();
         return i.sent == i.total;
@@ -452,6 +453,28 @@ public:
         }
         check(status);
         return true;
+    }
+
+    /// Copies the next bytes of the transfer into buf (at most len) and
+    /// returns how many: len unless the transfer ends first, 0 only once
+    /// complete(). send() and read_into() share one progress and may be
+    /// mixed. Memory is copied, files read with pread(2): the call may wait
+    /// for the disk. A read failure after some bytes were copied returns
+    /// those bytes; the next call retries at the same byte and throws if the
+    /// failure persists. buf == nullptr with len > 0, or len == 0, throws
+    /// Error(MQS_INVALID_ARGUMENT).
+    std::size_t read_into(void *buf, std::size_t len) {
+        bool complete = false;
+        return read_into(buf, len, complete);
+    }
+
+    /// As read_into(buf, len); also reports whether the whole transfer has
+    /// now been sent or read.
+    std::size_t read_into(void *buf, std::size_t len, bool &complete) {
+        std::size_t written = 0;
+        complete = false;
+        check(mqs_transfer_read_into(handle(), static_cast<uint8_t *>(buf), len, &written, &complete));
+        return written;
     }
 
     bool valid() const noexcept { return t_ != nullptr; }

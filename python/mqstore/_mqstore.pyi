@@ -204,14 +204,17 @@ class Message:
 @final
 class Transfer:
     """A planned transfer of whole Kafka RecordBatches (``total_bytes`` bytes,
-    up to offset ``next_offset - 1``). Holds its own references to the bytes."""
+    up to offset ``next_offset - 1``). Holds its own references to the bytes.
+    ``send``/``send_all`` (to a descriptor) and ``read_into`` (into a buffer)
+    advance one progress and may be mixed."""
 
     @property
     def total_bytes(self) -> int: ...
     @property
     def next_offset(self) -> int: ...
     @property
-    def sent_bytes(self) -> int: ...
+    def sent_bytes(self) -> int:
+        """Bytes already sent or read."""
     @property
     def complete(self) -> bool: ...
     def send(self, fd: _Fd) -> int:
@@ -220,6 +223,21 @@ class Transfer:
         ``complete`` stays False: call again."""
     def send_all(self, fd: _Fd) -> int:
         """Sends the rest, waiting while a non-blocking ``fd`` is full."""
+    def read_into(self, buffer: _BufferLike) -> int:
+        """Copies the next bytes into ``buffer`` (any writable, contiguous
+        buffer: bytearray, memoryview, array, mmap, numpy array, ctypes
+        array) and returns how many: as many as fit unless the transfer ends
+        first, 0 only once ``complete``. For TLS or a broker's own framing.
+
+        The GIL is released while copying into a ``bytearray``,
+        ``array.array`` or ``mmap.mmap`` (or a memoryview of one), which
+        cannot free or move their memory while it is exported; any other
+        buffer is written with the GIL held. Do not use the buffer from
+        another thread during the call. A read-only or non-contiguous buffer
+        raises ``TypeError``, an empty one ``InvalidArgument``."""
+    @staticmethod
+    def _releases_gil_for(buffer: _BufferLike) -> bool:
+        """Whether ``read_into(buffer)`` copies with the GIL released (tests)."""
     def bytes(self) -> bytes:
         """All planned bytes (for tests and non-descriptor consumers)."""
 

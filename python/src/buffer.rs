@@ -13,15 +13,21 @@
 //! bytearray, a writable memoryview, an array; also a read-only view of
 //! one) is copied first, while the GIL is held: Rust reading memory that
 //! Python code writes at the same time would be a data race.
+//!
+//! Into the caller's memory: [`WritableView`] exports a writable buffer
+//! (`Transfer.read_into`), and [`stays_put_while_exported`] tells whether
+//! it may be written with the GIL released.
 
 use std::cell::RefCell;
 use std::ffi::{c_int, c_void};
+use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 use pyo3::exceptions::{PyBufferError, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyMemoryView, PyString};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyString, PyType};
 
 /// Read-only buffer over stored bytes (the object behind `Record.value` and
 /// friends; `memoryview.obj` returns it).
@@ -130,6 +136,74 @@ impl Drop for HeldView {
         // exactly once, with the GIL held (see the type's comment).
         unsafe { ffi::PyBuffer_Release(&mut *self.0) };
     }
+}
+
+/// A writable, C-contiguous buffer exported by the caller's object,
+/// released on drop (with the GIL held, like [`HeldView`]).
+pub struct WritableView(HeldView);
+
+impl WritableView {
+    /// `obj`'s writable buffer; a `TypeError` naming the type when it has
+    /// none (read-only, not contiguous, not a buffer at all).
+    pub fn get(obj: &Bound<'_, PyAny>) -> PyResult<WritableView> {
+        let mut view = Box::new(ffi::Py_buffer::new());
+        // SAFETY: `view` is a valid, writable Py_buffer; the GIL is held.
+        // PyBUF_WRITABLE without PyBUF_ND asks for one contiguous run of
+        // bytes, which exporters refuse unless they can give it.
+        let rc = unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_WRITABLE) };
+        if rc != 0 {
+            let cause = PyErr::fetch(obj.py());
+            let error = PyTypeError::new_err(format!(
+                "buffer must be a writable, contiguous bytes-like object, not '{}'",
+                type_name(obj)
+            ));
+            error.set_cause(obj.py(), Some(cause));
+            return Err(error);
+        }
+        Ok(WritableView(HeldView(view)))
+    }
+
+    /// Address and length of the exported bytes.
+    pub fn raw(&self) -> (usize, usize) {
+        (self.0 .0.buf as usize, self.0 .0.len as usize)
+    }
+
+    /// The exported bytes, to be written; valid while `self` is.
+    pub fn as_uninit_mut(&mut self) -> &mut [MaybeUninit<u8>] {
+        let (ptr, len) = self.raw();
+        if len == 0 {
+            return &mut [];
+        }
+        // SAFETY: a PyBUF_WRITABLE export guarantees `len` contiguous,
+        // writable bytes at `buf`, kept alive until PyBuffer_Release in
+        // Drop; `&mut self` makes this the only Rust view of them.
+        unsafe { std::slice::from_raw_parts_mut(ptr as *mut MaybeUninit<u8>, len) }
+    }
+}
+
+static ARRAY_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static MMAP_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// Whether the memory `obj` exports stays allocated, in place and of the
+/// same size for as long as the export is held, whatever other Python
+/// threads do meanwhile — so that it may be written with the GIL released.
+/// True only for exact `bytearray`, `array.array` and `mmap.mmap` objects,
+/// and memoryviews of them: each refuses to resize, close or free its
+/// memory while an export exists (BufferError). Other exporters may not
+/// (`ndarray.resize(refcheck=False)`, `ctypes.resize`, third-party types),
+/// so they are written with the GIL held throughout.
+pub fn stays_put_while_exported(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = obj.py();
+    let base = match obj.cast::<PyMemoryView>() {
+        Ok(memoryview) => memoryview.getattr("obj")?,
+        Err(_) => obj.clone(),
+    };
+    if base.is_exact_instance_of::<PyByteArray>() {
+        return Ok(true);
+    }
+    let kind = base.get_type();
+    Ok(kind.is(ARRAY_TYPE.import(py, "array", "array")?)
+        || kind.is(MMAP_TYPE.import(py, "mmap", "mmap")?))
 }
 
 /// Whether the bytes `view` exports from `obj` stay unchanged while the

@@ -2,15 +2,16 @@
 //! `mqstore::TransferPlan`. Every call that does I/O or touches shard data
 //! runs with the GIL released (`py.detach`).
 
+use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use mqstore::{Config, Record, TransferPlan};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple, PyType};
 
-use crate::buffer::Arena;
+use crate::buffer::{stays_put_while_exported, Arena, WritableView};
 use crate::convert::{self, Ctx, Fields};
 use crate::errors::{invalid_argument, to_pyerr, OrRaise};
 use crate::types::{records_list, PyReadResult, PyShardInfo};
@@ -449,7 +450,8 @@ impl PyStore {
 }
 
 /// A planned transfer: exactly `total_bytes` bytes of whole Kafka
-/// RecordBatches, covering offsets up to `next_offset - 1`. It holds its own
+/// RecordBatches, covering offsets up to `next_offset - 1`, sent to a
+/// descriptor or read into buffers (one progress for both). It holds its own
 /// references to the bytes, so later appends, deletes or closing the store
 /// change nothing it sends.
 #[pyclass(module = "mqstore", name = "Transfer", frozen)]
@@ -471,6 +473,22 @@ impl PyTransfer {
         }
     }
 
+    /// The plan, for one call. Only ever waited for with the GIL released.
+    fn lock(&self) -> MutexGuard<'_, TransferPlan> {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `step` on the locked plan, then publishes its progress.
+    fn step<T>(
+        &self,
+        plan: &mut TransferPlan,
+        step: impl FnOnce(&mut TransferPlan) -> mqstore::Result<T>,
+    ) -> mqstore::Result<T> {
+        let result = step(plan);
+        self.sent.store(plan.sent_bytes(), Ordering::Release);
+        result
+    }
+
     fn run<T: Send>(
         &self,
         py: Python<'_>,
@@ -484,13 +502,47 @@ impl PyTransfer {
                 format!("file descriptor {fd} is invalid"),
             ));
         }
+        py.detach(|| self.step(&mut self.lock(), |plan| send(plan, fd)))
+            .or_raise(py)
+    }
+
+    /// `read_into` for a target that stays put while exported: the export
+    /// taken here pins it, so the copy runs with the GIL released.
+    fn read_into_released(&self, py: Python<'_>, target: WritableView) -> PyResult<usize> {
+        let (address, len) = target.raw();
+        let read = py.detach(|| {
+            let buf: &mut [MaybeUninit<u8>] = if len == 0 {
+                &mut []
+            } else {
+                // SAFETY: `target`, alive until this function returns, holds
+                // the export, and the exporter keeps these `len` bytes
+                // allocated and in place while it is held
+                // (`stays_put_while_exported`); no other Rust code refers
+                // to them.
+                unsafe { std::slice::from_raw_parts_mut(address as *mut MaybeUninit<u8>, len) }
+            };
+            self.step(&mut self.lock(), |plan| plan.read_into_uninit(buf))
+        });
+        drop(target);
+        read.or_raise(py)
+    }
+
+    /// `read_into` for any other target: written with the GIL held from
+    /// its export to the end of the copy, so no Python code can free or
+    /// move its memory meanwhile. The plan's lock is still waited for with
+    /// the GIL released, then the GIL is taken back.
+    fn read_into_holding_gil(&self, py: Python<'_>, target: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let target = target.as_unbound();
         py.detach(|| {
-            let mut plan = self.plan.lock().unwrap_or_else(|e| e.into_inner());
-            let result = send(&mut plan, fd);
-            self.sent.store(plan.sent_bytes(), Ordering::Release);
-            result
+            let mut plan = self.lock();
+            Python::attach(|py| {
+                let mut view = WritableView::get(target.bind(py))?;
+                self.step(&mut plan, |plan| {
+                    plan.read_into_uninit(view.as_uninit_mut())
+                })
+                .or_raise(py)
+            })
         })
-        .or_raise(py)
     }
 }
 
@@ -530,10 +582,32 @@ impl PyTransfer {
         self.run(py, fd, |plan, fd| plan.send_all_to_fd(fd))
     }
 
+    /// Copies the next bytes of the transfer into `buffer` (any writable,
+    /// contiguous buffer) and returns how many: as many as fit unless the
+    /// transfer ends first, 0 only once it is complete. Shares progress
+    /// with `send`. The GIL is released while copying into a bytearray,
+    /// array.array or mmap.mmap (or a memoryview of one); any other buffer
+    /// is written with the GIL held.
+    fn read_into(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let target = WritableView::get(buffer)?;
+        if stays_put_while_exported(buffer)? {
+            self.read_into_released(py, target)
+        } else {
+            drop(target);
+            self.read_into_holding_gil(py, buffer)
+        }
+    }
+
+    /// Whether `read_into(buffer)` copies with the GIL released (for tests).
+    #[staticmethod]
+    fn _releases_gil_for(buffer: &Bound<'_, PyAny>) -> PyResult<bool> {
+        stays_put_while_exported(buffer)
+    }
+
     /// The planned bytes (all of them, whatever was sent), as `bytes`.
-    fn bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        let data = py.detach(|| self.snapshot.to_vec());
-        PyBytes::new(py, &data)
+    fn bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = py.detach(|| self.snapshot.to_vec()).or_raise(py)?;
+        Ok(PyBytes::new(py, &data))
     }
 
     fn __repr__(&self) -> String {

@@ -1,6 +1,8 @@
-//! Zero-copy transfers of stored RecordBatches to a file descriptor.
+//! Zero-copy transfers of stored RecordBatches to a file descriptor, and
+//! copies of them into a caller's buffer.
 
 use std::ffi::{c_char, c_int};
+use std::mem::MaybeUninit;
 
 use super::convert::{clear_out_handle, out_arg, str_arg};
 use super::guard::{status, FfiError};
@@ -31,7 +33,8 @@ fn check_fd(fd: c_int) -> Result<(), FfiError> {
 /// Plans a transfer of the stored batches of `shard` from the one holding
 /// `offset` on: at most `max_bytes`, but at least one batch when any is
 /// stored. Query its size with `mqs_transfer_info` (e.g. to write a Fetch
-/// response's length first), send it with `mqs_transfer_send`, free it with
+/// response's length first), send it with `mqs_transfer_send` or copy it
+/// into buffers with `mqs_transfer_read_into`, free it with
 /// `mqs_transfer_free`. On failure `*out_transfer` is set to NULL.
 ///
 /// The first batch may start before `offset` (batches are sent whole).
@@ -63,7 +66,8 @@ pub unsafe extern "C" fn mqs_transfer_plan(
 }
 
 /// The transfer's total size in bytes, the offset a consumer continues from
-/// after it, and the bytes already sent.
+/// after it, and the bytes already sent or read (`mqs_transfer_send` and
+/// `mqs_transfer_read_into` advance one progress).
 ///
 /// # Safety
 /// `transfer` is not freed by another thread during the call; the out
@@ -126,6 +130,77 @@ pub unsafe extern "C" fn mqs_transfer_send(
             .into())
         }
     })
+}
+
+/// Copies the next bytes of the transfer into `buf` (at most `len`), for a
+/// broker that sends through TLS or its own framing rather than to a
+/// descriptor. It continues where the last `mqs_transfer_send` or
+/// `mqs_transfer_read_into` stopped, and both calls may be mixed on one
+/// transfer. `*out_written` is set to the bytes copied: `len` unless the
+/// transfer ends first (or a read fails, below), 0 only when it is already
+/// complete.
+/// `*out_complete` tells whether the whole transfer has now been sent or
+/// read. Bytes held in memory are copied, bytes in files read with pread(2),
+/// bytes an engine keeps elsewhere fetched: the call may wait for the disk
+/// or the network.
+///
+/// `buf` NULL with `len` > 0, or `len` 0, is `MQS_INVALID_ARGUMENT`. A read
+/// failure after some bytes were copied returns `MQS_OK` with those bytes;
+/// the next call retries at the byte where this one stopped and reports the
+/// failure (`MQS_IO`, ...) if it persists.
+///
+/// # Safety
+/// `transfer` is not used by another thread during the call; `buf` is NULL
+/// or valid for writing `len` bytes (it need not be initialised); the out
+/// pointers are valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_transfer_read_into(
+    transfer: *mut mqs_transfer,
+    buf: *mut u8,
+    len: usize,
+    out_written: *mut usize,
+    out_complete: *mut bool,
+) -> mqs_status {
+    status(|| {
+        // SAFETY: not used by another thread during the call (caller contract).
+        let transfer = unsafe { TRANSFERS.get_mut(transfer, "transfer") }?;
+        // SAFETY: NULL or valid for writing `len` bytes (caller contract).
+        let buf = unsafe { out_buffer(buf, len) }?;
+        out_arg(out_written, "out_written")?;
+        out_arg(out_complete, "out_complete")?;
+        let written = transfer.plan.read_into_uninit(buf)?;
+        // SAFETY: both checked non-NULL; writable per the caller contract.
+        unsafe {
+            out_written.write(written);
+            out_complete.write(transfer.plan.is_complete());
+        }
+        Ok(())
+    })
+}
+
+/// The caller's output buffer; `{NULL, 0}` is an empty one (which the plan
+/// refuses, as it refuses any empty buffer).
+///
+/// # Safety
+/// `buf` is NULL or valid for writing `len` bytes during `'a`, and nothing
+/// else accesses them meanwhile.
+unsafe fn out_buffer<'a>(buf: *mut u8, len: usize) -> Result<&'a mut [MaybeUninit<u8>], FfiError> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if buf.is_null() {
+        return Err(FfiError::invalid_argument(format_args!(
+            "`buf` is NULL but `len` is {len}"
+        )));
+    }
+    if len > isize::MAX as usize {
+        return Err(FfiError::invalid_argument(format_args!(
+            "`len` {len} is too large"
+        )));
+    }
+    // SAFETY: non-NULL, valid for `len` bytes and unaliased (caller
+    // contract); MaybeUninit<u8> needs no initialisation.
+    Ok(unsafe { std::slice::from_raw_parts_mut(buf.cast::<MaybeUninit<u8>>(), len) })
 }
 
 /// Frees a transfer (sent or not). NULL is a no-op (`MQS_OK`); a transfer

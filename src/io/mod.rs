@@ -8,4 +8,4 @@ mod transfer;
 pub use fs::take_synced_dirs;
 pub use fs::{create_dir_all_durable, create_new, map_slice, sync_dir};
 
-pub use transfer::{TransferChunk, TransferPlan};
+pub use transfer::{ChunkFetcher, SendProgress, TransferChunk, TransferPlan, LAZY_PIECE_MAX};

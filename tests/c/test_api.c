@@ -1086,6 +1086,143 @@ static void test_transfer_basic(void) {
     CHECK_OK(mqs_store_close(store));
 }
 
+/* Reads the rest of `transfer` with mqs_transfer_read_into, `piece` bytes
+ * per call, into out[*got..total); stops at the first failure. */
+static void read_rest(mqs_transfer *transfer, size_t piece, uint8_t *out, size_t total,
+                      size_t *got) {
+    uint8_t *buf = malloc(piece);
+    REQUIRE(buf != NULL);
+    bool complete = false;
+    while (!complete) {
+        size_t written = SIZE_MAX;
+        mqs_status status = mqs_transfer_read_into(transfer, buf, piece, &written, &complete);
+        if (status != MQS_OK || written > total - *got || (written < piece && !complete)) {
+            CHECK_OK(status);
+            CHECK(written <= total - *got);
+            CHECK(written == piece || complete);
+            break;
+        }
+        memcpy(out + *got, buf, written);
+        *got += written;
+    }
+    free(buf);
+}
+
+/* A transfer read into buffers of 1, 7 and 4096 bytes gives the bytes a
+ * descriptor receives, on every engine (memory, files and the journal's
+ * tail cache); reads and sends share one progress. */
+static void test_transfer_read_into(void) {
+    const char *configs[] = {NULL, "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n",
+                             "[journal]\ntail_cache_bytes = 0\n"};
+    for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++) {
+        mqs_store *store = open_store(configs[c]);
+        CHECK_OK(mqs_shard_create(store, "r", NULL));
+        fill_shard(store, "r", 50, 10, 100);
+        size_t reference_len = 0;
+        int64_t next = 0;
+        uint8_t *reference = sendfile_to_temp(store, "r", &reference_len, &next);
+        CHECK(next == 50 && reference_len > 5000);
+        uint8_t *out = malloc(reference_len);
+        REQUIRE(out != NULL);
+        uint64_t total = 0, sent = 0;
+        size_t pieces[] = {1, 7, 4096};
+        for (size_t p = 0; p < 3; p++) {
+            mqs_transfer *transfer = NULL;
+            CHECK_OK(mqs_transfer_plan(store, "r", 0, SIZE_MAX, &transfer));
+            CHECK_OK(mqs_transfer_info(transfer, &total, &next, &sent));
+            REQUIRE(total == reference_len);
+            size_t got = 0;
+            read_rest(transfer, pieces[p], out, reference_len, &got);
+            CHECK(got == reference_len && memcmp(out, reference, got) == 0);
+            struct batch_walk walk = walk_batches(out, got);
+            CHECK(walk.valid && walk.batches == 5 && walk.next_offset == 50);
+            CHECK_OK(mqs_transfer_info(transfer, &total, &next, &sent));
+            CHECK(sent == total);
+            size_t written = 99;
+            bool complete = false;
+            CHECK_OK(mqs_transfer_read_into(transfer, out, 16, &written, &complete));
+            CHECK(written == 0 && complete);
+            CHECK_OK(mqs_transfer_free(transfer));
+        }
+
+        /* 100 bytes read, the rest sent, then nothing left to read. */
+        mqs_transfer *transfer = NULL;
+        CHECK_OK(mqs_transfer_plan(store, "r", 0, SIZE_MAX, &transfer));
+        size_t written = 0;
+        bool complete = true;
+        CHECK_OK(mqs_transfer_read_into(transfer, out, 100, &written, &complete));
+        CHECK(written == 100 && !complete);
+        CHECK_OK(mqs_transfer_info(transfer, &total, &next, &sent));
+        CHECK(sent == 100);
+        int fds[2];
+        REQUIRE(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0);
+        uint64_t sent_now = 0;
+        CHECK_OK(mqs_transfer_send(transfer, fds[0], &sent_now));
+        CHECK(sent_now == total - 100);
+        REQUIRE(read_exact(fds[1], out + 100, (size_t)sent_now));
+        CHECK(memcmp(out, reference, reference_len) == 0);
+        CHECK_OK(mqs_transfer_read_into(transfer, out, 1, &written, &complete));
+        CHECK(written == 0 && complete);
+        CHECK_OK(mqs_transfer_free(transfer));
+        close(fds[0]);
+        close(fds[1]);
+
+        /* A plan outlives its store. */
+        CHECK_OK(mqs_transfer_plan(store, "r", 0, SIZE_MAX, &transfer));
+        CHECK_OK(mqs_store_close(store));
+        memset(out, 0, reference_len);
+        size_t got = 0;
+        read_rest(transfer, 4096, out, reference_len, &got);
+        CHECK(got == reference_len && memcmp(out, reference, got) == 0);
+        CHECK_OK(mqs_transfer_free(transfer));
+        free(out);
+        free(reference);
+    }
+}
+
+/* Bad arguments: a status and a message, nothing consumed, outputs untouched. */
+static void test_transfer_read_into_errors(void) {
+    mqs_store *store = open_store(NULL);
+    CHECK_OK(mqs_shard_create(store, "r", NULL));
+    mqs_record_in record = value_record("payload");
+    int64_t offset = 0;
+    CHECK_OK(mqs_append(store, "r", &record, &offset));
+    mqs_transfer *transfer = NULL;
+    CHECK_OK(mqs_transfer_plan(store, "r", 0, SIZE_MAX, &transfer));
+    uint8_t buf[16];
+    size_t written = 77;
+    bool complete = true;
+    CHECK_STATUS(mqs_transfer_read_into(transfer, NULL, 16, &written, &complete),
+                 MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`buf` is NULL but `len` is 16");
+    CHECK_STATUS(mqs_transfer_read_into(transfer, buf, 0, &written, &complete),
+                 MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("empty");
+    CHECK_STATUS(mqs_transfer_read_into(transfer, NULL, 0, &written, &complete),
+                 MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("empty");
+    CHECK_STATUS(mqs_transfer_read_into(transfer, buf, 16, NULL, &complete), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`out_written` is NULL");
+    CHECK_STATUS(mqs_transfer_read_into(transfer, buf, 16, &written, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`out_complete` is NULL");
+    CHECK_STATUS(mqs_transfer_read_into(NULL, buf, 16, &written, &complete), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("`transfer` is NULL");
+    CHECK(written == 77 && complete);
+    uint64_t total = 0, sent = 1;
+    int64_t next = 0;
+    CHECK_OK(mqs_transfer_info(transfer, &total, &next, &sent));
+    CHECK(sent == 0 && total > 61);
+
+    CHECK_OK(mqs_transfer_read_into(transfer, buf, 16, &written, &complete));
+    CHECK(written == 16 && !complete);
+    CHECK_OK(mqs_transfer_free(transfer));
+    CHECK_STATUS(mqs_transfer_read_into(transfer, buf, 16, &written, &complete),
+                 MQS_INVALID_HANDLE);
+    CHECK_MENTIONS("mqs_transfer");
+    CHECK(written == 16);
+    CHECK_OK(mqs_store_close(store));
+}
+
 #define BIG_RECORDS 96
 #define BIG_PER_BATCH 8
 #define BIG_RECORD_SIZE 60000
@@ -1813,6 +1950,8 @@ int main(void) {
     test_groups();
     test_stats();
     test_transfer_basic();
+    test_transfer_read_into();
+    test_transfer_read_into_errors();
     test_transfer_nonblocking();
     test_sendfile_nonblocking();
     test_views_outlive_store();

@@ -413,10 +413,102 @@ void file_engine_roundtrip() {
 
 }  // namespace
 
+/// Reads the rest of a transfer, `piece` bytes per read_into().
+std::string read_rest(mqstore::Transfer &transfer, std::size_t piece) {
+    std::string out;
+    std::vector<char> buf(piece);
+    for (;;) {
+        bool complete = false;
+        std::size_t n = transfer.read_into(buf.data(), buf.size(), complete);
+        out.append(buf.data(), n);
+        if (complete || n == 0) {
+            CHECK(complete);
+            return out;
+        }
+        if (!CHECK_EQ(n, piece)) {  // short only at the end
+            return out;
+        }
+    }
+}
+
+void transfer_read_into() {
+    const char *configs[] = {"", "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n"};
+    for (int c = 0; c < 3; ++c) {
+        mqstore::Store store = mqstore::Store::open(test::dir("read-into-" + std::to_string(c)), configs[c]);
+        store.create_shard("s");
+        for (int b = 0; b < 4; ++b) {
+            append_numbered(store, "s", 50 * b, 50);
+        }
+        std::string reference;
+        {
+            mqstore::Transfer sent = store.plan_transfer("s", 0);
+            int fds[2];
+            CHECK_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+            std::thread reader([&] { reference = read_to_eof(fds[1]); });
+            CHECK(sent.send(fds[0]));
+            ::close(fds[0]);
+            reader.join();
+            ::close(fds[1]);
+        }
+        int batches = 0;
+        int64_t first = 0, end = 0;
+        CHECK(parse_batches(reference, batches, first, end));
+        CHECK_EQ(batches, 4);
+        CHECK_EQ(end, 200);
+        for (std::size_t piece : {std::size_t{1}, std::size_t{7}, std::size_t{4096}}) {
+            mqstore::Transfer transfer = store.plan_transfer("s", 0);
+            std::string got = read_rest(transfer, piece);
+            CHECK(got == reference);
+            CHECK(transfer.complete());
+            char spare[8];
+            CHECK_EQ(transfer.read_into(spare, sizeof spare), 0u);
+        }
+
+        // Read a part, send the rest, then nothing is left to read.
+        mqstore::Transfer mixed = store.plan_transfer("s", 0);
+        std::string head(1000, '\0');
+        CHECK_EQ(mixed.read_into(head.data(), head.size()), 1000u);
+        CHECK_EQ(mixed.sent_bytes(), 1000u);
+        int fds[2];
+        CHECK_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+        std::string tail;
+        std::thread reader([&] { tail = read_to_eof(fds[1]); });
+        uint64_t written = 0;
+        CHECK(mixed.send(fds[0], written));
+        ::close(fds[0]);
+        reader.join();
+        ::close(fds[1]);
+        CHECK_EQ(written + 1000u, mixed.total_bytes());
+        CHECK(head + tail == reference);
+        bool complete = false;
+        CHECK_EQ(mixed.read_into(head.data(), 1, complete), 0u);
+        CHECK(complete);
+    }
+}
+
+void transfer_read_into_errors() {
+    mqstore::Store store = mqstore::Store::open(test::dir("read-into-errors"));
+    store.create_shard("s");
+    append_numbered(store, "s", 0, 3);
+    mqstore::Transfer t = store.plan_transfer("s", 0);
+    char buf[16];
+    CHECK_THROWS_CODE(msg, t.read_into(nullptr, 16), MQS_INVALID_ARGUMENT);
+    CHECK(test::contains(msg, "`buf` is NULL"));
+    CHECK_THROWS_CODE(msg2, t.read_into(buf, 0), MQS_INVALID_ARGUMENT);
+    CHECK(test::contains(msg2, "empty"));
+    CHECK_EQ(t.sent_bytes(), 0u);
+    CHECK_EQ(t.read_into(buf, sizeof buf), sizeof buf);
+    mqstore::Transfer moved = std::move(t);
+    CHECK_THROWS_CODE(msg3, t.read_into(buf, sizeof buf), MQS_INVALID_HANDLE);
+    CHECK_EQ(moved.sent_bytes(), sizeof buf);
+}
+
 void transfer_tests() {
     test::run("transfer: socketpair, non-blocking resume", socket_transfer_resumes);
     test::run("transfer: outlives store, move semantics", transfer_outlives_store_and_moves);
     test::run("transfer: errors", transfer_errors);
+    test::run("transfer: read_into buffers of 1, 7, 4096 bytes, mixed with send", transfer_read_into);
+    test::run("transfer: read_into errors", transfer_read_into_errors);
     test::run("sendfile_to_fd: file, socket, pipe", sendfile_to_file_and_socket);
     test::run("file engine: segments, views, sendfile, reopen", file_engine_roundtrip);
 }

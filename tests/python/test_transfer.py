@@ -1,7 +1,12 @@
 """Transfers of stored batches to descriptors: plans, blocking and
 non-blocking sends with resume, sendfile_to_fd, and the GIL being released
-while a send blocks."""
+while a send blocks. Reads of a plan into writable buffers (read_into):
+every kind of target, mixed with sends, errors, and which targets are
+written with the GIL released."""
 
+import array
+import ctypes
+import mmap
 import os
 import socket
 import subprocess
@@ -269,6 +274,213 @@ GIL_SCRIPT = textwrap.dedent(
 def test_blocking_sends_release_the_gil():
     result = subprocess.run(
         [sys.executable, "-c", GIL_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+# ------------------------------------------------------------- read_into
+
+
+def _received(store, shard):
+    """The bytes a socket receives when the whole shard is sent to it."""
+    plan = store.plan_transfer(shard, 0, 1 << 30)
+    a, b = socket.socketpair()
+    with a, b:
+        result = _reader(b, plan.total_bytes)
+        assert plan.send_all(a) == plan.total_bytes
+        return result()
+
+
+def _read_all(plan, target):
+    """Reads the rest of `plan` through `target`, a writable buffer."""
+    view = memoryview(target).cast("B")
+    out = bytearray()
+    while True:
+        n = plan.read_into(target)
+        if n == 0:
+            return bytes(out)
+        assert n == len(view) or plan.complete, "short only at the end"
+        out += view[:n]
+
+
+def _fill_batches(store, shard, batches=4):
+    for i in range(batches):
+        store.append_batch(shard, [b"%d-" % i * 40 + b"%d" % j for j in range(10)])
+
+
+@pytest.mark.parametrize("size", [1, 7, 4096])
+def test_read_into_gives_the_bytes_a_socket_receives(store, shard, size):
+    _fill_batches(store, shard)
+    expected = _received(store, shard)
+    plan = store.plan_transfer(shard, 0, 1 << 30)
+    assert _read_all(plan, bytearray(size)) == expected
+    assert plan.complete and plan.sent_bytes == plan.total_bytes == len(expected)
+    assert plan.read_into(bytearray(size)) == 0
+    assert plan.bytes() == expected
+
+
+def test_read_into_from_files(tmp_path):
+    """The file engine's plans hold files: read with pread."""
+    with mqstore.Store(tmp_path / "file", '[shard]\nengine = "file"\n') as store:
+        store.create_shard("s")
+        _fill_big(store, shard="t", batches=8, per_batch=2)
+        _fill_batches(store, "s")
+        for shard in ("s", "t"):
+            expected = _received(store, shard)
+            for target in (bytearray(4096), (ctypes.c_char * 7)()):
+                plan = store.plan_transfer(shard, 0, 1 << 30)
+                assert _read_all(plan, target) == expected
+
+
+def _targets():
+    """Writable buffers of 1,000 bytes, of every standard kind."""
+    yield "bytearray", bytearray(1000)
+    yield "memoryview slice", memoryview(bytearray(1100))[100:]
+    yield "array", array.array("B", bytes(1000))
+    yield "array of ints", array.array("i", [0] * 250)
+    yield "mmap", mmap.mmap(-1, 1000)
+    yield "ctypes", (ctypes.c_char * 1000)()
+
+
+def test_read_into_every_kind_of_buffer(store, shard):
+    _fill_batches(store, shard, batches=8)
+    expected = _received(store, shard)
+    for kind, target in _targets():
+        plan = store.plan_transfer(shard, 0, 1 << 30)
+        assert _read_all(plan, target) == expected, kind
+
+
+def test_read_into_numpy_arrays(store, shard):
+    numpy = pytest.importorskip("numpy")
+    _fill_batches(store, shard, batches=8)
+    expected = _received(store, shard)
+    for target in (
+        numpy.zeros(1000, dtype=numpy.uint8),
+        numpy.empty(125, dtype=numpy.float64),
+        numpy.zeros((10, 100), dtype=numpy.uint8),
+    ):
+        assert not mqstore.Transfer._releases_gil_for(target)
+        plan = store.plan_transfer(shard, 0, 1 << 30)
+        assert _read_all(plan, target) == expected, target.dtype
+
+
+def test_targets_written_with_the_gil_released():
+    released = {kind: mqstore.Transfer._releases_gil_for(t) for kind, t in _targets()}
+    assert released == {
+        "bytearray": True,
+        "memoryview slice": True,
+        "array": True,
+        "array of ints": True,
+        "mmap": True,
+        "ctypes": False,
+    }
+
+    class Subclass(bytearray):
+        pass
+
+    assert not mqstore.Transfer._releases_gil_for(Subclass(4))
+    assert not mqstore.Transfer._releases_gil_for(memoryview((ctypes.c_char * 4)()))
+
+
+def test_read_part_then_send_the_rest(store, shard):
+    _fill_batches(store, shard)
+    expected = _received(store, shard)
+    plan = store.plan_transfer(shard, 0, 1 << 30)
+    head = bytearray(100)
+    assert plan.read_into(head) == 100
+    assert plan.sent_bytes == 100 and not plan.complete
+    a, b = socket.socketpair()
+    with a, b:
+        assert plan.send(a) == len(expected) - 100
+        assert bytes(head) + _recv_exactly(b, len(expected) - 100) == expected
+    assert plan.complete
+    assert plan.read_into(head) == 0
+
+
+def test_send_until_full_then_read_the_rest(store):
+    _fill_big(store)
+    plan = store.plan_transfer("s", 0, 1 << 30)
+    expected = plan.bytes()
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        written = plan.send(a)
+        assert 0 < written < len(expected) and not plan.complete
+        a.close()
+        sent = _recv_exactly(b, written)
+    rest = _read_all(plan, bytearray(1 << 16))
+    assert sent + rest == expected
+
+
+def test_read_into_errors(store, shard):
+    store.append(shard, b"x")
+    plan = store.plan_transfer(shard, 0, 1 << 20)
+    for target in (b"bytes", memoryview(b"ro"), memoryview(bytearray(4)).toreadonly(), "str", 7, None):
+        with pytest.raises(TypeError, match="writable"):
+            plan.read_into(target)
+    with pytest.raises(mqstore.InvalidArgument, match="empty") as info:
+        plan.read_into(bytearray())
+    assert info.value.status == mqstore.Status.INVALID_ARGUMENT
+    with pytest.raises(mqstore.InvalidArgument, match="empty"):
+        plan.read_into(memoryview(bytearray(4))[4:])
+    with pytest.raises(mqstore.InvalidArgument, match="empty"):
+        plan.read_into((ctypes.c_char * 0)())
+    assert plan.sent_bytes == 0, "nothing consumed by refused calls"
+    numpy = pytest.importorskip("numpy")
+    with pytest.raises(TypeError, match="writable, contiguous"):
+        plan.read_into(numpy.zeros(8, dtype=numpy.uint8)[::2])
+    assert plan.sent_bytes == 0
+
+
+READ_WAITS_SCRIPT = textwrap.dedent(
+    """
+    import ctypes, select, socket, sys, tempfile, threading
+    import mqstore
+
+    # A send_all blocks inside the plan (8 MiB do not fit in a socketpair)
+    # until a Python thread reads; read_into on the same plan must wait for
+    # it without holding the GIL, or the reader never runs and the parent's
+    # timeout fires. Both kinds of target: bytearray (copied with the GIL
+    # released) and ctypes (copied with the GIL taken back).
+    store = mqstore.Store(tempfile.mkdtemp())
+    store.create_shard("s")
+    for _ in range(128):
+        store.append("s", bytes(65536))
+    for target in (bytearray(4096), (ctypes.c_char * 4096)()):
+        plan = store.plan_transfer("s", 0, 1 << 30)
+        a, b = socket.socketpair()
+        go = threading.Event()
+        received = []
+        def read():
+            go.wait()
+            got = 0
+            while chunk := b.recv(1 << 20):
+                got += len(chunk)
+            received.append(got)
+        reader = threading.Thread(target=read)
+        reader.start()
+        sender = threading.Thread(target=plan.send_all, args=(a,))
+        sender.start()
+        select.select([b], [], [])  # the sender is inside send_all, blocked
+        go.set()
+        assert plan.read_into(target) == 0, "the send took every byte"
+        sender.join()
+        a.close()
+        reader.join()
+        assert received == [plan.total_bytes], (received, plan.total_bytes)
+        b.close()
+    print("ok")
+    """
+)
+
+
+def test_read_into_waits_for_a_blocked_send_without_the_gil():
+    result = subprocess.run(
+        [sys.executable, "-c", READ_WAITS_SCRIPT],
         capture_output=True,
         text=True,
         timeout=120,
