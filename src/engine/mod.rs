@@ -6,6 +6,7 @@
 //! and batch sizes, engine availability): they receive well-formed input.
 
 pub mod file;
+pub(crate) mod index;
 #[cfg(feature = "journal")]
 pub mod journal;
 pub(crate) mod keyfilter;
