@@ -63,11 +63,12 @@ test-cpp: tools build
 test-python: python-dev
 	$(PYTHON) -m pytest tests/python -q
 
-# The kill -9 crash tests of the journal and file engines, long mode
-# (make test runs 20 cycles of each).
+# The kill -9 crash tests of the journal, file and RocksDB engines, long
+# mode (make test runs 20 cycles of each).
 crash-long:
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test journal_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test file_crash -- --nocapture
+	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test rocksdb_crash -- --nocapture
 
 # The edge build: no default features (no zstd, so no C library linked),
 # in its own target directory so it never replaces the full release build.

@@ -8,7 +8,7 @@
 
 // Key filters and recovery's helpers serve the persistent engines, which
 // the edge build leaves out but for the File engine (its own index).
-#![cfg_attr(not(feature = "journal"), allow(dead_code))]
+#![cfg_attr(not(any(feature = "journal", feature = "rocksdb")), allow(dead_code))]
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;

@@ -6,7 +6,7 @@
 //! that cannot match. 4 bytes per key or tag; nothing for keyless records.
 
 // The engines with a batch index use it; the edge build has none of them.
-#![cfg_attr(not(feature = "journal"), allow(dead_code))]
+#![cfg_attr(not(any(feature = "journal", feature = "rocksdb")), allow(dead_code))]
 
 use bytes::Bytes;
 

@@ -1109,11 +1109,11 @@ static void read_rest(mqs_transfer *transfer, size_t piece, uint8_t *out, size_t
 }
 
 /* A transfer read into buffers of 1, 7 and 4096 bytes gives the bytes a
- * descriptor receives, on every engine (memory, files and the journal's
- * tail cache); reads and sends share one progress. */
+ * descriptor receives, on every engine (memory, files, the journal's
+ * tail cache and RocksDB's lazy chunks); reads and sends share one progress. */
 static void test_transfer_read_into(void) {
     const char *configs[] = {NULL, "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n",
-                             "[journal]\ntail_cache_bytes = 0\n"};
+                             "[journal]\ntail_cache_bytes = 0\n", "[shard]\nengine = \"rocksdb\"\n"};
     for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++) {
         mqs_store *store = open_store(configs[c]);
         CHECK_OK(mqs_shard_create(store, "r", NULL));
@@ -1704,8 +1704,50 @@ static void pipe_verify(mqs_store *store, const char *shard) {
     CHECK_OK(mqs_batch_free(batch));
 }
 
+/* A RocksDB directory another open database holds (here the same
+ * directory reached through a second store's symlink) fails the open with
+ * MQS_LOCKED; a damaged one (CURRENT naming a missing MANIFEST) with
+ * MQS_CORRUPTION; both name the directory and leave the first store
+ * working. */
+static void test_rocksdb_bad_directories(void) {
+    const char *config = "[shard]\nengine = \"rocksdb\"\n";
+    char a[128], b[128], link_from[256], link_to[256];
+    new_store_dir(a, sizeof a);
+    new_store_dir(b, sizeof b);
+    mqs_store *store = NULL;
+    REQUIRE(mqs_store_open(a, config, &store) == MQS_OK);
+    CHECK_OK(mqs_shard_create(store, "r", NULL));
+    mqs_record_in kept = value_record("kept");
+    int64_t offset = -1;
+    CHECK_OK(mqs_append(store, "r", &kept, &offset));
+    REQUIRE(mkdir(b, 0700) == 0);
+    snprintf(link_to, sizeof link_to, "%s/rocksdb", a);
+    snprintf(link_from, sizeof link_from, "%s/rocksdb", b);
+    REQUIRE(symlink(link_to, link_from) == 0);
+    mqs_store *other = NULL;
+    CHECK(mqs_store_open(b, config, &other) == MQS_LOCKED && other == NULL);
+    CHECK(strstr(mqs_last_error_message(), "rocksdb") != NULL);
+    CHECK(strstr(mqs_last_error_message(), "locked") != NULL);
+    const mqs_record *records = NULL;
+    size_t count = 0;
+    mqs_batch *batch = read_ok(store, "r", 0, 10, SIZE_MAX, &records, &count);
+    CHECK(count == 1 && slice_is(records[0].value, "kept"));
+    CHECK_OK(mqs_batch_free(batch));
+    CHECK_OK(mqs_store_close(store));
+
+    char current[256];
+    snprintf(current, sizeof current, "%s/rocksdb/CURRENT", a);
+    FILE *f = fopen(current, "w");
+    REQUIRE(f != NULL);
+    fputs("MANIFEST-999999\n", f);
+    fclose(f);
+    CHECK(mqs_store_open(a, config, &store) == MQS_CORRUPTION && store == NULL);
+    CHECK(strstr(mqs_last_error_message(), "rocksdb") != NULL);
+}
+
 /* The journal (the default engine, durability fsync by default) and its os
- * and none modes, the memory and the file engine: a window of in-flight
+ * and none modes, the memory and the file engine, RocksDB in fsync and none
+ * modes: a window of in-flight
  * batches, everything read back, and (persistent shards) found again after
  * a reopen. */
 static void test_append_nowait_pipeline(void) {
@@ -1718,9 +1760,13 @@ static void test_append_nowait_pipeline(void) {
     CHECK_OK(mqs_shard_create(store, "journal-none", "durability = \"none\""));
     CHECK_OK(mqs_shard_create(store, "memory", "engine = \"memory\""));
     CHECK_OK(mqs_shard_create(store, "file", "engine = \"file\"\ndurability = \"fsync\""));
-    const char *shards[5] = {"journal-fsync", "journal-os", "journal-none", "memory", "file"};
-    const char *engines[5] = {"journal", "journal", "journal", "memory", "file"};
-    for (int s = 0; s < 5; s++) {
+    CHECK_OK(mqs_shard_create(store, "rocksdb-fsync", "engine = \"rocksdb\""));
+    CHECK_OK(mqs_shard_create(store, "rocksdb-none", "engine = \"rocksdb\"\ndurability = \"none\""));
+    enum { SHARDS = 7 };
+    const char *shards[SHARDS] = {"journal-fsync", "journal-os", "journal-none", "memory", "file",
+                                  "rocksdb-fsync", "rocksdb-none"};
+    const char *engines[SHARDS] = {"journal", "journal", "journal", "memory", "file", "rocksdb", "rocksdb"};
+    for (int s = 0; s < SHARDS; s++) {
         struct mqs_shard_info info;
         CHECK_OK(mqs_shard_get_info(store, shards[s], &info));
         CHECK(info.engine != NULL && strcmp(info.engine, engines[s]) == 0);
@@ -1738,9 +1784,10 @@ static void test_append_nowait_pipeline(void) {
     CHECK_OK(mqs_wait_durable(store, "journal-fsync", offset));
     CHECK_OK(mqs_store_close(store));
 
-    /* Everything is still there after a reopen (journal and file shards). */
+    /* Everything is still there after a reopen (every persistent shard; a
+     * clean close flushes RocksDB's unlogged none writes). */
     REQUIRE(mqs_store_open(dir, NULL, &store) == MQS_OK);
-    for (int s = 0; s < 5; s++) {
+    for (int s = 0; s < SHARDS; s++) {
         if (strcmp(engines[s], "memory") == 0) {
             continue;
         }
@@ -1958,6 +2005,7 @@ int main(void) {
     test_use_after_close();
     test_close_race();
     test_file_engine();
+    test_rocksdb_bad_directories();
     test_append_nowait_pipeline();
     test_append_nowait_survives_kill();
     test_append_nowait_errors();

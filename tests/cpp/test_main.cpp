@@ -108,9 +108,9 @@ void bad_configuration() {
     CHECK(test::contains(value, "durability"));
     CHECK_THROWS_CODE(syntax, Store::open(test::dir("cfg4"), std::string("this is = = not toml")),
                       MQS_INVALID_CONFIG);
-    CHECK_THROWS_CODE(engine, Store::open(test::dir("cfg5"), std::string("[shard]\nengine = \"rocksdb\"\n")),
+    CHECK_THROWS_CODE(engine, Store::open(test::dir("cfg5"), std::string("[shard]\nengine = \"hybrid\"\n")),
                       MQS_UNSUPPORTED);
-    CHECK(test::contains(engine, "rocksdb"));
+    CHECK(test::contains(engine, "hybrid"));
     CHECK_THROWS_CODE(nul, Store::open(test::dir("cfg6"), std::string("preset = 1\0x", 12)), MQS_INVALID_ARGUMENT);
 
     Store store = Store::open(test::dir("cfg-ok"), std::string("preset = \"financial\"\n[shard]\nretention_records = 100\n"));
