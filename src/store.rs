@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -18,6 +19,7 @@ use crate::engine::{
 use crate::format;
 use crate::io::{create_dir_all_durable, sync_dir, TransferPlan};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
+use crate::retention::RetentionTimer;
 use crate::{Error, Result};
 
 /// Longest shard name accepted, in bytes (Kafka allows 249 for topics).
@@ -46,6 +48,8 @@ pub struct Store {
     /// it after the deletion failed); the next rewrite drops them.
     groups_stale: AtomicBool,
     closed: AtomicBool,
+    /// Applies age retention to idle shards.
+    retention: RetentionTimer,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
     lock_file: Mutex<Option<File>>,
 }
@@ -171,8 +175,13 @@ impl Store {
         }
         // Only now, under the directory lock, may engines read their files.
         let mut shards = HashMap::new();
+        let retention = RetentionTimer::new(Duration::from_millis(config.retention_check_ms));
         for engine in engines.values() {
-            for (name, _options, shard) in engine.recover()? {
+            for (name, options, shard) in engine.recover()? {
+                if options.retention_ms > 0 {
+                    retention.watch(&shard);
+                    retention.ensure_running()?;
+                }
                 if shards.insert(name.clone(), shard).is_some() {
                     return Err(Error::corruption(format!(
                         "shard '{name}' was recovered twice (by two engines)"
@@ -197,6 +206,7 @@ impl Store {
             group_offsets: Mutex::new(group_offsets),
             groups_stale: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            retention,
             lock_file: Mutex::new(Some(lock_file)),
         })
     }
@@ -225,6 +235,8 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
         }
+        // Before the engines close: the timer touches shards.
+        self.retention.stop();
         self.shards.write().clear();
         let mut first_error = None;
         for engine in self.engines.values() {
@@ -288,6 +300,9 @@ impl Store {
             .get(&options.engine)
             .cloned()
             .map_or_else(|| spec.build(&self.dir, &self.config), Ok)?;
+        if options.retention_ms > 0 {
+            self.retention.ensure_running()?;
+        }
         {
             let shards = self.shards.write();
             if shards.contains_key(name) || !self.creating.lock().insert(name.to_string()) {
@@ -304,6 +319,9 @@ impl Store {
         let shard = created?;
         shards.insert(name.to_string(), shard.clone());
         drop(shards);
+        if options.retention_ms > 0 {
+            self.retention.watch(&shard);
+        }
         shard.info()
     }
 
@@ -335,6 +353,7 @@ impl Store {
                 shards.remove(name);
             }
         }
+        self.retention.forget(&shard);
         let mut offsets = self.group_offsets.lock();
         let before = offsets.len();
         let persistent = offsets
@@ -659,6 +678,7 @@ impl Store {
             "engines": engines,
             "capabilities": registry::to_json(),
             "group_offsets": self.group_offsets.lock().len(),
+            "retention": self.retention.stats(),
             "shards": shard_stats,
         }))
     }
@@ -883,6 +903,9 @@ mod tests {
         }
         fn info(&self) -> Result<ShardInfo> {
             Err(unreachable())
+        }
+        fn expire(&self, now_ms: i64) -> Result<()> {
+            self.0.expire(now_ms)
         }
         fn stats(&self) -> Result<serde_json::Value> {
             Err(unreachable())

@@ -203,6 +203,11 @@ impl Shard for MemoryShard {
         EngineKind::Memory
     }
 
+    fn expire(&self, now_ms: i64) -> Result<()> {
+        self.expire_idle(now_ms);
+        Ok(())
+    }
+
     fn info(&self) -> Result<ShardInfo> {
         self.expire_idle(now_ms());
         let state = self.state.read();

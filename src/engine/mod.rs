@@ -97,6 +97,12 @@ pub trait Shard: Send + Sync {
     /// ask a server that is unreachable, or finish retention work first.
     fn info(&self) -> Result<ShardInfo>;
 
+    /// Applies age retention (`retention_ms`) as of `now_ms`, for a shard
+    /// nobody uses: the store's retention timer calls it so that idle
+    /// shards free their space. Size and record limits need no timer (only
+    /// appends grow a shard, and they apply them).
+    fn expire(&self, now_ms: i64) -> Result<()>;
+
     /// Appends the records as one batch and returns the offset of the first.
     /// Returns once the shard's durability mode is satisfied.
     fn append(&self, records: &[Record<'_>]) -> Result<i64>;

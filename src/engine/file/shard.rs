@@ -631,12 +631,12 @@ impl FileShard {
     }
 
     /// Age retention also applies to shards nobody appends to any more.
-    fn expire_idle(&self) -> Result<()> {
+    fn expire_idle(&self, now: i64) -> Result<()> {
         if self.options.retention_ms > 0 && !self.deleted.load(Ordering::Acquire) {
             let mut state = self.state.write();
             // A read racing close must not remove files after the marker.
             if !self.closed.load(Ordering::Acquire) {
-                self.enforce_retention(&mut state, now_ms())?;
+                self.enforce_retention(&mut state, now)?;
             }
         }
         Ok(())
@@ -815,8 +815,12 @@ impl Shard for FileShard {
         EngineKind::File
     }
 
+    fn expire(&self, now_ms: i64) -> Result<()> {
+        self.expire_idle(now_ms)
+    }
+
     fn info(&self) -> Result<ShardInfo> {
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         let (_, records, bytes) = state.live();
         Ok(ShardInfo {
@@ -903,7 +907,7 @@ impl Shard for FileShard {
 
     fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {
         let now = now_ms();
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         state.check_range(&self.name, from)?;
         self.make_readable()?;
@@ -927,7 +931,7 @@ impl Shard for FileShard {
 
     fn read_by_keys(&self, keys: &[&[u8]], max_records: usize) -> Result<Vec<RecordView>> {
         let now = now_ms();
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         self.make_readable()?;
         let mut walk = self.batches(&state, 0, state.front_pos, state.low);
@@ -940,7 +944,7 @@ impl Shard for FileShard {
 
     fn read_by_tag(&self, tag: &[u8], from: i64, max_records: usize) -> Result<ReadResult> {
         let now = now_ms();
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         state.check_range(&self.name, from)?;
         self.make_readable()?;
@@ -960,7 +964,7 @@ impl Shard for FileShard {
     }
 
     fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         match timestamp_ms {
             TIMESTAMP_EARLIEST => return Ok(Some(state.low)),
@@ -1063,7 +1067,7 @@ impl Shard for FileShard {
     }
 
     fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan> {
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         state.check_range(&self.name, from)?;
         self.make_readable()?;

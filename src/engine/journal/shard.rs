@@ -299,6 +299,11 @@ impl Shard for JournalShard {
         EngineKind::Journal
     }
 
+    fn expire(&self, now_ms: i64) -> Result<()> {
+        self.expire_idle(now_ms);
+        Ok(())
+    }
+
     fn info(&self) -> Result<ShardInfo> {
         self.expire_idle(now_ms());
         let state = self.state.read();
