@@ -18,7 +18,7 @@ CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
 .PHONY: all build release header tools venv python-dev python-release \
         test lint test-rust test-c test-cpp test-python demo clean crash-long \
         bench bench-deps bench-quick edge dist install uninstall test-install \
-        abi-check abi-bless print-version print-abi-version print-dist-dir
+        abi-check abi-bless test-python-package print-version print-abi-version print-dist-dir
 
 # Versions (README, "Versions"): the soname names the ABI series, the major
 # version, or 0.MINOR while the major version is 0.
@@ -78,6 +78,12 @@ test-cpp: tools build
 
 test-python: python-dev
 	$(PYTHON) -m pytest tests/python -q
+
+# The package as users install it: a built wheel and `pip install ./python`,
+# each in a fresh virtualenv, pass the Python suite (a few minutes, so not
+# part of `make test`, whose suite includes `python -m mqstore`).
+test-python-package: tools venv
+	bash tests/python/package.sh
 
 # The kill -9 crash tests of the journal and file engines, long mode
 # (make test runs 20 cycles of each).
