@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod compression;
+mod snappy;
 pub mod varint;
 
 pub use batch::{
@@ -16,4 +17,4 @@ pub use batch::{
     PARTITION_LEADER_EPOCH_OFFSET, PRODUCER_EPOCH_OFFSET, PRODUCER_ID_OFFSET, RECORDS_OFFSET,
     RECORD_COUNT_OFFSET, TIMESTAMP_TYPE_MASK, TRANSACTIONAL_MASK,
 };
-pub use compression::Compression;
+pub use compression::{Compression, ALL_CODECS};
