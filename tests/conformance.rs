@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use mqstore::format::{decode_batch, split_batches};
-use mqstore::{Compression, Config, Header, Record, Status, Store, TransferPlan};
+use mqstore::{Config, Header, Record, Status, Store, TransferPlan};
 
 /// A store in a fresh temporary directory, whose default engine is `engine`.
 pub struct Fixture {
@@ -469,7 +469,7 @@ macro_rules! conformance_suite {
 
             #[test]
             fn transfers_send_whole_valid_batches() {
-                for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+                for compression in mqstore::format::ALL_CODECS {
                     let f = open(
                         ENGINE,
                         &format!("compression = \"{}\"\n", compression.name()),
