@@ -358,6 +358,17 @@ enum mqs_status mqs_shard_get_info(struct mqs_store *store,
 enum mqs_status mqs_shard_list(struct mqs_store *store, struct mqs_names **out_names);
 
 /**
+ * Sets `*out_names` to a new list of the engines compiled into this build
+ * (e.g. "memory", "journal", "file"), in the registry's order; the
+ * configuration names them the same way. Free it with `mqs_names_free`.
+ * On failure `*out_names` is set to NULL.
+ *
+ * # Safety
+ * `out_names` is valid for writing a pointer.
+ */
+enum mqs_status mqs_engines(struct mqs_names **out_names);
+
+/**
  * The number of strings in `names`; 0 for NULL or a freed handle.
  *
  * # Safety

@@ -18,6 +18,7 @@ from typing_extensions import NotRequired, Self, TypeAlias
 
 __all__ = [
     "__version__",
+    "engines_json",
     "EARLIEST",
     "LATEST",
     "version",
@@ -50,6 +51,7 @@ __version__: Final[str]
 EARLIEST: Final[int]  # -2: offset_for_timestamp returns the low watermark
 LATEST: Final[int]  # -1: offset_for_timestamp returns the high watermark
 
+def engines_json() -> str: ...
 def version() -> str:
     """The version of the Rust core the extension was built with."""
 

@@ -218,6 +218,25 @@ static void test_version_and_status_strings(void) {
     CHECK(MQS_TIMESTAMP_EARLIEST == -2 && MQS_TIMESTAMP_LATEST == -1);
 }
 
+/* The engines of this build: the default build has memory, journal and file;
+ * planned ones (s3, hybrid) are not listed. */
+static void test_engines(void) {
+    mqs_names *names = (mqs_names *)0x1;
+    CHECK_OK(mqs_engines(&names));
+    size_t n = mqs_names_count(names);
+    bool memory = false, journal = false, file = false;
+    for (size_t i = 0; i < n; i++) {
+        const char *name = mqs_names_get(names, i);
+        memory |= strcmp(name, "memory") == 0;
+        journal |= strcmp(name, "journal") == 0;
+        file |= strcmp(name, "file") == 0;
+        CHECK(strcmp(name, "s3") != 0 && strcmp(name, "hybrid") != 0);
+    }
+    CHECK(memory && journal && file);
+    CHECK_OK(mqs_names_free(names));
+    CHECK_STATUS(mqs_engines(NULL), MQS_INVALID_ARGUMENT);
+}
+
 static void test_open_close_lock(void) {
     char dir[128];
     new_store_dir(dir, sizeof dir);
@@ -1939,6 +1958,7 @@ int main(void) {
     }
 
     test_version_and_status_strings();
+    test_engines();
     test_open_close_lock();
     test_bad_configs();
     test_shards_and_names();
