@@ -386,7 +386,7 @@ impl ShardSection {
         if let Some(name) = self.compression {
             options.compression = Compression::parse(&name).ok_or_else(|| {
                 Error::InvalidConfig(format!(
-                    "{key_prefix}compression: unknown codec '{name}' (expected none, lz4 or zstd)"
+                    "{key_prefix}compression: unknown codec '{name}' (expected none, gzip, snappy, lz4 or zstd)"
                 ))
             })?;
         }
@@ -650,7 +650,7 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("durability"), "{message}");
         assert!(message.contains("sometimes"), "{message}");
-        let err = Config::from_toml_str("[shard]\ncompression = \"gzip\"\n").unwrap_err();
+        let err = Config::from_toml_str("[shard]\ncompression = \"brotli\"\n").unwrap_err();
         assert!(err.to_string().contains("shard.compression"), "{err}");
         let err = Config::from_toml_str("[store]\nmax_record_bytes = 0\n").unwrap_err();
         assert!(err.to_string().contains("store.max_record_bytes"), "{err}");

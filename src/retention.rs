@@ -162,16 +162,17 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::config::EngineKind;
-    use crate::engine::{ReadLimits, ReadResult, ShardInfo};
+    use crate::config::{EngineKind, ShardOptions};
+    use crate::engine::{NewBatch, ReadLimits, ReadResult, ShardInfo};
     use crate::io::TransferPlan;
-    use crate::record::{Record, RecordView};
+    use crate::record::RecordView;
     use crate::Error;
 
     /// A shard that reports each `expire` call on a channel and may fail it.
     struct Probe {
         calls: Mutex<mpsc::Sender<i64>>,
         fails: bool,
+        options: ShardOptions,
     }
 
     fn probe(fails: bool) -> (Arc<dyn Shard>, mpsc::Receiver<i64>) {
@@ -179,6 +180,7 @@ mod tests {
         let shard: Arc<dyn Shard> = Arc::new(Probe {
             calls: Mutex::new(tx),
             fails,
+            options: ShardOptions::default(),
         });
         (shard, rx)
     }
@@ -201,7 +203,10 @@ mod tests {
             }
             Ok(())
         }
-        fn append(&self, _: &[Record<'_>]) -> Result<i64> {
+        fn options(&self) -> &ShardOptions {
+            &self.options
+        }
+        fn append_batches(&self, _: Vec<NewBatch>, _: bool) -> Result<i64> {
             unused()
         }
         fn read(&self, _: i64, _: ReadLimits) -> Result<ReadResult> {

@@ -14,9 +14,9 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::{Config, EngineKind, ShardOptions};
 use crate::engine::{
-    registry, Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
+    registry, Engine, NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
 };
-use crate::format;
+use crate::format::{self, validate};
 use crate::io::{create_dir_all_durable, sync_dir, TransferPlan};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
 use crate::retention::RetentionTimer;
@@ -447,6 +447,55 @@ impl Store {
         let shard = self.shard(shard)?;
         self.validate_records(records)?;
         shard.append_nowait(records)
+    }
+
+    /// Appends RecordBatch v2 bytes as a producer sent them: one or more
+    /// batches back to back, checked as Kafka's log validator checks client
+    /// batches (`format::validate`; nothing is stored when any batch is
+    /// refused), then stored byte for byte but for the base offset, at
+    /// consecutive offsets. Returns each batch's base offset. Acknowledged
+    /// as `append_batch` is, once for all the batches.
+    pub fn append_raw(&self, shard: &str, batches: &[u8]) -> Result<Vec<i64>> {
+        self.append_raw_with(shard, batches, false)
+    }
+
+    /// `append_raw` that may return before the batches are durable, like
+    /// `append_batch_nowait`; `wait_durable` for the last batch's last
+    /// offset acknowledges them all.
+    pub fn append_raw_nowait(&self, shard: &str, batches: &[u8]) -> Result<Vec<i64>> {
+        self.append_raw_with(shard, batches, true)
+    }
+
+    fn append_raw_with(&self, shard: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
+        let shard = self.shard(shard)?;
+        let limits = validate::Limits {
+            max_batch_bytes: self.config.max_batch_bytes,
+            max_record_bytes: self.config.max_record_bytes,
+        };
+        let validated = validate::validate_producer_batches(batches, limits)?;
+        let counts: Vec<i64> = validated
+            .iter()
+            .map(|b| i64::from(b.header.record_count))
+            .collect();
+        let batches = validated
+            .into_iter()
+            .map(|b| NewBatch {
+                records: b.header.record_count as u32,
+                max_timestamp: b.header.max_timestamp,
+                bytes: Vec::from(b.bytes),
+                // Learned at the first key lookup: no decoding here.
+                keys: None,
+            })
+            .collect();
+        let mut base = shard.append_batches(batches, pipelined)?;
+        Ok(counts
+            .into_iter()
+            .map(|count| {
+                let offset = base;
+                base += count;
+                offset
+            })
+            .collect())
     }
 
     /// Waits until the record at `offset` of `shard`, and every earlier
@@ -910,8 +959,11 @@ mod tests {
         fn stats(&self) -> Result<serde_json::Value> {
             Err(unreachable())
         }
-        fn append(&self, records: &[Record<'_>]) -> Result<i64> {
-            self.0.append(records)
+        fn options(&self) -> &ShardOptions {
+            self.0.options()
+        }
+        fn append_batches(&self, batches: Vec<NewBatch>, pipelined: bool) -> Result<i64> {
+            self.0.append_batches(batches, pipelined)
         }
         fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {
             self.0.read(from, limits)

@@ -16,11 +16,12 @@ use parking_lot::RwLock;
 use crate::config::{EngineKind, ShardOptions};
 use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
-    Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
+    Engine, NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
+    TIMESTAMP_LATEST,
 };
 use crate::format::{self, BatchHeader};
 use crate::io::{TransferChunk, TransferPlan};
-use crate::record::{Record, RecordView};
+use crate::record::RecordView;
 use crate::time::now_ms;
 use crate::Result;
 
@@ -222,40 +223,46 @@ impl Shard for MemoryShard {
         })
     }
 
-    fn append(&self, records: &[Record<'_>]) -> Result<i64> {
-        let now = now_ms();
-        // Encode outside the lock: the only work under it is assigning the
-        // offset (baseOffset lies outside the CRC, so patching it is free).
-        let encoded = format::encode_batch(records, self.options.compression, now)?;
-        let record_count = encoded.record_count as u64;
-        let max_timestamp = encoded.max_timestamp;
-        let mut buffer = encoded.bytes;
-        let byte_len = buffer.len() as u64;
+    fn options(&self) -> &ShardOptions {
+        &self.options
+    }
 
+    fn append_batches(&self, batches: Vec<NewBatch>, _pipelined: bool) -> Result<i64> {
+        let now = now_ms();
         let mut state = self.state.write();
-        let base_offset = state.next_offset;
-        format::set_base_offset(&mut buffer, base_offset);
-        let running_max_timestamp = state.batches.back().map_or(max_timestamp, |b| {
-            b.running_max_timestamp.max(max_timestamp)
-        });
-        state.batches.push_back(StoredBatch {
-            base_offset,
-            last_offset: base_offset + record_count as i64 - 1,
-            max_timestamp,
-            running_max_timestamp,
-            records: record_count,
-            bytes: Bytes::from(buffer),
-        });
-        state.next_offset += record_count as i64;
-        state.bytes += byte_len;
-        state.records += record_count;
+        let first_offset = state.next_offset;
+        let (mut records, mut bytes) = (0, 0);
+        for batch in batches {
+            // Only the offset is assigned under the lock (baseOffset lies
+            // outside the CRC, so patching it is free).
+            let mut buffer = batch.bytes;
+            let base_offset = state.next_offset;
+            format::set_base_offset(&mut buffer, base_offset);
+            let running_max_timestamp = state.batches.back().map_or(batch.max_timestamp, |b| {
+                b.running_max_timestamp.max(batch.max_timestamp)
+            });
+            let count = u64::from(batch.records);
+            let len = buffer.len() as u64;
+            state.batches.push_back(StoredBatch {
+                base_offset,
+                last_offset: base_offset + count as i64 - 1,
+                max_timestamp: batch.max_timestamp,
+                running_max_timestamp,
+                records: count,
+                bytes: Bytes::from(buffer),
+            });
+            state.next_offset += count as i64;
+            state.bytes += len;
+            state.records += count;
+            records += count;
+            bytes += len;
+        }
         self.enforce_retention(&mut state, now);
         drop(state);
 
-        self.appended_records
-            .fetch_add(record_count, Ordering::Relaxed);
-        self.appended_bytes.fetch_add(byte_len, Ordering::Relaxed);
-        Ok(base_offset)
+        self.appended_records.fetch_add(records, Ordering::Relaxed);
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(first_offset)
     }
 
     fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {

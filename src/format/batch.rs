@@ -929,10 +929,10 @@ pub fn decode_batch(batch: &Bytes, check_crc: bool) -> Result<Vec<RecordView>> {
     Ok(out)
 }
 
-/// Walks the records of the batch at the start of `batch` (decompressed if
-/// need be) checking their structure, and hands each record's offset delta
-/// and encoded length (length prefix included) to `check`. The CRC is not
-/// checked here.
+/// Decodes every record of the batch at the start of `batch` (decompressed
+/// if need be) as a read would, so that a batch that passes reads back, and
+/// hands each record's offset delta and encoded length (length prefix
+/// included) to `check`. The CRC is not checked here.
 pub(crate) fn walk_records(
     batch: &Bytes,
     mut check: impl FnMut(i32, usize) -> Result<()>,
@@ -941,7 +941,8 @@ pub(crate) fn walk_records(
     let mut walker = RecordWalker::new(&section);
     while let Some((prefix, cur)) = walker.next_prefix()? {
         check(prefix.offset_delta, prefix.end - prefix.start)?;
-        walker.skip(&prefix, cur)?;
+        let offset = i64::from(prefix.offset_delta);
+        build_view(&section, &mut walker, &prefix, cur, offset)?;
     }
     Ok(())
 }

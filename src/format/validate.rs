@@ -34,16 +34,18 @@ pub struct Limits {
     pub max_record_bytes: usize,
 }
 
-/// One batch of a request: where it lies in the request, and its header.
+/// One batch of a request: where it lay in the request, its header and a
+/// copy of its bytes (the one copy a store makes of what it stores).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerBatch {
     pub range: Range<usize>,
     pub header: BatchHeader,
+    pub bytes: Bytes,
 }
 
 /// Checks every batch of `request` (one or more batches back to back) and
 /// returns where each lies. An empty request is `InvalidArgument`.
-pub fn validate_producer_batches(request: &Bytes, limits: Limits) -> Result<Vec<ProducerBatch>> {
+pub fn validate_producer_batches(request: &[u8], limits: Limits) -> Result<Vec<ProducerBatch>> {
     if request.is_empty() {
         return Err(Error::InvalidArgument(
             "no batches: the request is empty".into(),
@@ -69,7 +71,7 @@ fn reason(index: usize, range: &Range<usize>, what: impl std::fmt::Display) -> S
 }
 
 fn validate_one(
-    request: &Bytes,
+    request: &[u8],
     start: usize,
     index: usize,
     limits: Limits,
@@ -128,7 +130,7 @@ fn validate_one(
         ));
     }
     let range = start..start + total;
-    let bytes = request.slice(range.clone());
+    let bytes = Bytes::copy_from_slice(&request[range.clone()]);
     let header = BatchHeader::parse(&bytes).map_err(|e| corrupt(&range, e.to_string()))?;
     super::verify_crc(&bytes).map_err(|e| corrupt(&range, e.to_string()))?;
     check_client_rules(&header).map_err(|what| invalid(&range, what))?;
@@ -138,7 +140,11 @@ fn validate_one(
         Error::Unsupported(what) => Error::Unsupported(reason(index, &range, what)),
         other => other,
     })?;
-    Ok(ProducerBatch { range, header })
+    Ok(ProducerBatch {
+        range,
+        header,
+        bytes,
+    })
 }
 
 /// The header rules for batches from clients.
@@ -238,7 +244,7 @@ mod tests {
     }
 
     fn check(request: Vec<u8>) -> Result<Vec<ProducerBatch>> {
-        validate_producer_batches(&Bytes::from(request), LIMITS)
+        validate_producer_batches(&request, LIMITS)
     }
 
     #[test]
@@ -362,7 +368,11 @@ mod tests {
     fn bad_batches_are_refused_naming_the_batch_and_the_reason() {
         let first = batch(&[b"fine"], Compression::None);
         for (what, bad, status, words) in refused() {
-            let mut request = if bad.is_empty() { vec![] } else { first.clone() };
+            let mut request = if bad.is_empty() {
+                vec![]
+            } else {
+                first.clone()
+            };
             request.extend_from_slice(&bad);
             let err = check(request).unwrap_err();
             assert_eq!(err.status(), status, "{what}: {err}");
@@ -372,6 +382,30 @@ mod tests {
                 assert!(message.contains("batch 1"), "{what}: {message}");
             }
         }
+    }
+
+    /// A one-record batch around `record` (its bytes after the length).
+    fn hand_made(record: &[u8]) -> Vec<u8> {
+        let mut b = batch(&[b""], Compression::None);
+        b.truncate(BATCH_HEADER_LEN);
+        b.push((record.len() * 2) as u8);
+        b.extend_from_slice(record);
+        let length = (b.len() - LOG_OVERHEAD) as i32;
+        patched(b, |b| put_i32(b, BATCH_LENGTH_OFFSET, length))
+    }
+
+    #[test]
+    fn records_that_would_not_read_back_are_refused() {
+        let mut fine = vec![0, 0, 0, 0x01, 0x02, b'v', 0x02, 0x02, b'h', 0x01];
+        check(hand_made(&fine)).unwrap();
+        // The same record with a null `__mqs.tag` header, which reads fail on.
+        fine.truncate(6);
+        fine.extend_from_slice(&[0x02, 0x12]);
+        fine.extend_from_slice(b"__mqs.tag");
+        fine.push(0x01);
+        let err = check(hand_made(&fine)).unwrap_err();
+        assert_eq!(err.status(), Status::Corruption, "{err}");
+        assert!(err.to_string().contains("batch 0"), "{err}");
     }
 
     #[test]
@@ -442,10 +476,10 @@ mod tests {
                 request[at] ^= 1 << bit;
             }
             request.truncate(request.len().saturating_sub(cut % 8));
-            let request = Bytes::from(request);
             if let Ok(batches) = validate_producer_batches(&request, LIMITS) {
                 for b in batches {
-                    let records = format::decode_batch(&request.slice(b.range), true).unwrap();
+                    proptest::prop_assert_eq!(&b.bytes[..], &request[b.range.clone()]);
+                    let records = format::decode_batch(&b.bytes, true).unwrap();
                     proptest::prop_assert_eq!(records.len() as i32, b.header.record_count);
                 }
             }
