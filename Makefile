@@ -16,7 +16,7 @@ CC          ?= cc
 CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
 
 .PHONY: all build release header tools venv python-dev python-release \
-        test lint test-rust test-c test-cpp test-python demo clean crash-long \
+        test lint test-rust test-cli test-c test-cpp test-python demo clean crash-long \
         bench bench-deps bench-quick edge dist install uninstall test-install \
         abi-check abi-bless test-python-package print-version print-abi-version print-dist-dir
 
@@ -70,6 +70,10 @@ lint:
 test-rust:
 	cargo test -p mqstore
 
+# The operator's tool (cli/): every command against stores built by the test.
+test-cli:
+	cargo test -p mqstore-cli
+
 test-c: tools build
 	bash tests/c/run.sh
 
@@ -104,10 +108,11 @@ edge:
 	cargo test -p mqstore --release --no-default-features --target-dir $(EDGE_DIR) \
 	    --test file_recovery --test file_flush --test file_crash
 
-# What `make install` installs: the release settings (profile `dist`) with
-# the soname, in target/dist so the tree's own release build keeps none.
+# What `make install` installs: the library with the release settings
+# (profile `dist`) and the soname, in target/dist so the tree's own release
+# build keeps none, and the `mqstore` tool.
 dist:
-	MQS_SONAME=$(SONAME) cargo build -p mqstore --profile dist
+	MQS_SONAME=$(SONAME) cargo build -p mqstore -p mqstore-cli --profile dist
 
 INSTALL_ENV = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" LIBDIR="$(LIBDIR)" \
     INCLUDEDIR="$(INCLUDEDIR)" BINDIR="$(BINDIR)" VERSION="$(VERSION)" \
@@ -138,7 +143,7 @@ abi-check: build
 abi-bless: build
 	python3 scripts/abi.py bless $(DEBUG_LIB) include/mqstore.h abi/mqstore.abi
 
-test: tools lint test-rust abi-check test-c test-cpp test-python test-install edge
+test: tools lint test-rust test-cli abi-check test-c test-cpp test-python test-install edge
 	@echo "make test: all suites passed"
 
 $(CARGO_TARGET_DIR)/demo: examples/demo.c include/mqstore.h release
