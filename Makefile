@@ -9,15 +9,31 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 VENV        := $(CURDIR)/.venv
 PYTHON      := $(VENV)/bin/python
-PIP_PKGS    := maturin==1.* pytest kafka-python lz4 zstandard mypy numpy
+PIP_PKGS    := maturin==1.* pytest kafka-python lz4 zstandard mypy numpy python-snappy
 DEBUG_LIB   := $(CARGO_TARGET_DIR)/debug/libmqstore.so
 RELEASE_LIB := $(CARGO_TARGET_DIR)/release/libmqstore.so
 CC          ?= cc
 CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
 
 .PHONY: all build release header tools venv python-dev python-release \
-        test lint test-rust test-c test-cpp test-python demo clean crash-long \
-        bench bench-deps bench-quick edge
+        test lint test-rust test-cli test-c test-cpp test-python demo clean crash-long \
+        bench bench-deps bench-quick edge dist install uninstall test-install \
+        abi-check abi-bless test-python-package print-version print-abi-version print-dist-dir
+
+# Versions (README, "Versions"): the soname names the ABI series, the major
+# version, or 0.MINOR while the major version is 0.
+VERSION       := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+VERSION_PARTS := $(subst ., ,$(VERSION))
+ABI_VERSION   := $(if $(filter 0,$(word 1,$(VERSION_PARTS))),0.$(word 2,$(VERSION_PARTS)),$(word 1,$(VERSION_PARTS)))
+SONAME        := libmqstore.so.$(ABI_VERSION)
+
+# make install PREFIX=/usr/local DESTDIR=<staging root>
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR     ?= $(PREFIX)/bin
+DIST_DIR   := $(CARGO_TARGET_DIR)/dist
 
 all: build
 
@@ -54,6 +70,10 @@ lint:
 test-rust:
 	cargo test -p mqstore
 
+# The operator's tool (cli/): every command against stores built by the test.
+test-cli:
+	cargo test -p mqstore-cli
+
 test-c: tools build
 	bash tests/c/run.sh
 
@@ -62,6 +82,12 @@ test-cpp: tools build
 
 test-python: python-dev
 	$(PYTHON) -m pytest tests/python -q
+
+# The package as users install it: a built wheel and `pip install ./python`,
+# each in a fresh virtualenv, pass the Python suite (a few minutes, so not
+# part of `make test`, whose suite includes `python -m mqstore`).
+test-python-package: tools venv
+	bash tests/python/package.sh
 
 # The kill -9 crash tests of the journal, file and RocksDB engines, long
 # mode (make test runs 20 cycles of each).
@@ -83,7 +109,42 @@ edge:
 	cargo test -p mqstore --release --no-default-features --target-dir $(EDGE_DIR) \
 	    --test file_recovery --test file_flush --test file_crash
 
-test: tools lint test-rust test-c test-cpp test-python edge
+# What `make install` installs: the library with the release settings
+# (profile `dist`) and the soname, in target/dist so the tree's own release
+# build keeps none, and the `mqstore` tool.
+dist:
+	MQS_SONAME=$(SONAME) cargo build -p mqstore -p mqstore-cli --profile dist
+
+INSTALL_ENV = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" LIBDIR="$(LIBDIR)" \
+    INCLUDEDIR="$(INCLUDEDIR)" BINDIR="$(BINDIR)" VERSION="$(VERSION)" \
+    ABI_VERSION="$(ABI_VERSION)" DIST_DIR="$(DIST_DIR)"
+
+install: dist
+	$(INSTALL_ENV) scripts/install.sh install
+
+uninstall:
+	$(INSTALL_ENV) scripts/install.sh uninstall
+
+print-version:
+	@echo $(VERSION)
+print-abi-version:
+	@echo $(ABI_VERSION)
+print-dist-dir:
+	@echo $(DIST_DIR)
+
+# Installs into a staging directory and builds against it (pkg-config, CMake).
+test-install: tools
+	bash tests/install/run.sh
+
+# The exported symbols and the header's types against abi/mqstore.abi: an
+# accidental ABI change fails `make test`; `make abi-bless` accepts one.
+abi-check: build
+	python3 scripts/abi.py check $(DEBUG_LIB) include/mqstore.h abi/mqstore.abi
+
+abi-bless: build
+	python3 scripts/abi.py bless $(DEBUG_LIB) include/mqstore.h abi/mqstore.abi
+
+test: tools lint test-rust test-cli abi-check test-c test-cpp test-python test-install edge
 	@echo "make test: all suites passed"
 
 $(CARGO_TARGET_DIR)/demo: examples/demo.c include/mqstore.h release

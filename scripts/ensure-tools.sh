@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite and the demo need, if missing:
-# a C and a C++ compiler, valgrind, and Python's venv module. Idempotent.
+# a C and a C++ compiler, valgrind, Python's venv module, binutils,
+# pkg-config and CMake. Idempotent.
 set -euo pipefail
 
 missing=()
@@ -8,6 +9,10 @@ command -v cc >/dev/null || missing+=(gcc)
 command -v g++ >/dev/null || missing+=(g++)
 command -v valgrind >/dev/null || missing+=(valgrind)
 command -v make >/dev/null || missing+=(make)
+# make install (objcopy, readelf, strip) and its test (pkg-config, cmake).
+command -v objcopy >/dev/null && command -v readelf >/dev/null || missing+=(binutils)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v cmake >/dev/null || missing+=(cmake)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 
 if ((${#missing[@]})); then

@@ -85,6 +85,14 @@ pub enum Error {
     ShardExists(String),
     #[error("record too large: {size} bytes exceeds the limit of {limit} bytes")]
     RecordTooLarge { size: usize, limit: usize },
+    /// A producer batch (or one of its records) over the store's limits.
+    #[error("batch {index}: {what} of {size} bytes exceeds the limit of {limit} bytes")]
+    BatchTooLarge {
+        index: usize,
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("offset {offset} out of range for shard '{shard}' (valid: {first}..={next})")]
     OffsetOutOfRange {
         shard: String,
@@ -135,7 +143,7 @@ impl Error {
             Error::InvalidConfig(_) => Status::InvalidConfig,
             Error::ShardNotFound(_) => Status::ShardNotFound,
             Error::ShardExists(_) => Status::ShardExists,
-            Error::RecordTooLarge { .. } => Status::RecordTooLarge,
+            Error::RecordTooLarge { .. } | Error::BatchTooLarge { .. } => Status::RecordTooLarge,
             Error::OffsetOutOfRange { .. } | Error::NotAppended { .. } => Status::OffsetOutOfRange,
             Error::Closed => Status::Closed,
             Error::Corruption(_) => Status::Corruption,

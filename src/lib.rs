@@ -12,6 +12,7 @@ pub mod ffi;
 pub mod format;
 pub mod io;
 pub mod record;
+mod retention;
 pub mod store;
 mod thread;
 mod time;

@@ -8,16 +8,18 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
 use crate::config::{Config, EngineKind, ShardOptions};
 use crate::engine::{
-    registry, Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
+    registry, Engine, NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
 };
-use crate::format;
+use crate::format::{self, validate};
 use crate::io::{create_dir_all_durable, sync_dir, TransferPlan};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
+use crate::retention::RetentionTimer;
 use crate::{Error, Result};
 
 /// Longest shard name accepted, in bytes (Kafka allows 249 for topics).
@@ -46,6 +48,8 @@ pub struct Store {
     /// it after the deletion failed); the next rewrite drops them.
     groups_stale: AtomicBool,
     closed: AtomicBool,
+    /// Applies age retention to idle shards.
+    retention: RetentionTimer,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
     lock_file: Mutex<Option<File>>,
 }
@@ -171,8 +175,13 @@ impl Store {
         }
         // Only now, under the directory lock, may engines read their files.
         let mut shards = HashMap::new();
+        let retention = RetentionTimer::new(Duration::from_millis(config.retention_check_ms));
         for engine in engines.values() {
-            for (name, _options, shard) in engine.recover()? {
+            for (name, options, shard) in engine.recover()? {
+                if options.retention_ms > 0 {
+                    retention.watch(&shard);
+                    retention.ensure_running()?;
+                }
                 if shards.insert(name.clone(), shard).is_some() {
                     return Err(Error::corruption(format!(
                         "shard '{name}' was recovered twice (by two engines)"
@@ -202,6 +211,7 @@ impl Store {
             group_offsets: Mutex::new(group_offsets),
             groups_stale: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            retention,
             lock_file: Mutex::new(Some(lock_file)),
         })
     }
@@ -230,6 +240,8 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
         }
+        // Before the engines close: the timer touches shards.
+        self.retention.stop();
         self.shards.write().clear();
         let mut first_error = None;
         for engine in self.engines.values() {
@@ -293,6 +305,9 @@ impl Store {
             .get(&options.engine)
             .cloned()
             .map_or_else(|| spec.build(&self.dir, &self.config), Ok)?;
+        if options.retention_ms > 0 {
+            self.retention.ensure_running()?;
+        }
         {
             let shards = self.shards.write();
             if shards.contains_key(name) || !self.creating.lock().insert(name.to_string()) {
@@ -309,6 +324,9 @@ impl Store {
         let shard = created?;
         shards.insert(name.to_string(), shard.clone());
         drop(shards);
+        if options.retention_ms > 0 {
+            self.retention.watch(&shard);
+        }
         shard.info()
     }
 
@@ -340,6 +358,7 @@ impl Store {
                 shards.remove(name);
             }
         }
+        self.retention.forget(&shard);
         let mut offsets = self.group_offsets.lock();
         let before = offsets.len();
         let persistent = offsets
@@ -433,6 +452,55 @@ impl Store {
         let shard = self.shard(shard)?;
         self.validate_records(records)?;
         shard.append_nowait(records)
+    }
+
+    /// Appends RecordBatch v2 bytes as a producer sent them: one or more
+    /// batches back to back, checked as Kafka's log validator checks client
+    /// batches (`format::validate`; nothing is stored when any batch is
+    /// refused), then stored byte for byte but for the base offset, at
+    /// consecutive offsets. Returns each batch's base offset. Acknowledged
+    /// as `append_batch` is, once for all the batches.
+    pub fn append_raw(&self, shard: &str, batches: &[u8]) -> Result<Vec<i64>> {
+        self.append_raw_with(shard, batches, false)
+    }
+
+    /// `append_raw` that may return before the batches are durable, like
+    /// `append_batch_nowait`; `wait_durable` for the last batch's last
+    /// offset acknowledges them all.
+    pub fn append_raw_nowait(&self, shard: &str, batches: &[u8]) -> Result<Vec<i64>> {
+        self.append_raw_with(shard, batches, true)
+    }
+
+    fn append_raw_with(&self, shard: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
+        let shard = self.shard(shard)?;
+        let limits = validate::Limits {
+            max_batch_bytes: self.config.max_batch_bytes,
+            max_record_bytes: self.config.max_record_bytes,
+        };
+        let validated = validate::validate_producer_batches(batches, limits)?;
+        let counts: Vec<i64> = validated
+            .iter()
+            .map(|b| i64::from(b.header.record_count))
+            .collect();
+        let batches = validated
+            .into_iter()
+            .map(|b| NewBatch {
+                records: b.header.record_count as u32,
+                max_timestamp: b.header.max_timestamp,
+                bytes: Vec::from(b.bytes),
+                // Learned at the first key lookup: no decoding here.
+                keys: None,
+            })
+            .collect();
+        let mut base = shard.append_batches(batches, pipelined)?;
+        Ok(counts
+            .into_iter()
+            .map(|count| {
+                let offset = base;
+                base += count;
+                offset
+            })
+            .collect())
     }
 
     /// Waits until the record at `offset` of `shard`, and every earlier
@@ -675,6 +743,7 @@ impl Store {
             "engines": engines,
             "capabilities": registry::to_json(),
             "group_offsets": self.group_offsets.lock().len(),
+            "retention": self.retention.stats(),
             "shards": shard_stats,
         }))
     }
@@ -900,11 +969,17 @@ mod tests {
         fn info(&self) -> Result<ShardInfo> {
             Err(unreachable())
         }
+        fn expire(&self, now_ms: i64) -> Result<()> {
+            self.0.expire(now_ms)
+        }
         fn stats(&self) -> Result<serde_json::Value> {
             Err(unreachable())
         }
-        fn append(&self, records: &[Record<'_>]) -> Result<i64> {
-            self.0.append(records)
+        fn options(&self) -> &ShardOptions {
+            self.0.options()
+        }
+        fn append_batches(&self, batches: Vec<NewBatch>, pipelined: bool) -> Result<i64> {
+            self.0.append_batches(batches, pipelined)
         }
         fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {
             self.0.read(from, limits)

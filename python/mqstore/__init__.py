@@ -19,6 +19,7 @@ stay :class:`TypeError`.
 from __future__ import annotations
 
 import enum
+import json
 
 from ._mqstore import (
     EARLIEST,
@@ -47,8 +48,16 @@ from ._mqstore import (
     Unsupported,
     WouldBlock,
     __version__,
+    engines_json,
     version,
 )
+
+
+def engines() -> dict[str, dict]:
+    """The engines compiled into this build, by the name the configuration
+    uses, with their declared capabilities (durability modes, persistence,
+    pipelining, transfer path)."""
+    return json.loads(engines_json())
 
 
 class Status(enum.IntEnum):
@@ -107,5 +116,6 @@ __all__ = [
     "Unsupported",
     "WouldBlock",
     "__version__",
+    "engines",
     "version",
 ]

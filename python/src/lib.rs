@@ -20,12 +20,20 @@ fn version() -> &'static str {
     mqstore::VERSION
 }
 
+/// The engines compiled into this build and their declared capabilities,
+/// as JSON (`mqstore.engines()` parses it).
+#[pyfunction]
+fn engines_json() -> String {
+    mqstore::engine::registry::to_json().to_string()
+}
+
 #[pymodule]
 fn _mqstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", mqstore::VERSION)?;
     m.add("EARLIEST", mqstore::TIMESTAMP_EARLIEST)?;
     m.add("LATEST", mqstore::TIMESTAMP_LATEST)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(engines_json, m)?)?;
     m.add_class::<store::PyStore>()?;
     m.add_class::<store::PyTransfer>()?;
     m.add_class::<types::PyRecord>()?;

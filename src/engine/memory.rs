@@ -16,11 +16,12 @@ use crate::config::{EngineKind, ShardOptions};
 use crate::engine::index::{BatchEntry, BatchIndex};
 use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
-    Engine, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
+    Engine, NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
+    TIMESTAMP_LATEST,
 };
 use crate::format::{self, BatchHeader};
 use crate::io::{TransferChunk, TransferPlan};
-use crate::record::{Record, RecordView};
+use crate::record::RecordView;
 use crate::time::now_ms;
 use crate::Result;
 
@@ -109,6 +110,11 @@ impl Shard for MemoryShard {
         EngineKind::Memory
     }
 
+    fn expire(&self, now_ms: i64) -> Result<()> {
+        self.expire_idle(now_ms);
+        Ok(())
+    }
+
     fn info(&self) -> Result<ShardInfo> {
         self.expire_idle(now_ms());
         let state = self.state.read();
@@ -123,34 +129,43 @@ impl Shard for MemoryShard {
         })
     }
 
-    fn append(&self, records: &[Record<'_>]) -> Result<i64> {
-        let now = now_ms();
-        // Encode outside the lock: the only work under it is assigning the
-        // offset (baseOffset lies outside the CRC, so patching it is free).
-        let encoded = format::encode_batch(records, self.options.compression, now)?;
-        let record_count = encoded.record_count as u64;
-        let max_timestamp = encoded.max_timestamp;
-        let mut buffer = encoded.bytes;
-        let byte_len = buffer.len() as u64;
+    fn options(&self) -> &ShardOptions {
+        &self.options
+    }
 
+    fn append_batches(&self, batches: Vec<NewBatch>, _pipelined: bool) -> Result<i64> {
+        let now = now_ms();
         let mut state = self.state.write();
-        let base_offset = state.next_offset;
-        format::set_base_offset(&mut buffer, base_offset);
-        state.push(BatchEntry::new(
-            Bytes::from(buffer),
-            byte_len as usize,
-            base_offset,
-            base_offset + record_count as i64 - 1,
-            max_timestamp,
-            record_count as u32,
-        ));
+        let first_offset = state.next_offset;
+        let (mut records, mut bytes) = (0, 0);
+        for batch in batches {
+            // Only the offset is assigned under the lock (baseOffset lies
+            // outside the CRC, so patching it is free).
+            let mut buffer = batch.bytes;
+            let base_offset = state.next_offset;
+            format::set_base_offset(&mut buffer, base_offset);
+            let len = buffer.len();
+            let entry = BatchEntry::new(
+                Bytes::from(buffer),
+                len,
+                base_offset,
+                base_offset + i64::from(batch.records) - 1,
+                batch.max_timestamp,
+                batch.records,
+            );
+            if let Some(keys) = batch.keys {
+                let _ = entry.keys.set(keys);
+            }
+            state.push(entry);
+            records += u64::from(batch.records);
+            bytes += len as u64;
+        }
         state.enforce_retention(&self.options, now);
         drop(state);
 
-        self.appended_records
-            .fetch_add(record_count, Ordering::Relaxed);
-        self.appended_bytes.fetch_add(byte_len, Ordering::Relaxed);
-        Ok(base_offset)
+        self.appended_records.fetch_add(records, Ordering::Relaxed);
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(first_offset)
     }
 
     fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {

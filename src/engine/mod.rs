@@ -9,7 +9,7 @@ pub mod file;
 pub(crate) mod index;
 #[cfg(feature = "journal")]
 pub mod journal;
-pub(crate) mod keyfilter;
+pub mod keyfilter;
 pub mod memory;
 pub mod registry;
 #[cfg(feature = "rocksdb")]
@@ -22,9 +22,13 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{EngineKind, ShardOptions};
+use crate::format;
 use crate::io::TransferPlan;
 use crate::record::{Record, RecordView};
+use crate::time::now_ms;
 use crate::Result;
+
+pub use keyfilter::KeyFilter;
 
 /// Kafka's ListOffsets sentinels, accepted by `offset_for_timestamp`.
 pub const TIMESTAMP_EARLIEST: i64 = -2;
@@ -66,6 +70,33 @@ pub struct ShardInfo {
     pub options: ShardOptions,
 }
 
+/// A batch ready to be stored: one whole Kafka v2 batch, encoded from
+/// records by `Shard::append` or sent by a producer and validated, whose
+/// base offset the engine sets.
+#[derive(Debug)]
+pub struct NewBatch {
+    pub bytes: Vec<u8>,
+    pub records: u32,
+    pub max_timestamp: i64,
+    /// Hashes of its keys and tags when known without decoding; `None`
+    /// leaves them to be learned at the first key or tag lookup.
+    pub keys: Option<KeyFilter>,
+}
+
+impl NewBatch {
+    /// `records` encoded with the shard's compression, timestamps of 0
+    /// becoming `now_ms`.
+    pub fn encode(records: &[Record<'_>], options: &ShardOptions, now_ms: i64) -> Result<NewBatch> {
+        let encoded = format::encode_batch(records, options.compression, now_ms)?;
+        Ok(NewBatch {
+            records: encoded.record_count as u32,
+            max_timestamp: encoded.max_timestamp,
+            bytes: encoded.bytes,
+            keys: Some(KeyFilter::from_records(records)),
+        })
+    }
+}
+
 /// A shard found again when a store reopens: its name, options and handle.
 pub type RecoveredShard = (String, ShardOptions, Arc<dyn Shard>);
 
@@ -100,16 +131,35 @@ pub trait Shard: Send + Sync {
     /// ask a server that is unreachable, or finish retention work first.
     fn info(&self) -> Result<ShardInfo>;
 
+    /// Applies age retention (`retention_ms`) as of `now_ms`, for a shard
+    /// nobody uses: the store's retention timer calls it so that idle
+    /// shards free their space. Size and record limits need no timer (only
+    /// appends grow a shard, and they apply them).
+    fn expire(&self, now_ms: i64) -> Result<()>;
+
+    /// The options the shard was created with.
+    fn options(&self) -> &ShardOptions;
+
+    /// Stores `batches` at consecutive offsets, with no other append's
+    /// batch between them, and returns the base offset of the first.
+    /// Returns once all are as durable as the shard's mode requires, unless
+    /// `pipelined`: then it may return before (a producer keeps several
+    /// batches in flight) and `wait_durable` acknowledges them. Engines
+    /// without a pipelined path ignore the flag.
+    fn append_batches(&self, batches: Vec<NewBatch>, pipelined: bool) -> Result<i64>;
+
     /// Appends the records as one batch and returns the offset of the first.
     /// Returns once the shard's durability mode is satisfied.
-    fn append(&self, records: &[Record<'_>]) -> Result<i64>;
+    fn append(&self, records: &[Record<'_>]) -> Result<i64> {
+        let batch = NewBatch::encode(records, self.options(), now_ms())?;
+        self.append_batches(vec![batch], false)
+    }
 
     /// Appends like `append` but may return before the batch is as durable
-    /// as the shard's mode requires (pipelining: a producer keeps several
-    /// batches in flight); `wait_durable` then acknowledges it. Engines
-    /// without a pipelined path return once the batch is acknowledged.
+    /// as the shard's mode requires; `wait_durable` then acknowledges it.
     fn append_nowait(&self, records: &[Record<'_>]) -> Result<i64> {
-        self.append(records)
+        let batch = NewBatch::encode(records, self.options(), now_ms())?;
+        self.append_batches(vec![batch], true)
     }
 
     /// Waits until the record at `offset`, and every earlier one, is as

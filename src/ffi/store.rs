@@ -177,6 +177,29 @@ pub unsafe extern "C" fn mqs_shard_list(
     })
 }
 
+/// Sets `*out_names` to a new list of the engines compiled into this build
+/// (e.g. "memory", "journal", "file"), in the registry's order; the
+/// configuration names them the same way. Free it with `mqs_names_free`.
+/// On failure `*out_names` is set to NULL.
+///
+/// # Safety
+/// `out_names` is valid for writing a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_engines(out_names: *mut *mut mqs_names) -> mqs_status {
+    status(|| {
+        // SAFETY: `out_names` is NULL or writable (caller contract).
+        unsafe { clear_out_handle(out_names) };
+        out_arg(out_names, "out_names")?;
+        let names = crate::engine::registry::available()
+            .map(|spec| spec.c_name.to_owned())
+            .collect();
+        let handle = NAMES.register(mqs_names { names });
+        // SAFETY: checked non-NULL; writable per the caller contract.
+        unsafe { out_names.write(handle) };
+        Ok(())
+    })
+}
+
 /// The number of strings in `names`; 0 for NULL or a freed handle.
 ///
 /// # Safety

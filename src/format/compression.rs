@@ -18,6 +18,11 @@
 //! Decoding accepts any standard LZ4 frame (linked blocks, checksums, content
 //! size), so batches written by other producers read fine.
 //!
+//! gzip is the standard gzip stream (RFC 1952, what Java's
+//! `GZIPOutputStream` writes, at its default level 6); reading accepts
+//! several members one after the other. Snappy uses the xerial framing
+//! Kafka's clients write (`snappy.rs`).
+//!
 //! ZSTD writes one standard frame (with content size, which the one-shot API
 //! records and every reader understands) and reads any sequence of frames, as
 //! Kafka's streaming writer produces frames without a content size.
@@ -25,6 +30,7 @@
 use std::fmt;
 use std::io::{Read, Write};
 
+use super::snappy;
 use crate::error::{Error, Result};
 
 /// Bits 0-2 of the batch attributes.
@@ -45,34 +51,42 @@ const CODEC_ZSTD: i16 = 4;
 pub enum Compression {
     #[default]
     None,
+    Gzip,
+    Snappy,
     Lz4,
     Zstd,
 }
+
+/// Every codec, in attribute order.
+pub const ALL_CODECS: [Compression; 5] = [
+    Compression::None,
+    Compression::Gzip,
+    Compression::Snappy,
+    Compression::Lz4,
+    Compression::Zstd,
+];
 
 impl Compression {
     /// The codec's value in bits 0-2 of the batch attributes.
     pub fn attribute_bits(self) -> i16 {
         match self {
             Compression::None => CODEC_NONE,
+            Compression::Gzip => CODEC_GZIP,
+            Compression::Snappy => CODEC_SNAPPY,
             Compression::Lz4 => CODEC_LZ4,
             Compression::Zstd => CODEC_ZSTD,
         }
     }
 
-    /// The codec named by a batch's attributes. gzip and snappy are valid
-    /// Kafka codecs mqstore does not implement (`Unsupported`); codes 5-7 do
-    /// not exist (`Corruption`).
+    /// The codec named by a batch's attributes; codes 5-7 do not exist
+    /// (`Corruption`).
     pub fn from_attributes(attrs: i16) -> Result<Self> {
         match attrs & COMPRESSION_CODEC_MASK {
             CODEC_NONE => Ok(Compression::None),
+            CODEC_GZIP => Ok(Compression::Gzip),
+            CODEC_SNAPPY => Ok(Compression::Snappy),
             CODEC_LZ4 => Ok(Compression::Lz4),
             CODEC_ZSTD => Ok(Compression::Zstd),
-            CODEC_GZIP => Err(Error::Unsupported(
-                "gzip-compressed batches are not supported".into(),
-            )),
-            CODEC_SNAPPY => Err(Error::Unsupported(
-                "snappy-compressed batches are not supported".into(),
-            )),
             other => Err(Error::corruption(format!(
                 "unknown compression codec {other} in batch attributes {attrs:#06x}"
             ))),
@@ -83,14 +97,16 @@ impl Compression {
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
             Compression::Lz4 => "lz4",
             Compression::Zstd => "zstd",
         }
     }
 
-    /// Parses `"none"`, `"lz4"` or `"zstd"` (ASCII case-insensitive).
+    /// Parses a codec's name (ASCII case-insensitive).
     pub fn parse(name: &str) -> Option<Self> {
-        [Compression::None, Compression::Lz4, Compression::Zstd]
+        ALL_CODECS
             .into_iter()
             .find(|c| c.name().eq_ignore_ascii_case(name))
     }
@@ -98,7 +114,7 @@ impl Compression {
     /// Whether this build can compress and decompress with the codec.
     pub fn is_available(self) -> bool {
         match self {
-            Compression::None | Compression::Lz4 => true,
+            Compression::None | Compression::Gzip | Compression::Snappy | Compression::Lz4 => true,
             Compression::Zstd => cfg!(feature = "zstd"),
         }
     }
@@ -129,6 +145,8 @@ pub fn compress_into(compression: Compression, src: &[u8], out: &mut Vec<u8>) ->
             out.extend_from_slice(src);
             Ok(())
         }
+        Compression::Gzip => gzip_compress_into(src, out),
+        Compression::Snappy => snappy::compress_into(src, out),
         Compression::Lz4 => lz4_compress_into(src, out),
         Compression::Zstd => zstd_compress_into(src, out),
     }
@@ -150,9 +168,30 @@ fn decompress_untrimmed(compression: Compression, src: &[u8], limit: usize) -> R
             }
             Ok(src.to_vec())
         }
+        Compression::Gzip => gzip_decompress(src, limit),
+        Compression::Snappy => snappy::decompress(src, limit),
         Compression::Lz4 => lz4_decompress(src, limit),
         Compression::Zstd => zstd_decompress(src, limit),
     }
+}
+
+fn gzip_compress_into(src: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::new(6));
+    encoder
+        .write_all(src)
+        .and_then(|()| encoder.try_finish())
+        .map_err(|e| Error::Internal(format!("gzip compression failed: {e}")))
+}
+
+fn gzip_decompress(src: &[u8], limit: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(initial_capacity(src.len(), limit));
+    read_limited(
+        flate2::read::MultiGzDecoder::new(src),
+        &mut out,
+        limit,
+        "gzip",
+    )?;
+    Ok(out)
 }
 
 /// Gives back spare capacity when it is large: record views keep the whole
@@ -164,7 +203,7 @@ pub(crate) fn trim_excess(buf: &mut Vec<u8>) {
     }
 }
 
-fn too_large(limit: usize) -> Error {
+pub(super) fn too_large(limit: usize) -> Error {
     Error::corruption(format!(
         "decompressed records exceed the limit of {limit} bytes"
     ))
@@ -481,7 +520,7 @@ mod tests {
 
     #[test]
     fn attribute_bits_and_names() {
-        for c in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        for c in ALL_CODECS {
             assert_eq!(Compression::from_attributes(c.attribute_bits()).unwrap(), c);
             // Other attribute bits must not disturb the codec.
             assert_eq!(
@@ -492,16 +531,13 @@ mod tests {
             assert_eq!(c.to_string(), c.name());
         }
         assert_eq!(Compression::parse("LZ4"), Some(Compression::Lz4));
-        assert_eq!(Compression::parse("gzip"), None);
+        assert_eq!(Compression::parse("brotli"), None);
         assert_eq!(Compression::default(), Compression::None);
-        assert!(matches!(
-            Compression::from_attributes(1),
-            Err(Error::Unsupported(_))
-        ));
-        assert!(matches!(
-            Compression::from_attributes(2),
-            Err(Error::Unsupported(_))
-        ));
+        assert_eq!(Compression::from_attributes(1).unwrap(), Compression::Gzip);
+        assert_eq!(
+            Compression::from_attributes(2).unwrap(),
+            Compression::Snappy
+        );
         for code in 5..8 {
             assert!(matches!(
                 Compression::from_attributes(code),
@@ -622,7 +658,7 @@ mod tests {
     #[test]
     fn decompress_limit_is_enforced() {
         let src = sample(10_000);
-        for c in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        for c in ALL_CODECS {
             if !c.is_available() {
                 continue;
             }
@@ -638,13 +674,36 @@ mod tests {
 
     #[test]
     fn garbage_is_corruption() {
-        for c in [Compression::Lz4, Compression::Zstd] {
+        for c in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             if !c.is_available() {
                 continue;
             }
             let e = decompress(c, b"definitely not compressed", 1 << 20).unwrap_err();
             assert!(matches!(e, Error::Corruption(_)), "{c}: {e}");
         }
+    }
+
+    #[test]
+    fn gzip_is_a_standard_stream_and_members_concatenate() {
+        let src = sample(100_000);
+        let mut out = Vec::new();
+        compress_into(Compression::Gzip, &src, &mut out).unwrap();
+        assert_eq!(&out[..3], &[0x1f, 0x8b, 0x08]);
+        assert!(out.len() < src.len() / 4);
+        compress_into(Compression::Gzip, b"and more", &mut out).unwrap();
+        let mut expected = src.clone();
+        expected.extend_from_slice(b"and more");
+        assert_eq!(
+            decompress(Compression::Gzip, &out, usize::MAX).unwrap(),
+            expected
+        );
+        let cut = &out[..out.len() / 2];
+        assert!(decompress(Compression::Gzip, cut, usize::MAX).is_err());
     }
 
     #[cfg(feature = "zstd")]
@@ -695,8 +754,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trips(data in proptest::collection::vec(any::<u8>(), 0..5000), codec in 0usize..3) {
-            let c = [Compression::None, Compression::Lz4, Compression::Zstd][codec];
+        fn round_trips(data in proptest::collection::vec(any::<u8>(), 0..5000), codec in 0usize..5) {
+            let c = ALL_CODECS[codec];
             prop_assume!(c.is_available());
             let mut out = Vec::new();
             compress_into(c, &data, &mut out).unwrap();
@@ -704,8 +763,8 @@ mod tests {
         }
 
         #[test]
-        fn random_input_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), codec in 0usize..3) {
-            let c = [Compression::None, Compression::Lz4, Compression::Zstd][codec];
+        fn random_input_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300), codec in 0usize..5) {
+            let c = ALL_CODECS[codec];
             let _ = decompress(c, &data, 1 << 20);
         }
 

@@ -270,7 +270,7 @@ def test_message_attributes():
     assert "Message(" in repr(message)
 
 
-@pytest.mark.parametrize("codec", ["none", "lz4", "zstd"])
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
 def test_compressed_round_trip(store, codec):
     store.create_shard("c", compression=codec)
     values = [bytes([i % 7]) * 200 for i in range(50)]

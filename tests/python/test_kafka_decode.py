@@ -14,7 +14,7 @@ from kafka.record.default_records import DefaultRecordBatch
 
 import mqstore
 
-CODECS = {"none": 0, "lz4": 3, "zstd": 4}
+CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
 
 
 def _expected_batches():

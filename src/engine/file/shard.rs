@@ -25,11 +25,11 @@ use super::Shared;
 use crate::config::{Durability, EngineKind, FlushPolicy, ShardOptions};
 use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
-    ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
+    NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
 };
 use crate::format;
 use crate::io::{create_new, TransferChunk, TransferPlan};
-use crate::record::{Record, RecordView};
+use crate::record::RecordView;
 use crate::time::now_ms;
 use crate::{Error, Result};
 
@@ -631,12 +631,12 @@ impl FileShard {
     }
 
     /// Age retention also applies to shards nobody appends to any more.
-    fn expire_idle(&self) -> Result<()> {
+    fn expire_idle(&self, now: i64) -> Result<()> {
         if self.options.retention_ms > 0 && !self.deleted.load(Ordering::Acquire) {
             let mut state = self.state.write();
             // A read racing close must not remove files after the marker.
             if !self.closed.load(Ordering::Acquire) {
-                self.enforce_retention(&mut state, now_ms())?;
+                self.enforce_retention(&mut state, now)?;
             }
         }
         Ok(())
@@ -808,6 +808,52 @@ impl FileShard {
         self.shared.closed_file(self.id);
         self.shared.cache.forget_shard(self.id);
     }
+    /// Writes (or buffers) one batch at the next offset into the active
+    /// segment, rolling first if it would not fit, and indexes it; returns
+    /// the write's sequence number for `sync_to`. Under the state lock.
+    fn store_batch(&self, state: &mut State, batch: NewBatch) -> Result<u64> {
+        let mut bytes = batch.bytes;
+        let len = bytes.len() as u64;
+        let base_offset = state.next_offset;
+        format::set_base_offset(&mut bytes, base_offset);
+        let mut w = self.writer.lock();
+        let active_size = state.segments.back().map_or(0, |s| s.size);
+        if active_size > 0 && active_size + len > self.capacity {
+            self.roll(state, &mut w)?;
+        }
+        let pos = state.segments.back().map_or(0, |s| s.size);
+        let buffer_cap = self.shared.buffer_cap(self.capacity);
+        let buffered = self.options.durability == Durability::None
+            && self.shared.config.flush != FlushPolicy::Append
+            && w.buf.len() as u64 + len <= buffer_cap
+            && self.shared.reserve_buffer(len);
+        if buffered {
+            w.buf.extend_from_slice(&bytes);
+        } else {
+            self.write_through(&mut w, &bytes)?;
+        }
+        w.seq += 1;
+        let seq = w.seq;
+        drop(w);
+        let info = BatchInfo {
+            pos,
+            len,
+            base_offset,
+            last_offset: base_offset + i64::from(batch.records) - 1,
+            max_timestamp: batch.max_timestamp,
+            records: u64::from(batch.records),
+        };
+        let before = state
+            .segments
+            .len()
+            .checked_sub(2)
+            .map_or(i64::MIN, |i| state.segments[i].running_max_timestamp);
+        let active = state.segments.back_mut().expect("a shard has a segment");
+        active.push(&info);
+        active.running_max_timestamp = before.max(active.max_timestamp);
+        state.next_offset = info.last_offset + 1;
+        Ok(seq)
+    }
 }
 
 impl Shard for FileShard {
@@ -815,8 +861,12 @@ impl Shard for FileShard {
         EngineKind::File
     }
 
+    fn expire(&self, now_ms: i64) -> Result<()> {
+        self.expire_idle(now_ms)
+    }
+
     fn info(&self) -> Result<ShardInfo> {
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         let (_, records, bytes) = state.live();
         Ok(ShardInfo {
@@ -830,61 +880,24 @@ impl Shard for FileShard {
         })
     }
 
-    fn append(&self, records: &[Record<'_>]) -> Result<i64> {
+    fn options(&self) -> &ShardOptions {
+        &self.options
+    }
+
+    fn append_batches(&self, batches: Vec<NewBatch>, _pipelined: bool) -> Result<i64> {
         self.check_live()?;
         let now = now_ms();
-        // Encoded outside the lock; under it only the offset is assigned and
-        // the bytes written (or buffered).
-        let encoded = format::encode_batch(records, self.options.compression, now)?;
-        let record_count = encoded.record_count as u64;
-        let max_timestamp = encoded.max_timestamp;
-        let mut bytes = encoded.bytes;
-        let len = bytes.len() as u64;
-        let policy = self.shared.config.flush;
         let durability = self.options.durability;
-
         let mut state = self.state.write();
         self.check_live()?;
         self.touch();
-        let base_offset = state.next_offset;
-        format::set_base_offset(&mut bytes, base_offset);
-        let mut w = self.writer.lock();
-        let active_size = state.segments.back().map_or(0, |s| s.size);
-        if active_size > 0 && active_size + len > self.capacity {
-            self.roll(&mut state, &mut w)?;
+        let first_offset = state.next_offset;
+        let (mut records, mut bytes, mut seq) = (0u64, 0u64, 0u64);
+        for batch in batches {
+            records += u64::from(batch.records);
+            bytes += batch.bytes.len() as u64;
+            seq = self.store_batch(&mut state, batch)?;
         }
-        let pos = state.segments.back().map_or(0, |s| s.size);
-        let buffer_cap = self.shared.buffer_cap(self.capacity);
-        let buffered = durability == Durability::None
-            && policy != FlushPolicy::Append
-            && w.buf.len() as u64 + len <= buffer_cap
-            && self.shared.reserve_buffer(len);
-        if buffered {
-            w.buf.extend_from_slice(&bytes);
-        } else {
-            self.write_through(&mut w, &bytes)?;
-        }
-        w.seq += 1;
-        let seq = w.seq;
-        drop(w);
-        let batch = BatchInfo {
-            pos,
-            len,
-            base_offset,
-            last_offset: base_offset + record_count as i64 - 1,
-            max_timestamp,
-            records: record_count,
-        };
-        let active = state.segments.back_mut().expect("a shard has a segment");
-        active.push(&batch);
-        let before = state
-            .segments
-            .len()
-            .checked_sub(2)
-            .map_or(i64::MIN, |i| state.segments[i].running_max_timestamp);
-        let active = state.segments.back_mut().expect("a shard has a segment");
-        active.running_max_timestamp = before.max(active.max_timestamp);
-        state.next_offset = batch.last_offset + 1;
         self.enforce_retention(&mut state, now)?;
         drop(state);
 
@@ -892,18 +905,17 @@ impl Shard for FileShard {
         if let Some(hook) = self.before_sync.lock().as_ref() {
             hook();
         }
-        if durability == Durability::Fsync || policy == FlushPolicy::Append {
+        if durability == Durability::Fsync || self.shared.config.flush == FlushPolicy::Append {
             self.sync_to(seq)?;
         }
-        self.appended_records
-            .fetch_add(record_count, Ordering::Relaxed);
-        self.appended_bytes.fetch_add(len, Ordering::Relaxed);
-        Ok(base_offset)
+        self.appended_records.fetch_add(records, Ordering::Relaxed);
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(first_offset)
     }
 
     fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {
         let now = now_ms();
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         state.check_range(&self.name, from)?;
         self.make_readable()?;
@@ -927,7 +939,7 @@ impl Shard for FileShard {
 
     fn read_by_keys(&self, keys: &[&[u8]], max_records: usize) -> Result<Vec<RecordView>> {
         let now = now_ms();
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         self.make_readable()?;
         let mut walk = self.batches(&state, 0, state.front_pos, state.low);
@@ -940,7 +952,7 @@ impl Shard for FileShard {
 
     fn read_by_tag(&self, tag: &[u8], from: i64, max_records: usize) -> Result<ReadResult> {
         let now = now_ms();
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         state.check_range(&self.name, from)?;
         self.make_readable()?;
@@ -960,7 +972,7 @@ impl Shard for FileShard {
     }
 
     fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<i64>> {
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         match timestamp_ms {
             TIMESTAMP_EARLIEST => return Ok(Some(state.low)),
@@ -1063,7 +1075,7 @@ impl Shard for FileShard {
     }
 
     fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan> {
-        self.expire_idle()?;
+        self.expire_idle(now_ms())?;
         let state = self.state.read();
         state.check_range(&self.name, from)?;
         self.make_readable()?;

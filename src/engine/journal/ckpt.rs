@@ -100,7 +100,7 @@ fn encode(
         body.push(state.low_dirty as u8);
         body.extend_from_slice(&(shard.name().len() as u32).to_le_bytes());
         body.extend_from_slice(shard.name().as_bytes());
-        let options = shard.options().to_toml();
+        let options = shard.options.to_toml();
         body.extend_from_slice(&(options.len() as u32).to_le_bytes());
         body.extend_from_slice(options.as_bytes());
         body.extend_from_slice(&(state.batches.len() as u64).to_le_bytes());

@@ -12,14 +12,14 @@ use super::entry::{self, Checkpoint, Kind};
 use super::index::{IndexEntry, ShardState};
 use super::Log;
 use crate::config::{Durability, EngineKind, ShardOptions};
-use crate::engine::keyfilter::{self, KeyFilter};
+use crate::engine::keyfilter;
 use crate::engine::scan;
 use crate::engine::{
-    ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
+    NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
 };
 use crate::format::{self, BatchHeader};
 use crate::io::{TransferChunk, TransferPlan};
-use crate::record::{Record, RecordView};
+use crate::record::RecordView;
 use crate::time::now_ms;
 use crate::{Error, Result};
 
@@ -33,7 +33,7 @@ pub(crate) const PIPELINE_BYTES: u64 = 8 << 20;
 pub struct JournalShard {
     pub(crate) id: u64,
     name: String,
-    options: ShardOptions,
+    pub(super) options: ShardOptions,
     log: Arc<Log>,
     pub(crate) state: RwLock<ShardState>,
     deleted: AtomicBool,
@@ -65,10 +65,6 @@ impl JournalShard {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn options(&self) -> &ShardOptions {
-        &self.options
     }
 
     fn check_live(&self) -> Result<()> {
@@ -227,60 +223,66 @@ impl JournalShard {
         }
     }
 
-    /// Appends one batch; waits for the shard's durability unless
-    /// `pipelined`, which hands the entry to the flusher threads instead.
-    fn append_batch(&self, records: &[Record<'_>], pipelined: bool) -> Result<i64> {
+    /// Logs `batches` at consecutive offsets; waits for the shard's
+    /// durability unless `pipelined`, which hands the entries to the
+    /// flusher threads instead. Under the state lock only the offsets are
+    /// assigned, the entry CRCs computed and the entries copied into the
+    /// log buffer, so a shard's entries enter the log in offset order.
+    fn log_batches(&self, batches: Vec<NewBatch>, pipelined: bool) -> Result<i64> {
         self.check_live()?;
         let now = now_ms();
-        // Encode outside the lock; under it only the offset is assigned, the
-        // entry CRC computed and the entry copied into the log buffer, so a
-        // shard's entries enter the log in offset order.
-        let encoded = format::encode_batch(records, self.options.compression, now)?;
-        let keys = KeyFilter::from_records(records);
-        let record_count = encoded.record_count as u32;
-        let max_timestamp = encoded.max_timestamp;
-        let mut buffer = encoded.bytes;
-        let byte_len = buffer.len();
-
         let mut state = self.state.write();
         self.check_live()?;
-        let base_offset = state.next_offset;
-        format::set_base_offset(&mut buffer, base_offset);
-        let placed = self.enqueue(&mut state, Kind::Batch, base_offset as u64, &buffer)?;
-        let batch = IndexEntry::in_segment(
-            placed.segment.clone(),
-            placed.pos + entry::HEADER_LEN as u64,
-            byte_len,
-            base_offset,
-            base_offset + record_count as i64 - 1,
-            max_timestamp,
-            record_count,
-        );
-        let _ = batch.keys.set(keys);
-        state.push(batch);
+        let first_offset = state.next_offset;
+        let (mut records, mut bytes, mut end) = (0u64, 0u64, 0u64);
+        for batch in batches {
+            let mut buffer = batch.bytes;
+            let base_offset = state.next_offset;
+            format::set_base_offset(&mut buffer, base_offset);
+            let placed = self.enqueue(&mut state, Kind::Batch, base_offset as u64, &buffer)?;
+            let entry = IndexEntry::in_segment(
+                placed.segment.clone(),
+                placed.pos + entry::HEADER_LEN as u64,
+                buffer.len(),
+                base_offset,
+                base_offset + i64::from(batch.records) - 1,
+                batch.max_timestamp,
+                batch.records,
+            );
+            if let Some(keys) = batch.keys {
+                let _ = entry.keys.set(keys);
+            }
+            state.push(entry);
+            records += u64::from(batch.records);
+            bytes += buffer.len() as u64;
+            end = placed.end;
+        }
         let dropped = state.enforce_retention(&self.options, now);
         drop(state);
 
         if pipelined {
-            self.hand_off(placed.end)?;
+            self.hand_off(end)?;
         } else {
-            self.wait(placed.end)?;
+            self.wait(end)?;
         }
         self.log.maybe_checkpoint();
-        self.appended_records
-            .fetch_add(record_count as u64, Ordering::Relaxed);
-        self.appended_bytes
-            .fetch_add(byte_len as u64, Ordering::Relaxed);
+        self.appended_records.fetch_add(records, Ordering::Relaxed);
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         if dropped {
             self.log.maybe_reclaim();
         }
-        Ok(base_offset)
+        Ok(first_offset)
     }
 }
 
 impl Shard for JournalShard {
     fn kind(&self) -> EngineKind {
         EngineKind::Journal
+    }
+
+    fn expire(&self, now_ms: i64) -> Result<()> {
+        self.expire_idle(now_ms);
+        Ok(())
     }
 
     fn info(&self) -> Result<ShardInfo> {
@@ -297,12 +299,12 @@ impl Shard for JournalShard {
         })
     }
 
-    fn append(&self, records: &[Record<'_>]) -> Result<i64> {
-        self.append_batch(records, false)
+    fn options(&self) -> &ShardOptions {
+        &self.options
     }
 
-    fn append_nowait(&self, records: &[Record<'_>]) -> Result<i64> {
-        self.append_batch(records, true)
+    fn append_batches(&self, batches: Vec<NewBatch>, pipelined: bool) -> Result<i64> {
+        self.log_batches(batches, pipelined)
     }
 
     fn wait_durable(&self, offset: i64) -> Result<()> {

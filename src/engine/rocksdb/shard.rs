@@ -9,8 +9,8 @@
 //! (deletes, retention) holds the write lock across its RocksDB write, so
 //! a reader never finds a key of its index gone.
 
-use std::ops::{Deref, DerefMut};
 use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -23,14 +23,14 @@ use super::plan::{self, PlannedBatch};
 use super::{cf, db_error, Db, CF_BATCHES, CF_GROUPS, CF_INDEX, CF_SHARDS};
 use crate::config::{Config, Durability, EngineKind, ShardOptions};
 use crate::engine::index::{BatchEntry, BatchIndex};
-use crate::engine::keyfilter::{self, KeyFilter};
+use crate::engine::keyfilter;
 use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
-    ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
+    NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
 };
 use crate::format;
 use crate::io::TransferPlan;
-use crate::record::{Record, RecordView};
+use crate::record::RecordView;
 use crate::time::now_ms;
 use crate::{Error, Result};
 
@@ -131,10 +131,6 @@ impl RocksShard {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    pub fn options(&self) -> &ShardOptions {
-        &self.options
     }
 
     fn check_live(&self, state: &ShardState) -> Result<()> {
@@ -249,52 +245,65 @@ impl RocksShard {
         self.apply_retention(&mut state, now)
     }
 
-    /// Appends one batch; for `fsync` shards, `pipelined` leaves the WAL
-    /// sync to `wait_durable`.
-    fn append_batch(&self, records: &[Record<'_>], pipelined: bool) -> Result<i64> {
+    /// Stores `batches` at consecutive offsets in one WriteBatch (with
+    /// their index records): all or none survive a crash. For `fsync`
+    /// shards, `pipelined` leaves the WAL sync to `wait_durable`.
+    fn store_batches(&self, batches: Vec<NewBatch>, pipelined: bool) -> Result<i64> {
         let now = now_ms();
-        // Encoded outside the lock: under it the offset is assigned and
-        // RocksDB writes.
-        let encoded = format::encode_batch(records, self.options.compression, now)?;
-        let filter = KeyFilter::from_records(records);
-        let count = encoded.record_count as u32;
-        let max_timestamp = encoded.max_timestamp;
-        let mut bytes = encoded.bytes;
-        let len = bytes.len();
-
+        // Readers go on while RocksDB writes: nothing they can see changes
+        // until the entries are indexed under the write lock.
         let state = self.state.upgradable_read();
         self.check_live(&state)?;
-        let base = state.next_offset;
-        let last = base + count as i64 - 1;
-        format::set_base_offset(&mut bytes, base);
-        let mut batch = WriteBatch::default();
+        let first = state.next_offset;
+        let mut write = WriteBatch::default();
+        let mut entries = Vec::with_capacity(batches.len());
         {
             let db = self.db.get()?;
             let cfs = Families::of(&db)?;
-            let key = batch_key(self.id, base);
-            let value = IndexValue {
-                last_offset: last,
-                max_timestamp,
-                records: count,
-                len: len as u32,
-            };
-            batch.put_cf(cfs.batches, key, &bytes);
-            batch.put_cf(cfs.index, key, value.encode());
+            let mut base = first;
+            for batch in batches {
+                let mut bytes = batch.bytes;
+                format::set_base_offset(&mut bytes, base);
+                let last = base + i64::from(batch.records) - 1;
+                let value = IndexValue {
+                    last_offset: last,
+                    max_timestamp: batch.max_timestamp,
+                    records: batch.records,
+                    len: bytes.len() as u32,
+                };
+                let key = batch_key(self.id, base);
+                write.put_cf(cfs.batches, key, &bytes);
+                write.put_cf(cfs.index, key, value.encode());
+                let entry = Entry::new(
+                    (),
+                    bytes.len(),
+                    base,
+                    last,
+                    batch.max_timestamp,
+                    batch.records,
+                );
+                if let Some(keys) = batch.keys {
+                    let _ = entry.keys.set(keys);
+                }
+                entries.push(entry);
+                base = last + 1;
+            }
         }
-        drop(bytes);
-        let seq = self.db.write(batch, self.options.durability, pipelined)?;
+        let seq = self.db.write(write, self.options.durability, pipelined)?;
         self.unsynced.fetch_max(seq, Ordering::AcqRel);
 
         let mut state = RwLockUpgradableReadGuard::upgrade(state);
-        let entry = Entry::new((), len, base, last, max_timestamp, count);
-        let _ = entry.keys.set(filter);
-        state.push(entry);
+        let (mut records, mut bytes) = (0u64, 0u64);
+        for entry in entries {
+            records += u64::from(entry.records);
+            bytes += entry.len as u64;
+            state.push(entry);
+        }
         self.apply_retention(&mut state, now)?;
         drop(state);
-        self.appended_records
-            .fetch_add(count as u64, Ordering::Relaxed);
-        self.appended_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        Ok(base)
+        self.appended_records.fetch_add(records, Ordering::Relaxed);
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(first)
     }
 }
 
@@ -432,12 +441,16 @@ impl Shard for RocksShard {
         })
     }
 
-    fn append(&self, records: &[Record<'_>]) -> Result<i64> {
-        self.append_batch(records, false)
+    fn expire(&self, now_ms: i64) -> Result<()> {
+        self.expire_idle(now_ms)
     }
 
-    fn append_nowait(&self, records: &[Record<'_>]) -> Result<i64> {
-        self.append_batch(records, true)
+    fn options(&self) -> &ShardOptions {
+        &self.options
+    }
+
+    fn append_batches(&self, batches: Vec<NewBatch>, pipelined: bool) -> Result<i64> {
+        self.store_batches(batches, pipelined)
     }
 
     fn wait_durable(&self, offset: i64) -> Result<()> {
