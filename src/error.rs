@@ -129,7 +129,9 @@ pub enum Error {
     /// A database directory inside the store (the RocksDB engine's) is
     /// held by another open database: another process (a RocksDB tool) or
     /// another store of this process reaching it through a link.
-    #[error("database directory '{path}' is locked: another process or store has it open ({detail})")]
+    #[error(
+        "database directory '{path}' is locked: another process or store has it open ({detail})"
+    )]
     DbLocked { path: String, detail: String },
     #[error("internal error: {0}")]
     Internal(String),

@@ -652,8 +652,8 @@ impl Store {
         let mut offsets = self.group_offsets.lock();
         // Saved by the engine when it keeps offsets itself, else in
         // `groups.json` for a persistent shard.
-        let persistent = is_persistent(handle.kind())
-            && !handle.save_group_offset(group, Some(offset))?;
+        let persistent =
+            is_persistent(handle.kind()) && !handle.save_group_offset(group, Some(offset))?;
         let key = (group.to_string(), shard.to_string());
         let previous = offsets.insert(key.clone(), (offset, persistent));
         if persistent && previous != Some((offset, persistent)) {

@@ -42,12 +42,7 @@ fn a_database_locked_by_another_process_is_locked() {
     store.close().unwrap();
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "lock_holder_child",
-            "--ignored",
-            "--nocapture",
-        ])
+        .args(["--exact", "lock_holder_child", "--ignored", "--nocapture"])
         .env(CHILD_ENV, dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -83,15 +78,17 @@ fn missing_or_damaged_rocksdb_files_fail_the_open() {
             Status::Corruption,
         ),
         (
-            "MANIFEST truncated",
+            // A MANIFEST cut short, or damaged in its last record, is a
+            // torn tail RocksDB recovers from (a crash in its last write
+            // leaves one); one with no valid record is damage.
+            "MANIFEST overwritten",
             |db| {
                 for e in std::fs::read_dir(db).unwrap() {
                     let path = e.unwrap().path();
                     let name = path.file_name().unwrap().to_string_lossy().into_owned();
                     if name.starts_with("MANIFEST-") {
-                        let len = std::fs::metadata(&path).unwrap().len();
-                        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-                        file.set_len(len / 3).unwrap();
+                        let len = std::fs::metadata(&path).unwrap().len() as usize;
+                        std::fs::write(&path, vec![0x5a; len]).unwrap();
                     }
                 }
             },
@@ -120,7 +117,9 @@ fn missing_or_damaged_rocksdb_files_fail_the_open() {
         store.append("s", &Record::new(b"v")).unwrap();
         store.close().unwrap();
         damage(&dir.path().join("rocksdb"));
-        let err = open(dir.path()).unwrap_err();
+        let err = open(dir.path())
+            .err()
+            .unwrap_or_else(|| panic!("{what}: opened"));
         assert_eq!(err.status(), status, "{what}: {err}");
         assert!(err.to_string().contains("rocksdb"), "{what}: {err}");
     }

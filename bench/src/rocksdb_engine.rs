@@ -16,8 +16,14 @@ pub const PREFIX: &str = "rocksdb_engine";
 
 /// The metrics the issue names (reported absent without the engine).
 pub const ISSUE_METRICS: [(&str, &str); 5] = [
-    ("rocksdb_engine.append_1k_batch64_fsync.msgs_per_s", "msgs/s"),
-    ("rocksdb_engine.append_100b_batch1024_fsync.msgs_per_s", "msgs/s"),
+    (
+        "rocksdb_engine.append_1k_batch64_fsync.msgs_per_s",
+        "msgs/s",
+    ),
+    (
+        "rocksdb_engine.append_100b_batch1024_fsync.msgs_per_s",
+        "msgs/s",
+    ),
     ("rocksdb_engine.shards_1m.rss_mb", "MiB"),
     ("rocksdb_engine.shards_1m.append_msgs_per_s", "msgs/s"),
     ("rocksdb_engine.read_tail_1k.gbps", "GB/s"),

@@ -75,7 +75,17 @@ pub(crate) fn read(
     let mut bytes = 0usize;
     let mut next_offset = from;
     let mut full = false;
-    for batch in batches {
+    let mut batches = batches.into_iter();
+    loop {
+        // Full already: the next batch is not fetched (a RocksDB engine
+        // would read it from the database for nothing).
+        if records.len() >= limits.max_records {
+            full = true;
+            break;
+        }
+        let Some(batch) = batches.next() else {
+            break;
+        };
         format::for_each_record_from(&batch.bytes, false, from, |record| {
             if record.is_expired(now_ms) {
                 next_offset = record.offset + 1;

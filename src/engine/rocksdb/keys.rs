@@ -190,7 +190,10 @@ mod tests {
         let mut keys: Vec<[u8; KEY_LEN]> = pairs.iter().map(|&(s, o)| batch_key(s, o)).collect();
         keys.sort();
         let decoded: Vec<(u64, i64)> = keys.iter().map(|k| parse_batch_key(k).unwrap()).collect();
-        assert_eq!(decoded, pairs, "sorted keys decode in (shard, offset) order");
+        assert_eq!(
+            decoded, pairs,
+            "sorted keys decode in (shard, offset) order"
+        );
         for &(shard, offset) in &pairs {
             let key = batch_key(shard, offset);
             assert!(shard_prefix(shard).as_slice() < key.as_slice());

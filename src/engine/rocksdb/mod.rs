@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ::rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    ErrorKind, Options, SliceTransform, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, ErrorKind,
+    Options, SliceTransform, WriteBatch, WriteOptions, DB,
 };
 use parking_lot::{Condvar, MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
 
@@ -178,8 +178,8 @@ impl Db {
         options.set_keep_log_file_num(2);
         options.set_max_log_file_size(8 << 20);
         options.set_compression_type(DBCompressionType::None);
-        let cache =
-            (config.block_cache_mb > 0).then(|| Cache::new_lru_cache((config.block_cache_mb as usize) << 20));
+        let cache = (config.block_cache_mb > 0)
+            .then(|| Cache::new_lru_cache((config.block_cache_mb as usize) << 20));
         let buffer = config.write_buffer_mb << 20;
         let small = buffer.min(16 << 20);
         let families = [
@@ -191,8 +191,8 @@ impl Db {
         .map(|(name, size, prefixed)| {
             ColumnFamilyDescriptor::new(name, cf_options(size, cache.as_ref(), prefixed))
         });
-        let db = DB::open_cf_descriptors(&options, path, families)
-            .map_err(|e| open_error(path, e))?;
+        let db =
+            DB::open_cf_descriptors(&options, path, families).map_err(|e| open_error(path, e))?;
         Ok(Db {
             path: path.to_path_buf(),
             db: RwLock::new(Some(Box::new(db))),
@@ -266,7 +266,8 @@ impl Db {
         // released, while the database they belong to is still there.
         _kept = self.plans.detach_all(&db);
         let flushed = if self.unlogged.load(Ordering::Acquire) {
-            db.flush().map_err(|e| db_error("flushing memtables at close", e))
+            db.flush()
+                .map_err(|e| db_error("flushing memtables at close", e))
         } else {
             Ok(())
         };
@@ -308,15 +309,24 @@ fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
         .ok_or_else(|| Error::Internal(format!("RocksDB column family '{name}' is not open")))
 }
 
-/// RocksDB's failure to open `path`: a LOCK held elsewhere is `Locked`,
-/// damage `Corruption`, the rest `Io`.
+/// RocksDB's failure to open `path`: a LOCK held elsewhere is `Locked`;
+/// damage, and a file the database's own records name gone missing (the
+/// directory exists, so RocksDB only looks for files they name), are
+/// `Corruption`; the rest `Io`.
 fn open_error(path: &Path, e: ::rocksdb::Error) -> Error {
     let message = e.to_string();
-    if e.kind() == ErrorKind::IOError && message.to_ascii_lowercase().contains("lock") {
+    let io = e.kind() == ErrorKind::IOError;
+    if io && message.to_ascii_lowercase().contains("lock") {
         return Error::DbLocked {
             path: path.display().to_string(),
             detail: message,
         };
+    }
+    if io && message.contains("No such file or directory") {
+        return Error::corruption(format!(
+            "RocksDB database '{}' is missing a file it names: {message}",
+            path.display()
+        ));
     }
     db_error(&format!("opening '{}'", path.display()), e)
 }

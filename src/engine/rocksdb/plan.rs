@@ -124,7 +124,9 @@ impl PlanSource {
                 .get_pinned_cf_opt(family, batch_key(self.shard, batch.base_offset), options)
                 .map_err(|e| db_error("reading a planned batch", e))?;
             match value.as_deref() {
-                Some(v) if v.len() as u64 == batch.len => out.extend_from_slice(&v[skip..skip + take]),
+                Some(v) if v.len() as u64 == batch.len => {
+                    out.extend_from_slice(&v[skip..skip + take])
+                }
                 _ => return Err(self.missing(batch)),
             }
             index += 1;

@@ -120,7 +120,7 @@ impl RocksShard {
     pub(super) fn create(id: u64, name: &str, options: ShardOptions, db: Arc<Db>) -> Result<Self> {
         let shard = RocksShard::new(id, name, options, db, BatchIndex::default());
         let mut batch = WriteBatch::default();
-        shard.put_meta(&mut batch, &BatchIndex::default())?;
+        shard.put_meta(&mut batch, 0, 0)?;
         shard.db.write(batch, shard.options.durability, false)?;
         Ok(shard)
     }
@@ -140,13 +140,13 @@ impl RocksShard {
         Ok(())
     }
 
-    /// Adds the shard's catalogue entry, as of `index`, to `batch`.
-    fn put_meta(&self, batch: &mut WriteBatch, index: &BatchIndex<()>) -> Result<()> {
+    /// Adds the shard's catalogue entry, with these watermarks, to `batch`.
+    fn put_meta(&self, batch: &mut WriteBatch, low_watermark: i64, next_offset: i64) -> Result<()> {
         let meta = ShardMeta {
             name: self.name.clone(),
             options: self.options.to_toml(),
-            low_watermark: index.low_watermark,
-            next_offset: index.next_offset,
+            low_watermark,
+            next_offset,
         };
         let db = self.db.get()?;
         batch.put_cf(cf(&db, CF_SHARDS)?, shard_prefix(self.id), meta.encode());
@@ -203,7 +203,14 @@ impl RocksShard {
         batch.put_cf(cfs.batches, key, &bytes);
         batch.put_cf(cfs.index, key, value.encode());
         let (base, last, max_ts) = (old.base_offset, old.last_offset, old.max_timestamp);
-        Ok(Some(Entry::new((), bytes.len(), base, last, max_ts, records)))
+        Ok(Some(Entry::new(
+            (),
+            bytes.len(),
+            base,
+            last,
+            max_ts,
+            records,
+        )))
     }
 
     /// Durability of writes nobody waits for (retention): the WAL, unless
@@ -224,10 +231,10 @@ impl RocksShard {
         }
         let mut batch = WriteBatch::default();
         self.delete_batches(&mut batch, state.batches.range(..count))?;
-        let mut after = BatchIndex::<()>::default();
-        after.low_watermark = state.low_watermark.max(state.batches[count - 1].last_offset + 1);
-        after.next_offset = state.next_offset;
-        self.put_meta(&mut batch, &after)?;
+        let low = state
+            .low_watermark
+            .max(state.batches[count - 1].last_offset + 1);
+        self.put_meta(&mut batch, low, state.next_offset)?;
         self.db.write(batch, self.background_durability(), false)?;
         state.drop_front(count);
         Ok(())
@@ -564,10 +571,7 @@ impl Shard for RocksShard {
             }
             _ => None,
         };
-        let mut after = BatchIndex::<()>::default();
-        after.low_watermark = target;
-        after.next_offset = state.next_offset;
-        self.put_meta(&mut batch, &after)?;
+        self.put_meta(&mut batch, target, state.next_offset)?;
         self.db.write(batch, self.options.durability, false)?;
         state.raise_low(target);
         if let Some(entry) = cut {
@@ -601,7 +605,7 @@ impl Shard for RocksShard {
             return Ok(0);
         }
         // The next offset survives the newest batch's removal.
-        self.put_meta(&mut batch, &state)?;
+        self.put_meta(&mut batch, state.low_watermark, state.next_offset)?;
         self.db.write(batch, self.options.durability, false)?;
         for (i, new) in changes.into_iter().rev() {
             state.replace(i, new);
@@ -735,7 +739,9 @@ fn load_catalogue(db: &Db) -> Result<Loaded> {
     let mut shards = Loaded::new();
     while let Some((key, value)) = iter.item() {
         let id = keys::parse_shard_key(key).ok_or_else(|| {
-            Error::corruption(format!("RocksDB catalogue key {key:02x?} is not a shard id"))
+            Error::corruption(format!(
+                "RocksDB catalogue key {key:02x?} is not a shard id"
+            ))
         })?;
         let meta = ShardMeta::decode(id, value)?;
         let index = BatchIndex {
@@ -758,23 +764,31 @@ fn load_index(db: &Db, shards: &mut Loaded) -> Result<()> {
     let mut iter = db.raw_iterator_cf_opt(cf(&db, CF_INDEX)?, options);
     iter.seek_to_first();
     while let Some((key, value)) = iter.item() {
-        let bad = |what: &str| {
-            Error::corruption(format!("RocksDB index record {key:02x?}: {what}"))
-        };
+        let bad =
+            |what: &str| Error::corruption(format!("RocksDB index record {key:02x?}: {what}"));
         let (id, base) = keys::parse_batch_key(key).ok_or_else(|| bad("not a batch key"))?;
         let value = IndexValue::decode(value).ok_or_else(|| bad("malformed value"))?;
         let (_, index) = shards
             .get_mut(&id)
             .ok_or_else(|| bad("its shard has no catalogue entry"))?;
         let follows = index.batches.back().map_or(true, |b| b.last_offset < base);
-        if value.last_offset < base || !follows || base < index.low_watermark {
+        // A batch a delete cut keeps its key below the watermark.
+        if value.last_offset < base || !follows || value.last_offset < index.low_watermark {
             return Err(bad("offsets out of order"));
         }
         let len = value.len as usize;
-        index.push(Entry::new((), len, base, value.last_offset, value.max_timestamp, value.records));
+        index.push(Entry::new(
+            (),
+            len,
+            base,
+            value.last_offset,
+            value.max_timestamp,
+            value.records,
+        ));
         iter.next();
     }
-    iter.status().map_err(|e| db_error("reading the batch index", e))
+    iter.status()
+        .map_err(|e| db_error("reading the batch index", e))
 }
 
 /// Every saved group offset, by shard id.

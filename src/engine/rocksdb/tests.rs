@@ -14,7 +14,7 @@ use crate::{Status, Store};
 
 const CONFIG: &str = "[shard]\nengine = \"rocksdb\"\ndurability = \"os\"\n";
 
-fn store(dir: &Path) -> Store {
+fn open_store(dir: &Path) -> Store {
     Store::open(dir, Config::from_toml_str(CONFIG).unwrap()).unwrap()
 }
 
@@ -69,7 +69,10 @@ fn assert_consistent(db: &DB) {
     let batches = keys_of(db, CF_BATCHES);
     assert_eq!(batches, keys_of(db, CF_INDEX));
     for key in &batches {
-        let bytes = db.get_cf(cf(db, CF_BATCHES).unwrap(), key).unwrap().unwrap();
+        let bytes = db
+            .get_cf(cf(db, CF_BATCHES).unwrap(), key)
+            .unwrap()
+            .unwrap();
         let value = db.get_cf(cf(db, CF_INDEX).unwrap(), key).unwrap().unwrap();
         let value = IndexValue::decode(&value).unwrap();
         let header = crate::format::BatchHeader::parse(&bytes).unwrap();
@@ -87,8 +90,10 @@ fn assert_consistent(db: &DB) {
 #[test]
 fn every_change_is_one_write_batch_with_its_metadata() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path());
-    store.create_shard("s", Some("retention_records = 6")).unwrap();
+    let store = open_store(dir.path());
+    store
+        .create_shard("s", Some("retention_records = 6"))
+        .unwrap();
     store.create_shard("other", None).unwrap();
     append(&store, "other", &["x"]);
     let w = writes(&store, "s");
@@ -118,9 +123,12 @@ fn every_change_is_one_write_batch_with_its_metadata() {
     assert_eq!(shard_keys, [(1, 3), (2, 0)]);
     drop(db);
 
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     let info = store.shard_info("s").unwrap();
-    assert_eq!((info.first_offset, info.next_offset, info.records), (4, 7, 1));
+    assert_eq!(
+        (info.first_offset, info.next_offset, info.records),
+        (4, 7, 1)
+    );
     let w = writes(&store, "s");
     store.delete_shard("s").unwrap();
     assert_eq!(writes(&store, "other"), w + 1, "deletion is one write");
@@ -141,7 +149,7 @@ fn every_change_is_one_write_batch_with_its_metadata() {
 #[test]
 fn a_batch_missing_behind_its_index_is_corruption() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     store.create_shard("s", None).unwrap();
     append(&store, "s", &["a"]);
     append(&store, "s", &["b"]);
@@ -150,7 +158,7 @@ fn a_batch_missing_behind_its_index_is_corruption() {
     db.delete_cf(cf(&db, CF_BATCHES).unwrap(), keys::batch_key(1, 1))
         .unwrap();
     drop(db);
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     let err = store.read("s", 0, 10, 1 << 20).unwrap_err();
     assert_eq!(err.status(), Status::Corruption, "{err}");
     assert!(err.to_string().contains("offset 1 of shard 's'"), "{err}");
@@ -160,10 +168,12 @@ fn a_batch_missing_behind_its_index_is_corruption() {
 /// Damage to the engine's own records refuses the open, naming it.
 #[test]
 fn damaged_catalogue_or_index_refuses_to_open() {
-    let damages: [(&str, fn(&DB)); 3] = [
+    type Damage = fn(&DB);
+    let damages: [(&str, Damage); 3] = [
         ("catalogue entry of shard id 1", |db| {
             let family = cf(db, CF_SHARDS).unwrap();
-            db.put_cf(family, keys::shard_prefix(1), b"\x01short").unwrap();
+            db.put_cf(family, keys::shard_prefix(1), b"\x01short")
+                .unwrap();
         }),
         ("its shard has no catalogue entry", |db| {
             let value = IndexValue {
@@ -173,7 +183,8 @@ fn damaged_catalogue_or_index_refuses_to_open() {
                 len: 70,
             };
             let family = cf(db, CF_INDEX).unwrap();
-            db.put_cf(family, keys::batch_key(9, 0), value.encode()).unwrap();
+            db.put_cf(family, keys::batch_key(9, 0), value.encode())
+                .unwrap();
         }),
         ("malformed value", |db| {
             let family = cf(db, CF_INDEX).unwrap();
@@ -182,7 +193,7 @@ fn damaged_catalogue_or_index_refuses_to_open() {
     ];
     for (what, damage) in damages {
         let dir = tempfile::tempdir().unwrap();
-        let store = store(dir.path());
+        let store = open_store(dir.path());
         store.create_shard("s", None).unwrap();
         append(&store, "s", &["a"]);
         store.close().unwrap();
@@ -198,9 +209,11 @@ fn damaged_catalogue_or_index_refuses_to_open() {
 #[test]
 fn damaged_rocksdb_files_are_errors_not_crashes() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     // `none` shards are flushed to SST files by a clean close.
-    store.create_shard("s", Some("durability = \"none\"")).unwrap();
+    store
+        .create_shard("s", Some("durability = \"none\""))
+        .unwrap();
     let value = "v".repeat(10_000);
     for _ in 0..20 {
         append(&store, "s", &[&value]);
@@ -222,7 +235,7 @@ fn damaged_rocksdb_files_are_errors_not_crashes() {
         *b ^= 0x5a;
     }
     std::fs::write(biggest, bytes).unwrap();
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     let err = store.read("s", 0, 100, usize::MAX).unwrap_err();
     assert_eq!(err.status(), Status::Corruption, "{err}");
     store.close().unwrap();
@@ -239,7 +252,7 @@ fn damaged_rocksdb_files_are_errors_not_crashes() {
 #[test]
 fn a_locked_database_is_reported_as_locked() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     store.create_shard("s", None).unwrap();
     let other = RocksdbEngine::new(dir.path(), RocksdbConfig::default());
     let err = other.recover().err().expect("the database is open");
@@ -256,7 +269,7 @@ fn a_locked_database_is_reported_as_locked() {
 #[test]
 fn group_offsets_live_in_their_column_family() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     store.create_shard("s", None).unwrap();
     store.create_shard("t", None).unwrap();
     store.commit_offset("g", "s", 5).unwrap();
@@ -274,7 +287,7 @@ fn group_offsets_live_in_their_column_family() {
     assert_eq!(saved, [(1, "g".into()), (1, "h".into()), (2, "g".into())]);
     drop(db);
 
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     assert_eq!(store.committed_offset("g", "s").unwrap(), Some(5));
     assert_eq!(store.committed_offset("h", "s").unwrap(), Some(8));
     assert_eq!(store.committed_offset("g", "t").unwrap(), Some(6));
@@ -285,7 +298,7 @@ fn group_offsets_live_in_their_column_family() {
     let db = raw(dir.path());
     assert!(keys_of(&db, CF_GROUPS).is_empty());
     drop(db);
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     assert_eq!(store.committed_offset("h", "s").unwrap(), None);
     assert_eq!(store.committed_offset("g", "t").unwrap(), None);
     store.close().unwrap();
@@ -297,7 +310,7 @@ fn group_offsets_live_in_their_column_family() {
 #[test]
 fn plans_send_what_was_planned() {
     let dir = tempfile::tempdir().unwrap();
-    let store = store(dir.path());
+    let store = open_store(dir.path());
     store.create_shard("s", None).unwrap();
     for i in 0..10 {
         let value = format!("{i}").repeat(3000);
