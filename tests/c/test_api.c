@@ -1784,13 +1784,61 @@ static void pipe_verify(mqs_store *store, const char *shard) {
     CHECK_OK(mqs_batch_free(batch));
 }
 
-/* A RocksDB directory another open database holds (here the same
- * directory reached through a second store's symlink) fails the open with
- * MQS_LOCKED; a damaged one (CURRENT naming a missing MANIFEST) with
- * MQS_CORRUPTION; both name the directory and leave the first store
- * working. */
+static const char *ROCKSDB_CONFIG = "[shard]\nengine = \"rocksdb\"\n";
+/* This program's path (argv[0]), to run it as a helper process: under
+ * valgrind /proc/self/exe is valgrind's own tool. */
+static const char *g_self = "test_api";
+
+/* The helper process of test_rocksdb_bad_directories (this program run with
+ * --hold-store DIR): holds the store in DIR open, says so on stdout, and
+ * closes it when its stdin closes. */
+static int hold_store(const char *dir) {
+    mqs_store *store = NULL;
+    if (mqs_store_open(dir, ROCKSDB_CONFIG, &store) != MQS_OK) {
+        return 1;
+    }
+    if (write(STDOUT_FILENO, "H", 1) != 1) {
+        return 2;
+    }
+    char c;
+    while (read(STDIN_FILENO, &c, 1) > 0) {
+    }
+    return mqs_store_close(store) == MQS_OK ? 0 : 3;
+}
+
+/* Starts this program as the holder of the store in `dir`; returns its pid
+ * once it holds it, with `*to_child` its stdin. */
+static pid_t start_holder(const char *dir, int *to_child) {
+    int in[2], out[2];
+    REQUIRE(pipe(in) == 0 && pipe(out) == 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        dup2(in[0], STDIN_FILENO);
+        dup2(out[1], STDOUT_FILENO);
+        close(in[1]);
+        close(out[0]);
+        execl(g_self, g_self, "--hold-store", dir, (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    char said = 0;
+    CHECK(read(out[0], &said, 1) == 1 && said == 'H');
+    close(out[0]);
+    *to_child = in[1];
+    return child;
+}
+
+/* A RocksDB directory another process holds open (a second store whose
+ * rocksdb/ is a symlink to the first one's, opened while a helper process
+ * holds the first) fails the open with MQS_LOCKED; a damaged one (CURRENT
+ * naming a missing MANIFEST) with MQS_CORRUPTION; both name the directory,
+ * and the data is intact once the holder is gone. */
 static void test_rocksdb_bad_directories(void) {
-    const char *config = "[shard]\nengine = \"rocksdb\"\n";
+    const char *config = ROCKSDB_CONFIG;
     char a[128], b[128], link_from[256], link_to[256];
     new_store_dir(a, sizeof a);
     new_store_dir(b, sizeof b);
@@ -1800,14 +1848,23 @@ static void test_rocksdb_bad_directories(void) {
     mqs_record_in kept = value_record("kept");
     int64_t offset = -1;
     CHECK_OK(mqs_append(store, "r", &kept, &offset));
+    CHECK_OK(mqs_store_close(store));
     REQUIRE(mkdir(b, 0700) == 0);
     snprintf(link_to, sizeof link_to, "%s/rocksdb", a);
     snprintf(link_from, sizeof link_from, "%s/rocksdb", b);
     REQUIRE(symlink(link_to, link_from) == 0);
+
+    int to_child = -1;
+    pid_t holder = start_holder(a, &to_child);
     mqs_store *other = NULL;
     CHECK(mqs_store_open(b, config, &other) == MQS_LOCKED && other == NULL);
     CHECK(strstr(mqs_last_error_message(), "rocksdb") != NULL);
     CHECK(strstr(mqs_last_error_message(), "locked") != NULL);
+    close(to_child);
+    int wstatus = 0;
+    CHECK(waitpid(holder, &wstatus, 0) == holder && WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+
+    REQUIRE(mqs_store_open(b, config, &store) == MQS_OK);
     const mqs_record *records = NULL;
     size_t count = 0;
     mqs_batch *batch = read_ok(store, "r", 0, 10, SIZE_MAX, &records, &count);
@@ -2057,7 +2114,11 @@ static void test_append_nowait_errors(void) {
     CHECK_MENTIONS("mqs_store");
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--hold-store") == 0) {
+        return hold_store(argv[2]);
+    }
+    g_self = argv[0];
     crc32c_init();
     strcpy(g_root, "/tmp/mqs-c-test-XXXXXX");
     if (mkdtemp(g_root) == NULL) {

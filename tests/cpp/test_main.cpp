@@ -775,7 +775,11 @@ void pipelined_errors() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char **argv) {
+    if (argc == 3 && std::string(argv[1]) == "--hold-store") {
+        return other::hold_store(argv[2]);
+    }
+    test::self_path() = argv[0];
     char scratch[] = "/tmp/mqstore-cpp-test-XXXXXX";
     if (::mkdtemp(scratch) == nullptr) {
         std::perror("mkdtemp");

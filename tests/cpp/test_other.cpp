@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "test_util.hpp"
@@ -549,9 +550,27 @@ void transfer_read_into_errors() {
     CHECK_EQ(moved.sent_bytes(), sizeof buf);
 }
 
-// A RocksDB directory held by another open database (the same directory
-// through a second store's symlink) is MQS_LOCKED; a damaged one (CURRENT
-// naming a missing MANIFEST) MQS_CORRUPTION; both name the directory.
+int hold_store(const std::string &dir) {
+    try {
+        mqstore::Store store = mqstore::Store::open(dir, std::string("[shard]\nengine = \"rocksdb\"\n"));
+        if (::write(STDOUT_FILENO, "H", 1) != 1) {
+            return 2;
+        }
+        char c;
+        while (::read(STDIN_FILENO, &c, 1) > 0) {
+        }
+        store.close();
+        return 0;
+    } catch (const std::exception &) {
+        return 1;
+    }
+}
+
+// A RocksDB directory another process holds open (a second store whose
+// rocksdb/ is a symlink to the first one's, opened while a helper process,
+// this program with --hold-store, holds the first) is MQS_LOCKED; a
+// damaged one (CURRENT naming a missing MANIFEST) MQS_CORRUPTION; both name
+// the directory.
 void rocksdb_bad_directories() {
     const std::string config = "[shard]\nengine = \"rocksdb\"\n";
     const std::string a = test::dir("rocksdb-a"), b = test::dir("rocksdb-b");
@@ -559,10 +578,36 @@ void rocksdb_bad_directories() {
         mqstore::Store store = mqstore::Store::open(a, config);
         store.create_shard("r");
         append_numbered(store, "r", 0, 3);
-        CHECK_EQ(::mkdir(b.c_str(), 0700), 0);
-        CHECK_EQ(::symlink((a + "/rocksdb").c_str(), (b + "/rocksdb").c_str()), 0);
-        CHECK_THROWS_CODE(locked, mqstore::Store::open(b, config), MQS_LOCKED);
-        CHECK(test::contains(locked, "rocksdb"));
+    }
+    CHECK_EQ(::mkdir(b.c_str(), 0700), 0);
+    CHECK_EQ(::symlink((a + "/rocksdb").c_str(), (b + "/rocksdb").c_str()), 0);
+    int in[2], out[2];
+    CHECK_EQ(::pipe(in), 0);
+    CHECK_EQ(::pipe(out), 0);
+    std::fflush(nullptr);
+    pid_t holder = ::fork();
+    if (holder == 0) {
+        ::dup2(in[0], STDIN_FILENO);
+        ::dup2(out[1], STDOUT_FILENO);
+        ::close(in[1]);
+        ::close(out[0]);
+        const char *self = test::self_path().c_str();
+        ::execl(self, self, "--hold-store", a.c_str(), static_cast<char *>(nullptr));
+        ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    char said = 0;
+    CHECK_EQ(::read(out[0], &said, 1), 1);
+    ::close(out[0]);
+    CHECK_THROWS_CODE(locked, mqstore::Store::open(b, config), MQS_LOCKED);
+    CHECK(test::contains(locked, "rocksdb"));
+    ::close(in[1]);
+    int status = 0;
+    CHECK_EQ(::waitpid(holder, &status, 0), holder);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    {
+        mqstore::Store store = mqstore::Store::open(b, config);
         CHECK_EQ(store.read("r", 0, 10, mqstore::UNLIMITED).size(), static_cast<std::size_t>(3));
     }
     {

@@ -5,6 +5,8 @@ database directory failing the open with a clear error."""
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -64,7 +66,7 @@ def test_plan_sends_the_batches_as_planned(rstore):
     rstore.delete_by_offsets("s", [45, 46])
     rstore.append_batch("s", [b"later"] * 5)
     assert _received(rstore, "s", plan) == expected
-    again = rstore.plan_transfer("s", 0, 1 << 20)
+    again = rstore.plan_transfer("s", 40, 1 << 20)
     assert again.total_bytes < len(expected)
     for size in (1, 7, 4096):
         plan = rstore.plan_transfer("s", 40, 1 << 20)
@@ -111,19 +113,41 @@ def test_plans_outlive_the_store(tmp_path):
     assert len(rest) == plan.total_bytes - 10
 
 
+HOLDER = """
+import sys, mqstore
+store = mqstore.Store(sys.argv[1], '[shard]\\nengine = "rocksdb"\\n')
+print("holding", flush=True)
+sys.stdin.read()
+store.close()
+"""
+
+
 def test_locked_database_fails_the_open(tmp_path):
-    """A database directory another open RocksDB holds (here: the same
-    directory reached through a second store's symlink)."""
+    """A database directory another process holds open: a second store
+    whose rocksdb/ is a symlink to the first one's, opened while a helper
+    process holds the first."""
     with mqstore.Store(tmp_path / "a", ROCKSDB) as store:
         store.create_shard("s")
         store.append("s", b"kept")
-        (tmp_path / "b").mkdir()
-        os.symlink(tmp_path / "a" / "rocksdb", tmp_path / "b" / "rocksdb")
+    (tmp_path / "b").mkdir()
+    os.symlink(tmp_path / "a" / "rocksdb", tmp_path / "b" / "rocksdb")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path / "a")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "holding\n"
         with pytest.raises(mqstore.Locked) as info:
             mqstore.Store(tmp_path / "b", ROCKSDB)
         assert "rocksdb" in str(info.value)
         assert "is locked" in str(info.value)
-        assert bytes(store.read("s", 0)[0].value) == b"kept"
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+    with mqstore.Store(tmp_path / "b", ROCKSDB) as store:
+        assert [bytes(r.value) for r in store.read("s", 0)] == [b"kept"]
 
 
 def test_damaged_database_fails_the_open(tmp_path):
