@@ -528,6 +528,54 @@ enum mqs_status mqs_append_batch_nowait(struct mqs_store *store,
                                         int64_t *out_base_offset);
 
 /**
+ * Appends RecordBatch v2 bytes as a Kafka producer sent them (`len` bytes:
+ * one or more batches back to back, e.g. a partition's records of a
+ * ProduceRequest) to `shard`, stored byte for byte but for the base
+ * offset, at consecutive offsets: `*out_base_offset` is the first batch's
+ * base offset, and each later batch starts where the previous one's
+ * records end (base offset + record count). `*out_batch_count` (may be
+ * NULL) is the number of batches. Acknowledged per the shard's durability
+ * mode, once for all the batches.
+ *
+ * Every batch is checked first, as Kafka's log validator checks client
+ * batches, and nothing is stored when one is refused: `MQS_CORRUPTION`
+ * (truncated, CRC-32C mismatch, records that do not parse, unknown codec),
+ * `MQS_INVALID_ARGUMENT` (empty input, magic other than 2, a control
+ * batch, no records, lastOffsetDelta + 1 not the record count, a producer
+ * id without a sequence, transactional without a producer id),
+ * `MQS_RECORD_TOO_LARGE` (a batch over `max_batch_bytes` or a record over
+ * `max_record_bytes`), `MQS_UNSUPPORTED` (a codec not in the build); the
+ * message names the batch's index and byte range.
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string; `data` points to `len` readable
+ * bytes (or is NULL with `len` 0); `out_base_offset` is valid for writing,
+ * and `out_batch_count` too unless NULL.
+ */
+enum mqs_status mqs_append_raw(struct mqs_store *store,
+                               const char *shard,
+                               const uint8_t *data,
+                               size_t len,
+                               int64_t *out_base_offset,
+                               size_t *out_batch_count);
+
+/**
+ * `mqs_append_raw` that returns once the batches have their offsets,
+ * without waiting for the shard's durability mode, as
+ * `mqs_append_batch_nowait` does; `mqs_wait_durable` on the last batch's
+ * last offset (or any later one) acknowledges them.
+ *
+ * # Safety
+ * As for `mqs_append_raw`.
+ */
+enum mqs_status mqs_append_raw_nowait(struct mqs_store *store,
+                                      const char *shard,
+                                      const uint8_t *data,
+                                      size_t len,
+                                      int64_t *out_base_offset,
+                                      size_t *out_batch_count);
+
+/**
  * Blocks until the record at `offset` of `shard`, and every earlier record
  * of the shard, is as durable as the shard's durability mode promises
  * (`none`: buffered; `os`: handed to the kernel; `fsync`: fdatasynced).

@@ -661,6 +661,32 @@ public:
         return append_batch_with(mqs_append_batch_nowait, shard, messages);
     }
 
+    /// What append_raw() stored: the first batch's base offset and the
+    /// number of batches; each later batch starts where the previous one's
+    /// records end (base offset + record count).
+    struct RawAppend {
+        int64_t base_offset;
+        size_t batches;
+    };
+
+    /// Appends RecordBatch v2 bytes as a Kafka producer sent them (one or
+    /// more batches back to back), stored byte for byte but for the base
+    /// offset, at consecutive offsets. Every batch is checked first, as
+    /// Kafka's log validator checks client batches, and nothing is stored
+    /// when one is refused (MQS_CORRUPTION, MQS_INVALID_ARGUMENT,
+    /// MQS_RECORD_TOO_LARGE or MQS_UNSUPPORTED, naming the batch).
+    /// Acknowledged per the shard's durability mode, once for all batches.
+    RawAppend append_raw(const std::string &shard, const void *data, size_t len) {
+        return append_raw_with(mqs_append_raw, shard, data, len);
+    }
+
+    /// append_raw() that returns once the batches have their offsets, like
+    /// append_batch_nowait(); wait_durable() on the last batch's last
+    /// offset acknowledges them.
+    RawAppend append_raw_nowait(const std::string &shard, const void *data, size_t len) {
+        return append_raw_with(mqs_append_raw_nowait, shard, data, len);
+    }
+
     /// Blocks until the record at offset, and every earlier record of shard,
     /// is as durable as the shard's durability mode promises: the
     /// acknowledgement of append_batch_nowait() batches up to the one holding
@@ -857,6 +883,14 @@ private:
         check(append(handle(), detail::c_name(shard, "shard name"), encoded.records.data(), encoded.records.size(),
                      &base));
         return base;
+    }
+
+    RawAppend append_raw_with(decltype(&mqs_append_raw) append, const std::string &shard, const void *data,
+                              size_t len) {
+        RawAppend out{-1, 0};
+        check(append(handle(), detail::c_name(shard, "shard name"), static_cast<const uint8_t *>(data), len,
+                     &out.base_offset, &out.batches));
+        return out;
     }
 
     mqs_store *handle() const {

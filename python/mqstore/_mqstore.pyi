@@ -315,6 +315,17 @@ class Store:
         once ``wait_durable`` returns for one of its offsets or a later one.
         Typical use: keep a window of N batches in flight, waiting on the
         oldest when the window is full."""
+    def append_raw(self, shard: str, data: _BytesLike) -> list[int]:
+        """Appends RecordBatch v2 bytes as a Kafka producer sent them (one
+        or more batches back to back). Every batch is checked as Kafka's log
+        validator checks client batches and nothing is stored when one is
+        refused (CorruptionError, InvalidArgument, RecordTooLarge or
+        Unsupported, naming the batch); the batches are stored byte for
+        byte but for the base offset, at consecutive offsets. Returns each
+        batch's base offset."""
+    def append_raw_nowait(self, shard: str, data: _BytesLike) -> list[int]:
+        """``append_raw`` that returns once the batches have their offsets;
+        ``wait_durable`` on the last batch's last offset acknowledges them."""
     def wait_durable(self, shard: str, offset: int) -> None:
         """Blocks (with the GIL released) until the record at ``offset`` and
         every earlier record of ``shard`` is as durable as the shard's

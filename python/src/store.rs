@@ -42,6 +42,18 @@ impl PyStore {
 
     /// The body of `append_batch` and `append_batch_nowait`: the same
     /// conversion, then `append` with the GIL released.
+    fn append_raw_with<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        data: &Bound<'py, PyAny>,
+        append: fn(&mqstore::Store, &str, &[u8]) -> mqstore::Result<Vec<i64>>,
+    ) -> PyResult<Vec<i64>> {
+        let arena = Arena::new();
+        let bytes = arena.require_bytes(data, &|| "data".to_string())?;
+        py.detach(|| append(&self.inner, shard, bytes)).or_raise(py)
+    }
+
     fn append_batch_with<'py>(
         &self,
         py: Python<'py>,
@@ -273,6 +285,33 @@ impl PyStore {
         records: &Bound<'py, PyAny>,
     ) -> PyResult<i64> {
         self.append_batch_with(py, shard, records, mqstore::Store::append_batch_nowait)
+    }
+
+    /// Appends RecordBatch v2 bytes as a Kafka producer sent them (one or
+    /// more batches back to back): each is checked as Kafka's log validator
+    /// checks client batches, nothing is stored when one is refused, and
+    /// the batches are stored byte for byte but for the base offset, at
+    /// consecutive offsets. Returns each batch's base offset. Acknowledged
+    /// per the shard's durability mode, once for all of them.
+    fn append_raw<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<i64>> {
+        self.append_raw_with(py, shard, data, mqstore::Store::append_raw)
+    }
+
+    /// `append_raw` that returns once the batches have their offsets, like
+    /// `append_batch_nowait`; `wait_durable` on the last batch's last offset
+    /// acknowledges them.
+    fn append_raw_nowait<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<i64>> {
+        self.append_raw_with(py, shard, data, mqstore::Store::append_raw_nowait)
     }
 
     /// Blocks until the record at `offset` and every earlier record of

@@ -119,6 +119,109 @@ pub unsafe extern "C" fn mqs_append_batch_nowait(
     }
 }
 
+/// Appends RecordBatch v2 bytes as a Kafka producer sent them (`len` bytes:
+/// one or more batches back to back, e.g. a partition's records of a
+/// ProduceRequest) to `shard`, stored byte for byte but for the base
+/// offset, at consecutive offsets: `*out_base_offset` is the first batch's
+/// base offset, and each later batch starts where the previous one's
+/// records end (base offset + record count). `*out_batch_count` (may be
+/// NULL) is the number of batches. Acknowledged per the shard's durability
+/// mode, once for all the batches.
+///
+/// Every batch is checked first, as Kafka's log validator checks client
+/// batches, and nothing is stored when one is refused: `MQS_CORRUPTION`
+/// (truncated, CRC-32C mismatch, records that do not parse, unknown codec),
+/// `MQS_INVALID_ARGUMENT` (empty input, magic other than 2, a control
+/// batch, no records, lastOffsetDelta + 1 not the record count, a producer
+/// id without a sequence, transactional without a producer id),
+/// `MQS_RECORD_TOO_LARGE` (a batch over `max_batch_bytes` or a record over
+/// `max_record_bytes`), `MQS_UNSUPPORTED` (a codec not in the build); the
+/// message names the batch's index and byte range.
+///
+/// # Safety
+/// `shard` is a NUL-terminated string; `data` points to `len` readable
+/// bytes (or is NULL with `len` 0); `out_base_offset` is valid for writing,
+/// and `out_batch_count` too unless NULL.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_append_raw(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    data: *const u8,
+    len: usize,
+    out_base_offset: *mut i64,
+    out_batch_count: *mut usize,
+) -> mqs_status {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        append_raw_with(
+            store,
+            shard,
+            (data, len),
+            (out_base_offset, out_batch_count),
+            Store::append_raw,
+        )
+    }
+}
+
+/// `mqs_append_raw` that returns once the batches have their offsets,
+/// without waiting for the shard's durability mode, as
+/// `mqs_append_batch_nowait` does; `mqs_wait_durable` on the last batch's
+/// last offset (or any later one) acknowledges them.
+///
+/// # Safety
+/// As for `mqs_append_raw`.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_append_raw_nowait(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    data: *const u8,
+    len: usize,
+    out_base_offset: *mut i64,
+    out_batch_count: *mut usize,
+) -> mqs_status {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        append_raw_with(
+            store,
+            shard,
+            (data, len),
+            (out_base_offset, out_batch_count),
+            Store::append_raw_nowait,
+        )
+    }
+}
+
+type RawAppend = fn(&Store, &str, &[u8]) -> crate::Result<Vec<i64>>;
+
+/// The body of `mqs_append_raw` and `mqs_append_raw_nowait`.
+///
+/// # Safety
+/// As for `mqs_append_raw`.
+unsafe fn append_raw_with(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    (data, len): (*const u8, usize),
+    (out_base_offset, out_batch_count): (*mut i64, *mut usize),
+    append: RawAppend,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        // SAFETY: `data` holds `len` bytes (caller contract).
+        let bytes = unsafe { array_arg(data, len, "data") }?;
+        out_arg(out_base_offset, "out_base_offset")?;
+        let bases = append(&store, shard, bytes)?;
+        // SAFETY: checked non-NULL; writable per the caller contract.
+        unsafe { out_base_offset.write(bases[0]) };
+        if !out_batch_count.is_null() {
+            // SAFETY: non-NULL, writable per the caller contract.
+            unsafe { out_batch_count.write(bases.len()) };
+        }
+        Ok(())
+    })
+}
+
 /// The body of `mqs_append_batch` and `mqs_append_batch_nowait`: the same
 /// checks and conversions, then `append`.
 ///

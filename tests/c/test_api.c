@@ -302,7 +302,7 @@ static void test_bad_configs(void) {
                  MQS_INVALID_CONFIG);
     CHECK_MENTIONS("store.max_record_bytes");
 
-    CHECK_STATUS(mqs_store_open(dir, "[shard]\ncompression = \"gzip\"\n", &store),
+    CHECK_STATUS(mqs_store_open(dir, "[shard]\ncompression = \"brotli\"\n", &store),
                  MQS_INVALID_CONFIG);
     CHECK_MENTIONS("shard.compression");
 
@@ -1104,6 +1104,66 @@ static void test_transfer_basic(void) {
     CHECK(bytes_written == 0 && next == 4);
     close(devnull);
     CHECK_OK(mqs_store_close(store));
+}
+
+/* Kafka producer batches (taken from another shard's transfer, as a broker
+ * would take them from a ProduceRequest) are stored byte for byte but for
+ * the base offset, at consecutive offsets; a request with one bad batch
+ * stores nothing; every bad argument gets its code. */
+static void test_append_raw(void) {
+    const char *configs[] = {NULL, "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n"};
+    for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++) {
+        mqs_store *store = open_store(configs[c]);
+        CHECK_OK(mqs_shard_create(store, "src", NULL));
+        CHECK_OK(mqs_shard_create(store, "dst", NULL));
+        fill_shard(store, "src", 50, 10, 100);
+        fill_shard(store, "dst", 3, 3, 10);
+        size_t len = 0;
+        int64_t next = 0;
+        uint8_t *sent = sendfile_to_temp(store, "src", &len, &next);
+        int64_t base = -1;
+        size_t batches = 0;
+        CHECK_OK(mqs_append_raw(store, "dst", sent, len, &base, &batches));
+        CHECK(base == 3 && batches == 5);
+
+        size_t stored_len = 0;
+        uint8_t *stored = sendfile_to_temp(store, "dst", &stored_len, &next);
+        CHECK(next == 53);
+        size_t skip = (size_t)be32(stored + 8) + 12; /* the 3 records appended first */
+        REQUIRE(stored_len == skip + len);
+        struct batch_walk walk = walk_batches(stored + skip, len);
+        CHECK(walk.valid && walk.batches == 5 && walk.first_base_offset == 3);
+        for (size_t pos = 0; pos < len; pos += (size_t)be32(sent + pos + 8) + 12) {
+            size_t total = (size_t)be32(sent + pos + 8) + 12;
+            CHECK((int64_t)be64(stored + skip + pos) == (int64_t)be64(sent + pos) + 3);
+            CHECK(memcmp(stored + skip + pos + 8, sent + pos + 8, total - 8) == 0);
+        }
+
+        /* One flipped bit in the last batch: nothing of the request stored. */
+        sent[len - 1] ^= 0x10;
+        CHECK_STATUS(mqs_append_raw(store, "dst", sent, len, &base, &batches), MQS_CORRUPTION);
+        CHECK(strstr(mqs_last_error_message(), "batch 4") != NULL);
+        mqs_shard_info info;
+        CHECK_OK(mqs_shard_get_info(store, "dst", &info));
+        CHECK(info.next_offset == 53 && info.records == 53);
+        sent[len - 1] ^= 0x10;
+
+        CHECK_STATUS(mqs_append_raw(store, "dst", NULL, 10, &base, NULL), MQS_INVALID_ARGUMENT);
+        CHECK_STATUS(mqs_append_raw(store, "dst", sent, 0, &base, NULL), MQS_INVALID_ARGUMENT);
+        CHECK_STATUS(mqs_append_raw(store, "dst", sent, len, NULL, NULL), MQS_INVALID_ARGUMENT);
+        CHECK_STATUS(mqs_append_raw(store, "nope", sent, len, &base, NULL), MQS_SHARD_NOT_FOUND);
+        CHECK_STATUS(mqs_append_raw(store, NULL, sent, len, &base, NULL), MQS_INVALID_ARGUMENT);
+        CHECK_STATUS(mqs_append_raw(store, "dst", sent, 30, &base, NULL), MQS_CORRUPTION);
+
+        /* Pipelined: acknowledged by one wait for the last offset. */
+        CHECK_OK(mqs_append_raw_nowait(store, "dst", sent, len, &base, NULL));
+        CHECK(base == 53);
+        CHECK_OK(mqs_wait_durable(store, "dst", base + 49));
+        CHECK_OK(mqs_store_close(store));
+        CHECK_STATUS(mqs_append_raw(store, "dst", sent, len, &base, NULL), MQS_INVALID_HANDLE);
+        free(stored);
+        free(sent);
+    }
 }
 
 /* Reads the rest of `transfer` with mqs_transfer_read_into, `piece` bytes
@@ -2047,6 +2107,7 @@ int main(void) {
     test_stats();
     test_transfer_basic();
     test_transfer_read_into();
+    test_append_raw();
     test_transfer_read_into_errors();
     test_transfer_nonblocking();
     test_sendfile_nonblocking();

@@ -486,6 +486,41 @@ void transfer_read_into() {
     }
 }
 
+void append_raw() {
+    const char *configs[] = {"", "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n"};
+    for (int c = 0; c < 3; ++c) {
+        mqstore::Store store = mqstore::Store::open(test::dir("append-raw-" + std::to_string(c)), configs[c]);
+        store.create_shard("src");
+        store.create_shard("dst");
+        for (int b = 0; b < 3; ++b) {
+            append_numbered(store, "src", 10 * b, 10);
+        }
+        // The producer's bytes: what a consumer of "src" receives.
+        mqstore::Transfer plan = store.plan_transfer("src", 0);
+        std::string sent = read_rest(plan, 4096);
+        append_numbered(store, "dst", 0, 2);
+        mqstore::Store::RawAppend stored = store.append_raw("dst", sent.data(), sent.size());
+        CHECK_EQ(stored.base_offset, 2);
+        CHECK_EQ(stored.batches, static_cast<std::size_t>(3));
+        mqstore::ReadResult read = store.read("dst", 2, 100, mqstore::UNLIMITED);
+        CHECK_EQ(read.size(), static_cast<std::size_t>(30));
+        int64_t expected = 2;
+        for (mqstore::RecordView record : read) {
+            CHECK_EQ(record.offset(), expected++);
+        }
+        std::string bad = sent;
+        bad[bad.size() - 1] ^= 0x20;
+        CHECK_THROWS_CODE(msg, store.append_raw("dst", bad.data(), bad.size()), MQS_CORRUPTION);
+        CHECK(test::contains(msg, "batch 2"));
+        CHECK_EQ(store.shard_info("dst").next_offset, 32);
+        CHECK_THROWS_CODE(empty, store.append_raw("dst", sent.data(), 0), MQS_INVALID_ARGUMENT);
+        CHECK_THROWS_CODE(null, store.append_raw("dst", nullptr, 5), MQS_INVALID_ARGUMENT);
+        mqstore::Store::RawAppend later = store.append_raw_nowait("dst", sent.data(), sent.size());
+        CHECK_EQ(later.base_offset, 32);
+        store.wait_durable("dst", 61);
+    }
+}
+
 void transfer_read_into_errors() {
     mqstore::Store store = mqstore::Store::open(test::dir("read-into-errors"));
     store.create_shard("s");
@@ -509,6 +544,7 @@ void transfer_tests() {
     test::run("transfer: errors", transfer_errors);
     test::run("transfer: read_into buffers of 1, 7, 4096 bytes, mixed with send", transfer_read_into);
     test::run("transfer: read_into errors", transfer_read_into_errors);
+    test::run("append_raw: producer batches stored as sent, bad requests store nothing", append_raw);
     test::run("sendfile_to_fd: file, socket, pipe", sendfile_to_file_and_socket);
     test::run("file engine: segments, views, sendfile, reopen", file_engine_roundtrip);
 }

@@ -112,7 +112,7 @@ def test_batch_too_large(tmp_path):
     [
         ("[store]\nmax_recod_bytes = 10\n", "max_recod_bytes"),
         ('[shard]\ndurability = "sometimes"\n', "durability"),
-        ('[shard]\ncompression = "gzip"\n', "shard.compression"),
+        ('[shard]\ncompression = "brotli"\n', "shard.compression"),
         ("[store]\nmax_record_bytes = 0\n", "store.max_record_bytes"),
         ("colour = 1\n", "colour"),
         ("not toml at all [", "store configuration"),
@@ -129,7 +129,7 @@ def test_bad_config_names_the_key(tmp_path, config, key):
 @pytest.mark.parametrize(
     "kwargs, key",
     [
-        ({"compression": "gzip"}, "compression"),
+        ({"compression": "brotli"}, "compression"),
         ({"engine": "floppy"}, "floppy"),
         ({"durability": "sometimes"}, "sometimes"),
         ({"segment_bytes": 10}, "segment_bytes"),
