@@ -109,7 +109,8 @@ pub unsafe extern "C" fn mqs_watch_durable(
 /// `*out_count` to how many; never blocks (0 when none is ready). The
 /// descriptor stays readable while more are queued, so a level-triggered
 /// loop calls again; an edge-triggered one calls until fewer than
-/// `capacity` come back. Any thread may call it, one at a time per store.
+/// `capacity` come back. `capacity` 0 or a NULL `out` is
+/// `MQS_INVALID_ARGUMENT` (nothing is taken). Any thread may call it.
 ///
 /// # Safety
 /// `out` has room for `capacity` completions; `out_count` is valid for
