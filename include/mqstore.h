@@ -218,7 +218,8 @@ typedef struct mqs_record_in {
      */
     struct mqs_slice key;
     /**
-     * The value; `{NULL, 0}` is stored as an empty value.
+     * The value; `{NULL, 0}` is stored as an empty value (see
+     * `value_is_null`).
      */
     struct mqs_slice value;
     /**
@@ -239,6 +240,12 @@ typedef struct mqs_record_in {
      * Milliseconds since the Unix epoch after which reads skip the record; 0 = never.
      */
     int64_t expire_at_ms;
+    /**
+     * true: the value is null (a Kafka tombstone), which is not an empty
+     * value; `value` must then be `{NULL, 0}`. A zero-initialised record
+     * has a value.
+     */
+    bool value_is_null;
 } mqs_record_in;
 
 /**
@@ -273,11 +280,18 @@ typedef struct mqs_record {
      */
     int64_t expire_at_ms;
     struct mqs_slice key;
+    /**
+     * `{NULL, 0}` when `value_is_null`.
+     */
     struct mqs_slice value;
     const struct mqs_header *headers;
     size_t header_count;
     const struct mqs_slice *tags;
     size_t tag_count;
+    /**
+     * true: the value is null (a Kafka tombstone), as opposed to empty.
+     */
+    bool value_is_null;
 } mqs_record;
 
 #ifdef __cplusplus

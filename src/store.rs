@@ -895,7 +895,10 @@ mod tests {
 
     fn values(store: &Store, shard: &str) -> Vec<Vec<u8>> {
         let read = store.read(shard, 0, usize::MAX, usize::MAX).unwrap();
-        read.records.iter().map(|r| r.value.to_vec()).collect()
+        read.records
+            .iter()
+            .map(|r| r.value_bytes().to_vec())
+            .collect()
     }
 
     /// A background thread that failed to start: an I/O error naming it.

@@ -617,9 +617,9 @@ pub fn read_range(store: &Store, from: i64, end: i64, touch: bool) -> io::Result
             .read("data", offset, usize::MAX, FETCH_BYTES)
             .map_err(to_io)?;
         for record in &result.records {
-            bytes += record.value.len() as u64;
+            bytes += record.value_bytes().len() as u64;
             if touch {
-                sum = sum.wrapping_add(util::touch(&record.value));
+                sum = sum.wrapping_add(util::touch(record.value_bytes()));
             }
         }
         records += result.records.len() as u64;

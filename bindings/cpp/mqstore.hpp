@@ -239,7 +239,9 @@ using TagList = detail::ArrayRange<mqs_slice, std::string_view, &detail::project
 struct Message {
     /// std::nullopt = no key; an empty view = a present, empty key.
     std::optional<std::string_view> key;
-    std::string_view value;
+    /// std::nullopt = a null value (a Kafka tombstone), which is not an
+    /// empty value; a default Message has an empty value.
+    std::optional<std::string_view> value = std::string_view{};
     /// (name, value) pairs; names must be UTF-8 and must not start with the
     /// reserved prefix "__mqs."; std::nullopt = a null header value.
     std::vector<std::pair<std::string_view, std::optional<std::string_view>>> headers;
@@ -264,7 +266,13 @@ public:
     }
     /// std::nullopt when the record has no key.
     std::optional<std::string_view> key() const noexcept { return detail::optional_view(r_->key); }
+    /// The value; empty for a null value (see nullable_value()).
     std::string_view value() const noexcept { return detail::view(r_->value); }
+    /// std::nullopt for a null value (a Kafka tombstone), as opposed to an
+    /// empty one.
+    std::optional<std::string_view> nullable_value() const noexcept {
+        return r_->value_is_null ? std::nullopt : std::optional<std::string_view>(detail::view(r_->value));
+    }
     HeaderList headers() const noexcept { return HeaderList(r_->headers, r_->header_count); }
     TagList tags() const noexcept { return TagList(r_->tags, r_->tag_count); }
     bool has_tag(std::string_view tag) const noexcept {
@@ -903,7 +911,8 @@ private:
                 mqs_record_in r;
                 std::memset(&r, 0, sizeof r);
                 r.key = detail::optional_slice(m.key);
-                r.value = detail::present(m.value);
+                r.value = detail::optional_slice(m.value);
+                r.value_is_null = !m.value.has_value();
                 r.header_count = m.headers.size();
                 r.headers = r.header_count != 0 ? headers.data() + headers.size() : nullptr;
                 for (const auto &h : m.headers) {

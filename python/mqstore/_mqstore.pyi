@@ -66,7 +66,7 @@ _Headers: TypeAlias = Mapping[str, _BytesLike | None] | Iterable[tuple[str, _Byt
 class _RecordDict(TypedDict):
     """The dict form of a record accepted by ``Store.append_batch``."""
 
-    value: _BytesLike
+    value: _BytesLike | None
     key: NotRequired[_BytesLike | None]
     headers: NotRequired[_Headers | None]
     tags: NotRequired[Iterable[str] | None]
@@ -124,7 +124,9 @@ class Record:
     @property
     def key(self) -> memoryview | None: ...
     @property
-    def value(self) -> memoryview: ...
+    def value(self) -> memoryview | None:
+        """The value, or None for a null value (a Kafka tombstone), which
+        is not the same as an empty value."""
     @property
     def headers(self) -> list[tuple[str, memoryview | None]]: ...
     @property
@@ -182,7 +184,7 @@ class Message:
 
     def __new__(
         cls,
-        value: _BytesLike,
+        value: _BytesLike | None,
         *,
         key: _BytesLike | None = None,
         headers: _Headers | None = None,
@@ -191,7 +193,7 @@ class Message:
         expire_at_ms: int | None = None,
     ) -> Self: ...
     @property
-    def value(self) -> _BytesLike: ...
+    def value(self) -> _BytesLike | None: ...
     @property
     def key(self) -> _BytesLike | None: ...
     @property
@@ -294,7 +296,7 @@ class Store:
     def append(
         self,
         shard: str,
-        value: _BytesLike,
+        value: _BytesLike | None,
         *,
         key: _BytesLike | None = None,
         headers: _Headers | None = None,
@@ -303,10 +305,10 @@ class Store:
         expire_at_ms: int | None = None,
     ) -> int: ...
     def append_batch(
-        self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record]
+        self, shard: str, records: Iterable[_BytesLike | None | _RecordDict | Message | Record]
     ) -> int: ...
     def append_batch_nowait(
-        self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record]
+        self, shard: str, records: Iterable[_BytesLike | None | _RecordDict | Message | Record]
     ) -> int:
         """Appends ``records`` as one atomic batch, like ``append_batch``
         (same items, same validation), and returns the offset of the first as

@@ -46,8 +46,12 @@ impl PyRecord {
     }
 
     #[getter]
-    fn value<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyMemoryView>> {
-        Buffer::memoryview(py, self.view.value.clone())
+    fn value<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyMemoryView>>> {
+        self.view
+            .value
+            .clone()
+            .map(|value| Buffer::memoryview(py, value))
+            .transpose()
     }
 
     /// User headers in order: `(name, memoryview | None)` tuples.
@@ -80,13 +84,15 @@ impl PyRecord {
     fn __repr__(&self) -> String {
         let v = &self.view;
         let mut out = format!(
-            "Record(offset={}, timestamp_ms={}, key={}, value=<{} bytes>",
+            "Record(offset={}, timestamp_ms={}, key={}, value={}",
             v.offset,
             v.timestamp_ms,
             v.key
                 .as_ref()
                 .map_or("None".to_string(), |k| format!("<{} bytes>", k.len())),
-            v.value.len()
+            v.value
+                .as_ref()
+                .map_or("None".to_string(), |v| format!("<{} bytes>", v.len()))
         );
         if !v.headers.is_empty() {
             out += &format!(", headers=<{}>", v.headers.len());

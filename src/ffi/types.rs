@@ -179,7 +179,8 @@ pub struct mqs_header {
 pub struct mqs_record_in {
     /// `data == NULL`: the record has no key.
     pub key: mqs_slice,
-    /// The value; `{NULL, 0}` is stored as an empty value.
+    /// The value; `{NULL, 0}` is stored as an empty value (see
+    /// `value_is_null`).
     pub value: mqs_slice,
     /// `header_count` headers (may be NULL when `header_count` is 0).
     pub headers: *const mqs_header,
@@ -191,6 +192,10 @@ pub struct mqs_record_in {
     pub timestamp_ms: i64,
     /// Milliseconds since the Unix epoch after which reads skip the record; 0 = never.
     pub expire_at_ms: i64,
+    /// true: the value is null (a Kafka tombstone), which is not an empty
+    /// value; `value` must then be `{NULL, 0}`. A zero-initialised record
+    /// has a value.
+    pub value_is_null: bool,
 }
 
 /// A stored record, as returned inside an `mqs_batch`. Every pointer is
@@ -205,11 +210,14 @@ pub struct mqs_record {
     /// 0 = never expires.
     pub expire_at_ms: i64,
     pub key: mqs_slice,
+    /// `{NULL, 0}` when `value_is_null`.
     pub value: mqs_slice,
     pub headers: *const mqs_header,
     pub header_count: usize,
     pub tags: *const mqs_slice,
     pub tag_count: usize,
+    /// true: the value is null (a Kafka tombstone), as opposed to empty.
+    pub value_is_null: bool,
 }
 
 /// A snapshot of one shard's state, filled by `mqs_shard_get_info`.

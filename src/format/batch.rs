@@ -236,7 +236,7 @@ fn record_body_len(record: &Record<'_>, offset_delta: i32, timestamp_delta: i64)
         + varlong_len(timestamp_delta)
         + varint_len(offset_delta)
         + record.key.map_or(1, |k| size_prefixed_len(k.len()))
-        + size_prefixed_len(record.value.len());
+        + record.value.map_or(1, |v| size_prefixed_len(v.len()));
     let header_count =
         record.headers.len() + record.tags.len() + usize::from(record.expire_at_ms.is_some());
     len += unsigned_varint_len((header_count as u64).saturating_mul(2));
@@ -299,7 +299,7 @@ fn write_record(
     put_varlong(out, timestamp_delta);
     put_varint(out, offset_delta);
     put_nullable_bytes(out, record.key);
-    put_bytes(out, record.value);
+    put_nullable_bytes(out, record.value);
     let header_count =
         record.headers.len() + record.tags.len() + usize::from(record.expire_at_ms.is_some());
     put_varint(out, header_count as i32);
@@ -762,7 +762,6 @@ impl<'a> RecordWalker<'a> {
         // a delta of i32::MAX leaves no room for another record anyway.
         self.min_offset_delta = offset_delta.saturating_add(1);
         let key = cur.nullable(Field::Key)?;
-        // Kafka tombstones carry a null value; mqstore reads them as empty.
         let value = cur.nullable(Field::Value)?;
         let header_count = cur.varint(Field::HeaderCount)?;
         if header_count < 0 {
@@ -865,7 +864,7 @@ fn build_view<'a>(
         offset,
         timestamp_ms,
         key: prefix.key.map(slice),
-        value: prefix.value.map_or_else(Bytes::new, slice),
+        value: prefix.value.map(slice),
         headers,
         tags,
         expire_at_ms,
@@ -912,7 +911,6 @@ pub fn for_each_record(
 /// Decodes all records of the batch at the start of `batch` (bytes after it
 /// are ignored). Uncompressed batches yield slices of `batch` itself;
 /// compressed ones are decompressed once and yield slices of that buffer.
-/// A Kafka tombstone's null value reads as an empty value.
 pub fn decode_batch(batch: &Bytes, check_crc: bool) -> Result<Vec<RecordView>> {
     let section = open_batch(batch, check_crc)?;
     let cap =
@@ -1225,7 +1223,7 @@ mod tests {
         fn record(&self) -> Record<'_> {
             Record {
                 key: self.key.as_deref(),
-                value: &self.value,
+                value: Some(&self.value),
                 headers: self
                     .headers
                     .iter()
@@ -1249,7 +1247,7 @@ mod tests {
             };
             assert_eq!(view.timestamp_ms, ts);
             assert_eq!(view.key.as_deref(), self.key.as_deref());
-            assert_eq!(view.value.as_ref(), &self.value[..]);
+            assert_eq!(view.value_bytes(), &self.value[..]);
             assert_eq!(view.headers.len(), self.headers.len());
             for (hv, (k, v)) in view.headers.iter().zip(&self.headers) {
                 assert_eq!(hv.key.as_ref(), k.as_bytes());
@@ -1370,9 +1368,9 @@ mod tests {
         for c in codecs() {
             let enc = encode_batch(&records, c, TS).unwrap();
             let views = decode_batch(&Bytes::from(enc.bytes), true).unwrap();
-            assert_eq!(views[0].value.as_ref(), &big[..]);
-            assert_eq!(views[1].value.as_ref(), &noisy[..]);
-            assert!(views[2].value.is_empty());
+            assert_eq!(views[0].value_bytes(), &big[..]);
+            assert_eq!(views[1].value_bytes(), &noisy[..]);
+            assert_eq!(views[2].value.as_deref(), Some(&[][..]));
         }
     }
 
@@ -1383,7 +1381,7 @@ mod tests {
         let range = batch.as_ptr() as usize..batch.as_ptr() as usize + batch.len();
         let inside = |b: &Bytes| b.is_empty() || range.contains(&(b.as_ptr() as usize));
         for v in decode_batch(&batch, true).unwrap() {
-            assert!(inside(&v.value));
+            assert!(v.value.as_ref().is_none_or(inside));
             assert!(v.key.as_ref().is_none_or(inside));
             assert!(v.tags.iter().all(inside));
             for h in &v.headers {
@@ -1618,7 +1616,7 @@ mod tests {
         let v = decode_batch(&b, true).unwrap();
         assert_eq!(v[0].offset, 100);
         assert_eq!(v[0].key.as_deref(), Some(&b"k"[..]));
-        assert!(v[0].value.is_empty());
+        assert_eq!(v[0].value, None, "a tombstone reads as null, not empty");
         assert_eq!(v[0].timestamp_ms, 60, "LogAppendTime uses maxTimestamp");
 
         let b = raw_batch(0, 0, 1, &rec);
@@ -1655,7 +1653,7 @@ mod tests {
             compression::compress_into(codec, &ok, &mut packed).unwrap();
             let b = raw_batch(codec.attribute_bits(), 0, 1, &packed);
             let records = decode_batch(&b, true).unwrap();
-            assert_eq!(records[0].value.as_ref(), b"v", "{codec}");
+            assert_eq!(records[0].value_bytes(), b"v", "{codec}");
             assert!(matches!(
                 decode_batch(&raw_batch(codec.attribute_bits(), 0, 1, &[0; 8]), true),
                 Err(Error::Corruption(_))

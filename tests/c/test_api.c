@@ -1166,6 +1166,36 @@ static void test_append_raw(void) {
     }
 }
 
+/* A null value (a Kafka tombstone) is not an empty value: both round-trip
+ * distinctly, and a null value with bytes is refused. */
+static void test_null_values(void) {
+    mqs_store *store = open_store(NULL);
+    CHECK_OK(mqs_shard_create(store, "t", NULL));
+    mqs_record_in records[2];
+    memset(records, 0, sizeof records);
+    records[0].key.data = (const uint8_t *)"gone";
+    records[0].key.len = 4;
+    records[0].value_is_null = true;
+    /* records[1]: zero-initialised, an empty value. */
+    int64_t base = -1;
+    CHECK_OK(mqs_append_batch(store, "t", records, 2, &base));
+    mqs_batch *batch = NULL;
+    CHECK_OK(mqs_read(store, "t", 0, 10, SIZE_MAX, &batch));
+    const mqs_record *out = NULL;
+    size_t count = 0;
+    CHECK_OK(mqs_batch_records(batch, &out, &count));
+    CHECK(count == 2);
+    CHECK(out[0].value_is_null && out[0].value.data == NULL && out[0].value.len == 0);
+    CHECK(!out[1].value_is_null && out[1].value.len == 0);
+    CHECK_OK(mqs_batch_free(batch));
+
+    records[0].value.data = (const uint8_t *)"x";
+    records[0].value.len = 1;
+    CHECK_STATUS(mqs_append_batch(store, "t", records, 1, &base), MQS_INVALID_ARGUMENT);
+    CHECK(strstr(mqs_last_error_message(), "value_is_null") != NULL);
+    CHECK_OK(mqs_store_close(store));
+}
+
 /* Reads the rest of `transfer` with mqs_transfer_read_into, `piece` bytes
  * per call, into out[*got..total); stops at the first failure. */
 static void read_rest(mqs_transfer *transfer, size_t piece, uint8_t *out, size_t total,
@@ -2108,6 +2138,7 @@ int main(void) {
     test_transfer_basic();
     test_transfer_read_into();
     test_append_raw();
+    test_null_values();
     test_transfer_read_into_errors();
     test_transfer_nonblocking();
     test_sendfile_nonblocking();

@@ -521,6 +521,23 @@ void append_raw() {
     }
 }
 
+void null_values() {
+    mqstore::Store store = mqstore::Store::open(test::dir("null-values"));
+    store.create_shard("t");
+    mqstore::Message tombstone;
+    tombstone.key = "gone";
+    tombstone.value = std::nullopt;
+    mqstore::Message empty;
+    empty.key = "kept";
+    store.append_batch("t", {tombstone, empty});
+    mqstore::ReadResult read = store.read("t", 0, 10, mqstore::UNLIMITED);
+    CHECK_EQ(read.size(), static_cast<std::size_t>(2));
+    CHECK(!read[0].nullable_value().has_value());
+    CHECK(read[0].value().empty());
+    CHECK(read[1].nullable_value().has_value() && read[1].nullable_value()->empty());
+    CHECK(read[0].key() == std::optional<std::string_view>("gone"));
+}
+
 void transfer_read_into_errors() {
     mqstore::Store store = mqstore::Store::open(test::dir("read-into-errors"));
     store.create_shard("s");
@@ -545,6 +562,7 @@ void transfer_tests() {
     test::run("transfer: read_into buffers of 1, 7, 4096 bytes, mixed with send", transfer_read_into);
     test::run("transfer: read_into errors", transfer_read_into_errors);
     test::run("append_raw: producer batches stored as sent, bad requests store nothing", append_raw);
+    test::run("null values: a tombstone is not an empty value", null_values);
     test::run("sendfile_to_fd: file, socket, pipe", sendfile_to_file_and_socket);
     test::run("file engine: segments, views, sendfile, reopen", file_engine_roundtrip);
 }
