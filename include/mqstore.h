@@ -39,7 +39,7 @@
 /**
  * The library's minor version.
  */
-#define MQS_VERSION_MINOR 1
+#define MQS_VERSION_MINOR 2
 
 /**
  * The library's patch version.
@@ -299,7 +299,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library version as a static string, e.g. "0.1.0" (equal to
+ * The library version as a static string, e.g. "0.2.0" (equal to
  * `MQS_VERSION_MAJOR.MQS_VERSION_MINOR.MQS_VERSION_PATCH`).
  */
 const char *mqs_version(void);

@@ -48,14 +48,14 @@ pub use self::write::*;
 
 use self::guard::guard;
 
-/// "0.1.0": the crate version, NUL-terminated at compile time.
+/// "0.2.0": the crate version, NUL-terminated at compile time.
 const VERSION: &CStr =
     match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
         Ok(version) => version,
         Err(_) => panic!("the crate version contains a NUL byte"),
     };
 
-/// The library version as a static string, e.g. "0.1.0" (equal to
+/// The library version as a static string, e.g. "0.2.0" (equal to
 /// `MQS_VERSION_MAJOR.MQS_VERSION_MINOR.MQS_VERSION_PATCH`).
 #[no_mangle]
 pub extern "C" fn mqs_version() -> *const c_char {

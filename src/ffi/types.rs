@@ -8,7 +8,7 @@ use crate::Status;
 /// The library's major version; `mqs_version()` is "MAJOR.MINOR.PATCH".
 pub const MQS_VERSION_MAJOR: u32 = 0;
 /// The library's minor version.
-pub const MQS_VERSION_MINOR: u32 = 1;
+pub const MQS_VERSION_MINOR: u32 = 2;
 /// The library's patch version.
 pub const MQS_VERSION_PATCH: u32 = 0;
 

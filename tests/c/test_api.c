@@ -203,7 +203,7 @@ static void test_version_and_status_strings(void) {
     snprintf(expected, sizeof expected, "%d.%d.%d", MQS_VERSION_MAJOR, MQS_VERSION_MINOR,
              MQS_VERSION_PATCH);
     CHECK(strcmp(mqs_version(), expected) == 0);
-    CHECK(strcmp(mqs_version(), "0.1.0") == 0);
+    CHECK(strcmp(mqs_version(), "0.2.0") == 0);
 
     CHECK(strcmp(mqs_status_str(MQS_OK), "ok") == 0);
     CHECK(strcmp(mqs_status_str(MQS_INVALID_ARGUMENT), "invalid argument") == 0);

@@ -45,7 +45,7 @@ int64_t now_ms() {
 }
 
 void version_and_status() {
-    CHECK_EQ(mqstore::version(), std::string_view("0.1.0"));
+    CHECK_EQ(mqstore::version(), std::string_view("0.2.0"));
     CHECK_EQ(mqstore::VERSION_MAJOR, 0);
     CHECK_EQ(mqstore::VERSION_MINOR, 1);
     CHECK_EQ(mqstore::VERSION_PATCH, 0);
