@@ -65,6 +65,28 @@ impl Durability {
     }
 }
 
+/// Which time a batch's timestamps are (Kafka's `message.timestamp.type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampType {
+    /// As the producer (or the record API's caller) set them.
+    #[default]
+    CreateTime,
+    /// The time of the append: a batch's max timestamp is set to it and the
+    /// batch marked LogAppendTime (its CRC recomputed), so every record
+    /// reads with that time, as a Kafka broker does.
+    LogAppendTime,
+}
+
+impl TimestampType {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimestampType::CreateTime => "create_time",
+            TimestampType::LogAppendTime => "log_append_time",
+        }
+    }
+}
+
 /// The scenario presets from the product brief.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,6 +116,7 @@ pub struct ShardOptions {
     pub retention_bytes: u64,
     /// Keep at most this many records; 0 = unlimited.
     pub retention_records: u64,
+    pub timestamp_type: TimestampType,
 }
 
 fn serialize_compression<S: serde::Serializer>(
@@ -109,14 +132,16 @@ impl ShardOptions {
     pub fn to_toml(&self) -> String {
         format!(
             "engine = \"{}\"\ndurability = \"{}\"\ncompression = \"{}\"\nsegment_bytes = {}\n\
-             retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n",
+             retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n\
+             timestamp_type = \"{}\"\n",
             self.engine.name(),
             self.durability.name(),
             self.compression.name(),
             self.segment_bytes,
             self.retention_ms,
             self.retention_bytes,
-            self.retention_records
+            self.retention_records,
+            self.timestamp_type.name()
         )
     }
 }
@@ -133,6 +158,7 @@ impl Default for ShardOptions {
             retention_ms: 0,
             retention_bytes: 0,
             retention_records: 0,
+            timestamp_type: TimestampType::CreateTime,
         }
     }
 }
@@ -361,6 +387,7 @@ struct ShardSection {
     retention_ms: Option<u64>,
     retention_bytes: Option<u64>,
     retention_records: Option<u64>,
+    timestamp_type: Option<TimestampType>,
 }
 
 const MIN_SEGMENT_BYTES: u64 = 64 << 10;
@@ -406,6 +433,9 @@ impl ShardSection {
         }
         if let Some(records) = self.retention_records {
             options.retention_records = records;
+        }
+        if let Some(kind) = self.timestamp_type {
+            options.timestamp_type = kind;
         }
         Ok(())
     }

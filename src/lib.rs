@@ -17,7 +17,7 @@ pub mod store;
 mod thread;
 mod time;
 
-pub use config::{Config, Durability, EngineKind, Preset, ShardOptions};
+pub use config::{Config, Durability, EngineKind, Preset, ShardOptions, TimestampType};
 pub use engine::{ReadResult, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST};
 pub use error::{Error, Result, Status};
 pub use format::Compression;

@@ -477,14 +477,19 @@ impl Store {
             .iter()
             .map(|b| i64::from(b.header.record_count))
             .collect();
+        let now = crate::time::now_ms();
         let batches = validated
             .into_iter()
-            .map(|b| NewBatch {
-                records: b.header.record_count as u32,
-                max_timestamp: b.header.max_timestamp,
-                bytes: Vec::from(b.bytes),
-                // Learned at the first key lookup: no decoding here.
-                keys: None,
+            .map(|b| {
+                let mut batch = NewBatch {
+                    records: b.header.record_count as u32,
+                    max_timestamp: b.header.max_timestamp,
+                    bytes: Vec::from(b.bytes),
+                    // Learned at the first key lookup: no decoding here.
+                    keys: None,
+                };
+                batch.stamp(shard.options(), now);
+                batch
             })
             .collect();
         let mut base = shard.append_batches(batches, pipelined)?;

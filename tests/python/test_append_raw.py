@@ -143,3 +143,15 @@ def test_null_values_are_not_empty_values(engine_store):
     builder.append(0, timestamp=1, key=b"raw", value=None, headers=[])
     (base,) = store.append_raw("t", bytes(builder.build()))
     assert next(iter(store.read("t", base))).value is None
+
+
+def test_log_append_time_shards_stamp_every_batch(engine_store):
+    store = engine_store
+    info = store.create_shard("t", timestamp_type="log_append_time")
+    assert info.timestamp_type == "log_append_time"
+    assert store.create_shard("c").timestamp_type == "create_time"
+    store.append("t", b"old", timestamp_ms=1000)
+    store.append_raw("t", producer_batch("snappy", [b"raw"], timestamp=2000))
+    assert all(r.timestamp_ms > 1_700_000_000_000 for r in store.read("t", 0))
+    with pytest.raises(mqstore.ConfigError, match="timestamp_type"):
+        store.create_shard("bad", timestamp_type="sometimes")
