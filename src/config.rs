@@ -308,6 +308,10 @@ pub struct Config {
     /// space; 0 = no timer (age retention then applies only when a shard
     /// is used).
     pub retention_check_ms: u64,
+    /// An idempotent producer whose last batch is older than this is
+    /// forgotten (its next batch may start at any sequence), as Kafka's
+    /// `producer.id.expiration.ms`.
+    pub producer_expiry_ms: u64,
     /// Defaults for shards created without explicit options.
     pub shard_defaults: ShardOptions,
     /// Settings of the journal engine.
@@ -323,6 +327,7 @@ impl Default for Config {
             max_record_bytes: 1 << 20,
             max_batch_bytes: 64 << 20,
             retention_check_ms: DEFAULT_RETENTION_CHECK_MS,
+            producer_expiry_ms: 86_400_000,
             shard_defaults: ShardOptions::default(),
             journal: JournalConfig::default(),
             file: FileConfig::default(),
@@ -375,6 +380,7 @@ struct StoreSection {
     max_record_bytes: Option<u64>,
     max_batch_bytes: Option<u64>,
     retention_check_ms: Option<u64>,
+    producer_expiry_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -483,7 +489,7 @@ impl Config {
 
     /// Parses the `storage.toml` schema. Keys: top-level `preset`; `[store]`
     /// max_record_bytes, max_batch_bytes, retention_check_ms (0 or
-    /// 10 … 86 400 000); `[shard]` defaults
+    /// 10 … 86 400 000), producer_expiry_ms (> 0); `[shard]` defaults
     /// (engine, durability, compression, segment_bytes, retention_ms,
     /// retention_bytes, retention_records); `[journal]` segment_bytes,
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
@@ -521,6 +527,14 @@ impl Config {
                     )));
                 }
                 config.retention_check_ms = ms;
+            }
+            if let Some(ms) = store.producer_expiry_ms {
+                if ms == 0 {
+                    return Err(Error::InvalidConfig(
+                        "store.producer_expiry_ms: 0 would forget every producer at once".into(),
+                    ));
+                }
+                config.producer_expiry_ms = ms;
             }
         }
         if let Some(shard) = file.shard {

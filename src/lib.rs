@@ -11,6 +11,7 @@ pub mod error;
 pub mod ffi;
 pub mod format;
 pub mod io;
+pub mod producer;
 pub mod record;
 mod retention;
 pub mod store;

@@ -17,7 +17,8 @@ use crate::engine::{
     registry, Engine, NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
 };
 use crate::format::{self, validate};
-use crate::io::{create_dir_all_durable, sync_dir, TransferPlan};
+use crate::io::{create_dir_all_durable, replace_file_durably, TransferPlan};
+use crate::producer::{self, Producers};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
 use crate::retention::RetentionTimer;
 use crate::{Error, Result};
@@ -50,6 +51,8 @@ pub struct Store {
     closed: AtomicBool,
     /// Applies age retention to idle shards.
     retention: RetentionTimer,
+    /// Idempotent producers' sequences per shard.
+    producers: Producers,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
     lock_file: Mutex<Option<File>>,
 }
@@ -111,11 +114,8 @@ fn load_group_offsets(dir: &Path) -> Result<Vec<SavedOffset>> {
     }
 }
 
-/// Replaces `groups.json` atomically: write a temporary file, fsync it,
-/// rename it over the old one, fsync the directory. A crash leaves either
-/// the old or the new file, never a mix.
+/// Replaces `groups.json` atomically (`replace_file_durably`).
 fn save_group_offsets(dir: &Path, offsets: &BTreeMap<(String, String), (i64, bool)>) -> Result<()> {
-    use std::io::Write;
     let saved: Vec<SavedOffset> = offsets
         .iter()
         .filter(|(_, (_, persistent))| *persistent)
@@ -125,16 +125,8 @@ fn save_group_offsets(dir: &Path, offsets: &BTreeMap<(String, String), (i64, boo
             offset: *offset,
         })
         .collect();
-    let path = dir.join(GROUPS_FILE);
-    let tmp = dir.join(format!("{GROUPS_FILE}.tmp"));
-    let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
-    let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
     let json = serde_json::to_vec(&saved).map_err(|e| Error::Internal(e.to_string()))?;
-    file.write_all(&json).map_err(|e| io("writing", e))?;
-    file.sync_all().map_err(|e| io("fsyncing", e))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-    sync_dir(dir)
+    replace_file_durably(dir, GROUPS_FILE, &json)
 }
 
 fn validate_shard_name(name: &str) -> Result<()> {
@@ -197,7 +189,9 @@ impl Store {
                 group_offsets.insert((saved.group, saved.shard), (saved.offset, true));
             }
         }
+        let producers = Producers::open(&dir, config.producer_expiry_ms)?;
         Ok(Store {
+            producers,
             dir,
             config,
             engines,
@@ -237,11 +231,23 @@ impl Store {
         }
         // Before the engines close: the timer touches shards.
         self.retention.stop();
-        self.shards.write().clear();
+        let persistent: Vec<String> = self
+            .shards
+            .write()
+            .drain()
+            .filter(|(_, shard)| is_persistent(shard.kind()))
+            .map(|(name, _)| name)
+            .collect();
         let mut first_error = None;
         for engine in self.engines.values() {
             if let Err(e) = engine.close() {
                 first_error.get_or_insert(e);
+            }
+        }
+        // Only once every batch it covers is durable.
+        if first_error.is_none() {
+            if let Err(e) = self.producers.save(&persistent) {
+                first_error = Some(e);
             }
         }
         self.lock_file.lock().take();
@@ -318,6 +324,7 @@ impl Store {
         self.creating.lock().remove(name);
         let shard = created?;
         shards.insert(name.to_string(), shard.clone());
+        self.producers.created(name);
         drop(shards);
         if options.retention_ms > 0 {
             self.retention.watch(&shard);
@@ -354,6 +361,7 @@ impl Store {
             }
         }
         self.retention.forget(&shard);
+        self.producers.forget(name);
         let mut offsets = self.group_offsets.lock();
         let before = offsets.len();
         let persistent = offsets
@@ -466,17 +474,14 @@ impl Store {
         self.append_raw_with(shard, batches, true)
     }
 
-    fn append_raw_with(&self, shard: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
-        let shard = self.shard(shard)?;
+    fn append_raw_with(&self, name: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
+        let shard = self.shard(name)?;
         let limits = validate::Limits {
             max_batch_bytes: self.config.max_batch_bytes,
             max_record_bytes: self.config.max_record_bytes,
         };
         let validated = validate::validate_producer_batches(batches, limits)?;
-        let counts: Vec<i64> = validated
-            .iter()
-            .map(|b| i64::from(b.header.record_count))
-            .collect();
+        let headers: Vec<format::BatchHeader> = validated.iter().map(|b| b.header).collect();
         let now = crate::time::now_ms();
         let batches = validated
             .into_iter()
@@ -492,15 +497,16 @@ impl Store {
                 batch
             })
             .collect();
-        let mut base = shard.append_batches(batches, pipelined)?;
-        Ok(counts
-            .into_iter()
-            .map(|count| {
-                let offset = base;
-                base += count;
-                offset
-            })
-            .collect())
+        if headers
+            .iter()
+            .any(|h| h.producer_id != format::NO_PRODUCER_ID)
+        {
+            return self
+                .producers
+                .append(name, shard.as_ref(), &headers, batches, pipelined);
+        }
+        let first = shard.append_batches(batches, pipelined)?;
+        Ok(producer::consecutive_bases(first, &headers))
     }
 
     /// Waits until the record at `offset` of `shard`, and every earlier

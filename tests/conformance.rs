@@ -162,9 +162,10 @@ macro_rules! conformance_suite {
                 let err = f.store.append_raw("nope", &good).unwrap_err();
                 assert_eq!(err.status(), Status::ShardNotFound);
                 // Pipelined: the acknowledgement comes from wait_durable.
+                let next = producer_batch(&[b"c"], Compression::None, 1);
                 let bases = f
                     .store
-                    .append_raw_nowait("s", &[good.clone(), good].concat())
+                    .append_raw_nowait("s", &[good, next].concat())
                     .unwrap();
                 assert_eq!(bases, vec![0, 1]);
                 f.store.wait_durable("s", 1).unwrap();

@@ -45,6 +45,9 @@ __all__ = [
     "Poisoned",
     "InternalError",
     "Locked",
+    "ProducerFenced",
+    "OutOfOrderSequence",
+    "DuplicateSequence",
 ]
 
 __version__: Final[str]
@@ -95,6 +98,14 @@ class Unsupported(MqsError, NotImplementedError): ...
 class Poisoned(MqsError): ...
 class InternalError(MqsError): ...
 class Locked(MqsError): ...
+class ProducerFenced(MqsError): ...
+class OutOfOrderSequence(MqsError): ...
+
+class DuplicateSequence(MqsError):
+    """A producer's retry of batches already stored: nothing was stored
+    again."""
+
+    base_offsets: list[int]
 
 # ---------------------------------------------------------------- classes
 
