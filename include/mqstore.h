@@ -129,6 +129,21 @@ typedef enum mqs_status {
      * The store directory is locked by another open store (this or another process).
      */
     MQS_LOCKED = 15,
+    /**
+     * An idempotent producer's batch has an epoch older than the
+     * producer's current one (a newer instance took over); nothing stored.
+     */
+    MQS_PRODUCER_FENCED = 16,
+    /**
+     * An idempotent producer's batch does not continue its sequence;
+     * nothing stored.
+     */
+    MQS_OUT_OF_ORDER_SEQUENCE = 17,
+    /**
+     * A producer's retry of batches already stored: nothing stored again;
+     * the original base offset is returned.
+     */
+    MQS_DUPLICATE_SEQUENCE = 18,
 } mqs_status;
 
 /**
@@ -560,6 +575,15 @@ enum mqs_status mqs_append_batch_nowait(struct mqs_store *store,
  * `MQS_RECORD_TOO_LARGE` (a batch over `max_batch_bytes` or a record over
  * `max_record_bytes`), `MQS_UNSUPPORTED` (a codec not in the build); the
  * message names the batch's index and byte range.
+ *
+ * Batches with a producer id (idempotent producers) are checked against
+ * the producer's state on the shard, as a Kafka broker does:
+ * `MQS_PRODUCER_FENCED` for an epoch older than the producer's current
+ * one, `MQS_OUT_OF_ORDER_SEQUENCE` for a sequence that does not follow
+ * its last one (or a new epoch not starting at 0), and
+ * `MQS_DUPLICATE_SEQUENCE` for a retry of batches among the producer's
+ * last five: nothing is stored again, and `*out_base_offset` and
+ * `*out_batch_count` are those of the original.
  *
  * # Safety
  * `shard` is a NUL-terminated string; `data` points to `len` readable

@@ -17,8 +17,9 @@ use crate::engine::{
     registry, Engine, NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
 };
 use crate::format::{self, validate};
-use crate::io::{create_dir_all_durable, sync_dir, TransferPlan};
+use crate::io::{create_dir_all_durable, replace_file_durably, TransferPlan};
 use crate::notify::{Completion, Notifier};
+use crate::producer::{self, Producers};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
 use crate::retention::RetentionTimer;
 use crate::{Error, Result};
@@ -53,6 +54,8 @@ pub struct Store {
     retention: RetentionTimer,
     /// Durability notifications for event loops, created by their first use.
     notifier: Mutex<Option<Arc<Notifier>>>,
+    /// Idempotent producers' sequences per shard.
+    producers: Producers,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
     lock_file: Mutex<Option<File>>,
 }
@@ -114,11 +117,8 @@ fn load_group_offsets(dir: &Path) -> Result<Vec<SavedOffset>> {
     }
 }
 
-/// Replaces `groups.json` atomically: write a temporary file, fsync it,
-/// rename it over the old one, fsync the directory. A crash leaves either
-/// the old or the new file, never a mix.
+/// Replaces `groups.json` atomically (`replace_file_durably`).
 fn save_group_offsets(dir: &Path, offsets: &BTreeMap<(String, String), (i64, bool)>) -> Result<()> {
-    use std::io::Write;
     let saved: Vec<SavedOffset> = offsets
         .iter()
         .filter(|(_, (_, persistent))| *persistent)
@@ -128,16 +128,8 @@ fn save_group_offsets(dir: &Path, offsets: &BTreeMap<(String, String), (i64, boo
             offset: *offset,
         })
         .collect();
-    let path = dir.join(GROUPS_FILE);
-    let tmp = dir.join(format!("{GROUPS_FILE}.tmp"));
-    let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
-    let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
     let json = serde_json::to_vec(&saved).map_err(|e| Error::Internal(e.to_string()))?;
-    file.write_all(&json).map_err(|e| io("writing", e))?;
-    file.sync_all().map_err(|e| io("fsyncing", e))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-    sync_dir(dir)
+    replace_file_durably(dir, GROUPS_FILE, &json)
 }
 
 fn validate_shard_name(name: &str) -> Result<()> {
@@ -200,7 +192,9 @@ impl Store {
                 group_offsets.insert((saved.group, saved.shard), (saved.offset, true));
             }
         }
+        let producers = Producers::open(&dir, config.producer_expiry_ms)?;
         Ok(Store {
+            producers,
             dir,
             config,
             engines,
@@ -246,11 +240,23 @@ impl Store {
             notifier.stop();
         }
         self.retention.stop();
-        self.shards.write().clear();
+        let persistent: Vec<String> = self
+            .shards
+            .write()
+            .drain()
+            .filter(|(_, shard)| is_persistent(shard.kind()))
+            .map(|(name, _)| name)
+            .collect();
         let mut first_error = None;
         for engine in self.engines.values() {
             if let Err(e) = engine.close() {
                 first_error.get_or_insert(e);
+            }
+        }
+        // Only once every batch it covers is durable.
+        if first_error.is_none() {
+            if let Err(e) = self.producers.save(&persistent) {
+                first_error = Some(e);
             }
         }
         self.lock_file.lock().take();
@@ -327,6 +333,7 @@ impl Store {
         self.creating.lock().remove(name);
         let shard = created?;
         shards.insert(name.to_string(), shard.clone());
+        self.producers.created(name);
         drop(shards);
         if options.retention_ms > 0 {
             self.retention.watch(&shard);
@@ -363,6 +370,7 @@ impl Store {
             }
         }
         self.retention.forget(&shard);
+        self.producers.forget(name);
         let mut offsets = self.group_offsets.lock();
         let before = offsets.len();
         let persistent = offsets
@@ -475,36 +483,39 @@ impl Store {
         self.append_raw_with(shard, batches, true)
     }
 
-    fn append_raw_with(&self, shard: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
-        let shard = self.shard(shard)?;
+    fn append_raw_with(&self, name: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
+        let shard = self.shard(name)?;
         let limits = validate::Limits {
             max_batch_bytes: self.config.max_batch_bytes,
             max_record_bytes: self.config.max_record_bytes,
         };
         let validated = validate::validate_producer_batches(batches, limits)?;
-        let counts: Vec<i64> = validated
-            .iter()
-            .map(|b| i64::from(b.header.record_count))
-            .collect();
+        let headers: Vec<format::BatchHeader> = validated.iter().map(|b| b.header).collect();
+        let now = crate::time::now_ms();
         let batches = validated
             .into_iter()
-            .map(|b| NewBatch {
-                records: b.header.record_count as u32,
-                max_timestamp: b.header.max_timestamp,
-                bytes: Vec::from(b.bytes),
-                // Learned at the first key lookup: no decoding here.
-                keys: None,
+            .map(|b| {
+                let mut batch = NewBatch {
+                    records: b.header.record_count as u32,
+                    max_timestamp: b.header.max_timestamp,
+                    bytes: Vec::from(b.bytes),
+                    // Learned at the first key lookup: no decoding here.
+                    keys: None,
+                };
+                batch.stamp(shard.options(), now);
+                batch
             })
             .collect();
-        let mut base = shard.append_batches(batches, pipelined)?;
-        Ok(counts
-            .into_iter()
-            .map(|count| {
-                let offset = base;
-                base += count;
-                offset
-            })
-            .collect())
+        if headers
+            .iter()
+            .any(|h| h.producer_id != format::NO_PRODUCER_ID)
+        {
+            return self
+                .producers
+                .append(name, shard.as_ref(), &headers, batches, pipelined);
+        }
+        let first = shard.append_batches(batches, pipelined)?;
+        Ok(producer::consecutive_bases(first, &headers))
     }
 
     /// Waits until the record at `offset` of `shard`, and every earlier

@@ -162,12 +162,48 @@ macro_rules! conformance_suite {
                 let err = f.store.append_raw("nope", &good).unwrap_err();
                 assert_eq!(err.status(), Status::ShardNotFound);
                 // Pipelined: the acknowledgement comes from wait_durable.
+                let next = producer_batch(&[b"c"], Compression::None, 1);
                 let bases = f
                     .store
-                    .append_raw_nowait("s", &[good.clone(), good].concat())
+                    .append_raw_nowait("s", &[good, next].concat())
                     .unwrap();
                 assert_eq!(bases, vec![0, 1]);
                 f.store.wait_durable("s", 1).unwrap();
+            }
+
+            #[test]
+            fn log_append_time_replaces_the_timestamps_of_every_append() {
+                let f = open(ENGINE, "timestamp_type = \"log_append_time\"\n");
+                f.store.create_shard("s", None).unwrap();
+                let before = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                let old = Record {
+                    timestamp_ms: 1_000,
+                    ..Record::new(b"record api")
+                };
+                f.store.append("s", &old).unwrap();
+                f.store
+                    .append_raw("s", &producer_batch(&[b"raw"], Compression::Lz4, 0))
+                    .unwrap();
+                let read = f.store.read("s", 0, 10, usize::MAX).unwrap();
+                assert_eq!(read.records.len(), 2);
+                assert!(read.records.iter().all(|r| r.timestamp_ms >= before));
+                // What consumers receive says LogAppendTime, with a valid CRC.
+                let mut plan = f.store.plan_transfer("s", 0, usize::MAX).unwrap();
+                for batch in split_batches(&send_rest(&mut plan).into()).unwrap() {
+                    let header = mqstore::format::BatchHeader::parse(&batch).unwrap();
+                    assert!(header.is_log_append_time());
+                    assert!(header.max_timestamp >= before);
+                    decode_batch(&batch, true).unwrap();
+                }
+                assert_eq!(f.store.offset_for_timestamp("s", before).unwrap(), Some(0));
+                let info = f.store.shard_info("s").unwrap();
+                assert_eq!(
+                    info.options.timestamp_type,
+                    mqstore::TimestampType::LogAppendTime
+                );
             }
 
             #[test]

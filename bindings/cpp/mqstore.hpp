@@ -675,6 +675,9 @@ public:
     struct RawAppend {
         int64_t base_offset;
         size_t batches;
+        /// true: an idempotent producer's retry (MQS_DUPLICATE_SEQUENCE):
+        /// nothing was stored again, and the offsets are the originals.
+        bool duplicate;
     };
 
     /// Appends RecordBatch v2 bytes as a Kafka producer sent them (one or
@@ -684,6 +687,9 @@ public:
     /// when one is refused (MQS_CORRUPTION, MQS_INVALID_ARGUMENT,
     /// MQS_RECORD_TOO_LARGE or MQS_UNSUPPORTED, naming the batch).
     /// Acknowledged per the shard's durability mode, once for all batches.
+    /// Batches of idempotent producers are checked as a Kafka broker checks
+    /// them: MQS_PRODUCER_FENCED and MQS_OUT_OF_ORDER_SEQUENCE throw; a
+    /// retry returns the original offsets with `duplicate` set.
     RawAppend append_raw(const std::string &shard, const void *data, size_t len) {
         return append_raw_with(mqs_append_raw, shard, data, len);
     }
@@ -946,9 +952,13 @@ private:
 
     RawAppend append_raw_with(decltype(&mqs_append_raw) append, const std::string &shard, const void *data,
                               size_t len) {
-        RawAppend out{-1, 0};
-        check(append(handle(), detail::c_name(shard, "shard name"), static_cast<const uint8_t *>(data), len,
-                     &out.base_offset, &out.batches));
+        RawAppend out{-1, 0, false};
+        mqs_status status = append(handle(), detail::c_name(shard, "shard name"),
+                                   static_cast<const uint8_t *>(data), len, &out.base_offset, &out.batches);
+        out.duplicate = status == MQS_DUPLICATE_SEQUENCE;
+        if (!out.duplicate) {
+            check(status);
+        }
         return out;
     }
 

@@ -151,7 +151,8 @@ impl PyStore {
     /// defaults; `options` is TOML text with the same keys, overridden by
     /// the keyword arguments.
     #[pyo3(signature = (name, *, options=None, engine=None, durability=None, compression=None,
-                        segment_bytes=None, retention_ms=None, retention_bytes=None, retention_records=None))]
+                        segment_bytes=None, retention_ms=None, retention_bytes=None, retention_records=None,
+                        timestamp_type=None))]
     #[allow(clippy::too_many_arguments)]
     fn create_shard(
         &self,
@@ -165,6 +166,7 @@ impl PyStore {
         retention_ms: Option<i64>,
         retention_bytes: Option<i64>,
         retention_records: Option<i64>,
+        timestamp_type: Option<&str>,
     ) -> PyResult<PyShardInfo> {
         // The options go through the same TOML parser as storage.toml, so
         // values are validated and errors worded exactly as in the config
@@ -186,6 +188,7 @@ impl PyStore {
             ("engine", engine),
             ("durability", durability),
             ("compression", compression),
+            ("timestamp_type", timestamp_type),
         ];
         for (key, value) in strings {
             if let Some(value) = value {

@@ -184,6 +184,8 @@ pub struct PyShardInfo {
     retention_ms: u64,
     retention_bytes: u64,
     retention_records: u64,
+    /// "create_time" or "log_append_time".
+    timestamp_type: String,
 }
 
 impl From<mqstore::ShardInfo> for PyShardInfo {
@@ -201,6 +203,7 @@ impl From<mqstore::ShardInfo> for PyShardInfo {
             retention_ms: o.retention_ms,
             retention_bytes: o.retention_bytes,
             retention_records: o.retention_records,
+            timestamp_type: o.timestamp_type.name().to_string(),
             name: info.name,
         }
     }

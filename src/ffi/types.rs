@@ -92,6 +92,15 @@ pub enum mqs_status {
     MQS_INTERNAL = 14,
     /// The store directory is locked by another open store (this or another process).
     MQS_LOCKED = 15,
+    /// An idempotent producer's batch has an epoch older than the
+    /// producer's current one (a newer instance took over); nothing stored.
+    MQS_PRODUCER_FENCED = 16,
+    /// An idempotent producer's batch does not continue its sequence;
+    /// nothing stored.
+    MQS_OUT_OF_ORDER_SEQUENCE = 17,
+    /// A producer's retry of batches already stored: nothing stored again;
+    /// the original base offset is returned.
+    MQS_DUPLICATE_SEQUENCE = 18,
 }
 
 impl From<Status> for mqs_status {
@@ -113,6 +122,9 @@ impl From<Status> for mqs_status {
             Status::Poisoned => mqs_status::MQS_POISONED,
             Status::Internal => mqs_status::MQS_INTERNAL,
             Status::Locked => mqs_status::MQS_LOCKED,
+            Status::ProducerFenced => mqs_status::MQS_PRODUCER_FENCED,
+            Status::OutOfOrderSequence => mqs_status::MQS_OUT_OF_ORDER_SEQUENCE,
+            Status::DuplicateSequence => mqs_status::MQS_DUPLICATE_SEQUENCE,
         }
     }
 }
@@ -136,6 +148,9 @@ impl From<mqs_status> for Status {
             mqs_status::MQS_POISONED => Status::Poisoned,
             mqs_status::MQS_INTERNAL => Status::Internal,
             mqs_status::MQS_LOCKED => Status::Locked,
+            mqs_status::MQS_PRODUCER_FENCED => Status::ProducerFenced,
+            mqs_status::MQS_OUT_OF_ORDER_SEQUENCE => Status::OutOfOrderSequence,
+            mqs_status::MQS_DUPLICATE_SEQUENCE => Status::DuplicateSequence,
         }
     }
 }

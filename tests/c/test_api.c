@@ -1196,6 +1196,53 @@ static void test_null_values(void) {
     CHECK_OK(mqs_store_close(store));
 }
 
+/* Sets a batch's producer id, epoch and base sequence, then its CRC. */
+static void make_idempotent(uint8_t *batch, int64_t producer_id, int16_t epoch, int32_t sequence) {
+    for (int i = 0; i < 8; i++) {
+        batch[43 + i] = (uint8_t)((uint64_t)producer_id >> (56 - 8 * i));
+    }
+    batch[51] = (uint8_t)((uint16_t)epoch >> 8);
+    batch[52] = (uint8_t)epoch;
+    for (int i = 0; i < 4; i++) {
+        batch[53 + i] = (uint8_t)((uint32_t)sequence >> (24 - 8 * i));
+    }
+    size_t total = (size_t)be32(batch + 8) + 12;
+    uint32_t crc = crc32c(batch + 21, total - 21);
+    for (int i = 0; i < 4; i++) {
+        batch[17 + i] = (uint8_t)(crc >> (24 - 8 * i));
+    }
+}
+
+/* An idempotent producer's retry gets MQS_DUPLICATE_SEQUENCE with the
+ * original offset; a gap and a stale epoch get their own codes. */
+static void test_idempotent_producer(void) {
+    mqs_store *store = open_store(NULL);
+    CHECK_OK(mqs_shard_create(store, "src", NULL));
+    CHECK_OK(mqs_shard_create(store, "dst", NULL));
+    fill_shard(store, "src", 10, 10, 20);
+    size_t len = 0;
+    int64_t next = 0;
+    uint8_t *batch = sendfile_to_temp(store, "src", &len, &next);
+    make_idempotent(batch, 42, 1, 0);
+    int64_t base = -1;
+    size_t count = 0;
+    CHECK_OK(mqs_append_raw(store, "dst", batch, len, &base, &count));
+    CHECK(base == 0 && count == 1);
+    base = -1;
+    CHECK_STATUS(mqs_append_raw(store, "dst", batch, len, &base, &count), MQS_DUPLICATE_SEQUENCE);
+    CHECK(base == 0 && count == 1);
+    make_idempotent(batch, 42, 1, 20);
+    CHECK_STATUS(mqs_append_raw(store, "dst", batch, len, &base, NULL), MQS_OUT_OF_ORDER_SEQUENCE);
+    make_idempotent(batch, 42, 0, 10);
+    CHECK_STATUS(mqs_append_raw(store, "dst", batch, len, &base, NULL), MQS_PRODUCER_FENCED);
+    CHECK(strcmp(mqs_status_str(MQS_PRODUCER_FENCED), "producer fenced") == 0);
+    mqs_shard_info info;
+    CHECK_OK(mqs_shard_get_info(store, "dst", &info));
+    CHECK(info.next_offset == 10);
+    free(batch);
+    CHECK_OK(mqs_store_close(store));
+}
+
 /* Reads the rest of `transfer` with mqs_transfer_read_into, `piece` bytes
  * per call, into out[*got..total); stops at the first failure. */
 static void read_rest(mqs_transfer *transfer, size_t piece, uint8_t *out, size_t total,
@@ -2139,6 +2186,7 @@ int main(void) {
     test_transfer_read_into();
     test_append_raw();
     test_null_values();
+    test_idempotent_producer();
     test_transfer_read_into_errors();
     test_transfer_nonblocking();
     test_sendfile_nonblocking();

@@ -47,7 +47,7 @@ int64_t now_ms() {
 void version_and_status() {
     CHECK_EQ(mqstore::version(), std::string_view("0.2.0"));
     CHECK_EQ(mqstore::VERSION_MAJOR, 0);
-    CHECK_EQ(mqstore::VERSION_MINOR, 1);
+    CHECK_EQ(mqstore::VERSION_MINOR, 2);
     CHECK_EQ(mqstore::VERSION_PATCH, 0);
     CHECK_EQ(std::string(mqstore::status_str(MQS_OK)), "ok");
     CHECK_EQ(std::string(mqstore::status_str(MQS_SHARD_NOT_FOUND)), "shard not found");

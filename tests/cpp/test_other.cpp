@@ -517,7 +517,22 @@ void append_raw() {
         CHECK_THROWS_CODE(null, store.append_raw("dst", nullptr, 5), MQS_INVALID_ARGUMENT);
         mqstore::Store::RawAppend later = store.append_raw_nowait("dst", sent.data(), sent.size());
         CHECK_EQ(later.base_offset, 32);
+        CHECK(!later.duplicate);
         store.wait_durable("dst", 61);
+        // An idempotent producer's batch (producer id 5, epoch 0, sequence 0),
+        // then its retry.
+        std::string idempotent = sent.substr(0, 12 + be(sent, 8, 4));
+        const unsigned char producer[14] = {0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0};
+        std::memcpy(idempotent.data() + 43, producer, sizeof producer);
+        uint32_t crc = test::crc32c(idempotent.data() + 21, idempotent.size() - 21);
+        for (int i = 0; i < 4; ++i) {
+            idempotent[17 + i] = static_cast<char>(crc >> (24 - 8 * i));
+        }
+        mqstore::Store::RawAppend stored_once = store.append_raw("dst", idempotent.data(), idempotent.size());
+        mqstore::Store::RawAppend retried = store.append_raw("dst", idempotent.data(), idempotent.size());
+        CHECK(!stored_once.duplicate && retried.duplicate);
+        CHECK_EQ(retried.base_offset, stored_once.base_offset);
+        CHECK_EQ(store.shard_info("dst").next_offset, stored_once.base_offset + 10);
     }
 }
 

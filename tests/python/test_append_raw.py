@@ -143,3 +143,38 @@ def test_null_values_are_not_empty_values(engine_store):
     builder.append(0, timestamp=1, key=b"raw", value=None, headers=[])
     (base,) = store.append_raw("t", bytes(builder.build()))
     assert next(iter(store.read("t", base))).value is None
+
+
+def test_log_append_time_shards_stamp_every_batch(engine_store):
+    store = engine_store
+    info = store.create_shard("t", timestamp_type="log_append_time")
+    assert info.timestamp_type == "log_append_time"
+    assert store.create_shard("c").timestamp_type == "create_time"
+    store.append("t", b"old", timestamp_ms=1000)
+    store.append_raw("t", producer_batch("snappy", [b"raw"], timestamp=2000))
+    assert all(r.timestamp_ms > 1_700_000_000_000 for r in store.read("t", 0))
+    with pytest.raises(mqstore.ConfigError, match="timestamp_type"):
+        store.create_shard("bad", timestamp_type="sometimes")
+
+
+def test_idempotent_producer_retries_are_answered_with_their_offsets(tmp_path):
+    path = str(tmp_path / "s")
+    with mqstore.Store(path) as store:
+        store.create_shard("t")
+        first = producer_batch("gzip", [b"a", b"b"], producer_id=11, sequence=0)
+        second = producer_batch("zstd", [b"c"], producer_id=11, sequence=2)
+        assert store.append_raw("t", first) == [0]
+        assert store.append_raw("t", second) == [2]
+        with pytest.raises(mqstore.DuplicateSequence) as retry:
+            store.append_raw("t", first)
+        assert retry.value.base_offsets == [0]
+        assert retry.value.status == mqstore.Status.DUPLICATE_SEQUENCE
+        with pytest.raises(mqstore.OutOfOrderSequence, match="sequence 9 after 2"):
+            store.append_raw("t", producer_batch("none", [b"x"], producer_id=11, sequence=9))
+        assert store.shard_info("t").next_offset == 3
+    # After a restart the retry is still recognised.
+    with mqstore.Store(path) as store:
+        with pytest.raises(mqstore.DuplicateSequence) as retry:
+            store.append_raw("t", second)
+        assert retry.value.base_offsets == [2]
+        assert store.shard_info("t").next_offset == 3
