@@ -1,5 +1,5 @@
 # mqstore — one entry point for building, testing and demoing.
-#   make test    every suite (Rust, header freshness, C under valgrind, C++, Python)
+#   make test    every suite (Rust, header freshness, C and C++ under ASan + UBSan and valgrind, Python)
 #   make demo    the main job on the default engine
 # Both install what they need (system tools, a Python venv) on first use.
 

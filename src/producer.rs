@@ -228,6 +228,10 @@ pub(crate) struct Producers {
     shards: Mutex<HashMap<String, Slot>>,
     /// What the last clean close saved, consumed shard by shard.
     snapshot: Mutex<HashMap<String, ShardProducers>>,
+    /// The store was closed cleanly last time: a shard missing from the
+    /// snapshot had no producers then (saved snapshots leave such shards
+    /// out, so that a million producer-less shards cost nothing).
+    clean: bool,
 }
 
 impl Producers {
@@ -236,11 +240,14 @@ impl Producers {
     /// taken from a snapshot that predates what the log holds.
     pub fn open(dir: &Path, expiry_ms: u64) -> Result<Producers> {
         let path = dir.join(SNAPSHOT_FILE);
-        let snapshot = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::corruption(format!("'{}' is not valid: {e}", path.display()))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+        let (snapshot, clean) = match std::fs::read(&path) {
+            Ok(bytes) => {
+                let snapshot = serde_json::from_slice(&bytes).map_err(|e| {
+                    Error::corruption(format!("'{}' is not valid: {e}", path.display()))
+                })?;
+                (snapshot, true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (HashMap::new(), false),
             Err(e) => return Err(Error::io(format!("reading '{}'", path.display()), e)),
         };
         remove_file_durably(dir, SNAPSHOT_FILE)?;
@@ -249,6 +256,7 @@ impl Producers {
             expiry_ms,
             shards: Mutex::new(HashMap::new()),
             snapshot: Mutex::new(snapshot),
+            clean,
         })
     }
 
@@ -309,7 +317,14 @@ impl Producers {
         let mut state = match self.snapshot.lock().remove(name) {
             // A snapshot beyond the shard's end is not this shard's.
             Some(saved) if saved.applied_to <= info.next_offset => saved,
-            _ => ShardProducers::default(),
+            Some(_) => ShardProducers::default(),
+            // Only producer batches are this code's business, and since
+            // the open every one went through it.
+            None if self.clean => ShardProducers {
+                applied_to: info.next_offset,
+                ..ShardProducers::default()
+            },
+            None => ShardProducers::default(),
         };
         let mut offset = state.applied_to.max(info.first_offset);
         // The log keeps no append times: producers found in it count as
@@ -355,10 +370,9 @@ impl Producers {
                 saved.insert(name.clone(), state);
             }
         }
-        saved.retain(|name, _| persistent.contains(name));
-        if saved.is_empty() {
-            return Ok(());
-        }
+        let persistent: std::collections::HashSet<&String> = persistent.iter().collect();
+        saved.retain(|name, state| !state.producers.is_empty() && persistent.contains(name));
+        // Written even when empty: its presence says the close was clean.
         let json = serde_json::to_vec(&saved).map_err(|e| Error::Internal(e.to_string()))?;
         replace_file_durably(&self.dir, SNAPSHOT_FILE, &json)
     }

@@ -211,6 +211,66 @@ pub fn append_once(
     outcome
 }
 
+/// One producer appending, on one shard, the same producer batch (a
+/// Kafka v2 batch of `batch` records of `record_size` bytes, encoded once
+/// beforehand as a producer would) with `Store::append_raw`, blocking, for
+/// `duration`; returns msgs/s. What the record API's figure of the same
+/// workload spends on encoding, this one does not.
+pub fn append_raw_once(
+    base: &Path,
+    options: &ShardOptions,
+    record_size: usize,
+    batch: usize,
+    duration: Duration,
+) -> io::Result<f64> {
+    let bench = BenchStore::open(base)?;
+    let store = &bench.store;
+    store
+        .create_shard_with("raw", options.clone())
+        .map_err(to_io)?;
+    let data = payload(record_size, batch, 1);
+    let encoded =
+        mqstore::format::encode_batch(&records(&data, record_size), options.compression, 1)
+            .map_err(to_io)?
+            .bytes;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        store.append_raw("raw", &encoded).map_err(to_io)?;
+        sent += batch as u64;
+    }
+    Ok(sent as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `{prefix}.append_raw_{size}_batch{batch}[_{durability}].msgs_per_s`,
+/// compared with the record API's figure of the same workload.
+pub fn append_raw_row(
+    results: &mut Results,
+    base: &Path,
+    plan: &Plan,
+    options: &ShardOptions,
+    (record_size, batch): (usize, usize),
+    (name, record_api): (&str, &str),
+) {
+    let secs = Duration::from_secs_f64(plan.headline_secs);
+    let measured = util::repeat(plan.reps, || {
+        append_raw_once(base, options, record_size, batch, secs)
+    });
+    let p = json!({
+        "record_bytes": record_size, "batch": batch, "threads": 1, "shards": 1,
+        "engine": options.engine.name(), "durability": options.durability.name(),
+        "api": "Store::append_raw of one pre-encoded producer batch (no producer id), blocking",
+        "seconds_per_rep": plan.headline_secs,
+    });
+    results.stats_or_failed(name, measured, "msgs/s", p);
+    results.compare(
+        name,
+        record_api,
+        1.0,
+        "raw producer batches / the record API, same workload",
+    );
+}
+
 /// One producer on an event loop: `append_batch_notify` keeps
 /// `spec.window` batches in flight on one shard, and the same thread
 /// poll(2)s the store's `durable_fd` and takes acknowledgements with
@@ -1024,6 +1084,18 @@ impl Persistent {
                 p,
             );
         }
+
+        append_raw_row(
+            results,
+            base,
+            plan,
+            &self.options(Durability::Fsync, APPEND_RETENTION_BYTES),
+            (1024, 64),
+            (
+                &self.name("append_raw_1k_batch64_fsync.msgs_per_s"),
+                &self.name("append_1k_batch64_fsync.msgs_per_s"),
+            ),
+        );
 
         // The pipelined 1 KiB x 64 workload again, driven by one thread's
         // event loop (durable_fd + poll_durable) instead of wait_durable.
