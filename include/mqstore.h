@@ -264,6 +264,24 @@ typedef struct mqs_record_in {
 } mqs_record_in;
 
 /**
+ * A watched offset that became durable (`status` = `MQS_OK`: the
+ * acknowledgement), or failed to (`MQS_POISONED` after a failed fsync,
+ * `MQS_CLOSED`, ...; the batch is then not acknowledged).
+ */
+typedef struct mqs_completion {
+    /**
+     * The token given to `mqs_append_batch_notify` / `mqs_watch_durable`.
+     */
+    uint64_t token;
+    /**
+     * The watched offset: the batch's base offset for
+     * `mqs_append_batch_notify`.
+     */
+    int64_t offset;
+    enum mqs_status status;
+} mqs_completion;
+
+/**
  * A stored record, as returned inside an `mqs_batch`. Every pointer is
  * borrowed from the batch and valid until `mqs_batch_free` (even after the
  * store is closed or the shard deleted). `headers`/`tags` are NULL when the
@@ -658,6 +676,72 @@ enum mqs_status mqs_delete_by_offsets(struct mqs_store *store,
                                       const int64_t *offsets,
                                       size_t offset_count,
                                       uint64_t *out_deleted);
+
+/**
+ * Sets `*out_fd` to the store's durability descriptor: an eventfd that is
+ * readable while completions wait for `mqs_poll_durable`. Add it to an
+ * epoll set, `poll(2)` or an event loop, for reading; never read, write or
+ * close it yourself. It is the same descriptor on every call, created by
+ * the first (with the store's `mqs-durable` thread, which waits for
+ * watched offsets in watch order so that no thread of yours has to), and
+ * valid until `mqs_store_close` returns: remove it from your event loop
+ * before closing the store.
+ *
+ * # Safety
+ * `out_fd` is valid for writing.
+ */
+enum mqs_status mqs_durable_fd(struct mqs_store *store, int *out_fd);
+
+/**
+ * `mqs_append_batch_nowait`, plus a completion carrying `token` once the
+ * batch is as durable as the shard's mode promises: its acknowledgement,
+ * delivered through `mqs_durable_fd` and `mqs_poll_durable` instead of a
+ * blocking `mqs_wait_durable`. The batch is readable at once;
+ * `*out_base_offset` is its base offset (and the completion's offset).
+ * Completions arrive in the order of the calls (across shards too). On
+ * failure nothing is watched (and, as for any failed append, the batch is
+ * not acknowledged).
+ *
+ * # Safety
+ * As for `mqs_append_batch_nowait`.
+ */
+enum mqs_status mqs_append_batch_notify(struct mqs_store *store,
+                                        const char *shard,
+                                        const struct mqs_record_in *records,
+                                        size_t count,
+                                        uint64_t token,
+                                        int64_t *out_base_offset);
+
+/**
+ * Asks for a completion carrying `token` once the record at `offset` of
+ * `shard`, and every earlier one, is durable: `mqs_wait_durable` without
+ * blocking. Fails at once (nothing watched) with `MQS_OFFSET_OUT_OF_RANGE`
+ * when `offset` was not appended, `MQS_SHARD_NOT_FOUND`, or `MQS_CLOSED`.
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string.
+ */
+enum mqs_status mqs_watch_durable(struct mqs_store *store,
+                                  const char *shard,
+                                  int64_t offset,
+                                  uint64_t token);
+
+/**
+ * Copies up to `capacity` completions, oldest first, into `out` and sets
+ * `*out_count` to how many; never blocks (0 when none is ready). The
+ * descriptor stays readable while more are queued, so a level-triggered
+ * loop calls again; an edge-triggered one calls until fewer than
+ * `capacity` come back. `capacity` 0 or a NULL `out` is
+ * `MQS_INVALID_ARGUMENT` (nothing is taken). Any thread may call it.
+ *
+ * # Safety
+ * `out` has room for `capacity` completions; `out_count` is valid for
+ * writing.
+ */
+enum mqs_status mqs_poll_durable(struct mqs_store *store,
+                                 struct mqs_completion *out,
+                                 size_t capacity,
+                                 size_t *out_count);
 
 /**
  * Reads up to `max_records` (at least 1) records of `shard` from `offset`

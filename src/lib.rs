@@ -11,6 +11,7 @@ pub mod error;
 pub mod ffi;
 pub mod format;
 pub mod io;
+pub mod notify;
 pub mod producer;
 pub mod record;
 mod retention;
@@ -23,6 +24,7 @@ pub use engine::{ReadResult, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST};
 pub use error::{Error, Result, Status};
 pub use format::Compression;
 pub use io::TransferPlan;
+pub use notify::Completion;
 pub use record::{Header, HeaderView, Record, RecordView};
 pub use store::{SendfileResult, Store};
 

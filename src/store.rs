@@ -18,6 +18,7 @@ use crate::engine::{
 };
 use crate::format::{self, validate};
 use crate::io::{create_dir_all_durable, replace_file_durably, TransferPlan};
+use crate::notify::{Completion, Notifier};
 use crate::producer::{self, Producers};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
 use crate::retention::RetentionTimer;
@@ -51,6 +52,8 @@ pub struct Store {
     closed: AtomicBool,
     /// Applies age retention to idle shards.
     retention: RetentionTimer,
+    /// Durability notifications for event loops, created by their first use.
+    notifier: Mutex<Option<Arc<Notifier>>>,
     /// Idempotent producers' sequences per shard.
     producers: Producers,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
@@ -201,6 +204,7 @@ impl Store {
             groups_stale: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             retention,
+            notifier: Mutex::new(None),
             lock_file: Mutex::new(Some(lock_file)),
         })
     }
@@ -229,7 +233,12 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
         }
-        // Before the engines close: the timer touches shards.
+        // Before the engines close, so that every watched offset completes
+        // (its completion stays pollable), and the timer touches shards.
+        let notifier = self.notifier.lock().clone();
+        if let Some(notifier) = notifier {
+            notifier.stop();
+        }
         self.retention.stop();
         let persistent: Vec<String> = self
             .shards
@@ -516,6 +525,73 @@ impl Store {
     /// meanwhile count as acknowledged.
     pub fn wait_durable(&self, shard: &str, offset: i64) -> Result<()> {
         self.shard(shard)?.wait_durable(offset)
+    }
+
+    // ------------------------------------------------ event-loop notifications
+
+    fn notifier(&self) -> Result<Arc<Notifier>> {
+        let mut slot = self.notifier.lock();
+        if let Some(notifier) = slot.as_ref() {
+            return Ok(notifier.clone());
+        }
+        self.check_open()?;
+        let notifier = Arc::new(Notifier::new()?);
+        *slot = Some(notifier.clone());
+        Ok(notifier)
+    }
+
+    /// An eventfd that is readable while completions of watched offsets
+    /// wait to be polled (`poll_durable`): register it with epoll/poll or an
+    /// event loop. It belongs to the store and stays valid until the store
+    /// is dropped (also after `close`, so the last completions can be
+    /// polled); do not close or read it.
+    pub fn durable_fd(&self) -> Result<RawFd> {
+        self.check_open()?;
+        Ok(self.notifier()?.fd())
+    }
+
+    /// Asks for a completion carrying `token` once the record at `offset`
+    /// of `shard` and every earlier one are as durable as the shard's mode
+    /// promises — `wait_durable` without blocking the caller. Completions
+    /// come in the order of the watches (across shards too). `offset` must
+    /// have been appended.
+    pub fn watch_durable(&self, shard: &str, offset: i64, token: u64) -> Result<()> {
+        let handle = self.shard(shard)?;
+        let next = handle.info()?.next_offset;
+        crate::engine::scan::check_appended(shard, offset, next)?;
+        self.notifier()?.watch(handle, offset, token)
+    }
+
+    /// `append_batch_nowait`, then `watch_durable` for the batch with
+    /// `token`: the batch is acknowledged by its completion (whose offset is
+    /// the base offset returned here).
+    pub fn append_batch_notify(
+        &self,
+        shard: &str,
+        records: &[Record<'_>],
+        token: u64,
+    ) -> Result<i64> {
+        // Started first: a batch appended must not miss its completion.
+        let notifier = self.notifier()?;
+        let handle = self.shard(shard)?;
+        self.validate_records(records)?;
+        let base = handle.append_nowait(records)?;
+        notifier.watch(handle, base, token)?;
+        Ok(base)
+    }
+
+    /// Takes up to `max` completions, oldest first, without blocking; empty
+    /// when none is ready. Works after `close` too (close completes every
+    /// watch first).
+    pub fn poll_durable(&self, max: usize) -> Vec<Completion> {
+        let notifier = self.notifier.lock().clone();
+        notifier.map_or_else(Vec::new, |n| n.poll(max))
+    }
+
+    /// Completions ready to be polled.
+    pub fn durable_ready(&self) -> usize {
+        let notifier = self.notifier.lock().clone();
+        notifier.map_or(0, |n| n.ready())
     }
 
     // ----------------------------------------------------------------- reads

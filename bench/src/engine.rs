@@ -271,6 +271,64 @@ pub fn append_raw_row(
     );
 }
 
+/// One producer on an event loop: `append_batch_notify` keeps
+/// `spec.window` batches in flight on one shard, and the same thread
+/// poll(2)s the store's `durable_fd` and takes acknowledgements with
+/// `poll_durable`, refilling the window as they come (no thread waits in
+/// `wait_durable`). Returns acknowledged msgs/s.
+pub fn append_eventloop_once(
+    base: &Path,
+    options: &ShardOptions,
+    spec: AppendSpec,
+    duration: Duration,
+) -> io::Result<f64> {
+    let bench = BenchStore::open(base)?;
+    let store = &bench.store;
+    store
+        .create_shard_with("bench-0", options.clone())
+        .map_err(to_io)?;
+    let data = payload(spec.record_size, spec.batch, 1);
+    let batch = records(&data, spec.record_size);
+    let fd = store.durable_fd().map_err(to_io)?;
+    let window = spec.window.max(1);
+    let start = Instant::now();
+    let mut token = 0u64;
+    let mut in_flight = 0usize;
+    let mut acked = 0u64;
+    let mut stopping = false;
+    loop {
+        while !stopping && in_flight < window {
+            store
+                .append_batch_notify("bench-0", &batch, token)
+                .map_err(to_io)?;
+            token += 1;
+            in_flight += 1;
+        }
+        if in_flight == 0 {
+            break;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+        for completion in store.poll_durable(window) {
+            completion.result.map_err(to_io)?;
+            in_flight -= 1;
+            acked += spec.batch as u64;
+        }
+        stopping = stopping || start.elapsed() >= duration;
+    }
+    Ok(acked as f64 / start.elapsed().as_secs_f64())
+}
+
 /// The append matrix point repeated `reps` times.
 pub fn append_throughput(
     base: &Path,
@@ -1038,6 +1096,31 @@ impl Persistent {
                 &self.name("append_1k_batch64_fsync.msgs_per_s"),
             ),
         );
+
+        // The pipelined 1 KiB x 64 workload again, driven by one thread's
+        // event loop (durable_fd + poll_durable) instead of wait_durable.
+        if let Some(pipelined) = headline_workloads()
+            .into_iter()
+            .find(|w| w.suffix == "append_1k_batch64_fsync_pipelined.msgs_per_s")
+        {
+            let options = self.options(pipelined.durability, APPEND_RETENTION_BYTES);
+            let mut p = pipelined.spec.params(&options);
+            p["api"] = json!(format!(
+                "Store::append_batch_notify + poll(2) on durable_fd + poll_durable, \
+                 {} batches in flight, one thread",
+                pipelined.spec.window
+            ));
+            p["seconds_per_rep"] = json!(plan.headline_secs);
+            p["beside"] = json!(self.name(&pipelined.suffix));
+            results.stats_or_failed(
+                &self.name("append_1k_batch64_fsync_eventloop.msgs_per_s"),
+                util::repeat(plan.reps, || {
+                    append_eventloop_once(base, &options, pipelined.spec, secs)
+                }),
+                "msgs/s",
+                p,
+            );
+        }
 
         let secs = Duration::from_secs_f64(plan.matrix_secs);
         for durability in DURABILITIES {

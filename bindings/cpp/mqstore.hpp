@@ -701,6 +701,56 @@ public:
         return append_raw_with(mqs_append_raw_nowait, shard, data, len);
     }
 
+    // ------------------------------------------- event-loop notifications
+
+    /// A watched batch that became durable (status MQS_OK: acknowledged)
+    /// or failed to (e.g. MQS_POISONED: not acknowledged).
+    using Completion = mqs_completion;
+
+    /// The store's durability descriptor (an eventfd): readable while
+    /// completions wait for poll_durable(). Register it with epoll, poll or
+    /// an event loop for reading; never read or close it. Valid until the
+    /// store is closed (remove it from the loop first).
+    int durable_fd() const {
+        int fd = -1;
+        check(mqs_durable_fd(handle(), &fd));
+        return fd;
+    }
+
+    /// append_batch_nowait() plus a completion carrying token once the batch
+    /// is durable: its acknowledgement, without a thread waiting for it.
+    /// Completions come in call order. Returns the base offset (also the
+    /// completion's offset).
+    int64_t append_batch_notify(const std::string &shard, const std::vector<Message> &messages, uint64_t token) {
+        Encoded encoded(messages.data(), messages.size());
+        int64_t base = -1;
+        check(mqs_append_batch_notify(handle(), detail::c_name(shard, "shard name"), encoded.records.data(),
+                                      encoded.records.size(), token, &base));
+        return base;
+    }
+
+    /// A completion carrying token once offset (and everything before it in
+    /// shard) is durable: wait_durable() without blocking.
+    void watch_durable(const std::string &shard, int64_t offset, uint64_t token) const {
+        check(mqs_watch_durable(handle(), detail::c_name(shard, "shard name"), offset, token));
+    }
+
+    /// Appends up to max ready completions to out, oldest first; returns how
+    /// many. Never blocks. A failed batch is a completion with its status,
+    /// not an exception (the others are still delivered).
+    std::size_t poll_durable(std::vector<Completion> &out, std::size_t max = 1024) const {
+        if (max == 0)
+            throw Error(MQS_INVALID_ARGUMENT, "poll_durable: max must be at least 1");
+        mqs_store *store = handle();  // throws for an empty Store, before out changes
+        std::size_t old = out.size();
+        out.resize(old + max);
+        std::size_t n = 0;
+        mqs_status status = mqs_poll_durable(store, out.data() + old, max, &n);
+        out.resize(old + (status == MQS_OK ? n : 0));
+        check(status);
+        return n;
+    }
+
     /// Blocks until the record at offset, and every earlier record of shard,
     /// is as durable as the shard's durability mode promises: the
     /// acknowledgement of append_batch_nowait() batches up to the one holding

@@ -6,7 +6,7 @@ Everything here is re-exported by ``mqstore``; import from there.
 import os
 import pathlib
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, Protocol, TypedDict, final
 
 if sys.version_info >= (3, 12):
@@ -342,6 +342,21 @@ class Store:
     def append_raw_nowait(self, shard: str, data: _BytesLike) -> list[int]:
         """``append_raw`` that returns once the batches have their offsets;
         ``wait_durable`` on the last batch's last offset acknowledges them."""
+    def durable_fd(self) -> int:
+        """The store's durability descriptor (an eventfd), readable while
+        completions wait for ``poll_durable``. Never read or close it."""
+    def append_batch_notify(self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record], token: int) -> int:
+        """``append_batch_nowait`` plus a completion carrying ``token`` once
+        the batch is durable; returns the base offset."""
+    def watch_durable(self, shard: str, offset: int, token: int) -> None:
+        """A completion carrying ``token`` once ``offset`` is durable."""
+    def poll_durable(self, max: int = 1024) -> list[tuple[int, int, MqsError | None]]:
+        """Up to ``max`` ready completions ``(token, offset, error)``, oldest
+        first; never blocks."""
+    def append_batch_async(self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record]) -> Coroutine[Any, Any, int]:
+        """``await`` it: the base offset, once the batch is acknowledged."""
+    def wait_durable_async(self, shard: str, offset: int) -> Coroutine[Any, Any, None]:
+        """``await`` it: returns once ``offset`` is durable."""
     def wait_durable(self, shard: str, offset: int) -> None:
         """Blocks (with the GIL released) until the record at ``offset`` and
         every earlier record of ``shard`` is as durable as the shard's

@@ -31,12 +31,15 @@ mod store;
 
 mod write;
 
+mod notify;
+
 mod read;
 
 mod transfer;
 
 use std::ffi::{c_char, CStr};
 
+pub use self::notify::*;
 pub use self::read::*;
 pub use self::store::*;
 pub use self::transfer::*;

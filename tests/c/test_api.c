@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -2086,6 +2087,81 @@ static void test_append_nowait_errors(void) {
     CHECK_MENTIONS("mqs_store");
 }
 
+/* An event loop on one thread: thousands of batches in flight with
+ * mqs_append_batch_notify, acknowledged through the durability descriptor and
+ * mqs_poll_durable, every one in order, with no thread per batch. */
+#define LOOP_BATCHES 3000
+static void test_event_loop(void) {
+    mqs_store *store = open_store(NULL);
+    CHECK_OK(mqs_shard_create(store, "s", NULL)); /* journal, fsync */
+    int fd = -1;
+    CHECK_OK(mqs_durable_fd(store, &fd));
+    CHECK(fd >= 0);
+    int again = -1;
+    CHECK_OK(mqs_durable_fd(store, &again));
+    CHECK(again == fd);
+
+    mqs_record_in records[4];
+    memset(records, 0, sizeof records);
+    for (int i = 0; i < 4; i++) records[i].value = text("event-loop payload");
+    static int64_t bases[LOOP_BATCHES];
+    for (uint64_t token = 0; token < LOOP_BATCHES; token++) {
+        CHECK_OK(mqs_append_batch_notify(store, "s", records, 4, token, &bases[token]));
+    }
+    uint64_t next_token = 0;
+    bool in_order = true, all_ok = true;
+    mqs_completion done[64];
+    while (next_token < LOOP_BATCHES) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int ready = poll(&pfd, 1, 60000);
+        REQUIRE(ready == 1 && (pfd.revents & POLLIN));
+        size_t n = 0;
+        CHECK_OK(mqs_poll_durable(store, done, 64, &n));
+        REQUIRE(n > 0); /* readable means something to poll */
+        for (size_t i = 0; i < n; i++) {
+            in_order &= done[i].token == next_token && done[i].offset == bases[next_token];
+            all_ok &= done[i].status == MQS_OK;
+            next_token++;
+        }
+    }
+    CHECK(in_order);
+    CHECK(all_ok);
+    struct pollfd pfd = {fd, POLLIN, 0};
+    CHECK(poll(&pfd, 1, 0) == 0); /* drained: no longer readable */
+    size_t n = 99;
+    CHECK_OK(mqs_poll_durable(store, done, 64, &n));
+    CHECK(n == 0);
+
+    /* mqs_watch_durable acknowledges what another call appended. */
+    int64_t base;
+    CHECK_OK(mqs_append_batch_nowait(store, "s", records, 1, &base));
+    CHECK_OK(mqs_watch_durable(store, "s", base, 77));
+    REQUIRE(poll(&pfd, 1, 60000) == 1);
+    CHECK_OK(mqs_poll_durable(store, done, 64, &n));
+    CHECK(n == 1 && done[0].token == 77 && done[0].offset == base && done[0].status == MQS_OK);
+
+    /* Bad input, each with its code and nothing watched. */
+    CHECK_STATUS(mqs_watch_durable(store, "s", base + 1, 1), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_STATUS(mqs_watch_durable(store, "s", -1, 1), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_STATUS(mqs_watch_durable(store, "nope", 0, 1), MQS_SHARD_NOT_FOUND);
+    CHECK_STATUS(mqs_watch_durable(store, NULL, 0, 1), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_append_batch_notify(store, "s", NULL, 0, 1, &base), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_append_batch_notify(store, "s", records, 1, 1, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_durable_fd(store, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_durable_fd(NULL, &again), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_poll_durable(store, NULL, 4, &n), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_poll_durable(store, done, 0, &n), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_poll_durable(store, done, 4, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_OK(mqs_poll_durable(store, done, 64, &n));
+    CHECK(n == 0);
+
+    CHECK_OK(mqs_store_close(store));
+    CHECK_STATUS(mqs_durable_fd(store, &again), MQS_INVALID_HANDLE);
+    CHECK_STATUS(mqs_watch_durable(store, "s", 0, 1), MQS_INVALID_HANDLE);
+    CHECK_STATUS(mqs_poll_durable(store, done, 4, &n), MQS_INVALID_HANDLE);
+    CHECK_STATUS(mqs_append_batch_notify(store, "s", records, 1, 1, &base), MQS_INVALID_HANDLE);
+}
+
 int main(void) {
     crc32c_init();
     strcpy(g_root, "/tmp/mqs-c-test-XXXXXX");
@@ -2121,6 +2197,7 @@ int main(void) {
     test_append_nowait_pipeline();
     test_append_nowait_survives_kill();
     test_append_nowait_errors();
+    test_event_loop();
 
     remove_tree(g_root);
     return check_summary();
