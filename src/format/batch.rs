@@ -493,6 +493,12 @@ struct Section {
 }
 
 fn open_batch(batch: &Bytes, check_crc: bool) -> Result<Section> {
+    open_batch_limited(batch, check_crc, MAX_RECORDS_LEN)
+}
+
+/// `open_batch` refusing a records section that decompresses to more than
+/// `max_records_len` bytes.
+fn open_batch_limited(batch: &Bytes, check_crc: bool, max_records_len: usize) -> Result<Section> {
     let header = parse_whole(batch)?;
     if check_crc {
         check_crc_of(batch, &header)?;
@@ -513,7 +519,7 @@ fn open_batch(batch: &Bytes, check_crc: bool) -> Result<Section> {
         }),
         codec => {
             let plain =
-                compression::decompress(codec, &batch[BATCH_HEADER_LEN..total], MAX_RECORDS_LEN)
+                compression::decompress(codec, &batch[BATCH_HEADER_LEN..total], max_records_len)
                     .map_err(|e| match e {
                         Error::Corruption(m) => Error::corruption(format!(
                             "batch at base offset {}: {m}",
@@ -933,9 +939,10 @@ pub fn decode_batch(batch: &Bytes, check_crc: bool) -> Result<Vec<RecordView>> {
 /// included) to `check`. The CRC is not checked here.
 pub(crate) fn walk_records(
     batch: &Bytes,
+    max_records_len: usize,
     mut check: impl FnMut(i32, usize) -> Result<()>,
 ) -> Result<()> {
-    let section = open_batch(batch, false)?;
+    let section = open_batch_limited(batch, false, max_records_len)?;
     let mut walker = RecordWalker::new(&section);
     while let Some((prefix, cur)) = walker.next_prefix()? {
         check(prefix.offset_delta, prefix.end - prefix.start)?;
