@@ -1,5 +1,5 @@
 # mqstore — one entry point for building, testing and demoing.
-#   make test    every suite (Rust, header freshness, C under valgrind, C++, Python)
+#   make test    every suite (Rust, header freshness, C and C++ under ASan + UBSan and valgrind, Python)
 #   make demo    the main job on the default engine
 # Both install what they need (system tools, a Python venv) on first use.
 
@@ -18,7 +18,8 @@ CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
 .PHONY: all build release header tools venv python-dev python-release \
         test lint test-rust test-cli test-c test-cpp test-python demo clean crash-long \
         bench bench-deps bench-quick edge dist install uninstall test-install \
-        abi-check abi-bless test-python-package print-version print-abi-version print-dist-dir
+        abi-check abi-bless test-python-package print-version print-abi-version print-dist-dir \
+        fuzz fuzz-smoke fuzz-tools
 
 # Versions (README, "Versions"): the soname names the ABI series, the major
 # version, or 0.MINOR while the major version is 0.
@@ -96,6 +97,31 @@ crash-long:
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test file_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test rocksdb_crash -- --nocapture
 
+# Coverage-guided fuzzing (cargo fuzz, libFuzzer, AddressSanitizer) of the
+# batch decoder, producer batch validation, the configuration parser, store
+# recovery from damaged files and sequences of C API calls (fuzz/). The
+# toolchain is stable: RUSTC_BOOTSTRAP lets cargo fuzz pass its -Z flags.
+# `make fuzz` runs each target FUZZ_SECONDS (default 300); make test runs
+# each FUZZ_SMOKE_SECONDS (default 10). A crash leaves its input in
+# fuzz/artifacts/<target>/: make it a regression test.
+FUZZ_TARGETS       := batch_decode producer_batches config store_recovery c_api
+FUZZ_SECONDS       ?= 300
+FUZZ_SMOKE_SECONDS ?= 10
+FUZZ_DIR           := $(CARGO_TARGET_DIR)/fuzz
+FUZZ               := RUSTC_BOOTSTRAP=1 cargo fuzz
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+fuzz-run-%: fuzz-tools
+	mkdir -p fuzz/corpus/$*
+	$(FUZZ) run --target-dir $(FUZZ_DIR) -O $* fuzz/corpus/$* fuzz/seeds/$* -- \
+	    -max_total_time=$(SECONDS_PER_TARGET) -rss_limit_mb=2048 -print_final_stats=1
+fuzz:
+	$(FUZZ) build --target-dir $(FUZZ_DIR) -O
+	@for t in $(FUZZ_TARGETS); do $(MAKE) --no-print-directory fuzz-run-$$t SECONDS_PER_TARGET=$(FUZZ_SECONDS) || exit 1; done
+fuzz-smoke: fuzz-tools
+	$(FUZZ) build --target-dir $(FUZZ_DIR) -O
+	@for t in $(FUZZ_TARGETS); do $(MAKE) --no-print-directory fuzz-run-$$t SECONDS_PER_TARGET=$(FUZZ_SMOKE_SECONDS) || exit 1; done
+
 # The edge build: no default features (no zstd, so no C library linked),
 # in its own target directory so it never replaces the full release build.
 # Prints the stripped library's size and what it links.
@@ -144,7 +170,7 @@ abi-check: build
 abi-bless: build
 	python3 scripts/abi.py bless $(DEBUG_LIB) include/mqstore.h abi/mqstore.abi
 
-test: tools lint test-rust test-cli abi-check test-c test-cpp test-python test-install edge
+test: tools lint test-rust test-cli abi-check test-c test-cpp test-python test-install edge fuzz-smoke
 	@echo "make test: all suites passed"
 
 $(CARGO_TARGET_DIR)/demo: examples/demo.c include/mqstore.h release

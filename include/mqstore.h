@@ -39,7 +39,7 @@
 /**
  * The library's minor version.
  */
-#define MQS_VERSION_MINOR 1
+#define MQS_VERSION_MINOR 2
 
 /**
  * The library's patch version.
@@ -129,6 +129,21 @@ typedef enum mqs_status {
      * The store directory is locked by another open store (this or another process).
      */
     MQS_LOCKED = 15,
+    /**
+     * An idempotent producer's batch has an epoch older than the
+     * producer's current one (a newer instance took over); nothing stored.
+     */
+    MQS_PRODUCER_FENCED = 16,
+    /**
+     * An idempotent producer's batch does not continue its sequence;
+     * nothing stored.
+     */
+    MQS_OUT_OF_ORDER_SEQUENCE = 17,
+    /**
+     * A producer's retry of batches already stored: nothing stored again;
+     * the original base offset is returned.
+     */
+    MQS_DUPLICATE_SEQUENCE = 18,
 } mqs_status;
 
 /**
@@ -218,7 +233,8 @@ typedef struct mqs_record_in {
      */
     struct mqs_slice key;
     /**
-     * The value; `{NULL, 0}` is stored as an empty value.
+     * The value; `{NULL, 0}` is stored as an empty value (see
+     * `value_is_null`).
      */
     struct mqs_slice value;
     /**
@@ -239,7 +255,31 @@ typedef struct mqs_record_in {
      * Milliseconds since the Unix epoch after which reads skip the record; 0 = never.
      */
     int64_t expire_at_ms;
+    /**
+     * true: the value is null (a Kafka tombstone), which is not an empty
+     * value; `value` must then be `{NULL, 0}`. A zero-initialised record
+     * has a value.
+     */
+    bool value_is_null;
 } mqs_record_in;
+
+/**
+ * A watched offset that became durable (`status` = `MQS_OK`: the
+ * acknowledgement), or failed to (`MQS_POISONED` after a failed fsync,
+ * `MQS_CLOSED`, ...; the batch is then not acknowledged).
+ */
+typedef struct mqs_completion {
+    /**
+     * The token given to `mqs_append_batch_notify` / `mqs_watch_durable`.
+     */
+    uint64_t token;
+    /**
+     * The watched offset: the batch's base offset for
+     * `mqs_append_batch_notify`.
+     */
+    int64_t offset;
+    enum mqs_status status;
+} mqs_completion;
 
 /**
  * A stored record, as returned inside an `mqs_batch`. Every pointer is
@@ -255,11 +295,18 @@ typedef struct mqs_record {
      */
     int64_t expire_at_ms;
     struct mqs_slice key;
+    /**
+     * `{NULL, 0}` when `value_is_null`.
+     */
     struct mqs_slice value;
     const struct mqs_header *headers;
     size_t header_count;
     const struct mqs_slice *tags;
     size_t tag_count;
+    /**
+     * true: the value is null (a Kafka tombstone), as opposed to empty.
+     */
+    bool value_is_null;
 } mqs_record;
 
 #ifdef __cplusplus
@@ -267,7 +314,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library version as a static string, e.g. "0.1.0" (equal to
+ * The library version as a static string, e.g. "0.2.0" (equal to
  * `MQS_VERSION_MAJOR.MQS_VERSION_MINOR.MQS_VERSION_PATCH`).
  */
 const char *mqs_version(void);
@@ -529,6 +576,15 @@ enum mqs_status mqs_append_batch_nowait(struct mqs_store *store,
  * `max_record_bytes`), `MQS_UNSUPPORTED` (a codec not in the build); the
  * message names the batch's index and byte range.
  *
+ * Batches with a producer id (idempotent producers) are checked against
+ * the producer's state on the shard, as a Kafka broker does:
+ * `MQS_PRODUCER_FENCED` for an epoch older than the producer's current
+ * one, `MQS_OUT_OF_ORDER_SEQUENCE` for a sequence that does not follow
+ * its last one (or a new epoch not starting at 0), and
+ * `MQS_DUPLICATE_SEQUENCE` for a retry of batches among the producer's
+ * last five: nothing is stored again, and `*out_base_offset` and
+ * `*out_batch_count` are those of the original.
+ *
  * # Safety
  * `shard` is a NUL-terminated string; `data` points to `len` readable
  * bytes (or is NULL with `len` 0); `out_base_offset` is valid for writing,
@@ -620,6 +676,72 @@ enum mqs_status mqs_delete_by_offsets(struct mqs_store *store,
                                       const int64_t *offsets,
                                       size_t offset_count,
                                       uint64_t *out_deleted);
+
+/**
+ * Sets `*out_fd` to the store's durability descriptor: an eventfd that is
+ * readable while completions wait for `mqs_poll_durable`. Add it to an
+ * epoll set, `poll(2)` or an event loop, for reading; never read, write or
+ * close it yourself. It is the same descriptor on every call, created by
+ * the first (with the store's `mqs-durable` thread, which waits for
+ * watched offsets in watch order so that no thread of yours has to), and
+ * valid until `mqs_store_close` returns: remove it from your event loop
+ * before closing the store.
+ *
+ * # Safety
+ * `out_fd` is valid for writing.
+ */
+enum mqs_status mqs_durable_fd(struct mqs_store *store, int *out_fd);
+
+/**
+ * `mqs_append_batch_nowait`, plus a completion carrying `token` once the
+ * batch is as durable as the shard's mode promises: its acknowledgement,
+ * delivered through `mqs_durable_fd` and `mqs_poll_durable` instead of a
+ * blocking `mqs_wait_durable`. The batch is readable at once;
+ * `*out_base_offset` is its base offset (and the completion's offset).
+ * Completions arrive in the order of the calls (across shards too). On
+ * failure nothing is watched (and, as for any failed append, the batch is
+ * not acknowledged).
+ *
+ * # Safety
+ * As for `mqs_append_batch_nowait`.
+ */
+enum mqs_status mqs_append_batch_notify(struct mqs_store *store,
+                                        const char *shard,
+                                        const struct mqs_record_in *records,
+                                        size_t count,
+                                        uint64_t token,
+                                        int64_t *out_base_offset);
+
+/**
+ * Asks for a completion carrying `token` once the record at `offset` of
+ * `shard`, and every earlier one, is durable: `mqs_wait_durable` without
+ * blocking. Fails at once (nothing watched) with `MQS_OFFSET_OUT_OF_RANGE`
+ * when `offset` was not appended, `MQS_SHARD_NOT_FOUND`, or `MQS_CLOSED`.
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string.
+ */
+enum mqs_status mqs_watch_durable(struct mqs_store *store,
+                                  const char *shard,
+                                  int64_t offset,
+                                  uint64_t token);
+
+/**
+ * Copies up to `capacity` completions, oldest first, into `out` and sets
+ * `*out_count` to how many; never blocks (0 when none is ready). The
+ * descriptor stays readable while more are queued, so a level-triggered
+ * loop calls again; an edge-triggered one calls until fewer than
+ * `capacity` come back. `capacity` 0 or a NULL `out` is
+ * `MQS_INVALID_ARGUMENT` (nothing is taken). Any thread may call it.
+ *
+ * # Safety
+ * `out` has room for `capacity` completions; `out_count` is valid for
+ * writing.
+ */
+enum mqs_status mqs_poll_durable(struct mqs_store *store,
+                                 struct mqs_completion *out,
+                                 size_t capacity,
+                                 size_t *out_count);
 
 /**
  * Reads up to `max_records` (at least 1) records of `shard` from `offset`

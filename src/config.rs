@@ -65,6 +65,28 @@ impl Durability {
     }
 }
 
+/// Which time a batch's timestamps are (Kafka's `message.timestamp.type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampType {
+    /// As the producer (or the record API's caller) set them.
+    #[default]
+    CreateTime,
+    /// The time of the append: a batch's max timestamp is set to it and the
+    /// batch marked LogAppendTime (its CRC recomputed), so every record
+    /// reads with that time, as a Kafka broker does.
+    LogAppendTime,
+}
+
+impl TimestampType {
+    pub fn name(self) -> &'static str {
+        match self {
+            TimestampType::CreateTime => "create_time",
+            TimestampType::LogAppendTime => "log_append_time",
+        }
+    }
+}
+
 /// The scenario presets from the product brief.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -94,6 +116,7 @@ pub struct ShardOptions {
     pub retention_bytes: u64,
     /// Keep at most this many records; 0 = unlimited.
     pub retention_records: u64,
+    pub timestamp_type: TimestampType,
 }
 
 fn serialize_compression<S: serde::Serializer>(
@@ -109,14 +132,16 @@ impl ShardOptions {
     pub fn to_toml(&self) -> String {
         format!(
             "engine = \"{}\"\ndurability = \"{}\"\ncompression = \"{}\"\nsegment_bytes = {}\n\
-             retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n",
+             retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n\
+             timestamp_type = \"{}\"\n",
             self.engine.name(),
             self.durability.name(),
             self.compression.name(),
             self.segment_bytes,
             self.retention_ms,
             self.retention_bytes,
-            self.retention_records
+            self.retention_records,
+            self.timestamp_type.name()
         )
     }
 }
@@ -133,6 +158,7 @@ impl Default for ShardOptions {
             retention_ms: 0,
             retention_bytes: 0,
             retention_records: 0,
+            timestamp_type: TimestampType::CreateTime,
         }
     }
 }
@@ -306,6 +332,10 @@ pub struct Config {
     /// space; 0 = no timer (age retention then applies only when a shard
     /// is used).
     pub retention_check_ms: u64,
+    /// An idempotent producer whose last batch is older than this is
+    /// forgotten (its next batch may start at any sequence), as Kafka's
+    /// `producer.id.expiration.ms`.
+    pub producer_expiry_ms: u64,
     /// Defaults for shards created without explicit options.
     pub shard_defaults: ShardOptions,
     /// Settings of the journal engine.
@@ -323,6 +353,7 @@ impl Default for Config {
             max_record_bytes: 1 << 20,
             max_batch_bytes: 64 << 20,
             retention_check_ms: DEFAULT_RETENTION_CHECK_MS,
+            producer_expiry_ms: 86_400_000,
             shard_defaults: ShardOptions::default(),
             journal: JournalConfig::default(),
             file: FileConfig::default(),
@@ -412,6 +443,7 @@ struct StoreSection {
     max_record_bytes: Option<u64>,
     max_batch_bytes: Option<u64>,
     retention_check_ms: Option<u64>,
+    producer_expiry_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -424,6 +456,7 @@ struct ShardSection {
     retention_ms: Option<u64>,
     retention_bytes: Option<u64>,
     retention_records: Option<u64>,
+    timestamp_type: Option<TimestampType>,
 }
 
 const MIN_SEGMENT_BYTES: u64 = 64 << 10;
@@ -469,6 +502,9 @@ impl ShardSection {
         }
         if let Some(records) = self.retention_records {
             options.retention_records = records;
+        }
+        if let Some(kind) = self.timestamp_type {
+            options.timestamp_type = kind;
         }
         Ok(())
     }
@@ -516,7 +552,7 @@ impl Config {
 
     /// Parses the `storage.toml` schema. Keys: top-level `preset`; `[store]`
     /// max_record_bytes, max_batch_bytes, retention_check_ms (0 or
-    /// 10 … 86 400 000); `[shard]` defaults
+    /// 10 … 86 400 000), producer_expiry_ms (> 0); `[shard]` defaults
     /// (engine, durability, compression, segment_bytes, retention_ms,
     /// retention_bytes, retention_records); `[journal]` segment_bytes,
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
@@ -556,6 +592,14 @@ impl Config {
                     )));
                 }
                 config.retention_check_ms = ms;
+            }
+            if let Some(ms) = store.producer_expiry_ms {
+                if ms == 0 {
+                    return Err(Error::InvalidConfig(
+                        "store.producer_expiry_ms: 0 would forget every producer at once".into(),
+                    ));
+                }
+                config.producer_expiry_ms = ms;
             }
         }
         if let Some(shard) = file.shard {

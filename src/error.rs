@@ -46,6 +46,15 @@ pub enum Status {
     Internal = 14,
     /// The store directory is locked by another open store (this or another process).
     Locked = 15,
+    /// An idempotent producer's batch carries an epoch older than the
+    /// producer's current one: a newer instance of the producer took over.
+    ProducerFenced = 16,
+    /// An idempotent producer's batch does not continue its sequence (a gap,
+    /// or a new epoch not starting at 0); nothing was stored.
+    OutOfOrderSequence = 17,
+    /// The batches were stored before (a producer's retry): nothing was
+    /// stored again, and the original base offsets are returned.
+    DuplicateSequence = 18,
 }
 
 impl Status {
@@ -68,6 +77,9 @@ impl Status {
             Status::Poisoned => "store poisoned",
             Status::Internal => "internal error",
             Status::Locked => "store directory locked",
+            Status::ProducerFenced => "producer fenced",
+            Status::OutOfOrderSequence => "out-of-order sequence",
+            Status::DuplicateSequence => "duplicate sequence",
         }
     }
 }
@@ -135,6 +147,16 @@ pub enum Error {
     DbLocked { path: String, detail: String },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("producer fenced: {0}")]
+    ProducerFenced(String),
+    #[error("out-of-order sequence: {0}")]
+    OutOfOrderSequence(String),
+    /// A retried request: `base_offsets` are where its batches were stored.
+    #[error("duplicate sequence: shard '{shard}': the batches were stored before at base offsets {base_offsets:?}")]
+    DuplicateSequence {
+        shard: String,
+        base_offsets: Vec<i64>,
+    },
 }
 
 impl Error {
@@ -155,6 +177,9 @@ impl Error {
             Error::Poisoned(_) => Status::Poisoned,
             Error::Locked(_) | Error::DbLocked { .. } => Status::Locked,
             Error::Internal(_) => Status::Internal,
+            Error::ProducerFenced(_) => Status::ProducerFenced,
+            Error::OutOfOrderSequence(_) => Status::OutOfOrderSequence,
+            Error::DuplicateSequence { .. } => Status::DuplicateSequence,
         }
     }
 

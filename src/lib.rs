@@ -11,17 +11,20 @@ pub mod error;
 pub mod ffi;
 pub mod format;
 pub mod io;
+pub mod notify;
+pub mod producer;
 pub mod record;
 mod retention;
 pub mod store;
 mod thread;
 mod time;
 
-pub use config::{Config, Durability, EngineKind, Preset, ShardOptions};
+pub use config::{Config, Durability, EngineKind, Preset, ShardOptions, TimestampType};
 pub use engine::{ReadResult, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST};
 pub use error::{Error, Result, Status};
 pub use format::Compression;
 pub use io::TransferPlan;
+pub use notify::Completion;
 pub use record::{Header, HeaderView, Record, RecordView};
 pub use store::{SendfileResult, Store};
 

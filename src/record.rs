@@ -22,7 +22,9 @@ pub struct Header<'a> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record<'a> {
     pub key: Option<&'a [u8]>,
-    pub value: &'a [u8],
+    /// `None` is a null value (a Kafka tombstone), distinct from an empty
+    /// one.
+    pub value: Option<&'a [u8]>,
     pub headers: Vec<Header<'a>>,
     pub tags: Vec<&'a str>,
     /// Milliseconds since the Unix epoch; 0 means "now" at append time.
@@ -35,7 +37,16 @@ impl<'a> Record<'a> {
     /// A record with only a value.
     pub fn new(value: &'a [u8]) -> Self {
         Record {
-            value,
+            value: Some(value),
+            ..Default::default()
+        }
+    }
+
+    /// A tombstone: `key` with a null value (what log compaction keeps
+    /// for a while, then removes with the key's earlier records).
+    pub fn tombstone(key: &'a [u8]) -> Self {
+        Record {
+            key: Some(key),
             ..Default::default()
         }
     }
@@ -62,7 +73,8 @@ pub struct RecordView {
     pub offset: i64,
     pub timestamp_ms: i64,
     pub key: Option<Bytes>,
-    pub value: Bytes,
+    /// `None` for a null value (a tombstone).
+    pub value: Option<Bytes>,
     /// User headers, in order, without mqstore's reserved headers.
     pub headers: Vec<HeaderView>,
     /// Tags (UTF-8), decoded from the reserved tag headers.
@@ -71,6 +83,11 @@ pub struct RecordView {
 }
 
 impl RecordView {
+    /// The value's bytes, empty for a null value.
+    pub fn value_bytes(&self) -> &[u8] {
+        self.value.as_deref().unwrap_or_default()
+    }
+
     /// Whether the record has expired at `now_ms`.
     pub fn is_expired(&self, now_ms: i64) -> bool {
         self.expire_at_ms.is_some_and(|at| at <= now_ms)

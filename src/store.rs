@@ -17,7 +17,9 @@ use crate::engine::{
     registry, Engine, NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
 };
 use crate::format::{self, validate};
-use crate::io::{create_dir_all_durable, sync_dir, TransferPlan};
+use crate::io::{create_dir_all_durable, replace_file_durably, TransferPlan};
+use crate::notify::{Completion, Notifier};
+use crate::producer::{self, Producers};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
 use crate::retention::RetentionTimer;
 use crate::{Error, Result};
@@ -50,6 +52,10 @@ pub struct Store {
     closed: AtomicBool,
     /// Applies age retention to idle shards.
     retention: RetentionTimer,
+    /// Durability notifications for event loops, created by their first use.
+    notifier: Mutex<Option<Arc<Notifier>>>,
+    /// Idempotent producers' sequences per shard.
+    producers: Producers,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
     lock_file: Mutex<Option<File>>,
 }
@@ -111,11 +117,8 @@ fn load_group_offsets(dir: &Path) -> Result<Vec<SavedOffset>> {
     }
 }
 
-/// Replaces `groups.json` atomically: write a temporary file, fsync it,
-/// rename it over the old one, fsync the directory. A crash leaves either
-/// the old or the new file, never a mix.
+/// Replaces `groups.json` atomically (`replace_file_durably`).
 fn save_group_offsets(dir: &Path, offsets: &BTreeMap<(String, String), (i64, bool)>) -> Result<()> {
-    use std::io::Write;
     let saved: Vec<SavedOffset> = offsets
         .iter()
         .filter(|(_, (_, persistent))| *persistent)
@@ -125,16 +128,8 @@ fn save_group_offsets(dir: &Path, offsets: &BTreeMap<(String, String), (i64, boo
             offset: *offset,
         })
         .collect();
-    let path = dir.join(GROUPS_FILE);
-    let tmp = dir.join(format!("{GROUPS_FILE}.tmp"));
-    let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
-    let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
     let json = serde_json::to_vec(&saved).map_err(|e| Error::Internal(e.to_string()))?;
-    file.write_all(&json).map_err(|e| io("writing", e))?;
-    file.sync_all().map_err(|e| io("fsyncing", e))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-    sync_dir(dir)
+    replace_file_durably(dir, GROUPS_FILE, &json)
 }
 
 fn validate_shard_name(name: &str) -> Result<()> {
@@ -202,7 +197,9 @@ impl Store {
                 group_offsets.insert((group, name.clone()), (offset, false));
             }
         }
+        let producers = Producers::open(&dir, config.producer_expiry_ms)?;
         Ok(Store {
+            producers,
             dir,
             config,
             engines,
@@ -212,6 +209,7 @@ impl Store {
             groups_stale: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             retention,
+            notifier: Mutex::new(None),
             lock_file: Mutex::new(Some(lock_file)),
         })
     }
@@ -240,13 +238,30 @@ impl Store {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
         }
-        // Before the engines close: the timer touches shards.
+        // Before the engines close, so that every watched offset completes
+        // (its completion stays pollable), and the timer touches shards.
+        let notifier = self.notifier.lock().clone();
+        if let Some(notifier) = notifier {
+            notifier.stop();
+        }
         self.retention.stop();
-        self.shards.write().clear();
+        let persistent: Vec<String> = self
+            .shards
+            .write()
+            .drain()
+            .filter(|(_, shard)| is_persistent(shard.kind()))
+            .map(|(name, _)| name)
+            .collect();
         let mut first_error = None;
         for engine in self.engines.values() {
             if let Err(e) = engine.close() {
                 first_error.get_or_insert(e);
+            }
+        }
+        // Only once every batch it covers is durable.
+        if first_error.is_none() {
+            if let Err(e) = self.producers.save(&persistent) {
+                first_error = Some(e);
             }
         }
         self.lock_file.lock().take();
@@ -323,6 +338,7 @@ impl Store {
         self.creating.lock().remove(name);
         let shard = created?;
         shards.insert(name.to_string(), shard.clone());
+        self.producers.created(name);
         drop(shards);
         if options.retention_ms > 0 {
             self.retention.watch(&shard);
@@ -359,6 +375,7 @@ impl Store {
             }
         }
         self.retention.forget(&shard);
+        self.producers.forget(name);
         let mut offsets = self.group_offsets.lock();
         let before = offsets.len();
         let persistent = offsets
@@ -471,36 +488,39 @@ impl Store {
         self.append_raw_with(shard, batches, true)
     }
 
-    fn append_raw_with(&self, shard: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
-        let shard = self.shard(shard)?;
+    fn append_raw_with(&self, name: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
+        let shard = self.shard(name)?;
         let limits = validate::Limits {
             max_batch_bytes: self.config.max_batch_bytes,
             max_record_bytes: self.config.max_record_bytes,
         };
         let validated = validate::validate_producer_batches(batches, limits)?;
-        let counts: Vec<i64> = validated
-            .iter()
-            .map(|b| i64::from(b.header.record_count))
-            .collect();
+        let headers: Vec<format::BatchHeader> = validated.iter().map(|b| b.header).collect();
+        let now = crate::time::now_ms();
         let batches = validated
             .into_iter()
-            .map(|b| NewBatch {
-                records: b.header.record_count as u32,
-                max_timestamp: b.header.max_timestamp,
-                bytes: Vec::from(b.bytes),
-                // Learned at the first key lookup: no decoding here.
-                keys: None,
+            .map(|b| {
+                let mut batch = NewBatch {
+                    records: b.header.record_count as u32,
+                    max_timestamp: b.header.max_timestamp,
+                    bytes: Vec::from(b.bytes),
+                    // Learned at the first key lookup: no decoding here.
+                    keys: None,
+                };
+                batch.stamp(shard.options(), now);
+                batch
             })
             .collect();
-        let mut base = shard.append_batches(batches, pipelined)?;
-        Ok(counts
-            .into_iter()
-            .map(|count| {
-                let offset = base;
-                base += count;
-                offset
-            })
-            .collect())
+        if headers
+            .iter()
+            .any(|h| h.producer_id != format::NO_PRODUCER_ID)
+        {
+            return self
+                .producers
+                .append(name, shard.as_ref(), &headers, batches, pipelined);
+        }
+        let first = shard.append_batches(batches, pipelined)?;
+        Ok(producer::consecutive_bases(first, &headers))
     }
 
     /// Waits until the record at `offset` of `shard`, and every earlier
@@ -510,6 +530,73 @@ impl Store {
     /// meanwhile count as acknowledged.
     pub fn wait_durable(&self, shard: &str, offset: i64) -> Result<()> {
         self.shard(shard)?.wait_durable(offset)
+    }
+
+    // ------------------------------------------------ event-loop notifications
+
+    fn notifier(&self) -> Result<Arc<Notifier>> {
+        let mut slot = self.notifier.lock();
+        if let Some(notifier) = slot.as_ref() {
+            return Ok(notifier.clone());
+        }
+        self.check_open()?;
+        let notifier = Arc::new(Notifier::new()?);
+        *slot = Some(notifier.clone());
+        Ok(notifier)
+    }
+
+    /// An eventfd that is readable while completions of watched offsets
+    /// wait to be polled (`poll_durable`): register it with epoll/poll or an
+    /// event loop. It belongs to the store and stays valid until the store
+    /// is dropped (also after `close`, so the last completions can be
+    /// polled); do not close or read it.
+    pub fn durable_fd(&self) -> Result<RawFd> {
+        self.check_open()?;
+        Ok(self.notifier()?.fd())
+    }
+
+    /// Asks for a completion carrying `token` once the record at `offset`
+    /// of `shard` and every earlier one are as durable as the shard's mode
+    /// promises — `wait_durable` without blocking the caller. Completions
+    /// come in the order of the watches (across shards too). `offset` must
+    /// have been appended.
+    pub fn watch_durable(&self, shard: &str, offset: i64, token: u64) -> Result<()> {
+        let handle = self.shard(shard)?;
+        let next = handle.info()?.next_offset;
+        crate::engine::scan::check_appended(shard, offset, next)?;
+        self.notifier()?.watch(handle, offset, token)
+    }
+
+    /// `append_batch_nowait`, then `watch_durable` for the batch with
+    /// `token`: the batch is acknowledged by its completion (whose offset is
+    /// the base offset returned here).
+    pub fn append_batch_notify(
+        &self,
+        shard: &str,
+        records: &[Record<'_>],
+        token: u64,
+    ) -> Result<i64> {
+        // Started first: a batch appended must not miss its completion.
+        let notifier = self.notifier()?;
+        let handle = self.shard(shard)?;
+        self.validate_records(records)?;
+        let base = handle.append_nowait(records)?;
+        notifier.watch(handle, base, token)?;
+        Ok(base)
+    }
+
+    /// Takes up to `max` completions, oldest first, without blocking; empty
+    /// when none is ready. Works after `close` too (close completes every
+    /// watch first).
+    pub fn poll_durable(&self, max: usize) -> Vec<Completion> {
+        let notifier = self.notifier.lock().clone();
+        notifier.map_or_else(Vec::new, |n| n.poll(max))
+    }
+
+    /// Completions ready to be polled.
+    pub fn durable_ready(&self) -> usize {
+        let notifier = self.notifier.lock().clone();
+        notifier.map_or(0, |n| n.ready())
     }
 
     // ----------------------------------------------------------------- reads
@@ -835,7 +922,10 @@ mod tests {
 
     fn values(store: &Store, shard: &str) -> Vec<Vec<u8>> {
         let read = store.read(shard, 0, usize::MAX, usize::MAX).unwrap();
-        read.records.iter().map(|r| r.value.to_vec()).collect()
+        read.records
+            .iter()
+            .map(|r| r.value_bytes().to_vec())
+            .collect()
     }
 
     /// A background thread that failed to start: an I/O error naming it.

@@ -135,7 +135,7 @@ macro_rules! conformance_suite {
                     assert_eq!(stored.as_ref(), &expected[..]);
                 }
                 let read = f.store.read("s", 2, 100, usize::MAX).unwrap();
-                let got: Vec<&[u8]> = read.records.iter().map(|r| r.value.as_ref()).collect();
+                let got: Vec<&[u8]> = read.records.iter().map(|r| r.value_bytes()).collect();
                 assert_eq!(&got[..3], &[&b"x"[..], b"yy", b"zzz"]);
                 let keyed = f.store.read_by_keys("s", &[b"k"], 1000).unwrap();
                 assert_eq!(keyed.len(), 3 * sent.len());
@@ -162,12 +162,48 @@ macro_rules! conformance_suite {
                 let err = f.store.append_raw("nope", &good).unwrap_err();
                 assert_eq!(err.status(), Status::ShardNotFound);
                 // Pipelined: the acknowledgement comes from wait_durable.
+                let next = producer_batch(&[b"c"], Compression::None, 1);
                 let bases = f
                     .store
-                    .append_raw_nowait("s", &[good.clone(), good].concat())
+                    .append_raw_nowait("s", &[good, next].concat())
                     .unwrap();
                 assert_eq!(bases, vec![0, 1]);
                 f.store.wait_durable("s", 1).unwrap();
+            }
+
+            #[test]
+            fn log_append_time_replaces_the_timestamps_of_every_append() {
+                let f = open(ENGINE, "timestamp_type = \"log_append_time\"\n");
+                f.store.create_shard("s", None).unwrap();
+                let before = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i64;
+                let old = Record {
+                    timestamp_ms: 1_000,
+                    ..Record::new(b"record api")
+                };
+                f.store.append("s", &old).unwrap();
+                f.store
+                    .append_raw("s", &producer_batch(&[b"raw"], Compression::Lz4, 0))
+                    .unwrap();
+                let read = f.store.read("s", 0, 10, usize::MAX).unwrap();
+                assert_eq!(read.records.len(), 2);
+                assert!(read.records.iter().all(|r| r.timestamp_ms >= before));
+                // What consumers receive says LogAppendTime, with a valid CRC.
+                let mut plan = f.store.plan_transfer("s", 0, usize::MAX).unwrap();
+                for batch in split_batches(&send_rest(&mut plan).into()).unwrap() {
+                    let header = mqstore::format::BatchHeader::parse(&batch).unwrap();
+                    assert!(header.is_log_append_time());
+                    assert!(header.max_timestamp >= before);
+                    decode_batch(&batch, true).unwrap();
+                }
+                assert_eq!(f.store.offset_for_timestamp("s", before).unwrap(), Some(0));
+                let info = f.store.shard_info("s").unwrap();
+                assert_eq!(
+                    info.options.timestamp_type,
+                    mqstore::TimestampType::LogAppendTime
+                );
             }
 
             #[test]
@@ -191,7 +227,7 @@ macro_rules! conformance_suite {
                 f.store.create_shard("s", None).unwrap();
                 let record = Record {
                     key: Some(b"key-1"),
-                    value: b"value-1",
+                    value: Some(b"value-1"),
                     headers: vec![
                         Header {
                             key: "h1",
@@ -207,14 +243,25 @@ macro_rules! conformance_suite {
                     expire_at_ms: Some(i64::MAX - 1),
                 };
                 let plain = Record::new(b"");
-                f.store.append_batch("s", &[record, plain]).unwrap();
+                let tombstone = Record::tombstone(b"gone");
+                let keyless_null = Record::default();
+                f.store
+                    .append_batch("s", &[record, plain, tombstone, keyless_null])
+                    .unwrap();
                 let result = f.store.read("s", 0, 10, 1 << 20).unwrap();
-                assert_eq!(result.records.len(), 2);
-                assert_eq!(result.next_offset, 2);
+                assert_eq!(result.records.len(), 4);
+                assert_eq!(result.next_offset, 4);
+                // Null is not empty.
+                let values: Vec<Option<&[u8]>> =
+                    result.records.iter().map(|r| r.value.as_deref()).collect();
+                assert_eq!(values[1..], [Some(&b""[..]), None, None]);
+                assert_eq!(result.records[2].key.as_deref(), Some(&b"gone"[..]));
+                let by_key = f.store.read_by_keys("s", &[b"gone"], 10).unwrap();
+                assert_eq!((by_key.len(), by_key[0].value.as_ref()), (1, None));
                 let r = &result.records[0];
                 assert_eq!(r.offset, 0);
                 assert_eq!(r.key.as_deref(), Some(&b"key-1"[..]));
-                assert_eq!(&r.value[..], b"value-1");
+                assert_eq!(r.value_bytes(), b"value-1");
                 assert_eq!(r.timestamp_ms, 1_700_000_000_123);
                 assert_eq!(r.expire_at_ms, Some(i64::MAX - 1));
                 assert_eq!(r.headers.len(), 2);
@@ -225,7 +272,7 @@ macro_rules! conformance_suite {
                 assert_eq!(r.tags, vec![&b"red"[..], &b"blue"[..]]);
                 let empty = &result.records[1];
                 assert_eq!(empty.key, None);
-                assert!(empty.value.is_empty());
+                assert_eq!(empty.value.as_deref(), Some(&b""[..]));
                 assert!(empty.headers.is_empty() && empty.tags.is_empty());
                 assert_eq!(empty.expire_at_ms, None);
                 let now = std::time::SystemTime::now()
@@ -273,7 +320,7 @@ macro_rules! conformance_suite {
                 f.store.delete_shard("s").unwrap();
                 f.store.close().unwrap();
                 drop(f);
-                assert_eq!(&result.records[0].value[..], b"survivor");
+                assert_eq!(result.records[0].value_bytes(), b"survivor");
             }
 
             #[test]
@@ -711,7 +758,7 @@ macro_rules! conformance_suite {
                     }
                     f.store.wait_durable(&shard, 119).unwrap();
                     let read = f.store.read(&shard, 0, 1000, usize::MAX).unwrap();
-                    let got: Vec<&[u8]> = read.records.iter().map(|r| &r.value[..]).collect();
+                    let got: Vec<&[u8]> = read.records.iter().map(|r| r.value_bytes()).collect();
                     let want: Vec<&[u8]> = batches.iter().flatten().map(|v| &v[..]).collect();
                     assert_eq!(got, want, "{mode}");
 

@@ -47,7 +47,7 @@ fn edge_1000_shards_append_and_read_back() {
         while offset < end {
             let result = store.read(name, offset, usize::MAX, 1 << 20).unwrap();
             for record in &result.records {
-                touched ^= record.value[record.value.len() / 2];
+                touched ^= record.value_bytes()[record.value_bytes().len() / 2];
             }
             records += result.records.len() as u64;
             offset = result.next_offset;

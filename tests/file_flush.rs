@@ -49,7 +49,7 @@ fn flush_policies_and_the_flusher_thread() {
     assert!(stats["buffered_bytes"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["engine"]["writes"], 0, "{stats}");
     let r = store.read("s", 0, 10, 1 << 20).unwrap();
-    assert_eq!(&r.records[0].value[..], b"buffered");
+    assert_eq!(r.records[0].value_bytes(), b"buffered");
     assert_eq!(engine(&store, "s")["buffered_bytes"], 0);
     store.close().unwrap();
     let store = open(dir.path(), "none", "");

@@ -66,7 +66,7 @@ fn check_all(store: &Store, shard: &str, first: i64, next: i64) {
     let offsets: Vec<i64> = got.records.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, (first..next).collect::<Vec<_>>());
     for r in &got.records {
-        let value = std::str::from_utf8(&r.value).unwrap();
+        let value = std::str::from_utf8(r.value_bytes()).unwrap();
         assert!(
             value.starts_with(&format!("{shard}-{:06}-", r.offset)),
             "{value}"
@@ -249,7 +249,7 @@ fn deletes_and_watermarks_survive_restarts() {
     assert_eq!(store.delete_records_before("s", 333).unwrap(), 333);
     assert_eq!(store.delete_by_keys("s", &[b"odd"]).unwrap(), 334);
     // Views read before the rewrite still show their bytes.
-    assert!(std::str::from_utf8(&views.records[4].value)
+    assert!(std::str::from_utf8(views.records[4].value_bytes())
         .unwrap()
         .starts_with("s-000004-"));
     let expect = |store: &Store| {
@@ -353,7 +353,7 @@ fn maps_and_descriptors_stay_within_their_budgets() {
         let mut offset = 0;
         while offset < 60 * 64 {
             let r = store.read(s, offset, 1000, 1 << 20).unwrap();
-            assert!(r.records.iter().all(|r| r.value.len() == 1000));
+            assert!(r.records.iter().all(|r| r.value_bytes().len() == 1000));
             offset = r.next_offset;
         }
         let maps = store.shard_stats(s).unwrap()["engine_stats"]["engine"]["maps"].clone();

@@ -572,7 +572,7 @@ fn cold_segments_are_read_with_pread_and_match_the_mapped_reads() {
             // 10 fetches of 10 batches; within one, later batches come from
             // the read-ahead window.
             let r = store.read("s", from, 40, usize::MAX).unwrap();
-            values.extend(r.records.iter().map(|r| r.value.to_vec()));
+            values.extend(r.records.iter().map(|r| r.value_bytes().to_vec()));
             from = r.next_offset;
         }
         let keyed = store
@@ -689,7 +689,7 @@ fn the_newest_batches_are_read_and_sent_from_memory() {
     for batch in batches {
         mqstore::format::for_each_record(&batch, true, |r| {
             assert_eq!(r.offset, offset);
-            assert_eq!(&r.value[..], &values[offset as usize][..]);
+            assert_eq!(r.value_bytes(), &values[offset as usize][..]);
             offset += 1;
             true
         })

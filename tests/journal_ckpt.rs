@@ -88,7 +88,7 @@ fn snapshot(store: &Store) -> Snapshot {
                     (
                         r.offset,
                         r.key.as_ref().map(|k| k.to_vec()),
-                        r.value.to_vec(),
+                        r.value_bytes().to_vec(),
                     )
                 })
                 .collect();
@@ -317,7 +317,7 @@ fn after_a_crash_only_the_entries_after_the_checkpoint_are_replayed() {
     );
     let quiet = store.read("quiet", 0, 10, usize::MAX).unwrap();
     assert_eq!(quiet.records.len(), 1);
-    assert_eq!(&quiet.records[0].value[..], b"new quiet");
+    assert_eq!(quiet.records[0].value_bytes(), b"new quiet");
     // And it keeps going: append, clean close, reopen.
     store.append("a", &Record::new(b"later")).unwrap();
     let expected = snapshot(&store);

@@ -148,7 +148,7 @@ fn write_read_reopen(io: &str, direct: bool, expect: &str, durability: &str) {
                         assert_eq!(offset, i as i64);
                         // Read-your-write through the segment mapping.
                         let r = store.read(&name, offset, 1, usize::MAX).unwrap();
-                        assert_eq!(&r.records[0].value[..], &v[..], "{name} @ {i}");
+                        assert_eq!(r.records[0].value_bytes(), &v[..], "{name} @ {i}");
                     }
                 })
             })
@@ -174,7 +174,7 @@ fn write_read_reopen(io: &str, direct: bool, expect: &str, durability: &str) {
                 let v = value(t, i);
                 assert_eq!(store.append(&name, &Record::new(&v)).unwrap(), i as i64);
                 let r = store.read(&name, i as i64, 1, usize::MAX).unwrap();
-                assert_eq!(&r.records[0].value[..], &v[..]);
+                assert_eq!(r.records[0].value_bytes(), &v[..]);
             }
         }
         store.close().unwrap();

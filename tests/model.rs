@@ -257,7 +257,7 @@ fn check(engine: &str, durability: &str, ops: &[Op]) -> Result<(), TestCaseError
                         (
                             r.offset,
                             r.key.as_ref().map(|k| k.to_vec()),
-                            r.value.to_vec(),
+                            r.value_bytes().to_vec(),
                         )
                     })
                     .collect();
@@ -378,7 +378,7 @@ fn check_shards(store: &Store, model: &[ModelShard]) -> Result<(), TestCaseError
             .unwrap()
             .records
             .iter()
-            .map(|r| (r.offset, r.value.to_vec()))
+            .map(|r| (r.offset, r.value_bytes().to_vec()))
             .collect();
         let expected: Vec<(i64, Vec<u8>)> =
             m.live.iter().map(|(o, (_, v))| (*o, v.clone())).collect();

@@ -55,9 +55,11 @@ fn an_idle_file_shard_loses_its_expired_segments() {
     let dir = tempfile::tempdir().unwrap();
     let config = "[store]\nretention_check_ms = 10\n\
                   [shard]\nengine = \"file\"\ndurability = \"os\"\nsegment_bytes = 65536\n";
-    let store = fill_idle_shard(dir.path(), config, 200);
+    // Long enough that appends, which apply retention too, leave most
+    // segments to the timer even on a loaded machine.
+    let store = fill_idle_shard(dir.path(), config, 2000);
     let before = count_files(dir.path(), ".log");
-    assert!(before >= 8, "{before} segments");
+    assert!(before >= 3, "{before} segments");
     wait_until("the expired segments are removed", || {
         count_files(dir.path(), ".log") <= 1
     });
@@ -78,9 +80,9 @@ fn an_idle_journal_shard_frees_the_journal_segments_it_pinned() {
     let config = "[store]\nretention_check_ms = 10\n\
                   [shard]\nengine = \"journal\"\ndurability = \"os\"\n\
                   [journal]\nsegment_bytes = 65536\n";
-    let store = fill_idle_shard(dir.path(), config, 200);
+    let store = fill_idle_shard(dir.path(), config, 2000);
     let before = count_files(dir.path(), ".log");
-    assert!(before >= 8, "{before} segments");
+    assert!(before >= 4, "{before} segments");
     wait_until("the journal frees the idle shard's segments", || {
         count_files(dir.path(), ".log") <= 2
     });

@@ -19,7 +19,7 @@ fn values(store: &Store, shard: &str) -> Vec<Vec<u8>> {
         .unwrap()
         .records
         .iter()
-        .map(|r| r.value.to_vec())
+        .map(|r| r.value_bytes().to_vec())
         .collect()
 }
 

@@ -211,6 +211,124 @@ pub fn append_once(
     outcome
 }
 
+/// One producer appending, on one shard, the same producer batch (a
+/// Kafka v2 batch of `batch` records of `record_size` bytes, encoded once
+/// beforehand as a producer would) with `Store::append_raw`, blocking, for
+/// `duration`; returns msgs/s. What the record API's figure of the same
+/// workload spends on encoding, this one does not.
+pub fn append_raw_once(
+    base: &Path,
+    options: &ShardOptions,
+    record_size: usize,
+    batch: usize,
+    duration: Duration,
+) -> io::Result<f64> {
+    let bench = BenchStore::open(base)?;
+    let store = &bench.store;
+    store
+        .create_shard_with("raw", options.clone())
+        .map_err(to_io)?;
+    let data = payload(record_size, batch, 1);
+    let encoded =
+        mqstore::format::encode_batch(&records(&data, record_size), options.compression, 1)
+            .map_err(to_io)?
+            .bytes;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        store.append_raw("raw", &encoded).map_err(to_io)?;
+        sent += batch as u64;
+    }
+    Ok(sent as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `{prefix}.append_raw_{size}_batch{batch}[_{durability}].msgs_per_s`,
+/// compared with the record API's figure of the same workload.
+pub fn append_raw_row(
+    results: &mut Results,
+    base: &Path,
+    plan: &Plan,
+    options: &ShardOptions,
+    (record_size, batch): (usize, usize),
+    (name, record_api): (&str, &str),
+) {
+    let secs = Duration::from_secs_f64(plan.headline_secs);
+    let measured = util::repeat(plan.reps, || {
+        append_raw_once(base, options, record_size, batch, secs)
+    });
+    let p = json!({
+        "record_bytes": record_size, "batch": batch, "threads": 1, "shards": 1,
+        "engine": options.engine.name(), "durability": options.durability.name(),
+        "api": "Store::append_raw of one pre-encoded producer batch (no producer id), blocking",
+        "seconds_per_rep": plan.headline_secs,
+    });
+    results.stats_or_failed(name, measured, "msgs/s", p);
+    results.compare(
+        name,
+        record_api,
+        1.0,
+        "raw producer batches / the record API, same workload",
+    );
+}
+
+/// One producer on an event loop: `append_batch_notify` keeps
+/// `spec.window` batches in flight on one shard, and the same thread
+/// poll(2)s the store's `durable_fd` and takes acknowledgements with
+/// `poll_durable`, refilling the window as they come (no thread waits in
+/// `wait_durable`). Returns acknowledged msgs/s.
+pub fn append_eventloop_once(
+    base: &Path,
+    options: &ShardOptions,
+    spec: AppendSpec,
+    duration: Duration,
+) -> io::Result<f64> {
+    let bench = BenchStore::open(base)?;
+    let store = &bench.store;
+    store
+        .create_shard_with("bench-0", options.clone())
+        .map_err(to_io)?;
+    let data = payload(spec.record_size, spec.batch, 1);
+    let batch = records(&data, spec.record_size);
+    let fd = store.durable_fd().map_err(to_io)?;
+    let window = spec.window.max(1);
+    let start = Instant::now();
+    let mut token = 0u64;
+    let mut in_flight = 0usize;
+    let mut acked = 0u64;
+    let mut stopping = false;
+    loop {
+        while !stopping && in_flight < window {
+            store
+                .append_batch_notify("bench-0", &batch, token)
+                .map_err(to_io)?;
+            token += 1;
+            in_flight += 1;
+        }
+        if in_flight == 0 {
+            break;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() != io::ErrorKind::Interrupted {
+                return Err(error);
+            }
+        }
+        for completion in store.poll_durable(window) {
+            completion.result.map_err(to_io)?;
+            in_flight -= 1;
+            acked += spec.batch as u64;
+        }
+        stopping = stopping || start.elapsed() >= duration;
+    }
+    Ok(acked as f64 / start.elapsed().as_secs_f64())
+}
+
 /// The append matrix point repeated `reps` times.
 pub fn append_throughput(
     base: &Path,
@@ -559,9 +677,9 @@ pub fn read_range(store: &Store, from: i64, end: i64, touch: bool) -> io::Result
             .read("data", offset, usize::MAX, FETCH_BYTES)
             .map_err(to_io)?;
         for record in &result.records {
-            bytes += record.value.len() as u64;
+            bytes += record.value_bytes().len() as u64;
             if touch {
-                sum = sum.wrapping_add(util::touch(&record.value));
+                sum = sum.wrapping_add(util::touch(record.value_bytes()));
             }
         }
         records += result.records.len() as u64;
@@ -962,6 +1080,43 @@ impl Persistent {
             results.stats_or_failed(
                 &self.name(&workload.suffix),
                 append_throughput(base, &options, workload.spec, secs, u64::MAX, plan.reps),
+                "msgs/s",
+                p,
+            );
+        }
+
+        append_raw_row(
+            results,
+            base,
+            plan,
+            &self.options(Durability::Fsync, APPEND_RETENTION_BYTES),
+            (1024, 64),
+            (
+                &self.name("append_raw_1k_batch64_fsync.msgs_per_s"),
+                &self.name("append_1k_batch64_fsync.msgs_per_s"),
+            ),
+        );
+
+        // The pipelined 1 KiB x 64 workload again, driven by one thread's
+        // event loop (durable_fd + poll_durable) instead of wait_durable.
+        if let Some(pipelined) = headline_workloads()
+            .into_iter()
+            .find(|w| w.suffix == "append_1k_batch64_fsync_pipelined.msgs_per_s")
+        {
+            let options = self.options(pipelined.durability, APPEND_RETENTION_BYTES);
+            let mut p = pipelined.spec.params(&options);
+            p["api"] = json!(format!(
+                "Store::append_batch_notify + poll(2) on durable_fd + poll_durable, \
+                 {} batches in flight, one thread",
+                pipelined.spec.window
+            ));
+            p["seconds_per_rep"] = json!(plan.headline_secs);
+            p["beside"] = json!(self.name(&pipelined.suffix));
+            results.stats_or_failed(
+                &self.name("append_1k_batch64_fsync_eventloop.msgs_per_s"),
+                util::repeat(plan.reps, || {
+                    append_eventloop_once(base, &options, pipelined.spec, secs)
+                }),
                 "msgs/s",
                 p,
             );

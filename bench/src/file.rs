@@ -251,7 +251,7 @@ fn edge_child(dir: &Path, report: &Path, total: u64) -> io::Result<()> {
             for record in &result.records {
                 // Every byte read, as a consumer would (and every page of
                 // the data mapped in).
-                touched = touched.wrapping_add(util::touch(&record.value));
+                touched = touched.wrapping_add(util::touch(record.value_bytes()));
             }
             records += result.records.len() as u64;
             offset = result.next_offset;

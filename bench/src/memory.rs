@@ -135,6 +135,15 @@ fn appends(base: &Path, plan: &Plan, results: &mut Results, options: &mqstore::S
         p,
     );
 
+    engine::append_raw_row(
+        results,
+        base,
+        plan,
+        &options,
+        (100, 1024),
+        ("memory.append_raw_100b_batch1024.msgs_per_s", HEADLINE),
+    );
+
     // The matrix. Single-shard runs are bounded by retention; many-shard runs
     // would each keep their own retention's worth, so they stop at a byte
     // budget too (params say which limit ended a run: seconds or budget).

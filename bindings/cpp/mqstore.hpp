@@ -239,7 +239,9 @@ using TagList = detail::ArrayRange<mqs_slice, std::string_view, &detail::project
 struct Message {
     /// std::nullopt = no key; an empty view = a present, empty key.
     std::optional<std::string_view> key;
-    std::string_view value;
+    /// std::nullopt = a null value (a Kafka tombstone), which is not an
+    /// empty value; a default Message has an empty value.
+    std::optional<std::string_view> value = std::string_view{};
     /// (name, value) pairs; names must be UTF-8 and must not start with the
     /// reserved prefix "__mqs."; std::nullopt = a null header value.
     std::vector<std::pair<std::string_view, std::optional<std::string_view>>> headers;
@@ -264,7 +266,13 @@ public:
     }
     /// std::nullopt when the record has no key.
     std::optional<std::string_view> key() const noexcept { return detail::optional_view(r_->key); }
+    /// The value; empty for a null value (see nullable_value()).
     std::string_view value() const noexcept { return detail::view(r_->value); }
+    /// std::nullopt for a null value (a Kafka tombstone), as opposed to an
+    /// empty one.
+    std::optional<std::string_view> nullable_value() const noexcept {
+        return r_->value_is_null ? std::nullopt : std::optional<std::string_view>(detail::view(r_->value));
+    }
     HeaderList headers() const noexcept { return HeaderList(r_->headers, r_->header_count); }
     TagList tags() const noexcept { return TagList(r_->tags, r_->tag_count); }
     bool has_tag(std::string_view tag) const noexcept {
@@ -667,6 +675,9 @@ public:
     struct RawAppend {
         int64_t base_offset;
         size_t batches;
+        /// true: an idempotent producer's retry (MQS_DUPLICATE_SEQUENCE):
+        /// nothing was stored again, and the offsets are the originals.
+        bool duplicate;
     };
 
     /// Appends RecordBatch v2 bytes as a Kafka producer sent them (one or
@@ -676,6 +687,9 @@ public:
     /// when one is refused (MQS_CORRUPTION, MQS_INVALID_ARGUMENT,
     /// MQS_RECORD_TOO_LARGE or MQS_UNSUPPORTED, naming the batch).
     /// Acknowledged per the shard's durability mode, once for all batches.
+    /// Batches of idempotent producers are checked as a Kafka broker checks
+    /// them: MQS_PRODUCER_FENCED and MQS_OUT_OF_ORDER_SEQUENCE throw; a
+    /// retry returns the original offsets with `duplicate` set.
     RawAppend append_raw(const std::string &shard, const void *data, size_t len) {
         return append_raw_with(mqs_append_raw, shard, data, len);
     }
@@ -685,6 +699,56 @@ public:
     /// offset acknowledges them.
     RawAppend append_raw_nowait(const std::string &shard, const void *data, size_t len) {
         return append_raw_with(mqs_append_raw_nowait, shard, data, len);
+    }
+
+    // ------------------------------------------- event-loop notifications
+
+    /// A watched batch that became durable (status MQS_OK: acknowledged)
+    /// or failed to (e.g. MQS_POISONED: not acknowledged).
+    using Completion = mqs_completion;
+
+    /// The store's durability descriptor (an eventfd): readable while
+    /// completions wait for poll_durable(). Register it with epoll, poll or
+    /// an event loop for reading; never read or close it. Valid until the
+    /// store is closed (remove it from the loop first).
+    int durable_fd() const {
+        int fd = -1;
+        check(mqs_durable_fd(handle(), &fd));
+        return fd;
+    }
+
+    /// append_batch_nowait() plus a completion carrying token once the batch
+    /// is durable: its acknowledgement, without a thread waiting for it.
+    /// Completions come in call order. Returns the base offset (also the
+    /// completion's offset).
+    int64_t append_batch_notify(const std::string &shard, const std::vector<Message> &messages, uint64_t token) {
+        Encoded encoded(messages.data(), messages.size());
+        int64_t base = -1;
+        check(mqs_append_batch_notify(handle(), detail::c_name(shard, "shard name"), encoded.records.data(),
+                                      encoded.records.size(), token, &base));
+        return base;
+    }
+
+    /// A completion carrying token once offset (and everything before it in
+    /// shard) is durable: wait_durable() without blocking.
+    void watch_durable(const std::string &shard, int64_t offset, uint64_t token) const {
+        check(mqs_watch_durable(handle(), detail::c_name(shard, "shard name"), offset, token));
+    }
+
+    /// Appends up to max ready completions to out, oldest first; returns how
+    /// many. Never blocks. A failed batch is a completion with its status,
+    /// not an exception (the others are still delivered).
+    std::size_t poll_durable(std::vector<Completion> &out, std::size_t max = 1024) const {
+        if (max == 0)
+            throw Error(MQS_INVALID_ARGUMENT, "poll_durable: max must be at least 1");
+        mqs_store *store = handle();  // throws for an empty Store, before out changes
+        std::size_t old = out.size();
+        out.resize(old + max);
+        std::size_t n = 0;
+        mqs_status status = mqs_poll_durable(store, out.data() + old, max, &n);
+        out.resize(old + (status == MQS_OK ? n : 0));
+        check(status);
+        return n;
     }
 
     /// Blocks until the record at offset, and every earlier record of shard,
@@ -853,7 +917,8 @@ private:
                 mqs_record_in r;
                 std::memset(&r, 0, sizeof r);
                 r.key = detail::optional_slice(m.key);
-                r.value = detail::present(m.value);
+                r.value = detail::optional_slice(m.value);
+                r.value_is_null = !m.value.has_value();
                 r.header_count = m.headers.size();
                 r.headers = r.header_count != 0 ? headers.data() + headers.size() : nullptr;
                 for (const auto &h : m.headers) {
@@ -887,9 +952,13 @@ private:
 
     RawAppend append_raw_with(decltype(&mqs_append_raw) append, const std::string &shard, const void *data,
                               size_t len) {
-        RawAppend out{-1, 0};
-        check(append(handle(), detail::c_name(shard, "shard name"), static_cast<const uint8_t *>(data), len,
-                     &out.base_offset, &out.batches));
+        RawAppend out{-1, 0, false};
+        mqs_status status = append(handle(), detail::c_name(shard, "shard name"),
+                                   static_cast<const uint8_t *>(data), len, &out.base_offset, &out.batches);
+        out.duplicate = status == MQS_DUPLICATE_SEQUENCE;
+        if (!out.duplicate) {
+            check(status);
+        }
         return out;
     }
 

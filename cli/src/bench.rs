@@ -168,7 +168,11 @@ fn engine(dir: &Path, bytes: usize) -> CliResult<Engine> {
     let next = store.shard_info("pipelined")?.next_offset;
     while offset < next {
         let result = store.read("pipelined", offset, 4096, 8 << 20)?;
-        read += result.records.iter().map(|r| r.value.len()).sum::<usize>();
+        read += result
+            .records
+            .iter()
+            .map(|r| r.value_bytes().len())
+            .sum::<usize>();
         offset = result.next_offset;
     }
     let read_gbps = read as f64 / start.elapsed().as_secs_f64() / 1e9;

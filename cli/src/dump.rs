@@ -78,7 +78,8 @@ fn record_json(record: &RecordView, values: bool) -> serde_json::Value {
         "offset": record.offset,
         "timestamp": record.timestamp_ms,
         "key_size": record.key.as_ref().map_or(-1, |k| k.len() as i64),
-        "value_size": record.value.len(),
+        // -1 for a null value (a tombstone), as for a null key.
+        "value_size": record.value.as_ref().map_or(-1, |v| v.len() as i64),
         "header_keys": record.headers.iter().map(|h| text(&h.key)).collect::<Vec<_>>(),
         "tags": record.tags.iter().map(|t| text(t)).collect::<Vec<_>>(),
     });
@@ -87,7 +88,7 @@ fn record_json(record: &RecordView, values: bool) -> serde_json::Value {
     }
     if values {
         out["key"] = record.key.as_ref().map(|k| text(k)).into();
-        out["value"] = text(&record.value).into();
+        out["value"] = record.value.as_ref().map(|v| text(v)).into();
     }
     out
 }
@@ -183,7 +184,7 @@ pub fn run(raw: &[String]) -> CliResult<()> {
                     r.offset,
                     r.timestamp_ms,
                     r.key.as_ref().map_or(-1, |k| k.len() as i64),
-                    r.value.len(),
+                    r.value.as_ref().map_or(-1, |v| v.len() as i64),
                     r.headers
                         .iter()
                         .map(|h| text(&h.key))
@@ -198,7 +199,10 @@ pub fn run(raw: &[String]) -> CliResult<()> {
                     if let Some(key) = &r.key {
                         line.push_str(&format!(" key: {}", text(key)));
                     }
-                    line.push_str(&format!(" payload: {}", text(&r.value)));
+                    match &r.value {
+                        Some(value) => line.push_str(&format!(" payload: {}", text(value))),
+                        None => line.push_str(" payload: null"),
+                    }
                 }
                 println!("{line}");
             }

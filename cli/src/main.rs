@@ -306,8 +306,10 @@ fn repair(raw: &[String]) -> CliResult<()> {
     for name in store.list_shards()? {
         let stats = store.shard_stats(&name)?;
         if stats["engine"] == "journal" {
-            skipped = stats["engine_stats"]["skipped_bytes"].as_u64().unwrap_or(0);
-            truncated = stats["engine_stats"]["truncated_bytes"]
+            skipped = stats["engine_stats"]["journal"]["skipped_bytes"]
+                .as_u64()
+                .unwrap_or(0);
+            truncated = stats["engine_stats"]["journal"]["truncated_bytes"]
                 .as_u64()
                 .unwrap_or(0);
         }

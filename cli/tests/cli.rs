@@ -331,6 +331,13 @@ fn repair_recovers_a_journal_that_refuses_to_open() {
     let text = stdout(&out);
     assert!(text.contains("refuses to open"), "{text}");
     assert!(text.contains("repair: done"), "{text}");
+    let skipped: u64 = text
+        .split("skipped ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no skipped byte count in {text}"));
+    assert!(skipped > 0, "{text}");
 
     let out = run(&["verify", path]);
     assert_exit(&out, 0);

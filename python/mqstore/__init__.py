@@ -27,6 +27,7 @@ from ._mqstore import (
     Buffer,
     ConfigError,
     CorruptionError,
+    DuplicateSequence,
     InternalError,
     InvalidArgument,
     InvalidHandle,
@@ -34,7 +35,9 @@ from ._mqstore import (
     Message,
     MqsError,
     OffsetOutOfRange,
+    OutOfOrderSequence,
     Poisoned,
+    ProducerFenced,
     ReadResult,
     Record,
     RecordTooLarge,
@@ -79,6 +82,9 @@ class Status(enum.IntEnum):
     POISONED = 13
     INTERNAL = 14
     LOCKED = 15
+    PRODUCER_FENCED = 16
+    OUT_OF_ORDER_SEQUENCE = 17
+    DUPLICATE_SEQUENCE = 18
 
 
 # The extension sets `status` as a plain int on each class; make it the enum
@@ -94,6 +100,7 @@ __all__ = [
     "Buffer",
     "ConfigError",
     "CorruptionError",
+    "DuplicateSequence",
     "InternalError",
     "InvalidArgument",
     "InvalidHandle",
@@ -101,7 +108,9 @@ __all__ = [
     "Message",
     "MqsError",
     "OffsetOutOfRange",
+    "OutOfOrderSequence",
     "Poisoned",
+    "ProducerFenced",
     "ReadResult",
     "Record",
     "RecordTooLarge",

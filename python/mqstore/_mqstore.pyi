@@ -6,7 +6,7 @@ Everything here is re-exported by ``mqstore``; import from there.
 import os
 import pathlib
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, Protocol, TypedDict, final
 
 if sys.version_info >= (3, 12):
@@ -45,6 +45,9 @@ __all__ = [
     "Poisoned",
     "InternalError",
     "Locked",
+    "ProducerFenced",
+    "OutOfOrderSequence",
+    "DuplicateSequence",
 ]
 
 __version__: Final[str]
@@ -66,7 +69,7 @@ _Headers: TypeAlias = Mapping[str, _BytesLike | None] | Iterable[tuple[str, _Byt
 class _RecordDict(TypedDict):
     """The dict form of a record accepted by ``Store.append_batch``."""
 
-    value: _BytesLike
+    value: _BytesLike | None
     key: NotRequired[_BytesLike | None]
     headers: NotRequired[_Headers | None]
     tags: NotRequired[Iterable[str] | None]
@@ -95,6 +98,14 @@ class Unsupported(MqsError, NotImplementedError): ...
 class Poisoned(MqsError): ...
 class InternalError(MqsError): ...
 class Locked(MqsError): ...
+class ProducerFenced(MqsError): ...
+class OutOfOrderSequence(MqsError): ...
+
+class DuplicateSequence(MqsError):
+    """A producer's retry of batches already stored: nothing was stored
+    again."""
+
+    base_offsets: list[int]
 
 # ---------------------------------------------------------------- classes
 
@@ -124,7 +135,9 @@ class Record:
     @property
     def key(self) -> memoryview | None: ...
     @property
-    def value(self) -> memoryview: ...
+    def value(self) -> memoryview | None:
+        """The value, or None for a null value (a Kafka tombstone), which
+        is not the same as an empty value."""
     @property
     def headers(self) -> list[tuple[str, memoryview | None]]: ...
     @property
@@ -174,6 +187,8 @@ class ShardInfo:
     def retention_bytes(self) -> int: ...
     @property
     def retention_records(self) -> int: ...
+    @property
+    def timestamp_type(self) -> str: ...
     def __eq__(self, value: object, /) -> bool: ...
 
 @final
@@ -182,7 +197,7 @@ class Message:
 
     def __new__(
         cls,
-        value: _BytesLike,
+        value: _BytesLike | None,
         *,
         key: _BytesLike | None = None,
         headers: _Headers | None = None,
@@ -191,7 +206,7 @@ class Message:
         expire_at_ms: int | None = None,
     ) -> Self: ...
     @property
-    def value(self) -> _BytesLike: ...
+    def value(self) -> _BytesLike | None: ...
     @property
     def key(self) -> _BytesLike | None: ...
     @property
@@ -285,6 +300,7 @@ class Store:
         retention_ms: int | None = None,
         retention_bytes: int | None = None,
         retention_records: int | None = None,
+        timestamp_type: str | None = None,
     ) -> ShardInfo: ...
     def delete_shard(self, name: str) -> None: ...
     def list_shards(self) -> list[str]: ...
@@ -294,7 +310,7 @@ class Store:
     def append(
         self,
         shard: str,
-        value: _BytesLike,
+        value: _BytesLike | None,
         *,
         key: _BytesLike | None = None,
         headers: _Headers | None = None,
@@ -303,10 +319,10 @@ class Store:
         expire_at_ms: int | None = None,
     ) -> int: ...
     def append_batch(
-        self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record]
+        self, shard: str, records: Iterable[_BytesLike | None | _RecordDict | Message | Record]
     ) -> int: ...
     def append_batch_nowait(
-        self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record]
+        self, shard: str, records: Iterable[_BytesLike | None | _RecordDict | Message | Record]
     ) -> int:
         """Appends ``records`` as one atomic batch, like ``append_batch``
         (same items, same validation), and returns the offset of the first as
@@ -326,6 +342,21 @@ class Store:
     def append_raw_nowait(self, shard: str, data: _BytesLike) -> list[int]:
         """``append_raw`` that returns once the batches have their offsets;
         ``wait_durable`` on the last batch's last offset acknowledges them."""
+    def durable_fd(self) -> int:
+        """The store's durability descriptor (an eventfd), readable while
+        completions wait for ``poll_durable``. Never read or close it."""
+    def append_batch_notify(self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record], token: int) -> int:
+        """``append_batch_nowait`` plus a completion carrying ``token`` once
+        the batch is durable; returns the base offset."""
+    def watch_durable(self, shard: str, offset: int, token: int) -> None:
+        """A completion carrying ``token`` once ``offset`` is durable."""
+    def poll_durable(self, max: int = 1024) -> list[tuple[int, int, MqsError | None]]:
+        """Up to ``max`` ready completions ``(token, offset, error)``, oldest
+        first; never blocks."""
+    def append_batch_async(self, shard: str, records: Iterable[_BytesLike | _RecordDict | Message | Record]) -> Coroutine[Any, Any, int]:
+        """``await`` it: the base offset, once the batch is acknowledged."""
+    def wait_durable_async(self, shard: str, offset: int) -> Coroutine[Any, Any, None]:
+        """``await`` it: returns once ``offset`` is durable."""
     def wait_durable(self, shard: str, offset: int) -> None:
         """Blocks (with the GIL released) until the record at ``offset`` and
         every earlier record of ``shard`` is as durable as the shard's

@@ -43,7 +43,11 @@ impl<'py> Fields<'py> {
         let value = self
             .value
             .ok_or_else(|| PyTypeError::new_err(format!("{} is missing", ctx.name("value"))))?;
-        let value = arena.require_bytes(&value, &|| ctx.name("value"))?;
+        // None is a null value (a tombstone), not an empty one.
+        let value = match not_none(Some(value)) {
+            Some(value) => Some(arena.require_bytes(&value, &|| ctx.name("value"))?),
+            None => None,
+        };
         let key = match not_none(self.key) {
             Some(key) => Some(arena.require_bytes(&key, &|| ctx.name("key"))?),
             None => None,
@@ -250,7 +254,7 @@ fn record_from_view<'a, 'py>(
         .collect::<PyResult<Vec<_>>>()?;
     Ok(Record {
         key: view.key.as_deref(),
-        value: &view.value,
+        value: view.value.as_deref(),
         headers,
         tags,
         timestamp_ms: view.timestamp_ms,
@@ -272,6 +276,10 @@ pub fn record_from_item<'a, 'py>(
     }
     if let Ok(dict) = item.cast::<PyDict>() {
         return fields_from_dict(dict, ctx)?.borrow(arena, ctx);
+    }
+    if item.is_none() {
+        // A null value without a key.
+        return Ok(Record::default());
     }
     if let Ok(message) = item.cast::<PyMessage>() {
         let py = item.py();

@@ -109,6 +109,24 @@ const SPECS: &[Spec] = &[
         builtin_bases: &[],
         doc: "The store directory is locked by another open store (status 15).",
     },
+    Spec {
+        name: "ProducerFenced",
+        status: Status::ProducerFenced,
+        builtin_bases: &[],
+        doc: "An idempotent producer's batch has an epoch older than its current one (status 16).",
+    },
+    Spec {
+        name: "OutOfOrderSequence",
+        status: Status::OutOfOrderSequence,
+        builtin_bases: &[],
+        doc: "An idempotent producer's batch does not continue its sequence (status 17).",
+    },
+    Spec {
+        name: "DuplicateSequence",
+        status: Status::DuplicateSequence,
+        builtin_bases: &[],
+        doc: "A producer's retry of stored batches; `base_offsets` are the originals (status 18).",
+    },
 ];
 
 struct Classes {
@@ -149,7 +167,7 @@ fn build(py: Python<'_>) -> PyResult<Classes> {
          C ABI (see mqstore.Status); str(error) is the message of the Rust error.",
         Some(Status::Internal),
     )?;
-    let mut by_status: Vec<Py<PyType>> = (0..=Status::Locked as usize)
+    let mut by_status: Vec<Py<PyType>> = (0..=Status::DuplicateSequence as usize)
         .map(|_| base.clone().unbind())
         .collect();
     for spec in SPECS {
@@ -198,6 +216,9 @@ pub fn to_pyerr(py: Python<'_>, error: Error) -> PyErr {
             if let Some(errno) = source.raw_os_error() {
                 instance.setattr("errno", errno)?;
             }
+        }
+        if let Error::DuplicateSequence { base_offsets, .. } = &error {
+            instance.setattr("base_offsets", base_offsets.clone())?;
         }
         Ok(PyErr::from_value(instance))
     };

@@ -16,6 +16,9 @@ use crate::convert::{self, Ctx, Fields};
 use crate::errors::{invalid_argument, to_pyerr, OrRaise};
 use crate::types::{records_list, PyReadResult, PyShardInfo};
 
+/// `(token, offset, error or None)`: one completion of `poll_durable`.
+type PyCompletion = (u64, i64, Option<Py<PyAny>>);
+
 fn limit(py: Python<'_>, name: &str, value: i64) -> PyResult<usize> {
     usize::try_from(value)
         .map_err(|_| invalid_argument(py, format!("{name} must not be negative, got {value}")))
@@ -148,7 +151,8 @@ impl PyStore {
     /// defaults; `options` is TOML text with the same keys, overridden by
     /// the keyword arguments.
     #[pyo3(signature = (name, *, options=None, engine=None, durability=None, compression=None,
-                        segment_bytes=None, retention_ms=None, retention_bytes=None, retention_records=None))]
+                        segment_bytes=None, retention_ms=None, retention_bytes=None, retention_records=None,
+                        timestamp_type=None))]
     #[allow(clippy::too_many_arguments)]
     fn create_shard(
         &self,
@@ -162,6 +166,7 @@ impl PyStore {
         retention_ms: Option<i64>,
         retention_bytes: Option<i64>,
         retention_records: Option<i64>,
+        timestamp_type: Option<&str>,
     ) -> PyResult<PyShardInfo> {
         // The options go through the same TOML parser as storage.toml, so
         // values are validated and errors worded exactly as in the config
@@ -183,6 +188,7 @@ impl PyStore {
             ("engine", engine),
             ("durability", durability),
             ("compression", compression),
+            ("timestamp_type", timestamp_type),
         ];
         for (key, value) in strings {
             if let Some(value) = value {
@@ -322,6 +328,86 @@ impl PyStore {
     fn wait_durable(&self, py: Python<'_>, shard: &str, offset: i64) -> PyResult<()> {
         py.detach(|| self.inner.wait_durable(shard, offset))
             .or_raise(py)
+    }
+
+    // ------------------------------------------- event-loop notifications
+
+    /// The store's durability descriptor (an eventfd), readable while
+    /// completions wait for `poll_durable`. For event loops: asyncio users
+    /// call `append_batch_async` / `wait_durable_async`, which use it.
+    /// Never read or close it; it stays valid while the Store object lives.
+    fn durable_fd(&self, py: Python<'_>) -> PyResult<i32> {
+        py.detach(|| self.inner.durable_fd()).or_raise(py)
+    }
+
+    /// `append_batch_nowait`, plus a completion carrying `token` (an int
+    /// of 64 bits) once the batch is durable; returns the base offset.
+    fn append_batch_notify<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        records: &Bound<'py, PyAny>,
+        token: u64,
+    ) -> PyResult<i64> {
+        let arena = Arena::new();
+        let records: Vec<Record<'_>> = convert::records_from_iterable(&arena, records)?;
+        py.detach(|| self.inner.append_batch_notify(shard, &records, token))
+            .or_raise(py)
+    }
+
+    /// A completion carrying `token` once `offset` of `shard` (and every
+    /// earlier record) is durable: `wait_durable` without blocking.
+    fn watch_durable(&self, py: Python<'_>, shard: &str, offset: i64, token: u64) -> PyResult<()> {
+        py.detach(|| self.inner.watch_durable(shard, offset, token))
+            .or_raise(py)
+    }
+
+    /// Up to `max` ready completions, oldest first, as `(token, offset,
+    /// error)` tuples (`error` is None for an acknowledgement, else the
+    /// MqsError the wait would have raised). Never blocks.
+    #[pyo3(signature = (max=1024))]
+    fn poll_durable(&self, py: Python<'_>, max: i64) -> PyResult<Vec<PyCompletion>> {
+        let max = limit(py, "max", max)?;
+        if max == 0 {
+            return Err(invalid_argument(py, "max must be at least 1".to_string()));
+        }
+        Ok(self
+            .inner
+            .poll_durable(max)
+            .into_iter()
+            .map(|c| {
+                let error = c
+                    .result
+                    .err()
+                    .map(|e| to_pyerr(py, e).into_value(py).into_any());
+                (c.token, c.offset, error)
+            })
+            .collect())
+    }
+
+    /// `await store.append_batch_async(shard, records)`: appends like
+    /// `append_batch_nowait` and resolves to the base offset once the batch
+    /// is acknowledged (as durable as the shard's mode promises), without a
+    /// thread per call: the running asyncio loop watches `durable_fd`.
+    /// Batches resolve in the order they were appended.
+    fn append_batch_async<'py>(
+        slf: &Bound<'py, Self>,
+        shard: &str,
+        records: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let aio = slf.py().import("mqstore._aio")?;
+        aio.call_method1("append_batch_async", (slf, shard, records))
+    }
+
+    /// `await store.wait_durable_async(shard, offset)`: `wait_durable` on
+    /// the running asyncio loop, without blocking it or a thread.
+    fn wait_durable_async<'py>(
+        slf: &Bound<'py, Self>,
+        shard: &str,
+        offset: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let aio = slf.py().import("mqstore._aio")?;
+        aio.call_method1("wait_durable_async", (slf, shard, offset))
     }
 
     // ------------------------------------------------------------- reads

@@ -46,8 +46,12 @@ impl PyRecord {
     }
 
     #[getter]
-    fn value<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyMemoryView>> {
-        Buffer::memoryview(py, self.view.value.clone())
+    fn value<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyMemoryView>>> {
+        self.view
+            .value
+            .clone()
+            .map(|value| Buffer::memoryview(py, value))
+            .transpose()
     }
 
     /// User headers in order: `(name, memoryview | None)` tuples.
@@ -80,13 +84,15 @@ impl PyRecord {
     fn __repr__(&self) -> String {
         let v = &self.view;
         let mut out = format!(
-            "Record(offset={}, timestamp_ms={}, key={}, value=<{} bytes>",
+            "Record(offset={}, timestamp_ms={}, key={}, value={}",
             v.offset,
             v.timestamp_ms,
             v.key
                 .as_ref()
                 .map_or("None".to_string(), |k| format!("<{} bytes>", k.len())),
-            v.value.len()
+            v.value
+                .as_ref()
+                .map_or("None".to_string(), |v| format!("<{} bytes>", v.len()))
         );
         if !v.headers.is_empty() {
             out += &format!(", headers=<{}>", v.headers.len());
@@ -178,6 +184,8 @@ pub struct PyShardInfo {
     retention_ms: u64,
     retention_bytes: u64,
     retention_records: u64,
+    /// "create_time" or "log_append_time".
+    timestamp_type: String,
 }
 
 impl From<mqstore::ShardInfo> for PyShardInfo {
@@ -195,6 +203,7 @@ impl From<mqstore::ShardInfo> for PyShardInfo {
             retention_ms: o.retention_ms,
             retention_bytes: o.retention_bytes,
             retention_records: o.retention_records,
+            timestamp_type: o.timestamp_type.name().to_string(),
             name: info.name,
         }
     }

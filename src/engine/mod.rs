@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::{EngineKind, ShardOptions};
+use crate::config::{EngineKind, ShardOptions, TimestampType};
 use crate::format;
 use crate::io::TransferPlan;
 use crate::record::{Record, RecordView};
@@ -88,12 +88,24 @@ impl NewBatch {
     /// becoming `now_ms`.
     pub fn encode(records: &[Record<'_>], options: &ShardOptions, now_ms: i64) -> Result<NewBatch> {
         let encoded = format::encode_batch(records, options.compression, now_ms)?;
-        Ok(NewBatch {
+        let mut batch = NewBatch {
             records: encoded.record_count as u32,
             max_timestamp: encoded.max_timestamp,
             bytes: encoded.bytes,
             keys: Some(KeyFilter::from_records(records)),
-        })
+        };
+        batch.stamp(options, now_ms);
+        Ok(batch)
+    }
+
+    /// Applies the shard's timestamp type: with `log_append_time` the
+    /// batch's timestamps become the append time, as a Kafka broker sets
+    /// them (the CRC is recomputed).
+    pub fn stamp(&mut self, options: &ShardOptions, now_ms: i64) {
+        if options.timestamp_type == TimestampType::LogAppendTime {
+            format::set_log_append_time(&mut self.bytes, now_ms);
+            self.max_timestamp = now_ms;
+        }
     }
 }
 

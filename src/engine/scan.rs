@@ -53,7 +53,7 @@ pub(crate) fn check_range(
 /// Key + value + header bytes of a record: what `max_bytes` limits.
 pub(crate) fn record_size(record: &RecordView) -> usize {
     record.key.as_ref().map_or(0, Bytes::len)
-        + record.value.len()
+        + record.value.as_ref().map_or(0, Bytes::len)
         + record
             .headers
             .iter()

@@ -243,12 +243,14 @@ fn valid_slice(slice: &mqs_slice) -> bool {
     (slice.len <= isize::MAX as usize) & (!slice.data.is_null() | (slice.len == 0))
 }
 
-/// A record without headers or tags whose key and value are valid slices.
+/// A record without headers or tags whose key and value are valid slices
+/// (and whose value, when null, is `{NULL, 0}`).
 #[inline(always)]
 fn is_plain(record: &mqs_record_in) -> bool {
     ((record.header_count | record.tag_count) == 0)
         & valid_slice(&record.key)
         & valid_slice(&record.value)
+        & (!record.value_is_null | (record.value.data.is_null() & (record.value.len == 0)))
 }
 
 /// Converts a record that [`is_plain`] accepted (`ok`); for one it did not,
@@ -269,6 +271,7 @@ unsafe fn plain_record<'a>(record: &mqs_record_in, ok: bool) -> Record<'a> {
     } else {
         &[]
     };
+    let value = (!record.value_is_null).then_some(value);
     Record {
         key,
         value,
@@ -293,7 +296,18 @@ unsafe fn record_arg<'a>(
     // SAFETY: the caller guarantees the slices of `record` are valid.
     let key = unsafe { slice_bytes(&record.key, || field(&"key")) }?;
     // SAFETY: as above.
-    let value = unsafe { slice_bytes(&record.value, || field(&"value")) }?.unwrap_or_default();
+    let value = unsafe { slice_bytes(&record.value, || field(&"value")) }?;
+    let value = match (record.value_is_null, value) {
+        (true, None) => None,
+        (true, Some(_)) => {
+            return Err(FfiError::invalid_argument(format_args!(
+                "{} is set but {} is not {{NULL, 0}}",
+                field(&"value_is_null"),
+                field(&"value")
+            )))
+        }
+        (false, value) => Some(value.unwrap_or_default()),
+    };
     // SAFETY: the caller guarantees `headers` holds `header_count` headers.
     // (The name goes unquoted: array_arg_named quotes it.)
     let headers: &[mqs_header] = unsafe {
@@ -381,6 +395,7 @@ mod tests {
             tag_count: 0,
             timestamp_ms: 0,
             expire_at_ms: 0,
+            value_is_null: false,
         }
     }
 
@@ -399,17 +414,34 @@ mod tests {
         records[1].expire_at_ms = 9;
         let out = convert(&records).unwrap();
         assert_eq!(out[0].key, Some(&b"k"[..]));
-        assert_eq!(out[0].value, b"one");
+        assert_eq!(out[0].value, Some(&b"one"[..]));
         assert_eq!(out[0].expire_at_ms, None);
         assert_eq!(out[1].key, None);
         assert_eq!((out[1].timestamp_ms, out[1].expire_at_ms), (7, Some(9)));
     }
 
     #[test]
-    fn absent_value_is_empty() {
+    fn absent_value_is_empty_and_a_null_value_is_null() {
         let records = [value_only(mqs_slice::NULL)];
         let out = convert(&records).unwrap();
-        assert_eq!(out[0].value, b"");
+        assert_eq!(out[0].value, Some(&b""[..]));
+        let mut tombstone = value_only(mqs_slice::NULL);
+        tombstone.value_is_null = true;
+        let mut tagged = tombstone;
+        let tag = *b"t";
+        let tags = [slice(&tag)];
+        tagged.tags = tags.as_ptr();
+        tagged.tag_count = 1;
+        // The plain (fast) path and the checked one agree.
+        let both = [tombstone, tagged];
+        let out = convert(&both).unwrap();
+        assert_eq!((out[0].value, out[1].value), (None, None));
+        let value = *b"v";
+        for mut bad in [tombstone, tagged] {
+            bad.value = slice(&value);
+            let err = convert(&[bad]).unwrap_err();
+            assert!(err.message.contains("value_is_null"), "{}", err.message);
+        }
     }
 
     #[test]
@@ -421,7 +453,7 @@ mod tests {
         records[1].tags = tags.as_ptr();
         records[1].tag_count = 1;
         let out = convert(&records).unwrap();
-        let got: Vec<&[u8]> = out.iter().map(|r| r.value).collect();
+        let got: Vec<&[u8]> = out.iter().map(|r| r.value.unwrap()).collect();
         assert_eq!(got, [&b"a"[..], b"b", b"c"]);
         assert_eq!(out[1].tags, ["red"]);
         assert!(out[0].tags.is_empty() && out[2].tags.is_empty());

@@ -31,12 +31,15 @@ mod store;
 
 mod write;
 
+mod notify;
+
 mod read;
 
 mod transfer;
 
 use std::ffi::{c_char, CStr};
 
+pub use self::notify::*;
 pub use self::read::*;
 pub use self::store::*;
 pub use self::transfer::*;
@@ -45,14 +48,14 @@ pub use self::write::*;
 
 use self::guard::guard;
 
-/// "0.1.0": the crate version, NUL-terminated at compile time.
+/// "0.2.0": the crate version, NUL-terminated at compile time.
 const VERSION: &CStr =
     match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
         Ok(version) => version,
         Err(_) => panic!("the crate version contains a NUL byte"),
     };
 
-/// The library version as a static string, e.g. "0.1.0" (equal to
+/// The library version as a static string, e.g. "0.2.0" (equal to
 /// `MQS_VERSION_MAJOR.MQS_VERSION_MINOR.MQS_VERSION_PATCH`).
 #[no_mangle]
 pub extern "C" fn mqs_version() -> *const c_char {
@@ -87,6 +90,9 @@ fn status_text(status: mqs_status_arg) -> &'static CStr {
         13 => c"store poisoned",
         14 => c"internal error",
         15 => c"store directory locked",
+        16 => c"producer fenced",
+        17 => c"out-of-order sequence",
+        18 => c"duplicate sequence",
         _ => c"unknown status",
     }
 }
@@ -106,18 +112,18 @@ mod tests {
 
     #[test]
     fn status_text_matches_the_rust_names() {
-        for code in 0..=15 {
+        for code in 0..=18 {
             let text = status_text(code).to_str().unwrap();
             let status = ALL_STATUSES[code as usize];
             assert_eq!(status as i32, code);
             assert_eq!(text, Status::from(status).as_str(), "status {code}");
             assert_eq!(mqs_status::from(Status::from(status)), status);
         }
-        assert_eq!(status_text(16).to_str().unwrap(), "unknown status");
+        assert_eq!(status_text(19).to_str().unwrap(), "unknown status");
         assert_eq!(status_text(-1).to_str().unwrap(), "unknown status");
     }
 
-    const ALL_STATUSES: [mqs_status; 16] = [
+    const ALL_STATUSES: [mqs_status; 19] = [
         mqs_status::MQS_OK,
         mqs_status::MQS_INVALID_ARGUMENT,
         mqs_status::MQS_INVALID_CONFIG,
@@ -134,6 +140,9 @@ mod tests {
         mqs_status::MQS_POISONED,
         mqs_status::MQS_INTERNAL,
         mqs_status::MQS_LOCKED,
+        mqs_status::MQS_PRODUCER_FENCED,
+        mqs_status::MQS_OUT_OF_ORDER_SEQUENCE,
+        mqs_status::MQS_DUPLICATE_SEQUENCE,
     ];
 
     #[test]

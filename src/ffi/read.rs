@@ -74,7 +74,7 @@ impl mqs_batch {
                 timestamp_ms: view.timestamp_ms,
                 expire_at_ms: view.expire_at_ms.unwrap_or(0),
                 key: optional(view.key.as_ref()),
-                value: present(&view.value),
+                value: optional(view.value.as_ref()),
                 headers: if header_count == 0 {
                     std::ptr::null()
                 } else {
@@ -87,6 +87,7 @@ impl mqs_batch {
                     tags[tag_start..].as_ptr()
                 },
                 tag_count,
+                value_is_null: view.value.is_none(),
             });
             header_start += header_count;
             tag_start += tag_count;

@@ -8,7 +8,7 @@ use crate::Status;
 /// The library's major version; `mqs_version()` is "MAJOR.MINOR.PATCH".
 pub const MQS_VERSION_MAJOR: u32 = 0;
 /// The library's minor version.
-pub const MQS_VERSION_MINOR: u32 = 1;
+pub const MQS_VERSION_MINOR: u32 = 2;
 /// The library's patch version.
 pub const MQS_VERSION_PATCH: u32 = 0;
 
@@ -92,6 +92,15 @@ pub enum mqs_status {
     MQS_INTERNAL = 14,
     /// The store directory is locked by another open store (this or another process).
     MQS_LOCKED = 15,
+    /// An idempotent producer's batch has an epoch older than the
+    /// producer's current one (a newer instance took over); nothing stored.
+    MQS_PRODUCER_FENCED = 16,
+    /// An idempotent producer's batch does not continue its sequence;
+    /// nothing stored.
+    MQS_OUT_OF_ORDER_SEQUENCE = 17,
+    /// A producer's retry of batches already stored: nothing stored again;
+    /// the original base offset is returned.
+    MQS_DUPLICATE_SEQUENCE = 18,
 }
 
 impl From<Status> for mqs_status {
@@ -113,6 +122,9 @@ impl From<Status> for mqs_status {
             Status::Poisoned => mqs_status::MQS_POISONED,
             Status::Internal => mqs_status::MQS_INTERNAL,
             Status::Locked => mqs_status::MQS_LOCKED,
+            Status::ProducerFenced => mqs_status::MQS_PRODUCER_FENCED,
+            Status::OutOfOrderSequence => mqs_status::MQS_OUT_OF_ORDER_SEQUENCE,
+            Status::DuplicateSequence => mqs_status::MQS_DUPLICATE_SEQUENCE,
         }
     }
 }
@@ -136,6 +148,9 @@ impl From<mqs_status> for Status {
             mqs_status::MQS_POISONED => Status::Poisoned,
             mqs_status::MQS_INTERNAL => Status::Internal,
             mqs_status::MQS_LOCKED => Status::Locked,
+            mqs_status::MQS_PRODUCER_FENCED => Status::ProducerFenced,
+            mqs_status::MQS_OUT_OF_ORDER_SEQUENCE => Status::OutOfOrderSequence,
+            mqs_status::MQS_DUPLICATE_SEQUENCE => Status::DuplicateSequence,
         }
     }
 }
@@ -179,7 +194,8 @@ pub struct mqs_header {
 pub struct mqs_record_in {
     /// `data == NULL`: the record has no key.
     pub key: mqs_slice,
-    /// The value; `{NULL, 0}` is stored as an empty value.
+    /// The value; `{NULL, 0}` is stored as an empty value (see
+    /// `value_is_null`).
     pub value: mqs_slice,
     /// `header_count` headers (may be NULL when `header_count` is 0).
     pub headers: *const mqs_header,
@@ -191,6 +207,10 @@ pub struct mqs_record_in {
     pub timestamp_ms: i64,
     /// Milliseconds since the Unix epoch after which reads skip the record; 0 = never.
     pub expire_at_ms: i64,
+    /// true: the value is null (a Kafka tombstone), which is not an empty
+    /// value; `value` must then be `{NULL, 0}`. A zero-initialised record
+    /// has a value.
+    pub value_is_null: bool,
 }
 
 /// A stored record, as returned inside an `mqs_batch`. Every pointer is
@@ -205,11 +225,14 @@ pub struct mqs_record {
     /// 0 = never expires.
     pub expire_at_ms: i64,
     pub key: mqs_slice,
+    /// `{NULL, 0}` when `value_is_null`.
     pub value: mqs_slice,
     pub headers: *const mqs_header,
     pub header_count: usize,
     pub tags: *const mqs_slice,
     pub tag_count: usize,
+    /// true: the value is null (a Kafka tombstone), as opposed to empty.
+    pub value_is_null: bool,
 }
 
 /// A snapshot of one shard's state, filled by `mqs_shard_get_info`.

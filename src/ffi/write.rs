@@ -6,7 +6,7 @@ use super::convert::{array_arg, keys_arg, out_arg, records_arg, str_arg};
 use super::guard::{status, FfiError};
 use super::store::STORES;
 use super::types::{mqs_record_in, mqs_slice, mqs_status, mqs_store};
-use crate::{Record, Store};
+use crate::{Error, Record, Store};
 
 /// Appends one record to `shard`; `*out_offset` is its offset. The record's
 /// memory is only borrowed during the call. Fails with
@@ -138,6 +138,15 @@ pub unsafe extern "C" fn mqs_append_batch_nowait(
 /// `max_record_bytes`), `MQS_UNSUPPORTED` (a codec not in the build); the
 /// message names the batch's index and byte range.
 ///
+/// Batches with a producer id (idempotent producers) are checked against
+/// the producer's state on the shard, as a Kafka broker does:
+/// `MQS_PRODUCER_FENCED` for an epoch older than the producer's current
+/// one, `MQS_OUT_OF_ORDER_SEQUENCE` for a sequence that does not follow
+/// its last one (or a new epoch not starting at 0), and
+/// `MQS_DUPLICATE_SEQUENCE` for a retry of batches among the producer's
+/// last five: nothing is stored again, and `*out_base_offset` and
+/// `*out_batch_count` are those of the original.
+///
 /// # Safety
 /// `shard` is a NUL-terminated string; `data` points to `len` readable
 /// bytes (or is NULL with `len` 0); `out_base_offset` is valid for writing,
@@ -211,7 +220,27 @@ unsafe fn append_raw_with(
         // SAFETY: `data` holds `len` bytes (caller contract).
         let bytes = unsafe { array_arg(data, len, "data") }?;
         out_arg(out_base_offset, "out_base_offset")?;
-        let bases = append(&store, shard, bytes)?;
+        let bases = match append(&store, shard, bytes) {
+            Ok(bases) => bases,
+            // A producer's retry: the original offsets go out with the status.
+            Err(Error::DuplicateSequence {
+                base_offsets,
+                shard,
+            }) => {
+                // SAFETY: checked non-NULL; writable per the caller contract.
+                unsafe { out_base_offset.write(base_offsets[0]) };
+                if !out_batch_count.is_null() {
+                    // SAFETY: non-NULL, writable per the caller contract.
+                    unsafe { out_batch_count.write(base_offsets.len()) };
+                }
+                return Err(Error::DuplicateSequence {
+                    shard,
+                    base_offsets,
+                }
+                .into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         // SAFETY: checked non-NULL; writable per the caller contract.
         unsafe { out_base_offset.write(bases[0]) };
         if !out_batch_count.is_null() {

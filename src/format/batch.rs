@@ -236,7 +236,7 @@ fn record_body_len(record: &Record<'_>, offset_delta: i32, timestamp_delta: i64)
         + varlong_len(timestamp_delta)
         + varint_len(offset_delta)
         + record.key.map_or(1, |k| size_prefixed_len(k.len()))
-        + size_prefixed_len(record.value.len());
+        + record.value.map_or(1, |v| size_prefixed_len(v.len()));
     let header_count =
         record.headers.len() + record.tags.len() + usize::from(record.expire_at_ms.is_some());
     len += unsigned_varint_len((header_count as u64).saturating_mul(2));
@@ -299,7 +299,7 @@ fn write_record(
     put_varlong(out, timestamp_delta);
     put_varint(out, offset_delta);
     put_nullable_bytes(out, record.key);
-    put_bytes(out, record.value);
+    put_nullable_bytes(out, record.value);
     let header_count =
         record.headers.len() + record.tags.len() + usize::from(record.expire_at_ms.is_some());
     put_varint(out, header_count as i32);
@@ -493,6 +493,12 @@ struct Section {
 }
 
 fn open_batch(batch: &Bytes, check_crc: bool) -> Result<Section> {
+    open_batch_limited(batch, check_crc, MAX_RECORDS_LEN)
+}
+
+/// `open_batch` refusing a records section that decompresses to more than
+/// `max_records_len` bytes.
+fn open_batch_limited(batch: &Bytes, check_crc: bool, max_records_len: usize) -> Result<Section> {
     let header = parse_whole(batch)?;
     if check_crc {
         check_crc_of(batch, &header)?;
@@ -513,7 +519,7 @@ fn open_batch(batch: &Bytes, check_crc: bool) -> Result<Section> {
         }),
         codec => {
             let plain =
-                compression::decompress(codec, &batch[BATCH_HEADER_LEN..total], MAX_RECORDS_LEN)
+                compression::decompress(codec, &batch[BATCH_HEADER_LEN..total], max_records_len)
                     .map_err(|e| match e {
                         Error::Corruption(m) => Error::corruption(format!(
                             "batch at base offset {}: {m}",
@@ -762,7 +768,6 @@ impl<'a> RecordWalker<'a> {
         // a delta of i32::MAX leaves no room for another record anyway.
         self.min_offset_delta = offset_delta.saturating_add(1);
         let key = cur.nullable(Field::Key)?;
-        // Kafka tombstones carry a null value; mqstore reads them as empty.
         let value = cur.nullable(Field::Value)?;
         let header_count = cur.varint(Field::HeaderCount)?;
         if header_count < 0 {
@@ -865,7 +870,7 @@ fn build_view<'a>(
         offset,
         timestamp_ms,
         key: prefix.key.map(slice),
-        value: prefix.value.map_or_else(Bytes::new, slice),
+        value: prefix.value.map(slice),
         headers,
         tags,
         expire_at_ms,
@@ -912,7 +917,6 @@ pub fn for_each_record(
 /// Decodes all records of the batch at the start of `batch` (bytes after it
 /// are ignored). Uncompressed batches yield slices of `batch` itself;
 /// compressed ones are decompressed once and yield slices of that buffer.
-/// A Kafka tombstone's null value reads as an empty value.
 pub fn decode_batch(batch: &Bytes, check_crc: bool) -> Result<Vec<RecordView>> {
     let section = open_batch(batch, check_crc)?;
     let cap =
@@ -935,9 +939,10 @@ pub fn decode_batch(batch: &Bytes, check_crc: bool) -> Result<Vec<RecordView>> {
 /// included) to `check`. The CRC is not checked here.
 pub(crate) fn walk_records(
     batch: &Bytes,
+    max_records_len: usize,
     mut check: impl FnMut(i32, usize) -> Result<()>,
 ) -> Result<()> {
-    let section = open_batch(batch, false)?;
+    let section = open_batch_limited(batch, false, max_records_len)?;
     let mut walker = RecordWalker::new(&section);
     while let Some((prefix, cur)) = walker.next_prefix()? {
         check(prefix.offset_delta, prefix.end - prefix.start)?;
@@ -1225,7 +1230,7 @@ mod tests {
         fn record(&self) -> Record<'_> {
             Record {
                 key: self.key.as_deref(),
-                value: &self.value,
+                value: Some(&self.value),
                 headers: self
                     .headers
                     .iter()
@@ -1249,7 +1254,7 @@ mod tests {
             };
             assert_eq!(view.timestamp_ms, ts);
             assert_eq!(view.key.as_deref(), self.key.as_deref());
-            assert_eq!(view.value.as_ref(), &self.value[..]);
+            assert_eq!(view.value_bytes(), &self.value[..]);
             assert_eq!(view.headers.len(), self.headers.len());
             for (hv, (k, v)) in view.headers.iter().zip(&self.headers) {
                 assert_eq!(hv.key.as_ref(), k.as_bytes());
@@ -1370,9 +1375,9 @@ mod tests {
         for c in codecs() {
             let enc = encode_batch(&records, c, TS).unwrap();
             let views = decode_batch(&Bytes::from(enc.bytes), true).unwrap();
-            assert_eq!(views[0].value.as_ref(), &big[..]);
-            assert_eq!(views[1].value.as_ref(), &noisy[..]);
-            assert!(views[2].value.is_empty());
+            assert_eq!(views[0].value_bytes(), &big[..]);
+            assert_eq!(views[1].value_bytes(), &noisy[..]);
+            assert_eq!(views[2].value.as_deref(), Some(&[][..]));
         }
     }
 
@@ -1383,7 +1388,7 @@ mod tests {
         let range = batch.as_ptr() as usize..batch.as_ptr() as usize + batch.len();
         let inside = |b: &Bytes| b.is_empty() || range.contains(&(b.as_ptr() as usize));
         for v in decode_batch(&batch, true).unwrap() {
-            assert!(inside(&v.value));
+            assert!(v.value.as_ref().is_none_or(inside));
             assert!(v.key.as_ref().is_none_or(inside));
             assert!(v.tags.iter().all(inside));
             for h in &v.headers {
@@ -1618,7 +1623,7 @@ mod tests {
         let v = decode_batch(&b, true).unwrap();
         assert_eq!(v[0].offset, 100);
         assert_eq!(v[0].key.as_deref(), Some(&b"k"[..]));
-        assert!(v[0].value.is_empty());
+        assert_eq!(v[0].value, None, "a tombstone reads as null, not empty");
         assert_eq!(v[0].timestamp_ms, 60, "LogAppendTime uses maxTimestamp");
 
         let b = raw_batch(0, 0, 1, &rec);
@@ -1655,7 +1660,7 @@ mod tests {
             compression::compress_into(codec, &ok, &mut packed).unwrap();
             let b = raw_batch(codec.attribute_bits(), 0, 1, &packed);
             let records = decode_batch(&b, true).unwrap();
-            assert_eq!(records[0].value.as_ref(), b"v", "{codec}");
+            assert_eq!(records[0].value_bytes(), b"v", "{codec}");
             assert!(matches!(
                 decode_batch(&raw_batch(codec.attribute_bits(), 0, 1, &[0; 8]), true),
                 Err(Error::Corruption(_))

@@ -11,7 +11,10 @@
 //!   no records, `lastOffsetDelta + 1` not the record count, a producer id
 //!   with a negative base sequence, a transactional batch without a
 //!   producer id): `InvalidArgument`;
-//! - a batch or record over the store's limits: `RecordTooLarge`;
+//! - a batch or record over the store's limits: `RecordTooLarge` (a
+//!   compressed batch whose records would decompress beyond
+//!   `max_batch_bytes` is refused as `Corruption` before it is inflated
+//!   further);
 //! - a codec this build lacks (zstd in the edge build): `Unsupported`.
 //!
 //! Every message names the batch's index in the request and its byte range.
@@ -182,7 +185,10 @@ fn check_client_rules(header: &BatchHeader) -> std::result::Result<(), String> {
 fn check_records(bytes: &Bytes, header: &BatchHeader, index: usize, limits: Limits) -> Result<()> {
     header.compression()?.check_available()?;
     let mut expected = 0i32;
-    walk_records(bytes, |offset_delta, len| {
+    // A batch may not decompress to more than the store takes uncompressed:
+    // a small compressed bomb cannot make validation allocate gigabytes.
+    let max_records_len = limits.max_batch_bytes.saturating_sub(BATCH_HEADER_LEN);
+    walk_records(bytes, max_records_len, |offset_delta, len| {
         if offset_delta != expected {
             return Err(Error::InvalidArgument(format!(
                 "record {expected} has offset delta {offset_delta} (deltas must run 0, 1, 2…)"
@@ -443,6 +449,21 @@ mod tests {
         let err = validate_producer_batches(&b, tight).unwrap_err();
         assert_eq!(err.status(), Status::RecordTooLarge, "{err}");
         assert!(err.to_string().contains("a record"), "{err}");
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_at_the_batch_limit() {
+        let zeros = vec![0u8; 60_000];
+        let values: Vec<&[u8]> = (0..20).map(|_| &zeros[..]).collect();
+        let bomb = batch(&values, Compression::Gzip);
+        assert!(bomb.len() < 20_000, "{} bytes", bomb.len());
+        let tight = Limits {
+            max_batch_bytes: 200_000,
+            max_record_bytes: 1 << 20,
+        };
+        let err = validate_producer_batches(&bomb, tight).unwrap_err();
+        assert!(err.to_string().contains("limit"), "{err}");
+        validate_producer_batches(&bomb, Limits { max_batch_bytes: 2 << 20, ..tight }).unwrap();
     }
 
     #[test]

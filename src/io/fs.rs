@@ -22,6 +22,31 @@ pub fn create_new(path: &Path, what: &str) -> Result<File> {
         .map_err(|e| Error::io(format!("creating {what}'{}'", path.display()), e))
 }
 
+/// Replaces `dir/name` with `bytes` atomically: a temporary file written
+/// and fsynced, renamed over the old one, the directory fsynced. A crash
+/// leaves either the old or the new file, never a mix.
+pub fn replace_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
+    let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
+    file.write_all(bytes).map_err(|e| io("writing", e))?;
+    file.sync_all().map_err(|e| io("fsyncing", e))?;
+    drop(file);
+    std::fs::rename(&tmp, dir.join(name)).map_err(|e| io("renaming", e))?;
+    sync_dir(dir)
+}
+
+/// Removes `dir/name` if it exists and makes the removal durable.
+pub fn remove_file_durably(dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing '{}'", path.display()), e)),
+    }
+}
+
 /// fsyncs a directory, so that a file created, renamed or removed in it
 /// survives a power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {

@@ -6,6 +6,9 @@ mod transfer;
 
 #[cfg(test)]
 pub use fs::take_synced_dirs;
-pub use fs::{create_dir_all_durable, create_new, map_slice, sync_dir};
+pub use fs::{
+    create_dir_all_durable, create_new, map_slice, remove_file_durably, replace_file_durably,
+    sync_dir,
+};
 
 pub use transfer::{ChunkFetcher, SendProgress, TransferChunk, TransferPlan, LAZY_PIECE_MAX};

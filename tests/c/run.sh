@@ -22,6 +22,7 @@ mkdir -p "$out_dir"
 
 cc="${CC:-cc}"
 cflags=(-std=c11 -Wall -Wextra -Werror -pedantic -g -Iinclude -Itests/c)
+sanitize=(-O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
 
 if ! command -v valgrind >/dev/null 2>&1; then
     echo "tests/c/run.sh: valgrind is not installed (apt-get install valgrind)" >&2
@@ -39,6 +40,19 @@ for source in tests/c/test_*.c; do
     echo "== running $name"
     if ! "$exe"; then
         echo "tests/c/run.sh: $name failed" >&2
+        status=1
+        continue
+    fi
+
+    # The test program built again with AddressSanitizer and
+    # UndefinedBehaviorSanitizer (LeakSanitizer included): overflows and UB
+    # on the caller's side of the C ABI, which valgrind cannot see in stack
+    # and global memory. Any report fails the run.
+    echo "== running $name under ASan + UBSan"
+    "$cc" "${cflags[@]}" "${sanitize[@]}" "$source" -o "$exe-asan" \
+        -L"$lib_dir" -lmqstore -Wl,-rpath,"$lib_dir" -pthread
+    if ! ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 "$exe-asan"; then
+        echo "tests/c/run.sh: $name failed under ASan + UBSan" >&2
         status=1
         continue
     fi
@@ -68,6 +82,6 @@ done
 if [[ $status -ne 0 ]]; then
     echo "tests/c/run.sh: FAILED" >&2
 else
-    echo "tests/c/run.sh: all C tests passed (directly and under valgrind)"
+    echo "tests/c/run.sh: all C tests passed (directly, under ASan + UBSan and under valgrind)"
 fi
 exit $status

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -202,7 +203,7 @@ static void test_version_and_status_strings(void) {
     snprintf(expected, sizeof expected, "%d.%d.%d", MQS_VERSION_MAJOR, MQS_VERSION_MINOR,
              MQS_VERSION_PATCH);
     CHECK(strcmp(mqs_version(), expected) == 0);
-    CHECK(strcmp(mqs_version(), "0.1.0") == 0);
+    CHECK(strcmp(mqs_version(), "0.2.0") == 0);
 
     CHECK(strcmp(mqs_status_str(MQS_OK), "ok") == 0);
     CHECK(strcmp(mqs_status_str(MQS_INVALID_ARGUMENT), "invalid argument") == 0);
@@ -1166,6 +1167,83 @@ static void test_append_raw(void) {
     }
 }
 
+/* A null value (a Kafka tombstone) is not an empty value: both round-trip
+ * distinctly, and a null value with bytes is refused. */
+static void test_null_values(void) {
+    mqs_store *store = open_store(NULL);
+    CHECK_OK(mqs_shard_create(store, "t", NULL));
+    mqs_record_in records[2];
+    memset(records, 0, sizeof records);
+    records[0].key.data = (const uint8_t *)"gone";
+    records[0].key.len = 4;
+    records[0].value_is_null = true;
+    /* records[1]: zero-initialised, an empty value. */
+    int64_t base = -1;
+    CHECK_OK(mqs_append_batch(store, "t", records, 2, &base));
+    mqs_batch *batch = NULL;
+    CHECK_OK(mqs_read(store, "t", 0, 10, SIZE_MAX, &batch));
+    const mqs_record *out = NULL;
+    size_t count = 0;
+    CHECK_OK(mqs_batch_records(batch, &out, &count));
+    CHECK(count == 2);
+    CHECK(out[0].value_is_null && out[0].value.data == NULL && out[0].value.len == 0);
+    CHECK(!out[1].value_is_null && out[1].value.len == 0);
+    CHECK_OK(mqs_batch_free(batch));
+
+    records[0].value.data = (const uint8_t *)"x";
+    records[0].value.len = 1;
+    CHECK_STATUS(mqs_append_batch(store, "t", records, 1, &base), MQS_INVALID_ARGUMENT);
+    CHECK(strstr(mqs_last_error_message(), "value_is_null") != NULL);
+    CHECK_OK(mqs_store_close(store));
+}
+
+/* Sets a batch's producer id, epoch and base sequence, then its CRC. */
+static void make_idempotent(uint8_t *batch, int64_t producer_id, int16_t epoch, int32_t sequence) {
+    for (int i = 0; i < 8; i++) {
+        batch[43 + i] = (uint8_t)((uint64_t)producer_id >> (56 - 8 * i));
+    }
+    batch[51] = (uint8_t)((uint16_t)epoch >> 8);
+    batch[52] = (uint8_t)epoch;
+    for (int i = 0; i < 4; i++) {
+        batch[53 + i] = (uint8_t)((uint32_t)sequence >> (24 - 8 * i));
+    }
+    size_t total = (size_t)be32(batch + 8) + 12;
+    uint32_t crc = crc32c(batch + 21, total - 21);
+    for (int i = 0; i < 4; i++) {
+        batch[17 + i] = (uint8_t)(crc >> (24 - 8 * i));
+    }
+}
+
+/* An idempotent producer's retry gets MQS_DUPLICATE_SEQUENCE with the
+ * original offset; a gap and a stale epoch get their own codes. */
+static void test_idempotent_producer(void) {
+    mqs_store *store = open_store(NULL);
+    CHECK_OK(mqs_shard_create(store, "src", NULL));
+    CHECK_OK(mqs_shard_create(store, "dst", NULL));
+    fill_shard(store, "src", 10, 10, 20);
+    size_t len = 0;
+    int64_t next = 0;
+    uint8_t *batch = sendfile_to_temp(store, "src", &len, &next);
+    make_idempotent(batch, 42, 1, 0);
+    int64_t base = -1;
+    size_t count = 0;
+    CHECK_OK(mqs_append_raw(store, "dst", batch, len, &base, &count));
+    CHECK(base == 0 && count == 1);
+    base = -1;
+    CHECK_STATUS(mqs_append_raw(store, "dst", batch, len, &base, &count), MQS_DUPLICATE_SEQUENCE);
+    CHECK(base == 0 && count == 1);
+    make_idempotent(batch, 42, 1, 20);
+    CHECK_STATUS(mqs_append_raw(store, "dst", batch, len, &base, NULL), MQS_OUT_OF_ORDER_SEQUENCE);
+    make_idempotent(batch, 42, 0, 10);
+    CHECK_STATUS(mqs_append_raw(store, "dst", batch, len, &base, NULL), MQS_PRODUCER_FENCED);
+    CHECK(strcmp(mqs_status_str(MQS_PRODUCER_FENCED), "producer fenced") == 0);
+    mqs_shard_info info;
+    CHECK_OK(mqs_shard_get_info(store, "dst", &info));
+    CHECK(info.next_offset == 10);
+    free(batch);
+    CHECK_OK(mqs_store_close(store));
+}
+
 /* Reads the rest of `transfer` with mqs_transfer_read_into, `piece` bytes
  * per call, into out[*got..total); stops at the first failure. */
 static void read_rest(mqs_transfer *transfer, size_t piece, uint8_t *out, size_t total,
@@ -2114,6 +2192,81 @@ static void test_append_nowait_errors(void) {
     CHECK_MENTIONS("mqs_store");
 }
 
+/* An event loop on one thread: thousands of batches in flight with
+ * mqs_append_batch_notify, acknowledged through the durability descriptor and
+ * mqs_poll_durable, every one in order, with no thread per batch. */
+#define LOOP_BATCHES 3000
+static void test_event_loop(void) {
+    mqs_store *store = open_store(NULL);
+    CHECK_OK(mqs_shard_create(store, "s", NULL)); /* journal, fsync */
+    int fd = -1;
+    CHECK_OK(mqs_durable_fd(store, &fd));
+    CHECK(fd >= 0);
+    int again = -1;
+    CHECK_OK(mqs_durable_fd(store, &again));
+    CHECK(again == fd);
+
+    mqs_record_in records[4];
+    memset(records, 0, sizeof records);
+    for (int i = 0; i < 4; i++) records[i].value = text("event-loop payload");
+    static int64_t bases[LOOP_BATCHES];
+    for (uint64_t token = 0; token < LOOP_BATCHES; token++) {
+        CHECK_OK(mqs_append_batch_notify(store, "s", records, 4, token, &bases[token]));
+    }
+    uint64_t next_token = 0;
+    bool in_order = true, all_ok = true;
+    mqs_completion done[64];
+    while (next_token < LOOP_BATCHES) {
+        struct pollfd pfd = {fd, POLLIN, 0};
+        int ready = poll(&pfd, 1, 60000);
+        REQUIRE(ready == 1 && (pfd.revents & POLLIN));
+        size_t n = 0;
+        CHECK_OK(mqs_poll_durable(store, done, 64, &n));
+        REQUIRE(n > 0); /* readable means something to poll */
+        for (size_t i = 0; i < n; i++) {
+            in_order &= done[i].token == next_token && done[i].offset == bases[next_token];
+            all_ok &= done[i].status == MQS_OK;
+            next_token++;
+        }
+    }
+    CHECK(in_order);
+    CHECK(all_ok);
+    struct pollfd pfd = {fd, POLLIN, 0};
+    CHECK(poll(&pfd, 1, 0) == 0); /* drained: no longer readable */
+    size_t n = 99;
+    CHECK_OK(mqs_poll_durable(store, done, 64, &n));
+    CHECK(n == 0);
+
+    /* mqs_watch_durable acknowledges what another call appended. */
+    int64_t base;
+    CHECK_OK(mqs_append_batch_nowait(store, "s", records, 1, &base));
+    CHECK_OK(mqs_watch_durable(store, "s", base, 77));
+    REQUIRE(poll(&pfd, 1, 60000) == 1);
+    CHECK_OK(mqs_poll_durable(store, done, 64, &n));
+    CHECK(n == 1 && done[0].token == 77 && done[0].offset == base && done[0].status == MQS_OK);
+
+    /* Bad input, each with its code and nothing watched. */
+    CHECK_STATUS(mqs_watch_durable(store, "s", base + 1, 1), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_STATUS(mqs_watch_durable(store, "s", -1, 1), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_STATUS(mqs_watch_durable(store, "nope", 0, 1), MQS_SHARD_NOT_FOUND);
+    CHECK_STATUS(mqs_watch_durable(store, NULL, 0, 1), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_append_batch_notify(store, "s", NULL, 0, 1, &base), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_append_batch_notify(store, "s", records, 1, 1, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_durable_fd(store, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_durable_fd(NULL, &again), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_poll_durable(store, NULL, 4, &n), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_poll_durable(store, done, 0, &n), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_poll_durable(store, done, 4, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_OK(mqs_poll_durable(store, done, 64, &n));
+    CHECK(n == 0);
+
+    CHECK_OK(mqs_store_close(store));
+    CHECK_STATUS(mqs_durable_fd(store, &again), MQS_INVALID_HANDLE);
+    CHECK_STATUS(mqs_watch_durable(store, "s", 0, 1), MQS_INVALID_HANDLE);
+    CHECK_STATUS(mqs_poll_durable(store, done, 4, &n), MQS_INVALID_HANDLE);
+    CHECK_STATUS(mqs_append_batch_notify(store, "s", records, 1, 1, &base), MQS_INVALID_HANDLE);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--hold-store") == 0) {
         return hold_store(argv[2]);
@@ -2141,6 +2294,8 @@ int main(int argc, char **argv) {
     test_transfer_basic();
     test_transfer_read_into();
     test_append_raw();
+    test_null_values();
+    test_idempotent_producer();
     test_transfer_read_into_errors();
     test_transfer_nonblocking();
     test_sendfile_nonblocking();
@@ -2152,6 +2307,7 @@ int main(int argc, char **argv) {
     test_append_nowait_pipeline();
     test_append_nowait_survives_kill();
     test_append_nowait_errors();
+    test_event_loop();
 
     remove_tree(g_root);
     return check_summary();

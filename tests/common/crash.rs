@@ -395,7 +395,7 @@ pub fn verify(store: &Store, acked: &Acked, label: &str) {
             }
             if let Some(value) = log.records.get(&offset) {
                 assert_eq!(
-                    std::str::from_utf8(&record.value).unwrap(),
+                    std::str::from_utf8(record.value_bytes()).unwrap(),
                     value,
                     "{label}: {shard}@{offset}"
                 );

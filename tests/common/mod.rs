@@ -45,7 +45,7 @@ pub fn values_of(store: &Store, shard: &str) -> Vec<(i64, Vec<u8>)> {
         .unwrap();
     r.records
         .iter()
-        .map(|r| (r.offset, r.value.to_vec()))
+        .map(|r| (r.offset, r.value_bytes().to_vec()))
         .collect()
 }
 

@@ -43,6 +43,15 @@ flags=(-std=c++17 -Wall -Wextra -Werror -pedantic -g -O1 -pthread -Iinclude -Ibi
 echo "== tests/cpp: native run"
 "$out_dir/mqstore_cpp_tests"
 
+# Again built with AddressSanitizer and UndefinedBehaviorSanitizer
+# (LeakSanitizer included): any report fails the run.
+sanitize=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+"$CXX" "${flags[@]}" "${sanitize[@]}" tests/cpp/test_main.cpp tests/cpp/test_other.cpp \
+    -o "$out_dir/mqstore_cpp_tests_asan" -L"$lib_dir" -Wl,-rpath,"$lib_dir" -lmqstore
+echo "== tests/cpp: ASan + UBSan run"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 "$out_dir/mqstore_cpp_tests_asan"
+echo "== tests/cpp: ASan + UBSan clean"
+
 if [[ -n "${NO_VALGRIND:-}" ]]; then
     echo "== tests/cpp: valgrind skipped (NO_VALGRIND set)"
     exit 0

@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <poll.h>
 #include <unistd.h>
 
 #include "test_util.hpp"
@@ -44,9 +45,9 @@ int64_t now_ms() {
 }
 
 void version_and_status() {
-    CHECK_EQ(mqstore::version(), std::string_view("0.1.0"));
+    CHECK_EQ(mqstore::version(), std::string_view("0.2.0"));
     CHECK_EQ(mqstore::VERSION_MAJOR, 0);
-    CHECK_EQ(mqstore::VERSION_MINOR, 1);
+    CHECK_EQ(mqstore::VERSION_MINOR, 2);
     CHECK_EQ(mqstore::VERSION_PATCH, 0);
     CHECK_EQ(std::string(mqstore::status_str(MQS_OK)), "ok");
     CHECK_EQ(std::string(mqstore::status_str(MQS_SHARD_NOT_FOUND)), "shard not found");
@@ -773,6 +774,53 @@ void pipelined_errors() {
     CHECK_THROWS_CODE(closed_append, store.append_batch_nowait("s", {m}), MQS_INVALID_HANDLE);
 }
 
+/// An event loop on one thread: thousands of batches in flight through
+/// append_batch_notify(), acknowledged via durable_fd() and poll_durable(),
+/// every one in order.
+void event_loop() {
+    Store store = Store::open(test::dir("event-loop"));
+    store.create_shard("s");  // journal, fsync
+    const int fd = store.durable_fd();
+    CHECK(fd >= 0);
+    CHECK_EQ(store.durable_fd(), fd);
+    Message m;
+    m.value = "event-loop payload";
+    const std::vector<Message> batch{m, m, m, m};
+    constexpr uint64_t kBatches = 3000;
+    std::vector<int64_t> bases;
+    for (uint64_t token = 0; token < kBatches; token++)
+        bases.push_back(store.append_batch_notify("s", batch, token));
+    std::vector<Store::Completion> done;
+    while (done.size() < kBatches) {
+        pollfd pfd{fd, POLLIN, 0};
+        CHECK_EQ(::poll(&pfd, 1, 60000), 1);
+        CHECK(store.poll_durable(done, 100) > 0);
+    }
+    bool in_order = true;
+    for (uint64_t i = 0; i < kBatches; i++)
+        in_order = in_order && done[i].token == i && done[i].offset == bases[i] && done[i].status == MQS_OK;
+    CHECK(in_order);
+    pollfd pfd{fd, POLLIN, 0};
+    CHECK_EQ(::poll(&pfd, 1, 0), 0);
+    CHECK_EQ(store.poll_durable(done), std::size_t{0});
+
+    const int64_t base = store.append_batch_nowait("s", {m});
+    store.watch_durable("s", base, 42);
+    CHECK_EQ(::poll(&pfd, 1, 60000), 1);
+    done.clear();
+    CHECK_EQ(store.poll_durable(done), std::size_t{1});
+    CHECK(done[0].token == 42 && done[0].offset == base && done[0].status == MQS_OK);
+
+    CHECK_THROWS_CODE(past, store.watch_durable("s", base + 1, 1), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_THROWS_CODE(unknown, store.watch_durable("nope", 0, 1), MQS_SHARD_NOT_FOUND);
+    CHECK_THROWS_CODE(empty, store.append_batch_notify("s", {}, 1), MQS_INVALID_ARGUMENT);
+    CHECK_THROWS_CODE(zero, store.poll_durable(done, 0), MQS_INVALID_ARGUMENT);
+    store.close();
+    CHECK_THROWS_CODE(closed_fd, store.durable_fd(), MQS_INVALID_HANDLE);
+    CHECK_THROWS_CODE(closed_poll, store.poll_durable(done), MQS_INVALID_HANDLE);
+    CHECK_THROWS_CODE(closed_watch, store.watch_durable("s", 0, 1), MQS_INVALID_HANDLE);
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -808,6 +856,7 @@ int main(int argc, char **argv) {
     test::run("C interop", c_interop);
     test::run("pipelined appends: window, read back, reopen", pipelined_appends);
     test::run("pipelined appends: errors", pipelined_errors);
+    test::run("event loop: durable_fd, append_batch_notify, poll_durable", event_loop);
     other::transfer_tests();
 
     std::error_code ignored;

@@ -529,8 +529,40 @@ void append_raw() {
         CHECK_THROWS_CODE(null, store.append_raw("dst", nullptr, 5), MQS_INVALID_ARGUMENT);
         mqstore::Store::RawAppend later = store.append_raw_nowait("dst", sent.data(), sent.size());
         CHECK_EQ(later.base_offset, 32);
+        CHECK(!later.duplicate);
         store.wait_durable("dst", 61);
+        // An idempotent producer's batch (producer id 5, epoch 0, sequence 0),
+        // then its retry.
+        std::string idempotent = sent.substr(0, 12 + be(sent, 8, 4));
+        const unsigned char producer[14] = {0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0};
+        std::memcpy(idempotent.data() + 43, producer, sizeof producer);
+        uint32_t crc = test::crc32c(idempotent.data() + 21, idempotent.size() - 21);
+        for (int i = 0; i < 4; ++i) {
+            idempotent[17 + i] = static_cast<char>(crc >> (24 - 8 * i));
+        }
+        mqstore::Store::RawAppend stored_once = store.append_raw("dst", idempotent.data(), idempotent.size());
+        mqstore::Store::RawAppend retried = store.append_raw("dst", idempotent.data(), idempotent.size());
+        CHECK(!stored_once.duplicate && retried.duplicate);
+        CHECK_EQ(retried.base_offset, stored_once.base_offset);
+        CHECK_EQ(store.shard_info("dst").next_offset, stored_once.base_offset + 10);
     }
+}
+
+void null_values() {
+    mqstore::Store store = mqstore::Store::open(test::dir("null-values"));
+    store.create_shard("t");
+    mqstore::Message tombstone;
+    tombstone.key = "gone";
+    tombstone.value = std::nullopt;
+    mqstore::Message empty;
+    empty.key = "kept";
+    store.append_batch("t", {tombstone, empty});
+    mqstore::ReadResult read = store.read("t", 0, 10, mqstore::UNLIMITED);
+    CHECK_EQ(read.size(), static_cast<std::size_t>(2));
+    CHECK(!read[0].nullable_value().has_value());
+    CHECK(read[0].value().empty());
+    CHECK(read[1].nullable_value().has_value() && read[1].nullable_value()->empty());
+    CHECK(read[0].key() == std::optional<std::string_view>("gone"));
 }
 
 void transfer_read_into_errors() {
@@ -629,6 +661,7 @@ void transfer_tests() {
     test::run("transfer: read_into buffers of 1, 7, 4096 bytes, mixed with send", transfer_read_into);
     test::run("transfer: read_into errors", transfer_read_into_errors);
     test::run("append_raw: producer batches stored as sent, bad requests store nothing", append_raw);
+    test::run("null values: a tombstone is not an empty value", null_values);
     test::run("sendfile_to_fd: file, socket, pipe", sendfile_to_file_and_socket);
     test::run("file engine: segments, views, sendfile, reopen", file_engine_roundtrip);
     test::run("rocksdb engine: locked and damaged directories", rocksdb_bad_directories);

@@ -97,6 +97,18 @@ inline std::string &self_path() {
 /// A store directory inside the scratch directory (created by the store).
 inline std::string dir(const std::string &name) { return base_dir() + "/" + name; }
 
+/// CRC-32C (Castagnoli), bit by bit: tests build Kafka batches with it.
+inline uint32_t crc32c(const char *data, std::size_t len) {
+    uint32_t crc = 0xFFFFFFFFu;
+    for (std::size_t i = 0; i < len; ++i) {
+        crc ^= static_cast<unsigned char>(data[i]);
+        for (int bit = 0; bit < 8; ++bit) {
+            crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+        }
+    }
+    return ~crc;
+}
+
 }  // namespace test
 
 // ---- defined in test_other.cpp, used by test_main.cpp

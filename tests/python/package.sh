@@ -13,7 +13,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 venv_dev="$root/.venv"
 profile=${MQS_PY_PROFILE:-dev}
-test_deps=(pytest kafka-python lz4 zstandard numpy mypy)
+# The development virtualenv's packages (the Makefile's PIP_PKGS) but
+# maturin: the suite's own dependencies, kept in one place.
+mapfile -t test_deps < <(sed -n 's/^PIP_PKGS *:= *//p' "$root/Makefile" | tr ' ' '\n' | grep -v -e '^maturin' -e '^$')
+[[ ${#test_deps[@]} -gt 0 ]] || { echo "package.sh: no PIP_PKGS in the Makefile" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

@@ -116,3 +116,65 @@ def test_producer_batches_survive_a_reopen(tmp_path):
         stored = transfer_bytes(store, "t", 0)
         assert stored == batch
         assert [bytes(r.value) for r in store.read("t", 0)] == [b"x" * 100, b"y" * 100]
+
+
+def test_null_values_are_not_empty_values(engine_store):
+    """Tombstones through the record API: null and empty round-trip
+    distinctly, and Kafka clients see a null value."""
+    from kafka.record import MemoryRecords
+
+    store = engine_store
+    store.create_shard("t")
+    store.append("t", None, key=b"gone")
+    store.append_batch("t", [b"", None, {"value": None, "key": b"k"}, mqstore.Message(None, key=b"m")])
+    values = [None if r.value is None else bytes(r.value) for r in store.read("t", 0)]
+    assert values == [None, b"", None, None, None]
+    assert "value=None" in repr(next(iter(store.read("t", 0))))
+    (tombstone,) = store.read_by_keys("t", [b"gone"])
+    assert tombstone.value is None and bytes(tombstone.key) == b"gone"
+    decoded = []
+    batches = MemoryRecords(transfer_bytes(store, "t", 0))
+    while (batch := batches.next_batch()) is not None:
+        decoded += [(r.key, r.value) for r in batch]
+    assert decoded == [(b"gone", None), (None, b""), (None, None), (b"k", None), (b"m", None)]
+    # A producer's tombstone, stored raw, reads back as null too.
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=False,
+                                        producer_id=-1, producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    builder.append(0, timestamp=1, key=b"raw", value=None, headers=[])
+    (base,) = store.append_raw("t", bytes(builder.build()))
+    assert next(iter(store.read("t", base))).value is None
+
+
+def test_log_append_time_shards_stamp_every_batch(engine_store):
+    store = engine_store
+    info = store.create_shard("t", timestamp_type="log_append_time")
+    assert info.timestamp_type == "log_append_time"
+    assert store.create_shard("c").timestamp_type == "create_time"
+    store.append("t", b"old", timestamp_ms=1000)
+    store.append_raw("t", producer_batch("snappy", [b"raw"], timestamp=2000))
+    assert all(r.timestamp_ms > 1_700_000_000_000 for r in store.read("t", 0))
+    with pytest.raises(mqstore.ConfigError, match="timestamp_type"):
+        store.create_shard("bad", timestamp_type="sometimes")
+
+
+def test_idempotent_producer_retries_are_answered_with_their_offsets(tmp_path):
+    path = str(tmp_path / "s")
+    with mqstore.Store(path) as store:
+        store.create_shard("t")
+        first = producer_batch("gzip", [b"a", b"b"], producer_id=11, sequence=0)
+        second = producer_batch("zstd", [b"c"], producer_id=11, sequence=2)
+        assert store.append_raw("t", first) == [0]
+        assert store.append_raw("t", second) == [2]
+        with pytest.raises(mqstore.DuplicateSequence) as retry:
+            store.append_raw("t", first)
+        assert retry.value.base_offsets == [0]
+        assert retry.value.status == mqstore.Status.DUPLICATE_SEQUENCE
+        with pytest.raises(mqstore.OutOfOrderSequence, match="sequence 9 after 2"):
+            store.append_raw("t", producer_batch("none", [b"x"], producer_id=11, sequence=9))
+        assert store.shard_info("t").next_offset == 3
+    # After a restart the retry is still recognised.
+    with mqstore.Store(path) as store:
+        with pytest.raises(mqstore.DuplicateSequence) as retry:
+            store.append_raw("t", second)
+        assert retry.value.base_offsets == [2]
+        assert store.shard_info("t").next_offset == 3

@@ -21,6 +21,9 @@ HIERARCHY = {
     mqstore.Poisoned: (13, None),
     mqstore.InternalError: (14, None),
     mqstore.Locked: (15, None),
+    mqstore.ProducerFenced: (16, None),
+    mqstore.OutOfOrderSequence: (17, None),
+    mqstore.DuplicateSequence: (18, None),
 }
 
 
@@ -37,7 +40,7 @@ def test_hierarchy():
         if builtin is not None:
             assert issubclass(cls, builtin), cls
     # Statuses are distinct and cover every non-OK code.
-    assert sorted(s for s, _ in HIERARCHY.values()) == list(range(1, 16))
+    assert sorted(s for s, _ in HIERARCHY.values()) == list(range(1, 19))
     assert not issubclass(mqstore.ShardNotFound, KeyError)
 
 

@@ -34,7 +34,7 @@ fn values_after_reopen(dir: &Path, name: &str) -> Vec<Vec<u8>> {
     };
     let values = shard.read(0, limits).unwrap().records;
     engine.close().unwrap();
-    values.iter().map(|r| r.value.to_vec()).collect()
+    values.iter().map(|r| r.value_bytes().to_vec()).collect()
 }
 
 fn log_len(shard: &FileShard) -> u64 {

@@ -108,8 +108,8 @@ fn poisons_with(ops: Arc<dyn FileOps>, set_fault: impl Fn(u8), mode: u8, durabil
         max_bytes: usize::MAX,
     };
     let r = s.read(0, limits).unwrap();
-    assert_eq!(&r.records[0].value[..], b"before");
-    assert!(r.records.iter().all(|r| &r.value[..] != b"after"));
+    assert_eq!(r.records[0].value_bytes(), b"before");
+    assert!(r.records.iter().all(|r| r.value_bytes() != b"after"));
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn o_direct_refused_falls_back_to_the_page_cache() {
             max_bytes: usize::MAX,
         };
         let r = shards[0].2.read(0, limits).unwrap();
-        let got: Vec<&[u8]> = r.records.iter().map(|r| &r.value[..]).collect();
+        let got: Vec<&[u8]> = r.records.iter().map(|r| r.value_bytes()).collect();
         let want: Vec<&[u8]> = values.iter().map(|v| &v[..]).collect();
         assert_eq!(got, want);
     }
@@ -466,7 +466,7 @@ fn close_persists_pipelined_appends() {
             .unwrap()
             .records
             .iter()
-            .map(|r| r.value.to_vec())
+            .map(|r| r.value_bytes().to_vec())
             .collect();
         let want: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
         assert_eq!(values, want, "{name}");
@@ -542,7 +542,7 @@ fn failed_submission_poisons(ops: Arc<dyn FileOps>, fail: impl Fn(bool), cause: 
         max_bytes: usize::MAX,
     };
     let r = shards[0].2.read(0, limits).unwrap();
-    assert_eq!(&r.records[0].value[..], b"before");
+    assert_eq!(r.records[0].value_bytes(), b"before");
 }
 
 #[test]
@@ -708,7 +708,7 @@ fn a_deletion_that_cannot_be_synced_leaves_the_shard() {
         max_bytes: usize::MAX,
     };
     let r = shard.read(0, limits).unwrap();
-    assert_eq!(&r.records[0].value[..], b"kept");
+    assert_eq!(r.records[0].value_bytes(), b"kept");
     assert_eq!(shard.info().unwrap().records, 1);
     let log = engine.log.lock().clone().unwrap();
     assert!(log.shards.lock().contains_key("s"), "still registered");
