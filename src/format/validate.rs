@@ -463,7 +463,14 @@ mod tests {
         };
         let err = validate_producer_batches(&bomb, tight).unwrap_err();
         assert!(err.to_string().contains("limit"), "{err}");
-        validate_producer_batches(&bomb, Limits { max_batch_bytes: 2 << 20, ..tight }).unwrap();
+        validate_producer_batches(
+            &bomb,
+            Limits {
+                max_batch_bytes: 2 << 20,
+                ..tight
+            },
+        )
+        .unwrap();
     }
 
     #[test]
