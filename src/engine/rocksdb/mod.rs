@@ -20,13 +20,13 @@ mod tests;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use ::rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, ErrorKind,
     Options, SliceTransform, WriteBatch, WriteOptions, DB,
 };
-use parking_lot::{Condvar, MappedRwLockReadGuard, Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Condvar, MappedRwLockReadGuard, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::config::{Durability, EngineKind, RocksdbConfig, ShardOptions};
 use crate::engine::{Engine, RecoveredShard, Shard};
@@ -56,13 +56,17 @@ fn db_error(what: &str, e: ::rocksdb::Error) -> Error {
     }
 }
 
-/// Pipelined `fsync` appends write the WAL without syncing it; their
-/// acknowledgement (`wait_durable`) syncs it, one sync for every waiter
-/// that finds none in progress covering it.
+/// Pipelined `fsync` appends write the WAL without syncing it. A syncer
+/// thread (started by the first one) syncs it back to back while unsynced
+/// writes exist, each sync covering every write completed before it
+/// started, so the producer goes on writing meanwhile; `wait_durable`
+/// waits for the sync covering its write (or runs one itself when none is
+/// in progress, e.g. once the thread has stopped).
 #[derive(Default)]
 struct SyncGate {
     state: Mutex<SyncState>,
-    synced_cond: Condvar,
+    changed: Condvar,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -72,6 +76,8 @@ struct SyncState {
     /// Every write up to this one is synced.
     synced: u64,
     syncing: bool,
+    /// The syncer thread is to exit.
+    stop: bool,
     /// A failed WAL sync: nothing later is reported durable.
     failed: Option<String>,
 }
@@ -81,6 +87,7 @@ impl SyncGate {
     fn written(&self) -> u64 {
         let mut state = self.state.lock();
         state.written += 1;
+        self.changed.notify_all();
         state.written
     }
 
@@ -95,22 +102,87 @@ impl SyncGate {
                 return Ok(());
             }
             if state.syncing {
-                self.synced_cond.wait(&mut state);
+                self.changed.wait(&mut state);
                 continue;
             }
-            // Started after every write counted so far completed: covers them.
-            let covers = state.written;
-            state.syncing = true;
-            drop(state);
-            let result = sync();
-            state = self.state.lock();
-            state.syncing = false;
-            match result {
-                Ok(()) => state.synced = state.synced.max(covers),
-                Err(e) => state.failed = Some(e.to_string()),
-            }
-            self.synced_cond.notify_all();
+            state = self.sync_step(state, &sync);
         }
+    }
+
+    /// One sync covering every write counted so far (they completed before
+    /// it starts); takes and gives back the state's lock.
+    fn sync_step<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, SyncState>,
+        sync: &impl Fn() -> Result<()>,
+    ) -> MutexGuard<'a, SyncState> {
+        let covers = state.written;
+        state.syncing = true;
+        drop(state);
+        let result = sync();
+        let mut state = self.state.lock();
+        state.syncing = false;
+        match result {
+            Ok(()) => state.synced = state.synced.max(covers),
+            Err(e) => state.failed = Some(e.to_string()),
+        }
+        self.changed.notify_all();
+        state
+    }
+
+    /// The syncer thread's loop: syncs while unsynced writes exist, until
+    /// stopped or a sync failed.
+    fn run(&self, sync: impl Fn() -> Result<()>) {
+        let mut state = self.state.lock();
+        while !state.stop && state.failed.is_none() {
+            if state.syncing || state.synced >= state.written {
+                self.changed.wait(&mut state);
+            } else {
+                state = self.sync_step(state, &sync);
+            }
+        }
+    }
+
+    /// Starts the syncer thread unless it runs (or was stopped).
+    fn start(self: &Arc<Self>, db: Weak<Db>) -> Result<()> {
+        let mut thread = self.thread.lock();
+        if thread.is_some() || self.state.lock().stop {
+            return Ok(());
+        }
+        let gate = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("mqs-rocksdb-sync".into())
+            .spawn(move || {
+                gate.run(|| match db.upgrade() {
+                    Some(db) => db.sync_wal(),
+                    None => Err(Error::Closed),
+                })
+            })
+            .map_err(|e| Error::io("starting the RocksDB WAL syncer thread", e))?;
+        *thread = Some(handle);
+        Ok(())
+    }
+
+    /// Stops the syncer thread; `join` waits for it (never from itself).
+    fn stop(&self, join: bool) {
+        self.state.lock().stop = true;
+        self.changed.notify_all();
+        let handle = self.thread.lock().take();
+        if let Some(handle) = handle.filter(|_| join) {
+            let _ = handle.join();
+        }
+    }
+
+    /// Records the outcome of the sync of everything (the close's).
+    fn all_synced(&self, result: &Result<()>) {
+        let mut state = self.state.lock();
+        match result {
+            Ok(()) => state.synced = state.written,
+            Err(e) => {
+                state.failed.get_or_insert_with(|| e.to_string());
+            }
+        }
+        self.changed.notify_all();
     }
 }
 
@@ -127,7 +199,9 @@ pub(crate) struct Db {
     /// A write without WAL happened since the last memtable flush: a
     /// clean close flushes, so that `none` shards survive it.
     unlogged: AtomicBool,
-    sync: SyncGate,
+    sync: Arc<SyncGate>,
+    /// This database, for the syncer thread (which must not keep it).
+    me: std::sync::OnceLock<Weak<Db>>,
     write_none: WriteOptions,
     write_os: WriteOptions,
     write_fsync: WriteOptions,
@@ -137,6 +211,14 @@ pub(crate) struct Db {
 
 /// A borrowed open database.
 pub(crate) type DbRef<'a> = MappedRwLockReadGuard<'a, DB>;
+
+impl Drop for Db {
+    /// A database dropped without `close` (a store whose open failed)
+    /// stops its syncer thread, which may be the one dropping it.
+    fn drop(&mut self) {
+        self.sync.stop(false);
+    }
+}
 
 /// Column family options: no compression (batches may come compressed
 /// from Kafka producers, and are stored as they are), a bloom filter on
@@ -198,7 +280,8 @@ impl Db {
             db: RwLock::new(Some(Box::new(db))),
             plans: plan::Plans::default(),
             unlogged: AtomicBool::new(false),
-            sync: SyncGate::default(),
+            sync: Arc::default(),
+            me: std::sync::OnceLock::new(),
             write_none: write_options(true, false),
             write_os: write_options(false, false),
             write_fsync: write_options(false, true),
@@ -236,8 +319,13 @@ impl Db {
         db.write_opt(batch, options)
             .map_err(|e| db_error("writing", e))?;
         self.writes.fetch_add(1, Ordering::Relaxed);
-        let pending = durability == Durability::Fsync && pipelined;
-        Ok(if pending { self.sync.written() } else { 0 })
+        if durability != Durability::Fsync || !pipelined {
+            return Ok(0);
+        }
+        if let Some(me) = self.me.get() {
+            self.sync.start(me.clone())?;
+        }
+        Ok(self.sync.written())
     }
 
     /// Waits until the unsynced write `seq` (from `write`) is synced.
@@ -256,6 +344,8 @@ impl Db {
     /// Makes everything written durable and closes the database; later
     /// calls fail with `Closed`.
     fn close(&self) -> Result<()> {
+        // Before the lock: the syncer's sync in flight needs the database.
+        self.sync.stop(true);
         // Dropped after the lock below: a plan dropped last here takes it.
         let _kept;
         let mut slot = self.db.write();
@@ -274,6 +364,8 @@ impl Db {
         let synced = db
             .flush_wal(true)
             .map_err(|e| db_error("syncing the WAL at close", e));
+        // Pipelined appends still waiting are acknowledged by this sync.
+        self.sync.all_synced(&synced);
         // Dropping the handle waits for background work and releases
         // RocksDB's LOCK.
         drop(db);
@@ -370,6 +462,7 @@ impl RocksdbEngine {
             return Ok(db.clone());
         }
         let db = Arc::new(Db::open(&self.dir, &self.config)?);
+        let _ = db.me.set(Arc::downgrade(&db));
         *slot = Some(db.clone());
         Ok(db)
     }
