@@ -34,8 +34,12 @@ use crate::record::RecordView;
 use crate::time::now_ms;
 use crate::{Error, Result};
 
-/// An indexed batch: its key is the shard id and its base offset.
-type Entry = BatchEntry<()>;
+/// An indexed batch: its key is the shard id and its base offset. Its
+/// `loc` is the syncer sequence number of the pipelined write that stored
+/// it, which `wait_durable` waits for (0: synced when written, or found
+/// at open).
+type Entry = BatchEntry<u64>;
+type Index = BatchIndex<u64>;
 
 /// Dropping more batches than this at once writes a range tombstone per
 /// column family instead of a point tombstone per batch (many range
@@ -44,21 +48,21 @@ const RANGE_DELETE_FROM: usize = 16;
 
 #[derive(Default)]
 struct ShardState {
-    index: BatchIndex<()>,
+    index: Index,
     /// The shard's deletion is written: every later call fails.
     deleted: bool,
 }
 
 impl Deref for ShardState {
-    type Target = BatchIndex<()>;
+    type Target = Index;
 
-    fn deref(&self) -> &BatchIndex<()> {
+    fn deref(&self) -> &Index {
         &self.index
     }
 }
 
 impl DerefMut for ShardState {
-    fn deref_mut(&mut self) -> &mut BatchIndex<()> {
+    fn deref_mut(&mut self) -> &mut Index {
         &mut self.index
     }
 }
@@ -97,7 +101,7 @@ pub struct RocksShard {
 }
 
 impl RocksShard {
-    fn new(id: u64, name: &str, options: ShardOptions, db: Arc<Db>, index: BatchIndex<()>) -> Self {
+    fn new(id: u64, name: &str, options: ShardOptions, db: Arc<Db>, index: Index) -> Self {
         RocksShard {
             id,
             name: name.to_string(),
@@ -118,7 +122,7 @@ impl RocksShard {
     /// Creates the shard: its catalogue entry, as durable as its data
     /// will be.
     pub(super) fn create(id: u64, name: &str, options: ShardOptions, db: Arc<Db>) -> Result<Self> {
-        let shard = RocksShard::new(id, name, options, db, BatchIndex::default());
+        let shard = RocksShard::new(id, name, options, db, Index::default());
         let mut batch = WriteBatch::default();
         shard.put_meta(&mut batch, 0, 0)?;
         shard.db.write(batch, shard.options.durability, false)?;
@@ -204,7 +208,7 @@ impl RocksShard {
         batch.put_cf(cfs.index, key, value.encode());
         let (base, last, max_ts) = (old.base_offset, old.last_offset, old.max_timestamp);
         Ok(Some(Entry::new(
-            (),
+            old.loc,
             bytes.len(),
             base,
             last,
@@ -282,7 +286,7 @@ impl RocksShard {
                 write.put_cf(cfs.batches, key, &bytes);
                 write.put_cf(cfs.index, key, value.encode());
                 let entry = Entry::new(
-                    (),
+                    0,
                     bytes.len(),
                     base,
                     last,
@@ -301,7 +305,8 @@ impl RocksShard {
 
         let mut state = RwLockUpgradableReadGuard::upgrade(state);
         let (mut records, mut bytes) = (0u64, 0u64);
-        for entry in entries {
+        for mut entry in entries {
+            entry.loc = seq;
             records += u64::from(entry.records);
             bytes += entry.len as u64;
             state.push(entry);
@@ -460,15 +465,27 @@ impl Shard for RocksShard {
         self.store_batches(batches, pipelined)
     }
 
+    /// Waits for the sync covering the write that stored `offset`: a sync
+    /// covers every write completed before it started, so every earlier
+    /// batch too, while later writes go on (a producer waiting on its
+    /// oldest batch does not wait for its newest).
     fn wait_durable(&self, offset: i64) -> Result<()> {
-        {
+        let seq = {
             let state = self.state.read();
             self.check_live(&state)?;
             scan::check_appended(&self.name, offset, state.next_offset)?;
-        }
-        // The shard's pipelined writes are synced in order: syncing the
-        // newest covers the one holding `offset`.
-        match self.unsynced.load(Ordering::Acquire) {
+            if offset < state.low_watermark {
+                0
+            } else {
+                // The batch holding it, or (deleted since) the next one's
+                // write, which covers it; none left: the newest write.
+                match state.batches.get(state.batch_index(offset)) {
+                    Some(entry) => entry.loc,
+                    None => self.unsynced.load(Ordering::Acquire),
+                }
+            }
+        };
+        match seq {
             0 => Ok(()),
             seq => self.db.wait_synced(seq),
         }
@@ -700,7 +717,7 @@ impl RocksShard {
         }
         self.db.write(batch, self.options.durability, false)?;
         state.deleted = true;
-        state.index = BatchIndex::default();
+        state.index = Index::default();
         Ok(())
     }
 }
@@ -730,7 +747,7 @@ pub(super) fn recover_all(db: &Arc<Db>) -> Result<Vec<RocksShard>> {
     Ok(out)
 }
 
-type Loaded = std::collections::BTreeMap<u64, (ShardMeta, BatchIndex<()>)>;
+type Loaded = std::collections::BTreeMap<u64, (ShardMeta, Index)>;
 
 fn load_catalogue(db: &Db) -> Result<Loaded> {
     let db = db.get()?;
@@ -747,7 +764,7 @@ fn load_catalogue(db: &Db) -> Result<Loaded> {
         let index = BatchIndex {
             low_watermark: meta.low_watermark,
             next_offset: meta.next_offset,
-            ..BatchIndex::default()
+            ..Index::default()
         };
         shards.insert(id, (meta, index));
         iter.next();
@@ -778,7 +795,7 @@ fn load_index(db: &Db, shards: &mut Loaded) -> Result<()> {
         }
         let len = value.len as usize;
         index.push(Entry::new(
-            (),
+            0,
             len,
             base,
             value.last_offset,
