@@ -614,6 +614,27 @@ enum mqs_status mqs_append_raw_nowait(struct mqs_store *store,
                                       size_t *out_batch_count);
 
 /**
+ * Appends a leader's batches to a follower's shard (`len` bytes, what a
+ * transfer of the leader's shard sent), byte for byte at the offsets they
+ * carry, which must continue the shard: `MQS_INVALID_ARGUMENT` names the
+ * expected offset otherwise, and nothing is stored. Checked for damage
+ * (`MQS_CORRUPTION`) but not by producer rules: control batches and
+ * idempotent producers' batches are copied as they are, and the
+ * producers' state follows. `*out_next_offset` is the shard's next offset
+ * once the batches are as durable as its mode requires. The follower's
+ * shard must have no other writer.
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string; `data` points to `len` readable
+ * bytes (or is NULL with `len` 0); `out_next_offset` is valid for writing.
+ */
+enum mqs_status mqs_append_replica(struct mqs_store *store,
+                                   const char *shard,
+                                   const uint8_t *data,
+                                   size_t len,
+                                   int64_t *out_next_offset);
+
+/**
  * Blocks until the record at `offset` of `shard`, and every earlier record
  * of the shard, is as durable as the shard's durability mode promises
  * (`none`: buffered; `os`: handed to the kernel; `fsync`: fdatasynced).

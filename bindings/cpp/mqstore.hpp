@@ -694,6 +694,19 @@ public:
         return append_raw_with(mqs_append_raw, shard, data, len);
     }
 
+    /// Appends a leader's batches (what a transfer of the leader's shard
+    /// sent) to this follower's shard, byte for byte at the offsets they
+    /// carry, which must continue the shard (else MQS_INVALID_ARGUMENT,
+    /// nothing stored); control batches and producers' batches are copied
+    /// as they are. Returns the shard's next offset, once durable per its
+    /// mode. The follower's shard must have no other writer.
+    int64_t append_replica(const std::string &shard, const void *data, size_t len) {
+        int64_t next = -1;
+        check(mqs_append_replica(handle(), detail::c_name(shard, "shard name"), static_cast<const uint8_t *>(data),
+                                 len, &next));
+        return next;
+    }
+
     /// append_raw() that returns once the batches have their offsets, like
     /// append_batch_nowait(); wait_durable() on the last batch's last
     /// offset acknowledges them.

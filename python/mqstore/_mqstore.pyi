@@ -357,6 +357,10 @@ class Store:
         """``await`` it: the base offset, once the batch is acknowledged."""
     def wait_durable_async(self, shard: str, offset: int) -> Coroutine[Any, Any, None]:
         """``await`` it: returns once ``offset`` is durable."""
+    def append_replica(self, shard: str, data: _BytesLike) -> int:
+        """Appends a leader's batches (what a transfer of the leader's shard
+        sent) byte for byte at the offsets they carry, which must continue
+        the shard; returns the shard's next offset."""
     def wait_durable(self, shard: str, offset: int) -> None:
         """Blocks (with the GIL released) until the record at ``offset`` and
         every earlier record of ``shard`` is as durable as the shard's

@@ -1239,6 +1239,23 @@ static void test_idempotent_producer(void) {
     mqs_shard_info info;
     CHECK_OK(mqs_shard_get_info(store, "dst", &info));
     CHECK(info.next_offset == 10);
+
+    /* A follower shard copies "dst" byte for byte through a transfer. */
+    CHECK_OK(mqs_shard_create(store, "follower", NULL));
+    size_t copy_len = 0;
+    uint8_t *copy = sendfile_to_temp(store, "dst", &copy_len, &next);
+    int64_t follower_next = -1;
+    CHECK_OK(mqs_append_replica(store, "follower", copy, copy_len, &follower_next));
+    CHECK(follower_next == 10);
+    CHECK_STATUS(mqs_append_replica(store, "follower", copy, copy_len, &follower_next),
+                 MQS_INVALID_ARGUMENT);
+    CHECK(strstr(mqs_last_error_message(), "expects 10") != NULL);
+    CHECK_STATUS(mqs_append_replica(store, "follower", copy, copy_len, NULL), MQS_INVALID_ARGUMENT);
+    size_t follower_len = 0;
+    uint8_t *follower_bytes = sendfile_to_temp(store, "follower", &follower_len, &next);
+    CHECK(follower_len == copy_len && memcmp(follower_bytes, copy, copy_len) == 0);
+    free(follower_bytes);
+    free(copy);
     free(batch);
     CHECK_OK(mqs_store_close(store));
 }
