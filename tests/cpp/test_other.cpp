@@ -531,6 +531,12 @@ void append_raw() {
         mqstore::Store::RawAppend stored_once = store.append_raw("dst", idempotent.data(), idempotent.size());
         mqstore::Store::RawAppend retried = store.append_raw("dst", idempotent.data(), idempotent.size());
         CHECK(!stored_once.duplicate && retried.duplicate);
+        // A follower copies "src" byte for byte.
+        store.create_shard("follower");
+        CHECK_EQ(store.append_replica("follower", sent.data(), sent.size()), 30);
+        mqstore::Transfer copied = store.plan_transfer("follower", 0);
+        CHECK(read_rest(copied, 4096) == sent);
+        CHECK_THROWS_CODE(gap, store.append_replica("follower", sent.data(), sent.size()), MQS_INVALID_ARGUMENT);
         CHECK_EQ(retried.base_offset, stored_once.base_offset);
         CHECK_EQ(store.shard_info("dst").next_offset, stored_once.base_offset + 10);
     }
