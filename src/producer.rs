@@ -286,6 +286,12 @@ impl Producers {
             state.last_sweep_ms = now;
         }
         if let Check::Duplicate(base_offsets) = state.check(name, headers)? {
+            drop(guard);
+            // The original may still be on its way to disk (a pipelined
+            // request): the retry is answered as it would have been.
+            if let (Some(base), Some(header)) = (base_offsets.last(), headers.last()) {
+                shard.wait_durable(base + i64::from(header.record_count) - 1)?;
+            }
             return Err(Error::DuplicateSequence {
                 shard: name.to_string(),
                 base_offsets,

@@ -830,6 +830,7 @@ impl Store {
             "capabilities": registry::to_json(),
             "group_offsets": self.group_offsets.lock().len(),
             "retention": self.retention.stats(),
+            "log": crate::log::counts(),
             "shards": shard_stats,
         }))
     }

@@ -6,7 +6,7 @@ Everything here is re-exported by ``mqstore``; import from there.
 import os
 import pathlib
 import sys
-from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, Protocol, TypedDict, final
 
 if sys.version_info >= (3, 12):
@@ -19,6 +19,7 @@ from typing_extensions import NotRequired, Self, TypeAlias
 __all__ = [
     "__version__",
     "engines_json",
+    "set_log_handler",
     "EARLIEST",
     "LATEST",
     "version",
@@ -55,6 +56,9 @@ EARLIEST: Final[int]  # -2: offset_for_timestamp returns the low watermark
 LATEST: Final[int]  # -1: offset_for_timestamp returns the high watermark
 
 def engines_json() -> str: ...
+def set_log_handler(handler: Callable[[int, str], object] | None) -> None:
+    """Installs ``handler(level, message)`` for mqstore's logged events
+    (None removes it); it runs on mqstore's logging thread."""
 def version() -> str:
     """The version of the Rust core the extension was built with."""
 

@@ -1260,6 +1260,53 @@ static void test_idempotent_producer(void) {
     CHECK_OK(mqs_store_close(store));
 }
 
+struct log_capture {
+    int warnings;
+    int other;
+    char last[512];
+};
+
+static void capture_log(void *user, int level, const char *message) {
+    struct log_capture *capture = user;
+    if (level == MQS_LOG_WARN) {
+        capture->warnings++;
+    } else {
+        capture->other++;
+    }
+    snprintf(capture->last, sizeof capture->last, "%s", message);
+}
+
+/* What recovery gives up reaches the log callback: a torn tail appended to
+ * a file shard's segment is cut at the next open and reported as a
+ * warning; replacing the callback delivers what was queued first. */
+static void test_log_callback(void) {
+    char dir[128];
+    new_store_dir(dir, sizeof dir);
+    mqs_store *store = NULL;
+    const char *config = "[shard]\nengine = \"file\"\ndurability = \"os\"\n";
+    CHECK_OK(mqs_store_open(dir, config, &store));
+    CHECK_OK(mqs_shard_create(store, "f", NULL));
+    fill_shard(store, "f", 10, 5, 50);
+    CHECK_OK(mqs_store_close(store));
+    char segment[256];
+    snprintf(segment, sizeof segment, "%s/file/00000000000000000001/00000000000000000000.log", dir);
+    FILE *file = fopen(segment, "ab");
+    REQUIRE(file != NULL);
+    fputs("a torn, half-written batch", file);
+    fclose(file);
+
+    struct log_capture capture = {0, 0, ""};
+    CHECK_OK(mqs_set_log_callback(capture_log, &capture));
+    CHECK_OK(mqs_store_open(dir, config, &store));
+    CHECK_OK(mqs_set_log_callback(NULL, NULL)); /* delivers the queue first */
+    CHECK(capture.warnings == 1);
+    CHECK(strstr(capture.last, "torn tail") != NULL && strstr(capture.last, segment) != NULL);
+    mqs_shard_info info;
+    CHECK_OK(mqs_shard_get_info(store, "f", &info));
+    CHECK(info.next_offset == 10);
+    CHECK_OK(mqs_store_close(store));
+}
+
 /* Reads the rest of `transfer` with mqs_transfer_read_into, `piece` bytes
  * per call, into out[*got..total); stops at the first failure. */
 static void read_rest(mqs_transfer *transfer, size_t piece, uint8_t *out, size_t total,
@@ -2204,6 +2251,7 @@ int main(void) {
     test_append_raw();
     test_null_values();
     test_idempotent_producer();
+    test_log_callback();
     test_transfer_read_into_errors();
     test_transfer_nonblocking();
     test_sendfile_nonblocking();

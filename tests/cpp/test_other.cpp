@@ -559,6 +559,32 @@ void null_values() {
     CHECK(read[0].key() == std::optional<std::string_view>("gone"));
 }
 
+void log_callback() {
+    std::string dir = test::dir("log-callback");
+    const char *config = "[shard]\nengine = \"file\"\ndurability = \"os\"\n";
+    {
+        mqstore::Store store = mqstore::Store::open(dir, config);
+        store.create_shard("f");
+        append_numbered(store, "f", 0, 10);
+        store.close();
+    }
+    std::string segment = dir + "/file/00000000000000000001/00000000000000000000.log";
+    FILE *file = std::fopen(segment.c_str(), "ab");
+    CHECK(file != nullptr);
+    std::fputs("half a batch", file);
+    std::fclose(file);
+    std::vector<std::pair<int, std::string>> events;
+    mqstore::set_log_callback([&events](int level, std::string_view message) {
+        events.emplace_back(level, std::string(message));
+    });
+    mqstore::Store store = mqstore::Store::open(dir, config);
+    mqstore::set_log_callback(nullptr);  // delivers what was queued
+    CHECK_EQ(events.size(), static_cast<std::size_t>(1));
+    CHECK_EQ(events[0].first, static_cast<int>(MQS_LOG_WARN));
+    CHECK(test::contains(events[0].second, "torn tail"));
+    CHECK_EQ(store.shard_info("f").next_offset, 10);
+}
+
 void transfer_read_into_errors() {
     mqstore::Store store = mqstore::Store::open(test::dir("read-into-errors"));
     store.create_shard("s");
@@ -584,6 +610,7 @@ void transfer_tests() {
     test::run("transfer: read_into errors", transfer_read_into_errors);
     test::run("append_raw: producer batches stored as sent, bad requests store nothing", append_raw);
     test::run("null values: a tombstone is not an empty value", null_values);
+    test::run("log callback: a torn tail cut at open is reported", log_callback);
     test::run("sendfile_to_fd: file, socket, pipe", sendfile_to_file_and_socket);
     test::run("file engine: segments, views, sendfile, reopen", file_engine_roundtrip);
 }
