@@ -147,6 +147,24 @@ typedef enum mqs_status {
 } mqs_status;
 
 /**
+ * The level of a logged event.
+ */
+typedef enum mqs_log_level {
+    /**
+     * Data was lost or a background task failed: an operator should act.
+     */
+    MQS_LOG_ERROR = 1,
+    /**
+     * Something unusual was handled (a torn tail cut at open, say).
+     */
+    MQS_LOG_WARN = 2,
+    /**
+     * Worth knowing, nothing to do.
+     */
+    MQS_LOG_INFO = 3,
+} mqs_log_level;
+
+/**
  * A read result: records plus the offset to continue from. The batch owns
  * the records' bytes (shared, reference-counted slices of the stored
  * batches, never copied), so every pointer it hands out stays valid until
@@ -308,6 +326,13 @@ typedef struct mqs_record {
      */
     bool value_is_null;
 } mqs_record;
+
+/**
+ * A log callback: `user` as given to `mqs_set_log_callback`, the event's
+ * `mqs_log_level` and its message (NUL-terminated UTF-8, valid during the
+ * call only).
+ */
+typedef void (*mqs_log_fn)(void *user, int level, const char *message);
 
 #ifdef __cplusplus
 extern "C" {
@@ -612,6 +637,27 @@ enum mqs_status mqs_append_raw_nowait(struct mqs_store *store,
                                       size_t len,
                                       int64_t *out_base_offset,
                                       size_t *out_batch_count);
+
+/**
+ * Appends a leader's batches to a follower's shard (`len` bytes, what a
+ * transfer of the leader's shard sent), byte for byte at the offsets they
+ * carry, which must continue the shard: `MQS_INVALID_ARGUMENT` names the
+ * expected offset otherwise, and nothing is stored. Checked for damage
+ * (`MQS_CORRUPTION`) but not by producer rules: control batches and
+ * idempotent producers' batches are copied as they are, and the
+ * producers' state follows. `*out_next_offset` is the shard's next offset
+ * once the batches are as durable as its mode requires. The follower's
+ * shard must have no other writer.
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string; `data` points to `len` readable
+ * bytes (or is NULL with `len` 0); `out_next_offset` is valid for writing.
+ */
+enum mqs_status mqs_append_replica(struct mqs_store *store,
+                                   const char *shard,
+                                   const uint8_t *data,
+                                   size_t len,
+                                   int64_t *out_next_offset);
 
 /**
  * Blocks until the record at `offset` of `shard`, and every earlier record
@@ -939,6 +985,24 @@ enum mqs_status mqs_sendfile_to_fd(struct mqs_store *store,
                                    int fd,
                                    uint64_t *out_bytes_written,
                                    int64_t *out_next_offset);
+
+/**
+ * Installs `callback` for the whole process (NULL removes it). Events —
+ * background failures (a poisoned journal or file shard, a failed prefill
+ * or retention pass) and what recovery gave up to open a store (a torn
+ * tail cut, a damaged range skipped) — are counted in `mqs_store_stats`
+ * ("log") and delivered to the callback one at a time, in order, on
+ * mqstore's logging thread, never under a store lock: the callback may
+ * call mqstore functions, but not `mqs_set_log_callback`. Before the new
+ * callback takes over, every event already queued reaches the old one,
+ * so after this call returns the old callback and its `user` are no
+ * longer used. Events are dropped (and counted) beyond 4,096 waiting.
+ *
+ * # Safety
+ * `callback`, if not NULL, must be safe to call from another thread with
+ * `user` until it is replaced.
+ */
+enum mqs_status mqs_set_log_callback(mqs_log_fn callback, void *user);
 
 #ifdef __cplusplus
 }  // extern "C"

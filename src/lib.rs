@@ -11,6 +11,7 @@ pub mod error;
 pub mod ffi;
 pub mod format;
 pub mod io;
+pub mod log;
 pub mod notify;
 pub mod producer;
 pub mod record;

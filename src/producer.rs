@@ -286,6 +286,12 @@ impl Producers {
             state.last_sweep_ms = now;
         }
         if let Check::Duplicate(base_offsets) = state.check(name, headers)? {
+            drop(guard);
+            // The original may still be on its way to disk (a pipelined
+            // request): the retry is answered as it would have been.
+            if let (Some(base), Some(header)) = (base_offsets.last(), headers.last()) {
+                shard.wait_durable(base + i64::from(header.record_count) - 1)?;
+            }
             return Err(Error::DuplicateSequence {
                 shard: name.to_string(),
                 base_offsets,
@@ -301,6 +307,52 @@ impl Producers {
             shard.wait_durable(end - 1)?;
         }
         Ok(bases)
+    }
+
+    /// Stores a leader's batches on a follower's `shard` at the offsets they
+    /// carry, which must continue the shard exactly, and records their
+    /// producers without checks (the leader made them), so that the
+    /// follower can take over as leader. Returns the shard's next offset.
+    /// A follower's shard has no other writer.
+    pub fn append_replica(
+        &self,
+        name: &str,
+        shard: &dyn Shard,
+        headers: &[BatchHeader],
+        batches: Vec<NewBatch>,
+    ) -> Result<i64> {
+        let slot = self.slot(name);
+        let mut guard = slot.lock();
+        let state = match guard.as_mut() {
+            Some(state) => state,
+            None => guard.insert(self.load(name, shard)?),
+        };
+        let next = shard.info()?.next_offset;
+        let mut expected = next;
+        for (index, header) in headers.iter().enumerate() {
+            if header.base_offset != expected {
+                return Err(Error::InvalidArgument(format!(
+                    "shard '{name}': replica batch {index} starts at offset {}, the follower \
+                     expects {expected} (fetch from its next offset, or truncate a diverged tail)",
+                    header.base_offset
+                )));
+            }
+            expected = header.next_offset();
+        }
+        let first = shard.append_batches(batches, true)?;
+        if first != next {
+            return Err(Error::Internal(format!(
+                "shard '{name}': a replica's batches landed at {first}, not {next}: another \
+                 writer appended to the follower's shard"
+            )));
+        }
+        let bases: Vec<i64> = headers.iter().map(|h| h.base_offset).collect();
+        state.apply(headers, &bases, expected, now_ms());
+        drop(guard);
+        if expected > next {
+            shard.wait_durable(expected - 1)?;
+        }
+        Ok(expected)
     }
 
     fn slot(&self, name: &str) -> Slot {

@@ -153,6 +153,13 @@ impl Shared {
             Err(_) => "panicked while applying retention".to_string(),
         };
         self.errors.fetch_add(1, Ordering::Relaxed);
+        let name = shard
+            .info()
+            .map_or_else(|_| "?".to_string(), |info| info.name);
+        crate::log::emit(
+            crate::log::Level::Warn,
+            &format!("retention timer: shard '{name}': {error}"),
+        );
         *self.last_error.lock() = Some(error);
     }
 }
@@ -278,6 +285,7 @@ mod tests {
 
     #[test]
     fn a_failing_shard_is_counted_and_the_others_go_on() {
+        crate::log::capture::install();
         let timer = RetentionTimer::new(Duration::from_millis(10));
         let (bad, bad_calls) = probe(true);
         let (good, good_calls) = probe(false);
@@ -295,6 +303,11 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("disk on fire"));
+        let reported = crate::log::capture::events_with("disk on fire");
+        assert!(!reported.is_empty());
+        assert!(reported
+            .iter()
+            .all(|(level, _)| *level == crate::log::Level::Warn));
     }
 
     #[test]

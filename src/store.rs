@@ -488,25 +488,40 @@ impl Store {
         self.append_raw_with(shard, batches, true)
     }
 
-    fn append_raw_with(&self, name: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
+    /// Appends a leader's batches to a follower's shard, byte for byte,
+    /// at the offsets they carry (what `plan_transfer` on the leader sent):
+    /// they must continue the shard exactly. Checked for damage (CRC,
+    /// lengths, records) but not by the producer rules: control batches and
+    /// any producer's batches are copied as the leader stored them, and the
+    /// producers' state follows, so the follower can become leader. Returns
+    /// the shard's next offset, once the batches are as durable as its mode
+    /// requires. The follower's shard must have no other writer.
+    pub fn append_replica(&self, name: &str, batches: &[u8]) -> Result<i64> {
         let shard = self.shard(name)?;
-        let limits = validate::Limits {
+        let validated =
+            validate::validate_batches(batches, self.limits(), validate::Origin::Replica)?;
+        let headers: Vec<format::BatchHeader> = validated.iter().map(|b| b.header).collect();
+        let batches = validated.into_iter().map(NewBatch::from_sent).collect();
+        self.producers
+            .append_replica(name, shard.as_ref(), &headers, batches)
+    }
+
+    fn limits(&self) -> validate::Limits {
+        validate::Limits {
             max_batch_bytes: self.config.max_batch_bytes,
             max_record_bytes: self.config.max_record_bytes,
-        };
-        let validated = validate::validate_producer_batches(batches, limits)?;
+        }
+    }
+
+    fn append_raw_with(&self, name: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
+        let shard = self.shard(name)?;
+        let validated = validate::validate_producer_batches(batches, self.limits())?;
         let headers: Vec<format::BatchHeader> = validated.iter().map(|b| b.header).collect();
         let now = crate::time::now_ms();
         let batches = validated
             .into_iter()
             .map(|b| {
-                let mut batch = NewBatch {
-                    records: b.header.record_count as u32,
-                    max_timestamp: b.header.max_timestamp,
-                    bytes: Vec::from(b.bytes),
-                    // Learned at the first key lookup: no decoding here.
-                    keys: None,
-                };
+                let mut batch = NewBatch::from_sent(b);
                 batch.stamp(shard.options(), now);
                 batch
             })
@@ -831,6 +846,7 @@ impl Store {
             "capabilities": registry::to_json(),
             "group_offsets": self.group_offsets.lock().len(),
             "retention": self.retention.stats(),
+            "log": crate::log::counts(),
             "shards": shard_stats,
         }))
     }

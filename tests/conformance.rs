@@ -207,6 +207,43 @@ macro_rules! conformance_suite {
             }
 
             #[test]
+            fn a_follower_holds_its_leaders_bytes_at_the_same_offsets() {
+                let leader = open(ENGINE, "");
+                let follower = open(ENGINE, "");
+                leader.store.create_shard("s", None).unwrap();
+                follower.store.create_shard("s", None).unwrap();
+                append_values(&leader.store, "s", &values(5, "a"));
+                leader
+                    .store
+                    .append_raw("s", &producer_batch(&[b"p0", b"p1"], Compression::Lz4, 0))
+                    .unwrap();
+                append_values(&leader.store, "s", &values(3, "b"));
+                // The follower pulls from its end, in two fetches.
+                let pull = |from: i64, max: usize| {
+                    let mut plan = leader.store.plan_transfer("s", from, max).unwrap();
+                    send_rest(&mut plan)
+                };
+                let first = pull(0, 1);
+                assert_eq!(follower.store.append_replica("s", &first).unwrap(), 5);
+                let rest = pull(5, usize::MAX);
+                assert_eq!(follower.store.append_replica("s", &rest).unwrap(), 10);
+                assert_eq!(pull(0, usize::MAX), {
+                    let mut plan = follower.store.plan_transfer("s", 0, usize::MAX).unwrap();
+                    send_rest(&mut plan)
+                });
+                // A gap or an overlap is refused and stores nothing.
+                let err = follower.store.append_replica("s", &rest).unwrap_err();
+                assert_eq!(err.status(), Status::InvalidArgument, "{err}");
+                assert!(err.to_string().contains("expects 10"), "{err}");
+                assert_eq!(follower.store.shard_info("s").unwrap().next_offset, 10);
+                // The producer's state came along: its retry is recognised.
+                let retry = follower
+                    .store
+                    .append_raw("s", &producer_batch(&[b"p0", b"p1"], Compression::Lz4, 0));
+                assert_eq!(retry.unwrap_err().status(), Status::DuplicateSequence);
+            }
+
+            #[test]
             fn offsets_are_dense_from_zero() {
                 let f = open(ENGINE, "");
                 f.store.create_shard("s", None).unwrap();

@@ -871,7 +871,26 @@ fn a_torn_unsynced_tail_is_cut_not_refused() {
         .collect();
     assert!(loose.len() >= 25, "the os batches lie past the proof");
     let sector = lose_sector(file, data, loose[10].1 + 40);
+    static EVENTS: std::sync::Mutex<Vec<(mqstore::log::Level, String)>> =
+        std::sync::Mutex::new(Vec::new());
+    mqstore::log::set_handler(Some(std::sync::Arc::new(|level, message: &str| {
+        EVENTS.lock().unwrap().push((level, message.to_string()))
+    })))
+    .unwrap();
     let store = open(dir.path(), "");
+    // Replacing the handler delivers what is queued: the cut is reported.
+    mqstore::log::set_handler(None).unwrap();
+    let where_ = dir.path().display().to_string();
+    let reported: Vec<_> = EVENTS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, m)| m.contains(&where_) && m.contains("torn tail"))
+        .cloned()
+        .collect();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0].0, mqstore::log::Level::Warn);
+    assert!(store.stats().unwrap()["log"]["warnings"].as_u64().unwrap() >= 1);
     let durable = values_of(&store, "durable");
     assert_eq!(durable.len(), 20, "every fsync-acknowledged batch survives");
     let kept = values_of(&store, "loose");

@@ -39,6 +39,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <memory>
@@ -102,6 +103,29 @@ inline void check(mqs_status status) {
     if (status != MQS_OK) {
         throw Error::from_last_call(status);
     }
+}
+
+/// Receives logged events: level (MQS_LOG_ERROR, MQS_LOG_WARN, MQS_LOG_INFO)
+/// and message. Called on mqstore's logging thread, one event at a time.
+using LogCallback = std::function<void(int level, std::string_view message)>;
+
+/// Installs callback for the whole process (an empty one removes it):
+/// background failures and what recovery gave up to open a store (see
+/// mqs_set_log_callback). Events queued before the call reach the previous
+/// callback first. An exception thrown by the callback is swallowed (it
+/// cannot cross the C ABI). Do not call from within the callback.
+inline void set_log_callback(LogCallback callback) {
+    static std::unique_ptr<LogCallback> current;
+    std::unique_ptr<LogCallback> next = callback ? std::make_unique<LogCallback>(std::move(callback)) : nullptr;
+    mqs_log_fn trampoline = [](void *user, int level, const char *message) {
+        try {
+            (*static_cast<LogCallback *>(user))(level, message);
+        } catch (...) {
+        }
+    };
+    check(mqs_set_log_callback(next ? trampoline : nullptr, next.get()));
+    // The C call delivered what was queued: the old callback is unused now.
+    current = std::move(next);
 }
 
 namespace detail {
@@ -692,6 +716,19 @@ public:
     /// retry returns the original offsets with `duplicate` set.
     RawAppend append_raw(const std::string &shard, const void *data, size_t len) {
         return append_raw_with(mqs_append_raw, shard, data, len);
+    }
+
+    /// Appends a leader's batches (what a transfer of the leader's shard
+    /// sent) to this follower's shard, byte for byte at the offsets they
+    /// carry, which must continue the shard (else MQS_INVALID_ARGUMENT,
+    /// nothing stored); control batches and producers' batches are copied
+    /// as they are. Returns the shard's next offset, once durable per its
+    /// mode. The follower's shard must have no other writer.
+    int64_t append_replica(const std::string &shard, const void *data, size_t len) {
+        int64_t next = -1;
+        check(mqs_append_replica(handle(), detail::c_name(shard, "shard name"), static_cast<const uint8_t *>(data),
+                                 len, &next));
+        return next;
     }
 
     /// append_raw() that returns once the batches have their offsets, like

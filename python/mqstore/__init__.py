@@ -18,8 +18,10 @@ stay :class:`TypeError`.
 
 from __future__ import annotations
 
+import atexit
 import enum
 import json
+import logging
 
 from ._mqstore import (
     EARLIEST,
@@ -52,6 +54,7 @@ from ._mqstore import (
     WouldBlock,
     __version__,
     engines_json,
+    set_log_handler,
     version,
 )
 
@@ -61,6 +64,27 @@ def engines() -> dict[str, dict]:
     uses, with their declared capabilities (durability modes, persistence,
     pipelining, transfer path)."""
     return json.loads(engines_json())
+
+
+_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO}
+
+
+def enable_logging(logger: logging.Logger | None = None) -> None:
+    """Sends mqstore's logged events (background failures, what recovery
+    gave up to open a store) to ``logger`` (default: the ``mqstore``
+    logger), at ERROR, WARNING or INFO. Removed again at exit, before the
+    interpreter shuts down."""
+    target = logger or logging.getLogger("mqstore")
+    set_log_handler(lambda level, message: target.log(_LEVELS.get(level, logging.INFO), "%s", message))
+
+
+def disable_logging() -> None:
+    """Stops sending mqstore's events to Python logging (``enable_logging``)."""
+    set_log_handler(None)
+
+
+# The logging thread must not call into an interpreter that is shutting down.
+atexit.register(disable_logging)
 
 
 class Status(enum.IntEnum):
@@ -125,6 +149,9 @@ __all__ = [
     "Unsupported",
     "WouldBlock",
     "__version__",
+    "disable_logging",
+    "enable_logging",
     "engines",
+    "set_log_handler",
     "version",
 ]

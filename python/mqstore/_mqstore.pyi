@@ -6,7 +6,7 @@ Everything here is re-exported by ``mqstore``; import from there.
 import os
 import pathlib
 import sys
-from collections.abc import Coroutine, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Final, Protocol, TypedDict, final
 
 if sys.version_info >= (3, 12):
@@ -19,6 +19,7 @@ from typing_extensions import NotRequired, Self, TypeAlias
 __all__ = [
     "__version__",
     "engines_json",
+    "set_log_handler",
     "EARLIEST",
     "LATEST",
     "version",
@@ -55,6 +56,9 @@ EARLIEST: Final[int]  # -2: offset_for_timestamp returns the low watermark
 LATEST: Final[int]  # -1: offset_for_timestamp returns the high watermark
 
 def engines_json() -> str: ...
+def set_log_handler(handler: Callable[[int, str], object] | None) -> None:
+    """Installs ``handler(level, message)`` for mqstore's logged events
+    (None removes it); it runs on mqstore's logging thread."""
 def version() -> str:
     """The version of the Rust core the extension was built with."""
 
@@ -357,6 +361,10 @@ class Store:
         """``await`` it: the base offset, once the batch is acknowledged."""
     def wait_durable_async(self, shard: str, offset: int) -> Coroutine[Any, Any, None]:
         """``await`` it: returns once ``offset`` is durable."""
+    def append_replica(self, shard: str, data: _BytesLike) -> int:
+        """Appends a leader's batches (what a transfer of the leader's shard
+        sent) byte for byte at the offsets they carry, which must continue
+        the shard; returns the shard's next offset."""
     def wait_durable(self, shard: str, offset: int) -> None:
         """Blocks (with the GIL released) until the record at ``offset`` and
         every earlier record of ``shard`` is as durable as the shard's

@@ -22,6 +22,27 @@ fn version() -> &'static str {
 
 /// The engines compiled into this build and their declared capabilities,
 /// as JSON (`mqstore.engines()` parses it).
+/// Installs `handler(level, message)` for mqstore's logged events (None
+/// removes it), after the events already queued reached the previous one.
+/// It runs on mqstore's logging thread, holding the GIL only while it runs.
+#[pyfunction]
+fn set_log_handler(py: Python<'_>, handler: Option<Py<PyAny>>) -> PyResult<()> {
+    let handler = handler.map(|handler| {
+        std::sync::Arc::new(move |level: mqstore::log::Level, message: &str| {
+            Python::attach(|py| {
+                if let Err(e) = handler.call1(py, (level as i32, message)) {
+                    // Nobody to raise it to: Python reports it as unraisable.
+                    e.write_unraisable(py, None);
+                }
+            })
+        }) as mqstore::log::Handler
+    });
+    // Waiting for the queue to drain needs the logging thread, which may
+    // need the GIL for the handler being replaced.
+    py.detach(|| mqstore::log::set_handler(handler))
+        .map_err(|e| errors::to_pyerr(py, e))
+}
+
 #[pyfunction]
 fn engines_json() -> String {
     mqstore::engine::registry::to_json().to_string()
@@ -34,6 +55,7 @@ fn _mqstore(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LATEST", mqstore::TIMESTAMP_LATEST)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(engines_json, m)?)?;
+    m.add_function(wrap_pyfunction!(set_log_handler, m)?)?;
     m.add_class::<store::PyStore>()?;
     m.add_class::<store::PyTransfer>()?;
     m.add_class::<types::PyRecord>()?;

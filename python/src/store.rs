@@ -320,6 +320,23 @@ impl PyStore {
         self.append_raw_with(py, shard, data, mqstore::Store::append_raw_nowait)
     }
 
+    /// Appends a leader's batches (what a transfer of the leader's shard
+    /// sent) to this follower's shard, byte for byte at the offsets they
+    /// carry, which must continue the shard; control batches and producers'
+    /// batches are copied as they are, and the producers' state follows.
+    /// Returns the shard's next offset. The shard must have no other writer.
+    fn append_replica<'py>(
+        &self,
+        py: Python<'py>,
+        shard: &str,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<i64> {
+        let arena = Arena::new();
+        let bytes = arena.require_bytes(data, &|| "data".to_string())?;
+        py.detach(|| self.inner.append_replica(shard, bytes))
+            .or_raise(py)
+    }
+
     /// Blocks until the record at `offset` and every earlier record of
     /// `shard` is as durable as the shard's durability mode promises (none:
     /// buffered; os: handed to the kernel; fsync: fdatasynced). `offset`

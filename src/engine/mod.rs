@@ -98,6 +98,18 @@ impl NewBatch {
         Ok(batch)
     }
 
+    /// A batch as a producer or a leader sent it (validated), stored as
+    /// it is; its key filter is learned at the first key lookup, so nothing
+    /// is decoded here.
+    pub fn from_sent(batch: format::validate::ProducerBatch) -> NewBatch {
+        NewBatch {
+            records: batch.header.record_count as u32,
+            max_timestamp: batch.header.max_timestamp,
+            bytes: Vec::from(batch.bytes),
+            keys: None,
+        }
+    }
+
     /// Applies the shard's timestamp type: with `log_append_time` the
     /// batch's timestamps become the append time, as a Kafka broker sets
     /// them (the CRC is recomputed).

@@ -37,8 +37,11 @@ mod read;
 
 mod transfer;
 
+mod log;
+
 use std::ffi::{c_char, CStr};
 
+pub use self::log::*;
 pub use self::notify::*;
 pub use self::read::*;
 pub use self::store::*;

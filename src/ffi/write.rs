@@ -200,6 +200,41 @@ pub unsafe extern "C" fn mqs_append_raw_nowait(
     }
 }
 
+/// Appends a leader's batches to a follower's shard (`len` bytes, what a
+/// transfer of the leader's shard sent), byte for byte at the offsets they
+/// carry, which must continue the shard: `MQS_INVALID_ARGUMENT` names the
+/// expected offset otherwise, and nothing is stored. Checked for damage
+/// (`MQS_CORRUPTION`) but not by producer rules: control batches and
+/// idempotent producers' batches are copied as they are, and the
+/// producers' state follows. `*out_next_offset` is the shard's next offset
+/// once the batches are as durable as its mode requires. The follower's
+/// shard must have no other writer.
+///
+/// # Safety
+/// `shard` is a NUL-terminated string; `data` points to `len` readable
+/// bytes (or is NULL with `len` 0); `out_next_offset` is valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_append_replica(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    data: *const u8,
+    len: usize,
+    out_next_offset: *mut i64,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        // SAFETY: `data` holds `len` bytes (caller contract).
+        let bytes = unsafe { array_arg(data, len, "data") }?;
+        out_arg(out_next_offset, "out_next_offset")?;
+        let next = store.append_replica(shard, bytes)?;
+        // SAFETY: checked non-NULL; writable per the caller contract.
+        unsafe { out_next_offset.write(next) };
+        Ok(())
+    })
+}
+
 type RawAppend = fn(&Store, &str, &[u8]) -> crate::Result<Vec<i64>>;
 
 /// The body of `mqs_append_raw` and `mqs_append_raw_nowait`.

@@ -46,9 +46,26 @@ pub struct ProducerBatch {
     pub bytes: Bytes,
 }
 
+/// Who sent the batches: client rules apply to producers only; a
+/// follower copies what its leader stored, control batches included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Producer,
+    Replica,
+}
+
 /// Checks every batch of `request` (one or more batches back to back) and
 /// returns where each lies. An empty request is `InvalidArgument`.
 pub fn validate_producer_batches(request: &[u8], limits: Limits) -> Result<Vec<ProducerBatch>> {
+    validate_batches(request, limits, Origin::Producer)
+}
+
+/// `validate_producer_batches` for batches from `origin`.
+pub fn validate_batches(
+    request: &[u8],
+    limits: Limits,
+    origin: Origin,
+) -> Result<Vec<ProducerBatch>> {
     if request.is_empty() {
         return Err(Error::InvalidArgument(
             "no batches: the request is empty".into(),
@@ -58,7 +75,7 @@ pub fn validate_producer_batches(request: &[u8], limits: Limits) -> Result<Vec<P
     let mut pos = 0;
     while pos < request.len() {
         let index = batches.len();
-        let batch = validate_one(request, pos, index, limits)?;
+        let batch = validate_one(request, pos, index, limits, origin)?;
         pos = batch.range.end;
         batches.push(batch);
     }
@@ -78,6 +95,7 @@ fn validate_one(
     start: usize,
     index: usize,
     limits: Limits,
+    origin: Origin,
 ) -> Result<ProducerBatch> {
     let rest = &request[start..];
     let whole = start..request.len();
@@ -136,7 +154,11 @@ fn validate_one(
     let bytes = Bytes::copy_from_slice(&request[range.clone()]);
     let header = BatchHeader::parse(&bytes).map_err(|e| corrupt(&range, e.to_string()))?;
     super::verify_crc(&bytes).map_err(|e| corrupt(&range, e.to_string()))?;
-    check_client_rules(&header).map_err(|what| invalid(&range, what))?;
+    match origin {
+        Origin::Producer => check_client_rules(&header),
+        Origin::Replica => check_dense(&header),
+    }
+    .map_err(|what| invalid(&range, what))?;
     check_records(&bytes, &header, index, limits).map_err(|e| match e {
         Error::Corruption(what) => corrupt(&range, what),
         Error::InvalidArgument(what) => invalid(&range, what),
@@ -155,6 +177,24 @@ fn check_client_rules(header: &BatchHeader) -> std::result::Result<(), String> {
     if header.is_control() {
         return Err("clients may not write control batches".into());
     }
+    check_dense(header)?;
+    let has_producer = header.producer_id != NO_PRODUCER_ID;
+    if has_producer && header.base_sequence < 0 {
+        return Err(format!(
+            "producer id {} with base sequence {} (an idempotent batch needs a sequence ≥ 0)",
+            header.producer_id, header.base_sequence
+        ));
+    }
+    if header.is_transactional() && !has_producer {
+        return Err("a transactional batch without a producer id".into());
+    }
+    Ok(())
+}
+
+/// At least one record, each offset of the batch's range holding one (the
+/// engines keep offsets dense; a compacted leader batch with gaps is not
+/// accepted yet).
+fn check_dense(header: &BatchHeader) -> std::result::Result<(), String> {
     if header.record_count <= 0 {
         return Err(format!(
             "record count {} (a batch holds at least one record)",
@@ -166,16 +206,6 @@ fn check_client_rules(header: &BatchHeader) -> std::result::Result<(), String> {
             "lastOffsetDelta {} does not match the record count {}",
             header.last_offset_delta, header.record_count
         ));
-    }
-    let has_producer = header.producer_id != NO_PRODUCER_ID;
-    if has_producer && header.base_sequence < 0 {
-        return Err(format!(
-            "producer id {} with base sequence {} (an idempotent batch needs a sequence ≥ 0)",
-            header.producer_id, header.base_sequence
-        ));
-    }
-    if header.is_transactional() && !has_producer {
-        return Err("a transactional batch without a producer id".into());
     }
     Ok(())
 }
@@ -449,6 +479,23 @@ mod tests {
         let err = validate_producer_batches(&b, tight).unwrap_err();
         assert_eq!(err.status(), Status::RecordTooLarge, "{err}");
         assert!(err.to_string().contains("a record"), "{err}");
+    }
+
+    #[test]
+    fn a_leaders_control_batch_is_a_replicas_but_never_a_producers() {
+        let control = patched(batch(&[b"marker"], Compression::None), |b| {
+            put_i16(b, ATTRIBUTES_OFFSET, CONTROL_MASK | TRANSACTIONAL_MASK);
+            put_i64(b, PRODUCER_ID_OFFSET, 4);
+            put_i32(b, BASE_SEQUENCE_OFFSET, -1);
+        });
+        let err = validate_batches(&control, LIMITS, Origin::Producer).unwrap_err();
+        assert!(err.to_string().contains("control"), "{err}");
+        let ok = validate_batches(&control, LIMITS, Origin::Replica).unwrap();
+        assert!(ok[0].header.is_control());
+        // Damage is refused whoever sends it.
+        let mut damaged = control.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        assert!(validate_batches(&damaged, LIMITS, Origin::Replica).is_err());
     }
 
     #[test]

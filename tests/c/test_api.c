@@ -1240,7 +1240,71 @@ static void test_idempotent_producer(void) {
     mqs_shard_info info;
     CHECK_OK(mqs_shard_get_info(store, "dst", &info));
     CHECK(info.next_offset == 10);
+
+    /* A follower shard copies "dst" byte for byte through a transfer. */
+    CHECK_OK(mqs_shard_create(store, "follower", NULL));
+    size_t copy_len = 0;
+    uint8_t *copy = sendfile_to_temp(store, "dst", &copy_len, &next);
+    int64_t follower_next = -1;
+    CHECK_OK(mqs_append_replica(store, "follower", copy, copy_len, &follower_next));
+    CHECK(follower_next == 10);
+    CHECK_STATUS(mqs_append_replica(store, "follower", copy, copy_len, &follower_next),
+                 MQS_INVALID_ARGUMENT);
+    CHECK(strstr(mqs_last_error_message(), "expects 10") != NULL);
+    CHECK_STATUS(mqs_append_replica(store, "follower", copy, copy_len, NULL), MQS_INVALID_ARGUMENT);
+    size_t follower_len = 0;
+    uint8_t *follower_bytes = sendfile_to_temp(store, "follower", &follower_len, &next);
+    CHECK(follower_len == copy_len && memcmp(follower_bytes, copy, copy_len) == 0);
+    free(follower_bytes);
+    free(copy);
     free(batch);
+    CHECK_OK(mqs_store_close(store));
+}
+
+struct log_capture {
+    int warnings;
+    int other;
+    char last[512];
+};
+
+static void capture_log(void *user, int level, const char *message) {
+    struct log_capture *capture = user;
+    if (level == MQS_LOG_WARN) {
+        capture->warnings++;
+    } else {
+        capture->other++;
+    }
+    snprintf(capture->last, sizeof capture->last, "%s", message);
+}
+
+/* What recovery gives up reaches the log callback: a torn tail appended to
+ * a file shard's segment is cut at the next open and reported as a
+ * warning; replacing the callback delivers what was queued first. */
+static void test_log_callback(void) {
+    char dir[128];
+    new_store_dir(dir, sizeof dir);
+    mqs_store *store = NULL;
+    const char *config = "[shard]\nengine = \"file\"\ndurability = \"os\"\n";
+    CHECK_OK(mqs_store_open(dir, config, &store));
+    CHECK_OK(mqs_shard_create(store, "f", NULL));
+    fill_shard(store, "f", 10, 5, 50);
+    CHECK_OK(mqs_store_close(store));
+    char segment[256];
+    snprintf(segment, sizeof segment, "%s/file/00000000000000000001/00000000000000000000.log", dir);
+    FILE *file = fopen(segment, "ab");
+    REQUIRE(file != NULL);
+    fputs("a torn, half-written batch", file);
+    fclose(file);
+
+    struct log_capture capture = {0, 0, ""};
+    CHECK_OK(mqs_set_log_callback(capture_log, &capture));
+    CHECK_OK(mqs_store_open(dir, config, &store));
+    CHECK_OK(mqs_set_log_callback(NULL, NULL)); /* delivers the queue first */
+    CHECK(capture.warnings == 1);
+    CHECK(strstr(capture.last, "torn tail") != NULL && strstr(capture.last, segment) != NULL);
+    mqs_shard_info info;
+    CHECK_OK(mqs_shard_get_info(store, "f", &info));
+    CHECK(info.next_offset == 10);
     CHECK_OK(mqs_store_close(store));
 }
 
@@ -2296,6 +2360,7 @@ int main(int argc, char **argv) {
     test_append_raw();
     test_null_values();
     test_idempotent_producer();
+    test_log_callback();
     test_transfer_read_into_errors();
     test_transfer_nonblocking();
     test_sendfile_nonblocking();

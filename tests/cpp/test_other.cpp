@@ -543,6 +543,12 @@ void append_raw() {
         mqstore::Store::RawAppend stored_once = store.append_raw("dst", idempotent.data(), idempotent.size());
         mqstore::Store::RawAppend retried = store.append_raw("dst", idempotent.data(), idempotent.size());
         CHECK(!stored_once.duplicate && retried.duplicate);
+        // A follower copies "src" byte for byte.
+        store.create_shard("follower");
+        CHECK_EQ(store.append_replica("follower", sent.data(), sent.size()), 30);
+        mqstore::Transfer copied = store.plan_transfer("follower", 0);
+        CHECK(read_rest(copied, 4096) == sent);
+        CHECK_THROWS_CODE(gap, store.append_replica("follower", sent.data(), sent.size()), MQS_INVALID_ARGUMENT);
         CHECK_EQ(retried.base_offset, stored_once.base_offset);
         CHECK_EQ(store.shard_info("dst").next_offset, stored_once.base_offset + 10);
     }
@@ -563,6 +569,32 @@ void null_values() {
     CHECK(read[0].value().empty());
     CHECK(read[1].nullable_value().has_value() && read[1].nullable_value()->empty());
     CHECK(read[0].key() == std::optional<std::string_view>("gone"));
+}
+
+void log_callback() {
+    std::string dir = test::dir("log-callback");
+    const char *config = "[shard]\nengine = \"file\"\ndurability = \"os\"\n";
+    {
+        mqstore::Store store = mqstore::Store::open(dir, config);
+        store.create_shard("f");
+        append_numbered(store, "f", 0, 10);
+        store.close();
+    }
+    std::string segment = dir + "/file/00000000000000000001/00000000000000000000.log";
+    FILE *file = std::fopen(segment.c_str(), "ab");
+    CHECK(file != nullptr);
+    std::fputs("half a batch", file);
+    std::fclose(file);
+    std::vector<std::pair<int, std::string>> events;
+    mqstore::set_log_callback([&events](int level, std::string_view message) {
+        events.emplace_back(level, std::string(message));
+    });
+    mqstore::Store store = mqstore::Store::open(dir, config);
+    mqstore::set_log_callback(nullptr);  // delivers what was queued
+    CHECK_EQ(events.size(), static_cast<std::size_t>(1));
+    CHECK_EQ(events[0].first, static_cast<int>(MQS_LOG_WARN));
+    CHECK(test::contains(events[0].second, "torn tail"));
+    CHECK_EQ(store.shard_info("f").next_offset, 10);
 }
 
 void transfer_read_into_errors() {
@@ -662,6 +694,7 @@ void transfer_tests() {
     test::run("transfer: read_into errors", transfer_read_into_errors);
     test::run("append_raw: producer batches stored as sent, bad requests store nothing", append_raw);
     test::run("null values: a tombstone is not an empty value", null_values);
+    test::run("log callback: a torn tail cut at open is reported", log_callback);
     test::run("sendfile_to_fd: file, socket, pipe", sendfile_to_file_and_socket);
     test::run("file engine: segments, views, sendfile, reopen", file_engine_roundtrip);
     test::run("rocksdb engine: locked and damaged directories", rocksdb_bad_directories);

@@ -178,3 +178,25 @@ def test_idempotent_producer_retries_are_answered_with_their_offsets(tmp_path):
             store.append_raw("t", second)
         assert retry.value.base_offsets == [2]
         assert store.shard_info("t").next_offset == 3
+
+
+def test_recovery_events_reach_python_logging(tmp_path, caplog):
+    """A torn tail cut at open is logged as a warning on the mqstore logger."""
+    path = tmp_path / "s"
+    config = '[shard]\nengine = "file"\ndurability = "os"\n'
+    with mqstore.Store(str(path), config) as store:
+        store.create_shard("f")
+        store.append_batch("f", [b"x" * 50] * 5)
+    segment = path / "file" / "00000000000000000001" / "00000000000000000000.log"
+    with open(segment, "ab") as f:
+        f.write(b"half a batch")
+    mqstore.enable_logging()
+    try:
+        with caplog.at_level("WARNING", logger="mqstore"):
+            with mqstore.Store(str(path), config) as store:
+                mqstore.disable_logging()  # delivers what was queued
+                assert store.shard_info("f").next_offset == 5
+    finally:
+        mqstore.disable_logging()
+    warnings = [r for r in caplog.records if r.name == "mqstore" and "torn tail" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"

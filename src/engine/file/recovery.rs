@@ -202,6 +202,14 @@ pub fn open_shard(
                     shared
                         .truncated_bytes
                         .fetch_add(len - torn, Ordering::Relaxed);
+                    crate::log::emit(
+                        crate::log::Level::Warn,
+                        &format!(
+                            "file engine recovery: cut a torn tail of {} bytes from '{}'",
+                            len - torn,
+                            path.display()
+                        ),
+                    );
                     for &later in &bases[i + 1..] {
                         segment::remove_files(&dir, later)?;
                     }

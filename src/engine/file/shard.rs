@@ -317,9 +317,17 @@ impl FileShard {
     /// the kernel may have dropped the dirty pages): later appends fail
     /// rather than build on it or report a retried fsync as success.
     fn poison<T>(&self, error: Error) -> Result<T> {
-        self.poisoned
-            .lock()
-            .get_or_insert_with(|| error.to_string());
+        let mut poisoned = self.poisoned.lock();
+        if poisoned.is_none() {
+            crate::log::emit(
+                crate::log::Level::Error,
+                &format!(
+                    "file engine: shard '{}' poisoned, its appends fail until it is reopened: {error}",
+                    self.name
+                ),
+            );
+            *poisoned = Some(error.to_string());
+        }
         Err(error)
     }
 

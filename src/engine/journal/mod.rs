@@ -562,6 +562,11 @@ impl Engine for JournalEngine {
             ),
             recovered.checkpoint_end,
         )?;
+        report_recovery(
+            &self.dir,
+            recovered.truncated_bytes,
+            recovered.skipped_bytes,
+        );
         log.writer.set_last(recovered.last);
         let mut out: Vec<RecoveredShard> = Vec::new();
         {
@@ -582,5 +587,30 @@ impl Engine for JournalEngine {
         // Retention applied during replay may have emptied old segments.
         log.maybe_reclaim();
         Ok(out)
+    }
+}
+
+/// What recovery gave up to open the journal, for the operator.
+fn report_recovery(dir: &Path, truncated: u64, skipped: u64) {
+    use crate::log::{emit, Level};
+    if truncated > 0 {
+        emit(
+            Level::Warn,
+            &format!(
+                "journal recovery in '{}': cut {truncated} bytes of a torn tail that no \
+                 acknowledgement covered",
+                dir.display()
+            ),
+        );
+    }
+    if skipped > 0 {
+        emit(
+            Level::Error,
+            &format!(
+                "journal recovery in '{}': skipped {skipped} damaged bytes \
+                 (recovery_mode = \"skip_corrupt\"); the records in them are lost",
+                dir.display()
+            ),
+        );
     }
 }

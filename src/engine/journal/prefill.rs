@@ -236,7 +236,14 @@ impl Shared {
                         st.zeroed_bytes += end - start;
                     }
                 }
-                Err(e) => st.failed = Some(format!("{}: {e}", segment.path.display())),
+                Err(e) => {
+                    let reason = format!("{}: {e}", segment.path.display());
+                    crate::log::emit(
+                        crate::log::Level::Error,
+                        &format!("journal prefill failed: {reason}"),
+                    );
+                    st.failed = Some(reason);
+                }
             }
             self.cond.notify_all();
         }

@@ -331,6 +331,18 @@ struct State {
     marked: u64,
 }
 
+/// Poisons the journal (the first reason stays) and reports it: from now
+/// on appends fail, and an operator should know why.
+fn poison(st: &mut State, reason: String) {
+    if st.poisoned.is_none() {
+        crate::log::emit(
+            crate::log::Level::Error,
+            &format!("journal poisoned, appends fail until it is reopened: {reason}"),
+        );
+        st.poisoned = Some(reason);
+    }
+}
+
 impl State {
     /// Marks the sync phase of `target` done and moves `synced` past every
     /// phase that is done with none before it still in flight.
@@ -558,7 +570,7 @@ impl Writer {
                     st.tail = 0;
                 }
                 Err(e) => {
-                    st.poisoned = Some(format!("creating a segment failed: {e}"));
+                    poison(st, format!("creating a segment failed: {e}"));
                     self.cond.notify_all();
                     return Err(e);
                 }
@@ -770,9 +782,7 @@ impl Writer {
                         }
                     }
                 }
-                Err(e) => {
-                    st.poisoned = Some(e.to_string());
-                }
+                Err(e) => poison(&mut st, e.to_string()),
             }
             self.cond.notify_all();
             if do_sync && overlap && st.poisoned.is_none() {
@@ -827,7 +837,7 @@ impl Writer {
                 // The flush may have covered nothing: put the segments back
                 // for whoever looks at `dirty` (nobody, once poisoned).
                 st.dirty.extend(to_sync);
-                st.poisoned.get_or_insert(e.to_string());
+                poison(st, e.to_string());
             }
         }
         self.cond.notify_all();
@@ -1005,7 +1015,7 @@ impl Writer {
                 .map_err(|e| Error::io(format!("removing '{}'", segment.path.display()), e))?;
         }
         if let Err(e) = sync_dir(&self.dir) {
-            self.state.lock().poisoned = Some(e.to_string());
+            poison(&mut self.state.lock(), e.to_string());
             return Err(e);
         }
         Ok(())
