@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system tools the test suite and the demo need, if missing:
 # a C and a C++ compiler, valgrind, Python's venv module, binutils,
-# pkg-config and CMake. Idempotent.
+# pkg-config, CMake and libclang (bindgen, run by librocksdb-sys's build
+# script for the RocksDB engine). Idempotent.
 set -euo pipefail
 
 missing=()
@@ -14,6 +15,7 @@ command -v objcopy >/dev/null && command -v readelf >/dev/null || missing+=(binu
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v cmake >/dev/null || missing+=(cmake)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+ldconfig -p | grep -q 'libclang[-.0-9]*\.so' || missing+=(libclang-dev)
 
 if ((${#missing[@]})); then
     echo "ensure-tools: installing ${missing[*]}"

@@ -295,6 +295,30 @@ pub const DEFAULT_RETENTION_CHECK_MS: u64 = 5_000;
 const MIN_RETENTION_CHECK_MS: u64 = 10;
 const MAX_RETENTION_CHECK_MS: u64 = 86_400_000;
 
+/// Store-wide settings of the RocksDB engine (the `[rocksdb]` section):
+/// one database per store, shared by every RocksDB shard.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RocksdbConfig {
+    /// Memtable size of the column family holding the batches; a full
+    /// memtable is flushed to an SST file (with the small column families,
+    /// atomically).
+    pub write_buffer_mb: u64,
+    /// LRU cache of SST blocks, shared by the column families.
+    pub block_cache_mb: u64,
+    /// Flush and compaction threads.
+    pub max_background_jobs: u32,
+}
+
+impl Default for RocksdbConfig {
+    fn default() -> Self {
+        RocksdbConfig {
+            write_buffer_mb: 64,
+            block_cache_mb: 64,
+            max_background_jobs: 2,
+        }
+    }
+}
+
 /// Store-wide configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -318,6 +342,8 @@ pub struct Config {
     pub journal: JournalConfig,
     /// Settings of the File engine.
     pub file: FileConfig,
+    /// Settings of the RocksDB engine.
+    pub rocksdb: RocksdbConfig,
 }
 
 impl Default for Config {
@@ -331,6 +357,7 @@ impl Default for Config {
             shard_defaults: ShardOptions::default(),
             journal: JournalConfig::default(),
             file: FileConfig::default(),
+            rocksdb: RocksdbConfig::default(),
         }
     }
 }
@@ -346,6 +373,42 @@ struct ConfigFile {
     shard: Option<ShardSection>,
     journal: Option<JournalSection>,
     file: Option<FileSection>,
+    rocksdb: Option<RocksdbSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RocksdbSection {
+    write_buffer_mb: Option<u64>,
+    block_cache_mb: Option<u64>,
+    max_background_jobs: Option<u32>,
+}
+
+impl RocksdbSection {
+    fn apply_to(self, config: &mut RocksdbConfig) -> Result<()> {
+        if let Some(mb) = self.write_buffer_mb {
+            check_range("rocksdb.write_buffer_mb", mb, 1, 4096)?;
+            config.write_buffer_mb = mb;
+        }
+        if let Some(mb) = self.block_cache_mb {
+            check_range("rocksdb.block_cache_mb", mb, 0, 1 << 20)?;
+            config.block_cache_mb = mb;
+        }
+        if let Some(jobs) = self.max_background_jobs {
+            check_range("rocksdb.max_background_jobs", jobs as u64, 1, 64)?;
+            config.max_background_jobs = jobs;
+        }
+        Ok(())
+    }
+}
+
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<()> {
+    if !(min..=max).contains(&value) {
+        return Err(Error::InvalidConfig(format!(
+            "{key}: {value} must be between {min} and {max}"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -494,7 +557,9 @@ impl Config {
     /// retention_bytes, retention_records); `[journal]` segment_bytes,
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
     /// (`auto`, `uring` or `pwrite`), direct (bool), prefill_zeros (bool), hot_segments (≥ 1),
-    /// checkpoint_bytes (0 = at clean close only), tail_cache_bytes (0 = off).
+    /// checkpoint_bytes (0 = at clean close only), tail_cache_bytes (0 = off);
+    /// `[rocksdb]` write_buffer_mb (1 … 4096), block_cache_mb (0 … 2^20),
+    /// max_background_jobs (1 … 64).
     pub fn from_toml_str(text: &str) -> Result<Config> {
         let file: ConfigFile = parse_toml(text, "store configuration")?;
         let mut config = match file.preset {
@@ -616,6 +681,9 @@ impl Config {
                 }
                 config.file.max_open_files = n;
             }
+        }
+        if let Some(rocksdb) = file.rocksdb {
+            rocksdb.apply_to(&mut config.rocksdb)?;
         }
         if config.max_record_bytes > config.max_batch_bytes {
             return Err(Error::InvalidConfig(format!(
@@ -777,5 +845,31 @@ mod tests {
         let json = Config::default().to_json();
         assert_eq!(json["journal"]["io"], "auto");
         assert_eq!(json["journal"]["direct"], true);
+    }
+
+    #[test]
+    fn rocksdb_section() {
+        let config = Config::from_toml_str(
+            "[rocksdb]\nwrite_buffer_mb = 8\nblock_cache_mb = 0\nmax_background_jobs = 4\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.rocksdb,
+            RocksdbConfig {
+                write_buffer_mb: 8,
+                block_cache_mb: 0,
+                max_background_jobs: 4
+            }
+        );
+        assert_eq!(Config::default().rocksdb.write_buffer_mb, 64);
+        for (text, key) in [
+            ("write_buffer_mb = 0", "rocksdb.write_buffer_mb"),
+            ("max_background_jobs = 65", "rocksdb.max_background_jobs"),
+            ("block_cache = 1", "block_cache"),
+        ] {
+            let err = Config::from_toml_str(&format!("[rocksdb]\n{text}\n")).unwrap_err();
+            assert_eq!(err.status(), crate::Status::InvalidConfig);
+            assert!(err.to_string().contains(key), "{err}");
+        }
     }
 }

@@ -138,6 +138,13 @@ pub enum Error {
     Poisoned(String),
     #[error("store directory '{0}' is locked by another open store")]
     Locked(String),
+    /// A database directory inside the store (the RocksDB engine's) is
+    /// held by another open database: another process (a RocksDB tool) or
+    /// another store of this process reaching it through a link.
+    #[error(
+        "database directory '{path}' is locked: another process or store has it open ({detail})"
+    )]
+    DbLocked { path: String, detail: String },
     #[error("internal error: {0}")]
     Internal(String),
     #[error("producer fenced: {0}")]
@@ -168,7 +175,7 @@ impl Error {
             Error::WouldBlock { .. } => Status::WouldBlock,
             Error::Unsupported(_) => Status::Unsupported,
             Error::Poisoned(_) => Status::Poisoned,
-            Error::Locked(_) => Status::Locked,
+            Error::Locked(_) | Error::DbLocked { .. } => Status::Locked,
             Error::Internal(_) => Status::Internal,
             Error::ProducerFenced(_) => Status::ProducerFenced,
             Error::OutOfOrderSequence(_) => Status::OutOfOrderSequence,

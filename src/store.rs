@@ -43,8 +43,8 @@ pub struct Store {
     shards: RwLock<HashMap<String, Arc<dyn Shard>>>,
     /// Names whose creation is in progress outside the `shards` lock.
     creating: Mutex<HashSet<String>>,
-    /// (group, shard) → (committed offset, whether the shard is persistent).
-    /// Offsets of persistent (journal) shards are saved in `groups.json`.
+    /// (group, shard) → (committed offset, whether it is saved in
+    /// `groups.json`: persistent shards whose engine keeps no offsets).
     group_offsets: Mutex<BTreeMap<(String, String), (i64, bool)>>,
     /// `groups.json` may still hold offsets of a deleted shard (rewriting
     /// it after the deletion failed); the next rewrite drops them.
@@ -190,6 +190,11 @@ impl Store {
             // from the file in time: they are dropped here.
             if shards.contains_key(&saved.shard) {
                 group_offsets.insert((saved.group, saved.shard), (saved.offset, true));
+            }
+        }
+        for (name, shard) in &shards {
+            for (group, offset) in shard.saved_group_offsets()? {
+                group_offsets.insert((group, name.clone()), (offset, false));
             }
         }
         let producers = Producers::open(&dir, config.producer_expiry_ms)?;
@@ -745,8 +750,12 @@ impl Store {
                 "offset {offset} is negative"
             )));
         }
-        let persistent = is_persistent(self.shard(shard)?.kind());
+        let handle = self.shard(shard)?;
         let mut offsets = self.group_offsets.lock();
+        // Saved by the engine when it keeps offsets itself, else in
+        // `groups.json` for a persistent shard.
+        let persistent =
+            is_persistent(handle.kind()) && !handle.save_group_offset(group, Some(offset))?;
         let key = (group.to_string(), shard.to_string());
         let previous = offsets.insert(key.clone(), (offset, persistent));
         if persistent && previous != Some((offset, persistent)) {
@@ -776,6 +785,13 @@ impl Store {
     pub fn delete_group(&self, group: &str) -> Result<u64> {
         self.check_open()?;
         let mut offsets = self.group_offsets.lock();
+        for (g, shard) in offsets.keys() {
+            if g == group {
+                if let Some(handle) = self.shards.read().get(shard) {
+                    handle.save_group_offset(group, None)?;
+                }
+            }
+        }
         let before = offsets.len();
         let persistent = offsets
             .iter()

@@ -853,6 +853,8 @@ macro_rules! conformance_suite {
 conformance_suite!(memory, "memory");
 conformance_suite!(journal, "journal");
 conformance_suite!(file, "file");
+#[cfg(feature = "rocksdb")]
+conformance_suite!(rocksdb, "rocksdb");
 
 #[test]
 fn memory_engine_refuses_durable_modes() {

@@ -100,7 +100,7 @@ fn thousands_of_journal_batches_in_flight_are_acknowledged_in_order() {
 }
 
 #[test]
-fn memory_and_file_engines_complete_in_order_too() {
+fn memory_file_and_rocksdb_engines_complete_in_order_too() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), Config::default()).unwrap();
@@ -112,6 +112,20 @@ fn memory_and_file_engines_complete_in_order_too() {
         .unwrap();
     assert_in_order(&event_loop(&store, "m", 2000), 2000);
     assert_in_order(&event_loop(&store, "f", 500), 500);
+    if mqstore::EngineKind::Rocksdb.is_available() {
+        store
+            .create_shard("r", Some("engine = \"rocksdb\"\ndurability = \"fsync\""))
+            .unwrap();
+        assert_in_order(&event_loop(&store, "r", 500), 500);
+        let stats = store.shard_stats("r").unwrap();
+        let syncs = stats["engine_stats"]["rocksdb"]["wal_syncs"]
+            .as_u64()
+            .unwrap();
+        assert!(
+            syncs > 0,
+            "pipelined fsync appends are acknowledged by WAL syncs"
+        );
+    }
     store.close().unwrap();
 }
 

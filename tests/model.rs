@@ -16,7 +16,13 @@ use proptest::prelude::*;
 
 mod common;
 
-const ENGINES: &[&str] = &["memory", "journal", "file"];
+const ENGINES: &[&str] = &[
+    "memory",
+    "journal",
+    "file",
+    #[cfg(feature = "rocksdb")]
+    "rocksdb",
+];
 const SHARDS: &[&str] = &["a", "b"];
 const KEYS: &[&[u8]] = &[b"k0", b"k1", b"k2"];
 /// Shard "b" keeps at least its newest this many records (whole batches go).
@@ -139,7 +145,8 @@ impl ModelShard {
 
 /// The store's configuration for `engine`: small segments (journal and
 /// file) so that rolls and reclaims happen, frequent periodic index
-/// checkpoints (journal), and the case's durability.
+/// checkpoints (journal), 1 MiB memtables (RocksDB) so that flushes to
+/// SST files and compactions happen, and the case's durability.
 fn config(engine: &str, durability: &str) -> Config {
     let durability = if engine == "memory" {
         "none"
@@ -148,7 +155,8 @@ fn config(engine: &str, durability: &str) -> Config {
     };
     Config::from_toml_str(&format!(
         "[shard]\nengine = \"{engine}\"\ndurability = \"{durability}\"\nsegment_bytes = 65536\n\
-         [journal]\nsegment_bytes = 65536\ncheckpoint_bytes = 16384\n"
+         [journal]\nsegment_bytes = 65536\ncheckpoint_bytes = 16384\n\
+         [rocksdb]\nwrite_buffer_mb = 1\n"
     ))
     .unwrap()
 }

@@ -16,6 +16,7 @@ mod machine;
 mod memory;
 mod raw;
 mod results;
+mod rocksdb_engine;
 mod rocksdb_peer;
 mod util;
 
@@ -147,7 +148,7 @@ usage: bench [--quick] [--out FILE] [--dir DIR] [--only SECTIONS] [--no-chart]
                    then bench/results.json); the table goes to FILE with .txt
   --dir DIR        directory on the filesystem to test (default: a temporary
                    directory under the results directory, removed afterwards)
-  --only LIST      comma-separated sections: raw,memory,engines (journal, file),
+  --only LIST      comma-separated sections: raw,memory,engines (journal, RocksDB, file),
                    rocksdb,ffi
   --no-chart       do not run bench/python/chart.py afterwards
   --lib PATH       libmqstore.so for the C driver (default: next to this binary;
@@ -242,7 +243,21 @@ fn other_engines(base: &Path, plan: &Plan, results: &mut Results) {
             results.absent(name, unit, reason);
         }
     }
+    if EngineKind::Rocksdb.is_available() {
+        for group in rocksdb_engine::GROUPS {
+            rocksdb_engine::run_group(group, base, plan, results);
+        }
+    } else {
+        rocksdb_engine_absent(results);
+    }
     file_engine(results);
+}
+
+fn rocksdb_engine_absent(results: &mut Results) {
+    println!("== rocksdb engine: not built");
+    for (name, unit) in rocksdb_engine::ISSUE_METRICS {
+        results.absent(name, unit, "engine 'rocksdb' is not in this build");
+    }
 }
 
 fn file_engine(results: &mut Results) {
@@ -433,6 +448,19 @@ fn engines_isolated(base: &Path, args: &Args, results: &mut Results) {
             results.absent(name, unit, reason);
         }
     }
+    if EngineKind::Rocksdb.is_available() {
+        run_groups(
+            base,
+            args,
+            "engines",
+            rocksdb_engine::PREFIX,
+            &rocksdb_engine::GROUPS,
+            &rocksdb_engine::ISSUE_METRICS,
+            results,
+        );
+    } else {
+        rocksdb_engine_absent(results);
+    }
     let run = run_child(base, args, "engines", "file");
     match run.outcome {
         Ok(metrics) => results.extend(metrics),
@@ -456,6 +484,9 @@ fn run_in_child(section: &str, args: &Args, base: &Path, plan: &Plan, results: &
         ("engines", Some("file")) => file_engine(results),
         ("engines", Some(group)) => match group.split_once('/') {
             Some(("journal", group)) => journal::run_group(group, base, plan, results),
+            Some((rocksdb_engine::PREFIX, group)) => {
+                rocksdb_engine::run_group(group, base, plan, results)
+            }
             _ => results.failed(
                 &format!("{group}.peak_rss_mb"),
                 "MiB",
@@ -612,6 +643,7 @@ fn main() {
         // metrics (a workload group's child would list the pairs absent).
         memory::compare(&mut results);
         journal::compare(&mut results);
+        rocksdb_engine::compare(&mut results);
         file::compare(&mut results);
         ffi::compare(&mut results);
     }

@@ -6,7 +6,6 @@
 //! different shards run in parallel. Memory is bounded by per-shard retention
 //! (age, bytes, records); whole batches are dropped from the front.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use bytes::Bytes;
 use parking_lot::RwLock;
 
 use crate::config::{EngineKind, ShardOptions};
+use crate::engine::index::{BatchEntry, BatchIndex};
 use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
     Engine, NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
@@ -50,66 +50,11 @@ impl Engine for MemoryEngine {
     }
 }
 
-#[derive(Debug)]
-struct StoredBatch {
-    base_offset: i64,
-    last_offset: i64,
-    /// Newest record timestamp in this batch (retention by age).
-    max_timestamp: i64,
-    /// Newest timestamp in this and every earlier batch: monotonic, so a
-    /// timestamp lookup can binary-search it even when producers send
-    /// timestamps out of order.
-    running_max_timestamp: i64,
-    /// Records physically present (deletes re-encode the batch).
-    records: u64,
-    bytes: Bytes,
-}
+/// A stored batch: its bytes are the shared buffer itself.
+type StoredBatch = BatchEntry<Bytes>;
 
-#[derive(Debug, Default)]
-struct ShardState {
-    batches: VecDeque<StoredBatch>,
-    low_watermark: i64,
-    next_offset: i64,
-    bytes: u64,
-    records: u64,
-}
-
-impl ShardState {
-    /// Index of the first batch that may hold `offset` or a later one.
-    fn batch_index(&self, offset: i64) -> usize {
-        self.batches.partition_point(|b| b.last_offset < offset)
-    }
-
-    fn pop_front(&mut self) {
-        if let Some(batch) = self.batches.pop_front() {
-            self.bytes -= batch.bytes.len() as u64;
-            self.records -= batch.records;
-            self.low_watermark = self.low_watermark.max(batch.last_offset + 1);
-        }
-    }
-
-    /// Replaces batch `index` by a re-encoded one (or removes it when empty).
-    fn replace(&mut self, index: usize, bytes: Option<Bytes>, records: u64) {
-        let batch = &mut self.batches[index];
-        self.bytes -= batch.bytes.len() as u64;
-        self.records -= batch.records;
-        match bytes {
-            Some(bytes) => {
-                self.bytes += bytes.len() as u64;
-                self.records += records;
-                batch.bytes = bytes;
-                batch.records = records;
-            }
-            None => {
-                self.batches.remove(index);
-            }
-        }
-    }
-
-    fn check_range(&self, shard: &str, offset: i64) -> Result<()> {
-        scan::check_range(shard, offset, self.low_watermark, self.next_offset)
-    }
-}
+/// The memory engine's state of a shard: the shared batch index.
+type ShardState = BatchIndex<Bytes>;
 
 /// One memory shard.
 pub struct MemoryShard {
@@ -133,70 +78,31 @@ impl MemoryShard {
         }
     }
 
-    fn retention_cutoff(&self, now: i64) -> Option<i64> {
-        (self.options.retention_ms > 0)
-            .then(|| now.saturating_sub(self.options.retention_ms as i64))
-    }
-
-    /// Drops whole batches from the front while a retention limit is
-    /// exceeded. Size limits always keep the newest batch (a batch larger than
-    /// the limit is still readable once); age drops everything too old.
-    fn enforce_retention(&self, state: &mut ShardState, now: i64) {
-        let cutoff = self.retention_cutoff(now);
-        while let Some(front) = state.batches.front() {
-            let too_old = cutoff.is_some_and(|c| front.max_timestamp < c);
-            let keeps_newest = state.batches.len() > 1;
-            let too_big =
-                self.options.retention_bytes > 0 && state.bytes > self.options.retention_bytes;
-            let too_many = self.options.retention_records > 0
-                && state.records > self.options.retention_records;
-            if too_old || (keeps_newest && (too_big || too_many)) {
-                state.pop_front();
-            } else {
-                break;
-            }
-        }
-    }
-
     /// Age retention also applies to shards nobody appends to any more.
     fn expire_idle(&self, now: i64) {
-        let Some(cutoff) = self.retention_cutoff(now) else {
-            return;
-        };
-        let stale = {
-            let state = self.state.read();
-            state
-                .batches
-                .front()
-                .is_some_and(|b| b.max_timestamp < cutoff)
-        };
-        if stale {
-            self.enforce_retention(&mut self.state.write(), now);
+        if self.state.read().is_stale(&self.options, now) {
+            self.state.write().enforce_retention(&self.options, now);
         }
-    }
-
-    /// Offsets of records in `batch` for which `matches` holds.
-    fn matching_offsets(
-        batch: &StoredBatch,
-        mut matches: impl FnMut(&RecordView) -> bool,
-    ) -> Result<Vec<i64>> {
-        let mut offsets = Vec::new();
-        format::for_each_record(&batch.bytes, false, |record| {
-            if matches(&record) {
-                offsets.push(record.offset);
-            }
-            true
-        })?;
-        Ok(offsets)
     }
 }
 
 fn scan_batch(batch: &StoredBatch) -> ScanBatch {
-    ScanBatch {
-        bytes: batch.bytes.clone(),
-        last_offset: batch.last_offset,
-        max_timestamp: batch.max_timestamp,
-    }
+    batch.scan(batch.loc.clone())
+}
+
+/// The entry of `batch` rewritten by a delete (`None`: nothing left).
+fn rewritten_entry(batch: &StoredBatch, bytes: Option<Bytes>, records: u32) -> Option<StoredBatch> {
+    bytes.map(|bytes| {
+        let len = bytes.len();
+        BatchEntry::new(
+            bytes,
+            len,
+            batch.base_offset,
+            batch.last_offset,
+            batch.max_timestamp,
+            records,
+        )
+    })
 }
 
 impl Shard for MemoryShard {
@@ -238,26 +144,23 @@ impl Shard for MemoryShard {
             let mut buffer = batch.bytes;
             let base_offset = state.next_offset;
             format::set_base_offset(&mut buffer, base_offset);
-            let running_max_timestamp = state.batches.back().map_or(batch.max_timestamp, |b| {
-                b.running_max_timestamp.max(batch.max_timestamp)
-            });
-            let count = u64::from(batch.records);
-            let len = buffer.len() as u64;
-            state.batches.push_back(StoredBatch {
+            let len = buffer.len();
+            let entry = BatchEntry::new(
+                Bytes::from(buffer),
+                len,
                 base_offset,
-                last_offset: base_offset + count as i64 - 1,
-                max_timestamp: batch.max_timestamp,
-                running_max_timestamp,
-                records: count,
-                bytes: Bytes::from(buffer),
-            });
-            state.next_offset += count as i64;
-            state.bytes += len;
-            state.records += count;
-            records += count;
-            bytes += len;
+                base_offset + i64::from(batch.records) - 1,
+                batch.max_timestamp,
+                batch.records,
+            );
+            if let Some(keys) = batch.keys {
+                let _ = entry.keys.set(keys);
+            }
+            state.push(entry);
+            records += u64::from(batch.records);
+            bytes += len as u64;
         }
-        self.enforce_retention(&mut state, now);
+        state.enforce_retention(&self.options, now);
         drop(state);
 
         self.appended_records.fetch_add(records, Ordering::Relaxed);
@@ -308,9 +211,7 @@ impl Shard for MemoryShard {
             TIMESTAMP_LATEST => return Ok(Some(state.next_offset)),
             _ => {}
         }
-        let start = state
-            .batches
-            .partition_point(|b| b.running_max_timestamp < timestamp_ms);
+        let start = state.timestamp_start(timestamp_ms);
         scan::offset_for_timestamp(state.batches.range(start..).map(scan_batch), timestamp_ms)
     }
 
@@ -320,21 +221,16 @@ impl Shard for MemoryShard {
         if target <= state.low_watermark {
             return Ok(state.low_watermark);
         }
-        while state
-            .batches
-            .front()
-            .is_some_and(|b| b.last_offset < target)
-        {
-            state.pop_front();
+        // Worked out first: a batch that fails to decode changes nothing.
+        let straddling = match state.batches.get(state.batch_index(target)) {
+            Some(b) if b.base_offset < target => Some(scan::cut_below(&b.loc, target)?),
+            _ => None,
+        };
+        state.raise_low(target);
+        if let Some(cut) = straddling {
+            let replacement = rewritten_entry(&state.batches[0], cut.bytes, cut.records);
+            state.replace(0, replacement);
         }
-        if let Some(front) = state.batches.front() {
-            if front.base_offset < target {
-                let kept_records = Self::matching_offsets(front, |r| r.offset >= target)?.len();
-                let kept = format::retain_records(&front.bytes, |o| o >= target)?;
-                state.replace(0, kept, kept_records as u64);
-            }
-        }
-        state.low_watermark = target;
         Ok(target)
     }
 
@@ -346,17 +242,14 @@ impl Shard for MemoryShard {
         let mut index = 0;
         while index < state.batches.len() {
             let batch = &state.batches[index];
-            let doomed = Self::matching_offsets(batch, &mut *matches)?;
-            if doomed.is_empty() {
+            let Some(rewritten) = scan::rewrite_where(&batch.loc, matches)? else {
                 index += 1;
                 continue;
-            }
-            let doomed: HashSet<i64> = doomed.into_iter().collect();
-            let kept_records = batch.records - doomed.len() as u64;
-            let kept = format::retain_records(&batch.bytes, |offset| !doomed.contains(&offset))?;
-            deleted += doomed.len() as u64;
-            let removed = kept.is_none();
-            state.replace(index, kept, kept_records);
+            };
+            deleted += rewritten.deleted as u64;
+            let replacement = rewritten_entry(batch, rewritten.bytes, rewritten.records);
+            let removed = replacement.is_none();
+            state.replace(index, replacement);
             if !removed {
                 index += 1;
             }
@@ -372,17 +265,17 @@ impl Shard for MemoryShard {
         let mut total = 0usize;
         let mut next_offset = state.next_offset;
         for batch in state.batches.range(state.batch_index(from)..) {
-            let len = batch.bytes.len();
+            let len = batch.len as usize;
             if !chunks.is_empty() && total + len > max_bytes {
                 next_offset = batch.base_offset;
                 break;
             }
             debug_assert_eq!(
-                BatchHeader::parse(&batch.bytes).map(|h| h.base_offset).ok(),
+                BatchHeader::parse(&batch.loc).map(|h| h.base_offset).ok(),
                 Some(batch.base_offset)
             );
             total += len;
-            chunks.push(TransferChunk::Memory(batch.bytes.clone()));
+            chunks.push(TransferChunk::Memory(batch.loc.clone()));
         }
         Ok(TransferPlan::new(chunks, next_offset))
     }

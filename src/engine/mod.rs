@@ -6,11 +6,14 @@
 //! and batch sizes, engine availability): they receive well-formed input.
 
 pub mod file;
+pub(crate) mod index;
 #[cfg(feature = "journal")]
 pub mod journal;
 pub mod keyfilter;
 pub mod memory;
 pub mod registry;
+#[cfg(feature = "rocksdb")]
+pub mod rocksdb;
 pub(crate) mod scan;
 
 use std::collections::HashSet;
@@ -239,4 +242,19 @@ pub trait Shard: Send + Sync {
 
     /// Engine-specific counters as JSON. May fail like `info`.
     fn stats(&self) -> Result<serde_json::Value>;
+
+    /// Saves (`Some`) or forgets (`None`) a consumer group's committed
+    /// offset of this shard in the engine's own storage, as durable as the
+    /// shard's appends, and returns true; an engine without a place of its
+    /// own returns false and the store keeps the offset in `groups.json`.
+    /// The engine drops a shard's offsets with the shard.
+    fn save_group_offset(&self, _group: &str, _offset: Option<i64>) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// The offsets `save_group_offset` saved, by group; the store reads
+    /// them once, at open.
+    fn saved_group_offsets(&self) -> Result<Vec<(String, i64)>> {
+        Ok(Vec::new())
+    }
 }

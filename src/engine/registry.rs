@@ -22,6 +22,9 @@ pub enum TransferPath {
     /// Ranges of the engine's files, sent with sendfile(2) (the newest
     /// batches may come from memory).
     Sendfile,
+    /// Lazy chunks: bytes fetched from the engine while the plan is sent,
+    /// at most 1 MiB at a time, each piece written with one write.
+    Fetched,
 }
 
 /// What an engine can honour, declared once.
@@ -123,6 +126,14 @@ fn build_file(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
     )))
 }
 
+#[cfg(feature = "rocksdb")]
+fn build_rocksdb(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
+    Ok(Arc::new(super::rocksdb::RocksdbEngine::new(
+        dir,
+        config.rocksdb.clone(),
+    )))
+}
+
 static ENGINES: &[EngineSpec] = &[
     EngineSpec {
         kind: EngineKind::Memory,
@@ -183,6 +194,24 @@ static ENGINES: &[EngineSpec] = &[
         kind: EngineKind::Rocksdb,
         name: "rocksdb",
         c_name: c"rocksdb",
+        #[cfg(feature = "rocksdb")]
+        build: Some((
+            Capabilities {
+                durability: ALL_DURABILITY,
+                default_durability: Durability::Fsync,
+                durability_limit: "",
+                persistent: true,
+                // Keys are found through the shared index's key filters,
+                // like the journal's; RocksDB's keys are offsets.
+                native_key_index: false,
+                // `append_nowait` on an fsync shard writes the WAL unsynced;
+                // `wait_durable` syncs it once for every waiter.
+                pipelined: true,
+                transfer: TransferPath::Fetched,
+            },
+            build_rocksdb,
+        )),
+        #[cfg(not(feature = "rocksdb"))]
         build: None,
     },
     EngineSpec {

@@ -75,7 +75,17 @@ pub(crate) fn read(
     let mut bytes = 0usize;
     let mut next_offset = from;
     let mut full = false;
-    for batch in batches {
+    let mut batches = batches.into_iter();
+    loop {
+        // Full already: the next batch is not fetched (a RocksDB engine
+        // would read it from the database for nothing).
+        if records.len() >= limits.max_records {
+            full = true;
+            break;
+        }
+        let Some(batch) = batches.next() else {
+            break;
+        };
         format::for_each_record_from(&batch.bytes, false, from, |record| {
             if record.is_expired(now_ms) {
                 next_offset = record.offset + 1;
@@ -196,4 +206,59 @@ pub(crate) fn offset_for_timestamp(
         }
     }
     Ok(None)
+}
+
+/// A stored batch after a delete, re-encoded as Kafka's log compaction
+/// does (offsets keep their gaps).
+pub(crate) struct Rewritten {
+    /// The batch without the deleted records; `None` when none is left.
+    pub bytes: Option<Bytes>,
+    /// Records left in it.
+    pub records: u32,
+    /// Records the delete removed from it.
+    pub deleted: u32,
+}
+
+/// `batch` without the records `matches` selects; `None` when it selects
+/// none (the batch stays as it is).
+pub(crate) fn rewrite_where(
+    batch: &Bytes,
+    matches: &mut dyn FnMut(&RecordView) -> bool,
+) -> Result<Option<Rewritten>> {
+    let mut doomed = HashSet::new();
+    let mut present = 0u32;
+    format::for_each_record(batch, false, |record| {
+        present += 1;
+        if matches(&record) {
+            doomed.insert(record.offset);
+        }
+        true
+    })?;
+    if doomed.is_empty() {
+        return Ok(None);
+    }
+    let bytes = format::retain_records(batch, |offset| !doomed.contains(&offset))?;
+    let deleted = doomed.len() as u32;
+    Ok(Some(Rewritten {
+        bytes,
+        records: present - deleted,
+        deleted,
+    }))
+}
+
+/// `batch` without its records below `low`: the batch a
+/// `delete_records_before` cuts, so that transfers never send records
+/// below the low watermark.
+pub(crate) fn cut_below(batch: &Bytes, low: i64) -> Result<Rewritten> {
+    let (mut present, mut kept) = (0u32, 0u32);
+    format::for_each_record(batch, false, |record| {
+        present += 1;
+        kept += u32::from(record.offset >= low);
+        true
+    })?;
+    Ok(Rewritten {
+        bytes: format::retain_records(batch, |offset| offset >= low)?,
+        records: kept,
+        deleted: present - kept,
+    })
 }

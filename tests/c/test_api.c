@@ -219,21 +219,22 @@ static void test_version_and_status_strings(void) {
     CHECK(MQS_TIMESTAMP_EARLIEST == -2 && MQS_TIMESTAMP_LATEST == -1);
 }
 
-/* The engines of this build: the default build has memory, journal and file;
- * planned ones (s3, hybrid) are not listed. */
+/* The engines of this build: the default build has memory, journal, file
+ * and rocksdb; planned ones (s3, hybrid) are not listed. */
 static void test_engines(void) {
     mqs_names *names = (mqs_names *)0x1;
     CHECK_OK(mqs_engines(&names));
     size_t n = mqs_names_count(names);
-    bool memory = false, journal = false, file = false;
+    bool memory = false, journal = false, file = false, rocksdb = false;
     for (size_t i = 0; i < n; i++) {
         const char *name = mqs_names_get(names, i);
         memory |= strcmp(name, "memory") == 0;
         journal |= strcmp(name, "journal") == 0;
         file |= strcmp(name, "file") == 0;
+        rocksdb |= strcmp(name, "rocksdb") == 0;
         CHECK(strcmp(name, "s3") != 0 && strcmp(name, "hybrid") != 0);
     }
-    CHECK(memory && journal && file);
+    CHECK(memory && journal && file && rocksdb);
     CHECK_OK(mqs_names_free(names));
     CHECK_STATUS(mqs_engines(NULL), MQS_INVALID_ARGUMENT);
 }
@@ -1330,11 +1331,11 @@ static void read_rest(mqs_transfer *transfer, size_t piece, uint8_t *out, size_t
 }
 
 /* A transfer read into buffers of 1, 7 and 4096 bytes gives the bytes a
- * descriptor receives, on every engine (memory, files and the journal's
- * tail cache); reads and sends share one progress. */
+ * descriptor receives, on every engine (memory, files, the journal's
+ * tail cache and RocksDB's lazy chunks); reads and sends share one progress. */
 static void test_transfer_read_into(void) {
     const char *configs[] = {NULL, "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n",
-                             "[journal]\ntail_cache_bytes = 0\n"};
+                             "[journal]\ntail_cache_bytes = 0\n", "[shard]\nengine = \"rocksdb\"\n"};
     for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++) {
         mqs_store *store = open_store(configs[c]);
         CHECK_OK(mqs_shard_create(store, "r", NULL));
@@ -1925,8 +1926,107 @@ static void pipe_verify(mqs_store *store, const char *shard) {
     CHECK_OK(mqs_batch_free(batch));
 }
 
+static const char *ROCKSDB_CONFIG = "[shard]\nengine = \"rocksdb\"\n";
+/* This program's path (argv[0]), to run it as a helper process: under
+ * valgrind /proc/self/exe is valgrind's own tool. */
+static const char *g_self = "test_api";
+
+/* The helper process of test_rocksdb_bad_directories (this program run with
+ * --hold-store DIR): holds the store in DIR open, says so on stdout, and
+ * closes it when its stdin closes. */
+static int hold_store(const char *dir) {
+    mqs_store *store = NULL;
+    if (mqs_store_open(dir, ROCKSDB_CONFIG, &store) != MQS_OK) {
+        return 1;
+    }
+    if (write(STDOUT_FILENO, "H", 1) != 1) {
+        return 2;
+    }
+    char c;
+    while (read(STDIN_FILENO, &c, 1) > 0) {
+    }
+    return mqs_store_close(store) == MQS_OK ? 0 : 3;
+}
+
+/* Starts this program as the holder of the store in `dir`; returns its pid
+ * once it holds it, with `*to_child` its stdin. */
+static pid_t start_holder(const char *dir, int *to_child) {
+    int in[2], out[2];
+    REQUIRE(pipe(in) == 0 && pipe(out) == 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        dup2(in[0], STDIN_FILENO);
+        dup2(out[1], STDOUT_FILENO);
+        close(in[1]);
+        close(out[0]);
+        execl(g_self, g_self, "--hold-store", dir, (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    char said = 0;
+    CHECK(read(out[0], &said, 1) == 1 && said == 'H');
+    close(out[0]);
+    *to_child = in[1];
+    return child;
+}
+
+/* A RocksDB directory another process holds open (a second store whose
+ * rocksdb/ is a symlink to the first one's, opened while a helper process
+ * holds the first) fails the open with MQS_LOCKED; a damaged one (CURRENT
+ * naming a missing MANIFEST) with MQS_CORRUPTION; both name the directory,
+ * and the data is intact once the holder is gone. */
+static void test_rocksdb_bad_directories(void) {
+    const char *config = ROCKSDB_CONFIG;
+    char a[128], b[128], link_from[256], link_to[256];
+    new_store_dir(a, sizeof a);
+    new_store_dir(b, sizeof b);
+    mqs_store *store = NULL;
+    REQUIRE(mqs_store_open(a, config, &store) == MQS_OK);
+    CHECK_OK(mqs_shard_create(store, "r", NULL));
+    mqs_record_in kept = value_record("kept");
+    int64_t offset = -1;
+    CHECK_OK(mqs_append(store, "r", &kept, &offset));
+    CHECK_OK(mqs_store_close(store));
+    REQUIRE(mkdir(b, 0700) == 0);
+    snprintf(link_to, sizeof link_to, "%s/rocksdb", a);
+    snprintf(link_from, sizeof link_from, "%s/rocksdb", b);
+    REQUIRE(symlink(link_to, link_from) == 0);
+
+    int to_child = -1;
+    pid_t holder = start_holder(a, &to_child);
+    mqs_store *other = NULL;
+    CHECK(mqs_store_open(b, config, &other) == MQS_LOCKED && other == NULL);
+    CHECK(strstr(mqs_last_error_message(), "rocksdb") != NULL);
+    CHECK(strstr(mqs_last_error_message(), "locked") != NULL);
+    close(to_child);
+    int wstatus = 0;
+    CHECK(waitpid(holder, &wstatus, 0) == holder && WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+
+    REQUIRE(mqs_store_open(b, config, &store) == MQS_OK);
+    const mqs_record *records = NULL;
+    size_t count = 0;
+    mqs_batch *batch = read_ok(store, "r", 0, 10, SIZE_MAX, &records, &count);
+    CHECK(count == 1 && slice_is(records[0].value, "kept"));
+    CHECK_OK(mqs_batch_free(batch));
+    CHECK_OK(mqs_store_close(store));
+
+    char current[256];
+    snprintf(current, sizeof current, "%s/rocksdb/CURRENT", a);
+    FILE *f = fopen(current, "w");
+    REQUIRE(f != NULL);
+    fputs("MANIFEST-999999\n", f);
+    fclose(f);
+    CHECK(mqs_store_open(a, config, &store) == MQS_CORRUPTION && store == NULL);
+    CHECK(strstr(mqs_last_error_message(), "rocksdb") != NULL);
+}
+
 /* The journal (the default engine, durability fsync by default) and its os
- * and none modes, the memory and the file engine: a window of in-flight
+ * and none modes, the memory and the file engine, RocksDB in fsync and none
+ * modes: a window of in-flight
  * batches, everything read back, and (persistent shards) found again after
  * a reopen. */
 static void test_append_nowait_pipeline(void) {
@@ -1939,9 +2039,13 @@ static void test_append_nowait_pipeline(void) {
     CHECK_OK(mqs_shard_create(store, "journal-none", "durability = \"none\""));
     CHECK_OK(mqs_shard_create(store, "memory", "engine = \"memory\""));
     CHECK_OK(mqs_shard_create(store, "file", "engine = \"file\"\ndurability = \"fsync\""));
-    const char *shards[5] = {"journal-fsync", "journal-os", "journal-none", "memory", "file"};
-    const char *engines[5] = {"journal", "journal", "journal", "memory", "file"};
-    for (int s = 0; s < 5; s++) {
+    CHECK_OK(mqs_shard_create(store, "rocksdb-fsync", "engine = \"rocksdb\""));
+    CHECK_OK(mqs_shard_create(store, "rocksdb-none", "engine = \"rocksdb\"\ndurability = \"none\""));
+    enum { SHARDS = 7 };
+    const char *shards[SHARDS] = {"journal-fsync", "journal-os", "journal-none", "memory", "file",
+                                  "rocksdb-fsync", "rocksdb-none"};
+    const char *engines[SHARDS] = {"journal", "journal", "journal", "memory", "file", "rocksdb", "rocksdb"};
+    for (int s = 0; s < SHARDS; s++) {
         struct mqs_shard_info info;
         CHECK_OK(mqs_shard_get_info(store, shards[s], &info));
         CHECK(info.engine != NULL && strcmp(info.engine, engines[s]) == 0);
@@ -1959,9 +2063,10 @@ static void test_append_nowait_pipeline(void) {
     CHECK_OK(mqs_wait_durable(store, "journal-fsync", offset));
     CHECK_OK(mqs_store_close(store));
 
-    /* Everything is still there after a reopen (journal and file shards). */
+    /* Everything is still there after a reopen (every persistent shard; a
+     * clean close flushes RocksDB's unlogged none writes). */
     REQUIRE(mqs_store_open(dir, NULL, &store) == MQS_OK);
-    for (int s = 0; s < 5; s++) {
+    for (int s = 0; s < SHARDS; s++) {
         if (strcmp(engines[s], "memory") == 0) {
             continue;
         }
@@ -2226,7 +2331,11 @@ static void test_event_loop(void) {
     CHECK_STATUS(mqs_append_batch_notify(store, "s", records, 1, 1, &base), MQS_INVALID_HANDLE);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--hold-store") == 0) {
+        return hold_store(argv[2]);
+    }
+    g_self = argv[0];
     crc32c_init();
     strcpy(g_root, "/tmp/mqs-c-test-XXXXXX");
     if (mkdtemp(g_root) == NULL) {
@@ -2259,6 +2368,7 @@ int main(void) {
     test_use_after_close();
     test_close_race();
     test_file_engine();
+    test_rocksdb_bad_directories();
     test_append_nowait_pipeline();
     test_append_nowait_survives_kill();
     test_append_nowait_errors();

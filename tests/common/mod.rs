@@ -79,16 +79,47 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// threads may still write: an index checkpoint is only written after the
 /// journal it covers, so it is copied first (a later copy of the journal
 /// then holds everything it names), and a file a checkpoint's rename
-/// removed meanwhile is left out, as if the kill came before.
+/// removed meanwhile is left out, as if the kill came before. RocksDB's
+/// flushes and compactions create and remove files in an order a copy
+/// made file by file cannot follow (a MANIFEST naming a table removed
+/// before its turn came): a copy during which any file appeared,
+/// disappeared or grew is made again.
 pub fn crash_copy(dir: &Path) -> tempfile::TempDir {
-    let copy = match dir.parent() {
-        Some(parent) => tempfile::tempdir_in(parent).unwrap(),
-        None => tempfile::tempdir().unwrap(),
+    for _ in 0..1000 {
+        let before = listing(dir);
+        let copy = match dir.parent() {
+            Some(parent) => tempfile::tempdir_in(parent).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
+        let is_segment = |p: &Path| p.extension().is_some_and(|e| e == "log");
+        copy_files(dir, copy.path(), &|p| !is_segment(p));
+        copy_files(dir, copy.path(), &is_segment);
+        if listing(dir) == before {
+            return copy;
+        }
+    }
+    panic!("'{}' kept changing while it was copied", dir.display());
+}
+
+/// Every file under `dir` with its size, but RocksDB's info logs (which
+/// background threads append to whatever they do).
+fn listing(dir: &Path) -> std::collections::BTreeMap<PathBuf, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return out;
     };
-    let is_segment = |p: &Path| p.extension().is_some_and(|e| e == "log");
-    copy_files(dir, copy.path(), &|p| !is_segment(p));
-    copy_files(dir, copy.path(), &is_segment);
-    copy
+    for item in items.flatten() {
+        let path = item.path();
+        let Ok(meta) = item.metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            out.extend(listing(&path));
+        } else if !item.file_name().to_string_lossy().starts_with("LOG") {
+            out.insert(path, meta.len());
+        }
+    }
+    out
 }
 
 fn copy_files(from: &Path, to: &Path, wanted: &dyn Fn(&Path) -> bool) {

@@ -109,9 +109,9 @@ void bad_configuration() {
     CHECK(test::contains(value, "durability"));
     CHECK_THROWS_CODE(syntax, Store::open(test::dir("cfg4"), std::string("this is = = not toml")),
                       MQS_INVALID_CONFIG);
-    CHECK_THROWS_CODE(engine, Store::open(test::dir("cfg5"), std::string("[shard]\nengine = \"rocksdb\"\n")),
+    CHECK_THROWS_CODE(engine, Store::open(test::dir("cfg5"), std::string("[shard]\nengine = \"hybrid\"\n")),
                       MQS_UNSUPPORTED);
-    CHECK(test::contains(engine, "rocksdb"));
+    CHECK(test::contains(engine, "hybrid"));
     CHECK_THROWS_CODE(nul, Store::open(test::dir("cfg6"), std::string("preset = 1\0x", 12)), MQS_INVALID_ARGUMENT);
 
     Store store = Store::open(test::dir("cfg-ok"), std::string("preset = \"financial\"\n[shard]\nretention_records = 100\n"));
@@ -823,7 +823,11 @@ void event_loop() {
 
 }  // namespace
 
-int main() {
+int main(int argc, char **argv) {
+    if (argc == 3 && std::string(argv[1]) == "--hold-store") {
+        return other::hold_store(argv[2]);
+    }
+    test::self_path() = argv[0];
     char scratch[] = "/tmp/mqstore-cpp-test-XXXXXX";
     if (::mkdtemp(scratch) == nullptr) {
         std::perror("mkdtemp");

@@ -4,6 +4,7 @@
 #include "mqstore.hpp"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -11,7 +12,9 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "test_util.hpp"
@@ -234,10 +237,11 @@ void socket_transfer_resumes() {
     CHECK(test::contains(msg2, "nope"));
 }
 
-void transfer_outlives_store_and_moves() {
+void transfer_outlives_store(const std::string &config) {
     std::optional<mqstore::Transfer> kept;
     {
-        mqstore::Store store = mqstore::Store::open(test::dir("transfer-outlives"));
+        mqstore::Store store = mqstore::Store::open(test::dir("transfer-outlives" + std::to_string(config.size())),
+                                                    config);
         store.create_shard("s");
         append_numbered(store, "s", 0, 10);
         mqstore::Transfer planned = store.plan_transfer("s", 0);
@@ -262,6 +266,13 @@ void transfer_outlives_store_and_moves() {
     CHECK(parse_batches(received, batches, first, end));
     CHECK_EQ(batches, 1);
     CHECK_EQ(end, 10);
+}
+
+void transfer_outlives_store_and_moves() {
+    // The journal's plans hold buffers and files; RocksDB's a snapshot,
+    // read into memory when the store closes.
+    transfer_outlives_store("");
+    transfer_outlives_store("[shard]\nengine = \"rocksdb\"\n");
 
     // Move assignment frees the target's plan (valgrind checks) and empties the source.
     mqstore::Store store = mqstore::Store::open(test::dir("transfer-move"));
@@ -432,8 +443,9 @@ std::string read_rest(mqstore::Transfer &transfer, std::size_t piece) {
 }
 
 void transfer_read_into() {
-    const char *configs[] = {"", "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n"};
-    for (int c = 0; c < 3; ++c) {
+    const char *configs[] = {"", "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n",
+                             "[shard]\nengine = \"rocksdb\"\n"};
+    for (int c = 0; c < 4; ++c) {
         mqstore::Store store = mqstore::Store::open(test::dir("read-into-" + std::to_string(c)), configs[c]);
         store.create_shard("s");
         for (int b = 0; b < 4; ++b) {
@@ -602,6 +614,78 @@ void transfer_read_into_errors() {
     CHECK_EQ(moved.sent_bytes(), sizeof buf);
 }
 
+int hold_store(const std::string &dir) {
+    try {
+        mqstore::Store store = mqstore::Store::open(dir, std::string("[shard]\nengine = \"rocksdb\"\n"));
+        if (::write(STDOUT_FILENO, "H", 1) != 1) {
+            return 2;
+        }
+        char c;
+        while (::read(STDIN_FILENO, &c, 1) > 0) {
+        }
+        store.close();
+        return 0;
+    } catch (const std::exception &) {
+        return 1;
+    }
+}
+
+// A RocksDB directory another process holds open (a second store whose
+// rocksdb/ is a symlink to the first one's, opened while a helper process,
+// this program with --hold-store, holds the first) is MQS_LOCKED; a
+// damaged one (CURRENT naming a missing MANIFEST) MQS_CORRUPTION; both name
+// the directory.
+void rocksdb_bad_directories() {
+    const std::string config = "[shard]\nengine = \"rocksdb\"\n";
+    const std::string a = test::dir("rocksdb-a"), b = test::dir("rocksdb-b");
+    {
+        mqstore::Store store = mqstore::Store::open(a, config);
+        store.create_shard("r");
+        append_numbered(store, "r", 0, 3);
+    }
+    CHECK_EQ(::mkdir(b.c_str(), 0700), 0);
+    CHECK_EQ(::symlink((a + "/rocksdb").c_str(), (b + "/rocksdb").c_str()), 0);
+    int in[2], out[2];
+    CHECK_EQ(::pipe(in), 0);
+    CHECK_EQ(::pipe(out), 0);
+    std::fflush(nullptr);
+    pid_t holder = ::fork();
+    if (holder == 0) {
+        ::dup2(in[0], STDIN_FILENO);
+        ::dup2(out[1], STDOUT_FILENO);
+        ::close(in[1]);
+        ::close(out[0]);
+        const char *self = test::self_path().c_str();
+        ::execl(self, self, "--hold-store", a.c_str(), static_cast<char *>(nullptr));
+        ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    char said = 0;
+    CHECK_EQ(::read(out[0], &said, 1), 1);
+    ::close(out[0]);
+    CHECK_THROWS_CODE(locked, mqstore::Store::open(b, config), MQS_LOCKED);
+    CHECK(test::contains(locked, "rocksdb"));
+    ::close(in[1]);
+    int status = 0;
+    CHECK_EQ(::waitpid(holder, &status, 0), holder);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    {
+        mqstore::Store store = mqstore::Store::open(b, config);
+        CHECK_EQ(store.read("r", 0, 10, mqstore::UNLIMITED).size(), static_cast<std::size_t>(3));
+    }
+    {
+        std::FILE *current = std::fopen((a + "/rocksdb/CURRENT").c_str(), "w");
+        CHECK(current != nullptr);
+        if (current != nullptr) {
+            std::fputs("MANIFEST-999999\n", current);
+            std::fclose(current);
+        }
+    }
+    CHECK_THROWS_CODE(damaged, mqstore::Store::open(a, config), MQS_CORRUPTION);
+    CHECK(test::contains(damaged, "rocksdb"));
+}
+
 void transfer_tests() {
     test::run("transfer: socketpair, non-blocking resume", socket_transfer_resumes);
     test::run("transfer: outlives store, move semantics", transfer_outlives_store_and_moves);
@@ -613,6 +697,7 @@ void transfer_tests() {
     test::run("log callback: a torn tail cut at open is reported", log_callback);
     test::run("sendfile_to_fd: file, socket, pipe", sendfile_to_file_and_socket);
     test::run("file engine: segments, views, sendfile, reopen", file_engine_roundtrip);
+    test::run("rocksdb engine: locked and damaged directories", rocksdb_bad_directories);
 }
 
 }  // namespace other

@@ -88,6 +88,12 @@ inline std::string &base_dir() {
     return dir;
 }
 
+/// This program's path (argv[0]), to run it as a helper process.
+inline std::string &self_path() {
+    static std::string path;
+    return path;
+}
+
 /// A store directory inside the scratch directory (created by the store).
 inline std::string dir(const std::string &name) { return base_dir() + "/" + name; }
 
@@ -120,6 +126,8 @@ mqstore::ReadResult read_then_destroy_store(const std::string &dir);
 mqstore::Store open_store(const std::string &dir, const std::optional<std::string> &config = std::nullopt);
 /// Transfer and sendfile tests.
 void transfer_tests();
+/// The helper process of the RocksDB lock test (`--hold-store DIR`).
+int hold_store(const std::string &dir);
 }  // namespace other
 
 #define CHECK(cond) ::test::record(static_cast<bool>(cond), #cond, __FILE__, __LINE__)

@@ -156,9 +156,9 @@ def test_durability_fsync_on_memory_engine(store):
 
 def test_unavailable_engine_is_unsupported(store):
     with pytest.raises(mqstore.Unsupported) as info:
-        store.create_shard("s", engine="rocksdb")
+        store.create_shard("s", engine="hybrid")
     assert isinstance(info.value, NotImplementedError)
-    assert "rocksdb" in str(info.value)
+    assert "hybrid" in str(info.value)
 
 
 def test_unbuilt_default_engine_is_unsupported(tmp_path):

@@ -110,8 +110,8 @@ fn encode(
             body.extend_from_slice(&b.max_timestamp.to_le_bytes());
             body.extend_from_slice(&b.records.to_le_bytes());
             body.extend_from_slice(&b.len.to_le_bytes());
-            body.extend_from_slice(&b.segment.base.to_le_bytes());
-            body.extend_from_slice(&b.pos.to_le_bytes());
+            body.extend_from_slice(&b.loc.segment.base.to_le_bytes());
+            body.extend_from_slice(&b.loc.pos.to_le_bytes());
             match b.keys.get() {
                 Some(filter) => {
                     body.extend_from_slice(&(filter.hashes().len() as u32).to_le_bytes());
@@ -350,7 +350,7 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
             if last < base || state.batches.back().is_some_and(|b| b.last_offset >= base) {
                 return None;
             }
-            let batch = IndexEntry::new(
+            let batch = IndexEntry::in_segment(
                 segment.clone(),
                 pos,
                 len as usize,

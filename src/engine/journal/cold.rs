@@ -24,7 +24,6 @@ use bytes::Bytes;
 
 use super::index::IndexEntry;
 use super::Log;
-use crate::engine::keyfilter::KeyFilter;
 use crate::engine::scan::ScanBatch;
 use crate::{Error, Result};
 
@@ -55,31 +54,31 @@ impl<'a> BatchReader<'a> {
         if let Some(bytes) = self.log.writer.tail.batch(batch) {
             return Ok(bytes);
         }
-        let segment = &batch.segment;
+        let segment = &batch.loc.segment;
         let len = batch.len as u64;
         if segment.base >= self.hot_from {
             return Ok(batch.bytes());
         }
         if let Some((base, start, buf)) = &self.window {
             if *base == segment.base
-                && batch.pos >= *start
-                && batch.pos + len <= start + buf.len() as u64
+                && batch.loc.pos >= *start
+                && batch.loc.pos + len <= start + buf.len() as u64
             {
-                let at = (batch.pos - start) as usize;
+                let at = (batch.loc.pos - start) as usize;
                 return Ok(buf.slice(at..at + len as usize));
             }
         }
-        let want = len.max(READ_AHEAD).min(segment.len - batch.pos);
+        let want = len.max(READ_AHEAD).min(segment.len - batch.loc.pos);
         let mut buf = vec![0u8; want as usize];
         segment
             .file
-            .read_exact_at(&mut buf, batch.pos)
+            .read_exact_at(&mut buf, batch.loc.pos)
             .map_err(|e| Error::io(format!("reading '{}'", segment.path.display()), e))?;
         self.log.cold_reads.fetch_add(1, Ordering::Relaxed);
         self.log.cold_read_bytes.fetch_add(want, Ordering::Relaxed);
         let buf = Bytes::from(buf);
         let out = buf.slice(..len as usize);
-        self.window = Some((segment.base, batch.pos, buf));
+        self.window = Some((segment.base, batch.loc.pos, buf));
         Ok(out)
     }
 
@@ -87,7 +86,7 @@ impl<'a> BatchReader<'a> {
     /// failure, which `finish` then reports.
     pub fn scan_batch(&mut self, batch: &IndexEntry) -> Option<ScanBatch> {
         let bytes = self.fetch(batch)?;
-        Some(scan_batch(batch, bytes))
+        Some(batch.scan(bytes))
     }
 
     /// For key and tag lookups: like `scan_batch`, but `Some(None)` for a
@@ -99,24 +98,15 @@ impl<'a> BatchReader<'a> {
         batch: &IndexEntry,
         wanted: &[u32],
     ) -> Option<Option<ScanBatch>> {
-        if let Some(filter) = batch.keys.get() {
-            if !filter.may_contain_any(wanted) {
-                return Some(None);
-            }
-            return self.scan_batch(batch).map(Some);
-        }
-        let bytes = self.fetch(batch)?;
-        // A batch that does not decode cannot be ruled out: the scan
-        // reports its error.
-        if let Ok(filter) = KeyFilter::from_batch(&bytes) {
-            let hit = filter.may_contain_any(wanted);
-            // A racing lookup may have set it first: same content.
-            let _ = batch.keys.set(filter);
-            if !hit {
-                return Some(None);
+        match batch.may_match(wanted) {
+            Some(false) => Some(None),
+            Some(true) => self.scan_batch(batch).map(Some),
+            None => {
+                let bytes = self.fetch(batch)?;
+                let hit = batch.learn_filter(&bytes, wanted);
+                Some(hit.then(|| batch.scan(bytes)))
             }
         }
-        Some(Some(scan_batch(batch, bytes)))
     }
 
     /// The batch's bytes; `None` (ending the scan) after a failure, which
@@ -137,13 +127,5 @@ impl<'a> BatchReader<'a> {
             Some(e) => Err(e),
             None => result,
         }
-    }
-}
-
-fn scan_batch(batch: &IndexEntry, bytes: Bytes) -> ScanBatch {
-    ScanBatch {
-        bytes,
-        last_offset: batch.last_offset,
-        max_timestamp: batch.max_timestamp,
     }
 }

@@ -22,6 +22,7 @@ use super::entry::{self, Checkpoint, Kind, Parsed, HEADER_LEN};
 use super::index::{IndexEntry, ShardState};
 use super::segment::{self, sync_dir, Segment};
 use crate::config::{Config, JournalConfig, RecoveryMode, ShardOptions};
+use crate::engine::index::BatchIndex;
 use crate::format::BatchHeader;
 use crate::time::now_ms;
 use crate::{Error, Result};
@@ -397,7 +398,7 @@ fn batch_entry(
             payload.len()
         )));
     }
-    let entry = IndexEntry::new(
+    let entry = IndexEntry::in_segment(
         segment.clone(),
         pos + HEADER_LEN as u64,
         payload.len(),
@@ -460,8 +461,11 @@ fn apply(
                     // A name belongs to one live shard; a newer id wins.
                     out.shards.retain(|_, s| s.name != c.name);
                     let state = ShardState {
-                        low_watermark: c.low,
-                        next_offset: c.next,
+                        index: BatchIndex {
+                            low_watermark: c.low,
+                            next_offset: c.next,
+                            ..BatchIndex::default()
+                        },
                         anchor: segment.base,
                         ..ShardState::default()
                     };

@@ -1,7 +1,6 @@
 //! A journal shard: its index and watermarks in memory, its batches in the
 //! shared journal segments.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -183,24 +182,9 @@ impl JournalShard {
         self.log.writer.ensure_written(state.last_end)
     }
 
-    fn retention_cutoff(&self, now: i64) -> Option<i64> {
-        (self.options.retention_ms > 0)
-            .then(|| now.saturating_sub(self.options.retention_ms as i64))
-    }
-
     /// Age retention also applies to shards nobody appends to any more.
     fn expire_idle(&self, now: i64) {
-        let Some(cutoff) = self.retention_cutoff(now) else {
-            return;
-        };
-        let stale = {
-            let state = self.state.read();
-            state
-                .batches
-                .front()
-                .is_some_and(|b| b.max_timestamp < cutoff)
-        };
-        if stale {
+        if self.state.read().is_stale(&self.options, now) {
             let dropped = self.state.write().enforce_retention(&self.options, now);
             if dropped {
                 self.log.maybe_reclaim();
@@ -221,7 +205,7 @@ impl JournalShard {
         match kept {
             Some(bytes) => {
                 let placed = self.enqueue(state, Kind::Rewrite, base as u64, &bytes)?;
-                let entry = IndexEntry::new(
+                let entry = IndexEntry::in_segment(
                     placed.segment.clone(),
                     placed.pos + entry::HEADER_LEN as u64,
                     bytes.len(),
@@ -256,7 +240,7 @@ impl JournalShard {
             let base_offset = state.next_offset;
             format::set_base_offset(&mut buffer, base_offset);
             let placed = self.enqueue(&mut state, Kind::Batch, base_offset as u64, &buffer)?;
-            let entry = IndexEntry::new(
+            let entry = IndexEntry::in_segment(
                 placed.segment.clone(),
                 placed.pos + entry::HEADER_LEN as u64,
                 buffer.len(),
@@ -397,9 +381,7 @@ impl Shard for JournalShard {
             _ => {}
         }
         self.make_readable(&state)?;
-        let start = state
-            .batches
-            .partition_point(|b| b.running_max_timestamp < timestamp_ms);
+        let start = state.timestamp_start(timestamp_ms);
         let mut reader = BatchReader::new(&self.log);
         let batches = state
             .batches
@@ -429,20 +411,8 @@ impl Shard for JournalShard {
         // changes: a batch that fails to decode changes nothing.
         let straddling = match state.batches.get(state.batch_index(target)) {
             Some(b) if b.base_offset < target => {
-                let bytes = b.bytes();
-                let mut kept_records = 0u32;
-                format::for_each_record(&bytes, false, |r| {
-                    kept_records += u32::from(r.offset >= target);
-                    true
-                })?;
-                let kept = format::retain_records(&bytes, |o| o >= target)?;
-                Some((
-                    b.base_offset,
-                    b.last_offset,
-                    b.max_timestamp,
-                    kept_records,
-                    kept,
-                ))
+                let cut = scan::cut_below(&b.bytes(), target)?;
+                Some((b.base_offset, b.last_offset, b.max_timestamp, cut))
             }
             _ => None,
         };
@@ -459,8 +429,8 @@ impl Shard for JournalShard {
         // records gone above an old watermark.
         state.low_watermark = target;
         self.checkpoint(&mut state)?;
-        if let Some((base, last, max_ts, kept_records, kept)) = straddling {
-            let entry = self.log_rewrite(&mut state, base, last, max_ts, kept_records, kept)?;
+        if let Some((base, last, max_ts, cut)) = straddling {
+            let entry = self.log_rewrite(&mut state, base, last, max_ts, cut.records, cut.bytes)?;
             state.replace(0, entry);
         }
         let end = state.logged_end;
@@ -480,25 +450,20 @@ impl Shard for JournalShard {
         let mut index = 0;
         while index < state.batches.len() {
             let batch = &state.batches[index];
-            let bytes = batch.bytes();
-            let mut doomed = HashSet::new();
-            format::for_each_record(&bytes, false, |record| {
-                if matches(&record) {
-                    doomed.insert(record.offset);
-                }
-                true
-            })?;
-            if doomed.is_empty() {
+            let Some(rewritten) = scan::rewrite_where(&batch.bytes(), matches)? else {
                 index += 1;
                 continue;
-            }
-            let base = batch.base_offset;
-            let (last, max_ts, records) = (batch.last_offset, batch.max_timestamp, batch.records);
-            let kept = format::retain_records(&bytes, |offset| !doomed.contains(&offset))?;
-            deleted += doomed.len() as u64;
-            let kept_records = records - doomed.len() as u32;
-            let replacement =
-                self.log_rewrite(&mut state, base, last, max_ts, kept_records, kept)?;
+            };
+            let (base, last, max_ts) = (batch.base_offset, batch.last_offset, batch.max_timestamp);
+            deleted += rewritten.deleted as u64;
+            let replacement = self.log_rewrite(
+                &mut state,
+                base,
+                last,
+                max_ts,
+                rewritten.records,
+                rewritten.bytes,
+            )?;
             let removed = replacement.is_none();
             state.replace(index, replacement);
             if !removed {
@@ -545,8 +510,8 @@ impl Shard for JournalShard {
             chunks.push(match self.log.writer.tail.batch(batch) {
                 Some(bytes) => TransferChunk::Memory(bytes),
                 None => TransferChunk::File {
-                    file: batch.segment.file.clone(),
-                    offset: batch.pos,
+                    file: batch.loc.segment.file.clone(),
+                    offset: batch.loc.pos,
                     len: len as u64,
                 },
             });

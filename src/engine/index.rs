@@ -1,0 +1,330 @@
+//! A shard's in-memory batch index, shared by the engines that keep one
+//! small entry per stored batch (memory, journal, RocksDB): offsets,
+//! timestamps and their running maximum, record and byte counts, key
+//! filters, watermarks and retention. Generic over where a batch's bytes
+//! live (`L`): a shared buffer, a position in a journal segment, a RocksDB
+//! key. The policy (which batches retention drops, how a lookup by
+//! timestamp starts) is decided here once; engines only store and fetch.
+
+// Key filters and recovery's helpers serve the persistent engines, which
+// the edge build leaves out but for the File engine (its own index).
+#![cfg_attr(not(any(feature = "journal", feature = "rocksdb")), allow(dead_code))]
+
+use std::collections::VecDeque;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+
+use crate::config::ShardOptions;
+use crate::engine::keyfilter::KeyFilter;
+use crate::engine::scan::ScanBatch;
+use crate::Result;
+
+/// One stored batch.
+pub struct BatchEntry<L> {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// Newest record timestamp in this batch (retention by age).
+    pub max_timestamp: i64,
+    /// Newest timestamp in this and every earlier batch (monotonic, so a
+    /// timestamp lookup can binary-search it even when producers send
+    /// timestamps out of order).
+    pub running_max_timestamp: i64,
+    /// Records physically present in the stored bytes.
+    pub records: u32,
+    /// Batch length in bytes.
+    pub len: u32,
+    /// Hashes of the batch's keys and tags: set at append or when loaded,
+    /// computed on the first key or tag lookup otherwise (batches found
+    /// again at open, or rewritten by a delete), so opening decodes no
+    /// records.
+    pub keys: OnceLock<KeyFilter>,
+    /// Where the bytes are.
+    pub loc: L,
+}
+
+impl<L> BatchEntry<L> {
+    pub fn new(
+        loc: L,
+        len: usize,
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp: i64,
+        records: u32,
+    ) -> BatchEntry<L> {
+        BatchEntry {
+            base_offset,
+            last_offset,
+            max_timestamp,
+            running_max_timestamp: max_timestamp,
+            records,
+            len: len as u32,
+            keys: OnceLock::new(),
+            loc,
+        }
+    }
+
+    /// The batch as the shared scans want it.
+    pub fn scan(&self, bytes: Bytes) -> ScanBatch {
+        ScanBatch {
+            bytes,
+            last_offset: self.last_offset,
+            max_timestamp: self.max_timestamp,
+        }
+    }
+
+    /// For key and tag lookups, before fetching the bytes: `Some(false)`
+    /// when the batch's filter rules out every hash of `wanted`, `None`
+    /// when it has no filter yet (see `learn_filter`).
+    pub fn may_match(&self, wanted: &[u32]) -> Option<bool> {
+        self.keys.get().map(|filter| filter.may_contain_any(wanted))
+    }
+
+    /// Computes the missing filter from the fetched `bytes` and says
+    /// whether the batch may hold a hash of `wanted`. A batch that does not
+    /// decode cannot be ruled out: the scan then reports its error.
+    pub fn learn_filter(&self, bytes: &Bytes, wanted: &[u32]) -> bool {
+        match KeyFilter::from_batch(bytes) {
+            Ok(filter) => {
+                let hit = filter.may_contain_any(wanted);
+                // A racing lookup may have set it first: same content.
+                let _ = self.keys.set(filter);
+                hit
+            }
+            Err(_) => true,
+        }
+    }
+}
+
+/// The batches of one shard and its watermarks.
+pub struct BatchIndex<L> {
+    pub batches: VecDeque<BatchEntry<L>>,
+    pub low_watermark: i64,
+    pub next_offset: i64,
+    pub bytes: u64,
+    pub records: u64,
+    /// Batches left the index (retention, deletes) since the owner last
+    /// cleared it: an engine that records its watermarks only now and then
+    /// (the journal) must record them before the evidence is gone.
+    pub low_dirty: bool,
+}
+
+impl<L> Default for BatchIndex<L> {
+    fn default() -> Self {
+        BatchIndex {
+            batches: VecDeque::new(),
+            low_watermark: 0,
+            next_offset: 0,
+            bytes: 0,
+            records: 0,
+            low_dirty: false,
+        }
+    }
+}
+
+/// Timestamps older than this are beyond the shard's age retention.
+pub fn retention_cutoff(options: &ShardOptions, now: i64) -> Option<i64> {
+    (options.retention_ms > 0).then(|| now.saturating_sub(options.retention_ms as i64))
+}
+
+impl<L> BatchIndex<L> {
+    /// Index of the first batch that may hold `offset` or a later one.
+    pub fn batch_index(&self, offset: i64) -> usize {
+        self.batches.partition_point(|b| b.last_offset < offset)
+    }
+
+    /// Where the batch with `base_offset` is (or would go).
+    pub fn position_of(&self, base_offset: i64) -> std::result::Result<usize, usize> {
+        self.batches
+            .binary_search_by_key(&base_offset, |b| b.base_offset)
+    }
+
+    /// Index of the first batch whose running maximum timestamp reaches
+    /// `timestamp_ms`: no record before it is that recent.
+    pub fn timestamp_start(&self, timestamp_ms: i64) -> usize {
+        self.batches
+            .partition_point(|b| b.running_max_timestamp < timestamp_ms)
+    }
+
+    pub fn push(&mut self, mut entry: BatchEntry<L>) {
+        entry.running_max_timestamp = self.batches.back().map_or(entry.max_timestamp, |b| {
+            b.running_max_timestamp.max(entry.max_timestamp)
+        });
+        self.bytes += entry.len as u64;
+        self.records += entry.records as u64;
+        self.next_offset = self.next_offset.max(entry.last_offset + 1);
+        self.batches.push_back(entry);
+    }
+
+    /// Puts a batch at `index` (its position by base offset), for recovery
+    /// that finds batches out of order; `recompute_running_max` after.
+    pub fn insert(&mut self, index: usize, entry: BatchEntry<L>) {
+        self.bytes += entry.len as u64;
+        self.records += entry.records as u64;
+        self.next_offset = self.next_offset.max(entry.last_offset + 1);
+        self.batches.insert(index, entry);
+    }
+
+    /// Drops the oldest batch, raising the low watermark past it.
+    pub fn pop_front(&mut self) -> Option<BatchEntry<L>> {
+        let batch = self.batches.pop_front()?;
+        self.bytes -= batch.len as u64;
+        self.records -= batch.records as u64;
+        self.low_watermark = self.low_watermark.max(batch.last_offset + 1);
+        self.low_dirty = true;
+        Some(batch)
+    }
+
+    /// Replaces batch `index` by a rewritten one (or removes it); returns
+    /// the old one.
+    pub fn replace(&mut self, index: usize, entry: Option<BatchEntry<L>>) -> BatchEntry<L> {
+        let old = &self.batches[index];
+        self.bytes -= old.len as u64;
+        self.records -= old.records as u64;
+        match entry {
+            Some(mut entry) => {
+                self.bytes += entry.len as u64;
+                self.records += entry.records as u64;
+                entry.running_max_timestamp = old.running_max_timestamp;
+                std::mem::replace(&mut self.batches[index], entry)
+            }
+            None => {
+                // An engine that records its next offset only now and then
+                // may have had it in this batch alone.
+                self.low_dirty = true;
+                self.batches.remove(index).expect("index is in range")
+            }
+        }
+    }
+
+    /// Raises the low watermark to `low`, dropping batches wholly below it.
+    pub fn raise_low(&mut self, low: i64) {
+        while self.batches.front().is_some_and(|b| b.last_offset < low) {
+            self.pop_front();
+        }
+        self.low_watermark = self.low_watermark.max(low);
+    }
+
+    /// How many batches, from the front, retention drops now: while a
+    /// limit is exceeded, size limits keep the newest batch (a batch larger
+    /// than the limit is still readable once) and age drops everything too
+    /// old. Decided without changing anything, so an engine can make the
+    /// drop durable before applying it (`drop_front`).
+    pub fn retention_drops(&self, options: &ShardOptions, now: i64) -> usize {
+        let cutoff = retention_cutoff(options, now);
+        let (mut bytes, mut records) = (self.bytes, self.records);
+        let mut dropped = 0;
+        for front in &self.batches {
+            let too_old = cutoff.is_some_and(|c| front.max_timestamp < c);
+            let keeps_newest = self.batches.len() - dropped > 1;
+            let too_big = options.retention_bytes > 0 && bytes > options.retention_bytes;
+            let too_many = options.retention_records > 0 && records > options.retention_records;
+            if !(too_old || (keeps_newest && (too_big || too_many))) {
+                break;
+            }
+            bytes -= front.len as u64;
+            records -= front.records as u64;
+            dropped += 1;
+        }
+        dropped
+    }
+
+    /// Drops the `count` oldest batches.
+    pub fn drop_front(&mut self, count: usize) {
+        for _ in 0..count {
+            self.pop_front();
+        }
+    }
+
+    /// Applies retention (`retention_drops`); returns whether any went.
+    pub fn enforce_retention(&mut self, options: &ShardOptions, now: i64) -> bool {
+        let count = self.retention_drops(options, now);
+        self.drop_front(count);
+        count > 0
+    }
+
+    /// Whether age retention has something to drop: shards nobody appends
+    /// to any more expire too, checked under a read lock first.
+    pub fn is_stale(&self, options: &ShardOptions, now: i64) -> bool {
+        let front = self.batches.front();
+        retention_cutoff(options, now).is_some_and(|c| front.is_some_and(|b| b.max_timestamp < c))
+    }
+
+    /// Recomputes the running maxima (after recovery inserted out of order).
+    pub fn recompute_running_max(&mut self) {
+        let mut max = i64::MIN;
+        for b in self.batches.iter_mut() {
+            max = max.max(b.max_timestamp);
+            b.running_max_timestamp = max;
+        }
+    }
+
+    pub fn check_range(&self, shard: &str, offset: i64) -> Result<()> {
+        crate::engine::scan::check_range(shard, offset, self.low_watermark, self.next_offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(base: i64, records: u32, len: usize, max_ts: i64) -> BatchEntry<()> {
+        BatchEntry::new((), len, base, base + records as i64 - 1, max_ts, records)
+    }
+
+    fn index(batches: &[(u32, usize, i64)]) -> BatchIndex<()> {
+        let mut index = BatchIndex::default();
+        for &(records, len, ts) in batches {
+            let base = index.next_offset;
+            index.push(entry(base, records, len, ts));
+        }
+        index
+    }
+
+    fn options(bytes: u64, records: u64, ms: u64) -> ShardOptions {
+        ShardOptions {
+            retention_bytes: bytes,
+            retention_records: records,
+            retention_ms: ms,
+            ..ShardOptions::default()
+        }
+    }
+
+    #[test]
+    fn size_limits_keep_the_newest_batch_and_age_drops_all() {
+        let idx = index(&[(2, 100, 10), (2, 100, 20), (2, 100, 30)]);
+        assert_eq!(idx.retention_drops(&options(150, 0, 0), 0), 2);
+        assert_eq!(idx.retention_drops(&options(0, 4, 0), 0), 1);
+        assert_eq!(idx.retention_drops(&options(1, 1, 0), 0), 2, "newest stays");
+        assert_eq!(idx.retention_drops(&options(0, 0, 100), 125), 2);
+        assert_eq!(idx.retention_drops(&options(0, 0, 100), 1000), 3);
+        assert_eq!(idx.retention_drops(&options(0, 0, 0), 1000), 0);
+        assert!(idx.is_stale(&options(0, 0, 100), 115));
+        assert!(!idx.is_stale(&options(0, 0, 100), 105));
+        let mut idx = idx;
+        assert!(idx.enforce_retention(&options(150, 0, 0), 0));
+        assert_eq!((idx.low_watermark, idx.bytes, idx.records), (4, 100, 2));
+        assert!(idx.low_dirty);
+    }
+
+    #[test]
+    fn running_max_orders_timestamp_lookups_and_survives_rewrites() {
+        let mut idx = index(&[(1, 10, 50), (1, 10, 20), (1, 10, 70)]);
+        let running: Vec<i64> = idx
+            .batches
+            .iter()
+            .map(|b| b.running_max_timestamp)
+            .collect();
+        assert_eq!(running, [50, 50, 70]);
+        assert_eq!(idx.timestamp_start(30), 0);
+        assert_eq!(idx.timestamp_start(60), 2);
+        let old = idx.replace(1, Some(entry(1, 1, 5, 20)));
+        assert_eq!(old.len, 10);
+        assert_eq!(idx.batches[1].running_max_timestamp, 50);
+        assert_eq!(idx.bytes, 25);
+        idx.replace(1, None);
+        assert_eq!((idx.batches.len(), idx.records, idx.next_offset), (2, 2, 3));
+        idx.raise_low(1);
+        assert_eq!((idx.low_watermark, idx.batches.len()), (1, 1));
+    }
+}
