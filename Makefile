@@ -19,7 +19,7 @@ CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
         test lint test-rust test-cli test-c test-cpp test-python demo clean crash-long \
         bench bench-deps bench-quick edge dist install uninstall test-install \
         abi-check abi-bless test-python-package print-version print-abi-version print-dist-dir \
-        fuzz fuzz-smoke fuzz-tools
+        fuzz fuzz-smoke fuzz-tools demo-release python-demo
 
 # Versions (README, "Versions"): the soname names the ABI series, the major
 # version, or 0.MINOR while the major version is 0.
@@ -138,8 +138,11 @@ edge:
 # What `make install` installs: the library with the release settings
 # (profile `dist`) and the soname, in target/dist so the tree's own release
 # build keeps none, and the `mqstore` tool.
+# DIST_FEATURES (default: every engine) picks the library's features.
+DIST_FEATURES ?=
 dist:
-	MQS_SONAME=$(SONAME) cargo build -p mqstore -p mqstore-cli --profile dist
+	MQS_SONAME=$(SONAME) cargo build -p mqstore -p mqstore-cli --profile dist \
+	    $(if $(DIST_FEATURES),--no-default-features --features "$(DIST_FEATURES)")
 
 INSTALL_ENV = DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" LIBDIR="$(LIBDIR)" \
     INCLUDEDIR="$(INCLUDEDIR)" BINDIR="$(BINDIR)" VERSION="$(VERSION)" \
@@ -159,8 +162,12 @@ print-dist-dir:
 	@echo $(DIST_DIR)
 
 # Installs into a staging directory and builds against it (pkg-config, CMake).
+# Without the RocksDB engine: the dist profile would compile RocksDB a second
+# time (about 45 minutes on 2 cores), and what this test checks (the soname,
+# the stripped library, pkg-config, CMake, uninstall) does not depend on the
+# engines compiled in. `make install` itself installs every engine.
 test-install: tools
-	bash tests/install/run.sh
+	DIST_FEATURES="mqstore/zstd mqstore/journal" bash tests/install/run.sh
 
 # The exported symbols and the header's types against abi/mqstore.abi: an
 # accidental ABI change fails `make test`; `make abi-bless` accepts one.
@@ -173,11 +180,22 @@ abi-bless: build
 test: tools lint test-rust test-cli abi-check test-c test-cpp test-python test-install edge fuzz-smoke
 	@echo "make test: all suites passed"
 
-$(CARGO_TARGET_DIR)/demo: examples/demo.c include/mqstore.h release
+# The demo runs the default engine (the journal) in release builds without
+# the RocksDB engine: compiling RocksDB at -O2 takes longer on 2 cores than
+# the demo may (`make release` and `make bench` build every engine).
+DEMO_FEATURES := --no-default-features --features zstd,journal
+demo-release:
+	cargo build -p mqstore --release $(DEMO_FEATURES)
+
+python-demo: venv
+	cd python && VIRTUAL_ENV=$(VENV) $(VENV)/bin/maturin develop --quiet --release \
+	    --no-default-features --features mqstore/zstd,mqstore/journal
+
+$(CARGO_TARGET_DIR)/demo: examples/demo.c include/mqstore.h demo-release
 	$(CC) $(CFLAGS_DEMO) examples/demo.c -o $@ -L$(CARGO_TARGET_DIR)/release -lmqstore \
 	    -Wl,-rpath,$(CARGO_TARGET_DIR)/release -lpthread
 
-demo: tools python-release $(CARGO_TARGET_DIR)/demo
+demo: tools python-demo $(CARGO_TARGET_DIR)/demo
 	$(CARGO_TARGET_DIR)/demo
 	$(PYTHON) examples/demo.py
 
