@@ -64,6 +64,15 @@ impl<L> BatchEntry<L> {
         }
     }
 
+    /// The entry with the key filter its appender computed, when it has
+    /// one; without, the filter is learned at the first key lookup.
+    pub fn with_keys(self, keys: Option<KeyFilter>) -> BatchEntry<L> {
+        if let Some(keys) = keys {
+            let _ = self.keys.set(keys);
+        }
+        self
+    }
+
     /// The batch as the shared scans want it.
     pub fn scan(&self, bytes: Bytes) -> ScanBatch {
         ScanBatch {

@@ -152,10 +152,8 @@ impl Shard for MemoryShard {
                 base_offset + i64::from(batch.records) - 1,
                 batch.max_timestamp,
                 batch.records,
-            );
-            if let Some(keys) = batch.keys {
-                let _ = entry.keys.set(keys);
-            }
+            )
+            .with_keys(batch.keys);
             state.push(entry);
             records += u64::from(batch.records);
             bytes += len as u64;

@@ -292,10 +292,8 @@ impl RocksShard {
                     last,
                     batch.max_timestamp,
                     batch.records,
-                );
-                if let Some(keys) = batch.keys {
-                    let _ = entry.keys.set(keys);
-                }
+                )
+                .with_keys(batch.keys);
                 entries.push(entry);
                 base = last + 1;
             }
