@@ -25,3 +25,17 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "ensure-tools: cargo (Rust toolchain) is required" >&2; exit 1; }
+
+# A full disk makes some test fail with ENOSPC far from the cause. A cold
+# build of every suite (RocksDB included) takes about 8 GiB in the cargo
+# target directory and the tests about 1 GiB of temporary files.
+min_free_gib=${MQS_MIN_FREE_GIB:-3}
+for dir in "${CARGO_TARGET_DIR:-target}" "${TMPDIR:-/tmp}"; do
+    probe=$dir
+    while [[ ! -e $probe ]]; do probe=$(dirname "$probe"); done
+    free_gib=$(( $(df --output=avail -k "$probe" | tail -n1) / 1048576 ))
+    if (( free_gib < min_free_gib )); then
+        echo "ensure-tools: only ${free_gib} GiB free under $dir; the build and the tests need at least ${min_free_gib} GiB (a cold build about 9). Free some space or set MQS_MIN_FREE_GIB." >&2
+        exit 1
+    fi
+done
