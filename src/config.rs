@@ -336,6 +336,12 @@ pub struct Config {
     /// forgotten (its next batch may start at any sequence), as Kafka's
     /// `producer.id.expiration.ms`.
     pub producer_expiry_ms: u64,
+    /// Opens an existing store for reading only: nothing in its directory
+    /// is created, changed or removed (no torn tail cut, no retention, no
+    /// checkpoint at close), other read-only opens may share it, and every
+    /// call that would change it fails with `Unsupported`. For inspection
+    /// and backup tools; a writer holds the store alone.
+    pub read_only: bool,
     /// Defaults for shards created without explicit options.
     pub shard_defaults: ShardOptions,
     /// Settings of the journal engine.
@@ -354,6 +360,7 @@ impl Default for Config {
             max_batch_bytes: 64 << 20,
             retention_check_ms: DEFAULT_RETENTION_CHECK_MS,
             producer_expiry_ms: 86_400_000,
+            read_only: false,
             shard_defaults: ShardOptions::default(),
             journal: JournalConfig::default(),
             file: FileConfig::default(),
@@ -444,6 +451,7 @@ struct StoreSection {
     max_batch_bytes: Option<u64>,
     retention_check_ms: Option<u64>,
     producer_expiry_ms: Option<u64>,
+    read_only: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -552,7 +560,7 @@ impl Config {
 
     /// Parses the `storage.toml` schema. Keys: top-level `preset`; `[store]`
     /// max_record_bytes, max_batch_bytes, retention_check_ms (0 or
-    /// 10 … 86 400 000), producer_expiry_ms (> 0); `[shard]` defaults
+    /// 10 … 86 400 000), producer_expiry_ms (> 0), read_only (bool); `[shard]` defaults
     /// (engine, durability, compression, segment_bytes, retention_ms,
     /// retention_bytes, retention_records); `[journal]` segment_bytes,
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
@@ -600,6 +608,9 @@ impl Config {
                     ));
                 }
                 config.producer_expiry_ms = ms;
+            }
+            if let Some(read_only) = store.read_only {
+                config.read_only = read_only;
             }
         }
         if let Some(shard) = file.shard {

@@ -237,8 +237,9 @@ pub(crate) struct Producers {
 impl Producers {
     /// Reads the snapshot a clean close left in `dir` and removes it
     /// durably: after a crash the state is rebuilt from the log, never
-    /// taken from a snapshot that predates what the log holds.
-    pub fn open(dir: &Path, expiry_ms: u64) -> Result<Producers> {
+    /// taken from a snapshot that predates what the log holds. A
+    /// `read_only` open leaves it: it appends nothing the snapshot misses.
+    pub fn open(dir: &Path, expiry_ms: u64, read_only: bool) -> Result<Producers> {
         let path = dir.join(SNAPSHOT_FILE);
         let (snapshot, clean) = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -250,7 +251,9 @@ impl Producers {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (HashMap::new(), false),
             Err(e) => return Err(Error::io(format!("reading '{}'", path.display()), e)),
         };
-        remove_file_durably(dir, SNAPSHOT_FILE)?;
+        if !read_only {
+            remove_file_durably(dir, SNAPSHOT_FILE)?;
+        }
         Ok(Producers {
             dir: dir.to_path_buf(),
             expiry_ms,

@@ -69,16 +69,37 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn lock_directory(dir: &Path) -> Result<File> {
+/// Takes the store's directory lock: exclusive for a writer, shared for a
+/// read-only open (readers may share a store, never with a writer). A
+/// read-only open requires the lock file: without it, `dir` is no store.
+fn lock_directory(dir: &Path, read_only: bool) -> Result<File> {
     let path = dir.join("LOCK");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(format!("opening lock file '{}'", path.display()), e))?;
+    let file = if read_only {
+        OpenOptions::new().read(true).open(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::InvalidArgument(format!(
+                    "'{}' is not a store (it has no LOCK file); a read-only open creates nothing",
+                    dir.display()
+                ))
+            } else {
+                Error::io(format!("opening lock file '{}'", path.display()), e)
+            }
+        })?
+    } else {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening lock file '{}'", path.display()), e))?
+    };
+    let mode = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
     // SAFETY: flock on a descriptor we own; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = unsafe { libc::flock(file.as_raw_fd(), mode | libc::LOCK_NB) };
     if rc != 0 {
         let error = std::io::Error::last_os_error();
         if error.kind() == std::io::ErrorKind::WouldBlock {
@@ -158,9 +179,11 @@ impl Store {
         let default_spec = registry::spec(config.shard_defaults.engine);
         default_spec.check(&config.shard_defaults)?;
         let default_engine = default_spec.build(&dir, &config)?;
-        // A store created for `fsync` appends must not vanish with them.
-        create_dir_all_durable(&dir)?;
-        let lock_file = lock_directory(&dir)?;
+        if !config.read_only {
+            // A store created for `fsync` appends must not vanish with them.
+            create_dir_all_durable(&dir)?;
+        }
+        let lock_file = lock_directory(&dir, config.read_only)?;
         let mut engines = HashMap::new();
         engines.insert(config.shard_defaults.engine, default_engine);
         for spec in registry::available() {
@@ -173,7 +196,7 @@ impl Store {
         let retention = RetentionTimer::new(Duration::from_millis(config.retention_check_ms));
         for engine in engines.values() {
             for (name, options, shard) in engine.recover()? {
-                if options.retention_ms > 0 {
+                if options.retention_ms > 0 && !config.read_only {
                     retention.watch(&shard);
                     retention.ensure_running()?;
                 }
@@ -197,7 +220,7 @@ impl Store {
                 group_offsets.insert((group, name.clone()), (offset, false));
             }
         }
-        let producers = Producers::open(&dir, config.producer_expiry_ms)?;
+        let producers = Producers::open(&dir, config.producer_expiry_ms, config.read_only)?;
         Ok(Store {
             producers,
             dir,
@@ -259,7 +282,7 @@ impl Store {
             }
         }
         // Only once every batch it covers is durable.
-        if first_error.is_none() {
+        if first_error.is_none() && !self.config.read_only {
             if let Err(e) = self.producers.save(&persistent) {
                 first_error = Some(e);
             }
@@ -278,6 +301,24 @@ impl Store {
         } else {
             Ok(())
         }
+    }
+
+    /// Refuses `what` on a store opened read-only.
+    fn check_writable(&self, what: &str) -> Result<()> {
+        self.check_open()?;
+        if self.config.read_only {
+            return Err(Error::Unsupported(format!(
+                "{what}: the store '{}' is open read-only (store.read_only = true)",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A shard that `what` is about to change.
+    fn writable_shard(&self, name: &str, what: &str) -> Result<Arc<dyn Shard>> {
+        self.check_writable(what)?;
+        self.shard(name)
     }
 
     fn shard(&self, name: &str) -> Result<Arc<dyn Shard>> {
@@ -305,7 +346,7 @@ impl Store {
 
     /// Creates a shard with fully resolved options.
     pub fn create_shard_with(&self, name: &str, options: ShardOptions) -> Result<ShardInfo> {
-        self.check_open()?;
+        self.check_writable("create_shard")?;
         validate_shard_name(name)?;
         let spec = registry::spec(options.engine);
         spec.check(&options)?;
@@ -359,7 +400,7 @@ impl Store {
     /// fails nothing changed, so a failure never leaves a shard that is
     /// gone now and back after a restart.
     pub fn delete_shard(&self, name: &str) -> Result<()> {
-        let shard = self.shard(name)?;
+        let shard = self.writable_shard(name, "delete_shard")?;
         match self.engines.get(&shard.kind()) {
             Some(engine) => engine.remove_shard(name, &shard)?,
             None => {
@@ -453,7 +494,7 @@ impl Store {
     /// Appends records as one batch (atomically: all or none); returns the
     /// offset of the first. Acknowledged per the shard's durability mode.
     pub fn append_batch(&self, shard: &str, records: &[Record<'_>]) -> Result<i64> {
-        let shard = self.shard(shard)?;
+        let shard = self.writable_shard(shard, "append")?;
         self.validate_records(records)?;
         shard.append(records)
     }
@@ -466,7 +507,7 @@ impl Store {
     /// lets one producer keep several batches in flight, as Kafka producers
     /// do. Other engines return once the batch is acknowledged.
     pub fn append_batch_nowait(&self, shard: &str, records: &[Record<'_>]) -> Result<i64> {
-        let shard = self.shard(shard)?;
+        let shard = self.writable_shard(shard, "append")?;
         self.validate_records(records)?;
         shard.append_nowait(records)
     }
@@ -497,7 +538,7 @@ impl Store {
     /// the shard's next offset, once the batches are as durable as its mode
     /// requires. The follower's shard must have no other writer.
     pub fn append_replica(&self, name: &str, batches: &[u8]) -> Result<i64> {
-        let shard = self.shard(name)?;
+        let shard = self.writable_shard(name, "append_replica")?;
         let validated =
             validate::validate_batches(batches, self.limits(), validate::Origin::Replica)?;
         let headers: Vec<format::BatchHeader> = validated.iter().map(|b| b.header).collect();
@@ -514,7 +555,7 @@ impl Store {
     }
 
     fn append_raw_with(&self, name: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
-        let shard = self.shard(name)?;
+        let shard = self.writable_shard(name, "append_raw")?;
         let validated = validate::validate_producer_batches(batches, self.limits())?;
         let headers: Vec<format::BatchHeader> = validated.iter().map(|b| b.header).collect();
         let now = crate::time::now_ms();
@@ -591,6 +632,7 @@ impl Store {
         records: &[Record<'_>],
         token: u64,
     ) -> Result<i64> {
+        self.check_writable("append")?;
         // Started first: a batch appended must not miss its completion.
         let notifier = self.notifier()?;
         let handle = self.shard(shard)?;
@@ -690,15 +732,18 @@ impl Store {
                 "offset {offset} is negative"
             )));
         }
-        self.shard(shard)?.delete_records_before(offset)
+        self.writable_shard(shard, "delete_records_before")?
+            .delete_records_before(offset)
     }
 
     pub fn delete_by_keys(&self, shard: &str, keys: &[&[u8]]) -> Result<u64> {
-        self.shard(shard)?.delete_by_keys(keys)
+        self.writable_shard(shard, "delete_by_keys")?
+            .delete_by_keys(keys)
     }
 
     pub fn delete_by_offsets(&self, shard: &str, offsets: &[i64]) -> Result<u64> {
-        self.shard(shard)?.delete_by_offsets(offsets)
+        self.writable_shard(shard, "delete_by_offsets")?
+            .delete_by_offsets(offsets)
     }
 
     // ------------------------------------------------------------- transfers
@@ -750,7 +795,7 @@ impl Store {
                 "offset {offset} is negative"
             )));
         }
-        let handle = self.shard(shard)?;
+        let handle = self.writable_shard(shard, "commit_offset")?;
         let mut offsets = self.group_offsets.lock();
         // Saved by the engine when it keeps offsets itself, else in
         // `groups.json` for a persistent shard.
@@ -783,7 +828,7 @@ impl Store {
 
     /// Forgets every offset of `group`; returns how many were removed.
     pub fn delete_group(&self, group: &str) -> Result<u64> {
-        self.check_open()?;
+        self.check_writable("delete_group")?;
         let mut offsets = self.group_offsets.lock();
         for (g, shard) in offsets.keys() {
             if g == group {

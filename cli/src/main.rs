@@ -1,10 +1,11 @@
 //! `mqstore`: the operator's tool for a store directory.
 //!
-//! Every command but `bench` opens the store as a broker would (taking its
-//! directory lock, so it never runs beside a broker that has the store open
-//! unless `--wait` is given, which waits for that broker to close it), and
-//! only reads: no append, no delete. Opening still runs what an open runs:
-//! recovery, the shards' retention, and a clean close's checkpoint.
+//! Every command but `bench` opens the store read-only (`store.read_only`):
+//! it replays what a broker's open replays but changes no file (no torn
+//! tail cut, no retention, no checkpoint at close). The shared directory
+//! lock lets inspections run side by side but never beside a broker that
+//! has the store open, unless `--wait` is given, which waits for that
+//! broker to close it. Only `repair` writes: its skip_corrupt pass.
 //! docs/OPERATING.md describes the commands for operators.
 
 mod bench;
@@ -131,14 +132,13 @@ impl Args {
 }
 
 /// The configuration a command opens the store with: the broker's file if
-/// given, never the retention timer (an inspection must not be the one to
-/// start deleting), and `adjust` on top.
+/// given, read-only, and `adjust` on top.
 pub fn config(args: &Args, adjust: impl FnOnce(&mut Config)) -> CliResult<Config> {
     let mut config = match args.option("config") {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    config.retention_check_ms = 0;
+    config.read_only = true;
     adjust(&mut config);
     Ok(config)
 }
@@ -155,7 +155,7 @@ pub fn open_store(dir: &Path, config: Config, wait: bool) -> CliResult<Store> {
     }
     loop {
         match Store::open(dir, config.clone()) {
-            Err(Error::Locked(_)) if wait => wait_for_lock(dir)?,
+            Err(Error::Locked(_)) if wait => wait_for_lock(dir, config.read_only)?,
             Err(Error::Locked(_)) => {
                 return Err(Failure::InUse(format!(
                     "'{}' is open in another process (a running broker?); stop it, or pass --wait",
@@ -167,13 +167,19 @@ pub fn open_store(dir: &Path, config: Config, wait: bool) -> CliResult<Store> {
     }
 }
 
-/// Blocks until the process holding the store's lock releases it. The
-/// lock is dropped again at once: the store's own open takes it, and when
-/// another process wins that race the caller waits again.
-fn wait_for_lock(dir: &Path) -> CliResult<()> {
+/// Blocks until the process holding the store's lock releases it (the
+/// shared lock of a `read_only` open waits only for a writer). The lock is
+/// dropped again at once: the store's own open takes it, and when another
+/// process wins that race the caller waits again.
+fn wait_for_lock(dir: &Path, read_only: bool) -> CliResult<()> {
     let path = dir.join("LOCK");
+    let mode = if read_only {
+        libc::LOCK_SH
+    } else {
+        libc::LOCK_EX
+    };
     let file = OpenOptions::new()
-        .write(true)
+        .read(true)
         .open(&path)
         .map_err(|e| Failure::Failed(format!("opening '{}': {e}", path.display())))?;
     eprintln!(
@@ -182,7 +188,7 @@ fn wait_for_lock(dir: &Path) -> CliResult<()> {
     );
     loop {
         // SAFETY: flock on a descriptor this function owns; no memory involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        let rc = unsafe { libc::flock(file.as_raw_fd(), mode) };
         if rc == 0 {
             return Ok(());
         }
@@ -273,9 +279,9 @@ fn stats(raw: &[String]) -> CliResult<()> {
 }
 
 /// Reopens a store whose journal refuses to open (damage to data a synced
-/// entry vouches for) with `recovery_mode = "skip_corrupt"`, then closes it
-/// cleanly: the checkpoint that close writes lets the next open, in the
-/// default mode, start after the damage.
+/// entry vouches for) with `recovery_mode = "skip_corrupt"`, writable, then
+/// closes it cleanly: the checkpoint that close writes lets the next open,
+/// in the default mode, start after the damage.
 fn repair(raw: &[String]) -> CliResult<()> {
     let args = Args::parse(raw, &["wait"], &["config"])?;
     args.exactly(&["DIR"])?;
@@ -292,6 +298,9 @@ fn repair(raw: &[String]) -> CliResult<()> {
         Err(other) => return Err(other),
     }
     let skip = config(&args, |c| {
+        c.read_only = false;
+        // Repairing must not be what starts deleting by age.
+        c.retention_check_ms = 0;
         c.journal.recovery_mode = mqstore::config::RecoveryMode::SkipCorrupt;
     })?;
     let store = open_store(&dir, skip, args.flag("wait")).map_err(|e| match e {

@@ -34,10 +34,16 @@ fn assert_exit(out: &Output, code: i32) {
     );
 }
 
+/// The library's defaults but 1 MiB journal segments: the tests read and
+/// damage segment files whole.
+fn small_config() -> Config {
+    Config::from_toml_str("[journal]\nsegment_bytes = 1048576\n").unwrap()
+}
+
 /// A journal shard "orders" (30 batches of 10, offsets 3 and 4 deleted) and
 /// a file shard "events" (20 single records with a header and a tag).
 fn sample_store(dir: &Path) {
-    let store = Store::open(dir, Config::default()).unwrap();
+    let store = Store::open(dir, small_config()).unwrap();
     store.create_shard("orders", None).unwrap();
     store
         .create_shard("events", Some("engine = \"file\"\ndurability = \"os\"\n"))
@@ -181,15 +187,64 @@ fn verify_passes_a_sound_store_and_shows_progress() {
     assert!(stderr(&out).contains("verify: 100.0%"), "{}", stderr(&out));
 }
 
-/// Flips one byte of the first occurrence of `needle` in `file`.
+/// Flips one byte of the first occurrence of `needle` in `file`, in place.
 fn damage(file: &Path, needle: &[u8]) {
-    let mut bytes = std::fs::read(file).unwrap();
+    use std::os::unix::fs::FileExt;
+    let bytes = std::fs::read(file).unwrap();
     let at = bytes
         .windows(needle.len())
         .position(|w| w == needle)
         .unwrap_or_else(|| panic!("{needle:?} is not in {}", file.display()));
-    bytes[at] ^= 0xff;
-    std::fs::write(file, bytes).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    file.write_all_at(&[bytes[at] ^ 0xff], at as u64).unwrap();
+}
+
+/// Every file under `dir` with its bytes and modification time.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    for item in std::fs::read_dir(dir).unwrap() {
+        let item = item.unwrap();
+        let meta = item.metadata().unwrap();
+        if meta.is_dir() {
+            out.extend(snapshot(&item.path()));
+        } else {
+            let bytes = std::fs::read(item.path()).unwrap();
+            out.push((item.path(), bytes, meta.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The inspecting commands open the store read-only: they change no file,
+/// and run beside another reader (the shared lock) but not a writer.
+#[test]
+fn inspections_change_no_file_and_share_the_store_with_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    sample_store(dir.path());
+    let path = dir.path().to_str().unwrap();
+    let before = snapshot(dir.path());
+    let mut reader_config = small_config();
+    reader_config.read_only = true;
+    let reader = Store::open(dir.path(), reader_config).unwrap();
+    for command in [
+        vec!["info", path],
+        vec!["stats", path],
+        vec!["dump", path, "orders"],
+        vec!["verify", path],
+    ] {
+        let out = run(&command);
+        assert_exit(&out, 0);
+    }
+    reader.close().unwrap();
+    let after = snapshot(dir.path());
+    assert_eq!(
+        before.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        after.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    for (was, now) in before.iter().zip(&after) {
+        assert!(was == now, "'{}' changed", was.0.display());
+    }
 }
 
 fn journal_segment(dir: &Path) -> std::path::PathBuf {
@@ -238,7 +293,7 @@ fn a_store_open_elsewhere_is_refused_or_waited_for() {
     let dir = tempfile::tempdir().unwrap();
     sample_store(dir.path());
     let path = dir.path().to_str().unwrap();
-    let held = Store::open(dir.path(), Config::default()).unwrap();
+    let held = Store::open(dir.path(), small_config()).unwrap();
     let out = run(&["info", path]);
     assert_exit(&out, 3);
     assert!(stderr(&out).contains("--wait"), "{}", stderr(&out));
@@ -296,7 +351,7 @@ fn child_appends_and_dies() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let store = Store::open(&dir, Config::default()).unwrap();
+    let store = Store::open(&dir, small_config()).unwrap();
     store.create_shard("s", None).unwrap();
     for i in 0..20 {
         let value = format!("rec-{i:04}");

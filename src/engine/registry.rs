@@ -113,25 +113,22 @@ fn build_memory(_dir: &Path, _config: &Config) -> Result<Arc<dyn Engine>> {
 
 #[cfg(feature = "journal")]
 fn build_journal(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
-    Ok(Arc::new(super::journal::JournalEngine::new(
-        dir,
-        config.journal.clone(),
-    )))
+    Ok(Arc::new(
+        super::journal::JournalEngine::new(dir, config.journal.clone()).read_only(config.read_only),
+    ))
 }
 
 fn build_file(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
-    Ok(Arc::new(super::file::FileEngine::new(
-        dir,
-        config.file.clone(),
-    )))
+    Ok(Arc::new(
+        super::file::FileEngine::new(dir, config.file.clone()).read_only(config.read_only),
+    ))
 }
 
 #[cfg(feature = "rocksdb")]
 fn build_rocksdb(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
-    Ok(Arc::new(super::rocksdb::RocksdbEngine::new(
-        dir,
-        config.rocksdb.clone(),
-    )))
+    Ok(Arc::new(
+        super::rocksdb::RocksdbEngine::new(dir, config.rocksdb.clone()).read_only(config.read_only),
+    ))
 }
 
 static ENGINES: &[EngineSpec] = &[

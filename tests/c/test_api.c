@@ -284,6 +284,39 @@ static void test_open_close_lock(void) {
     CHECK(store == NULL);
 }
 
+/* A read-only open shares the store with other readers, reads it, and
+ * refuses every change with MQS_UNSUPPORTED; a writer is locked out. */
+static void test_read_only(void) {
+    char dir[128];
+    new_store_dir(dir, sizeof dir);
+    const char *small = "[journal]\nsegment_bytes = 1048576\n";
+    const char *read_only = "[store]\nread_only = true\n[journal]\nsegment_bytes = 1048576\n";
+    mqs_store *store = NULL;
+    CHECK_STATUS(mqs_store_open(dir, read_only, &store), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("not a store");
+    CHECK_OK(mqs_store_open(dir, small, &store));
+    CHECK_OK(mqs_shard_create(store, "s", NULL));
+    mqs_record_in record = keyed_record("k", "v");
+    int64_t offset = -1;
+    CHECK_OK(mqs_append(store, "s", &record, &offset));
+    CHECK_OK(mqs_store_close(store));
+
+    mqs_store *first = NULL, *second = NULL, *writer = NULL;
+    CHECK_OK(mqs_store_open(dir, read_only, &first));
+    CHECK_OK(mqs_store_open(dir, read_only, &second));
+    CHECK_STATUS(mqs_store_open(dir, small, &writer), MQS_LOCKED);
+    struct mqs_shard_info info;
+    memset(&info, 0, sizeof info);
+    CHECK_OK(mqs_shard_get_info(second, "s", &info));
+    CHECK(info.next_offset == 1 && info.records == 1);
+    CHECK_STATUS(mqs_append(first, "s", &record, &offset), MQS_UNSUPPORTED);
+    CHECK_MENTIONS("read-only");
+    CHECK_STATUS(mqs_shard_create(first, "t", NULL), MQS_UNSUPPORTED);
+    CHECK_STATUS(mqs_shard_delete(first, "s"), MQS_UNSUPPORTED);
+    CHECK_OK(mqs_store_close(first));
+    CHECK_OK(mqs_store_close(second));
+}
+
 static void test_bad_configs(void) {
     char dir[128];
     new_store_dir(dir, sizeof dir);
@@ -2346,6 +2379,7 @@ int main(int argc, char **argv) {
     test_version_and_status_strings();
     test_engines();
     test_open_close_lock();
+    test_read_only();
     test_bad_configs();
     test_shards_and_names();
     test_append_and_read();

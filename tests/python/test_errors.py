@@ -280,3 +280,29 @@ def test_io_error_carries_errno(store, shard):
     assert info.value.errno == 9  # EBADF
     assert isinstance(info.value, OSError)
     assert str(info.value).startswith("I/O error: ")
+
+
+def test_a_read_only_store_reads_and_refuses_changes(tmp_path):
+    path = tmp_path / "store"
+    small = "[journal]\nsegment_bytes = 1048576\n"
+    with mqstore.Store(path, small) as writer:
+        writer.create_shard("s")
+        writer.append_batch("s", [b"a", b"b", b"c"])
+    files = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    read_only = "[store]\nread_only = true\n" + small
+    with mqstore.Store(path, read_only) as first, mqstore.Store(path, read_only) as second:
+        assert [bytes(r.value) for r in first.read("s", 0)] == [b"a", b"b", b"c"]
+        assert second.shard_info("s").next_offset == 3
+        for change in (
+            lambda: first.append_batch("s", [b"d"]),
+            lambda: first.create_shard("t"),
+            lambda: first.delete_records_before("s", 1),
+            lambda: first.commit_offset("g", "s", 1),
+        ):
+            with pytest.raises(mqstore.Unsupported, match="read-only"):
+                change()
+        with pytest.raises(mqstore.Locked):
+            mqstore.Store(path, small)
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == files
+    with pytest.raises(mqstore.InvalidArgument, match="not a store"):
+        mqstore.Store(tmp_path / "none", read_only)

@@ -75,6 +75,8 @@ pub(crate) struct Shared {
     evicted_files: AtomicU64,
     truncated_bytes: AtomicU64,
     rebuilt_indexes: AtomicU64,
+    /// Opened read-only: recovery, retention and close change no file.
+    pub read_only: bool,
 }
 
 impl Shared {
@@ -93,6 +95,7 @@ impl Shared {
             evicted_files: AtomicU64::new(0),
             truncated_bytes: AtomicU64::new(0),
             rebuilt_indexes: AtomicU64::new(0),
+            read_only: false,
             config,
         }
     }
@@ -217,6 +220,16 @@ impl FileEngine {
             flusher: Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// An engine that only reads its files: recovery cuts no torn tail and
+    /// removes nothing, retention drops batches from view only, no flusher
+    /// runs and close writes nothing.
+    pub fn read_only(mut self, read_only: bool) -> FileEngine {
+        Arc::get_mut(&mut self.shared)
+            .expect("an engine being built shares nothing yet")
+            .read_only = read_only;
+        self
     }
 
     /// Removes a deleted shard's files: renamed to `<id>.deleted` and the
@@ -438,7 +451,7 @@ impl Engine for FileEngine {
         if let Some(e) = first_error {
             return Err(e);
         }
-        if shards.is_empty() && !self.dir.exists() {
+        if self.shared.read_only || shards.is_empty() && !self.dir.exists() {
             return Ok(());
         }
         // Only a close that got everything on stable storage says so.
@@ -455,13 +468,16 @@ impl Engine for FileEngine {
             return Ok(Vec::new());
         }
         let (dirs, unfinished) = self.list_dir()?;
+        let clean = self.dir.join(CLEAN_MARKER).exists();
+        if self.shared.read_only {
+            return self.open_shards(dirs, clean);
+        }
         if !dirs.is_empty() {
             // Before anything changes on disk: an open that fails here
             // leaves the files (and the clean marker) as it found them.
             self.start_flusher()?;
         }
         let marker = self.dir.join(CLEAN_MARKER);
-        let clean = marker.exists();
         if clean {
             // From here on the store may write: the next open must not
             // trust the indexes unless this run closes cleanly too.
@@ -474,6 +490,13 @@ impl Engine for FileEngine {
             std::fs::remove_dir_all(&path)
                 .map_err(|e| Error::io(format!("removing '{}'", path.display()), e))?;
         }
+        self.open_shards(dirs, clean)
+    }
+}
+
+impl FileEngine {
+    /// Opens the shards in `dirs` (their indexes trusted if `clean`).
+    fn open_shards(&self, dirs: ShardDirs, clean: bool) -> Result<Vec<RecoveredShard>> {
         let mut recovered = Vec::new();
         let mut max_id = 0;
         for (id, path) in dirs {

@@ -38,7 +38,9 @@ fn read_meta(dir: &Path) -> Result<Meta> {
         .map_err(|e| Error::corruption(format!("'{}' is not valid: {e}", path.display())))
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<i64>> {
+/// The segments' base offsets; a `read_only` listing leaves the leftovers
+/// of interrupted rewrites in place.
+fn list_segments(dir: &Path, read_only: bool) -> Result<Vec<i64>> {
     let mut bases = Vec::new();
     let entries =
         std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?;
@@ -46,6 +48,9 @@ fn list_segments(dir: &Path) -> Result<Vec<i64>> {
         let entry = entry.map_err(|e| Error::io(format!("listing '{}'", dir.display()), e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".cleaned") || name.ends_with(".tmp") {
+            if read_only {
+                continue;
+            }
             // A rewrite or metadata update a crash interrupted before its
             // rename: the old file is still in place and complete.
             let path = entry.path();
@@ -152,7 +157,8 @@ pub fn open_shard(
 ) -> Result<Arc<FileShard>> {
     let meta = read_meta(&dir)?;
     let options = Config::default().shard_options(Some(&meta.options))?;
-    let bases = list_segments(&dir)?;
+    let read_only = shared.read_only;
+    let bases = list_segments(&dir, read_only)?;
     let mut segments: VecDeque<SegmentMeta> = VecDeque::new();
     let mut next = i64::MIN;
     // Whether the last segment's index files match it as it is.
@@ -190,6 +196,11 @@ pub fn open_shard(
                             )));
                         }
                     }
+                    if read_only {
+                        report_torn_tail(shared, &path, len - torn, "left (read-only) and ignored");
+                        segments.push_back(scanned.meta);
+                        break;
+                    }
                     // A torn tail: cut, and later (empty or garbage)
                     // segments removed.
                     let file = OpenOptions::new()
@@ -199,17 +210,7 @@ pub fn open_shard(
                     file.set_len(torn)
                         .and_then(|()| file.sync_data())
                         .map_err(|e| Error::io(format!("truncating '{}'", path.display()), e))?;
-                    shared
-                        .truncated_bytes
-                        .fetch_add(len - torn, Ordering::Relaxed);
-                    crate::log::emit(
-                        crate::log::Level::Warn,
-                        &format!(
-                            "file engine recovery: cut a torn tail of {} bytes from '{}'",
-                            len - torn,
-                            path.display()
-                        ),
-                    );
+                    report_torn_tail(shared, &path, len - torn, "cut");
                     for &later in &bases[i + 1..] {
                         segment::remove_files(&dir, later)?;
                     }
@@ -217,7 +218,7 @@ pub fn open_shard(
                 }
                 shared.rebuilt_indexes.fetch_add(1, Ordering::Relaxed);
                 let seg = scanned.meta;
-                if scanned.torn_at.is_none() && !last {
+                if scanned.torn_at.is_none() && !last && !read_only {
                     // Rebuilt indexes of a sealed segment are written back,
                     // so the next open need not scan it again.
                     seg.write_indexes(&dir)?;
@@ -234,8 +235,13 @@ pub fn open_shard(
     }
     if segments.is_empty() {
         // Every segment was removed (or a crash left none): start a fresh
-        // active segment where the offsets continue.
+        // active segment where the offsets continue (created by the first
+        // append when read-only: it holds nothing to read).
         let base = meta.next.max(meta.low).max(0);
+        segments.push_back(SegmentMeta::new(base));
+    }
+    if bases.is_empty() && !read_only {
+        let base = segments[0].base;
         let path = dir.join(segment::log_name(base));
         OpenOptions::new()
             .write(true)
@@ -244,7 +250,6 @@ pub fn open_shard(
             .open(&path)
             .map_err(|e| Error::io(format!("creating '{}'", path.display()), e))?;
         segment::sync_dir(&dir)?;
-        segments.push_back(SegmentMeta::new(base));
     }
     let next_offset = meta.next.max(segments.back().map_or(0, |s| s.next));
     let low = meta.low.max(segments[0].base).min(next_offset);
@@ -268,4 +273,16 @@ pub fn open_shard(
     ));
     shard.after_recovery()?;
     Ok(shard)
+}
+
+/// Counts and logs `bytes` of a torn tail of `path` that recovery `done`.
+fn report_torn_tail(shared: &Shared, path: &Path, bytes: u64, done: &str) {
+    shared.truncated_bytes.fetch_add(bytes, Ordering::Relaxed);
+    crate::log::emit(
+        crate::log::Level::Warn,
+        &format!(
+            "file engine recovery: {done} a torn tail of {bytes} bytes of '{}'",
+            path.display()
+        ),
+    );
 }

@@ -470,7 +470,7 @@ impl FileShard {
             // batch, which the flush below covers; later ones see `closed`.
             let _state = self.state.write();
             self.closed.store(true, Ordering::Release);
-            if self.deleted.load(Ordering::Acquire) {
+            if self.deleted.load(Ordering::Acquire) || self.shared.read_only {
                 return Ok(());
             }
         }
@@ -596,6 +596,9 @@ impl FileShard {
         state.front_pos = 0;
         state.front = (0, 0, 0);
         self.shared.cache.forget((self.id, seg.base));
+        if self.shared.read_only {
+            return Ok(());
+        }
         segment::remove_files(&self.dir, seg.base)?;
         segment::sync_dir(&self.dir)
     }
@@ -640,6 +643,9 @@ impl FileShard {
 
     /// Age retention also applies to shards nobody appends to any more.
     fn expire_idle(&self, now: i64) -> Result<()> {
+        if self.shared.read_only {
+            return Ok(());
+        }
         if self.options.retention_ms > 0 && !self.deleted.load(Ordering::Acquire) {
             let mut state = self.state.write();
             // A read racing close must not remove files after the marker.
@@ -1158,6 +1164,9 @@ impl FileShard {
         let mut state = self.state.write();
         state.recompute_running_max();
         self.recount_front(&mut state)?;
+        if self.shared.read_only {
+            return Ok(());
+        }
         self.enforce_retention(&mut state, now_ms())
     }
 

@@ -86,6 +86,8 @@ pub(crate) struct Log {
     /// Writes what pipelined appends buffered; started by the first one.
     flushers: OnceLock<[worker::Worker; 2]>,
     me: Weak<Log>,
+    /// Opened read-only: no segment is ever removed, no checkpoint written.
+    read_only: bool,
 }
 
 impl Log {
@@ -95,6 +97,9 @@ impl Log {
     /// Failures leave the files in place (and poison the journal when an
     /// fsync failed); nothing is lost by not removing a segment.
     pub fn maybe_reclaim(&self) {
+        if self.read_only {
+            return;
+        }
         let active = self.writer.active_base();
         let candidates: Vec<Arc<Segment>> = {
             let map = self.segments.read();
@@ -283,6 +288,8 @@ pub struct JournalEngine {
     /// close must not start a new journal (with a fresh segment 0 and shard
     /// ids counting from 1 again) beside the closed one.
     closed: std::sync::atomic::AtomicBool,
+    /// Recovery and close change no file; the store refuses every change.
+    read_only: bool,
 }
 
 /// The submission path for `[journal] io`: `auto` prefers io_uring and
@@ -316,7 +323,15 @@ impl JournalEngine {
             ops: Mutex::new(None),
             log: Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
+            read_only: false,
         }
+    }
+
+    /// An engine that only reads the journal: recovery cuts no torn tail
+    /// and removes nothing, no thread writes, close writes no checkpoint.
+    pub fn read_only(mut self, read_only: bool) -> JournalEngine {
+        self.read_only = read_only;
+        self
     }
 
     #[cfg(test)]
@@ -358,12 +373,14 @@ impl JournalEngine {
             active,
             tail,
             self.ops()?,
-            self.config.direct,
+            self.config.direct && !self.read_only,
             self.config.prefill_zeros,
             self.config.tail_cache_bytes,
+            self.read_only,
         )?;
         let end = writer.end_position();
         let next_checkpoint_at = match self.config.checkpoint_bytes {
+            _ if self.read_only => u64::MAX,
             0 => u64::MAX,
             bytes => end.saturating_add(bytes),
         };
@@ -373,6 +390,7 @@ impl JournalEngine {
         let mut failed = None;
         let log = Arc::new_cyclic(|weak| Log {
             checkpointer: match self.config.checkpoint_bytes {
+                _ if self.read_only => None,
                 0 => None,
                 _ => {
                     worker::Worker::start("mqs-journal-ckpt", weak.clone(), Log::checkpoint_if_due)
@@ -399,6 +417,7 @@ impl JournalEngine {
             truncated_bytes: counts.1,
             skipped_bytes: counts.2,
             checkpoint_end,
+            read_only: self.read_only,
         });
         failed.map_or(Ok(log), Err)
     }
@@ -512,6 +531,11 @@ impl Engine for JournalEngine {
         if let Some(checkpointer) = &log.checkpointer {
             checkpointer.stop();
         }
+        if log.read_only {
+            log.shards.lock().clear();
+            log.writer.stop_prefill();
+            return Ok(());
+        }
         // A clean close leaves everything on stable storage, whatever the
         // shards' durability modes. Sealing first means no entry can enter
         // the log after `end`, so the shard states snapshotted below reflect
@@ -544,8 +568,11 @@ impl Engine for JournalEngine {
             return Ok(Vec::new());
         }
         self.ops()?;
-        let recovered = recovery::recover(&self.dir, &self.config)?;
+        let recovered = recovery::recover(&self.dir, &self.config, self.read_only)?;
         let (segments, tail) = if recovered.segments.is_empty() {
+            if self.read_only {
+                return Ok(Vec::new());
+            }
             let first = Segment::create(&self.dir, 0, self.config.segment_bytes)?;
             (vec![Arc::new(first)], 0)
         } else {
@@ -566,6 +593,7 @@ impl Engine for JournalEngine {
             &self.dir,
             recovered.truncated_bytes,
             recovered.skipped_bytes,
+            self.read_only,
         );
         log.writer.set_last(recovered.last);
         let mut out: Vec<RecoveredShard> = Vec::new();
@@ -591,13 +619,18 @@ impl Engine for JournalEngine {
 }
 
 /// What recovery gave up to open the journal, for the operator.
-fn report_recovery(dir: &Path, truncated: u64, skipped: u64) {
+fn report_recovery(dir: &Path, truncated: u64, skipped: u64, read_only: bool) {
     use crate::log::{emit, Level};
     if truncated > 0 {
+        let done = if read_only {
+            "left (read-only) and ignored"
+        } else {
+            "cut"
+        };
         emit(
             Level::Warn,
             &format!(
-                "journal recovery in '{}': cut {truncated} bytes of a torn tail that no \
+                "journal recovery in '{}': {done} {truncated} bytes of a torn tail that no \
                  acknowledgement covered",
                 dir.display()
             ),

@@ -103,6 +103,21 @@ impl Prefill {
         zeros: bool,
         counters: Arc<IoCounters>,
     ) -> crate::Result<Prefill> {
+        let prefill = Self::idle(active, tail, zeros, counters);
+        let worker = prefill.shared.clone();
+        let thread = crate::thread::spawn("mqs-journal-prefill", move || worker.run())?;
+        *prefill.thread.lock() = Some(thread);
+        Ok(prefill)
+    }
+
+    /// A prefill without its thread, which prepares nothing: for a
+    /// journal opened read-only, whose writer never writes.
+    pub fn idle(
+        active: Arc<Segment>,
+        tail: u64,
+        zeros: bool,
+        counters: Arc<IoCounters>,
+    ) -> Prefill {
         let claimed = tail.next_multiple_of(BLOCK);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -120,12 +135,10 @@ impl Prefill {
             zeros,
             counters,
         });
-        let worker = shared.clone();
-        let thread = crate::thread::spawn("mqs-journal-prefill", move || worker.run())?;
-        Ok(Prefill {
+        Prefill {
             shared,
-            thread: Mutex::new(Some(thread)),
-        })
+            thread: Mutex::new(None),
+        }
     }
 
     /// Called by the writer before it writes `[.., end)` of `segment`

@@ -73,13 +73,20 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, std::path::PathBuf)>> {
     Ok(found)
 }
 
+/// Bytes from `from` to the end of the data written into `data`.
+fn written_from(data: &[u8], from: u64) -> u64 {
+    data[from as usize..]
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last as u64 + 1)
+}
+
 /// Zeroes `[from, end of written data)` of a torn segment.
 fn zero_tail(segment: &Segment, from: u64) -> Result<u64> {
-    let data = segment.data();
-    let Some(last) = data[from as usize..].iter().rposition(|&b| b != 0) else {
+    let len = written_from(segment.data(), from);
+    if len == 0 {
         return Ok(0);
-    };
-    let len = last as u64 + 1;
+    }
     let zeros = vec![0u8; 1 << 20];
     let mut pos = from;
     while pos < from + len {
@@ -125,35 +132,43 @@ fn unsynced_tail(segments: &[Arc<Segment>], index: usize, pos: u64, proven: u64)
 }
 
 /// Cuts the journal at `pos` of `segments[index]`: zeroes the rest of that
-/// segment's data and removes the later segments.
+/// segment's data and removes the later segments. A `read_only` recovery
+/// only leaves them out of the journal it opens, and counts the bytes.
 fn cut_tail(
     dir: &Path,
     segments: &mut Vec<Arc<Segment>>,
     index: usize,
     pos: u64,
     out: &mut Recovered,
+    read_only: bool,
 ) -> Result<()> {
-    out.truncated_bytes += zero_tail(&segments[index], pos)?;
+    out.truncated_bytes += if read_only {
+        written_from(segments[index].data(), pos)
+    } else {
+        zero_tail(&segments[index], pos)?
+    };
     let doomed: Vec<Arc<Segment>> = segments.drain(index + 1..).collect();
     for later in &doomed {
-        let data = later.data();
-        out.truncated_bytes += data
-            .iter()
-            .rposition(|&b| b != 0)
-            .map_or(0, |p| p as u64 + 1);
+        out.truncated_bytes += written_from(later.data(), 0);
+        if read_only {
+            continue;
+        }
         std::fs::remove_file(&later.path)
             .map_err(|e| Error::io(format!("removing '{}'", later.path.display()), e))?;
     }
-    if !doomed.is_empty() {
+    if !doomed.is_empty() && !read_only {
         sync_dir(dir)?;
     }
     Ok(())
 }
 
-pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
+/// Replays the journal in `dir`. A `read_only` replay changes no file: a
+/// torn tail is left in place (and out of the result), a stale checkpoint
+/// is ignored rather than removed.
+pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Recovered> {
     let mut segments = Vec::new();
     for (base, path) in list_segments(dir)? {
-        let segment = Segment::open(path, base, HEADER_LEN as u64)?;
+        let segment = Segment::open(path, base, HEADER_LEN as u64, read_only)?;
         if let Some(prev) = segments.last() {
             let prev: &Arc<Segment> = prev;
             if prev.base + prev.len > base {
@@ -208,6 +223,7 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
             out.checkpoint_end = Some(loaded.end);
             covered = loaded.covered;
         }
+        None if read_only => {}
         None => ckpt::remove(dir)?,
     }
     let skip = config.recovery_mode == RecoveryMode::SkipCorrupt;
@@ -253,7 +269,7 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
                     // the torn, unsynced tail a power cut leaves.
                     if let Some(next) = entry::find_valid(data, pos + entry::ALIGN) {
                         if unsynced_tail(&segments, index, pos, proven) {
-                            cut_tail(dir, &mut segments, index, pos, &mut out)?;
+                            cut_tail(dir, &mut segments, index, pos, &mut out, read_only)?;
                             break;
                         }
                         if !skip {
@@ -273,7 +289,7 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
                 Parsed::Invalid(reason) => {
                     let valid_after = entry::find_valid(data, pos + entry::ALIGN);
                     if unsynced_tail(&segments, index, pos, proven) {
-                        cut_tail(dir, &mut segments, index, pos, &mut out)?;
+                        cut_tail(dir, &mut segments, index, pos, &mut out, read_only)?;
                         break;
                     }
                     if let Some(next) = valid_after {
@@ -337,7 +353,7 @@ pub fn recover(dir: &Path, config: &JournalConfig) -> Result<Recovered> {
     for segment in &segments {
         segment.release_pages();
     }
-    if clean_end.is_some() {
+    if clean_end.is_some() && !read_only {
         // Appends may follow from now on: a later open must no longer
         // assume the journal ends at the checkpoint's end. Cleared only
         // once the open succeeds (a refused open changes nothing), and

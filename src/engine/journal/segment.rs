@@ -96,17 +96,24 @@ impl Segment {
     }
 
     /// Opens an existing segment (recovery). A file shorter than `min_len`
-    /// (a crash between create and sizing it) is extended with zeros.
-    pub fn open(path: PathBuf, base: u64, min_len: u64) -> Result<Segment> {
+    /// (a crash between create and sizing it) is extended with zeros. A
+    /// `read_only` open changes nothing, not even the file's times: it
+    /// neither extends the file nor waits for a dead writer's direct I/O
+    /// (should some land meanwhile, the reader sees a hole and reports
+    /// corruption; a writer's open then recovers the store).
+    pub fn open(path: PathBuf, base: u64, min_len: u64, read_only: bool) -> Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!read_only)
             .open(&path)
             .map_err(|e| Error::io(format!("opening segment '{}'", path.display()), e))?;
         let mut len = file
             .metadata()
             .map_err(|e| Error::io(format!("stat '{}'", path.display()), e))?
             .len();
+        if read_only {
+            return Self::map(path, base, file, len);
+        }
         if len < min_len {
             file.set_len(min_len)
                 .map_err(|e| Error::io(format!("extending '{}'", path.display()), e))?;

@@ -427,7 +427,8 @@ impl Writer {
     /// A writer appending to `active` from `tail` on (everything before is
     /// already on disk), with O_DIRECT if `direct` and the filesystem
     /// supports it, and the space ahead prepared with zeros if
-    /// `prefill_zeros` (see `prefill`).
+    /// `prefill_zeros` (see `prefill`). A `read_only` writer prepares
+    /// no space ahead (it is never asked to write).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         dir: PathBuf,
@@ -439,6 +440,7 @@ impl Writer {
         direct: bool,
         prefill_zeros: bool,
         tail_cache_bytes: u64,
+        read_only: bool,
     ) -> Result<Writer> {
         let end = active.base + tail;
         let mut io = IoState {
@@ -458,12 +460,12 @@ impl Writer {
         // Zeros are written with O_DIRECT; where the filesystem refuses it
         // (tmpfs) writing them would only fill the page cache.
         let counters = Arc::new(IoCounters::default());
-        let prefill = Prefill::start(
-            active.clone(),
-            tail,
-            prefill_zeros && direct,
-            counters.clone(),
-        )?;
+        let zeros = prefill_zeros && direct;
+        let prefill = if read_only {
+            Prefill::idle(active.clone(), tail, zeros, counters.clone())
+        } else {
+            Prefill::start(active.clone(), tail, zeros, counters.clone())?
+        };
         Ok(Writer {
             state: Mutex::new(State {
                 runs: Vec::new(),

@@ -194,6 +194,8 @@ pub(crate) struct Db {
     /// directory. Boxed: the snapshots below refer to it, so it must not
     /// move while open.
     db: RwLock<Option<Box<DB>>>,
+    /// Opened read-only: nothing is written, flushed or synced.
+    pub read_only: bool,
     /// The snapshots transfer plans read from (`plan::Plans`).
     plans: plan::Plans,
     /// A write without WAL happened since the last memtable flush: a
@@ -248,8 +250,10 @@ fn write_options(disable_wal: bool, sync: bool) -> WriteOptions {
 }
 
 impl Db {
-    fn open(path: &Path, config: &RocksdbConfig) -> Result<Db> {
-        crate::io::create_dir_all_durable(path)?;
+    fn open(path: &Path, config: &RocksdbConfig, read_only: bool) -> Result<Db> {
+        if !read_only {
+            crate::io::create_dir_all_durable(path)?;
+        }
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -273,11 +277,16 @@ impl Db {
         .map(|(name, size, prefixed)| {
             ColumnFamilyDescriptor::new(name, cf_options(size, cache.as_ref(), prefixed))
         });
-        let db =
-            DB::open_cf_descriptors(&options, path, families).map_err(|e| open_error(path, e))?;
+        let db = if read_only {
+            DB::open_cf_descriptors_read_only(&options, path, families, false)
+        } else {
+            DB::open_cf_descriptors(&options, path, families)
+        }
+        .map_err(|e| open_error(path, e))?;
         Ok(Db {
             path: path.to_path_buf(),
             db: RwLock::new(Some(Box::new(db))),
+            read_only,
             plans: plan::Plans::default(),
             unlogged: AtomicBool::new(false),
             sync: Arc::default(),
@@ -355,6 +364,9 @@ impl Db {
         // Plans still held are read into memory, and every snapshot is
         // released, while the database they belong to is still there.
         _kept = self.plans.detach_all(&db);
+        if self.read_only {
+            return Ok(());
+        }
         let flushed = if self.unlogged.load(Ordering::Acquire) {
             db.flush()
                 .map_err(|e| db_error("flushing memtables at close", e))
@@ -436,6 +448,8 @@ pub struct RocksdbEngine {
     /// is one past the largest stored (a deleted shard's range tombstone
     /// hides nothing written after it, so a reused id is harmless).
     next_id: AtomicU64,
+    /// Opens the database read-only (`DB::open_cf_descriptors_read_only`).
+    read_only: bool,
 }
 
 impl RocksdbEngine {
@@ -449,7 +463,15 @@ impl RocksdbEngine {
             closed: AtomicBool::new(false),
             shards: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            read_only: false,
         }
+    }
+
+    /// An engine that opens the database read-only: RocksDB replays its
+    /// WAL into memory and writes nothing; retention drops nothing.
+    pub fn read_only(mut self, read_only: bool) -> RocksdbEngine {
+        self.read_only = read_only;
+        self
     }
 
     /// The database, opened (and created) on first use.
@@ -461,7 +483,7 @@ impl RocksdbEngine {
         if let Some(db) = slot.as_ref() {
             return Ok(db.clone());
         }
-        let db = Arc::new(Db::open(&self.dir, &self.config)?);
+        let db = Arc::new(Db::open(&self.dir, &self.config, self.read_only)?);
         let _ = db.me.set(Arc::downgrade(&db));
         *slot = Some(db.clone());
         Ok(db)

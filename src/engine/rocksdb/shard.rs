@@ -230,7 +230,7 @@ impl RocksShard {
     /// one WriteBatch, then in the index. Called under the write lock.
     fn apply_retention(&self, state: &mut ShardState, now: i64) -> Result<()> {
         let count = state.retention_drops(&self.options, now);
-        if count == 0 {
+        if count == 0 || self.db.read_only {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
