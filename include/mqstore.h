@@ -114,7 +114,8 @@ typedef enum mqs_status {
      */
     MQS_WOULD_BLOCK = 11,
     /**
-     * The requested engine is not compiled into this build or not implemented yet.
+     * The requested engine is not compiled into this build or not
+     * implemented yet, or the call would change a store opened read-only.
      */
     MQS_UNSUPPORTED = 12,
     /**

@@ -38,7 +38,8 @@ pub enum Status {
     /// A non-blocking descriptor would block; the transfer keeps its progress
     /// and can be resumed.
     WouldBlock = 11,
-    /// The requested engine is not compiled into this build or not implemented yet.
+    /// The requested engine is not compiled into this build or not
+    /// implemented yet, or the call would change a store opened read-only.
     Unsupported = 12,
     /// A previous unrecoverable failure (such as a failed fsync) poisoned the store.
     Poisoned = 13,

@@ -84,7 +84,8 @@ pub enum mqs_status {
     /// A non-blocking descriptor would block; the transfer keeps its progress
     /// and can be resumed.
     MQS_WOULD_BLOCK = 11,
-    /// The requested engine is not compiled into this build or not implemented yet.
+    /// The requested engine is not compiled into this build or not
+    /// implemented yet, or the call would change a store opened read-only.
     MQS_UNSUPPORTED = 12,
     /// A previous unrecoverable failure (such as a failed fsync) poisoned the store.
     MQS_POISONED = 13,
