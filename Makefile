@@ -9,7 +9,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 VENV        := $(CURDIR)/.venv
 PYTHON      := $(VENV)/bin/python
-PIP_PKGS    := maturin==1.* pytest kafka-python lz4 zstandard mypy numpy python-snappy
+PIP_PKGS    := maturin==1.* pytest kafka-python lz4 zstandard mypy numpy python-snappy confluent-kafka
 DEBUG_LIB   := $(CARGO_TARGET_DIR)/debug/libmqstore.so
 RELEASE_LIB := $(CARGO_TARGET_DIR)/release/libmqstore.so
 CC          ?= cc

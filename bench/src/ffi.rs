@@ -66,7 +66,7 @@ fn extension_build(extension: &Path, target: &Path) -> &'static str {
 }
 
 /// Runs a driver and parses the JSON object on the last line of its output.
-fn run_driver(command: &mut Command) -> Result<Value, String> {
+pub fn run_driver(command: &mut Command) -> Result<Value, String> {
     let output = command
         .output()
         .map_err(|e| format!("could not start {:?}: {e}", command.get_program()))?;
@@ -242,7 +242,9 @@ fn c_driver(drivers: &Drivers) -> Result<Driver, Unavailable> {
     })
 }
 
-fn python_driver(drivers: &Drivers) -> Result<Driver, Unavailable> {
+/// The installed Python extension and the profile that built it, or why
+/// it cannot be measured (absent, or a debug build).
+fn python_extension(drivers: &Drivers) -> Result<(PathBuf, &'static str), String> {
     let probe = Command::new(&drivers.python)
         .args(["-c", "import mqstore._mqstore as m; print(m.__file__)"])
         .output();
@@ -253,26 +255,36 @@ fn python_driver(drivers: &Drivers) -> Result<Driver, Unavailable> {
         Ok(out) => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let last = stderr.trim().lines().last().unwrap_or("").to_string();
-            return Err(Unavailable::Absent(format!(
+            return Err(format!(
                 "{} cannot import mqstore ({last}); build it with `make python-release`",
                 drivers.python.display()
-            )));
+            ));
         }
         Err(e) => {
-            return Err(Unavailable::Absent(format!(
+            return Err(format!(
                 "no Python interpreter at {}: {e}",
                 drivers.python.display()
-            )))
+            ))
         }
     };
     let build = extension_build(&extension, &drivers.target);
     if build == "debug" {
-        return Err(Unavailable::Absent(format!(
+        return Err(format!(
             "the installed extension {} is a debug build (overflow checks compiled in); \
              install the release build with `make python-release`",
             extension.display()
-        )));
+        ));
     }
+    Ok((extension, build))
+}
+
+/// Fails unless the interpreter imports a release build of the package.
+pub fn release_extension(drivers: &Drivers) -> Result<(), String> {
+    python_extension(drivers).map(|_| ())
+}
+
+fn python_driver(drivers: &Drivers) -> Result<Driver, Unavailable> {
+    let (extension, build) = python_extension(drivers).map_err(Unavailable::Absent)?;
     Ok(Driver {
         program: drivers.python.clone(),
         prefix: vec![drivers

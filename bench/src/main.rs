@@ -7,6 +7,7 @@
 //!
 //! See docs/BENCHMARKS.md for the workloads and every metric name.
 
+mod broker;
 mod disk;
 mod engine;
 mod ffi;
@@ -122,7 +123,7 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 5] = ["raw", "memory", "engines", "rocksdb", "ffi"];
+const SECTIONS: [&str; 6] = ["raw", "memory", "engines", "rocksdb", "ffi", "broker"];
 
 struct Args {
     quick: bool,
@@ -149,7 +150,7 @@ usage: bench [--quick] [--out FILE] [--dir DIR] [--only SECTIONS] [--no-chart]
   --dir DIR        directory on the filesystem to test (default: a temporary
                    directory under the results directory, removed afterwards)
   --only LIST      comma-separated sections: raw,memory,engines (journal, RocksDB, file),
-                   rocksdb,ffi
+                   rocksdb,ffi,broker (the example Kafka broker)
   --no-chart       do not run bench/python/chart.py afterwards
   --lib PATH       libmqstore.so for the C driver (default: next to this binary;
                    env MQS_BENCH_LIB)
@@ -638,6 +639,9 @@ fn main() {
     if wants("ffi") {
         ffi::run(base.path(), &plan, &args.drivers, &mut results);
     }
+    if wants("broker") {
+        broker::run(base.path(), &plan, &args.drivers, &mut results);
+    }
     if !args.isolated {
         // Ratios between sections: only the parent has every section's
         // metrics (a workload group's child would list the pairs absent).
@@ -646,6 +650,7 @@ fn main() {
         rocksdb_engine::compare(&mut results);
         file::compare(&mut results);
         ffi::compare(&mut results);
+        broker::compare(&mut results);
     }
 
     let elapsed = clock.elapsed().as_secs_f64();
