@@ -661,6 +661,19 @@ enum mqs_status mqs_append_replica(struct mqs_store *store,
                                    int64_t *out_next_offset);
 
 /**
+ * Cuts a follower's diverged tail: every batch at or after `offset`
+ * goes and the next append gets `offset`. `offset` must lie within the
+ * shard's watermarks (`MQS_OFFSET_OUT_OF_RANGE`) and at a batch boundary
+ * (`MQS_INVALID_ARGUMENT` names the batch it falls in). The producers'
+ * state is rebuilt from the batches that remain. Returns once the cut is
+ * as durable as the shard's mode makes appends.
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string.
+ */
+enum mqs_status mqs_truncate_to(struct mqs_store *store, const char *shard, int64_t offset);
+
+/**
  * Blocks until the record at `offset` of `shard`, and every earlier record
  * of the shard, is as durable as the shard's durability mode promises
  * (`none`: buffered; `os`: handed to the kernel; `fsync`: fdatasynced).

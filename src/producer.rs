@@ -358,6 +358,24 @@ impl Producers {
         Ok(expected)
     }
 
+    /// Cuts `shard` at `offset` (`Shard::truncate_to`) and rebuilds its
+    /// producers' state from the batches that remain, as Kafka does after
+    /// a follower's truncation: a sequence cut away may be sent again.
+    pub fn truncate_to(&self, name: &str, shard: &dyn Shard, offset: i64) -> Result<()> {
+        let slot = self.slot(name);
+        let mut guard = slot.lock();
+        shard.truncate_to(offset)?;
+        // Until the rebuild succeeds, the next append rebuilds (a snapshot
+        // that applied nothing makes `load` scan the whole shard).
+        *guard = None;
+        self.snapshot
+            .lock()
+            .insert(name.to_string(), ShardProducers::default());
+        let rebuilt = self.load(name, shard)?;
+        *guard = Some(rebuilt);
+        Ok(())
+    }
+
     fn slot(&self, name: &str) -> Slot {
         self.shards
             .lock()

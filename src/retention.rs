@@ -237,6 +237,9 @@ mod tests {
         fn plan_transfer(&self, _: i64, _: usize) -> Result<TransferPlan> {
             unused()
         }
+        fn truncate_to(&self, _: i64) -> Result<()> {
+            unused()
+        }
         fn stats(&self) -> Result<serde_json::Value> {
             unused()
         }

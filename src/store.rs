@@ -547,6 +547,17 @@ impl Store {
             .append_replica(name, shard.as_ref(), &headers, batches)
     }
 
+    /// Cuts a follower's diverged tail: every batch at or after `offset`
+    /// goes and the next append (or `append_replica`) gets `offset`.
+    /// `offset` must lie within the watermarks and at a batch boundary
+    /// (`InvalidArgument` names the batch it falls in). The producers'
+    /// state is rebuilt from the batches that remain. Durable as the
+    /// shard's mode makes appends durable.
+    pub fn truncate_to(&self, name: &str, offset: i64) -> Result<()> {
+        let shard = self.writable_shard(name, "truncate_to")?;
+        self.producers.truncate_to(name, shard.as_ref(), offset)
+    }
+
     fn limits(&self) -> validate::Limits {
         validate::Limits {
             max_batch_bytes: self.config.max_batch_bytes,
@@ -1149,6 +1160,9 @@ mod tests {
         }
         fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
             self.0.delete_where(matches)
+        }
+        fn truncate_to(&self, offset: i64) -> Result<()> {
+            self.0.truncate_to(offset)
         }
         fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan> {
             self.0.plan_transfer(from, max_bytes)

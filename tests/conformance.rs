@@ -26,6 +26,19 @@ pub fn open(engine: &str, extra: &str) -> Fixture {
     Fixture { store, _dir: dir }
 }
 
+impl Fixture {
+    /// Closes the store and opens its directory again (a clean restart).
+    pub fn reopen(self, engine: &str, extra: &str) -> Fixture {
+        self.store.close().unwrap();
+        let toml = format!("[shard]\nengine = \"{engine}\"\n{extra}");
+        let store = Store::open(self._dir.path(), Config::from_toml_str(&toml).unwrap()).unwrap();
+        Fixture {
+            store,
+            _dir: self._dir,
+        }
+    }
+}
+
 pub fn drain(mut stream: UnixStream) -> Vec<u8> {
     let mut got = Vec::new();
     stream.read_to_end(&mut got).unwrap();
@@ -102,6 +115,82 @@ macro_rules! conformance_suite {
             use super::*;
 
             const ENGINE: &str = $engine;
+
+            /// A follower's diverged tail cut at a batch boundary: the
+            /// shard ends there (reads, transfers, the next append), the
+            /// cut producer sequences may be sent again, and the cut
+            /// survives a restart.
+            #[test]
+            fn truncate_to_cuts_whole_batches_and_producer_state() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                for i in 0..3 {
+                    append_values(&f.store, "s", &values(4, &format!("b{i}")));
+                }
+                let first = producer_batch(&[b"p0", b"p1"], Compression::None, 0);
+                assert_eq!(f.store.append_raw("s", &first).unwrap(), [12]);
+                let second = producer_batch(&[b"p2"], Compression::None, 2);
+                assert_eq!(f.store.append_raw("s", &second).unwrap(), [14]);
+
+                let inside = f.store.truncate_to("s", 5).unwrap_err();
+                assert_eq!(inside.status(), Status::InvalidArgument, "{inside}");
+                assert!(inside.to_string().contains("4..=7"), "{inside}");
+                let beyond = f.store.truncate_to("s", 16).unwrap_err();
+                assert_eq!(beyond.status(), Status::OffsetOutOfRange, "{beyond}");
+                let missing = f.store.truncate_to("nope", 0).unwrap_err();
+                assert_eq!(missing.status(), Status::ShardNotFound);
+                f.store.truncate_to("s", 15).unwrap(); // the end: nothing to cut
+
+                // Cut the second producer batch: its sequence is free again,
+                // while the first one's retry is still a duplicate.
+                f.store.truncate_to("s", 14).unwrap();
+                assert_eq!(f.store.shard_info("s").unwrap().next_offset, 14);
+                let retry = f.store.append_raw("s", &first).unwrap_err();
+                assert_eq!(retry.status(), Status::DuplicateSequence);
+                assert_eq!(f.store.append_raw("s", &second).unwrap(), [14]);
+
+                // Cut both producer batches and one of ours.
+                f.store.truncate_to("s", 8).unwrap();
+                let info = f.store.shard_info("s").unwrap();
+                assert_eq!(
+                    (info.first_offset, info.next_offset, info.records),
+                    (0, 8, 8)
+                );
+                let read = f.store.read("s", 0, 100, usize::MAX).unwrap();
+                assert_eq!(read.records.len(), 8);
+                assert_eq!(read.records[7].value_bytes(), b"b1-3");
+                let mut plan = f.store.plan_transfer("s", 0, usize::MAX).unwrap();
+                assert_eq!(plan.next_offset(), 8);
+                assert_eq!(
+                    stream_offsets(send_rest(&mut plan)),
+                    (0..8).collect::<Vec<_>>()
+                );
+                assert_eq!(f.store.append_raw("s", &first).unwrap(), [8]);
+                assert_eq!(append_values(&f.store, "s", &values(2, "after")), 10);
+
+                let f = f.reopen(ENGINE, "");
+                if ENGINE == "memory" {
+                    return;
+                }
+                let read = f.store.read("s", 0, 100, usize::MAX).unwrap();
+                let got: Vec<&[u8]> = read.records.iter().map(|r| r.value_bytes()).collect();
+                assert_eq!(got.len(), 12);
+                assert_eq!(
+                    &got[7..],
+                    &[&b"b1-3"[..], b"p0", b"p1", b"after-0", b"after-1"]
+                );
+                assert_eq!(f.store.shard_info("s").unwrap().next_offset, 12);
+                // After the restart the producer's state still ends at the
+                // batch stored after the cut.
+                let retry = f.store.append_raw("s", &first).unwrap_err();
+                assert_eq!(retry.status(), Status::DuplicateSequence);
+                assert_eq!(f.store.append_raw("s", &second).unwrap(), [12]);
+                f.store.truncate_to("s", 0).unwrap();
+                let f = f.reopen(ENGINE, "");
+                let info = f.store.shard_info("s").unwrap();
+                assert_eq!((info.next_offset, info.records), (0, 0));
+                assert_eq!(append_values(&f.store, "s", &values(1, "again")), 0);
+            }
 
             #[test]
             fn producer_batches_are_stored_byte_for_byte_at_consecutive_offsets() {

@@ -60,6 +60,13 @@ enum Op {
         offset: i64,
         max_bytes: usize,
     },
+    /// Cut the shard's tail at the `pick`-th of its batch boundaries
+    /// (the bases of batches with live records at or above the low
+    /// watermark, and the next offset), modulo their number.
+    Truncate {
+        shard: usize,
+        pick: usize,
+    },
     /// Close and reopen the store (persistent engines only: the model keeps
     /// everything, so every engine but memory must too).
     Reopen,
@@ -96,6 +103,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(shard, offsets)| Op::DeleteOffsets { shard, offsets }),
         1 => (shard.clone(), 0i64..60, 1usize..400)
             .prop_map(|(shard, offset, max_bytes)| Op::Transfer { shard, offset, max_bytes }),
+        1 => (shard.clone(), 0usize..8).prop_map(|(shard, pick)| Op::Truncate { shard, pick }),
         1 => Just(Op::Reopen),
         3 => Just(Op::Crash),
         1 => shard.prop_map(|shard| Op::Recreate { shard }),
@@ -303,6 +311,25 @@ fn check(engine: &str, durability: &str, ops: &[Op]) -> Result<(), TestCaseError
                 m.live = m.live.split_off(&m.low);
                 m.drop_empty_batches();
                 prop_assert_eq!(low, m.low);
+            }
+            Op::Truncate { shard, pick } => {
+                let m = &mut model[*shard];
+                let mut boundaries: Vec<i64> = m
+                    .batches
+                    .iter()
+                    .map(|&(base, _)| base)
+                    .filter(|&base| base >= m.low)
+                    .collect();
+                boundaries.push(m.next);
+                let offset = boundaries[pick % boundaries.len()];
+                store.truncate_to(SHARDS[*shard], offset).unwrap();
+                m.live.split_off(&offset);
+                m.batches.retain(|&(base, _)| base < offset);
+                m.next = offset;
+                prop_assert_eq!(
+                    store.shard_info(SHARDS[*shard]).unwrap().next_offset,
+                    m.next
+                );
             }
             Op::DeleteByKey { shard, key } => {
                 let m = &mut model[*shard];

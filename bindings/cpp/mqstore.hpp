@@ -731,6 +731,14 @@ public:
         return next;
     }
 
+    /// Cuts a follower's diverged tail: every batch at or after `offset`
+    /// goes and the next append gets `offset`, which must lie within the
+    /// watermarks and at a batch boundary (else MQS_OFFSET_OUT_OF_RANGE or
+    /// MQS_INVALID_ARGUMENT). The producers' state follows.
+    void truncate_to(const std::string &shard, int64_t offset) {
+        check(mqs_truncate_to(handle(), detail::c_name(shard, "shard name"), offset));
+    }
+
     /// append_raw() that returns once the batches have their offsets, like
     /// append_batch_nowait(); wait_durable() on the last batch's last
     /// offset acknowledges them.

@@ -365,6 +365,11 @@ class Store:
         """Appends a leader's batches (what a transfer of the leader's shard
         sent) byte for byte at the offsets they carry, which must continue
         the shard; returns the shard's next offset."""
+    def truncate_to(self, shard: str, offset: int) -> None:
+        """Cuts a follower's diverged tail: every batch at or after
+        ``offset`` goes and the next append gets ``offset``, which must lie
+        within the watermarks (else ``OffsetOutOfRange``) and at a batch
+        boundary (else ``InvalidArgument``). The producers' state follows."""
     def wait_durable(self, shard: str, offset: int) -> None:
         """Blocks (with the GIL released) until the record at ``offset`` and
         every earlier record of ``shard`` is as durable as the shard's

@@ -337,6 +337,14 @@ impl PyStore {
             .or_raise(py)
     }
 
+    /// Cuts a follower's diverged tail: every batch at or after `offset`
+    /// goes and the next append gets `offset` (within the watermarks, at a
+    /// batch boundary). The producers' state follows.
+    fn truncate_to(&self, py: Python<'_>, shard: &str, offset: i64) -> PyResult<()> {
+        py.detach(|| self.inner.truncate_to(shard, offset))
+            .or_raise(py)
+    }
+
     /// Blocks until the record at `offset` and every earlier record of
     /// `shard` is as durable as the shard's durability mode promises (none:
     /// buffered; os: handed to the kernel; fsync: fdatasynced). `offset`

@@ -271,6 +271,40 @@ impl<L> BatchIndex<L> {
     pub fn check_range(&self, shard: &str, offset: i64) -> Result<()> {
         crate::engine::scan::check_range(shard, offset, self.low_watermark, self.next_offset)
     }
+
+    /// Checks that the tail from `offset` on may be cut (`truncate`):
+    /// `offset` lies within the watermarks and inside no batch.
+    pub fn check_truncation(&self, shard: &str, offset: i64) -> Result<()> {
+        crate::engine::scan::check_truncation(
+            shard,
+            offset,
+            self.low_watermark,
+            self.next_offset,
+            self.batches
+                .get(self.batch_index(offset))
+                .map(|b| (b.base_offset, b.last_offset)),
+        )
+    }
+
+    /// Cuts every batch at or after `offset` (checked by
+    /// `check_truncation`): the next append gets `offset`. Returns the
+    /// batches cut, oldest first.
+    pub fn truncate(&mut self, offset: i64) -> Vec<BatchEntry<L>> {
+        let keep = self.batch_index(offset);
+        let cut: Vec<BatchEntry<L>> = self.batches.drain(keep..).collect();
+        for batch in &cut {
+            self.bytes -= batch.len as u64;
+            self.records -= batch.records as u64;
+        }
+        self.next_offset = offset;
+        // A replay may hold less than the live shard did (its older
+        // batches' segments gone, retention by age applied since): the
+        // watermarks still end at the cut.
+        self.low_watermark = self.low_watermark.min(offset);
+        // Only the log's own record of the cut says where the shard ends.
+        self.low_dirty = true;
+        cut
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +331,33 @@ mod tests {
             retention_ms: ms,
             ..ShardOptions::default()
         }
+    }
+
+    #[test]
+    fn truncation_cuts_whole_batches_from_a_boundary() {
+        let mut idx = index(&[(10, 100, 1), (5, 50, 2), (5, 50, 3)]);
+        idx.raise_low(3);
+        assert!(
+            idx.check_truncation("s", 12).is_err(),
+            "inside the second batch"
+        );
+        assert!(
+            idx.check_truncation("s", 2).is_err(),
+            "below the low watermark"
+        );
+        assert!(
+            idx.check_truncation("s", 21).is_err(),
+            "past the next offset"
+        );
+        idx.check_truncation("s", 20).unwrap();
+        idx.check_truncation("s", 10).unwrap();
+        let cut = idx.truncate(10);
+        assert_eq!(
+            cut.iter().map(|b| b.base_offset).collect::<Vec<_>>(),
+            [10, 15]
+        );
+        assert_eq!((idx.next_offset, idx.records, idx.bytes), (10, 10, 100));
+        assert!(idx.low_dirty);
     }
 
     #[test]

@@ -232,6 +232,13 @@ impl Shard for MemoryShard {
         Ok(target)
     }
 
+    fn truncate_to(&self, offset: i64) -> Result<()> {
+        let mut state = self.state.write();
+        state.check_truncation(&self.name, offset)?;
+        state.truncate(offset);
+        Ok(())
+    }
+
     /// Deletes, batch by batch, the records `matches` selects; re-encodes each
     /// affected batch as Kafka's log compaction does (offsets keep their gaps).
     fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {

@@ -240,6 +240,12 @@ pub trait Shard: Send + Sync {
     /// `max_bytes`, but always at least one batch when any exists.
     fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan>;
 
+    /// Cuts every batch at or after `offset` (a batch boundary within the
+    /// watermarks): the next append gets `offset`. Durable as the shard's
+    /// mode makes appends durable; a crash before that leaves the shard
+    /// as it was, or (file engine) cut at a later batch boundary.
+    fn truncate_to(&self, offset: i64) -> Result<()>;
+
     /// Engine-specific counters as JSON. May fail like `info`.
     fn stats(&self) -> Result<serde_json::Value>;
 

@@ -50,6 +50,26 @@ pub(crate) fn check_range(
     Ok(())
 }
 
+/// A shard's tail may be cut at `offset` (`Shard::truncate_to`) when it
+/// lies within the watermarks and inside no batch: `containing` is the
+/// (base, last) offsets of the first batch ending at or after it.
+pub(crate) fn check_truncation(
+    shard: &str,
+    offset: i64,
+    low_watermark: i64,
+    next_offset: i64,
+    containing: Option<(i64, i64)>,
+) -> Result<()> {
+    check_range(shard, offset, low_watermark, next_offset)?;
+    match containing {
+        Some((base, last)) if base < offset => Err(Error::InvalidArgument(format!(
+            "shard '{shard}': offset {offset} is inside the batch of offsets {base}..={last}; \
+             truncate to a batch boundary"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Key + value + header bytes of a record: what `max_bytes` limits.
 pub(crate) fn record_size(record: &RecordView) -> usize {
     record.key.as_ref().map_or(0, Bytes::len)

@@ -235,6 +235,29 @@ pub unsafe extern "C" fn mqs_append_replica(
     })
 }
 
+/// Cuts a follower's diverged tail: every batch at or after `offset`
+/// goes and the next append gets `offset`. `offset` must lie within the
+/// shard's watermarks (`MQS_OFFSET_OUT_OF_RANGE`) and at a batch boundary
+/// (`MQS_INVALID_ARGUMENT` names the batch it falls in). The producers'
+/// state is rebuilt from the batches that remain. Returns once the cut is
+/// as durable as the shard's mode makes appends.
+///
+/// # Safety
+/// `shard` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_truncate_to(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    offset: i64,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        Ok(store.truncate_to(shard, offset)?)
+    })
+}
+
 type RawAppend = fn(&Store, &str, &[u8]) -> crate::Result<Vec<i64>>;
 
 /// The body of `mqs_append_raw` and `mqs_append_raw_nowait`.

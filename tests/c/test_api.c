@@ -812,6 +812,34 @@ static void test_offset_for_timestamp(void) {
     CHECK_OK(mqs_store_close(store));
 }
 
+/* truncate_to cuts whole batches from a boundary; errors name the problem. */
+static void test_truncate_to(void) {
+    mqs_store *store = open_store(NULL);
+    CHECK_OK(mqs_shard_create(store, "t", NULL));
+    mqs_record_in records[4];
+    for (int i = 0; i < 4; i++) {
+        records[i] = keyed_record("k", "v");
+    }
+    int64_t base = -1;
+    for (int batch = 0; batch < 3; batch++) {
+        CHECK_OK(mqs_append_batch(store, "t", records, 4, &base));
+    }
+    CHECK_STATUS(mqs_truncate_to(store, "t", 6), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("batch boundary");
+    CHECK_STATUS(mqs_truncate_to(store, "t", 13), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_STATUS(mqs_truncate_to(store, "nope", 0), MQS_SHARD_NOT_FOUND);
+    CHECK_STATUS(mqs_truncate_to(store, NULL, 0), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_truncate_to(NULL, "t", 0), MQS_INVALID_ARGUMENT);
+    CHECK_OK(mqs_truncate_to(store, "t", 4));
+    struct mqs_shard_info info;
+    memset(&info, 0, sizeof info);
+    CHECK_OK(mqs_shard_get_info(store, "t", &info));
+    CHECK(info.next_offset == 4 && info.records == 4);
+    CHECK_OK(mqs_append_batch(store, "t", records, 4, &base));
+    CHECK(base == 4);
+    CHECK_OK(mqs_store_close(store));
+}
+
 static void test_deletes(void) {
     mqs_store *store = open_store(NULL);
     CHECK_OK(mqs_shard_create(store, "del", NULL));
@@ -2387,6 +2415,7 @@ int main(int argc, char **argv) {
     test_read_by_keys_and_tag();
     test_offset_for_timestamp();
     test_deletes();
+    test_truncate_to();
     test_groups();
     test_stats();
     test_transfer_basic();

@@ -403,6 +403,14 @@ void deletes() {
     CHECK_EQ(store.shard_info("s").records, 11u);
     CHECK(store.read_by_keys("s", {"k6"}, 10).empty());
 
+    // A diverged tail cut: within the watermarks, at a batch boundary.
+    other::append_numbered(store, "s", 20, 5);
+    CHECK_THROWS_CODE(below, store.truncate_to("s", 4), MQS_OFFSET_OUT_OF_RANGE);
+    CHECK_THROWS_CODE(inside, store.truncate_to("s", 19), MQS_INVALID_ARGUMENT);
+    CHECK(test::contains(inside, "batch boundary"));
+    store.truncate_to("s", 20);
+    CHECK_EQ(store.shard_info("s").next_offset, 20);
+
     // Clamped to the high watermark.
     CHECK_EQ(store.delete_records_before("s", 1000), 20);
     CHECK(store.read("s", 20, 10).empty());

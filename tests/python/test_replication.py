@@ -14,6 +14,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import mqstore
 
 LEADER = textwrap.dedent(
@@ -136,3 +138,20 @@ def test_follower_survives_kill9_of_either_side(tmp_path):
     assert follower_end >= total and leader_end >= follower_end
     assert leader_bytes[: len(follower_bytes)] == follower_bytes
     assert struct.unpack(">q", follower_bytes[:8])[0] == 0
+
+
+def test_truncate_to_cuts_a_diverged_tail(tmp_path):
+    """A follower that took batches a new leader never had cuts them and
+    continues from the leader's log."""
+    with mqstore.Store(tmp_path / "f") as follower:
+        follower.create_shard("p")
+        for i in range(3):
+            follower.append_batch("p", [b"r%d-%d" % (i, j) for j in range(4)])
+        with pytest.raises(mqstore.InvalidArgument, match="batch boundary"):
+            follower.truncate_to("p", 6)
+        with pytest.raises(mqstore.OffsetOutOfRange):
+            follower.truncate_to("p", 13)
+        follower.truncate_to("p", 8)
+        assert follower.shard_info("p").next_offset == 8
+        assert [bytes(r.value) for r in follower.read("p", 0)][-1] == b"r1-3"
+        assert follower.append_batch("p", [b"new"]) == 8

@@ -744,32 +744,15 @@ impl FileShard {
             return Ok(false);
         }
         let active = index + 1 == state.segments.len();
-        let path = self.log_path(base);
-        let tmp = self
-            .dir
-            .join(format!("{}.cleaned", segment::log_name(base)));
-        let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| io("creating", e))?;
         let mut meta = SegmentMeta::new(base);
         for piece in &pieces {
             let info = segment::batch_at(piece, 0)?;
-            file.write_all_at(piece, meta.size)
-                .map_err(|e| io("writing", e))?;
             meta.push(&BatchInfo {
                 pos: meta.size,
                 ..info
             });
         }
-        file.sync_data().map_err(|e| io("fdatasync of", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-        segment::sync_dir(&self.dir)?;
-        self.shared.cache.forget((self.id, base));
+        let file = self.replace_segment_file(base, &pieces)?;
         self.rewrites.fetch_add(1, Ordering::Relaxed);
         if active {
             // The writer moves to the new inode.
@@ -797,6 +780,92 @@ impl FileShard {
         }
         state.recompute_running_max();
         Ok(true)
+    }
+
+    /// Writes `pieces` into a new file that is fdatasynced and renamed over
+    /// segment `base` (durably): a crash leaves the old file or the new one.
+    /// Views and transfer plans of the old file keep its inode and bytes.
+    fn replace_segment_file(&self, base: i64, pieces: &[Bytes]) -> Result<File> {
+        let path = self.log_path(base);
+        let tmp = self
+            .dir
+            .join(format!("{}.cleaned", segment::log_name(base)));
+        let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| io("creating", e))?;
+        let mut pos = 0;
+        for piece in pieces {
+            file.write_all_at(piece, pos)
+                .map_err(|e| io("writing", e))?;
+            pos += piece.len() as u64;
+        }
+        file.sync_data().map_err(|e| io("fdatasync of", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+        segment::sync_dir(&self.dir)?;
+        self.shared.cache.forget((self.id, base));
+        Ok(file)
+    }
+
+    /// Cuts the shard at `offset` (checked by the caller; `w` is the
+    /// writer, locked, so the front is recounted after). The order makes
+    /// every crash leave a prefix of the old log at least `offset` long:
+    /// the metadata's next offset first, then the later segments, newest
+    /// first, then the segment holding `offset` replaced by its prefix (a
+    /// new file, so maps of the old one stay valid).
+    fn cut_tail(&self, state: &mut State, w: &mut Writer, offset: i64) -> Result<()> {
+        self.flush_buf(w)?;
+        let index = state
+            .segments
+            .partition_point(|s| s.base <= offset)
+            .saturating_sub(1);
+        let map = self.map_segment(state, index)?;
+        let seg = &state.segments[index];
+        let (base, size) = (seg.base, seg.size);
+        let mut pos = 0;
+        while pos < size {
+            let info = segment::batch_at(&map[..size as usize], pos)?;
+            if info.base_offset >= offset {
+                break;
+            }
+            pos = info.end();
+        }
+        let prefix = cache::slice(&map, 0, pos);
+        let prefix_meta = SegmentMeta::from_data(base, &prefix)?;
+        state.next_offset = offset;
+        self.save_meta(state)?;
+        while state.segments.len() > index + 1 {
+            let later = state.segments.pop_back().expect("a later segment");
+            self.shared.cache.forget((self.id, later.base));
+            segment::remove_files(&self.dir, later.base)?;
+            segment::sync_dir(&self.dir)?;
+        }
+        let file = self.replace_segment_file(base, &[prefix])?;
+        for stale in [
+            segment::index_path(&self.dir, base),
+            segment::time_index_path(&self.dir, base),
+        ] {
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(Error::io(format!("removing '{}'", stale.display()), e))
+                }
+                _ => {}
+            }
+        }
+        w.file = Some(Arc::new(file));
+        w.base = base;
+        w.written = prefix_meta.size;
+        w.reserved = 0;
+        w.dirty = false;
+        w.indexed = None;
+        self.shared.opened(self.id);
+        state.segments[index] = prefix_meta;
+        state.recompute_running_max();
+        Ok(())
     }
 
     /// Refuses appends and deletes from now on: a deletion in progress,
@@ -925,6 +994,32 @@ impl Shard for FileShard {
         self.appended_records.fetch_add(records, Ordering::Relaxed);
         self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
         Ok(first_offset)
+    }
+
+    fn truncate_to(&self, offset: i64) -> Result<()> {
+        self.check_live()?;
+        let mut state = self.state.write();
+        self.check_live()?;
+        scan::check_range(&self.name, offset, state.low, state.next_offset)?;
+        if offset == state.next_offset {
+            return Ok(());
+        }
+        // Buffered batches are written first: the walk reads the file.
+        self.make_readable()?;
+        let containing = self
+            .batches_from(&state, offset)
+            .next()
+            .map(|(batch, _, _)| (batch.base_offset, batch.last_offset));
+        scan::check_truncation(&self.name, offset, state.low, state.next_offset, containing)?;
+        let mut w = self.writer.lock();
+        let cut = self.cut_tail(&mut state, &mut w, offset);
+        drop(w);
+        // The first segment's dead prefix, when the cut was in it (the
+        // recount takes the writer's lock).
+        match cut.and_then(|()| self.recount_front(&mut state)) {
+            Ok(()) => Ok(()),
+            Err(e) => self.poison(e),
+        }
     }
 
     fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {

@@ -37,6 +37,9 @@ pub enum Kind {
     /// an unacknowledged tail torn by a power cut from damage to
     /// acknowledged data.
     Synced = 6,
+    /// Every batch of the shard at or after offset `aux` is gone, and the
+    /// shard's next offset is `aux` (`truncate_to`).
+    Truncate = 7,
 }
 
 impl Kind {
@@ -48,6 +51,7 @@ impl Kind {
             4 => Kind::Rewrite,
             5 => Kind::DropBatch,
             6 => Kind::Synced,
+            7 => Kind::Truncate,
             _ => return None,
         })
     }

@@ -534,6 +534,14 @@ fn apply(
             }
         }
         Kind::Synced => {}
+        Kind::Truncate => {
+            // Replay may know less than the live shard did (its older
+            // segments removed, its watermarks in a checkpoint further on):
+            // the cut is applied as logged.
+            if let Some(shard) = out.shards.get_mut(&id) {
+                shard.state.truncate(header.aux as i64);
+            }
+        }
         Kind::DropBatch => {
             if let Some(shard) = out.shards.get_mut(&id) {
                 if let Ok(i) = shard.state.position_of(header.aux as i64) {

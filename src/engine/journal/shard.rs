@@ -438,6 +438,23 @@ impl Shard for JournalShard {
         Ok(target)
     }
 
+    fn truncate_to(&self, offset: i64) -> Result<()> {
+        self.check_live()?;
+        let mut state = self.state.write();
+        state.check_truncation(&self.name, offset)?;
+        if offset < state.next_offset {
+            // Logged first: the cut is in the log before anything reads the
+            // shorter shard.
+            self.enqueue(&mut state, Kind::Truncate, offset as u64, &[])?;
+            state.truncate(offset);
+        }
+        let end = state.logged_end;
+        drop(state);
+        self.wait(end)?;
+        self.log.maybe_reclaim();
+        Ok(())
+    }
+
     /// Deletes, batch by batch, the records `matches` selects, logging a
     /// rewritten batch (or a drop) for each affected one.
     fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {

@@ -595,6 +595,23 @@ impl Shard for RocksShard {
         Ok(target)
     }
 
+    /// Deletes the cut batches and lowers the next offset in one
+    /// WriteBatch: the truncation is atomic.
+    fn truncate_to(&self, offset: i64) -> Result<()> {
+        let mut state = self.state.write();
+        self.check_live(&state)?;
+        state.check_truncation(&self.name, offset)?;
+        if offset < state.next_offset {
+            let keep = state.batch_index(offset);
+            let mut batch = WriteBatch::default();
+            self.delete_batches(&mut batch, state.batches.range(keep..))?;
+            self.put_meta(&mut batch, state.low_watermark, offset)?;
+            self.db.write(batch, self.options.durability, false)?;
+            state.truncate(offset);
+        }
+        Ok(())
+    }
+
     /// Rewrites every batch holding a record `matches` selects, all in one
     /// WriteBatch with the catalogue entry: the delete is atomic.
     fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
