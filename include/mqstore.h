@@ -674,6 +674,18 @@ enum mqs_status mqs_append_replica(struct mqs_store *store,
 enum mqs_status mqs_truncate_to(struct mqs_store *store, const char *shard, int64_t offset);
 
 /**
+ * Sets the partition leader epoch that appends to `shard` write into
+ * each batch from now on (`append_replica` keeps the leader's). Epochs
+ * never go back (`MQS_INVALID_ARGUMENT`). Kept in memory only: set it
+ * after every open, when the broker becomes the shard's leader; until
+ * then batches carry -1.
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string.
+ */
+enum mqs_status mqs_set_leader_epoch(struct mqs_store *store, const char *shard, int32_t epoch);
+
+/**
  * Blocks until the record at `offset` of `shard`, and every earlier record
  * of the shard, is as durable as the shard's durability mode promises
  * (`none`: buffered; `os`: handed to the kernel; `fsync`: fdatasynced).

@@ -58,6 +58,8 @@ pub struct Store {
     producers: Producers,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
     lock_file: Mutex<Option<File>>,
+    /// Partition leader epochs set by `set_leader_epoch`, by shard.
+    leader_epochs: RwLock<HashMap<String, i32>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -234,6 +236,7 @@ impl Store {
             retention,
             notifier: Mutex::new(None),
             lock_file: Mutex::new(Some(lock_file)),
+            leader_epochs: RwLock::new(HashMap::new()),
         })
     }
 
@@ -417,6 +420,7 @@ impl Store {
         }
         self.retention.forget(&shard);
         self.producers.forget(name);
+        self.leader_epochs.write().remove(name);
         let mut offsets = self.group_offsets.lock();
         let before = offsets.len();
         let persistent = offsets
@@ -494,9 +498,54 @@ impl Store {
     /// Appends records as one batch (atomically: all or none); returns the
     /// offset of the first. Acknowledged per the shard's durability mode.
     pub fn append_batch(&self, shard: &str, records: &[Record<'_>]) -> Result<i64> {
-        let shard = self.writable_shard(shard, "append")?;
+        let handle = self.writable_shard(shard, "append")?;
+        let batch = self.new_batch(shard, handle.as_ref(), records)?;
+        handle.append_batches(vec![batch], false)
+    }
+
+    /// `records` checked and encoded as one batch for `shard`, stamped
+    /// with its leader epoch.
+    fn new_batch(&self, name: &str, shard: &dyn Shard, records: &[Record<'_>]) -> Result<NewBatch> {
         self.validate_records(records)?;
-        shard.append(records)
+        let mut batch = NewBatch::encode(records, shard.options(), crate::time::now_ms())?;
+        self.stamp_leader_epoch(name, &mut batch.bytes);
+        Ok(batch)
+    }
+
+    fn stamp_leader_epoch(&self, shard: &str, batch: &mut [u8]) {
+        if let Some(&epoch) = self.leader_epochs.read().get(shard) {
+            format::set_partition_leader_epoch(batch, epoch);
+        }
+    }
+
+    /// Sets the partition leader epoch that appends to `shard` write into
+    /// each batch from now on (Kafka's leader does the same; replicas keep
+    /// the leader's). Epochs never go back (`InvalidArgument`). Kept in
+    /// memory only: a broker sets it after every open, when it becomes
+    /// the shard's leader; until then batches carry -1 (none).
+    pub fn set_leader_epoch(&self, shard: &str, epoch: i32) -> Result<()> {
+        self.shard(shard)?;
+        if epoch < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "shard '{shard}': leader epoch {epoch} is negative"
+            )));
+        }
+        let mut epochs = self.leader_epochs.write();
+        match epochs.get(shard) {
+            Some(&current) if current > epoch => Err(Error::InvalidArgument(format!(
+                "shard '{shard}': leader epoch {epoch} is older than the current {current}"
+            ))),
+            _ => {
+                epochs.insert(shard.to_string(), epoch);
+                Ok(())
+            }
+        }
+    }
+
+    /// The leader epoch `set_leader_epoch` set for `shard`, if any.
+    pub fn leader_epoch(&self, shard: &str) -> Result<Option<i32>> {
+        self.shard(shard)?;
+        Ok(self.leader_epochs.read().get(shard).copied())
     }
 
     /// Appends records as one batch like `append_batch`, but returns once
@@ -507,9 +556,9 @@ impl Store {
     /// lets one producer keep several batches in flight, as Kafka producers
     /// do. Other engines return once the batch is acknowledged.
     pub fn append_batch_nowait(&self, shard: &str, records: &[Record<'_>]) -> Result<i64> {
-        let shard = self.writable_shard(shard, "append")?;
-        self.validate_records(records)?;
-        shard.append_nowait(records)
+        let handle = self.writable_shard(shard, "append")?;
+        let batch = self.new_batch(shard, handle.as_ref(), records)?;
+        handle.append_batches(vec![batch], true)
     }
 
     /// Appends RecordBatch v2 bytes as a producer sent them: one or more
@@ -575,6 +624,7 @@ impl Store {
             .map(|b| {
                 let mut batch = NewBatch::from_sent(b);
                 batch.stamp(shard.options(), now);
+                self.stamp_leader_epoch(name, &mut batch.bytes);
                 batch
             })
             .collect();
@@ -647,8 +697,8 @@ impl Store {
         // Started first: a batch appended must not miss its completion.
         let notifier = self.notifier()?;
         let handle = self.shard(shard)?;
-        self.validate_records(records)?;
-        let base = handle.append_nowait(records)?;
+        let batch = self.new_batch(shard, handle.as_ref(), records)?;
+        let base = handle.append_batches(vec![batch], true)?;
         notifier.watch(handle, base, token)?;
         Ok(base)
     }

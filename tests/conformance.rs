@@ -116,6 +116,52 @@ macro_rules! conformance_suite {
 
             const ENGINE: &str = $engine;
 
+            /// Appends carry the leader epoch the broker set; a replica's
+            /// batches keep the one their leader wrote.
+            #[test]
+            fn appends_carry_the_partition_leader_epoch() {
+                use mqstore::format::PARTITION_LEADER_EPOCH_OFFSET as AT;
+                let epoch_of =
+                    |batch: &[u8]| i32::from_be_bytes(batch[AT..AT + 4].try_into().unwrap());
+                let f = open(ENGINE, "");
+                f.store.create_shard("s", None).unwrap();
+                append_values(&f.store, "s", &values(2, "before"));
+                assert_eq!(f.store.leader_epoch("s").unwrap(), None);
+                f.store.set_leader_epoch("s", 5).unwrap();
+                append_values(&f.store, "s", &values(2, "leader"));
+                let raw = producer_batch(&[b"p"], Compression::None, 0);
+                f.store.append_raw("s", &raw).unwrap();
+                let low = f.store.set_leader_epoch("s", 4).unwrap_err();
+                assert_eq!(low.status(), Status::InvalidArgument, "{low}");
+                assert!(
+                    low.to_string().contains("older than the current 5"),
+                    "{low}"
+                );
+                let negative = f.store.set_leader_epoch("s", -1).unwrap_err();
+                assert_eq!(negative.status(), Status::InvalidArgument);
+                let missing = f.store.set_leader_epoch("nope", 1).unwrap_err();
+                assert_eq!(missing.status(), Status::ShardNotFound);
+                f.store.set_leader_epoch("s", 7).unwrap();
+                f.store
+                    .append_batch_nowait("s", &[Record::new(b"n")])
+                    .unwrap();
+
+                let mut plan = f.store.plan_transfer("s", 0, usize::MAX).unwrap();
+                let stream = send_rest(&mut plan);
+                let batches = split_batches(&stream.clone().into()).unwrap();
+                let epochs: Vec<i32> = batches.iter().map(|b| epoch_of(b)).collect();
+                assert_eq!(epochs, [-1, 5, 5, 7]);
+                for batch in &batches {
+                    mqstore::format::verify_crc(batch).unwrap();
+                }
+                // A follower stores the leader's batches with their epochs.
+                f.store.create_shard("follower", None).unwrap();
+                f.store.set_leader_epoch("follower", 9).unwrap();
+                f.store.append_replica("follower", &stream).unwrap();
+                let mut plan = f.store.plan_transfer("follower", 0, usize::MAX).unwrap();
+                assert_eq!(send_rest(&mut plan), stream);
+            }
+
             /// A follower's diverged tail cut at a batch boundary: the
             /// shard ends there (reads, transfers, the next append), the
             /// cut producer sequences may be sent again, and the cut

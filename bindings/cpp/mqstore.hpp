@@ -739,6 +739,13 @@ public:
         check(mqs_truncate_to(handle(), detail::c_name(shard, "shard name"), offset));
     }
 
+    /// Sets the partition leader epoch appends to `shard` write into each
+    /// batch from now on; never lower than before (else
+    /// MQS_INVALID_ARGUMENT). In memory only: set it after every open.
+    void set_leader_epoch(const std::string &shard, int32_t epoch) {
+        check(mqs_set_leader_epoch(handle(), detail::c_name(shard, "shard name"), epoch));
+    }
+
     /// append_raw() that returns once the batches have their offsets, like
     /// append_batch_nowait(); wait_durable() on the last batch's last
     /// offset acknowledges them.

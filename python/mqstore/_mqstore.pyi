@@ -370,6 +370,11 @@ class Store:
         ``offset`` goes and the next append gets ``offset``, which must lie
         within the watermarks (else ``OffsetOutOfRange``) and at a batch
         boundary (else ``InvalidArgument``). The producers' state follows."""
+    def set_leader_epoch(self, shard: str, epoch: int) -> None:
+        """Sets the partition leader epoch appends to ``shard`` write into
+        each batch from now on (``append_replica`` keeps the leader's);
+        never lower than before (``InvalidArgument``). Kept in memory only:
+        set it after every open, when the broker becomes the leader."""
     def wait_durable(self, shard: str, offset: int) -> None:
         """Blocks (with the GIL released) until the record at ``offset`` and
         every earlier record of ``shard`` is as durable as the shard's

@@ -345,6 +345,13 @@ impl PyStore {
             .or_raise(py)
     }
 
+    /// Sets the partition leader epoch appends to `shard` write into each
+    /// batch from now on (never lower than before). In memory only.
+    fn set_leader_epoch(&self, py: Python<'_>, shard: &str, epoch: i32) -> PyResult<()> {
+        py.detach(|| self.inner.set_leader_epoch(shard, epoch))
+            .or_raise(py)
+    }
+
     /// Blocks until the record at `offset` and every earlier record of
     /// `shard` is as durable as the shard's durability mode promises (none:
     /// buffered; os: handed to the kernel; fsync: fdatasynced). `offset`

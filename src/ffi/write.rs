@@ -258,6 +258,28 @@ pub unsafe extern "C" fn mqs_truncate_to(
     })
 }
 
+/// Sets the partition leader epoch that appends to `shard` write into
+/// each batch from now on (`append_replica` keeps the leader's). Epochs
+/// never go back (`MQS_INVALID_ARGUMENT`). Kept in memory only: set it
+/// after every open, when the broker becomes the shard's leader; until
+/// then batches carry -1.
+///
+/// # Safety
+/// `shard` is a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_set_leader_epoch(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    epoch: i32,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        Ok(store.set_leader_epoch(shard, epoch)?)
+    })
+}
+
 type RawAppend = fn(&Store, &str, &[u8]) -> crate::Result<Vec<i64>>;
 
 /// The body of `mqs_append_raw` and `mqs_append_raw_nowait`.

@@ -451,6 +451,12 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     batch[BASE_OFFSET_OFFSET..BATCH_LENGTH_OFFSET].copy_from_slice(&base_offset.to_be_bytes());
 }
 
+/// Sets the partition leader epoch of an encoded batch (outside the CRC,
+/// which starts at the attributes).
+pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+    batch[PARTITION_LEADER_EPOCH_OFFSET..MAGIC_OFFSET].copy_from_slice(&epoch.to_be_bytes());
+}
+
 /// Parses the header and checks the buffer holds the whole batch.
 fn parse_whole(buf: &[u8]) -> Result<BatchHeader> {
     let header = BatchHeader::parse(buf)?;

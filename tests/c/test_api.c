@@ -837,6 +837,13 @@ static void test_truncate_to(void) {
     CHECK(info.next_offset == 4 && info.records == 4);
     CHECK_OK(mqs_append_batch(store, "t", records, 4, &base));
     CHECK(base == 4);
+
+    /* The leader epoch appends write; it never goes back. */
+    CHECK_OK(mqs_set_leader_epoch(store, "t", 3));
+    CHECK_STATUS(mqs_set_leader_epoch(store, "t", 2), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("older than the current 3");
+    CHECK_STATUS(mqs_set_leader_epoch(store, NULL, 3), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_set_leader_epoch(store, "nope", 3), MQS_SHARD_NOT_FOUND);
     CHECK_OK(mqs_store_close(store));
 }
 

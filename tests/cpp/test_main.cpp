@@ -410,6 +410,8 @@ void deletes() {
     CHECK(test::contains(inside, "batch boundary"));
     store.truncate_to("s", 20);
     CHECK_EQ(store.shard_info("s").next_offset, 20);
+    store.set_leader_epoch("s", 2);
+    CHECK_THROWS_CODE(older, store.set_leader_epoch("s", 1), MQS_INVALID_ARGUMENT);
 
     // Clamped to the high watermark.
     CHECK_EQ(store.delete_records_before("s", 1000), 20);

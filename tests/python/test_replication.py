@@ -155,3 +155,18 @@ def test_truncate_to_cuts_a_diverged_tail(tmp_path):
         assert follower.shard_info("p").next_offset == 8
         assert [bytes(r.value) for r in follower.read("p", 0)][-1] == b"r1-3"
         assert follower.append_batch("p", [b"new"]) == 8
+
+
+def test_appends_carry_the_leader_epoch(tmp_path):
+    with mqstore.Store(tmp_path / "l") as leader:
+        leader.create_shard("p")
+        leader.append_batch("p", [b"a"])
+        leader.set_leader_epoch("p", 4)
+        leader.append_batch("p", [b"b"])
+        with pytest.raises(mqstore.InvalidArgument, match="older"):
+            leader.set_leader_epoch("p", 3)
+        data = leader.plan_transfer("p", 0, 1 << 20).bytes()
+        # partitionLeaderEpoch: bytes 12..16 of each batch header.
+        first_len = 12 + struct.unpack(">i", data[8:12])[0]
+        epochs = [struct.unpack(">i", data[at + 12 : at + 16])[0] for at in (0, first_len)]
+        assert epochs == [-1, 4]
