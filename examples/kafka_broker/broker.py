@@ -569,6 +569,9 @@ class Connection(socketserver.BaseRequestHandler):
             self.serve(broker, sock)
         except (OSError, mqstore.StoreClosed):
             pass  # the client went away, or the broker is shutting down
+        except (struct.error, ValueError, TypeError, IndexError) as e:
+            # A request that does not parse: Kafka closes the connection.
+            print(f"malformed request from {self.client_address}: {e!r}", file=sys.stderr)
 
     def serve(self, broker: "Broker", sock: socket.socket) -> None:
         while True:

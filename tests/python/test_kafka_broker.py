@@ -232,3 +232,15 @@ def test_list_offsets_and_unknown_partitions(broker):
     producer.produce(topic, b"x", partition=7, on_delivery=lambda e, m: errors.append(e))
     producer.flush(STEP_SECONDS)
     assert errors and errors[0] is not None
+
+
+def test_a_malformed_request_closes_only_its_connection(broker):
+    import socket
+    import struct
+
+    with socket.create_connection(("127.0.0.1", broker.port), timeout=STEP_SECONDS) as bad:
+        # Metadata v1 whose topic array claims more bytes than were sent.
+        body = struct.pack(">hhih", 3, 1, 7, -1) + struct.pack(">i", 5)
+        bad.sendall(struct.pack(">i", len(body)) + body)
+        assert bad.recv(1) == b"", "the broker closes the connection"
+    produce(broker.address, "after-bad", messages("after-bad", 10), "gzip")
