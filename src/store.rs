@@ -60,6 +60,8 @@ pub struct Store {
     lock_file: Mutex<Option<File>>,
     /// Partition leader epochs set by `set_leader_epoch`, by shard.
     leader_epochs: RwLock<HashMap<String, i32>>,
+    /// Some shard has a leader epoch (`leader_epochs` is worth a look).
+    leader_epochs_set: AtomicBool,
 }
 
 impl std::fmt::Debug for Store {
@@ -237,6 +239,7 @@ impl Store {
             notifier: Mutex::new(None),
             lock_file: Mutex::new(Some(lock_file)),
             leader_epochs: RwLock::new(HashMap::new()),
+            leader_epochs_set: AtomicBool::new(false),
         })
     }
 
@@ -513,6 +516,10 @@ impl Store {
     }
 
     fn stamp_leader_epoch(&self, shard: &str, batch: &mut [u8]) {
+        // Appends of a store whose broker sets no epochs touch no shared lock.
+        if !self.leader_epochs_set.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(&epoch) = self.leader_epochs.read().get(shard) {
             format::set_partition_leader_epoch(batch, epoch);
         }
@@ -537,6 +544,7 @@ impl Store {
             ))),
             _ => {
                 epochs.insert(shard.to_string(), epoch);
+                self.leader_epochs_set.store(true, Ordering::Release);
                 Ok(())
             }
         }
