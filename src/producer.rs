@@ -365,15 +365,25 @@ impl Producers {
         let slot = self.slot(name);
         let mut guard = slot.lock();
         shard.truncate_to(offset)?;
-        // Until the rebuild succeeds, the next append rebuilds (a snapshot
-        // that applied nothing makes `load` scan the whole shard).
+        // A snapshot that applied nothing makes `load` scan the whole shard.
         *guard = None;
         self.snapshot
             .lock()
             .insert(name.to_string(), ShardProducers::default());
-        let rebuilt = self.load(name, shard)?;
-        *guard = Some(rebuilt);
-        Ok(())
+        match self.load(name, shard) {
+            Ok(rebuilt) => {
+                *guard = Some(rebuilt);
+                Ok(())
+            }
+            Err(e) => {
+                // `load` took the placeholder: put it back, so the next
+                // append scans again rather than assume no producers.
+                self.snapshot
+                    .lock()
+                    .insert(name.to_string(), ShardProducers::default());
+                Err(e)
+            }
+        }
     }
 
     fn slot(&self, name: &str) -> Slot {

@@ -1172,8 +1172,9 @@ mod tests {
     }
 
     /// A shard whose engine cannot answer (a remote engine whose server is
-    /// unreachable), wrapping a working one for everything else.
-    struct Unreachable(Arc<dyn Shard>);
+    /// unreachable), wrapping a working one for everything else: `info`
+    /// and `stats` fail unless `answers_info`, transfers always fail.
+    struct Unreachable(Arc<dyn Shard>, bool);
 
     fn unreachable() -> Error {
         Error::io(
@@ -1187,12 +1188,18 @@ mod tests {
             self.0.kind()
         }
         fn info(&self) -> Result<ShardInfo> {
+            if self.1 {
+                return self.0.info();
+            }
             Err(unreachable())
         }
         fn expire(&self, now_ms: i64) -> Result<()> {
             self.0.expire(now_ms)
         }
         fn stats(&self) -> Result<serde_json::Value> {
+            if self.1 {
+                return self.0.stats();
+            }
             Err(unreachable())
         }
         fn options(&self) -> &ShardOptions {
@@ -1222,9 +1229,56 @@ mod tests {
         fn truncate_to(&self, offset: i64) -> Result<()> {
             self.0.truncate_to(offset)
         }
-        fn plan_transfer(&self, from: i64, max_bytes: usize) -> Result<TransferPlan> {
-            self.0.plan_transfer(from, max_bytes)
+        fn plan_transfer(&self, _: i64, _: usize) -> Result<TransferPlan> {
+            Err(unreachable())
         }
+    }
+
+    /// A producer batch: id 7, epoch 0, base sequence 0, one record.
+    fn producer_batch() -> Vec<u8> {
+        use crate::format::{
+            encode_batch, ATTRIBUTES_OFFSET, BASE_SEQUENCE_OFFSET, CRC_OFFSET,
+            PRODUCER_EPOCH_OFFSET, PRODUCER_ID_OFFSET,
+        };
+        let mut b = encode_batch(&[Record::new(b"p")], crate::Compression::None, 1_000)
+            .unwrap()
+            .bytes;
+        b[PRODUCER_ID_OFFSET..PRODUCER_ID_OFFSET + 8].copy_from_slice(&7i64.to_be_bytes());
+        b[PRODUCER_EPOCH_OFFSET..PRODUCER_EPOCH_OFFSET + 2].copy_from_slice(&0i16.to_be_bytes());
+        b[BASE_SEQUENCE_OFFSET..BASE_SEQUENCE_OFFSET + 4].copy_from_slice(&0i32.to_be_bytes());
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        b[CRC_OFFSET..ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// A truncation whose rebuild of the producers' state fails (here its
+    /// scan of the shard) leaves the next producer append to rebuild it,
+    /// even in a store opened after a clean close (which otherwise takes a
+    /// shard without saved state for one without producers).
+    #[test]
+    fn a_failed_producer_rebuild_after_a_truncation_is_redone() {
+        let dir = tempfile::tempdir().unwrap();
+        Store::open(dir.path(), memory_config())
+            .unwrap()
+            .close()
+            .unwrap();
+        let store = Store::open(dir.path(), memory_config()).unwrap();
+        store.create_shard("s", None).unwrap();
+        let batch = producer_batch();
+        assert_eq!(store.append_raw("s", &batch).unwrap(), [0]);
+        store.append("s", &Record::new(b"cut")).unwrap();
+        let inner = store.shards.read()["s"].clone();
+        store
+            .shards
+            .write()
+            .insert("s".into(), Arc::new(Unreachable(inner.clone(), true)));
+        let err = store.truncate_to("s", 1).unwrap_err();
+        assert_eq!(err.status(), Status::Io, "{err}");
+        store.shards.write().insert("s".into(), inner);
+        assert_eq!(store.shard_info("s").unwrap().next_offset, 1);
+        let retry = store.append_raw("s", &batch).unwrap_err();
+        assert_eq!(retry.status(), Status::DuplicateSequence, "{retry}");
+        store.close().unwrap();
     }
 
     /// `info` and `stats` failing reach the caller of the shard's calls as
@@ -1239,7 +1293,7 @@ mod tests {
         {
             let mut shards = store.shards.write();
             let inner = shards["down"].clone();
-            shards.insert("down".into(), Arc::new(Unreachable(inner)));
+            shards.insert("down".into(), Arc::new(Unreachable(inner, false)));
         }
         for err in [
             store.shard_info("down").unwrap_err(),
