@@ -91,12 +91,14 @@ test-python-package: tools venv
 	bash tests/python/package.sh
 
 # The kill -9 crash tests of the journal, file and RocksDB engines (and of
-# truncate_to on each), long mode (make test runs 20 cycles of each).
+# truncate_to and of compaction on each), long mode (make test runs 20
+# cycles of each).
 crash-long:
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test journal_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test file_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test rocksdb_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test truncate_crash -- --nocapture
+	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test compaction_crash -- --nocapture
 
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, AddressSanitizer) of the
 # batch decoder, producer batch validation, the configuration parser, store

@@ -642,8 +642,9 @@ enum mqs_status mqs_append_raw_nowait(struct mqs_store *store,
 /**
  * Appends a leader's batches to a follower's shard (`len` bytes, what a
  * transfer of the leader's shard sent), byte for byte at the offsets they
- * carry, which must continue the shard: `MQS_INVALID_ARGUMENT` names the
- * expected offset otherwise, and nothing is stored. Checked for damage
+ * carry, which must continue the shard (a gap a compacted leader left
+ * between batches is filled with an empty batch): `MQS_INVALID_ARGUMENT`
+ * names the expected offset otherwise, and nothing is stored. Checked for damage
  * (`MQS_CORRUPTION`) but not by producer rules: control batches and
  * idempotent producers' batches are copied as they are, and the
  * producers' state follows. `*out_next_offset` is the shard's next offset
@@ -720,6 +721,18 @@ enum mqs_status mqs_delete_records_before(struct mqs_store *store,
                                           const char *shard,
                                           int64_t offset,
                                           int64_t *out_low_watermark);
+
+/**
+ * Runs a compacted shard's cleaner now, without its I/O budget: of the
+ * records older than `min_compaction_lag_ms` and before the newest batch,
+ * only the newest of each key stays, and tombstones older than
+ * `delete_retention_ms` go. `*out_removed` is how many records went. A
+ * shard whose `cleanup_policy` does not compact: `MQS_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ * `shard` is a NUL-terminated string; `out_removed` is valid for writing.
+ */
+enum mqs_status mqs_compact(struct mqs_store *store, const char *shard, uint64_t *out_removed);
 
 /**
  * Deletes every record whose key equals one of the `key_count` keys (each

@@ -87,6 +87,41 @@ impl TimestampType {
     }
 }
 
+/// What happens to a shard's old records (Kafka's `cleanup.policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum CleanupPolicy {
+    /// Retention (`retention_ms`, `_bytes`, `_records`) removes whole old
+    /// batches.
+    #[default]
+    #[serde(rename = "delete")]
+    Delete,
+    /// A background cleaner keeps the newest record of each key; records
+    /// need a key. No retention limits.
+    #[serde(rename = "compact")]
+    Compact,
+    /// Both: the cleaner compacts, and retention removes old batches.
+    #[serde(rename = "compact,delete")]
+    CompactDelete,
+}
+
+impl CleanupPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+            CleanupPolicy::CompactDelete => "compact,delete",
+        }
+    }
+
+    /// Whether the cleaner compacts the shard.
+    pub fn compacts(self) -> bool {
+        self != CleanupPolicy::Delete
+    }
+}
+
+/// Kafka's `delete.retention.ms` default: a day.
+pub const DEFAULT_DELETE_RETENTION_MS: u64 = 86_400_000;
+
 /// The scenario presets from the product brief.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -117,6 +152,12 @@ pub struct ShardOptions {
     /// Keep at most this many records; 0 = unlimited.
     pub retention_records: u64,
     pub timestamp_type: TimestampType,
+    pub cleanup_policy: CleanupPolicy,
+    /// Compacted shards: a tombstone (null value) older than this (by its
+    /// timestamp) is removed with the key's earlier records.
+    pub delete_retention_ms: u64,
+    /// Compacted shards: records younger than this are not compacted.
+    pub min_compaction_lag_ms: u64,
 }
 
 fn serialize_compression<S: serde::Serializer>(
@@ -130,7 +171,7 @@ impl ShardOptions {
     /// The options as `[shard]` TOML keys: what the persistent engines
     /// store, read back with `Config::shard_options`.
     pub fn to_toml(&self) -> String {
-        format!(
+        let mut text = format!(
             "engine = \"{}\"\ndurability = \"{}\"\ncompression = \"{}\"\nsegment_bytes = {}\n\
              retention_ms = {}\nretention_bytes = {}\nretention_records = {}\n\
              timestamp_type = \"{}\"\n",
@@ -142,7 +183,32 @@ impl ShardOptions {
             self.retention_bytes,
             self.retention_records,
             self.timestamp_type.name()
-        )
+        );
+        // Only compacted shards carry their compaction keys: a million
+        // catalogue records stay as small as they were.
+        if self.cleanup_policy.compacts() {
+            text += &format!(
+                "cleanup_policy = \"{}\"\ndelete_retention_ms = {}\nmin_compaction_lag_ms = {}\n",
+                self.cleanup_policy.name(),
+                self.delete_retention_ms,
+                self.min_compaction_lag_ms
+            );
+        }
+        text
+    }
+
+    /// Refuses option combinations no shard can honour.
+    pub fn check(&self) -> Result<()> {
+        let limited =
+            self.retention_ms > 0 || self.retention_bytes > 0 || self.retention_records > 0;
+        if self.cleanup_policy == CleanupPolicy::Compact && limited {
+            return Err(Error::InvalidConfig(
+                "cleanup_policy: 'compact' keeps the newest record of every key, so retention_ms, \
+                 retention_bytes and retention_records must be 0; use 'compact,delete' for both"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -159,6 +225,9 @@ impl Default for ShardOptions {
             retention_bytes: 0,
             retention_records: 0,
             timestamp_type: TimestampType::CreateTime,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: DEFAULT_DELETE_RETENTION_MS,
+            min_compaction_lag_ms: 0,
         }
     }
 }
@@ -293,6 +362,9 @@ impl Default for FileConfig {
 /// 1 M such shards), so 1 % of a core at the largest scale.
 pub const DEFAULT_RETENTION_CHECK_MS: u64 = 5_000;
 const MIN_RETENTION_CHECK_MS: u64 = 10;
+/// Default I/O budget of the compaction cleaner (Kafka's is unlimited; a
+/// cleaner that reads at most this leaves the disk to the appends).
+pub const DEFAULT_COMPACTION_BYTES_PER_S: u64 = 64 << 20;
 const MAX_RETENTION_CHECK_MS: u64 = 86_400_000;
 
 /// Store-wide settings of the RocksDB engine (the `[rocksdb]` section):
@@ -336,6 +408,9 @@ pub struct Config {
     /// forgotten (its next batch may start at any sequence), as Kafka's
     /// `producer.id.expiration.ms`.
     pub producer_expiry_ms: u64,
+    /// The compaction cleaner's I/O budget: bytes it reads per second,
+    /// spread over the timer's passes (`retention_check_ms`).
+    pub compaction_bytes_per_s: u64,
     /// Opens an existing store for reading only: nothing in its directory
     /// is created, changed or removed (no torn tail cut, no retention, no
     /// checkpoint at close), other read-only opens may share it, and every
@@ -360,6 +435,7 @@ impl Default for Config {
             max_batch_bytes: 64 << 20,
             retention_check_ms: DEFAULT_RETENTION_CHECK_MS,
             producer_expiry_ms: 86_400_000,
+            compaction_bytes_per_s: DEFAULT_COMPACTION_BYTES_PER_S,
             read_only: false,
             shard_defaults: ShardOptions::default(),
             journal: JournalConfig::default(),
@@ -452,6 +528,7 @@ struct StoreSection {
     retention_check_ms: Option<u64>,
     producer_expiry_ms: Option<u64>,
     read_only: Option<bool>,
+    compaction_bytes_per_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -465,6 +542,9 @@ struct ShardSection {
     retention_bytes: Option<u64>,
     retention_records: Option<u64>,
     timestamp_type: Option<TimestampType>,
+    cleanup_policy: Option<CleanupPolicy>,
+    delete_retention_ms: Option<u64>,
+    min_compaction_lag_ms: Option<u64>,
 }
 
 const MIN_SEGMENT_BYTES: u64 = 64 << 10;
@@ -514,7 +594,19 @@ impl ShardSection {
         if let Some(kind) = self.timestamp_type {
             options.timestamp_type = kind;
         }
-        Ok(())
+        if let Some(policy) = self.cleanup_policy {
+            options.cleanup_policy = policy;
+        }
+        if let Some(ms) = self.delete_retention_ms {
+            options.delete_retention_ms = ms;
+        }
+        if let Some(ms) = self.min_compaction_lag_ms {
+            options.min_compaction_lag_ms = ms;
+        }
+        options.check().map_err(|e| match e {
+            Error::InvalidConfig(message) => Error::InvalidConfig(format!("{key_prefix}{message}")),
+            other => other,
+        })
     }
 }
 
@@ -560,9 +652,11 @@ impl Config {
 
     /// Parses the `storage.toml` schema. Keys: top-level `preset`; `[store]`
     /// max_record_bytes, max_batch_bytes, retention_check_ms (0 or
-    /// 10 … 86 400 000), producer_expiry_ms (> 0), read_only (bool); `[shard]` defaults
+    /// 10 … 86 400 000), producer_expiry_ms (> 0), read_only (bool),
+    /// compaction_bytes_per_s (> 0); `[shard]` defaults
     /// (engine, durability, compression, segment_bytes, retention_ms,
-    /// retention_bytes, retention_records); `[journal]` segment_bytes,
+    /// retention_bytes, retention_records, timestamp_type, cleanup_policy,
+    /// delete_retention_ms, min_compaction_lag_ms); `[journal]` segment_bytes,
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
     /// (`auto`, `uring` or `pwrite`), direct (bool), prefill_zeros (bool), hot_segments (≥ 1),
     /// checkpoint_bytes (0 = at clean close only), tail_cache_bytes (0 = off);
@@ -611,6 +705,14 @@ impl Config {
             }
             if let Some(read_only) = store.read_only {
                 config.read_only = read_only;
+            }
+            if let Some(rate) = store.compaction_bytes_per_s {
+                if rate == 0 {
+                    return Err(Error::InvalidConfig(
+                        "store.compaction_bytes_per_s: 0 would never compact".into(),
+                    ));
+                }
+                config.compaction_bytes_per_s = rate;
             }
         }
         if let Some(shard) = file.shard {

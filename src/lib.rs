@@ -5,6 +5,7 @@
 //! module per engine) → [`format`] (Kafka RecordBatch v2) and [`io`]
 //! (zero-copy transfers). See docs/ARCHITECTURE.md.
 
+pub mod compaction;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -20,7 +21,10 @@ pub mod store;
 mod thread;
 mod time;
 
-pub use config::{Config, Durability, EngineKind, Preset, ShardOptions, TimestampType};
+pub use compaction::CompactionReport;
+pub use config::{
+    CleanupPolicy, Config, Durability, EngineKind, Preset, ShardOptions, TimestampType,
+};
 pub use engine::{ReadResult, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST};
 pub use error::{Error, Result, Status};
 pub use format::Compression;

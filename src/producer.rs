@@ -20,7 +20,7 @@
 //! after the snapshot a clean close wrote), so it survives restarts and
 //! crashes: a batch is in the state exactly when it is in the log.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -217,6 +217,38 @@ const EXPIRY_SWEEP_MS: i64 = 60_000;
 /// Bytes of a shard read at a time when its state is rebuilt.
 const SCAN_BYTES: usize = 8 << 20;
 
+/// Empty batches spanning the offsets from `from` up to `next`'s base,
+/// which a leader's compaction left without a batch: a follower's log
+/// stays dense (each batch starts where the one before ended), as every
+/// engine keeps it. They carry no producer and `next`'s timestamps, so
+/// retention and timestamp lookups treat them as `next`.
+fn gap_fillers(from: i64, next: &BatchHeader) -> Vec<NewBatch> {
+    let mut fillers = Vec::new();
+    let mut base = from;
+    while base < next.base_offset {
+        let span = (next.base_offset - base).min(i64::from(i32::MAX));
+        let header = BatchHeader {
+            base_offset: base,
+            last_offset_delta: (span - 1) as i32,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: crate::format::NO_PRODUCER_EPOCH,
+            base_sequence: crate::format::NO_SEQUENCE,
+            attributes: 0,
+            base_timestamp: next.max_timestamp,
+            ..*next
+        };
+        fillers.push(NewBatch {
+            bytes: crate::format::empty_batch(&header),
+            records: 0,
+            last_offset_delta: header.last_offset_delta,
+            max_timestamp: next.max_timestamp,
+            keys: None,
+        });
+        base += span;
+    }
+    fillers
+}
+
 /// One shard's state: `None` until first needed (then rebuilt from the
 /// snapshot and the log).
 type Slot = Arc<Mutex<Option<ShardProducers>>>;
@@ -332,17 +364,21 @@ impl Producers {
         };
         let next = shard.info()?.next_offset;
         let mut expected = next;
-        for (index, header) in headers.iter().enumerate() {
-            if header.base_offset != expected {
+        let mut stored = Vec::with_capacity(batches.len());
+        for (index, (header, batch)) in headers.iter().zip(batches).enumerate() {
+            if header.base_offset < expected {
                 return Err(Error::InvalidArgument(format!(
                     "shard '{name}': replica batch {index} starts at offset {}, the follower \
                      expects {expected} (fetch from its next offset, or truncate a diverged tail)",
                     header.base_offset
                 )));
             }
+            // The leader's compaction removed whole batches there.
+            stored.extend(gap_fillers(expected, header));
+            stored.push(batch);
             expected = header.next_offset();
         }
-        let first = shard.append_batches(batches, true)?;
+        let first = shard.append_batches(stored, true)?;
         if first != next {
             return Err(Error::Internal(format!(
                 "shard '{name}': a replica's batches landed at {first}, not {next}: another \
@@ -384,6 +420,23 @@ impl Producers {
                 Err(e)
             }
         }
+    }
+
+    /// The base offset of each known producer's last batch on `shard`:
+    /// the batches compaction keeps whole, so that a rebuild from the log
+    /// finds every producer where it stands.
+    pub fn last_batches(&self, name: &str, shard: &dyn Shard) -> Result<HashSet<i64>> {
+        let slot = self.slot(name);
+        let mut guard = slot.lock();
+        let state = match guard.as_mut() {
+            Some(state) => state,
+            None => guard.insert(self.load(name, shard)?),
+        };
+        Ok(state
+            .producers
+            .values()
+            .filter_map(|producer| producer.batches.back().map(|b| b.base_offset))
+            .collect())
     }
 
     fn slot(&self, name: &str) -> Slot {

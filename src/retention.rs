@@ -1,7 +1,8 @@
 //! The store's retention timer: a background thread that applies age
-//! retention to shards nobody uses. Appends and reads apply retention to
-//! the shard they touch; without the timer an idle shard's expired batches
-//! would hold their memory, journal segments or files forever.
+//! retention to shards nobody uses, and runs the compaction cleaner of
+//! compacted shards. Appends and reads apply retention to the shard they
+//! touch; without the timer an idle shard's expired batches would hold
+//! their memory, journal segments or files forever.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -32,10 +33,23 @@ struct Shared {
     last_error: Mutex<Option<String>>,
 }
 
+/// Work the timer does on a shard after its retention: a compacted
+/// shard's cleaner step, given the shard and the time.
+pub(crate) type ShardTask = Arc<dyn Fn(&dyn Shard, i64) -> Result<()> + Send + Sync>;
+
+/// A shard the timer visits. Weak: a deleted or dropped shard is forgotten
+/// by the next pass.
+struct Watched {
+    shard: Weak<dyn Shard>,
+    task: Option<ShardTask>,
+}
+
+/// A watched shard still alive at a pass, with its task.
+type LiveShard = (Arc<dyn Shard>, Option<ShardTask>);
+
 #[derive(Default)]
 struct State {
-    /// Weak: a deleted or dropped shard is forgotten by the next pass.
-    shards: Vec<Weak<dyn Shard>>,
+    shards: Vec<Watched>,
     stopped: bool,
 }
 
@@ -69,10 +83,19 @@ impl RetentionTimer {
         Ok(())
     }
 
-    /// Applies retention to `shard` at every pass from now on.
-    pub fn watch(&self, shard: &Arc<dyn Shard>) {
+    /// The timer's period: the cleaner's I/O budget is spread over it.
+    pub fn interval(&self) -> Duration {
+        self.shared.interval
+    }
+
+    /// Applies retention to `shard`, then runs `task` on it (if any), at
+    /// every pass from now on.
+    pub fn watch(&self, shard: &Arc<dyn Shard>, task: Option<ShardTask>) {
         if !self.shared.interval.is_zero() {
-            self.shared.state.lock().shards.push(Arc::downgrade(shard));
+            self.shared.state.lock().shards.push(Watched {
+                shard: Arc::downgrade(shard),
+                task,
+            });
         }
     }
 
@@ -83,7 +106,7 @@ impl RetentionTimer {
             .state
             .lock()
             .shards
-            .retain(|s| s.as_ptr() as *const () != target);
+            .retain(|s| s.shard.as_ptr() as *const () != target);
     }
 
     /// Stops the thread and waits for a pass in progress: after this no
@@ -113,8 +136,8 @@ impl RetentionTimer {
 impl Shared {
     fn run(&self) {
         while let Some(shards) = self.next_pass() {
-            for shard in shards {
-                self.expire(shard.as_ref());
+            for (shard, task) in shards {
+                self.visit(shard.as_ref(), task.as_ref());
             }
             self.passes.fetch_add(1, Ordering::Relaxed);
         }
@@ -122,7 +145,7 @@ impl Shared {
 
     /// Waits one interval; the live shards to visit, or `None` once
     /// stopped. Dead shards are dropped from the list here.
-    fn next_pass(&self) -> Option<Vec<Arc<dyn Shard>>> {
+    fn next_pass(&self) -> Option<Vec<LiveShard>> {
         let mut state = self.state.lock();
         if !state.stopped {
             // A spurious or early wake-up only makes a pass come sooner.
@@ -132,25 +155,30 @@ impl Shared {
             return None;
         }
         let mut live = Vec::with_capacity(state.shards.len());
-        state.shards.retain(|weak| match weak.upgrade() {
-            Some(shard) => {
-                live.push(shard);
-                true
-            }
-            None => false,
-        });
+        state
+            .shards
+            .retain(|watched| match watched.shard.upgrade() {
+                Some(shard) => {
+                    live.push((shard, watched.task.clone()));
+                    true
+                }
+                None => false,
+            });
         Some(live)
     }
 
-    /// One shard's retention; a failure (or a panic) is counted and kept
-    /// for the stats, and the other shards go on.
-    fn expire(&self, shard: &dyn Shard) {
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.expire(now_ms())));
+    /// One shard's retention and task; a failure (or a panic) is counted
+    /// and kept for the stats, and the other shards go on.
+    fn visit(&self, shard: &dyn Shard, task: Option<&ShardTask>) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let now = now_ms();
+            shard.expire(now)?;
+            task.map_or(Ok(()), |task| task(shard, now))
+        }));
         let error = match outcome {
             Ok(Ok(())) => return,
             Ok(Err(e)) => e.to_string(),
-            Err(_) => "panicked while applying retention".to_string(),
+            Err(_) => "panicked while applying retention or compaction".to_string(),
         };
         self.errors.fetch_add(1, Ordering::Relaxed);
         let name = shard
@@ -231,7 +259,11 @@ mod tests {
         fn delete_records_before(&self, _: i64) -> Result<i64> {
             unused()
         }
-        fn delete_where(&self, _: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
+        fn delete_where(
+            &self,
+            _: std::ops::Range<i64>,
+            _: &mut dyn FnMut(&RecordView) -> bool,
+        ) -> Result<u64> {
             unused()
         }
         fn plan_transfer(&self, _: i64, _: usize) -> Result<TransferPlan> {
@@ -252,8 +284,8 @@ mod tests {
         let timer = RetentionTimer::new(Duration::from_millis(10));
         let (a, a_calls) = probe(false);
         let (b, b_calls) = probe(false);
-        timer.watch(&a);
-        timer.watch(&b);
+        timer.watch(&a, None);
+        timer.watch(&b, None);
         timer.ensure_running().unwrap();
         let before = now_ms();
         for _ in 0..3 {
@@ -273,7 +305,7 @@ mod tests {
         let (forgotten, forgotten_calls) = probe(false);
         let (dropped, dropped_calls) = probe(false);
         for shard in [&kept, &forgotten, &dropped] {
-            timer.watch(shard);
+            timer.watch(shard, None);
         }
         timer.forget(&forgotten);
         drop(dropped);
@@ -292,8 +324,8 @@ mod tests {
         let timer = RetentionTimer::new(Duration::from_millis(10));
         let (bad, bad_calls) = probe(true);
         let (good, good_calls) = probe(false);
-        timer.watch(&bad);
-        timer.watch(&good);
+        timer.watch(&bad, None);
+        timer.watch(&good, None);
         timer.ensure_running().unwrap();
         bad_calls.recv_timeout(WAIT).unwrap();
         good_calls.recv_timeout(WAIT).unwrap();
@@ -314,10 +346,30 @@ mod tests {
     }
 
     #[test]
+    fn a_shards_task_runs_after_its_retention_at_every_pass() {
+        let timer = RetentionTimer::new(Duration::from_millis(10));
+        let (shard, expired) = probe(false);
+        let (tx, tasks) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let task: ShardTask = Arc::new(move |_: &dyn Shard, now_ms: i64| {
+            let _ = tx.lock().send(now_ms);
+            Ok(())
+        });
+        timer.watch(&shard, Some(task));
+        timer.ensure_running().unwrap();
+        for _ in 0..2 {
+            let expired_at = expired.recv_timeout(WAIT).unwrap();
+            // The same pass, with the same time.
+            assert_eq!(tasks.recv_timeout(WAIT).unwrap(), expired_at);
+        }
+        timer.stop();
+    }
+
+    #[test]
     fn an_interval_of_zero_starts_no_thread() {
         let timer = RetentionTimer::new(Duration::ZERO);
         let (shard, calls) = probe(false);
-        timer.watch(&shard);
+        timer.watch(&shard, None);
         timer.ensure_running().unwrap();
         assert_eq!(timer.stats()["running"], false);
         assert_eq!(timer.stats()["watched_shards"], 0);

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::compaction::{CompactionReport, ShardCleaner};
 use crate::config::{Config, EngineKind, ShardOptions};
 use crate::engine::{
     registry, Engine, NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST,
@@ -21,7 +22,7 @@ use crate::io::{create_dir_all_durable, replace_file_durably, TransferPlan};
 use crate::notify::{Completion, Notifier};
 use crate::producer::{self, Producers};
 use crate::record::{Record, RecordView, RESERVED_HEADER_PREFIX};
-use crate::retention::RetentionTimer;
+use crate::retention::{RetentionTimer, ShardTask};
 use crate::{Error, Result};
 
 /// Longest shard name accepted, in bytes (Kafka allows 249 for topics).
@@ -55,7 +56,9 @@ pub struct Store {
     /// Durability notifications for event loops, created by their first use.
     notifier: Mutex<Option<Arc<Notifier>>>,
     /// Idempotent producers' sequences per shard.
-    producers: Producers,
+    producers: Arc<Producers>,
+    /// The compaction cleaners of compacted shards, by shard.
+    cleaners: Mutex<HashMap<String, Arc<ShardCleaner>>>,
     /// Holds the exclusive flock on `<dir>/LOCK` while the store is open.
     lock_file: Mutex<Option<File>>,
     /// Partition leader epochs set by `set_leader_epoch`, by shard.
@@ -198,11 +201,21 @@ impl Store {
         // Only now, under the directory lock, may engines read their files.
         let mut shards = HashMap::new();
         let retention = RetentionTimer::new(Duration::from_millis(config.retention_check_ms));
+        let producers = Arc::new(Producers::open(
+            &dir,
+            config.producer_expiry_ms,
+            config.read_only,
+        )?);
+        let mut cleaners = HashMap::new();
         for engine in engines.values() {
             for (name, options, shard) in engine.recover()? {
-                if options.retention_ms > 0 && !config.read_only {
-                    retention.watch(&shard);
+                if needs_timer(&options, &config) {
                     retention.ensure_running()?;
+                    let maintained = Maintained::new(&name, &options, &producers);
+                    maintained.watch(&retention, &shard, &config);
+                    if let Some(cleaner) = maintained.cleaner {
+                        cleaners.insert(name.clone(), cleaner);
+                    }
                 }
                 if shards.insert(name.clone(), shard).is_some() {
                     return Err(Error::corruption(format!(
@@ -224,9 +237,9 @@ impl Store {
                 group_offsets.insert((group, name.clone()), (offset, false));
             }
         }
-        let producers = Producers::open(&dir, config.producer_expiry_ms, config.read_only)?;
         Ok(Store {
             producers,
+            cleaners: Mutex::new(cleaners),
             dir,
             config,
             engines,
@@ -356,6 +369,7 @@ impl Store {
         validate_shard_name(name)?;
         let spec = registry::spec(options.engine);
         spec.check(&options)?;
+        options.check()?;
         if self.groups_stale.load(Ordering::Acquire) {
             // A deleted shard's offsets may still be in `groups.json`; a
             // new shard of its name must not inherit them at the next open.
@@ -367,7 +381,7 @@ impl Store {
             .get(&options.engine)
             .cloned()
             .map_or_else(|| spec.build(&self.dir, &self.config), Ok)?;
-        if options.retention_ms > 0 {
+        if needs_timer(&options, &self.config) {
             self.retention.ensure_running()?;
         }
         {
@@ -387,8 +401,12 @@ impl Store {
         shards.insert(name.to_string(), shard.clone());
         self.producers.created(name);
         drop(shards);
-        if options.retention_ms > 0 {
-            self.retention.watch(&shard);
+        if needs_timer(&options, &self.config) {
+            let maintained = Maintained::new(name, &options, &self.producers);
+            maintained.watch(&self.retention, &shard, &self.config);
+            if let Some(cleaner) = maintained.cleaner {
+                self.cleaners.lock().insert(name.to_string(), cleaner);
+            }
         }
         shard.info()
     }
@@ -422,6 +440,7 @@ impl Store {
             }
         }
         self.retention.forget(&shard);
+        self.cleaners.lock().remove(name);
         self.producers.forget(name);
         self.leader_epochs.write().remove(name);
         let mut offsets = self.group_offsets.lock();
@@ -510,6 +529,11 @@ impl Store {
     /// with its leader epoch.
     fn new_batch(&self, name: &str, shard: &dyn Shard, records: &[Record<'_>]) -> Result<NewBatch> {
         self.validate_records(records)?;
+        if shard.options().cleanup_policy.compacts() {
+            if let Some(index) = records.iter().position(|r| r.key.is_none()) {
+                return Err(keyless(name, format!("record {index}")));
+            }
+        }
         let mut batch = NewBatch::encode(records, shard.options(), crate::time::now_ms())?;
         self.stamp_leader_epoch(name, &mut batch.bytes);
         Ok(batch)
@@ -588,7 +612,9 @@ impl Store {
 
     /// Appends a leader's batches to a follower's shard, byte for byte,
     /// at the offsets they carry (what `plan_transfer` on the leader sent):
-    /// they must continue the shard exactly. Checked for damage (CRC,
+    /// they must continue the shard, or leave a gap where a compacted
+    /// leader dropped whole batches (an empty batch fills it, so the
+    /// shard's batches stay contiguous). Checked for damage (CRC,
     /// lengths, records) but not by the producer rules: control batches and
     /// any producer's batches are copied as the leader stored them, and the
     /// producers' state follows, so the follower can become leader. Returns
@@ -612,7 +638,30 @@ impl Store {
     /// shard's mode makes appends durable.
     pub fn truncate_to(&self, name: &str, offset: i64) -> Result<()> {
         let shard = self.writable_shard(name, "truncate_to")?;
-        self.producers.truncate_to(name, shard.as_ref(), offset)
+        let cut = || self.producers.truncate_to(name, shard.as_ref(), offset);
+        let cleaner = self.cleaners.lock().get(name).cloned();
+        match cleaner {
+            Some(cleaner) => cleaner.truncate_with(offset, cut),
+            None => cut(),
+        }
+    }
+
+    /// Runs a compacted shard's cleaner now, to the end of a whole pass
+    /// and without its I/O budget: whatever is cleanable (older than
+    /// `min_compaction_lag_ms`, before the newest batch) keeps only the
+    /// newest record of each key; tombstones older than
+    /// `delete_retention_ms` go. The store's timer does the same in the
+    /// background, within `compaction_bytes_per_s`.
+    pub fn compact(&self, name: &str) -> Result<CompactionReport> {
+        let shard = self.writable_shard(name, "compact")?;
+        let cleaner = self.cleaners.lock().get(name).cloned().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "shard '{name}' is not compacted (its cleanup_policy is '{}')",
+                shard.options().cleanup_policy.name()
+            ))
+        })?;
+        let protected = || self.producers.last_batches(name, shard.as_ref());
+        cleaner.run_to_end(shard.as_ref(), &protected, crate::time::now_ms())
     }
 
     fn limits(&self) -> validate::Limits {
@@ -625,6 +674,9 @@ impl Store {
     fn append_raw_with(&self, name: &str, batches: &[u8], pipelined: bool) -> Result<Vec<i64>> {
         let shard = self.writable_shard(name, "append_raw")?;
         let validated = validate::validate_producer_batches(batches, self.limits())?;
+        if shard.options().cleanup_policy.compacts() {
+            refuse_keyless_batches(name, &validated)?;
+        }
         let headers: Vec<format::BatchHeader> = validated.iter().map(|b| b.header).collect();
         let now = crate::time::now_ms();
         let batches = validated
@@ -931,13 +983,15 @@ impl Store {
             .map(|(name, shard)| (name.clone(), shard.clone()))
             .collect();
         shards.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let cleaners = self.cleaners.lock().clone();
         let mut per_engine: BTreeMap<&'static str, (u64, u64, u64)> = BTreeMap::new();
         let mut shard_stats = serde_json::Map::new();
         for (name, shard) in shards {
             let entry = per_engine.entry(shard.kind().name()).or_default();
             entry.0 += 1;
             // One shard that cannot answer does not hide the others.
-            let stats = shard_json(shard.as_ref()).unwrap_or_else(
+            let cleaner = cleaners.get(&name).map(Arc::as_ref);
+            let stats = shard_json(shard.as_ref(), cleaner).unwrap_or_else(
                 |e| serde_json::json!({"error": e.to_string(), "status": e.status().as_str()}),
             );
             entry.1 += stats["records"].as_u64().unwrap_or(0);
@@ -967,14 +1021,98 @@ impl Store {
 
     /// One shard's statistics as JSON.
     pub fn shard_stats(&self, name: &str) -> Result<serde_json::Value> {
-        shard_json(self.shard(name)?.as_ref())
+        let shard = self.shard(name)?;
+        let cleaner = self.cleaners.lock().get(name).cloned();
+        shard_json(shard.as_ref(), cleaner.as_deref())
     }
 }
 
-fn shard_json(shard: &dyn Shard) -> Result<serde_json::Value> {
+/// Whether the store's timer has work on a shard with `options`: age
+/// retention or compaction (never in a read-only store).
+fn needs_timer(options: &ShardOptions, config: &Config) -> bool {
+    !config.read_only && (options.retention_ms > 0 || options.cleanup_policy.compacts())
+}
+
+/// A shard's work for the timer: its cleaner when it is compacted.
+struct Maintained {
+    cleaner: Option<Arc<ShardCleaner>>,
+    task: Option<ShardTask>,
+}
+
+impl Maintained {
+    fn new(name: &str, options: &ShardOptions, producers: &Arc<Producers>) -> Maintained {
+        if !options.cleanup_policy.compacts() {
+            return Maintained {
+                cleaner: None,
+                task: None,
+            };
+        }
+        let cleaner = Arc::new(ShardCleaner::default());
+        let (name, producers, runner) = (name.to_string(), producers.clone(), cleaner.clone());
+        let task: ShardTask = Arc::new(move |shard: &dyn Shard, now_ms: i64| {
+            let protected = || producers.last_batches(&name, shard);
+            let budget = runner.budget.load(Ordering::Relaxed);
+            runner
+                .run(shard, &protected, now_ms, Some(budget))
+                .map(drop)
+        });
+        Maintained {
+            cleaner: Some(cleaner),
+            task: Some(task),
+        }
+    }
+
+    /// Has `timer` visit `shard` with the cleaner, whose budget per visit
+    /// is the store's compaction rate over the timer's period.
+    fn watch(&self, timer: &RetentionTimer, shard: &Arc<dyn Shard>, config: &Config) {
+        if let Some(cleaner) = &self.cleaner {
+            let per_visit =
+                config.compaction_bytes_per_s as u128 * timer.interval().as_millis() / 1000;
+            cleaner.budget.store(
+                per_visit.clamp(1, u64::MAX as u128) as u64,
+                Ordering::Relaxed,
+            );
+        }
+        timer.watch(shard, self.task.clone());
+    }
+}
+
+fn keyless(shard: &str, which: String) -> Error {
+    Error::InvalidArgument(format!(
+        "shard '{shard}' is compacted: {which} has no key; compaction keeps the newest \
+         record of each key, so every record needs one"
+    ))
+}
+
+/// Refuses producer batches holding a record without a key, as Kafka's
+/// log validator does for a compacted topic (this decodes the records).
+fn refuse_keyless_batches(shard: &str, batches: &[validate::ProducerBatch]) -> Result<()> {
+    for (index, batch) in batches.iter().enumerate() {
+        let mut keyless_delta = None;
+        format::for_each_record(&batch.bytes, false, |record| {
+            if record.key.is_none() {
+                keyless_delta = Some(record.offset - batch.header.base_offset);
+                return false;
+            }
+            true
+        })?;
+        if let Some(delta) = keyless_delta {
+            return Err(keyless(
+                shard,
+                format!("batch {index}, record at offset delta {delta},"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn shard_json(shard: &dyn Shard, cleaner: Option<&ShardCleaner>) -> Result<serde_json::Value> {
     let mut value = serde_json::to_value(shard.info()?).unwrap_or_default();
     if let Some(object) = value.as_object_mut() {
         object.insert("engine_stats".into(), shard.stats()?);
+        if let Some(cleaner) = cleaner {
+            object.insert("compaction".into(), cleaner.stats());
+        }
     }
     Ok(value)
 }
@@ -1223,8 +1361,12 @@ mod tests {
         fn delete_records_before(&self, offset: i64) -> Result<i64> {
             self.0.delete_records_before(offset)
         }
-        fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
-            self.0.delete_where(matches)
+        fn delete_where(
+            &self,
+            within: std::ops::Range<i64>,
+            matches: &mut dyn FnMut(&RecordView) -> bool,
+        ) -> Result<u64> {
+            self.0.delete_where(within, matches)
         }
         fn truncate_to(&self, offset: i64) -> Result<()> {
             self.0.truncate_to(offset)

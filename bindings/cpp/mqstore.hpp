@@ -720,7 +720,8 @@ public:
 
     /// Appends a leader's batches (what a transfer of the leader's shard
     /// sent) to this follower's shard, byte for byte at the offsets they
-    /// carry, which must continue the shard (else MQS_INVALID_ARGUMENT,
+    /// carry, which must continue the shard or leave a compacted leader's
+    /// gap (an empty batch fills it; else MQS_INVALID_ARGUMENT,
     /// nothing stored); control batches and producers' batches are copied
     /// as they are. Returns the shard's next offset, once durable per its
     /// mode. The follower's shard must have no other writer.
@@ -865,6 +866,16 @@ public:
         int64_t low = -1;
         check(mqs_delete_records_before(handle(), detail::c_name(shard, "shard name"), offset, &low));
         return low;
+    }
+
+    /// Runs a compacted shard's cleaner now (no I/O budget): below the lag
+    /// and the newest batch only the newest record of each key stays, old
+    /// tombstones go. Returns how many records went; a shard that is not
+    /// compacted: MQS_INVALID_ARGUMENT.
+    uint64_t compact(const std::string &shard) {
+        uint64_t removed = 0;
+        check(mqs_compact(handle(), detail::c_name(shard, "shard name"), &removed));
+        return removed;
     }
 
     /// Deletes every record with one of keys; returns how many were deleted.

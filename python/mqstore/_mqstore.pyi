@@ -305,6 +305,9 @@ class Store:
         retention_bytes: int | None = None,
         retention_records: int | None = None,
         timestamp_type: str | None = None,
+        cleanup_policy: str | None = None,
+        delete_retention_ms: int | None = None,
+        min_compaction_lag_ms: int | None = None,
     ) -> ShardInfo: ...
     def delete_shard(self, name: str) -> None: ...
     def list_shards(self) -> list[str]: ...
@@ -364,7 +367,8 @@ class Store:
     def append_replica(self, shard: str, data: _BytesLike) -> int:
         """Appends a leader's batches (what a transfer of the leader's shard
         sent) byte for byte at the offsets they carry, which must continue
-        the shard; returns the shard's next offset."""
+        the shard (a compacted leader's gap is filled with an empty batch);
+        returns the shard's next offset."""
     def truncate_to(self, shard: str, offset: int) -> None:
         """Cuts a follower's diverged tail: every batch at or after
         ``offset`` goes and the next append gets ``offset``, which must lie
@@ -400,6 +404,7 @@ class Store:
     def delete_records_before(self, shard: str, offset: int) -> int: ...
     def delete_by_keys(self, shard: str, keys: Iterable[_BytesLike]) -> int: ...
     def delete_by_offsets(self, shard: str, offsets: Sequence[int]) -> int: ...
+    def compact(self, shard: str) -> int: ...
 
     # transfers
     def plan_transfer(self, shard: str, offset: int, max_bytes: int) -> Transfer: ...

@@ -152,7 +152,8 @@ impl PyStore {
     /// the keyword arguments.
     #[pyo3(signature = (name, *, options=None, engine=None, durability=None, compression=None,
                         segment_bytes=None, retention_ms=None, retention_bytes=None, retention_records=None,
-                        timestamp_type=None))]
+                        timestamp_type=None, cleanup_policy=None, delete_retention_ms=None,
+                        min_compaction_lag_ms=None))]
     #[allow(clippy::too_many_arguments)]
     fn create_shard(
         &self,
@@ -167,6 +168,9 @@ impl PyStore {
         retention_bytes: Option<i64>,
         retention_records: Option<i64>,
         timestamp_type: Option<&str>,
+        cleanup_policy: Option<&str>,
+        delete_retention_ms: Option<i64>,
+        min_compaction_lag_ms: Option<i64>,
     ) -> PyResult<PyShardInfo> {
         // The options go through the same TOML parser as storage.toml, so
         // values are validated and errors worded exactly as in the config
@@ -189,6 +193,7 @@ impl PyStore {
             ("durability", durability),
             ("compression", compression),
             ("timestamp_type", timestamp_type),
+            ("cleanup_policy", cleanup_policy),
         ];
         for (key, value) in strings {
             if let Some(value) = value {
@@ -200,6 +205,8 @@ impl PyStore {
             ("retention_ms", retention_ms),
             ("retention_bytes", retention_bytes),
             ("retention_records", retention_records),
+            ("delete_retention_ms", delete_retention_ms),
+            ("min_compaction_lag_ms", min_compaction_lag_ms),
         ];
         for (key, value) in numbers {
             if let Some(value) = value {
@@ -322,7 +329,8 @@ impl PyStore {
 
     /// Appends a leader's batches (what a transfer of the leader's shard
     /// sent) to this follower's shard, byte for byte at the offsets they
-    /// carry, which must continue the shard; control batches and producers'
+    /// carry, which must continue the shard (or leave a compacted leader's
+    /// gap, filled with an empty batch); control batches and producers'
     /// batches are copied as they are, and the producers' state follows.
     /// Returns the shard's next offset. The shard must have no other writer.
     fn append_replica<'py>(
@@ -516,6 +524,14 @@ impl PyStore {
     /// Moves the low watermark up to `offset`; returns the new low watermark.
     fn delete_records_before(&self, py: Python<'_>, shard: &str, offset: i64) -> PyResult<i64> {
         py.detach(|| self.inner.delete_records_before(shard, offset))
+            .or_raise(py)
+    }
+
+    /// Runs a compacted shard's cleaner now (no I/O budget): below the
+    /// lag and the newest batch only the newest record of each key stays,
+    /// old tombstones go. Returns how many records went.
+    fn compact(&self, py: Python<'_>, shard: &str) -> PyResult<u64> {
+        py.detach(|| self.inner.compact(shard).map(|report| report.removed))
             .or_raise(py)
     }
 

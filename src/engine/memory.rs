@@ -6,6 +6,7 @@
 //! different shards run in parallel. Memory is bounded by per-shard retention
 //! (age, bytes, records); whole batches are dropped from the front.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -138,10 +139,10 @@ impl Shard for MemoryShard {
         let mut state = self.state.write();
         let first_offset = state.next_offset;
         let (mut records, mut bytes) = (0, 0);
-        for batch in batches {
+        for mut batch in batches {
             // Only the offset is assigned under the lock (baseOffset lies
             // outside the CRC, so patching it is free).
-            let mut buffer = batch.bytes;
+            let mut buffer = std::mem::take(&mut batch.bytes);
             let base_offset = state.next_offset;
             format::set_base_offset(&mut buffer, base_offset);
             let len = buffer.len();
@@ -149,7 +150,7 @@ impl Shard for MemoryShard {
                 Bytes::from(buffer),
                 len,
                 base_offset,
-                base_offset + i64::from(batch.records) - 1,
+                batch.last_offset(base_offset),
                 batch.max_timestamp,
                 batch.records,
             )
@@ -241,11 +242,15 @@ impl Shard for MemoryShard {
 
     /// Deletes, batch by batch, the records `matches` selects; re-encodes each
     /// affected batch as Kafka's log compaction does (offsets keep their gaps).
-    fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
+    fn delete_where(
+        &self,
+        within: Range<i64>,
+        matches: &mut dyn FnMut(&RecordView) -> bool,
+    ) -> Result<u64> {
         let mut state = self.state.write();
         let mut deleted = 0u64;
-        let mut index = 0;
-        while index < state.batches.len() {
+        let mut index = state.batch_index(within.start);
+        while index < state.batches.len() && state.batches[index].base_offset < within.end {
             let batch = &state.batches[index];
             let Some(rewritten) = scan::rewrite_where(&batch.loc, matches)? else {
                 index += 1;

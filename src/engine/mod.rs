@@ -17,6 +17,7 @@ pub mod rocksdb;
 pub(crate) mod scan;
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -33,6 +34,9 @@ pub use keyfilter::KeyFilter;
 /// Kafka's ListOffsets sentinels, accepted by `offset_for_timestamp`.
 pub const TIMESTAMP_EARLIEST: i64 = -2;
 pub const TIMESTAMP_LATEST: i64 = -1;
+
+/// Every offset a shard can hold: `delete_where` over the whole shard.
+pub const ALL_OFFSETS: Range<i64> = i64::MIN..i64::MAX;
 
 /// Limits of one read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +81,9 @@ pub struct ShardInfo {
 pub struct NewBatch {
     pub bytes: Vec<u8>,
     pub records: u32,
+    /// Offsets the batch spans, less one: `records - 1` but for a
+    /// leader's compacted batch, whose records have gaps.
+    pub last_offset_delta: i32,
     pub max_timestamp: i64,
     /// Hashes of its keys and tags when known without decoding; `None`
     /// leaves them to be learned at the first key or tag lookup.
@@ -90,6 +97,7 @@ impl NewBatch {
         let encoded = format::encode_batch(records, options.compression, now_ms)?;
         let mut batch = NewBatch {
             records: encoded.record_count as u32,
+            last_offset_delta: encoded.record_count - 1,
             max_timestamp: encoded.max_timestamp,
             bytes: encoded.bytes,
             keys: Some(KeyFilter::from_records(records)),
@@ -104,10 +112,16 @@ impl NewBatch {
     pub fn from_sent(batch: format::validate::ProducerBatch) -> NewBatch {
         NewBatch {
             records: batch.header.record_count as u32,
+            last_offset_delta: batch.header.last_offset_delta,
             max_timestamp: batch.header.max_timestamp,
             bytes: Vec::from(batch.bytes),
             keys: None,
         }
+    }
+
+    /// The batch's last offset once stored at `base_offset`.
+    pub fn last_offset(&self, base_offset: i64) -> i64 {
+        base_offset + i64::from(self.last_offset_delta)
     }
 
     /// Applies the shard's timestamp type: with `log_append_time` the
@@ -213,15 +227,20 @@ pub trait Shard: Send + Sync {
     /// and returns the new low watermark.
     fn delete_records_before(&self, offset: i64) -> Result<i64>;
 
-    /// Deletes every record `matches` selects, rewriting each affected batch
-    /// as Kafka's log compaction does (offsets keep their gaps); returns how
-    /// many were deleted.
-    fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64>;
+    /// Deletes every record `matches` selects among the batches that hold
+    /// offsets of `within` (the others are not looked at), rewriting each
+    /// affected batch as Kafka's log compaction does (offsets keep their
+    /// gaps); returns how many were deleted.
+    fn delete_where(
+        &self,
+        within: Range<i64>,
+        matches: &mut dyn FnMut(&RecordView) -> bool,
+    ) -> Result<u64>;
 
     /// Deletes every record with one of `keys`; returns how many were deleted.
     fn delete_by_keys(&self, keys: &[&[u8]]) -> Result<u64> {
         let doomed: HashSet<&[u8]> = keys.iter().copied().collect();
-        self.delete_where(&mut |record| {
+        self.delete_where(ALL_OFFSETS, &mut |record| {
             record
                 .key
                 .as_ref()
@@ -232,8 +251,13 @@ pub trait Shard: Send + Sync {
     /// Deletes the given offsets (absent ones are ignored); returns how many
     /// were deleted.
     fn delete_by_offsets(&self, offsets: &[i64]) -> Result<u64> {
+        let (Some(&first), Some(&last)) = (offsets.iter().min(), offsets.iter().max()) else {
+            return Ok(0);
+        };
         let doomed: HashSet<i64> = offsets.iter().copied().collect();
-        self.delete_where(&mut |record| doomed.contains(&record.offset))
+        self.delete_where(first..last.saturating_add(1), &mut |record| {
+            doomed.contains(&record.offset)
+        })
     }
 
     /// Fixes the whole batches a transfer from `from` covers: at most

@@ -202,8 +202,9 @@ pub unsafe extern "C" fn mqs_append_raw_nowait(
 
 /// Appends a leader's batches to a follower's shard (`len` bytes, what a
 /// transfer of the leader's shard sent), byte for byte at the offsets they
-/// carry, which must continue the shard: `MQS_INVALID_ARGUMENT` names the
-/// expected offset otherwise, and nothing is stored. Checked for damage
+/// carry, which must continue the shard (a gap a compacted leader left
+/// between batches is filled with an empty batch): `MQS_INVALID_ARGUMENT`
+/// names the expected offset otherwise, and nothing is stored. Checked for damage
 /// (`MQS_CORRUPTION`) but not by producer rules: control batches and
 /// idempotent producers' batches are copied as they are, and the
 /// producers' state follows. `*out_next_offset` is the shard's next offset
@@ -415,6 +416,32 @@ pub unsafe extern "C" fn mqs_delete_records_before(
         let low = store.delete_records_before(shard, offset)?;
         // SAFETY: checked non-NULL; writable per the caller contract.
         unsafe { out_low_watermark.write(low) };
+        Ok(())
+    })
+}
+
+/// Runs a compacted shard's cleaner now, without its I/O budget: of the
+/// records older than `min_compaction_lag_ms` and before the newest batch,
+/// only the newest of each key stays, and tombstones older than
+/// `delete_retention_ms` go. `*out_removed` is how many records went. A
+/// shard whose `cleanup_policy` does not compact: `MQS_INVALID_ARGUMENT`.
+///
+/// # Safety
+/// `shard` is a NUL-terminated string; `out_removed` is valid for writing.
+#[no_mangle]
+pub unsafe extern "C" fn mqs_compact(
+    store: *mut mqs_store,
+    shard: *const c_char,
+    out_removed: *mut u64,
+) -> mqs_status {
+    status(|| {
+        let store = STORES.get(store, "store")?;
+        // SAFETY: NUL-terminated string (caller contract).
+        let shard = unsafe { str_arg(shard, "shard") }?;
+        out_arg(out_removed, "out_removed")?;
+        let report = store.compact(shard)?;
+        // SAFETY: checked non-NULL; writable per the caller contract.
+        unsafe { out_removed.write(report.removed) };
         Ok(())
     })
 }

@@ -326,6 +326,22 @@ fn finish_batch(batch: &mut [u8], mut header: BatchHeader) {
     batch[CRC_OFFSET..ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// A batch without records, with `template`'s header but for the record
+/// count, length, codec and CRC: it spans `template`'s offsets and keeps
+/// its producer fields. Kafka's cleaner leaves such batches (a producer's
+/// last batch, emptied), and a follower stores one where its leader's log
+/// has a gap between batches.
+pub fn empty_batch(template: &BatchHeader) -> Vec<u8> {
+    let header = BatchHeader {
+        record_count: 0,
+        attributes: template.attributes & !crate::format::compression::COMPRESSION_CODEC_MASK,
+        ..*template
+    };
+    let mut bytes = vec![0u8; BATCH_HEADER_LEN];
+    finish_batch(&mut bytes, header);
+    bytes
+}
+
 /// Builds a batch around an uncompressed records section by compressing it
 /// after a header placeholder.
 fn assemble_compressed(

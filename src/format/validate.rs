@@ -156,10 +156,10 @@ fn validate_one(
     super::verify_crc(&bytes).map_err(|e| corrupt(&range, e.to_string()))?;
     match origin {
         Origin::Producer => check_client_rules(&header),
-        Origin::Replica => check_dense(&header),
+        Origin::Replica => check_span(&header),
     }
     .map_err(|what| invalid(&range, what))?;
-    check_records(&bytes, &header, index, limits).map_err(|e| match e {
+    check_records(&bytes, &header, index, limits, origin).map_err(|e| match e {
         Error::Corruption(what) => corrupt(&range, what),
         Error::InvalidArgument(what) => invalid(&range, what),
         Error::Unsupported(what) => Error::Unsupported(reason(index, &range, what)),
@@ -191,9 +191,25 @@ fn check_client_rules(header: &BatchHeader) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// At least one record, each offset of the batch's range holding one (the
-/// engines keep offsets dense; a compacted leader batch with gaps is not
-/// accepted yet).
+/// A leader's batch may have gaps (compaction removed records) or no
+/// record at all (what compaction leaves of a producer's last batch), but
+/// never more records than offsets.
+fn check_span(header: &BatchHeader) -> std::result::Result<(), String> {
+    let span = i64::from(header.last_offset_delta) + 1;
+    if header.last_offset_delta < 0
+        || header.record_count < 0
+        || i64::from(header.record_count) > span
+    {
+        return Err(format!(
+            "record count {} does not fit lastOffsetDelta {}",
+            header.record_count, header.last_offset_delta
+        ));
+    }
+    Ok(())
+}
+
+/// At least one record, each offset of the batch's range holding one:
+/// what a client sends.
 fn check_dense(header: &BatchHeader) -> std::result::Result<(), String> {
     if header.record_count <= 0 {
         return Err(format!(
@@ -210,20 +226,38 @@ fn check_dense(header: &BatchHeader) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// Every record parses, offset deltas run 0, 1, 2…, no record is over the
-/// limit.
-fn check_records(bytes: &Bytes, header: &BatchHeader, index: usize, limits: Limits) -> Result<()> {
+/// Every record parses, no record is over the limit, and offset deltas
+/// run 0, 1, 2… (from a producer) or rise within lastOffsetDelta (from a
+/// leader, whose compaction leaves gaps).
+fn check_records(
+    bytes: &Bytes,
+    header: &BatchHeader,
+    index: usize,
+    limits: Limits,
+    origin: Origin,
+) -> Result<()> {
     header.compression()?.check_available()?;
     let mut expected = 0i32;
+    let mut count = 0i32;
     // A batch may not decompress to more than the store takes uncompressed:
     // a small compressed bomb cannot make validation allocate gigabytes.
     let max_records_len = limits.max_batch_bytes.saturating_sub(BATCH_HEADER_LEN);
     walk_records(bytes, max_records_len, |offset_delta, len| {
-        if offset_delta != expected {
+        let in_order = match origin {
+            Origin::Producer => offset_delta == expected,
+            Origin::Replica => offset_delta >= expected && offset_delta <= header.last_offset_delta,
+        };
+        if !in_order {
             return Err(Error::InvalidArgument(format!(
-                "record {expected} has offset delta {offset_delta} (deltas must run 0, 1, 2…)"
+                "record {count} has offset delta {offset_delta} (deltas must run 0, 1, 2…{})",
+                match origin {
+                    Origin::Producer => "",
+                    Origin::Replica => ", or rise with gaps up to lastOffsetDelta",
+                }
             )));
         }
+        count += 1;
+        expected = offset_delta + 1;
         if len > limits.max_record_bytes {
             return Err(Error::BatchTooLarge {
                 index,
@@ -232,7 +266,6 @@ fn check_records(bytes: &Bytes, header: &BatchHeader, index: usize, limits: Limi
                 limit: limits.max_record_bytes,
             });
         }
-        expected += 1;
         Ok(())
     })
 }

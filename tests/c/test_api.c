@@ -847,6 +847,41 @@ static void test_truncate_to(void) {
     CHECK_OK(mqs_store_close(store));
 }
 
+/* A compacted shard: records need keys; compaction keeps the newest of each. */
+static void test_compaction(void) {
+    mqs_store *store = open_store(NULL);
+    CHECK_STATUS(mqs_shard_create(store, "bad", "cleanup_policy = \"compact\"\nretention_ms = 5"),
+                 MQS_INVALID_CONFIG);
+    CHECK_MENTIONS("compact,delete");
+    CHECK_OK(mqs_shard_create(store, "c", "cleanup_policy = \"compact\""));
+    CHECK_OK(mqs_shard_create(store, "plain", NULL));
+    mqs_record_in keyless;
+    memset(&keyless, 0, sizeof keyless);
+    keyless.value = text("v");
+    int64_t offset = -1;
+    CHECK_STATUS(mqs_append(store, "c", &keyless, &offset), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("has no key");
+    const char *keys[] = {"a", "a", "b", "a", "z"};
+    for (int i = 0; i < 5; i++) {
+        mqs_record_in record = keyed_record(keys[i], "v");
+        CHECK_OK(mqs_append(store, "c", &record, &offset));
+    }
+    uint64_t removed = 0;
+    CHECK_OK(mqs_compact(store, "c", &removed));
+    CHECK(removed == 2); /* offsets 0 and 1: "a" is newer at 3 */
+    const mqs_record *records = NULL;
+    size_t count = 0;
+    mqs_batch *batch = read_ok(store, "c", 0, 10, 1 << 20, &records, &count);
+    CHECK(count == 3 && records[0].offset == 2 && records[1].offset == 3);
+    mqs_batch_free(batch);
+    CHECK_STATUS(mqs_compact(store, "plain", &removed), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("not compacted");
+    CHECK_STATUS(mqs_compact(store, "c", NULL), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_compact(store, NULL, &removed), MQS_INVALID_ARGUMENT);
+    CHECK_STATUS(mqs_compact(store, "nope", &removed), MQS_SHARD_NOT_FOUND);
+    CHECK_OK(mqs_store_close(store));
+}
+
 static void test_deletes(void) {
     mqs_store *store = open_store(NULL);
     CHECK_OK(mqs_shard_create(store, "del", NULL));
@@ -2423,6 +2458,7 @@ int main(int argc, char **argv) {
     test_offset_for_timestamp();
     test_deletes();
     test_truncate_to();
+    test_compaction();
     test_groups();
     test_stats();
     test_transfer_basic();

@@ -419,6 +419,30 @@ void deletes() {
     CHECK_EQ(store.shard_info("s").records, 0u);
 }
 
+void compaction() {
+    Store store = Store::open(test::dir("compaction"));
+    store.create_shard("c", std::string("cleanup_policy = \"compact\""));
+    store.create_shard("plain");
+    mqstore::Message keyless;
+    keyless.value = "v";
+    CHECK_THROWS_CODE(no_key, store.append("c", keyless), MQS_INVALID_ARGUMENT);
+    CHECK(test::contains(no_key, "has no key"));
+    for (std::string_view key : {"a", "a", "b", "a", "z"}) {
+        mqstore::Message message;
+        message.key = key;
+        message.value = "v";
+        store.append("c", message);
+    }
+    CHECK_EQ(store.compact("c"), 2u);  // "a" at 0 and 1: newer at 3
+    std::vector<int64_t> offsets;
+    for (RecordView r : store.read("c", 0, 10)) {
+        offsets.push_back(r.offset());
+    }
+    CHECK((offsets == std::vector<int64_t>{2, 3, 4}));
+    CHECK_THROWS_CODE(plain, store.compact("plain"), MQS_INVALID_ARGUMENT);
+    CHECK(test::contains(plain, "not compacted"));
+}
+
 void groups() {
     Store store = Store::open(test::dir("groups"));
     store.create_shard("a");
@@ -855,6 +879,7 @@ int main(int argc, char **argv) {
     test::run("read by keys and tags", keys_and_tags);
     test::run("offset for timestamp", timestamps);
     test::run("deletes", deletes);
+    test::run("compaction", compaction);
     test::run("consumer groups", groups);
     test::run("record limits", record_limits);
     test::run("invalid records", invalid_records);

@@ -37,18 +37,24 @@ LEADER = textwrap.dedent(
         if ready:
             conn, _ = listener.accept()
             with conn:
-                (offset,) = struct.unpack(">q", conn.recv(8, socket.MSG_WAITALL))
+                request = conn.recv(8, socket.MSG_WAITALL)
+                if len(request) < 8:
+                    continue  # a follower killed before it asked
+                (offset,) = struct.unpack(">q", request)
                 end = store.shard_info("s").next_offset
                 data = b""
                 if offset < end:
                     data = store.plan_transfer("s", offset, 16 << 10).bytes()
-                conn.sendall(struct.pack(">q", end) + struct.pack(">I", len(data)) + data)
+                try:
+                    conn.sendall(struct.pack(">q", end) + struct.pack(">I", len(data)) + data)
+                except OSError:
+                    pass  # nor one killed while it was answered
     """
 )
 
 FOLLOWER = textwrap.dedent(
     r"""
-    import socket, struct, sys
+    import socket, struct, sys, time
     import mqstore
     path, port, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     store = mqstore.Store(path)
@@ -67,10 +73,15 @@ FOLLOWER = textwrap.dedent(
                 data += chunk
             return end, data
     nxt = store.shard_info("s").next_offset
+    # A leader unreachable this long is dead for good: fail, never hang.
+    last_contact = time.monotonic()
     while nxt < target:
         try:
             end, data = fetch(nxt)
-        except OSError:
+            last_contact = time.monotonic()
+        except (OSError, struct.error):
+            if time.monotonic() - last_contact > 60:
+                sys.exit("no leader for 60 s")
             continue
         if data:
             nxt = store.append_replica("s", data)

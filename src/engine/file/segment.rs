@@ -173,18 +173,9 @@ pub fn valid_batch_after(data: &[u8], pos: u64, min_base: i64) -> Option<u64> {
 /// lets recovery tell a damaged base offset (outside the CRC's reach) from
 /// a compacted gap.
 pub fn empty_batch_like(batch: &[u8]) -> Result<Bytes> {
-    let header = BatchHeader::parse(batch)?;
-    let empty = BatchHeader {
-        batch_length: format::MIN_BATCH_LENGTH,
-        record_count: 0,
-        crc: 0,
-        attributes: header.attributes & !format::compression::COMPRESSION_CODEC_MASK,
-        ..header
-    };
-    let mut bytes = empty.to_bytes();
-    let crc = crc32c::crc32c(&bytes[format::ATTRIBUTES_OFFSET..]);
-    bytes[format::CRC_OFFSET..format::ATTRIBUTES_OFFSET].copy_from_slice(&crc.to_be_bytes());
-    Ok(Bytes::copy_from_slice(&bytes))
+    Ok(Bytes::from(format::empty_batch(&BatchHeader::parse(
+        batch,
+    )?)))
 }
 
 /// In-memory summary of a segment, kept for every segment of a shard.

@@ -10,6 +10,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -894,8 +895,8 @@ impl FileShard {
     /// Writes (or buffers) one batch at the next offset into the active
     /// segment, rolling first if it would not fit, and indexes it; returns
     /// the write's sequence number for `sync_to`. Under the state lock.
-    fn store_batch(&self, state: &mut State, batch: NewBatch) -> Result<u64> {
-        let mut bytes = batch.bytes;
+    fn store_batch(&self, state: &mut State, mut batch: NewBatch) -> Result<u64> {
+        let mut bytes = std::mem::take(&mut batch.bytes);
         let len = bytes.len() as u64;
         let base_offset = state.next_offset;
         format::set_base_offset(&mut bytes, base_offset);
@@ -922,7 +923,7 @@ impl FileShard {
             pos,
             len,
             base_offset,
-            last_offset: base_offset + i64::from(batch.records) - 1,
+            last_offset: batch.last_offset(base_offset),
             max_timestamp: batch.max_timestamp,
             records: u64::from(batch.records),
         };
@@ -1144,7 +1145,11 @@ impl Shard for FileShard {
         Ok(target)
     }
 
-    fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
+    fn delete_where(
+        &self,
+        within: Range<i64>,
+        matches: &mut dyn FnMut(&RecordView) -> bool,
+    ) -> Result<u64> {
         let mut state = self.state.write();
         self.check_live()?;
         let mut w = self.writer.lock();
@@ -1153,8 +1158,19 @@ impl Shard for FileShard {
         let mut any = false;
         let mut index = 0;
         while index < state.segments.len() {
+            let segment = &state.segments[index];
+            if segment.next <= within.start {
+                index += 1;
+                continue;
+            }
+            if segment.base >= within.end {
+                break;
+            }
             let before = state.segments.len();
-            let changed = self.rewrite_segment(&mut state, &mut w, index, &mut |_, bytes| {
+            let changed = self.rewrite_segment(&mut state, &mut w, index, &mut |info, bytes| {
+                if info.last_offset < within.start || info.base_offset >= within.end {
+                    return Ok(None);
+                }
                 let mut doomed = HashSet::new();
                 format::for_each_record(bytes, false, |record| {
                     if matches(&record) {

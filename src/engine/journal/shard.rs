@@ -1,6 +1,7 @@
 //! A journal shard: its index and watermarks in memory, its batches in the
 //! shared journal segments.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -235,8 +236,8 @@ impl JournalShard {
         self.check_live()?;
         let first_offset = state.next_offset;
         let (mut records, mut bytes, mut end) = (0u64, 0u64, 0u64);
-        for batch in batches {
-            let mut buffer = batch.bytes;
+        for mut batch in batches {
+            let mut buffer = std::mem::take(&mut batch.bytes);
             let base_offset = state.next_offset;
             format::set_base_offset(&mut buffer, base_offset);
             let placed = self.enqueue(&mut state, Kind::Batch, base_offset as u64, &buffer)?;
@@ -245,7 +246,7 @@ impl JournalShard {
                 placed.pos + entry::HEADER_LEN as u64,
                 buffer.len(),
                 base_offset,
-                base_offset + i64::from(batch.records) - 1,
+                batch.last_offset(base_offset),
                 batch.max_timestamp,
                 batch.records,
             )
@@ -457,13 +458,17 @@ impl Shard for JournalShard {
 
     /// Deletes, batch by batch, the records `matches` selects, logging a
     /// rewritten batch (or a drop) for each affected one.
-    fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
+    fn delete_where(
+        &self,
+        within: Range<i64>,
+        matches: &mut dyn FnMut(&RecordView) -> bool,
+    ) -> Result<u64> {
         self.check_live()?;
         let mut state = self.state.write();
         self.make_readable(&state)?;
         let mut deleted = 0u64;
-        let mut index = 0;
-        while index < state.batches.len() {
+        let mut index = state.batch_index(within.start);
+        while index < state.batches.len() && state.batches[index].base_offset < within.end {
             let batch = &state.batches[index];
             let Some(rewritten) = scan::rewrite_where(&batch.bytes(), matches)? else {
                 index += 1;

@@ -10,7 +10,7 @@
 //! a reader never finds a key of its index gone.
 
 use std::collections::HashMap;
-use std::ops::{Deref, DerefMut};
+use std::ops::{Deref, DerefMut, Range};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -272,10 +272,10 @@ impl RocksShard {
             let db = self.db.get()?;
             let cfs = Families::of(&db)?;
             let mut base = first;
-            for batch in batches {
-                let mut bytes = batch.bytes;
+            for mut batch in batches {
+                let mut bytes = std::mem::take(&mut batch.bytes);
                 format::set_base_offset(&mut bytes, base);
-                let last = base + i64::from(batch.records) - 1;
+                let last = batch.last_offset(base);
                 let value = IndexValue {
                     last_offset: last,
                     max_timestamp: batch.max_timestamp,
@@ -614,7 +614,11 @@ impl Shard for RocksShard {
 
     /// Rewrites every batch holding a record `matches` selects, all in one
     /// WriteBatch with the catalogue entry: the delete is atomic.
-    fn delete_where(&self, matches: &mut dyn FnMut(&RecordView) -> bool) -> Result<u64> {
+    fn delete_where(
+        &self,
+        within: Range<i64>,
+        matches: &mut dyn FnMut(&RecordView) -> bool,
+    ) -> Result<u64> {
         let mut state = self.state.write();
         self.check_live(&state)?;
         let mut batch = WriteBatch::default();
@@ -623,7 +627,12 @@ impl Shard for RocksShard {
         {
             let db = self.db.get()?;
             let mut fetcher = Fetcher::new(&db, self)?;
-            for (i, entry) in state.batches.iter().enumerate() {
+            let first = state.batch_index(within.start);
+            let touched = state.batches.range(first..);
+            for (i, entry) in (first..).zip(touched) {
+                if entry.base_offset >= within.end {
+                    break;
+                }
                 let bytes = fetcher.bytes(entry)?;
                 let Some(rewritten) = scan::rewrite_where(&bytes, matches)? else {
                     continue;
