@@ -365,8 +365,35 @@ impl Store {
 
     /// Creates a shard with fully resolved options.
     pub fn create_shard_with(&self, name: &str, options: ShardOptions) -> Result<ShardInfo> {
-        self.check_writable("create_shard")?;
-        validate_shard_name(name)?;
+        let created = self.create(&[name], options, "create_shard")?;
+        created[0].info()
+    }
+
+    /// Creates the shards `names` (distinct, none existing) with the
+    /// store's default options overlaid with `options`, all or none. The
+    /// journal logs their catalogue records together and waits once, so a
+    /// broker creating a million partitions takes seconds, not minutes.
+    pub fn create_shards(&self, names: &[&str], options: Option<&str>) -> Result<()> {
+        let options = self.config.shard_options(options)?;
+        self.create(names, options, "create_shards").map(drop)
+    }
+
+    fn create(
+        &self,
+        names: &[&str],
+        options: ShardOptions,
+        what: &str,
+    ) -> Result<Vec<Arc<dyn Shard>>> {
+        self.check_writable(what)?;
+        let mut distinct = HashSet::with_capacity(names.len());
+        for name in names {
+            validate_shard_name(name)?;
+            if !distinct.insert(*name) {
+                return Err(Error::InvalidArgument(format!(
+                    "shard name '{name}' is given twice"
+                )));
+            }
+        }
         let spec = registry::spec(options.engine);
         spec.check(&options)?;
         options.check()?;
@@ -384,31 +411,50 @@ impl Store {
         if needs_timer(&options, &self.config) {
             self.retention.ensure_running()?;
         }
-        {
-            let shards = self.shards.write();
-            if shards.contains_key(name) || !self.creating.lock().insert(name.to_string()) {
-                return Err(Error::ShardExists(name.to_string()));
-            }
-        }
-        // The engine may wait for the shard's catalogue record to be
+        self.reserve(names)?;
+        // The engine may wait for the shards' catalogue records to be
         // durable (one fdatasync for journal shards): the store-wide lock
         // is not held meanwhile, so appends and reads of other shards go
         // on, and concurrent creations share one flush.
-        let created = engine.create_shard(name, &options);
+        let created = engine.create_shards(names, &options);
         let mut shards = self.shards.write();
-        self.creating.lock().remove(name);
-        let shard = created?;
-        shards.insert(name.to_string(), shard.clone());
-        self.producers.created(name);
-        drop(shards);
-        if needs_timer(&options, &self.config) {
-            let maintained = Maintained::new(name, &options, &self.producers);
-            maintained.watch(&self.retention, &shard, &self.config);
-            if let Some(cleaner) = maintained.cleaner {
-                self.cleaners.lock().insert(name.to_string(), cleaner);
+        {
+            let mut creating = self.creating.lock();
+            for name in names {
+                creating.remove(*name);
             }
         }
-        shard.info()
+        let created = created?;
+        for (name, shard) in names.iter().zip(&created) {
+            shards.insert(name.to_string(), shard.clone());
+            self.producers.created(name);
+        }
+        drop(shards);
+        if needs_timer(&options, &self.config) {
+            for (name, shard) in names.iter().zip(&created) {
+                let maintained = Maintained::new(name, &options, &self.producers);
+                maintained.watch(&self.retention, shard, &self.config);
+                if let Some(cleaner) = maintained.cleaner {
+                    self.cleaners.lock().insert(name.to_string(), cleaner);
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    /// Marks `names` as being created, unless one exists or is being
+    /// created already (`ShardExists`, and none is marked).
+    fn reserve(&self, names: &[&str]) -> Result<()> {
+        let shards = self.shards.write();
+        let mut creating = self.creating.lock();
+        if let Some(taken) = names
+            .iter()
+            .find(|name| shards.contains_key(**name) || creating.contains(**name))
+        {
+            return Err(Error::ShardExists(taken.to_string()));
+        }
+        creating.extend(names.iter().map(|name| name.to_string()));
+        Ok(())
     }
 
     /// Rewrites `groups.json` from `offsets`; clears the stale mark.

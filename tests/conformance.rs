@@ -162,6 +162,50 @@ macro_rules! conformance_suite {
                 assert_eq!(send_rest(&mut plan), stream);
             }
 
+            /// Shards created together: all or none (a name taken or
+            /// given twice creates nothing), each usable, and all there
+            /// after a restart.
+            #[test]
+            fn shards_created_together_are_all_or_none() {
+                let f = open(ENGINE, "");
+                f.store.create_shard("taken", None).unwrap();
+                let names: Vec<String> = (0..500).map(|i| format!("p-{i}")).collect();
+                let mut refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                refs.push("taken");
+                let err = f.store.create_shards(&refs, None).unwrap_err();
+                assert_eq!(err.status(), Status::ShardExists);
+                assert!(err.to_string().contains("taken"), "{err}");
+                refs.pop();
+                refs.push("p-7");
+                let err = f.store.create_shards(&refs, None).unwrap_err();
+                assert_eq!(err.status(), Status::InvalidArgument);
+                assert!(err.to_string().contains("'p-7' is given twice"), "{err}");
+                refs.pop();
+                let bad = f.store.create_shards(&["ok", ""], None).unwrap_err();
+                assert_eq!(bad.status(), Status::InvalidArgument);
+                assert_eq!(f.store.list_shards().unwrap(), ["taken"]);
+                f.store
+                    .create_shards(&refs, Some("retention_records = 5"))
+                    .unwrap();
+                f.store.create_shards(&[], None).unwrap();
+                assert_eq!(f.store.list_shards().unwrap().len(), 501);
+                append_values(&f.store, "p-499", &values(3, "v"));
+                assert_eq!(
+                    f.store.shard_info("p-3").unwrap().options.retention_records,
+                    5
+                );
+                if ENGINE == "memory" {
+                    return;
+                }
+                let f = f.reopen(ENGINE, "");
+                assert_eq!(f.store.list_shards().unwrap().len(), 501);
+                assert_eq!(f.store.shard_info("p-499").unwrap().next_offset, 3);
+                assert_eq!(
+                    f.store.shard_info("p-0").unwrap().options.retention_records,
+                    5
+                );
+            }
+
             /// A follower's diverged tail cut at a batch boundary: the
             /// shard ends there (reads, transfers, the next append), the
             /// cut producer sequences may be sent again, and the cut

@@ -626,6 +626,19 @@ public:
         check(mqs_shard_create(handle(), detail::c_name(name, "shard name"), options));
     }
 
+    /// Creates the shards `names` (distinct, none existing) with the same
+    /// options, all or none; the journal makes them durable with one write.
+    void create_shards(const std::vector<std::string> &names,
+                       const std::optional<std::string> &options_toml = std::nullopt) {
+        std::vector<const char *> pointers;
+        pointers.reserve(names.size());
+        for (const std::string &name : names) {
+            pointers.push_back(detail::c_name(name, "shard name"));
+        }
+        const char *options = options_toml ? detail::c_name(*options_toml, "options_toml") : nullptr;
+        check(mqs_shards_create(handle(), pointers.data(), pointers.size(), options));
+    }
+
     /// Deletes a shard, its records and its committed group offsets.
     void delete_shard(const std::string &name) {
         check(mqs_shard_delete(handle(), detail::c_name(name, "shard name")));

@@ -227,6 +227,21 @@ impl PyStore {
         Ok(info.into())
     }
 
+    /// Creates the shards `names` (distinct, none existing), all with the
+    /// store's defaults overlaid with `options` (TOML text of `[shard]`
+    /// keys), all or none. The journal makes them durable with one write.
+    #[pyo3(signature = (names, options=None))]
+    fn create_shards(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        options: Option<&str>,
+    ) -> PyResult<()> {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        py.detach(|| self.inner.create_shards(&names, options))
+            .or_raise(py)
+    }
+
     /// Deletes a shard, its records and its committed group offsets.
     fn delete_shard(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         py.detach(|| self.inner.delete_shard(name)).or_raise(py)

@@ -186,6 +186,10 @@ pub struct PyShardInfo {
     retention_records: u64,
     /// "create_time" or "log_append_time".
     timestamp_type: String,
+    /// "delete", "compact" or "compact,delete".
+    cleanup_policy: String,
+    delete_retention_ms: u64,
+    min_compaction_lag_ms: u64,
 }
 
 impl From<mqstore::ShardInfo> for PyShardInfo {
@@ -204,6 +208,9 @@ impl From<mqstore::ShardInfo> for PyShardInfo {
             retention_bytes: o.retention_bytes,
             retention_records: o.retention_records,
             timestamp_type: o.timestamp_type.name().to_string(),
+            cleanup_policy: o.cleanup_policy.name().to_string(),
+            delete_retention_ms: o.delete_retention_ms,
+            min_compaction_lag_ms: o.min_compaction_lag_ms,
             name: info.name,
         }
     }

@@ -145,6 +145,28 @@ pub trait Engine: Send + Sync {
     /// Creates an empty shard. The Store guarantees the name is new.
     fn create_shard(&self, name: &str, options: &ShardOptions) -> Result<Arc<dyn Shard>>;
 
+    /// Creates empty shards named `names` (new and distinct, the Store
+    /// guarantees) with the same options, all or none: when one fails,
+    /// those created before it are removed again. Engines whose creations
+    /// can share one durable write (one log append and one sync for all)
+    /// override it; this one creates them one by one.
+    fn create_shards(&self, names: &[&str], options: &ShardOptions) -> Result<Vec<Arc<dyn Shard>>> {
+        let mut created: Vec<Arc<dyn Shard>> = Vec::with_capacity(names.len());
+        for name in names {
+            match self.create_shard(name, options) {
+                Ok(shard) => created.push(shard),
+                Err(e) => {
+                    for (name, shard) in names.iter().zip(&created) {
+                        // Best effort: the error reported is the creation's.
+                        let _ = self.remove_shard(name, shard);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(created)
+    }
+
     /// Removes a shard and frees what it holds. Views and transfer plans
     /// already handed out stay valid.
     fn remove_shard(&self, name: &str, shard: &Arc<dyn Shard>) -> Result<()>;

@@ -847,6 +847,29 @@ static void test_truncate_to(void) {
     CHECK_OK(mqs_store_close(store));
 }
 
+/* Shards created together: all or none. */
+static void test_shards_create(void) {
+    mqs_store *store = open_store(NULL);
+    const char *names[] = {"a", "b", "c"};
+    CHECK_OK(mqs_shards_create(store, names, 3, "retention_records = 9"));
+    struct mqs_shard_info info;
+    memset(&info, 0, sizeof info);
+    CHECK_OK(mqs_shard_get_info(store, "c", &info));
+    const char *again[] = {"d", "a"};
+    CHECK_STATUS(mqs_shards_create(store, again, 2, NULL), MQS_SHARD_EXISTS);
+    CHECK_STATUS(mqs_shard_get_info(store, "d", &info), MQS_SHARD_NOT_FOUND);
+    const char *twice[] = {"e", "e"};
+    CHECK_STATUS(mqs_shards_create(store, twice, 2, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("given twice");
+    const char *with_null[] = {"f", NULL};
+    CHECK_STATUS(mqs_shards_create(store, with_null, 2, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_MENTIONS("names[1]");
+    CHECK_STATUS(mqs_shards_create(store, NULL, 2, NULL), MQS_INVALID_ARGUMENT);
+    CHECK_OK(mqs_shards_create(store, NULL, 0, NULL));
+    CHECK_STATUS(mqs_shards_create(store, names, 1, "retention_records = -1"), MQS_INVALID_CONFIG);
+    CHECK_OK(mqs_store_close(store));
+}
+
 /* A compacted shard: records need keys; compaction keeps the newest of each. */
 static void test_compaction(void) {
     mqs_store *store = open_store(NULL);
@@ -2459,6 +2482,7 @@ int main(int argc, char **argv) {
     test_deletes();
     test_truncate_to();
     test_compaction();
+    test_shards_create();
     test_groups();
     test_stats();
     test_transfer_basic();

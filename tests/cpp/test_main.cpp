@@ -419,6 +419,15 @@ void deletes() {
     CHECK_EQ(store.shard_info("s").records, 0u);
 }
 
+void shards_created_together() {
+    Store store = Store::open(test::dir("create_shards"));
+    store.create_shards({"a", "b"}, std::string("retention_records = 4"));
+    CHECK_EQ(store.shard_info("b").next_offset, 0);
+    CHECK_THROWS_CODE(taken, store.create_shards({"c", "a"}), MQS_SHARD_EXISTS);
+    CHECK_THROWS_CODE(missing, store.shard_info("c"), MQS_SHARD_NOT_FOUND);
+    CHECK_THROWS_CODE(nul, store.create_shards({std::string("x\0y", 3)}), MQS_INVALID_ARGUMENT);
+}
+
 void compaction() {
     Store store = Store::open(test::dir("compaction"));
     store.create_shard("c", std::string("cleanup_policy = \"compact\""));
@@ -880,6 +889,7 @@ int main(int argc, char **argv) {
     test::run("offset for timestamp", timestamps);
     test::run("deletes", deletes);
     test::run("compaction", compaction);
+    test::run("shards created together", shards_created_together);
     test::run("consumer groups", groups);
     test::run("record limits", record_limits);
     test::run("invalid records", invalid_records);

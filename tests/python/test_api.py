@@ -441,3 +441,14 @@ def test_stats(store, shard):
     assert one["records"] == 3
     assert one["options"]["compression"] == "none"
     assert "engine_stats" in one
+
+
+def test_shards_created_together_all_or_none(store):
+    store.create_shards(["a", "b", "c"], 'retention_records = 3')
+    assert store.list_shards() == ["a", "b", "c"]
+    assert store.shard_info("c").retention_records == 3
+    with pytest.raises(mqstore.ShardExists, match="'a'"):
+        store.create_shards(["d", "a"])
+    with pytest.raises(mqstore.InvalidArgument, match="given twice"):
+        store.create_shards(["e", "e"])
+    assert store.list_shards() == ["a", "b", "c"]

@@ -26,7 +26,12 @@ def test_compaction_keeps_the_newest_value_of_each_key(tmp_path, engine):
 
 
 def test_records_without_a_key_are_refused(store):
-    store.create_shard("c", **COMPACT)
+    info = store.create_shard("c", **COMPACT)
+    assert (info.cleanup_policy, info.delete_retention_ms, info.min_compaction_lag_ms) == (
+        "compact",
+        60000,
+        0,
+    )
     with pytest.raises(mqstore.InvalidArgument, match="has no key"):
         store.append("c", b"v")
     with pytest.raises(mqstore.InvalidArgument, match="record 1 has no key"):

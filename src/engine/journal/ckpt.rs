@@ -44,8 +44,10 @@ const TEMP_NAME: &str = "index.ckpt.tmp";
 /// "MQJI" read as a little-endian u32.
 const MAGIC: u32 = u32::from_le_bytes(*b"MQJI");
 /// Version 2 added each batch's key filter, version 3 each shard's covered
-/// position; an older file is ignored (the journal is replayed).
-const VERSION: u32 = 3;
+/// position, version 4 the table of distinct shard options (shards name an
+/// entry instead of carrying their own copy); an older file is ignored
+/// (the journal is replayed).
+const VERSION: u32 = 4;
 /// Key filter count of a batch whose filter was never computed.
 const NO_FILTER: u32 = u32::MAX;
 const FILE_HEADER_LEN: usize = 32;
@@ -77,8 +79,11 @@ fn encode(
     body.extend_from_slice(&last_pos.to_le_bytes());
     body.extend_from_slice(&last_header);
     body.extend_from_slice(&next_id.to_le_bytes());
-    let count_at = body.len();
-    body.extend_from_slice(&0u64.to_le_bytes());
+    // Shards mostly share a handful of option sets: a million of them cost
+    // a u32 each, and opening parses each set once.
+    let mut option_sets: HashMap<String, u32> = HashMap::new();
+    let mut option_texts: Vec<String> = Vec::new();
+    let mut list = Vec::new();
     let mut count = 0u64;
     let mut max_covered = end;
     for shard in shards {
@@ -92,39 +97,54 @@ fn encode(
         let covered = writer.map_or(end, |w| w.end_position());
         max_covered = max_covered.max(covered);
         count += 1;
-        body.extend_from_slice(&shard.id.to_le_bytes());
-        body.extend_from_slice(&covered.to_le_bytes());
-        body.extend_from_slice(&state.low_watermark.to_le_bytes());
-        body.extend_from_slice(&state.next_offset.to_le_bytes());
-        body.extend_from_slice(&state.anchor.to_le_bytes());
-        body.push(state.low_dirty as u8);
-        body.extend_from_slice(&(shard.name().len() as u32).to_le_bytes());
-        body.extend_from_slice(shard.name().as_bytes());
+        list.extend_from_slice(&shard.id.to_le_bytes());
+        list.extend_from_slice(&covered.to_le_bytes());
+        list.extend_from_slice(&state.low_watermark.to_le_bytes());
+        list.extend_from_slice(&state.next_offset.to_le_bytes());
+        list.extend_from_slice(&state.anchor.to_le_bytes());
+        list.push(state.low_dirty as u8);
+        list.extend_from_slice(&(shard.name().len() as u32).to_le_bytes());
+        list.extend_from_slice(shard.name().as_bytes());
         let options = shard.options.to_toml();
-        body.extend_from_slice(&(options.len() as u32).to_le_bytes());
-        body.extend_from_slice(options.as_bytes());
-        body.extend_from_slice(&(state.batches.len() as u64).to_le_bytes());
-        for b in &state.batches {
-            body.extend_from_slice(&b.base_offset.to_le_bytes());
-            body.extend_from_slice(&b.last_offset.to_le_bytes());
-            body.extend_from_slice(&b.max_timestamp.to_le_bytes());
-            body.extend_from_slice(&b.records.to_le_bytes());
-            body.extend_from_slice(&b.len.to_le_bytes());
-            body.extend_from_slice(&b.loc.segment.base.to_le_bytes());
-            body.extend_from_slice(&b.loc.pos.to_le_bytes());
-            match b.keys.get() {
-                Some(filter) => {
-                    body.extend_from_slice(&(filter.hashes().len() as u32).to_le_bytes());
-                    for hash in filter.hashes() {
-                        body.extend_from_slice(&hash.to_le_bytes());
-                    }
+        let next_set = option_texts.len() as u32;
+        let set = *option_sets.entry(options).or_insert_with_key(|text| {
+            option_texts.push(text.clone());
+            next_set
+        });
+        list.extend_from_slice(&set.to_le_bytes());
+        encode_batches(&mut list, &state);
+    }
+    body.extend_from_slice(&(option_texts.len() as u32).to_le_bytes());
+    for text in &option_texts {
+        body.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        body.extend_from_slice(text.as_bytes());
+    }
+    body.extend_from_slice(&count.to_le_bytes());
+    body.extend_from_slice(&list);
+    (body, max_covered)
+}
+
+/// A shard's batch index: the count, then each batch.
+fn encode_batches(out: &mut Vec<u8>, state: &ShardState) {
+    out.extend_from_slice(&(state.batches.len() as u64).to_le_bytes());
+    for b in &state.batches {
+        out.extend_from_slice(&b.base_offset.to_le_bytes());
+        out.extend_from_slice(&b.last_offset.to_le_bytes());
+        out.extend_from_slice(&b.max_timestamp.to_le_bytes());
+        out.extend_from_slice(&b.records.to_le_bytes());
+        out.extend_from_slice(&b.len.to_le_bytes());
+        out.extend_from_slice(&b.loc.segment.base.to_le_bytes());
+        out.extend_from_slice(&b.loc.pos.to_le_bytes());
+        match b.keys.get() {
+            Some(filter) => {
+                out.extend_from_slice(&(filter.hashes().len() as u32).to_le_bytes());
+                for hash in filter.hashes() {
+                    out.extend_from_slice(&hash.to_le_bytes());
                 }
-                None => body.extend_from_slice(&NO_FILTER.to_le_bytes()),
             }
+            None => out.extend_from_slice(&NO_FILTER.to_le_bytes()),
         }
     }
-    body[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
-    (body, max_covered)
 }
 
 /// Writes the clean-close checkpoint: the caller sealed the writer at
@@ -296,6 +316,9 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
             return None;
         }
     }
+    let option_sets = (0..r.u32()?)
+        .map(|_| Config::default().shard_options(Some(&r.string()?)).ok())
+        .collect::<Option<Vec<_>>>()?;
     let count = r.u64()?;
     let mut shards = BTreeMap::new();
     let mut names = HashMap::new();
@@ -313,8 +336,7 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
         let anchor = r.u64()?;
         let low_dirty = r.u8()? != 0;
         let name = r.string()?;
-        let options_text = r.string()?;
-        let options = Config::default().shard_options(Some(&options_text)).ok()?;
+        let options = option_sets.get(r.u32()? as usize)?.clone();
         let batches = r.u64()?;
         let mut state = ShardState {
             anchor,

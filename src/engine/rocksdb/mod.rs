@@ -496,11 +496,25 @@ impl Engine for RocksdbEngine {
     }
 
     fn create_shard(&self, name: &str, options: &ShardOptions) -> Result<Arc<dyn Shard>> {
+        let mut created = self.create_shards(&[name], options)?;
+        Ok(created.pop().expect("one shard per name"))
+    }
+
+    fn create_shards(&self, names: &[&str], options: &ShardOptions) -> Result<Vec<Arc<dyn Shard>>> {
         let db = self.db()?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let shard = Arc::new(RocksShard::create(id, name, options.clone(), db)?);
-        self.shards.lock().insert(name.to_string(), shard.clone());
-        Ok(shard)
+        let first = self
+            .next_id
+            .fetch_add(names.len() as u64, Ordering::Relaxed);
+        let created = RocksShard::create_all(first.., names, options, &db)?;
+        let mut registry = self.shards.lock();
+        Ok(created
+            .into_iter()
+            .map(|shard| {
+                let shard = Arc::new(shard);
+                registry.insert(shard.name().to_string(), shard.clone());
+                shard as Arc<dyn Shard>
+            })
+            .collect())
     }
 
     fn remove_shard(&self, name: &str, shard: &Arc<dyn Shard>) -> Result<()> {

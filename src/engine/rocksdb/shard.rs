@@ -121,12 +121,26 @@ impl RocksShard {
 
     /// Creates the shard: its catalogue entry, as durable as its data
     /// will be.
-    pub(super) fn create(id: u64, name: &str, options: ShardOptions, db: Arc<Db>) -> Result<Self> {
-        let shard = RocksShard::new(id, name, options, db, Index::default());
+    /// New empty shards, their catalogue entries written in one
+    /// WriteBatch (atomically, one WAL write and sync for all).
+    pub(super) fn create_all(
+        ids: impl Iterator<Item = u64>,
+        names: &[&str],
+        options: &ShardOptions,
+        db: &Arc<Db>,
+    ) -> Result<Vec<Self>> {
         let mut batch = WriteBatch::default();
-        shard.put_meta(&mut batch, 0, 0)?;
-        shard.db.write(batch, shard.options.durability, false)?;
-        Ok(shard)
+        let shards = ids
+            .zip(names)
+            .map(|(id, name)| {
+                let shard =
+                    RocksShard::new(id, name, options.clone(), db.clone(), Index::default());
+                shard.put_meta(&mut batch, 0, 0)?;
+                Ok(shard)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        db.write(batch, options.durability, false)?;
+        Ok(shards)
     }
 
     pub fn id(&self) -> u64 {
