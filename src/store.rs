@@ -47,6 +47,8 @@ pub struct Store {
     /// (group, shard) → (committed offset, whether it is saved in
     /// `groups.json`: persistent shards whose engine keeps no offsets).
     group_offsets: Mutex<BTreeMap<(String, String), (i64, bool)>>,
+    /// Orders the commits of each (group, shard) (striped by hash).
+    commit_order: [Mutex<()>; COMMIT_STRIPES],
     /// `groups.json` may still hold offsets of a deleted shard (rewriting
     /// it after the deletion failed); the next rewrite drops them.
     groups_stale: AtomicBool,
@@ -117,6 +119,17 @@ fn lock_directory(dir: &Path, read_only: bool) -> Result<File> {
     Ok(file)
 }
 
+/// Locks ordering offset commits: commits of different groups or shards
+/// rarely share one.
+const COMMIT_STRIPES: usize = 64;
+
+fn commit_stripe(group: &str, shard: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (group, shard).hash(&mut hasher);
+    hasher.finish() as usize % COMMIT_STRIPES
+}
+
 /// File holding the committed offsets of persistent shards.
 const GROUPS_FILE: &str = "groups.json";
 
@@ -135,6 +148,45 @@ fn is_persistent(kind: EngineKind) -> bool {
 }
 
 /// Reads `groups.json` (absent: none saved).
+/// Every committed offset at open: those the engines keep, then those of
+/// `groups.json`. An entry of the file whose shard's engine keeps offsets
+/// itself (a store written by a version that kept journal offsets in the
+/// file) moves into the engine, and the file is rewritten without it; one
+/// the engine already has is stale. Entries of shards that were not
+/// recovered (deleted before a crash) are dropped.
+fn open_group_offsets(
+    dir: &Path,
+    shards: &HashMap<String, Arc<dyn Shard>>,
+    read_only: bool,
+) -> Result<BTreeMap<(String, String), (i64, bool)>> {
+    let mut offsets = BTreeMap::new();
+    for (name, shard) in shards {
+        for (group, offset) in shard.saved_group_offsets()? {
+            offsets.insert((group, name.clone()), (offset, false));
+        }
+    }
+    let saved = load_group_offsets(dir)?;
+    let mut changed = false;
+    for entry in saved {
+        let Some(shard) = shards.get(&entry.shard) else {
+            changed = true;
+            continue;
+        };
+        let key = (entry.group, entry.shard);
+        if offsets.contains_key(&key) {
+            changed = true;
+            continue;
+        }
+        let moved = !read_only && shard.save_group_offset(&key.0, Some(entry.offset))?;
+        changed |= moved;
+        offsets.insert(key, (entry.offset, !moved));
+    }
+    if changed && !read_only {
+        save_group_offsets(dir, &offsets)?;
+    }
+    Ok(offsets)
+}
+
 fn load_group_offsets(dir: &Path) -> Result<Vec<SavedOffset>> {
     let path = dir.join(GROUPS_FILE);
     match fs::read(&path) {
@@ -224,19 +276,7 @@ impl Store {
                 }
             }
         }
-        let mut group_offsets = BTreeMap::new();
-        for saved in load_group_offsets(&dir)? {
-            // Offsets of a shard deleted before a crash could not be removed
-            // from the file in time: they are dropped here.
-            if shards.contains_key(&saved.shard) {
-                group_offsets.insert((saved.group, saved.shard), (saved.offset, true));
-            }
-        }
-        for (name, shard) in &shards {
-            for (group, offset) in shard.saved_group_offsets()? {
-                group_offsets.insert((group, name.clone()), (offset, false));
-            }
-        }
+        let group_offsets = open_group_offsets(&dir, &shards, config.read_only)?;
         Ok(Store {
             producers,
             cleaners: Mutex::new(cleaners),
@@ -246,6 +286,7 @@ impl Store {
             shards: RwLock::new(shards),
             creating: Mutex::new(HashSet::new()),
             group_offsets: Mutex::new(group_offsets),
+            commit_order: std::array::from_fn(|_| Mutex::new(())),
             groups_stale: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             retention,
@@ -963,11 +1004,16 @@ impl Store {
             )));
         }
         let handle = self.writable_shard(shard, "commit_offset")?;
+        // Commits of one (group, shard) are applied in order; others go on
+        // meanwhile: the engine's durable write happens outside the map's
+        // lock, which only guards the in-memory update.
+        let _in_order = self.commit_order[commit_stripe(group, shard)].lock();
+        let in_engine =
+            is_persistent(handle.kind()) && handle.save_group_offset(group, Some(offset))?;
+        // Kept in `groups.json` when the shard outlives the process and its
+        // engine has no place of its own.
+        let persistent = is_persistent(handle.kind()) && !in_engine;
         let mut offsets = self.group_offsets.lock();
-        // Saved by the engine when it keeps offsets itself, else in
-        // `groups.json` for a persistent shard.
-        let persistent =
-            is_persistent(handle.kind()) && !handle.save_group_offset(group, Some(offset))?;
         let key = (group.to_string(), shard.to_string());
         let previous = offsets.insert(key.clone(), (offset, persistent));
         if persistent && previous != Some((offset, persistent)) {
@@ -996,23 +1042,31 @@ impl Store {
     /// Forgets every offset of `group`; returns how many were removed.
     pub fn delete_group(&self, group: &str) -> Result<u64> {
         self.check_writable("delete_group")?;
-        let mut offsets = self.group_offsets.lock();
-        for (g, shard) in offsets.keys() {
-            if g == group {
-                if let Some(handle) = self.shards.read().get(shard) {
-                    handle.save_group_offset(group, None)?;
-                }
+        let shards: Vec<String> = self
+            .group_offsets
+            .lock()
+            .keys()
+            .filter(|(g, _)| g == group)
+            .map(|(_, shard)| shard.clone())
+            .collect();
+        let (mut removed, mut rewrite) = (0u64, false);
+        for shard in shards {
+            // In order with the commits of this (group, shard).
+            let _in_order = self.commit_order[commit_stripe(group, &shard)].lock();
+            let handle = self.shards.read().get(&shard).cloned();
+            if let Some(handle) = handle {
+                handle.save_group_offset(group, None)?;
+            }
+            let key = (group.to_string(), shard);
+            if let Some((_, persistent)) = self.group_offsets.lock().remove(&key) {
+                removed += 1;
+                rewrite |= persistent;
             }
         }
-        let before = offsets.len();
-        let persistent = offsets
-            .iter()
-            .any(|((g, _), (_, persistent))| g == group && *persistent);
-        offsets.retain(|(g, _), _| g != group);
-        if persistent {
-            save_group_offsets(&self.dir, &offsets)?;
+        if rewrite {
+            save_group_offsets(&self.dir, &self.group_offsets.lock())?;
         }
-        Ok((before - offsets.len()) as u64)
+        Ok(removed)
     }
 
     // ----------------------------------------------------------------- stats

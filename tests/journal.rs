@@ -1014,3 +1014,79 @@ fn a_mid_batch_delete_cut_short_by_a_crash_is_all_or_nothing() {
         "every record at or above the watermark ({info:?})"
     );
 }
+
+/// Journal shards keep group offsets in the journal, not in `groups.json`:
+/// one entry per commit, found again by replay after a crash and after
+/// the segments holding the commits were reclaimed (each catalogue record
+/// the shard logs again carries them).
+#[test]
+fn group_offsets_live_in_the_journal_across_crashes_and_reclaim() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = "";
+    let store = open(dir.path(), small);
+    store.create_shard("j", None).unwrap();
+    store.create_shard("busy", None).unwrap();
+    store.commit_offset("g", "j", 3).unwrap();
+    store.commit_offset("h", "j", 4).unwrap();
+    store.commit_offset("gone", "j", 1).unwrap();
+    assert_eq!(store.delete_group("gone").unwrap(), 1);
+    assert!(
+        !dir.path().join("groups.json").exists(),
+        "no file for journal shards"
+    );
+    // A crash: the offsets come back from the replayed journal.
+    let image = common::crash_copy(dir.path());
+    let crashed = open(image.path(), small);
+    assert_eq!(crashed.committed_offset("g", "j").unwrap(), Some(3));
+    assert_eq!(crashed.committed_offset("h", "j").unwrap(), Some(4));
+    assert_eq!(crashed.committed_offset("gone", "j").unwrap(), None);
+    drop(crashed);
+    // Enough traffic on another shard, trimmed as it goes, for the
+    // segments holding the commits to be reclaimed.
+    let value = vec![7u8; 4000];
+    for _ in 0..200 {
+        let offset = store.append("busy", &Record::new(&value)).unwrap();
+        store.delete_records_before("busy", offset).unwrap();
+    }
+    let first_segment = segment_files(dir.path())[0].clone();
+    assert!(
+        !first_segment.ends_with("00000000000000000000.log"),
+        "the oldest segment was reclaimed"
+    );
+    store.commit_offset("g", "j", 30).unwrap();
+    let image = common::crash_copy(dir.path());
+    let crashed = open(image.path(), small);
+    assert_eq!(crashed.committed_offset("g", "j").unwrap(), Some(30));
+    assert_eq!(crashed.committed_offset("h", "j").unwrap(), Some(4));
+    assert_eq!(crashed.committed_offset("gone", "j").unwrap(), None);
+    drop(crashed);
+    // And through the index checkpoint of a clean close.
+    store.close().unwrap();
+    let store = open(dir.path(), small);
+    assert_eq!(store.committed_offset("g", "j").unwrap(), Some(30));
+    assert_eq!(store.committed_offset("h", "j").unwrap(), Some(4));
+}
+
+/// A store whose journal shards' offsets are in `groups.json` (written by
+/// an older version) moves them into the journal at open.
+#[test]
+fn group_offsets_in_groups_json_move_into_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), "");
+    store.create_shard("j", None).unwrap();
+    store.close().unwrap();
+    std::fs::write(
+        dir.path().join("groups.json"),
+        r#"[{"group":"old","shard":"j","offset":12},{"group":"x","shard":"deleted","offset":1}]"#,
+    )
+    .unwrap();
+    let store = open(dir.path(), "");
+    assert_eq!(store.committed_offset("old", "j").unwrap(), Some(12));
+    let file = std::fs::read_to_string(dir.path().join("groups.json")).unwrap();
+    assert_eq!(file.trim(), "[]", "moved into the journal");
+    store.commit_offset("old", "j", 13).unwrap();
+    drop(store);
+    let image = common::crash_copy(dir.path());
+    let store = open(image.path(), "");
+    assert_eq!(store.committed_offset("old", "j").unwrap(), Some(13));
+}

@@ -6,6 +6,8 @@ use std::path::Path;
 
 use mqstore::{Config, Record, Status, Store};
 
+mod common;
+
 fn config(engine: &str) -> Config {
     Config::from_toml_str(&format!(
         "[shard]\nengine = \"{engine}\"\ndurability = \"fsync\"\n"
@@ -63,32 +65,53 @@ fn a_file_shard_whose_files_cannot_be_removed_stays_whole() {
 
 /// When the deletion is durable but rewriting `groups.json` fails, the
 /// shard is gone (its offsets are dropped at the next open), and a new
-/// shard of the same name never inherits the old offsets.
+/// shard of the same name never inherits the old offsets. (File shards:
+/// journal shards keep their offsets in the journal, dropped with them.)
 #[test]
 fn a_deleted_shards_offsets_never_reach_a_new_shard_of_its_name() {
-    for engine in ["journal", "file"] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), config(engine)).unwrap();
-        store.create_shard("s", None).unwrap();
-        store.append("s", &Record::new(b"old")).unwrap();
-        store.commit_offset("g", "s", 1).unwrap();
-        let blocker = dir.path().join("groups.json.tmp");
-        std::fs::create_dir(&blocker).unwrap();
+    let engine = "file";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config(engine)).unwrap();
+    store.create_shard("s", None).unwrap();
+    store.append("s", &Record::new(b"old")).unwrap();
+    store.commit_offset("g", "s", 1).unwrap();
+    let blocker = dir.path().join("groups.json.tmp");
+    std::fs::create_dir(&blocker).unwrap();
 
-        store.delete_shard("s").unwrap();
-        assert!(store.list_shards().unwrap().is_empty(), "{engine}");
-        // The creation must first rewrite groups.json, which still fails.
-        let err = store.create_shard("s", None).unwrap_err();
-        assert_eq!(err.status(), Status::Io, "{engine}: {err}");
-        std::fs::remove_dir(&blocker).unwrap();
-        store.create_shard("s", None).unwrap();
-        assert_eq!(store.committed_offset("g", "s").unwrap(), None, "{engine}");
-        store.close().unwrap();
-        drop(store);
+    store.delete_shard("s").unwrap();
+    assert!(store.list_shards().unwrap().is_empty(), "{engine}");
+    // The creation must first rewrite groups.json, which still fails.
+    let err = store.create_shard("s", None).unwrap_err();
+    assert_eq!(err.status(), Status::Io, "{engine}: {err}");
+    std::fs::remove_dir(&blocker).unwrap();
+    store.create_shard("s", None).unwrap();
+    assert_eq!(store.committed_offset("g", "s").unwrap(), None, "{engine}");
+    store.close().unwrap();
+    drop(store);
 
-        let store = Store::open(dir.path(), config(engine)).unwrap();
-        assert_eq!(store.committed_offset("g", "s").unwrap(), None, "{engine}");
-        assert!(values(&store, "s").is_empty(), "{engine}");
+    let store = Store::open(dir.path(), config(engine)).unwrap();
+    assert_eq!(store.committed_offset("g", "s").unwrap(), None, "{engine}");
+    assert!(values(&store, "s").is_empty(), "{engine}");
+}
+
+/// A journal shard's offsets go with it: a new shard of its name starts
+/// without them, also after a restart and after a crash.
+#[test]
+fn a_deleted_journal_shards_offsets_go_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), config("journal")).unwrap();
+    store.create_shard("s", None).unwrap();
+    store.commit_offset("g", "s", 1).unwrap();
+    store.delete_shard("s").unwrap();
+    store.create_shard("s", None).unwrap();
+    assert_eq!(store.committed_offset("g", "s").unwrap(), None);
+    let image = common::crash_copy(dir.path());
+    store.close().unwrap();
+    drop(store);
+    for dir in [dir.path(), image.path()] {
+        let store = Store::open(dir, config("journal")).unwrap();
+        assert_eq!(store.committed_offset("g", "s").unwrap(), None);
+        assert!(store.list_shards().unwrap() == ["s"]);
     }
 }
 

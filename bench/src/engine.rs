@@ -742,6 +742,10 @@ pub struct ManyShards {
     pub append: Stats,
 }
 
+/// Threads committing group offsets in `group_commits` (1,000 groups
+/// shared out among them).
+const GROUP_COMMIT_THREADS: usize = 4;
+
 /// Shards per `create_shards` call in the many-shard workloads.
 pub const CREATE_CHUNK: usize = 10_000;
 
@@ -1074,7 +1078,10 @@ impl Persistent {
             "latency" => self.latency(base, plan, results),
             "read" => self.reads(base, plan, results),
             "reopen" => self.reopen(base, plan, results),
-            "shards" => self.million_shards(base, plan, results),
+            "shards" => {
+                self.group_commits(base, plan, results);
+                self.million_shards(base, plan, results);
+            }
             other => results.failed(
                 &self.name(&format!("{other}.peak_rss_mb")),
                 "MiB",
@@ -1392,17 +1399,78 @@ impl Persistent {
         results.stats_or_failed(&self.name("reopen_crash.s"), crash, "s", crash_p);
     }
 
+    /// Consumer-group offset commits: 1,000 groups × 100 shards (`fsync`),
+    /// `GROUP_COMMIT_THREADS` threads each committing its own groups'
+    /// offsets round the shards, as a broker's coordinator does for many
+    /// consumers at once.
+    pub fn group_commits(&self, base: &Path, plan: &Plan, results: &mut Results) {
+        let name = self.name("group_commit_offsets.ops_per_s");
+        let p = json!({ "groups": 1000, "shards": 100, "threads": GROUP_COMMIT_THREADS,
+                        "durability": "fsync",
+                        "commit": "each thread commits its groups' offsets, shard after shard" });
+        let measured = (|| -> io::Result<Stats> {
+            let bench = BenchStore::open(base)?;
+            let shards: Vec<String> = (0..100).map(|i| format!("p{i:03}")).collect();
+            let names: Vec<&str> = shards.iter().map(String::as_str).collect();
+            let options = self.options(Durability::Fsync, 0).to_toml();
+            bench
+                .store
+                .create_shards(&names, Some(&options))
+                .map_err(to_io)?;
+            let store = &bench.store;
+            let shards = &shards;
+            util::repeat(plan.reps, || {
+                let limit = Duration::from_secs_f64(plan.headline_secs);
+                let start = Instant::now();
+                let done: io::Result<u64> = std::thread::scope(|scope| {
+                    let workers: Vec<_> = (0..GROUP_COMMIT_THREADS)
+                        .map(|t| {
+                            scope.spawn(move || -> io::Result<u64> {
+                                let mut commits = 0u64;
+                                while start.elapsed() < limit {
+                                    let group = format!(
+                                        "g{}",
+                                        t + GROUP_COMMIT_THREADS * (commits as usize % 250)
+                                    );
+                                    let shard = &shards[commits as usize % shards.len()];
+                                    store
+                                        .commit_offset(&group, shard, commits as i64)
+                                        .map_err(to_io)?;
+                                    commits += 1;
+                                }
+                                Ok(commits)
+                            })
+                        })
+                        .collect();
+                    workers
+                        .into_iter()
+                        .map(|w| w.join().expect("no panic"))
+                        .sum()
+                });
+                Ok(done? as f64 / start.elapsed().as_secs_f64())
+            })
+        })();
+        match measured {
+            Ok(stats) => results.stats(&name, &stats, "ops/s", p),
+            Err(e) => results.failed(&name, "ops/s", &e.to_string()),
+        }
+    }
+
     /// A million shards, if creating them fits in the run: 10,000 are
     /// created first and the time for all is extrapolated from them.
     pub fn million_shards(&self, base: &Path, plan: &Plan, results: &mut Results) {
         let options = self.options(Durability::Os, 0);
-        let names = [
+        let mut names = vec![
             (self.name("shards_1m.create_s"), "s"),
             (self.name("shards_1m.append_msgs_per_s"), "msgs/s"),
             (self.name("shards_1m.rss_mb"), "MiB"),
             (self.name("shards_1m.rss_growth_mb"), "MiB"),
             (self.name("shards_1m.heap_mb"), "MiB"),
         ];
+        if self.prefix == "journal" {
+            names.push(("journal.create_1m_shards.s".to_string(), "s"));
+            names.push(("journal.shards_1m.checkpoint_mb".to_string(), "MiB"));
+        }
         let probe_count = 10_000;
         let limit = Duration::from_secs_f64(plan.many_shard_pass_secs);
         let probe = match many_shards(base, &options, probe_count, 100, 1, limit) {

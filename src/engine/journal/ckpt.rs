@@ -45,7 +45,8 @@ const TEMP_NAME: &str = "index.ckpt.tmp";
 const MAGIC: u32 = u32::from_le_bytes(*b"MQJI");
 /// Version 2 added each batch's key filter, version 3 each shard's covered
 /// position, version 4 the table of distinct shard options (shards name an
-/// entry instead of carrying their own copy); an older file is ignored
+/// entry instead of carrying their own copy) and each shard's consumer
+/// group offsets; an older file is ignored
 /// (the journal is replayed).
 const VERSION: u32 = 4;
 /// Key filter count of a batch whose filter was never computed.
@@ -113,6 +114,12 @@ fn encode(
         });
         list.extend_from_slice(&set.to_le_bytes());
         encode_batches(&mut list, &state);
+        list.extend_from_slice(&(state.groups.len() as u32).to_le_bytes());
+        for (group, offset) in &state.groups {
+            list.extend_from_slice(&(group.len() as u32).to_le_bytes());
+            list.extend_from_slice(group.as_bytes());
+            list.extend_from_slice(&offset.to_le_bytes());
+        }
     }
     body.extend_from_slice(&(option_texts.len() as u32).to_le_bytes());
     for text in &option_texts {
@@ -385,6 +392,11 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
                 let _ = batch.keys.set(filter);
             }
             state.push(batch);
+        }
+        for _ in 0..r.u32()? {
+            let group = r.string()?;
+            let offset = r.i64()?;
+            state.groups.insert(group, offset);
         }
         state.low_watermark = low;
         state.next_offset = state.next_offset.max(next);

@@ -40,7 +40,16 @@ pub enum Kind {
     /// Every batch of the shard at or after offset `aux` is gone, and the
     /// shard's next offset is `aux` (`truncate_to`).
     Truncate = 7,
+    /// The consumer group named by the payload (UTF-8) committed offset
+    /// `aux` of the shard; `aux` = `u64::MAX`: the group's offset is
+    /// forgotten. Every catalogue record is followed by one per group the
+    /// shard has, so the newest catalogue record and what follows it hold
+    /// all of them.
+    GroupOffset = 8,
 }
+
+/// `aux` of a `GroupOffset` entry that forgets the group's offset.
+pub const FORGET_GROUP: u64 = u64::MAX;
 
 impl Kind {
     fn from_u8(v: u8) -> Option<Kind> {
@@ -52,6 +61,7 @@ impl Kind {
             5 => Kind::DropBatch,
             6 => Kind::Synced,
             7 => Kind::Truncate,
+            8 => Kind::GroupOffset,
             _ => return None,
         })
     }

@@ -2,6 +2,7 @@
 //! (`engine::index`), each entry pointing at the batch's bytes in a
 //! journal segment, plus what the journal tracks per shard.
 
+use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
@@ -71,6 +72,8 @@ pub struct ShardState {
     pub last_end: u64,
     /// The shard's deletion is logged: an index checkpoint leaves it out.
     pub deleted: bool,
+    /// Consumer groups' committed offsets of this shard.
+    pub groups: BTreeMap<String, i64>,
     /// Global end of the newest entry logged for this shard (0: none since
     /// the journal opened). A call that finds its work already done by
     /// another (a delete below the watermark, nothing left to delete)

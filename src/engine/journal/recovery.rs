@@ -549,6 +549,17 @@ fn apply(
                 }
             }
         }
+        Kind::GroupOffset => {
+            if let Some(shard) = out.shards.get_mut(&id) {
+                let group = std::str::from_utf8(payload).map_err(|_| {
+                    Error::corruption(format!("{}: a group name that is not UTF-8", where_()))
+                })?;
+                match header.aux {
+                    entry::FORGET_GROUP => shard.state.groups.remove(group),
+                    offset => shard.state.groups.insert(group.to_string(), offset as i64),
+                };
+            }
+        }
     }
     Ok(())
 }

@@ -103,7 +103,34 @@ impl JournalShard {
         let placed = self.enqueue(state, Kind::Checkpoint, 0, &payload)?;
         state.anchor = placed.segment.base;
         state.low_dirty = false;
-        Ok(placed.end)
+        // The group offsets follow their catalogue record: once older
+        // segments go, these are where they are found.
+        let mut end = placed.end;
+        let groups: Vec<(String, i64)> =
+            state.groups.iter().map(|(g, o)| (g.clone(), *o)).collect();
+        for (group, offset) in groups {
+            end = self
+                .enqueue(state, Kind::GroupOffset, offset as u64, group.as_bytes())?
+                .end;
+        }
+        Ok(end)
+    }
+
+    /// Logs a consumer group's committed offset (`None`: forgotten) and
+    /// waits until it is as durable as the shard's appends.
+    pub(crate) fn log_group_offset(&self, group: &str, offset: Option<i64>) -> Result<()> {
+        self.check_live()?;
+        let mut state = self.state.write();
+        let aux = offset.map_or(entry::FORGET_GROUP, |o| o as u64);
+        let end = self
+            .enqueue(&mut state, Kind::GroupOffset, aux, group.as_bytes())?
+            .end;
+        match offset {
+            Some(offset) => state.groups.insert(group.to_string(), offset),
+            None => state.groups.remove(group),
+        };
+        drop(state);
+        self.wait(end)
     }
 
     /// Logs the shard's deletion and refuses appends from now on; returns
@@ -537,6 +564,16 @@ impl Shard for JournalShard {
             });
         }
         Ok(TransferPlan::new(chunks, next_offset))
+    }
+
+    fn save_group_offset(&self, group: &str, offset: Option<i64>) -> Result<bool> {
+        self.log_group_offset(group, offset)?;
+        Ok(true)
+    }
+
+    fn saved_group_offsets(&self) -> Result<Vec<(String, i64)>> {
+        let state = self.state.read();
+        Ok(state.groups.iter().map(|(g, o)| (g.clone(), *o)).collect())
     }
 
     fn stats(&self) -> Result<serde_json::Value> {
