@@ -11,13 +11,9 @@ use mqstore::format;
 use mqstore::{Record, Status, Store};
 use proptest::prelude::*;
 
-const ENGINES: &[&str] = &[
-    "memory",
-    "journal",
-    "file",
-    #[cfg(feature = "rocksdb")]
-    "rocksdb",
-];
+mod common;
+
+use common::ENGINES;
 const KEYS: &[&[u8]] = &[b"k0", b"k1", b"k2", b"k3"];
 const HOUR_MS: i64 = 3_600_000;
 const LAG_MS: u64 = 600_000;
@@ -276,16 +272,11 @@ fn run_model(engine: &str, ops: &[Op], delete_retention_ms: u64) {
     }
 }
 
-/// Cases per run: `MQS_MODEL_CASES` (as the model test), 64 by default.
-fn cases() -> u32 {
-    std::env::var("MQS_MODEL_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(64)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: common::model_cases(64),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn compaction_keeps_the_newest_record_of_each_key(
@@ -303,6 +294,13 @@ fn store_with(engine: &str, options: &str) -> (tempfile::TempDir, Store) {
     let store = open(dir.path(), engine);
     store.create_shard("c", Some(options)).unwrap();
     (dir, store)
+}
+
+fn tombstone(key: &[u8], timestamp_ms: i64) -> Record<'_> {
+    Record {
+        timestamp_ms,
+        ..Record::tombstone(key)
+    }
 }
 
 fn keyed<'a>(key: &'a [u8], value: &'a [u8], timestamp_ms: i64) -> Record<'a> {
@@ -405,25 +403,9 @@ fn a_tombstone_outlives_its_key_by_delete_retention_then_goes() {
         let recent = now_ms();
         let old = recent - HOUR_MS;
         store.append("c", &keyed(b"gone", b"v", old)).unwrap();
-        store
-            .append(
-                "c",
-                &Record {
-                    timestamp_ms: old,
-                    ..Record::tombstone(b"gone")
-                },
-            )
-            .unwrap();
+        store.append("c", &tombstone(b"gone", old)).unwrap();
         store.append("c", &keyed(b"kept", b"v", recent)).unwrap();
-        store
-            .append(
-                "c",
-                &Record {
-                    timestamp_ms: recent,
-                    ..Record::tombstone(b"kept")
-                },
-            )
-            .unwrap();
+        store.append("c", &tombstone(b"kept", recent)).unwrap();
         store.append("c", &keyed(b"last", b"v", recent)).unwrap();
         let report = store.compact("c").unwrap();
         // The old tombstone and its key's value went; the young tombstone
@@ -529,25 +511,6 @@ fn a_truncation_below_a_compacted_key_keeps_its_older_value() {
     }
 }
 
-/// Every record of `shard` as (offset, key, value).
-fn records_of(store: &Store, shard: &str) -> Vec<(i64, Vec<u8>, Option<Vec<u8>>)> {
-    let mut out = Vec::new();
-    let info = store.shard_info(shard).unwrap();
-    let mut from = info.first_offset;
-    while from < info.next_offset {
-        let read = store.read(shard, from, 1000, usize::MAX).unwrap();
-        out.extend(read.records.iter().map(|r| {
-            (
-                r.offset,
-                r.key.as_ref().unwrap().to_vec(),
-                r.value.as_ref().map(|v| v.to_vec()),
-            )
-        }));
-        from = read.next_offset;
-    }
-    out
-}
-
 /// Copies what `leader` has beyond `follower`'s end, as a follower's fetch
 /// loop does.
 fn replicate(leader: &Store, follower: &Store) {
@@ -587,27 +550,23 @@ fn a_follower_copies_a_compacted_leader_with_its_gaps() {
             assert!(leader.compact("c").unwrap().removed > 0);
             let copied_from = follower.shard_info("c").unwrap().next_offset;
             replicate(&leader, &follower);
-            let since = |records: Vec<(i64, Vec<u8>, Option<Vec<u8>>)>| {
+            let since = |records: Vec<Seen>| {
                 records
                     .into_iter()
-                    .filter(|r| r.0 >= copied_from)
+                    .filter(|r| r.offset >= copied_from)
                     .collect::<Vec<_>>()
             };
-            let copied = since(records_of(&leader, "c"));
-            assert_eq!(since(records_of(&follower, "c")), copied, "{engine}");
+            let copied = since(read_all(&leader, "c"));
+            assert_eq!(since(read_all(&follower, "c")), copied, "{engine}");
             if *engine != "memory" {
                 follower.close().unwrap();
                 follower = open(follower_dir.path(), engine);
-                assert_eq!(since(records_of(&follower, "c")), copied, "{engine}");
+                assert_eq!(since(read_all(&follower, "c")), copied, "{engine}");
             }
             // What it copied earlier the follower compacts on its own; then
             // both agree.
             follower.compact("c").unwrap();
-            assert_eq!(
-                records_of(&follower, "c"),
-                records_of(&leader, "c"),
-                "{engine}"
-            );
+            assert_eq!(read_all(&follower, "c"), read_all(&leader, "c"), "{engine}");
         }
         drop(leader_dir);
     }

@@ -9,8 +9,7 @@
 //! next child goes on from there.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::ffi::OsStr;
 
 use mqstore::{Config, Record, Store};
 
@@ -154,13 +153,7 @@ fn check(store: &Store, acked: &Acked, label: &str) -> usize {
 
 #[test]
 fn kill_9_while_compacting() {
-    let mut engines = vec!["file"];
-    if cfg!(feature = "journal") {
-        engines.push("journal");
-    }
-    if cfg!(feature = "rocksdb") {
-        engines.push("rocksdb");
-    }
+    let engines = common::persistent_engines();
     let cycles = common::crash::cycles();
     let mut rng = Rng::seeded();
     for engine in engines {
@@ -168,41 +161,16 @@ fn kill_9_while_compacting() {
         let mut acked = Acked::default();
         for cycle in 0..cycles {
             let generation = rng.next() >> 1;
-            let mut child = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "compaction_child",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_DIR, dir.path())
-                .env(CHILD_ENGINE, engine)
-                .env(CHILD_SEED, generation.to_string())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut reader = BufReader::new(child.stdout.take().unwrap());
+            let seed = generation.to_string();
+            let envs: [(&str, &OsStr); 3] = [
+                (CHILD_DIR, dir.path().as_os_str()),
+                (CHILD_ENGINE, OsStr::new(engine)),
+                (CHILD_SEED, OsStr::new(&seed)),
+            ];
             let target = 1 + rng.below(200);
-            let mut seen = 0;
-            let mut line = String::new();
-            while seen < target {
-                line.clear();
-                assert!(
-                    reader.read_line(&mut line).unwrap() > 0,
-                    "{engine}: the child died"
-                );
-                seen += u64::from(acked.take(&line));
-            }
-            child.kill().unwrap(); // SIGKILL: no destructor, no close
-            child.wait().unwrap();
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap() == 0 {
-                    break;
-                }
-                acked.take(&line);
-            }
+            common::crash::run_until_killed("compaction_child", &envs, target, |line| {
+                acked.take(line)
+            });
             let store = Store::open(dir.path(), config(engine)).unwrap();
             check(&store, &acked, &format!("{engine}, cycle {cycle}"));
             let compaction = store.compact("s").unwrap();

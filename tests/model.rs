@@ -16,13 +16,7 @@ use proptest::prelude::*;
 
 mod common;
 
-const ENGINES: &[&str] = &[
-    "memory",
-    "journal",
-    "file",
-    #[cfg(feature = "rocksdb")]
-    "rocksdb",
-];
+use common::ENGINES;
 const SHARDS: &[&str] = &["a", "b"];
 const KEYS: &[&[u8]] = &[b"k0", b"k1", b"k2"];
 /// Shard "b" keeps at least its newest this many records (whole batches go).
@@ -414,16 +408,8 @@ fn check_shards(store: &Store, model: &[ModelShard]) -> Result<(), TestCaseError
     Ok(())
 }
 
-/// Cases per run: `MQS_MODEL_CASES`, 500 by default.
-fn cases() -> u32 {
-    std::env::var("MQS_MODEL_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(500)
-}
-
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: common::model_cases(500), ..ProptestConfig::default() })]
 
     #[test]
     fn engines_match_the_model(

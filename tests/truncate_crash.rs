@@ -6,8 +6,7 @@
 //! or that plus the one in flight (for the file engine's cut in flight,
 //! any prefix between the two). Then the next child goes on from there.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::ffi::OsStr;
 
 use mqstore::{Config, Record, Store};
 
@@ -116,13 +115,7 @@ fn apply(state: &mut Vec<(i64, String)>, op: &Op, generation: u64) {
 
 #[test]
 fn kill_9_during_appends_and_cuts() {
-    let mut engines = vec!["file"];
-    if cfg!(feature = "journal") {
-        engines.push("journal");
-    }
-    if cfg!(feature = "rocksdb") {
-        engines.push("rocksdb");
-    }
+    let engines = common::persistent_engines();
     let cycles = common::crash::cycles();
     let mut rng = Rng::seeded();
     for engine in engines {
@@ -130,60 +123,26 @@ fn kill_9_during_appends_and_cuts() {
         let mut state: Vec<(i64, String)> = Vec::new();
         for cycle in 0..cycles {
             let generation = rng.next() >> 1;
-            let mut child = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "truncate_child",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_DIR, dir.path())
-                .env(CHILD_ENGINE, engine)
-                .env(CHILD_SEED, generation.to_string())
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut reader = BufReader::new(child.stdout.take().unwrap());
-            let target = 1 + rng.below(60);
+            let seed = generation.to_string();
+            let envs: [(&str, &OsStr); 3] = [
+                (CHILD_DIR, dir.path().as_os_str()),
+                (CHILD_ENGINE, OsStr::new(engine)),
+                (CHILD_SEED, OsStr::new(&seed)),
+            ];
             let mut in_flight: Option<Op> = None;
-            let mut done = 0;
-            let mut line = String::new();
-            let handle =
-                |line: &str, in_flight: &mut Option<Op>, state: &mut Vec<(i64, String)>| {
-                    // The harness's "test truncate_child ... " may
-                    // precede the first line.
-                    if let Some(at) = line.find("begin ") {
-                        *in_flight = Some(parse(&line[at..]));
-                    } else if line.trim() == "done" {
-                        apply(
-                            state,
-                            &in_flight.take().expect("begin before done"),
-                            generation,
-                        );
-                        return true;
-                    }
-                    false
-                };
-            while done < target {
-                line.clear();
-                assert!(
-                    reader.read_line(&mut line).unwrap() > 0,
-                    "{engine}: the child died"
-                );
-                if handle(&line, &mut in_flight, &mut state) {
-                    done += 1;
+            let target = 1 + rng.below(60);
+            common::crash::run_until_killed("truncate_child", &envs, target, |line| {
+                // The harness's "test truncate_child ... " may precede the
+                // first line.
+                if let Some(at) = line.find("begin ") {
+                    in_flight = Some(parse(&line[at..]));
+                } else if line.trim() == "done" {
+                    let op = in_flight.take().expect("begin before done");
+                    apply(&mut state, &op, generation);
+                    return true;
                 }
-            }
-            child.kill().unwrap();
-            child.wait().unwrap();
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap() == 0 {
-                    break;
-                }
-                handle(&line, &mut in_flight, &mut state);
-            }
+                false
+            });
 
             let store = Store::open(dir.path(), config(engine)).unwrap();
             let got = contents(&store);

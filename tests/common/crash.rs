@@ -290,6 +290,51 @@ fn record(line: &str, acked: &mut Acked) -> bool {
     }
 }
 
+/// Runs the ignored test `child` of this binary in a child process with
+/// `envs`, hands each line it prints to `take` until `take` said true
+/// `target` times, SIGKILLs it (no destructor, no flush, no close) and
+/// hands over what it printed before it died. Fails if the child dies
+/// first.
+pub fn run_until_killed(
+    child: &str,
+    envs: &[(&str, &OsStr)],
+    target: u64,
+    mut take: impl FnMut(&str) -> bool,
+) {
+    let mut process = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            child,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(process.stdout.take().unwrap());
+    let mut seen = 0;
+    let mut line = String::new();
+    while seen < target {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "{child}: the child died"
+        );
+        seen += u64::from(take(&line));
+    }
+    process.kill().unwrap();
+    process.wait().unwrap();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            return;
+        }
+        take(&line);
+    }
+}
+
 /// Runs one child (`envs` tell it the store and its mode) until it has
 /// acknowledged a random number of batches, SIGKILLs it, and collects every
 /// ack it printed before dying. Returns how many batches it acknowledged.

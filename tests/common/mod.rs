@@ -8,6 +8,36 @@ use std::path::{Path, PathBuf};
 
 use mqstore::Store;
 
+/// Every engine of the build.
+pub const ENGINES: &[&str] = &[
+    "memory",
+    "journal",
+    "file",
+    #[cfg(feature = "rocksdb")]
+    "rocksdb",
+];
+
+/// The engines of the build whose shards survive a crash.
+pub fn persistent_engines() -> Vec<&'static str> {
+    let mut engines = vec!["file"];
+    if cfg!(feature = "journal") {
+        engines.push("journal");
+    }
+    if cfg!(feature = "rocksdb") {
+        engines.push("rocksdb");
+    }
+    engines
+}
+
+/// Cases per run of a model property test: `MQS_MODEL_CASES`, else
+/// `default`.
+pub fn model_cases(default: u32) -> u32 {
+    std::env::var("MQS_MODEL_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A tiny deterministic PRNG (xorshift64*), so tests need no crate.
 pub struct Rng(u64);
 
