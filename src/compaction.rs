@@ -17,8 +17,10 @@
 //! after it is touched. Unlike Kafka's cleaner it does not wait for a
 //! segment to roll: every engine rewrites batches under the shard's lock,
 //! the File engine's active segment included, so a compacted shard smaller
-//! than one segment is compacted too (its newest batch always stays). A producer's last batch is kept whole: rebuilding
-//! the producers' state from the log needs it (Kafka keeps its header only).
+//! than one segment is compacted too (its newest batch always stays).
+//!
+//! A producer's last batch is kept whole: rebuilding the producers' state
+//! from the log needs it (Kafka keeps its header only).
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Range;
@@ -58,14 +60,6 @@ pub struct CompactionReport {
     pub pending: bool,
 }
 
-/// One shard's cleaner: where the last pass ended and the pass under way.
-#[derive(Default)]
-pub(crate) struct ShardCleaner {
-    state: Mutex<CleanerState>,
-    /// Bytes one timer visit may read.
-    pub budget: AtomicU64,
-}
-
 impl CompactionReport {
     /// Adds what a further run did.
     fn add(&mut self, more: CompactionReport) {
@@ -73,6 +67,14 @@ impl CompactionReport {
         self.bytes_read += more.bytes_read;
         self.pending = more.pending;
     }
+}
+
+/// One shard's cleaner: where the last pass ended and the pass under way.
+#[derive(Default)]
+pub(crate) struct ShardCleaner {
+    state: Mutex<CleanerState>,
+    /// Bytes one timer visit may read.
+    pub budget: AtomicU64,
 }
 
 #[derive(Default)]
