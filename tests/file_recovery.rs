@@ -299,6 +299,17 @@ fn group_offsets_and_shard_deletion_persist() {
     assert_eq!(store.list_shards().unwrap(), vec!["a"]);
     assert_eq!(store.committed_offset("g", "a").unwrap(), Some(7));
     assert_eq!(store.shard_info("a").unwrap().next_offset, 20);
+    // The shard's own groups.log holds them, not the store's groups.json.
+    assert!(shard_dir(dir.path()).join("groups.log").exists());
+    assert!(!dir.path().join("groups.json").exists());
+    store.commit_offset("g", "a", 8).unwrap();
+    store.commit_offset("h", "a", 1).unwrap();
+    assert_eq!(store.delete_group("h").unwrap(), 1);
+    // A crash: the commits are in the log, each written when acknowledged.
+    let image = common::crash_copy(dir.path());
+    let crashed = open(image.path());
+    assert_eq!(crashed.committed_offset("g", "a").unwrap(), Some(8));
+    assert_eq!(crashed.committed_offset("h", "a").unwrap(), None);
 }
 
 #[test]

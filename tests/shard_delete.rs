@@ -63,43 +63,19 @@ fn a_file_shard_whose_files_cannot_be_removed_stays_whole() {
     assert!(store.list_shards().unwrap().is_empty());
 }
 
-/// When the deletion is durable but rewriting `groups.json` fails, the
-/// shard is gone (its offsets are dropped at the next open), and a new
-/// shard of the same name never inherits the old offsets. (File shards:
-/// journal shards keep their offsets in the journal, dropped with them.)
+/// A shard's offsets go with it (the engines keep them with the shard): a
+/// new shard of its name starts without them, also after a restart and
+/// after a crash.
 #[test]
 fn a_deleted_shards_offsets_never_reach_a_new_shard_of_its_name() {
-    let engine = "file";
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), config(engine)).unwrap();
-    store.create_shard("s", None).unwrap();
-    store.append("s", &Record::new(b"old")).unwrap();
-    store.commit_offset("g", "s", 1).unwrap();
-    let blocker = dir.path().join("groups.json.tmp");
-    std::fs::create_dir(&blocker).unwrap();
-
-    store.delete_shard("s").unwrap();
-    assert!(store.list_shards().unwrap().is_empty(), "{engine}");
-    // The creation must first rewrite groups.json, which still fails.
-    let err = store.create_shard("s", None).unwrap_err();
-    assert_eq!(err.status(), Status::Io, "{engine}: {err}");
-    std::fs::remove_dir(&blocker).unwrap();
-    store.create_shard("s", None).unwrap();
-    assert_eq!(store.committed_offset("g", "s").unwrap(), None, "{engine}");
-    store.close().unwrap();
-    drop(store);
-
-    let store = Store::open(dir.path(), config(engine)).unwrap();
-    assert_eq!(store.committed_offset("g", "s").unwrap(), None, "{engine}");
-    assert!(values(&store, "s").is_empty(), "{engine}");
+    for engine in ["journal", "file"] {
+        deleted_offsets_stay_deleted(engine);
+    }
 }
 
-/// A journal shard's offsets go with it: a new shard of its name starts
-/// without them, also after a restart and after a crash.
-#[test]
-fn a_deleted_journal_shards_offsets_go_with_it() {
+fn deleted_offsets_stay_deleted(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), config("journal")).unwrap();
+    let store = Store::open(dir.path(), config(engine)).unwrap();
     store.create_shard("s", None).unwrap();
     store.commit_offset("g", "s", 1).unwrap();
     store.delete_shard("s").unwrap();
@@ -109,9 +85,9 @@ fn a_deleted_journal_shards_offsets_go_with_it() {
     store.close().unwrap();
     drop(store);
     for dir in [dir.path(), image.path()] {
-        let store = Store::open(dir, config("journal")).unwrap();
-        assert_eq!(store.committed_offset("g", "s").unwrap(), None);
-        assert!(store.list_shards().unwrap() == ["s"]);
+        let store = Store::open(dir, config(engine)).unwrap();
+        assert_eq!(store.committed_offset("g", "s").unwrap(), None, "{engine}");
+        assert!(store.list_shards().unwrap() == ["s"], "{engine}");
     }
 }
 

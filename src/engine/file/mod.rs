@@ -19,6 +19,7 @@
 //! unless `flush = "interval"`, which starts one flusher for the store.
 
 mod cache;
+mod groups;
 mod recovery;
 mod segment;
 mod shard;

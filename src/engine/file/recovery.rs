@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use super::groups::GroupLog;
 use super::segment::{self, SegmentMeta};
 use super::shard::{FileShard, Meta, State, Writer, META_FILE};
 use super::Shared;
@@ -262,15 +263,11 @@ pub fn open_shard(
         ..Writer::default()
     };
     let state = State::new(segments, low, next_offset);
-    let shard = Arc::new(FileShard::new(
-        id,
-        &meta.name,
-        options,
-        dir,
-        shared.clone(),
-        state,
-        writer,
-    ));
+    let groups = GroupLog::open(&dir, shared.read_only)?;
+    let shard = Arc::new(
+        FileShard::new(id, &meta.name, options, dir, shared.clone(), state, writer)
+            .with_groups(groups),
+    );
     shard.after_recovery()?;
     Ok(shard)
 }

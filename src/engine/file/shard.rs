@@ -21,6 +21,7 @@ use memmap2::Mmap;
 use parking_lot::{Mutex, RwLock};
 
 use super::cache;
+use super::groups::GroupLog;
 use super::segment::{self, BatchInfo, SegmentMeta};
 use super::Shared;
 use crate::config::{Durability, EngineKind, FlushPolicy, ShardOptions};
@@ -175,6 +176,8 @@ pub struct FileShard {
     read_records: AtomicU64,
     rolls: AtomicU64,
     rewrites: AtomicU64,
+    /// Consumer-group offsets of the shard (`groups.log`).
+    groups: Mutex<GroupLog>,
     /// Run by an append between writing its batch and its fdatasync, so a
     /// test can hold it there.
     #[cfg(test)]
@@ -257,6 +260,7 @@ impl FileShard {
     ) -> FileShard {
         let capacity = shared.segment_capacity(options.segment_bytes);
         FileShard {
+            groups: Mutex::new(GroupLog::empty(&dir)),
             id,
             name: name.to_string(),
             options,
@@ -278,6 +282,12 @@ impl FileShard {
             #[cfg(test)]
             before_sync: Mutex::new(None),
         }
+    }
+
+    /// The shard with the group offsets its directory holds.
+    pub(crate) fn with_groups(self, groups: GroupLog) -> FileShard {
+        *self.groups.lock() = groups;
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -1245,6 +1255,18 @@ impl Shard for FileShard {
             });
         }
         Ok(TransferPlan::new(chunks, next_offset))
+    }
+
+    fn save_group_offset(&self, group: &str, offset: Option<i64>) -> Result<bool> {
+        self.check_live()?;
+        self.groups
+            .lock()
+            .save(group, offset, self.options.durability)?;
+        Ok(true)
+    }
+
+    fn saved_group_offsets(&self) -> Result<Vec<(String, i64)>> {
+        Ok(self.groups.lock().offsets())
     }
 
     fn stats(&self) -> Result<serde_json::Value> {
