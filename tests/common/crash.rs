@@ -37,10 +37,22 @@ pub struct ShardLog {
     pub maybe_deleted: BTreeSet<i64>,
 }
 
+/// One consumer group's commits of one shard, as the child printed them
+/// (one child thread commits for each group, one commit at a time).
+#[derive(Default)]
+struct CommitLog {
+    /// The last acknowledged commit.
+    acked: Option<i64>,
+    /// Commits started since, each maybe done.
+    maybe: Vec<i64>,
+}
+
 /// Everything acknowledged so far, by shard.
 #[derive(Default)]
 pub struct Acked {
     pub shards: BTreeMap<String, ShardLog>,
+    /// Consumer-group commits by (group, shard).
+    commits: BTreeMap<(String, String), CommitLog>,
     /// Deletes started and not (yet) acknowledged: id → (shard, what).
     started: BTreeMap<u64, (String, Delete)>,
 }
@@ -105,6 +117,8 @@ struct ChildThread {
     recent: Vec<(String, i64, String)>,
     /// Pipelined batches not acknowledged yet.
     in_flight: std::collections::VecDeque<Batch>,
+    /// The consumer group this thread commits for.
+    group: String,
 }
 
 fn print_line(line: String) {
@@ -121,7 +135,22 @@ impl ChildThread {
             if self.rng.below(3) == 0 {
                 self.delete(&shard);
             }
+            if self.rng.below(4) == 0 {
+                self.commit(&shard);
+            }
         }
+    }
+
+    /// Commits the shard's head as this thread's group's offset, printing
+    /// `COMMIT <group> <shard> <offset>` before and `COMMITTED …` after.
+    fn commit(&mut self, shard: &str) {
+        let offset = self.store.shard_info(shard).unwrap().next_offset;
+        let what = format!("{} {shard} {offset}", self.group);
+        print_line(format!("COMMIT {what}\n"));
+        self.store
+            .commit_offset(&self.group, shard, offset)
+            .unwrap();
+        print_line(format!("COMMITTED {what}\n"));
     }
 
     fn append(&mut self, shard: &str) {
@@ -205,9 +234,10 @@ impl ChildThread {
 }
 
 /// The child's side: creates shards `c0` … `c{shards - 1}` if needed, then
-/// appends and deletes forever from 4 threads, printing `ACK <shard> <base>
-/// <values…>` per acknowledged batch and `DEL <id> <shard> <what>` before,
-/// `DELETED <id>` after each delete.
+/// appends, deletes and commits group offsets forever from 4 threads,
+/// printing `ACK <shard> <base> <values…>` per acknowledged batch, `DEL
+/// <id> <shard> <what>` before and `DELETED <id>` after each delete, and
+/// `COMMIT` / `COMMITTED <group> <shard> <offset>` around each commit.
 pub fn append_and_ack_forever(store: Store, shards: usize, appends: Appends) {
     let store = Arc::new(store);
     for s in 0..shards {
@@ -231,6 +261,7 @@ pub fn append_and_ack_forever(store: Store, shards: usize, appends: Appends) {
                 ids: ids.clone(),
                 recent: Vec::new(),
                 in_flight: Default::default(),
+                group: format!("g{t}"),
             };
             std::thread::spawn(move || child.run())
         })
@@ -274,6 +305,19 @@ fn record(line: &str, acked: &mut Acked) -> bool {
                 Delete::Offsets(offsets) => log.maybe_deleted.extend(offsets),
             }
             acked.started.insert(id, (shard, what));
+            false
+        }
+        Some(kind @ ("COMMIT" | "COMMITTED")) => {
+            let group = parts.next().unwrap().to_string();
+            let shard = parts.next().unwrap().to_string();
+            let offset: i64 = parts.next().unwrap().parse().unwrap();
+            let log = acked.commits.entry((group, shard)).or_default();
+            if kind == "COMMIT" {
+                log.maybe.push(offset);
+            } else {
+                log.acked = Some(offset);
+                log.maybe.clear();
+            }
             false
         }
         Some("DELETED") => {
@@ -388,11 +432,26 @@ pub fn run_child_and_kill(
     seen
 }
 
+/// Every group's committed offset is its last acknowledged commit or one
+/// started after it.
+fn verify_commits(store: &Store, acked: &Acked, label: &str) {
+    for ((group, shard), log) in &acked.commits {
+        let got = store.committed_offset(group, shard).unwrap();
+        let allowed = got == log.acked || got.is_some_and(|o| log.maybe.contains(&o));
+        assert!(
+            allowed,
+            "{label}: group {group} of {shard} has {got:?}; acknowledged {:?}, started since {:?}",
+            log.acked, log.maybe
+        );
+    }
+}
+
 /// Every acknowledged record that neither retention nor a delete removed
 /// is in `store`, intact and in order; every record an acknowledged delete
 /// removed stays removed; what the store returns was appended (in flight
 /// at the kill, or acknowledged).
 pub fn verify(store: &Store, acked: &Acked, label: &str) {
+    verify_commits(store, acked, label);
     for (shard, log) in &acked.shards {
         let Some(last) = log.records.keys().last().copied() else {
             continue;
