@@ -11,19 +11,7 @@ use std::path::{Path, PathBuf};
 use mqstore::{Config, Record, Status, Store};
 
 mod common;
-use common::{copy_dir, segment_files, values_of};
-
-/// The persistent engines of this build.
-fn engines() -> Vec<&'static str> {
-    let mut engines = vec!["file"];
-    if cfg!(feature = "journal") {
-        engines.push("journal");
-    }
-    if cfg!(feature = "rocksdb") {
-        engines.push("rocksdb");
-    }
-    engines
-}
+use common::{copy_dir, persistent_engines as engines, segment_files, values_of};
 
 fn config(engine: &str, read_only: bool) -> Config {
     Config::from_toml_str(&format!(

@@ -91,6 +91,14 @@ fn parse(data: &[u8], path: &Path) -> Result<(BTreeMap<String, i64>, usize)> {
     Ok((live, pos))
 }
 
+/// The existing log, to append to (at positions this code tracks).
+fn open_for_writing(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening '{}'", path.display()), e))
+}
+
 /// Bytes a record takes for `group`.
 fn record_len(group: &str) -> u64 {
     (RECORD_HEADER + 8 + group.len()) as u64
@@ -129,10 +137,7 @@ impl GroupLog {
         if read_only {
             return Ok(log);
         }
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening '{}'", path.display()), e))?;
+        let file = open_for_writing(&path)?;
         if end < data.len() {
             file.set_len(end as u64)
                 .and_then(|()| file.sync_data())
@@ -202,13 +207,7 @@ impl GroupLog {
             .flat_map(|(group, offset)| record(group, *offset))
             .collect();
         replace_file_durably(&self.dir, GROUPS_FILE, &live)?;
-        let path = self.dir.join(GROUPS_FILE);
-        self.file = Some(
-            OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(|e| Error::io(format!("opening '{}'", path.display()), e))?,
-        );
+        self.file = Some(open_for_writing(&self.dir.join(GROUPS_FILE))?);
         self.len = live.len() as u64;
         Ok(())
     }
