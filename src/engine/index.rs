@@ -136,6 +136,57 @@ pub fn retention_cutoff(options: &ShardOptions, now: i64) -> Option<i64> {
     (options.retention_ms > 0).then(|| now.saturating_sub(options.retention_ms as i64))
 }
 
+/// What a shard holds: batches, records and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub batches: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+/// The one retention rule every engine applies, oldest batch first:
+/// while a limit is exceeded, size limits keep the newest batch (a batch
+/// larger than the limit is still readable once) and age drops everything
+/// too old. Engines with a batch index ask it through `BatchIndex`; the
+/// file engine, which indexes segments sparsely, asks it batch by batch.
+pub struct RetentionRule {
+    cutoff: Option<i64>,
+    max_bytes: u64,
+    max_records: u64,
+}
+
+impl RetentionRule {
+    /// The rule as of `now`; `None` when the shard has no retention limit.
+    pub fn new(options: &ShardOptions, now: i64) -> Option<RetentionRule> {
+        let rule = RetentionRule {
+            cutoff: retention_cutoff(options, now),
+            max_bytes: options.retention_bytes,
+            max_records: options.retention_records,
+        };
+        (rule.cutoff.is_some() || rule.max_bytes > 0 || rule.max_records > 0).then_some(rule)
+    }
+
+    /// Whether the size limits alone drop the oldest batch of `held`.
+    pub fn over_size(&self, held: Held) -> bool {
+        let too_big = self.max_bytes > 0 && held.bytes > self.max_bytes;
+        let too_many = self.max_records > 0 && held.records > self.max_records;
+        held.batches > 1 && (too_big || too_many)
+    }
+
+    /// Whether the oldest batch might go: false means none goes, without
+    /// looking at any batch.
+    pub fn may_drop(&self, held: Held) -> bool {
+        held.batches > 0 && (self.cutoff.is_some() || self.over_size(held))
+    }
+
+    /// Whether the oldest batch of `held`, whose newest record is
+    /// `max_timestamp`, goes.
+    pub fn drops(&self, held: Held, max_timestamp: i64) -> bool {
+        let too_old = self.cutoff.is_some_and(|c| max_timestamp < c);
+        held.batches > 0 && (too_old || self.over_size(held))
+    }
+}
+
 impl<L> BatchIndex<L> {
     /// Index of the first batch that may hold `offset` or a later one.
     pub fn batch_index(&self, offset: i64) -> usize {
@@ -214,25 +265,31 @@ impl<L> BatchIndex<L> {
         self.low_watermark = self.low_watermark.max(low);
     }
 
-    /// How many batches, from the front, retention drops now: while a
-    /// limit is exceeded, size limits keep the newest batch (a batch larger
-    /// than the limit is still readable once) and age drops everything too
-    /// old. Decided without changing anything, so an engine can make the
-    /// drop durable before applying it (`drop_front`).
+    /// What the index holds.
+    pub fn held(&self) -> Held {
+        Held {
+            batches: self.batches.len() as u64,
+            records: self.records,
+            bytes: self.bytes,
+        }
+    }
+
+    /// How many batches, from the front, `RetentionRule` drops now.
+    /// Decided without changing anything, so an engine can make the drop
+    /// durable before applying it (`drop_front`).
     pub fn retention_drops(&self, options: &ShardOptions, now: i64) -> usize {
-        let cutoff = retention_cutoff(options, now);
-        let (mut bytes, mut records) = (self.bytes, self.records);
+        let Some(rule) = RetentionRule::new(options, now) else {
+            return 0;
+        };
+        let mut held = self.held();
         let mut dropped = 0;
         for front in &self.batches {
-            let too_old = cutoff.is_some_and(|c| front.max_timestamp < c);
-            let keeps_newest = self.batches.len() - dropped > 1;
-            let too_big = options.retention_bytes > 0 && bytes > options.retention_bytes;
-            let too_many = options.retention_records > 0 && records > options.retention_records;
-            if !(too_old || (keeps_newest && (too_big || too_many))) {
+            if !rule.drops(held, front.max_timestamp) {
                 break;
             }
-            bytes -= front.len as u64;
-            records -= front.records as u64;
+            held.batches -= 1;
+            held.bytes -= front.len as u64;
+            held.records -= front.records as u64;
             dropped += 1;
         }
         dropped
@@ -375,6 +432,25 @@ mod tests {
         assert!(idx.enforce_retention(&options(150, 0, 0), 0));
         assert_eq!((idx.low_watermark, idx.bytes, idx.records), (4, 100, 2));
         assert!(idx.low_dirty);
+    }
+
+    #[test]
+    fn the_rule_reads_no_batch_when_no_limit_can_drop_one() {
+        let held = |batches, records, bytes| Held {
+            batches,
+            records,
+            bytes,
+        };
+        assert!(RetentionRule::new(&options(0, 0, 0), 0).is_none());
+        let size = RetentionRule::new(&options(100, 0, 0), 0).unwrap();
+        assert!(!size.may_drop(held(3, 3, 100)), "at the limit");
+        assert!(size.may_drop(held(3, 3, 101)));
+        assert!(!size.may_drop(held(1, 1, 1000)), "the newest batch stays");
+        assert!(!size.may_drop(held(0, 0, 0)));
+        let age = RetentionRule::new(&options(0, 0, 100), 1000).unwrap();
+        assert!(age.may_drop(held(1, 1, 10)), "age needs the timestamp");
+        assert!(age.drops(held(1, 1, 10), 899));
+        assert!(!age.drops(held(1, 1, 10), 900));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! briefly. Other shards' writers are only ever `try_lock`ed (fd eviction),
 //! so no two shards wait for each other.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -25,6 +25,7 @@ use super::groups::GroupLog;
 use super::segment::{self, BatchInfo, SegmentMeta};
 use super::Shared;
 use crate::config::{Durability, EngineKind, FlushPolicy, ShardOptions};
+use crate::engine::index::{Held, RetentionRule};
 use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
     NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
@@ -93,11 +94,15 @@ impl State {
         }
     }
 
-    fn live(&self) -> (u64, u64, u64) {
+    fn live(&self) -> Held {
         let (b, r, y) = self.segments.iter().fold((0, 0, 0), |acc, s| {
             (acc.0 + s.batches, acc.1 + s.records, acc.2 + s.size)
         });
-        (b - self.front.0, r - self.front.1, y - self.front.2)
+        Held {
+            batches: b - self.front.0,
+            records: r - self.front.1,
+            bytes: y - self.front.2,
+        }
     }
 
     fn recompute_running_max(&mut self) {
@@ -614,31 +619,18 @@ impl FileShard {
         segment::sync_dir(&self.dir)
     }
 
-    /// Drops whole batches from the front while a retention limit is
-    /// exceeded (the memory engine's rule: size limits keep the newest
-    /// batch, age drops everything too old).
+    /// Drops whole batches from the front while `RetentionRule` says so;
+    /// the front batch is read only when the rule needs its timestamp.
     fn enforce_retention(&self, state: &mut State, now: i64) -> Result<()> {
-        let o = &self.options;
-        if o.retention_ms == 0 && o.retention_bytes == 0 && o.retention_records == 0 {
+        let Some(rule) = RetentionRule::new(&self.options, now) else {
             return Ok(());
-        }
-        let cutoff = (o.retention_ms > 0).then(|| now.saturating_sub(o.retention_ms as i64));
-        loop {
-            let (batches, records, bytes) = state.live();
-            if batches == 0 {
-                return Ok(());
-            }
-            let too_big = o.retention_bytes > 0 && bytes > o.retention_bytes;
-            let too_many = o.retention_records > 0 && records > o.retention_records;
-            if cutoff.is_none() && !(batches > 1 && (too_big || too_many)) {
-                return Ok(());
-            }
+        };
+        while rule.may_drop(state.live()) {
             self.make_readable()?;
             let Some(front) = self.front_batch(state)? else {
                 return Ok(());
             };
-            let too_old = cutoff.is_some_and(|c| front.max_timestamp < c);
-            if !(too_old || (batches > 1 && (too_big || too_many))) {
+            if !rule.drops(state.live(), front.max_timestamp) {
                 return Ok(());
             }
             if front.pos == u64::MAX {
@@ -650,6 +642,7 @@ impl FileShard {
             }
             self.drop_front_batch(state, &front)?;
         }
+        Ok(())
     }
 
     /// Age retention also applies to shards nobody appends to any more.
@@ -962,14 +955,14 @@ impl Shard for FileShard {
     fn info(&self) -> Result<ShardInfo> {
         self.expire_idle(now_ms())?;
         let state = self.state.read();
-        let (_, records, bytes) = state.live();
+        let held = state.live();
         Ok(ShardInfo {
             name: self.name.clone(),
             engine: EngineKind::File,
             first_offset: state.low,
             next_offset: state.next_offset,
-            records,
-            bytes,
+            records: held.records,
+            bytes: held.bytes,
             options: self.options.clone(),
         })
     }
@@ -1144,7 +1137,7 @@ impl Shard for FileShard {
         if straddle < state.segments.len() {
             self.rewrite_segment(&mut state, &mut w, straddle, &mut |info, bytes| {
                 if info.base_offset < target && info.last_offset >= target {
-                    Ok(Some(format::retain_records(bytes, |o| o >= target)?))
+                    Ok(Some(scan::cut_below(bytes, target)?.bytes))
                 } else {
                     Ok(None)
                 }
@@ -1181,20 +1174,11 @@ impl Shard for FileShard {
                 if info.last_offset < within.start || info.base_offset >= within.end {
                     return Ok(None);
                 }
-                let mut doomed = HashSet::new();
-                format::for_each_record(bytes, false, |record| {
-                    if matches(&record) {
-                        doomed.insert(record.offset);
-                    }
-                    true
-                })?;
-                if doomed.is_empty() {
+                let Some(rewritten) = scan::rewrite_where(bytes, matches)? else {
                     return Ok(None);
-                }
-                deleted += doomed.len() as u64;
-                Ok(Some(format::retain_records(bytes, |o| {
-                    !doomed.contains(&o)
-                })?))
+                };
+                deleted += u64::from(rewritten.deleted);
+                Ok(Some(rewritten.bytes))
             })?;
             any |= changed;
             if state.segments.len() == before {
@@ -1271,7 +1255,7 @@ impl Shard for FileShard {
 
     fn stats(&self) -> Result<serde_json::Value> {
         let state = self.state.read();
-        let (batches, _, _) = state.live();
+        let batches = state.live().batches;
         let w = self.writer.lock();
         Ok(serde_json::json!({
             "segments": state.segments.len(),
