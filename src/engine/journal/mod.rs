@@ -131,7 +131,14 @@ impl Log {
                 }
             }
         }
-        if end > 0 && self.writer.commit(end, true).is_err() {
+        // Everything logged so far is made durable before a file goes, not
+        // only these checkpoints: a batch moved out of a doomed segment (a
+        // delete's rewrite, a relocation) left it when its index entry
+        // moved, possibly before its new copy reached the disk (durability
+        // `none`, or its appender still waiting), and the old copy may be
+        // the only one a crash would leave.
+        let end = end.max(self.writer.end_position());
+        if self.writer.commit(end, true).is_err() {
             return;
         }
         // The index checkpoint may point into the doomed segments. A

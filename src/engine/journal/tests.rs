@@ -713,3 +713,72 @@ fn a_deletion_that_cannot_be_synced_leaves_the_shard() {
     let log = engine.log.lock().clone().unwrap();
     assert!(log.shards.lock().contains_key("s"), "still registered");
 }
+
+/// A process that dies without closing: nothing buffered reaches the
+/// disk. The engine's threads are stopped first so that none writes
+/// behind the next open's back.
+fn crash(engine: JournalEngine, shards: Vec<Arc<dyn Shard>>) {
+    let log = engine.log.lock().clone().unwrap();
+    log.writer.stop_prefill();
+    std::mem::forget(shards);
+    std::mem::forget(log);
+    std::mem::forget(engine);
+}
+
+/// A delete's rewrite moves a batch out of an old segment before the
+/// rewrite is durable (durability `none`): the segment must not be removed
+/// until it is, or a crash loses the batch's surviving records.
+#[test]
+fn a_segment_outlives_the_unsynced_rewrite_that_moved_its_last_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = JournalEngine::new(dir.path(), config());
+    engine.recover().unwrap();
+    let kept = engine
+        .create_shard("kept", &options(Durability::None))
+        .unwrap();
+    let filler = engine
+        .create_shard("filler", &options(Durability::Fsync))
+        .unwrap();
+    kept.append(&[Record::new(b"dropped")]).unwrap();
+    kept.append(&[Record::new(b"a"), Record::new(b"b"), Record::new(b"c")])
+        .unwrap();
+    // The first segment fills up with the filler's batches and rolls.
+    let big = vec![7u8; 256 << 10];
+    for _ in 0..6 {
+        filler.append(&[Record::new(&big)]).unwrap();
+    }
+    let log = engine.log.lock().clone().unwrap();
+    let first = *log.segments.read().keys().next().unwrap();
+    assert_ne!(first, log.writer.active_base(), "the journal rolled");
+    // The kept shard's catalogue record moves to the active segment, and
+    // the filler's batches leave the first one: only "a b c" pins it.
+    kept.delete_records_before(1).unwrap();
+    engine.remove_shard("filler", &filler).unwrap();
+    drop(filler);
+    assert!(log.segments.read().contains_key(&first), "still pinned");
+    let deleted = kept
+        .delete_where(0..i64::MAX, &mut |r| r.value_bytes() == b"b")
+        .unwrap();
+    assert_eq!(deleted, 1);
+    crash(engine, vec![kept]);
+
+    let engine = JournalEngine::new(dir.path(), config());
+    let shards = engine.recover().unwrap();
+    let (_, _, kept) = shards.into_iter().find(|(n, _, _)| n == "kept").unwrap();
+    let limits = ReadLimits {
+        max_records: 10,
+        max_bytes: usize::MAX,
+    };
+    let values: Vec<Vec<u8>> = kept
+        .read(1, limits)
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| r.value_bytes().to_vec())
+        .collect();
+    assert!(
+        values == [b"a".to_vec(), b"c".to_vec()]
+            || values == [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()],
+        "{values:?}"
+    );
+}
