@@ -1077,7 +1077,12 @@ impl Persistent {
             "append" => self.appends(base, plan, results),
             "latency" => self.latency(base, plan, results),
             "read" => self.reads(base, plan, results),
-            "reopen" => self.reopen(base, plan, results),
+            "reopen" => {
+                self.reopen(base, plan, results);
+                if self.kind == EngineKind::Journal {
+                    self.skewed_retention(base, plan, results);
+                }
+            }
             "shards" => {
                 self.group_commits(base, plan, results);
                 self.million_shards(base, plan, results);
@@ -1453,6 +1458,36 @@ impl Persistent {
         match measured {
             Ok(stats) => results.stats(&name, &stats, "ops/s", p),
             Err(e) => results.failed(&name, "ops/s", &e.to_string()),
+        }
+    }
+
+    /// One idle shard with old, retained data (32 MiB) while 8 busy shards,
+    /// each retaining 4 MiB, write 20× its size: the journal's files over
+    /// the bytes the shards retain, right after the last append (the
+    /// cleaner runs in the background, as in production). Segments of 8 MiB
+    /// so that a run stays short; the files counted include the active and
+    /// the prefilled segment.
+    pub fn skewed_retention(&self, base: &Path, plan: &Plan, results: &mut Results) {
+        let name = self.name("skewed_retention.disk_bytes_ratio");
+        let mut p = json!({
+            "idle_shard_mb": SKEW_IDLE_BYTES >> 20, "busy_shards": SKEW_BUSY_SHARDS,
+            "busy_retention_mb": SKEW_BUSY_RETENTION >> 20,
+            "busy_written_mb": 20 * (SKEW_IDLE_BYTES >> 20),
+            "segment_mb": SKEW_SEGMENT_BYTES >> 20, "record_bytes": 1024, "batch": 64,
+            "durability": "os",
+            "measured": "bytes of every file in the journal directory / the shards' retained bytes, \
+                         after the last append",
+        });
+        let mut extra = Vec::new();
+        let measured = util::repeat(plan.reps, || {
+            let (ratio, details) = skewed_run(base)?;
+            extra.push(details);
+            Ok(ratio)
+        });
+        p["runs"] = json!(extra);
+        match measured {
+            Ok(stats) => results.stats(&name, &stats, "ratio", p),
+            Err(e) => results.failed(&name, "ratio", &e.to_string()),
         }
     }
 
@@ -1836,4 +1871,75 @@ mod tests {
         let answer = accepts(dir.path(), EngineKind::Memory, Durability::Fsync).unwrap();
         assert!(answer.unwrap_err().contains("durability"));
     }
+}
+
+const SKEW_IDLE_BYTES: u64 = 32 << 20;
+const SKEW_BUSY_SHARDS: usize = 8;
+const SKEW_BUSY_RETENTION: u64 = 4 << 20;
+const SKEW_SEGMENT_BYTES: u64 = 8 << 20;
+
+/// Bytes of every file in `dir`.
+fn dir_bytes(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        total += entry?.metadata()?.len();
+    }
+    Ok(total)
+}
+
+/// One run of `skewed_retention`: the final ratio, and what else it saw.
+fn skewed_run(base: &Path) -> io::Result<(f64, serde_json::Value)> {
+    let dir = tempfile::Builder::new()
+        .prefix("skewed-")
+        .tempdir_in(base)?;
+    let config = Config::from_toml_str(&format!(
+        "[shard]\nengine = \"journal\"\ndurability = \"os\"\n\
+         [journal]\nsegment_bytes = {SKEW_SEGMENT_BYTES}\n"
+    ))
+    .map_err(to_io)?;
+    let store = Store::open(dir.path(), config).map_err(to_io)?;
+    let journal = dir.path().join("journal");
+    let value = vec![b'v'; 1024];
+    let batch: Vec<Record<'_>> = (0..64).map(|_| Record::new(&value)).collect();
+    let batch_bytes = 64 * 1024;
+    store.create_shard("idle", None).map_err(to_io)?;
+    for _ in 0..SKEW_IDLE_BYTES / batch_bytes {
+        store.append_batch("idle", &batch).map_err(to_io)?;
+    }
+    let busy: Vec<String> = (0..SKEW_BUSY_SHARDS).map(|i| format!("busy{i}")).collect();
+    let options = format!("retention_bytes = {SKEW_BUSY_RETENTION}");
+    for name in &busy {
+        store.create_shard(name, Some(&options)).map_err(to_io)?;
+    }
+    let retained = |store: &Store| -> io::Result<u64> {
+        let mut bytes = 0;
+        for name in busy.iter().map(String::as_str).chain(["idle"]) {
+            bytes += store.shard_info(name).map_err(to_io)?.bytes;
+        }
+        Ok(bytes)
+    };
+    let mut worst: f64 = 0.0;
+    let batches = 20 * SKEW_IDLE_BYTES / batch_bytes;
+    for i in 0..batches {
+        store
+            .append_batch(&busy[i as usize % busy.len()], &batch)
+            .map_err(to_io)?;
+        if i % 128 == 127 {
+            worst = worst.max(dir_bytes(&journal)? as f64 / retained(&store)? as f64);
+        }
+    }
+    let ratio = dir_bytes(&journal)? as f64 / retained(&store)? as f64;
+    let stats = store.shard_stats("idle").map_err(to_io)?;
+    let journal_stats = &stats["journal"];
+    let relocated = journal_stats["relocated_bytes"].as_u64().unwrap_or(0);
+    let details = json!({
+        "ratio": ratio,
+        "worst_sampled_ratio": worst,
+        "relocated_mb": relocated as f64 / (1 << 20) as f64,
+        "relocated_per_busy_byte": relocated as f64 / (batches * batch_bytes) as f64,
+        "cleaning_passes": journal_stats["cleaning_passes"],
+        "segments": journal_stats["segments"],
+    });
+    store.close().map_err(to_io)?;
+    Ok((ratio, details))
 }

@@ -13,7 +13,7 @@ use crate::engine::Persistent;
 use crate::{Plan, Results};
 
 /// The journal metrics the issue names (reported absent without the engine).
-pub const ISSUE_METRICS: [(&str, &str); 17] = [
+pub const ISSUE_METRICS: [(&str, &str); 18] = [
     ("journal.append_1k_batch64_fsync.msgs_per_s", "msgs/s"),
     (
         "journal.append_1k_batch64_fsync_pipelined.msgs_per_s",
@@ -37,6 +37,7 @@ pub const ISSUE_METRICS: [(&str, &str); 17] = [
     ("journal.create_1m_shards.s", "s"),
     ("journal.shards_1m.checkpoint_mb", "MiB"),
     ("journal.group_commit_offsets.ops_per_s", "ops/s"),
+    ("journal.skewed_retention.disk_bytes_ratio", "ratio"),
     ("journal.read_tail_1k.gbps", "GB/s"),
     ("journal.read_hot_1k.gbps", "GB/s"),
     ("journal.read_cold_1k.gbps", "GB/s"),

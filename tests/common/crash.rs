@@ -249,6 +249,7 @@ pub fn append_and_ack_forever(store: Store, shards: usize, appends: Appends) {
     }
     // Ends the line the test harness started with the test's name.
     print_line("\n".into());
+    fill_idle_shard(&store);
     let pid = std::process::id();
     let ids = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..4)
@@ -268,6 +269,34 @@ pub fn append_and_ack_forever(store: Store, shards: usize, appends: Appends) {
         .collect();
     for t in threads {
         let _ = t.join();
+    }
+}
+
+/// The shard nobody writes to after the first child: its old batches pin
+/// the oldest segments of a shared journal while the other shards churn,
+/// so the journal's cleaner relocates them, and kills land mid-relocation.
+pub const IDLE_SHARD: &str = "idle";
+
+fn fill_idle_shard(store: &Store) {
+    if store.shard_info(IDLE_SHARD).is_ok() {
+        return;
+    }
+    store.create_shard(IDLE_SHARD, None).unwrap();
+    for i in 0..32 {
+        let values: Vec<String> = (0..3)
+            .map(|r| format!("idle.{i}.{r}.{}", "i".repeat(500)))
+            .collect();
+        let keys: Vec<String> = (0..3).map(|r| format!("idle{i}.{r}")).collect();
+        let batch: Vec<Record<'_>> = values
+            .iter()
+            .zip(&keys)
+            .map(|(v, k)| Record {
+                key: Some(k.as_bytes()),
+                ..Record::new(v.as_bytes())
+            })
+            .collect();
+        let base = store.append_batch(IDLE_SHARD, &batch).unwrap();
+        print_line(format!("ACK {IDLE_SHARD} {base} {}\n", values.join(" ")));
     }
 }
 

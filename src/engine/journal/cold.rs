@@ -50,7 +50,7 @@ impl<'a> BatchReader<'a> {
         }
     }
 
-    fn bytes(&mut self, batch: &IndexEntry) -> Result<Bytes> {
+    pub fn bytes(&mut self, batch: &IndexEntry) -> Result<Bytes> {
         if let Some(bytes) = self.log.writer.tail.batch(batch) {
             return Ok(bytes);
         }

@@ -17,6 +17,7 @@
 //! active one first).
 
 mod ckpt;
+mod cleaner;
 mod cold;
 mod entry;
 mod index;
@@ -83,6 +84,15 @@ pub(crate) struct Log {
     next_checkpoint_at: AtomicU64,
     checkpoints: AtomicU64,
     checkpointer: Option<worker::Worker>,
+    /// Relocates the live batches of mostly dead old segments (`cleaner`),
+    /// woken after segment rolls.
+    cleaner: Option<worker::Worker>,
+    /// Segment rolls the cleaner was last woken for.
+    cleaner_rolls: AtomicU64,
+    /// One cleaning pass at a time (the worker's, or a caller's).
+    cleaning: Mutex<()>,
+    cleaning_passes: AtomicU64,
+    relocated_bytes: AtomicU64,
     /// Writes what pipelined appends buffered; started by the first one.
     flushers: OnceLock<[worker::Worker; 2]>,
     me: Weak<Log>,
@@ -165,11 +175,19 @@ impl Log {
     }
 
     /// Called after appends: wakes the checkpointer once the journal has
-    /// grown by `checkpoint_bytes` since the last checkpoint.
+    /// grown by `checkpoint_bytes` since the last checkpoint, and the
+    /// cleaner once a segment rolled.
     pub fn maybe_checkpoint(&self) {
         if self.checkpoint_due() {
             if let Some(checkpointer) = &self.checkpointer {
                 checkpointer.poke();
+            }
+        }
+        let rolls = self.writer.counters.rolls.load(Ordering::Relaxed);
+        if self.cleaner_rolls.load(Ordering::Relaxed) != rolls {
+            self.cleaner_rolls.store(rolls, Ordering::Relaxed);
+            if let Some(cleaner) = &self.cleaner {
+                cleaner.poke();
             }
         }
     }
@@ -268,6 +286,9 @@ impl Log {
             "fdatasyncs": self.writer.counters.syncs.load(Ordering::Relaxed),
             "bytes_written": self.writer.counters.bytes_written.load(Ordering::Relaxed),
             "removed_segments": self.removed_segments.load(Ordering::Relaxed),
+            "segment_rolls": self.writer.counters.rolls.load(Ordering::Relaxed),
+            "cleaning_passes": self.cleaning_passes.load(Ordering::Relaxed),
+            "relocated_bytes": self.relocated_bytes.load(Ordering::Relaxed),
             "hot_segments": self.config.hot_segments,
             "checkpoints_written": self.checkpoints.load(Ordering::Relaxed),
             "tail_cache_bytes": self.writer.tail.bytes(),
@@ -405,6 +426,18 @@ impl JournalEngine {
                         .ok()
                 }
             },
+            cleaner: match self.read_only {
+                true => None,
+                false => {
+                    worker::Worker::start("mqs-journal-clean", weak.clone(), Log::clean_after_roll)
+                        .map_err(|e| failed = Some(e))
+                        .ok()
+                }
+            },
+            cleaner_rolls: AtomicU64::new(0),
+            cleaning: Mutex::new(()),
+            cleaning_passes: AtomicU64::new(0),
+            relocated_bytes: AtomicU64::new(0),
             flushers: OnceLock::new(),
             me: weak.clone(),
             next_checkpoint_at: AtomicU64::new(next_checkpoint_at),
@@ -555,6 +588,9 @@ impl Engine for JournalEngine {
         };
         if let Some(checkpointer) = &log.checkpointer {
             checkpointer.stop();
+        }
+        if let Some(cleaner) = &log.cleaner {
+            cleaner.stop();
         }
         if log.read_only {
             log.shards.lock().clear();

@@ -31,6 +31,9 @@ use crate::{Error, Result};
 /// waits is held to the disk's pace.
 pub(crate) const PIPELINE_BYTES: u64 = 8 << 20;
 
+/// Bytes the journal cleaner relocates per hold of a shard's lock.
+const RELOCATE_CHUNK: u64 = 4 << 20;
+
 pub struct JournalShard {
     pub(crate) id: u64,
     name: String,
@@ -247,6 +250,64 @@ impl JournalShard {
             None => {
                 self.enqueue(state, Kind::DropBatch, base as u64, &[])?;
                 Ok(None)
+            }
+        }
+    }
+
+    /// The journal cleaner's relocation: logs a fresh copy of every batch
+    /// whose bytes lie before global position `end`, so that the segments
+    /// there stop holding anything of this shard. The copy is a `Rewrite`
+    /// entry with the batch's own bytes (replay puts it in the original's
+    /// place, or inserts it once the original's segment is gone), checked
+    /// against the batch's CRC first: damage is reported, never copied
+    /// under a fresh entry CRC. The shard's lock is held for at most
+    /// `RELOCATE_CHUNK` bytes at a time, and each chunk is written before
+    /// the next, so neither appenders nor the journal buffer wait on a
+    /// large relocation. Returns the batch bytes relocated.
+    pub(super) fn relocate_below(&self, end: u64) -> Result<u64> {
+        let (mut logged, mut relocated) = (0, 0);
+        let mut from = i64::MIN;
+        loop {
+            let mut state = self.state.write();
+            if state.deleted {
+                return Ok(relocated);
+            }
+            self.make_readable(&state)?;
+            let mut reader = BatchReader::new(&self.log);
+            let mut moved = 0u64;
+            let mut index = state.batch_index(from);
+            while index < state.batches.len() && moved < RELOCATE_CHUNK {
+                let batch = &state.batches[index];
+                index += 1;
+                if batch.global_pos() >= end {
+                    continue;
+                }
+                let bytes = reader.bytes(batch)?;
+                format::verify_crc(&bytes).map_err(|e| {
+                    Error::corruption(format!(
+                        "relocating batch {} of shard '{}': {e}",
+                        batch.base_offset, self.name
+                    ))
+                })?;
+                let (base, last) = (batch.base_offset, batch.last_offset);
+                let (max_ts, records) = (batch.max_timestamp, batch.records);
+                let keys = batch.keys.get().cloned();
+                moved += bytes.len() as u64;
+                let copy =
+                    self.log_rewrite(&mut state, base, last, max_ts, records, Some(bytes))?;
+                let copy = copy.expect("a rewrite with bytes logs a copy");
+                state.replace(index - 1, Some(copy.with_keys(keys)));
+                from = last + 1;
+            }
+            let done = index >= state.batches.len();
+            if moved > 0 {
+                logged = state.logged_end;
+                relocated += moved;
+            }
+            drop(state);
+            self.log.writer.ensure_written(logged)?;
+            if done {
+                return Ok(relocated);
             }
         }
     }

@@ -782,3 +782,106 @@ fn a_segment_outlives_the_unsynced_rewrite_that_moved_its_last_batch() {
         "{values:?}"
     );
 }
+
+/// Bytes of every file in the journal directory.
+fn journal_disk_bytes(store_dir: &Path) -> u64 {
+    std::fs::read_dir(store_dir.join(super::JOURNAL_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+/// The journal's files (but the active and the prefilled segment) over
+/// the bytes its shards retain, measured between cleaning passes.
+fn disk_per_retained(
+    log: &super::Log,
+    dir: &Path,
+    idle: &Arc<dyn Shard>,
+    busy: &[Arc<dyn Shard>],
+) -> f64 {
+    let _between_passes = log.cleaning.lock();
+    let retained: u64 = std::iter::once(idle)
+        .chain(busy)
+        .map(|s| s.info().unwrap().bytes)
+        .sum();
+    let segment = log.config.segment_bytes;
+    let disk = journal_disk_bytes(dir).saturating_sub(2 * segment);
+    disk as f64 / retained as f64
+}
+
+/// One idle shard with old, retained data while busy shards write 20× its
+/// size under byte retention: the cleaner relocates the idle shard's
+/// batches, so the journal's files stay within 1.5× what the shards
+/// retain plus the active and the prefilled segment, and every record of
+/// the idle shard stays readable, before and after a reopen.
+#[test]
+fn the_cleaner_bounds_disk_use_behind_an_idle_shard() {
+    const SEGMENT: u64 = 256 << 10;
+    const RECORD: usize = 4 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: SEGMENT,
+        ..JournalConfig::default()
+    };
+    let engine = JournalEngine::new(dir.path(), config.clone());
+    engine.recover().unwrap();
+    let idle = engine
+        .create_shard("idle", &options(Durability::Fsync))
+        .unwrap();
+    let value = |shard: usize, i: usize| vec![(shard * 31 + i) as u8; RECORD];
+    for i in 0..128 {
+        idle.append(&[Record::new(&value(0, i))]).unwrap();
+    }
+    let idle_bytes = idle.info().unwrap().bytes;
+    let busy_options = ShardOptions {
+        retention_bytes: 128 << 10,
+        ..options(Durability::Os)
+    };
+    let busy: Vec<_> = (1..=4)
+        .map(|s| {
+            engine
+                .create_shard(&format!("busy{s}"), &busy_options)
+                .unwrap()
+        })
+        .collect();
+    let log = engine.log.lock().clone().unwrap();
+    let mut worst = 0f64;
+    for i in 0..(20 * 128) {
+        busy[i % 4]
+            .append(&[Record::new(&value(1 + i % 4, i))])
+            .unwrap();
+        if i % 64 == 63 {
+            worst = worst.max(disk_per_retained(&log, dir.path(), &idle, &busy));
+            log.clean().unwrap();
+        }
+    }
+    worst = worst.max(disk_per_retained(&log, dir.path(), &idle, &busy));
+    let stats = log.stats();
+    assert!(
+        stats["relocated_bytes"].as_u64().unwrap() >= idle_bytes,
+        "{stats}"
+    );
+    eprintln!("disk / retained at most {worst:.3}");
+    assert!(worst <= 1.5, "disk / retained reached {worst:.2}: {stats}");
+    let check = |shard: &Arc<dyn Shard>| {
+        let limits = ReadLimits {
+            max_records: 1000,
+            max_bytes: usize::MAX,
+        };
+        let got = shard.read(0, limits).unwrap().records;
+        assert_eq!(got.len(), 128);
+        for (i, record) in got.iter().enumerate() {
+            assert_eq!(record.offset, i as i64);
+            assert_eq!(record.value_bytes(), value(0, i), "idle@{i}");
+        }
+    };
+    check(&idle);
+    drop((idle, busy));
+    drop(log);
+    engine.close().unwrap();
+
+    let engine = JournalEngine::new(dir.path(), config);
+    let shards = engine.recover().unwrap();
+    let (_, _, idle) = shards.into_iter().find(|(n, _, _)| n == "idle").unwrap();
+    check(&idle);
+}

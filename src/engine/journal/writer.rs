@@ -418,6 +418,8 @@ pub struct Writer {
 /// What the writer has done since the journal opened.
 #[derive(Default)]
 pub struct IoCounters {
+    /// Segments started after the one the journal opened with.
+    pub rolls: AtomicU64,
     pub writes: AtomicU64,
     pub syncs: AtomicU64,
     pub bytes_written: AtomicU64,
@@ -570,6 +572,7 @@ impl Writer {
                     self.segments.write().insert(base, segment.clone());
                     st.active = segment;
                     st.tail = 0;
+                    self.counters.rolls.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     poison(st, format!("creating a segment failed: {e}"));

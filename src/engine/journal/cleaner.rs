@@ -1,0 +1,163 @@
+//! The journal cleaner: keeps the journal's disk use near what its shards
+//! retain.
+//!
+//! Segments are removed only from the front, and only once no index entry
+//! points into them (`Log::maybe_reclaim`), so that replay always meets a
+//! shard's entries in their order. One idle shard with old, retained data
+//! would then pin every later segment, however dead, and disk use would
+//! grow without bound. After each segment roll the cleaner measures the
+//! live bytes of every closed segment (one pass over the shards' indexes)
+//! and picks the longest prefix of the journal whose live bytes are at
+//! most `LIVE_FRACTION` of its size. It relocates the live batches there to
+//! the head of the log (`JournalShard::relocate_below`: `Rewrite` entries
+//! with the batches' own bytes), and the prefix goes the usual way.
+//!
+//! Crash safety comes from the entries, not from ordering tricks: a
+//! relocated batch is a `Rewrite` entry, which replay puts in the place of
+//! the original when the original is still there and inserts when its
+//! segment is gone; and `maybe_reclaim` makes every entry logged before a
+//! removal durable before any file goes. A crash at any point finds each
+//! batch in the old segment, in the new entry, or in both.
+//!
+//! The cost: each relocated byte is written once more, and data that
+//! stays live (an idle shard's) is relocated again each time the log has
+//! moved on past its copy and enough around it died: with `LIVE_FRACTION`
+//! at 2/3, at most two relocated bytes per byte freed, and the journal
+//! holds at most half as much dead data as live data.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{JournalShard, Log};
+use crate::Result;
+
+/// A prefix of the journal is relocated once its live bytes are at most
+/// this fraction of its size: its dead bytes then are at most half its
+/// live ones, which bounds the journal's files to 1.5× the live bytes
+/// (plus the active and the prefilled segment), at the price of at most
+/// two relocated bytes per byte freed. As numerator / denominator.
+const LIVE_FRACTION: (u64, u64) = (2, 3);
+
+/// What one cleaning pass did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CleanPass {
+    /// Segments in the prefix relocated (removed by the reclaim that
+    /// followed, unless a shard pinned them again meanwhile).
+    pub segments: usize,
+    /// Batch bytes relocated.
+    pub relocated_bytes: u64,
+}
+
+/// How many of `segments` (size, live bytes; oldest first) to clean: the
+/// longest prefix whose live bytes are at most `LIVE_FRACTION` of its size
+/// (0: none).
+pub(super) fn prefix_to_clean(segments: &[(u64, u64)]) -> usize {
+    let (mut size, mut live, mut best) = (0u64, 0u64, 0);
+    for (i, &(segment_size, segment_live)) in segments.iter().enumerate() {
+        size += segment_size;
+        live += segment_live;
+        if live * LIVE_FRACTION.1 <= size * LIVE_FRACTION.0 {
+            best = i + 1;
+        }
+    }
+    best
+}
+
+impl Log {
+    /// The cleaner worker's task, after a segment roll. A failed pass
+    /// loses nothing (the segments stay); it is reported.
+    pub(super) fn clean_after_roll(&self) {
+        if let Err(e) = self.clean() {
+            crate::log::emit(
+                crate::log::Level::Error,
+                &format!("journal cleaner: a relocation pass failed: {e}"),
+            );
+        }
+    }
+
+    /// One cleaning pass (see the module's documentation).
+    pub fn clean(&self) -> Result<CleanPass> {
+        if self.read_only {
+            return Ok(CleanPass::default());
+        }
+        let _pass = self.cleaning.lock();
+        let active = self.writer.active_base();
+        let closed: Vec<(u64, u64)> = {
+            let map = self.segments.read();
+            map.values()
+                .filter(|s| s.base < active)
+                .map(|s| (s.base, s.len))
+                .collect()
+        };
+        let shards: Vec<Arc<JournalShard>> = self.shards.lock().values().cloned().collect();
+        let (live, oldest) = live_bytes(&shards, active);
+        let sizes: Vec<(u64, u64)> = closed
+            .iter()
+            .map(|&(base, len)| (len, live.get(&base).copied().unwrap_or(0)))
+            .collect();
+        let count = prefix_to_clean(&sizes);
+        let Some(&(last_base, last_len)) = count.checked_sub(1).and_then(|i| closed.get(i)) else {
+            return Ok(CleanPass::default());
+        };
+        let end = last_base + last_len;
+        let mut relocated_bytes = 0;
+        for (shard, first) in shards.iter().zip(oldest) {
+            if first < end {
+                relocated_bytes += shard.relocate_below(end)?;
+            }
+        }
+        self.relocated_bytes
+            .fetch_add(relocated_bytes, Ordering::Relaxed);
+        self.cleaning_passes.fetch_add(1, Ordering::Relaxed);
+        self.maybe_reclaim();
+        Ok(CleanPass {
+            segments: count,
+            relocated_bytes,
+        })
+    }
+}
+
+/// Live batch bytes per closed segment (base → bytes), and for each shard
+/// the global position of its oldest batch in a closed segment
+/// (`u64::MAX`: none).
+fn live_bytes(shards: &[Arc<JournalShard>], active: u64) -> (BTreeMap<u64, u64>, Vec<u64>) {
+    let mut live = BTreeMap::new();
+    let mut oldest = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let state = shard.state.read();
+        let mut first = u64::MAX;
+        for batch in state.batches.iter() {
+            let base = batch.loc.segment.base;
+            if base < active {
+                *live.entry(base).or_insert(0) += batch.len as u64;
+                first = first.min(batch.global_pos());
+            }
+        }
+        oldest.push(first);
+    }
+    (live, oldest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_to_clean;
+
+    #[test]
+    fn the_longest_mostly_dead_prefix_is_cleaned() {
+        assert_eq!(prefix_to_clean(&[]), 0);
+        assert_eq!(prefix_to_clean(&[(300, 201)]), 0, "mostly live");
+        assert_eq!(prefix_to_clean(&[(300, 200)]), 1, "a third dead");
+        assert_eq!(
+            prefix_to_clean(&[(100, 100), (100, 0), (200, 200)]),
+            2,
+            "a live segment goes with the dead one behind it"
+        );
+        assert_eq!(prefix_to_clean(&[(100, 100), (100, 10), (100, 0)]), 3);
+        assert_eq!(prefix_to_clean(&[(100, 0), (100, 100), (100, 100)]), 3);
+        assert_eq!(
+            prefix_to_clean(&[(100, 0), (100, 100), (100, 100), (100, 100)]),
+            3
+        );
+    }
+}
