@@ -168,7 +168,10 @@ fn clean_reopen_loads_the_checkpoint_and_replays_nothing() {
     std::fs::remove_file(ckpt_path(dir.path())).unwrap();
     let store = open(dir.path());
     assert!(!used_checkpoint(&store));
-    assert!(replayed(&store) > 600, "{}", journal_stats(&store));
+    // Over 400 live batches (the journal cleaner may have relocated some
+    // and removed the segments they were in, so not every entry ever
+    // logged is still there).
+    assert!(replayed(&store) > 400, "{}", journal_stats(&store));
     assert_eq!(snapshot(&store), before);
 }
 

@@ -1930,7 +1930,7 @@ fn skewed_run(base: &Path) -> io::Result<(f64, serde_json::Value)> {
     }
     let ratio = dir_bytes(&journal)? as f64 / retained(&store)? as f64;
     let stats = store.shard_stats("idle").map_err(to_io)?;
-    let journal_stats = &stats["journal"];
+    let journal_stats = &stats["engine_stats"]["journal"];
     let relocated = journal_stats["relocated_bytes"].as_u64().unwrap_or(0);
     let details = json!({
         "ratio": ratio,

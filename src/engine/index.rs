@@ -278,10 +278,22 @@ impl<L> BatchIndex<L> {
     /// Decided without changing anything, so an engine can make the drop
     /// durable before applying it (`drop_front`).
     pub fn retention_drops(&self, options: &ShardOptions, now: i64) -> usize {
+        self.retention_drops_with(options, now, Held::default())
+    }
+
+    /// How many of the batches held now `RetentionRule` drops once batches
+    /// holding `incoming` are appended: an engine can then remove them in
+    /// the append's own write. Batches the rule would drop among the
+    /// incoming ones (too old already) are left to `retention_drops` after
+    /// the append.
+    pub fn retention_drops_with(&self, options: &ShardOptions, now: i64, incoming: Held) -> usize {
         let Some(rule) = RetentionRule::new(options, now) else {
             return 0;
         };
         let mut held = self.held();
+        held.batches += incoming.batches;
+        held.records += incoming.records;
+        held.bytes += incoming.bytes;
         let mut dropped = 0;
         for front in &self.batches {
             if !rule.drops(held, front.max_timestamp) {

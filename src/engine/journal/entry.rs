@@ -164,9 +164,16 @@ pub fn parse(rest: &[u8]) -> Parsed {
 /// `segment`, if any. Used to tell a torn tail (nothing valid follows) from
 /// corruption in the middle of the log.
 pub fn find_valid(segment: &[u8], from: u64) -> Option<u64> {
+    find_valid_before(segment, from, segment.len() as u64)
+}
+
+/// `find_valid` for entries starting before `to` only (a scan in windows;
+/// an entry may extend past `to`).
+pub fn find_valid_before(segment: &[u8], from: u64, to: u64) -> Option<u64> {
     let magic = MAGIC.to_le_bytes();
     let mut pos = from.next_multiple_of(ALIGN) as usize;
-    while pos + HEADER_LEN <= segment.len() {
+    let end = (to as usize).min(segment.len());
+    while pos < end && pos + HEADER_LEN <= segment.len() {
         if segment[pos..pos + 4] == magic {
             if let Parsed::Valid(_) = parse(&segment[pos..]) {
                 return Some(pos as u64);

@@ -117,7 +117,7 @@ fn unsynced_tail(segments: &[Arc<Segment>], index: usize, pos: u64, proven: u64)
     for (i, segment) in segments.iter().enumerate().skip(index) {
         let data = segment.data();
         let mut at = if i == index { pos + entry::ALIGN } else { 0 };
-        while let Some(found) = entry::find_valid(data, at) {
+        while let Some(found) = find_valid(segment, at) {
             valid_after = true;
             let Parsed::Valid(header) = entry::parse(&data[found as usize..]) else {
                 unreachable!("find_valid found a valid entry");
@@ -233,11 +233,13 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
     let mut proven = out.checkpoint_end.unwrap_or(0);
     let mut catalogue = Catalogue::default();
     let mut valid: Vec<(Arc<Segment>, u64, entry::EntryHeader)> = Vec::new();
+    let mut released = PageReleaser::default();
     'segments: while index < segments.len() {
         let segment = segments[index].clone();
         let data = segment.data();
         let mut pos = std::mem::take(&mut resume);
         loop {
+            released.at(&segment, pos);
             // `pos` may lie past the end when a truncated file ends inside
             // the last entry's padding.
             let parsed = entry::parse(data.get(pos as usize..).unwrap_or(&[]));
@@ -267,7 +269,7 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
                     // Normally the end of this segment's data. Valid entries
                     // after a zeroed header mean a hole in the middle, or
                     // the torn, unsynced tail a power cut leaves.
-                    if let Some(next) = entry::find_valid(data, pos + entry::ALIGN) {
+                    if let Some(next) = find_valid(&segment, pos + entry::ALIGN) {
                         if unsynced_tail(&segments, index, pos, proven) {
                             cut_tail(dir, &mut segments, index, pos, &mut out, read_only)?;
                             break;
@@ -287,7 +289,7 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
                     break;
                 }
                 Parsed::Invalid(reason) => {
-                    let valid_after = entry::find_valid(data, pos + entry::ALIGN);
+                    let valid_after = find_valid(&segment, pos + entry::ALIGN);
                     if unsynced_tail(&segments, index, pos, proven) {
                         cut_tail(dir, &mut segments, index, pos, &mut out, read_only)?;
                         break;
@@ -307,7 +309,7 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
                     }
                     let later = segments[index + 1..]
                         .iter()
-                        .find(|s| entry::find_valid(s.data(), 0).is_some());
+                        .find(|s| find_valid(s, 0).is_some());
                     if let Some(later) = later {
                         if !skip {
                             return Err(corruption_here(
@@ -333,8 +335,10 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
     // Shards the checkpoint holds whose deletion was logged after it
     // (`apply` ignores every entry of a deleted id, the deletion included).
     out.shards.retain(|id, _| !catalogue.deleted.contains(id));
+    released.finish();
     // Second pass: replay, now that every shard's catalogue is known.
     for (segment, pos, header) in valid {
+        released.at(&segment, pos);
         let start = pos as usize + HEADER_LEN;
         let payload = &segment.data()[start..start + header.payload_len as usize];
         // A periodic checkpoint snapshotted this shard after this entry.
@@ -350,9 +354,7 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
     for shard in out.shards.values_mut() {
         shard.state.recompute_running_max();
     }
-    for segment in &segments {
-        segment.release_pages();
-    }
+    released.finish();
     if clean_end.is_some() && !read_only {
         // Appends may follow from now on: a later open must no longer
         // assume the journal ends at the checkpoint's end. Cleared only
@@ -361,6 +363,65 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
         ckpt::mark_dirty(dir)?;
     }
     Ok(out)
+}
+
+/// `entry::find_valid` over a whole segment, a window at a time, each
+/// window's page mappings dropped once scanned: looking past a zeroed
+/// header reads the rest of the segment (up to `segment_bytes` of unused,
+/// preallocated space), which must not stay in the process's RSS.
+fn find_valid(segment: &Segment, from: u64) -> Option<u64> {
+    let data = segment.data();
+    let mut start = from;
+    while start < data.len() as u64 {
+        let end = (start + RELEASE_EVERY).min(data.len() as u64);
+        let found = entry::find_valid_before(data, start, end);
+        segment.release_range(start, end);
+        if found.is_some() {
+            return found;
+        }
+        start = end;
+    }
+    None
+}
+
+/// Drops the page mappings behind recovery's scans as they advance: they
+/// touch every page of the journal, and a process's mapped file pages count
+/// in its RSS, so without this the peak RSS of an open would be the size of
+/// the journal replayed (up to `segment_bytes` per segment). The pages stay
+/// in the page cache.
+#[derive(Default)]
+struct PageReleaser {
+    current: Option<Arc<Segment>>,
+    from: u64,
+}
+
+/// Bytes a scan may leave mapped behind it.
+const RELEASE_EVERY: u64 = 32 << 20;
+
+impl PageReleaser {
+    /// The scan is at `pos` of `segment`.
+    fn at(&mut self, segment: &Arc<Segment>, pos: u64) {
+        match &self.current {
+            Some(current) if Arc::ptr_eq(current, segment) => {
+                if pos >= self.from + RELEASE_EVERY {
+                    current.release_range(self.from, pos);
+                    self.from = pos;
+                }
+            }
+            _ => {
+                self.finish();
+                self.current = Some(segment.clone());
+                self.from = pos;
+            }
+        }
+    }
+
+    /// Releases the segment the scan was in.
+    fn finish(&mut self) {
+        if let Some(segment) = self.current.take() {
+            segment.release_pages();
+        }
+    }
 }
 
 /// What the first pass learns about shard ids from the whole journal.

@@ -160,6 +160,26 @@ impl Segment {
         };
     }
 
+    /// Drops this process's page mappings of the bytes from `from` to `to`
+    /// (whole pages only: the page holding `to` stays mapped), as
+    /// `release_pages` does for the whole segment.
+    pub fn release_range(&self, from: u64, to: u64) {
+        const PAGE: u64 = 4096;
+        let (start, end) = (from / PAGE * PAGE, to.min(self.len) / PAGE * PAGE);
+        if end <= start {
+            return;
+        }
+        // SAFETY: as in `release_pages`; the range lies inside the mapping
+        // and starts on a page boundary.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                (end - start) as usize,
+            )
+        };
+    }
+
     /// The whole mapping (recovery scans it before any write).
     pub fn data(&self) -> &[u8] {
         &self.map

@@ -22,7 +22,7 @@ use super::keys::{self, batch_key, shard_prefix, IndexValue, ShardMeta};
 use super::plan::{self, PlannedBatch};
 use super::{cf, db_error, Db, CF_BATCHES, CF_GROUPS, CF_INDEX, CF_SHARDS};
 use crate::config::{Config, Durability, EngineKind, ShardOptions};
-use crate::engine::index::{BatchEntry, BatchIndex};
+use crate::engine::index::{BatchEntry, BatchIndex, Held};
 use crate::engine::keyfilter;
 use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
@@ -312,10 +312,30 @@ impl RocksShard {
                 base = last + 1;
             }
         }
+        // Retention the append causes goes in the same write: one WAL
+        // record per append, not a second write for the drop.
+        let incoming = Held {
+            batches: entries.len() as u64,
+            records: entries.iter().map(|e| u64::from(e.records)).sum(),
+            bytes: entries.iter().map(|e| e.len as u64).sum(),
+        };
+        let dropped = match self.db.read_only {
+            true => 0,
+            false => state.retention_drops_with(&self.options, now, incoming),
+        };
+        if dropped > 0 {
+            self.delete_batches(&mut write, state.batches.range(..dropped))?;
+            let low = state
+                .low_watermark
+                .max(state.batches[dropped - 1].last_offset + 1);
+            let next = entries.last().map_or(first, |e| e.last_offset + 1);
+            self.put_meta(&mut write, low, next)?;
+        }
         let seq = self.db.write(write, self.options.durability, pipelined)?;
         self.unsynced.fetch_max(seq, Ordering::AcqRel);
 
         let mut state = RwLockUpgradableReadGuard::upgrade(state);
+        state.drop_front(dropped);
         let (mut records, mut bytes) = (0u64, 0u64);
         for mut entry in entries {
             entry.loc = seq;
