@@ -162,13 +162,9 @@ pub fn parse(rest: &[u8]) -> Parsed {
 
 /// Position of the first valid entry at or after `from` (aligned) in
 /// `segment`, if any. Used to tell a torn tail (nothing valid follows) from
-/// corruption in the middle of the log.
-pub fn find_valid(segment: &[u8], from: u64) -> Option<u64> {
-    find_valid_before(segment, from, segment.len() as u64)
-}
-
-/// `find_valid` for entries starting before `to` only (a scan in windows;
-/// an entry may extend past `to`).
+/// corruption in the middle of the log. Only entries starting before `to`
+/// are looked at (recovery scans a
+/// segment in windows); an entry may extend past `to`.
 pub fn find_valid_before(segment: &[u8], from: u64, to: u64) -> Option<u64> {
     let magic = MAGIC.to_le_bytes();
     let mut pos = from.next_multiple_of(ALIGN) as usize;
@@ -246,8 +242,14 @@ mod tests {
             parse(&seg[h.entry_len() as usize..]),
             Parsed::Empty
         ));
-        assert_eq!(find_valid(&seg, 0), Some(0));
-        assert_eq!(find_valid(&seg, 1), None);
+        let len = seg.len() as u64;
+        assert_eq!(find_valid_before(&seg, 0, len), Some(0));
+        assert_eq!(find_valid_before(&seg, 1, len), None);
+        assert_eq!(
+            find_valid_before(&seg, 0, 0),
+            None,
+            "nothing starts before 0"
+        );
         for bit in [0usize, 40, 100, 8 * 31] {
             let mut damaged = seg.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
