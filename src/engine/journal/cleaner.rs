@@ -7,8 +7,9 @@
 //! would then pin every later segment, however dead, and disk use would
 //! grow without bound. After each segment roll the cleaner measures the
 //! live bytes of every closed segment (one pass over the shards' indexes)
-//! and picks the longest prefix of the journal whose live bytes are at
-//! most `LIVE_FRACTION` of its size. It relocates the live batches there to
+//! and picks, among the prefixes of the journal whose live bytes are at
+//! most `LIVE_FRACTION` of their size, the one with the smallest live
+//! fraction. It relocates the live batches there to
 //! the head of the log (`JournalShard::relocate_below`: `Rewrite` entries
 //! with the batches' own bytes), and the prefix goes the usual way.
 //!
@@ -49,19 +50,30 @@ pub struct CleanPass {
     pub relocated_bytes: u64,
 }
 
-/// How many of `segments` (size, live bytes; oldest first) to clean: the
-/// longest prefix whose live bytes are at most `LIVE_FRACTION` of its size
-/// (0: none).
+/// How many of `segments` (size, live bytes; oldest first) to clean (0:
+/// none): among the prefixes whose live bytes are at most `LIVE_FRACTION`
+/// of their size, the one with the smallest live fraction (the longer one
+/// on a tie). It frees the most per byte relocated: a longer prefix would
+/// reach into young segments whose data is mostly still live and would
+/// soon die where it is.
 pub(super) fn prefix_to_clean(segments: &[(u64, u64)]) -> usize {
-    let (mut size, mut live, mut best) = (0u64, 0u64, 0);
+    let (mut size, mut live) = (0u64, 0u64);
+    let mut best: Option<(usize, u64, u64)> = None;
     for (i, &(segment_size, segment_live)) in segments.iter().enumerate() {
         size += segment_size;
         live += segment_live;
-        if live * LIVE_FRACTION.1 <= size * LIVE_FRACTION.0 {
-            best = i + 1;
+        if live * LIVE_FRACTION.1 > size * LIVE_FRACTION.0 {
+            continue;
+        }
+        // live / size <= best_live / best_size, without division.
+        let better = best.is_none_or(|(_, l, s)| {
+            u128::from(live) * u128::from(s) <= u128::from(l) * u128::from(size)
+        });
+        if better {
+            best = Some((i + 1, live, size));
         }
     }
-    best
+    best.map_or(0, |(count, _, _)| count)
 }
 
 impl Log {
@@ -144,20 +156,21 @@ mod tests {
     use super::prefix_to_clean;
 
     #[test]
-    fn the_longest_mostly_dead_prefix_is_cleaned() {
+    fn the_mostly_dead_prefix_that_frees_most_per_byte_moved_is_cleaned() {
         assert_eq!(prefix_to_clean(&[]), 0);
         assert_eq!(prefix_to_clean(&[(300, 201)]), 0, "mostly live");
         assert_eq!(prefix_to_clean(&[(300, 200)]), 1, "a third dead");
         assert_eq!(
-            prefix_to_clean(&[(100, 100), (100, 0), (200, 200)]),
-            2,
-            "a live segment goes with the dead one behind it"
+            prefix_to_clean(&[(100, 100), (100, 0), (100, 0), (100, 90)]),
+            3,
+            "a live segment goes with the dead ones behind it, not the young one after"
         );
         assert_eq!(prefix_to_clean(&[(100, 100), (100, 10), (100, 0)]), 3);
-        assert_eq!(prefix_to_clean(&[(100, 0), (100, 100), (100, 100)]), 3);
+        assert_eq!(prefix_to_clean(&[(100, 0), (100, 100), (100, 100)]), 1);
         assert_eq!(
-            prefix_to_clean(&[(100, 0), (100, 100), (100, 100), (100, 100)]),
-            3
+            prefix_to_clean(&[(100, 0), (100, 0)]),
+            2,
+            "ties: the longer"
         );
     }
 }
