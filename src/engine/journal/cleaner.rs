@@ -66,9 +66,10 @@ pub(super) fn prefix_to_clean(segments: &[(u64, u64)]) -> usize {
             continue;
         }
         // live / size <= best_live / best_size, without division.
-        let better = best.is_none_or(|(_, l, s)| {
-            u128::from(live) * u128::from(s) <= u128::from(l) * u128::from(size)
-        });
+        let better = match best {
+            None => true,
+            Some((_, l, s)) => u128::from(live) * u128::from(s) <= u128::from(l) * u128::from(size),
+        };
         if better {
             best = Some((i + 1, live, size));
         }
