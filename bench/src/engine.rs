@@ -1763,6 +1763,77 @@ fn reopen_crash(base: &Path, kind: EngineKind, bytes: u64) -> io::Result<(f64, i
     Ok((elapsed, acknowledged, recovered))
 }
 
+const SKEW_IDLE_BYTES: u64 = 32 << 20;
+const SKEW_BUSY_SHARDS: usize = 8;
+const SKEW_BUSY_RETENTION: u64 = 4 << 20;
+const SKEW_SEGMENT_BYTES: u64 = 8 << 20;
+
+/// Bytes of every file in `dir`.
+fn dir_bytes(dir: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        total += entry?.metadata()?.len();
+    }
+    Ok(total)
+}
+
+/// One run of `skewed_retention`: the final ratio, and what else it saw.
+fn skewed_run(base: &Path) -> io::Result<(f64, serde_json::Value)> {
+    let dir = tempfile::Builder::new()
+        .prefix("skewed-")
+        .tempdir_in(base)?;
+    let config = Config::from_toml_str(&format!(
+        "[shard]\nengine = \"journal\"\ndurability = \"os\"\n\
+         [journal]\nsegment_bytes = {SKEW_SEGMENT_BYTES}\n"
+    ))
+    .map_err(to_io)?;
+    let store = Store::open(dir.path(), config).map_err(to_io)?;
+    let journal = dir.path().join("journal");
+    let value = vec![b'v'; 1024];
+    let batch: Vec<Record<'_>> = (0..64).map(|_| Record::new(&value)).collect();
+    let batch_bytes = 64 * 1024;
+    store.create_shard("idle", None).map_err(to_io)?;
+    for _ in 0..SKEW_IDLE_BYTES / batch_bytes {
+        store.append_batch("idle", &batch).map_err(to_io)?;
+    }
+    let busy: Vec<String> = (0..SKEW_BUSY_SHARDS).map(|i| format!("busy{i}")).collect();
+    let options = format!("retention_bytes = {SKEW_BUSY_RETENTION}");
+    for name in &busy {
+        store.create_shard(name, Some(&options)).map_err(to_io)?;
+    }
+    let retained = |store: &Store| -> io::Result<u64> {
+        let mut bytes = 0;
+        for name in busy.iter().map(String::as_str).chain(["idle"]) {
+            bytes += store.shard_info(name).map_err(to_io)?.bytes;
+        }
+        Ok(bytes)
+    };
+    let mut worst: f64 = 0.0;
+    let batches = 20 * SKEW_IDLE_BYTES / batch_bytes;
+    for i in 0..batches {
+        store
+            .append_batch(&busy[i as usize % busy.len()], &batch)
+            .map_err(to_io)?;
+        if i % 128 == 127 {
+            worst = worst.max(dir_bytes(&journal)? as f64 / retained(&store)? as f64);
+        }
+    }
+    let ratio = dir_bytes(&journal)? as f64 / retained(&store)? as f64;
+    let stats = store.shard_stats("idle").map_err(to_io)?;
+    let journal_stats = &stats["engine_stats"]["journal"];
+    let relocated = journal_stats["relocated_bytes"].as_u64().unwrap_or(0);
+    let details = json!({
+        "ratio": ratio,
+        "worst_sampled_ratio": worst,
+        "relocated_mb": relocated as f64 / (1 << 20) as f64,
+        "relocated_per_busy_byte": relocated as f64 / (batches * batch_bytes) as f64,
+        "cleaning_passes": journal_stats["cleaning_passes"],
+        "segments": journal_stats["segments"],
+    });
+    store.close().map_err(to_io)?;
+    Ok((ratio, details))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1871,75 +1942,4 @@ mod tests {
         let answer = accepts(dir.path(), EngineKind::Memory, Durability::Fsync).unwrap();
         assert!(answer.unwrap_err().contains("durability"));
     }
-}
-
-const SKEW_IDLE_BYTES: u64 = 32 << 20;
-const SKEW_BUSY_SHARDS: usize = 8;
-const SKEW_BUSY_RETENTION: u64 = 4 << 20;
-const SKEW_SEGMENT_BYTES: u64 = 8 << 20;
-
-/// Bytes of every file in `dir`.
-fn dir_bytes(dir: &Path) -> io::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        total += entry?.metadata()?.len();
-    }
-    Ok(total)
-}
-
-/// One run of `skewed_retention`: the final ratio, and what else it saw.
-fn skewed_run(base: &Path) -> io::Result<(f64, serde_json::Value)> {
-    let dir = tempfile::Builder::new()
-        .prefix("skewed-")
-        .tempdir_in(base)?;
-    let config = Config::from_toml_str(&format!(
-        "[shard]\nengine = \"journal\"\ndurability = \"os\"\n\
-         [journal]\nsegment_bytes = {SKEW_SEGMENT_BYTES}\n"
-    ))
-    .map_err(to_io)?;
-    let store = Store::open(dir.path(), config).map_err(to_io)?;
-    let journal = dir.path().join("journal");
-    let value = vec![b'v'; 1024];
-    let batch: Vec<Record<'_>> = (0..64).map(|_| Record::new(&value)).collect();
-    let batch_bytes = 64 * 1024;
-    store.create_shard("idle", None).map_err(to_io)?;
-    for _ in 0..SKEW_IDLE_BYTES / batch_bytes {
-        store.append_batch("idle", &batch).map_err(to_io)?;
-    }
-    let busy: Vec<String> = (0..SKEW_BUSY_SHARDS).map(|i| format!("busy{i}")).collect();
-    let options = format!("retention_bytes = {SKEW_BUSY_RETENTION}");
-    for name in &busy {
-        store.create_shard(name, Some(&options)).map_err(to_io)?;
-    }
-    let retained = |store: &Store| -> io::Result<u64> {
-        let mut bytes = 0;
-        for name in busy.iter().map(String::as_str).chain(["idle"]) {
-            bytes += store.shard_info(name).map_err(to_io)?.bytes;
-        }
-        Ok(bytes)
-    };
-    let mut worst: f64 = 0.0;
-    let batches = 20 * SKEW_IDLE_BYTES / batch_bytes;
-    for i in 0..batches {
-        store
-            .append_batch(&busy[i as usize % busy.len()], &batch)
-            .map_err(to_io)?;
-        if i % 128 == 127 {
-            worst = worst.max(dir_bytes(&journal)? as f64 / retained(&store)? as f64);
-        }
-    }
-    let ratio = dir_bytes(&journal)? as f64 / retained(&store)? as f64;
-    let stats = store.shard_stats("idle").map_err(to_io)?;
-    let journal_stats = &stats["engine_stats"]["journal"];
-    let relocated = journal_stats["relocated_bytes"].as_u64().unwrap_or(0);
-    let details = json!({
-        "ratio": ratio,
-        "worst_sampled_ratio": worst,
-        "relocated_mb": relocated as f64 / (1 << 20) as f64,
-        "relocated_per_busy_byte": relocated as f64 / (batches * batch_bytes) as f64,
-        "cleaning_passes": journal_stats["cleaning_passes"],
-        "segments": journal_stats["segments"],
-    });
-    store.close().map_err(to_io)?;
-    Ok((ratio, details))
 }
