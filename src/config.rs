@@ -290,6 +290,10 @@ pub struct JournalConfig {
     /// The newest this many written journal bytes stay in memory for tail
     /// reads and transfers (O_DIRECT writes bypass the page cache); 0 = off.
     pub tail_cache_bytes: u64,
+    /// Relocate the live batches of mostly dead old segments after each
+    /// segment roll, so that disk use follows retention (the journal
+    /// cleaner); false leaves segments pinned by old live batches.
+    pub cleaner: bool,
 }
 
 impl Default for JournalConfig {
@@ -304,6 +308,7 @@ impl Default for JournalConfig {
             hot_segments: 3,
             checkpoint_bytes: 1 << 30,
             tail_cache_bytes: 64 << 20,
+            cleaner: true,
         }
     }
 }
@@ -515,6 +520,7 @@ struct JournalSection {
     hot_segments: Option<u32>,
     checkpoint_bytes: Option<u64>,
     tail_cache_bytes: Option<u64>,
+    cleaner: Option<bool>,
 }
 
 /// Journal segments hold positions as u32 file offsets in places.
@@ -659,7 +665,8 @@ impl Config {
     /// delete_retention_ms, min_compaction_lag_ms); `[journal]` segment_bytes,
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
     /// (`auto`, `uring` or `pwrite`), direct (bool), prefill_zeros (bool), hot_segments (≥ 1),
-    /// checkpoint_bytes (0 = at clean close only), tail_cache_bytes (0 = off);
+    /// checkpoint_bytes (0 = at clean close only), tail_cache_bytes (0 = off),
+    /// cleaner (bool);
     /// `[rocksdb]` write_buffer_mb (1 … 4096), block_cache_mb (0 … 2^20),
     /// max_background_jobs (1 … 64).
     pub fn from_toml_str(text: &str) -> Result<Config> {
@@ -747,6 +754,9 @@ impl Config {
             }
             if let Some(prefill) = journal.prefill_zeros {
                 config.journal.prefill_zeros = prefill;
+            }
+            if let Some(cleaner) = journal.cleaner {
+                config.journal.cleaner = cleaner;
             }
             if let Some(hot) = journal.hot_segments {
                 if hot == 0 {
@@ -958,6 +968,9 @@ mod tests {
         let json = Config::default().to_json();
         assert_eq!(json["journal"]["io"], "auto");
         assert_eq!(json["journal"]["direct"], true);
+        assert_eq!(json["journal"]["cleaner"], true);
+        let config = Config::from_toml_str("[journal]\ncleaner = false\n").unwrap();
+        assert!(!config.journal.cleaner);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{JournalShard, Log};
+use super::{entry, JournalShard, Log};
 use crate::Result;
 
 /// A prefix of the journal is relocated once its live bytes are at most
@@ -95,6 +95,7 @@ impl Log {
             return Ok(CleanPass::default());
         }
         let _pass = self.cleaning.lock();
+
         let active = self.writer.active_base();
         let closed: Vec<(u64, u64)> = {
             let map = self.segments.read();
@@ -131,7 +132,7 @@ impl Log {
     }
 }
 
-/// Live batch bytes per closed segment (base → bytes), and for each shard
+/// Live entry bytes per closed segment (base → bytes), and for each shard
 /// the global position of its oldest batch in a closed segment
 /// (`u64::MAX`: none).
 fn live_bytes(shards: &[Arc<JournalShard>], active: u64) -> (BTreeMap<u64, u64>, Vec<u64>) {
@@ -143,7 +144,9 @@ fn live_bytes(shards: &[Arc<JournalShard>], active: u64) -> (BTreeMap<u64, u64>,
         for batch in state.batches.iter() {
             let base = batch.loc.segment.base;
             if base < active {
-                *live.entry(base).or_insert(0) += batch.len as u64;
+                // The whole entry, header and padding included: only what
+                // a relocation would free counts as dead.
+                *live.entry(base).or_insert(0) += entry::entry_len(batch.len as usize);
                 first = first.min(batch.global_pos());
             }
         }

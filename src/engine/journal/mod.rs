@@ -426,7 +426,7 @@ impl JournalEngine {
                         .ok()
                 }
             },
-            cleaner: match self.read_only {
+            cleaner: match self.read_only || !self.config.cleaner {
                 true => None,
                 false => {
                     worker::Worker::start("mqs-journal-clean", weak.clone(), Log::clean_after_roll)
