@@ -379,7 +379,16 @@ fn check(engine: &str, durability: &str, ops: &[Op]) -> Result<(), TestCaseError
                         prop_assert!(offsets.contains(first_live), "no live record is skipped");
                     }
                 } else {
-                    prop_assert_eq!(plan.next_offset(), m.next);
+                    // Nothing live is left from `offset` on: the plan ends
+                    // at the shard's end, or earlier at a batch that lost
+                    // all its records (the file engine keeps such batches
+                    // empty, and a small plan may stop before one), as
+                    // long as it makes progress.
+                    prop_assert!(plan.next_offset() <= m.next);
+                    prop_assert!(
+                        plan.next_offset() > *offset || plan.next_offset() == m.next,
+                        "progress is guaranteed"
+                    );
                 }
             }
         }
