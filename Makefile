@@ -68,21 +68,25 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-test-rust:
-	cargo test -p mqstore
+# Suites that reach the MySQL and Redis engines run with private servers
+# up (scripts/with-servers.sh starts and stops them).
+WITH_SERVERS := scripts/with-servers.sh
+
+test-rust: tools
+	$(WITH_SERVERS) cargo test -p mqstore
 
 # The operator's tool (cli/): every command against stores built by the test.
 test-cli:
 	cargo test -p mqstore-cli
 
 test-c: tools build
-	bash tests/c/run.sh
+	$(WITH_SERVERS) bash tests/c/run.sh
 
 test-cpp: tools build
-	bash tests/cpp/run.sh
+	$(WITH_SERVERS) bash tests/cpp/run.sh
 
-test-python: python-dev
-	$(PYTHON) -m pytest tests/python -q
+test-python: tools python-dev
+	$(WITH_SERVERS) $(PYTHON) -m pytest tests/python -q
 
 # The package as users install it: a built wheel and `pip install ./python`,
 # each in a fresh virtualenv, pass the Python suite (a few minutes, so not
@@ -90,15 +94,16 @@ test-python: python-dev
 test-python-package: tools venv
 	bash tests/python/package.sh
 
-# The kill -9 crash tests of the journal, file and RocksDB engines (and of
-# truncate_to and of compaction on each), long mode (make test runs 20
+# The kill -9 crash tests of the journal, file, RocksDB, MySQL and Redis
+# engines (and of truncate_to and of compaction on each), long mode (make test runs 20
 # cycles of each).
-crash-long:
+crash-long: tools
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test journal_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test file_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test rocksdb_crash -- --nocapture
-	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test truncate_crash -- --nocapture
-	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test compaction_crash -- --nocapture
+	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test truncate_crash -- --nocapture
+	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test compaction_crash -- --nocapture
+	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test server_crash -- --nocapture
 
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, AddressSanitizer) of the
 # batch decoder, producer batch validation, the configuration parser, store
@@ -218,11 +223,11 @@ bench: bench-deps
 	@if [[ "$(BENCH_FEATURES)" == *rocksdb* ]] && ! ldconfig -p | grep -q 'libclang[-.0-9]*\.so'; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev; fi
 	cargo build --release -p mqstore -p mqstore-bench $(if $(BENCH_FEATURES),--features mqstore-bench/$(BENCH_FEATURES))
-	cargo run -p mqstore-bench --release $(if $(BENCH_FEATURES),--features $(BENCH_FEATURES)) -- $(BENCH_ARGS)
+	$(WITH_SERVERS) cargo run -p mqstore-bench --release $(if $(BENCH_FEATURES),--features $(BENCH_FEATURES)) -- $(BENCH_ARGS)
 
 bench-quick: bench-deps
 	cargo build --release -p mqstore -p mqstore-bench
-	cargo run -p mqstore-bench --release -- --quick $(BENCH_ARGS)
+	$(WITH_SERVERS) cargo run -p mqstore-bench --release -- --quick $(BENCH_ARGS)
 
 clean:
 	cargo clean

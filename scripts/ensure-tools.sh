@@ -2,7 +2,8 @@
 # Installs the system tools the test suite and the demo need, if missing:
 # a C and a C++ compiler, valgrind, Python's venv module, binutils,
 # pkg-config, CMake and libclang (bindgen, run by librocksdb-sys's build
-# script for the RocksDB engine). Idempotent.
+# script for the RocksDB engine), MariaDB and Redis (the servers the MySQL
+# and Redis engines are tested against). Idempotent.
 set -euo pipefail
 
 missing=()
@@ -16,6 +17,9 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 command -v cmake >/dev/null || missing+=(cmake)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 ldconfig -p | grep -q 'libclang[-.0-9]*\.so' || missing+=(libclang-dev)
+# The servers the MySQL and Redis engines' tests start (scripts/with-servers.sh).
+command -v mariadbd >/dev/null && command -v mariadb-install-db >/dev/null || missing+=(mariadb-server)
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server)
 
 if ((${#missing[@]})); then
     echo "ensure-tools: installing ${missing[*]}"

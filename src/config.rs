@@ -21,6 +21,8 @@ pub enum EngineKind {
     Rocksdb,
     S3,
     Hybrid,
+    Mysql,
+    Redis,
 }
 
 impl EngineKind {
@@ -396,6 +398,64 @@ impl Default for RocksdbConfig {
     }
 }
 
+/// Settings of a server the store connects to (the `[mysql]` and
+/// `[redis]` sections). The URL may carry credentials: it is never
+/// serialized (stats show `server_address()` instead) nor put in errors.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct ServerConfig {
+    /// `mysql://user@host:port/database` or `redis://host:port/db`; `None`:
+    /// the engine is not configured, and its shards are refused.
+    #[serde(skip)]
+    pub url: Option<String>,
+    /// Connections kept open.
+    pub pool_size: u32,
+    /// How long opening a connection may take.
+    pub connect_timeout_ms: u64,
+    /// How long one request may wait for the server's answer.
+    pub io_timeout_ms: u64,
+    /// Redis: every key of the store starts with it (several stores may
+    /// share one server); MySQL: the tables' name prefix. Empty (the
+    /// default): one derived from the store's id (`store.id` in its
+    /// directory), so stores sharing a server never share data.
+    pub key_prefix: String,
+}
+
+impl ServerConfig {
+    fn new() -> ServerConfig {
+        ServerConfig {
+            url: None,
+            pool_size: 8,
+            connect_timeout_ms: 5_000,
+            io_timeout_ms: 10_000,
+            key_prefix: String::new(),
+        }
+    }
+
+    /// The URL without user, password, path or query: for messages.
+    pub fn server_address(&self) -> String {
+        let Some(url) = &self.url else {
+            return "(no url)".to_string();
+        };
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let host = rest.split(['/', '?']).next().unwrap_or("");
+        host.rsplit_once('@')
+            .map_or(host, |(_, host)| host)
+            .to_string()
+    }
+}
+
+impl fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("server", &self.server_address())
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("io_timeout_ms", &self.io_timeout_ms)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
 /// Store-wide configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -430,6 +490,10 @@ pub struct Config {
     pub file: FileConfig,
     /// Settings of the RocksDB engine.
     pub rocksdb: RocksdbConfig,
+    /// The MySQL (or MariaDB) server of the MySQL engine.
+    pub mysql: ServerConfig,
+    /// The Redis server of the Redis engine.
+    pub redis: ServerConfig,
 }
 
 impl Default for Config {
@@ -446,6 +510,8 @@ impl Default for Config {
             journal: JournalConfig::default(),
             file: FileConfig::default(),
             rocksdb: RocksdbConfig::default(),
+            mysql: ServerConfig::new(),
+            redis: ServerConfig::new(),
         }
     }
 }
@@ -462,6 +528,65 @@ struct ConfigFile {
     journal: Option<JournalSection>,
     file: Option<FileSection>,
     rocksdb: Option<RocksdbSection>,
+    mysql: Option<ServerSection>,
+    redis: Option<ServerSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    url: Option<String>,
+    pool_size: Option<u32>,
+    connect_timeout_ms: Option<u64>,
+    io_timeout_ms: Option<u64>,
+    key_prefix: Option<String>,
+}
+
+impl ServerSection {
+    fn apply_to(self, section: &str, config: &mut ServerConfig) -> Result<()> {
+        if let Some(url) = self.url {
+            let scheme = if section == "mysql" {
+                "mysql://"
+            } else {
+                "redis://"
+            };
+            if !url.starts_with(scheme) {
+                return Err(Error::InvalidConfig(format!(
+                    "{section}.url must start with {scheme}"
+                )));
+            }
+            config.url = Some(url);
+        }
+        if let Some(size) = self.pool_size {
+            check_range(&format!("{section}.pool_size"), size as u64, 1, 1024)?;
+            config.pool_size = size;
+        }
+        if let Some(ms) = self.connect_timeout_ms {
+            check_range(&format!("{section}.connect_timeout_ms"), ms, 1, 600_000)?;
+            config.connect_timeout_ms = ms;
+        }
+        if let Some(ms) = self.io_timeout_ms {
+            check_range(&format!("{section}.io_timeout_ms"), ms, 1, 600_000)?;
+            config.io_timeout_ms = ms;
+        }
+        if let Some(prefix) = self.key_prefix {
+            let table_safe = prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if prefix.len() > 32 || (section == "mysql" && !table_safe) {
+                return Err(Error::InvalidConfig(format!(
+                    "{section}.key_prefix: at most 32 characters{}",
+                    if section == "mysql" {
+                        ", letters, digits and _ only"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            config.key_prefix = prefix;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -807,6 +932,12 @@ impl Config {
         }
         if let Some(rocksdb) = file.rocksdb {
             rocksdb.apply_to(&mut config.rocksdb)?;
+        }
+        if let Some(mysql) = file.mysql {
+            mysql.apply_to("mysql", &mut config.mysql)?;
+        }
+        if let Some(redis) = file.redis {
+            redis.apply_to("redis", &mut config.redis)?;
         }
         if config.max_record_bytes > config.max_batch_bytes {
             return Err(Error::InvalidConfig(format!(

@@ -19,11 +19,27 @@ pub struct Fixture {
 }
 
 pub fn open(engine: &str, extra: &str) -> Fixture {
+    if let Some(var) = server_url_var(engine) {
+        assert!(
+            std::env::var_os(var).is_some(),
+            "the {engine} engine's suite needs its test server: run it through \
+             `make test-rust` or `scripts/with-servers.sh cargo test` ({var} is not set)"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let toml = format!("[shard]\nengine = \"{engine}\"\n{extra}");
     let config = Config::from_toml_str(&toml).unwrap();
     let store = Store::open(dir.path(), config).unwrap();
     Fixture { store, _dir: dir }
+}
+
+/// The variable naming the test server of a server engine.
+fn server_url_var(engine: &str) -> Option<&'static str> {
+    match engine {
+        "mysql" => Some("MQS_MYSQL_URL"),
+        "redis" => Some("MQS_REDIS_URL"),
+        _ => None,
+    }
 }
 
 impl Fixture {
@@ -1034,6 +1050,10 @@ conformance_suite!(journal, "journal");
 conformance_suite!(file, "file");
 #[cfg(feature = "rocksdb")]
 conformance_suite!(rocksdb, "rocksdb");
+#[cfg(feature = "mysql")]
+conformance_suite!(mysql, "mysql");
+#[cfg(feature = "redis")]
+conformance_suite!(redis, "redis");
 
 #[test]
 fn memory_engine_refuses_durable_modes() {

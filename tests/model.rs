@@ -16,7 +16,7 @@ use proptest::prelude::*;
 
 mod common;
 
-use common::ENGINES;
+use common::{ENGINES, SERVER_ENGINES};
 const SHARDS: &[&str] = &["a", "b"];
 const KEYS: &[&[u8]] = &[b"k0", b"k1", b"k2"];
 /// Shard "b" keeps at least its newest this many records (whole batches go).
@@ -425,7 +425,24 @@ proptest! {
         ops in proptest::collection::vec(op(), 1..80),
         durability in prop_oneof![Just("os")],
     ) {
-        for engine in ENGINES {
+        for engine in ENGINES.iter().filter(|e| !SERVER_ENGINES.contains(e)) {
+            check(engine, durability, &ops)?;
+        }
+    }
+}
+
+// The server engines: every operation is a round trip (and a commit) to a
+// server on loopback, so fewer cases fit the suite's time.
+proptest! {
+    #![proptest_config(ProptestConfig { cases: common::model_cases(60), ..ProptestConfig::default() })]
+
+    #[test]
+    fn server_engines_match_the_model(
+        ops in proptest::collection::vec(op(), 1..80),
+        durability in prop_oneof![Just("os")],
+    ) {
+        for engine in SERVER_ENGINES {
+            common::require_servers(engine);
             check(engine, durability, &ops)?;
         }
     }

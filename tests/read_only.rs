@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use mqstore::{Config, Record, Status, Store};
 
 mod common;
-use common::{copy_dir, persistent_engines as engines, segment_files, values_of};
+use common::{copy_dir, local_engines as engines, segment_files, values_of};
 
 fn config(engine: &str, read_only: bool) -> Config {
     Config::from_toml_str(&format!(

@@ -5,12 +5,18 @@
 //! Engines validate nothing the Store already validated (shard names, record
 //! and batch sizes, engine availability): they receive well-formed input.
 
+#[cfg(any(feature = "rocksdb", feature = "mysql", feature = "redis"))]
+pub(crate) mod database;
 pub mod file;
 pub(crate) mod index;
 #[cfg(feature = "journal")]
 pub mod journal;
 pub mod keyfilter;
 pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod registry;
 #[cfg(feature = "rocksdb")]
 pub mod rocksdb;

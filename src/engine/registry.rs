@@ -126,9 +126,22 @@ fn build_file(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
 
 #[cfg(feature = "rocksdb")]
 fn build_rocksdb(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
-    Ok(Arc::new(
-        super::rocksdb::RocksdbEngine::new(dir, config.rocksdb.clone()).read_only(config.read_only),
-    ))
+    let connect = super::rocksdb::RocksConnect {
+        dir: dir.join(super::rocksdb::ROCKSDB_DIR),
+        config: config.rocksdb.clone(),
+        read_only: config.read_only,
+    };
+    Ok(Arc::new(super::rocksdb::RocksdbEngine::new(connect)))
+}
+
+#[cfg(feature = "mysql")]
+fn build_mysql(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
+    super::mysql::engine(dir, config)
+}
+
+#[cfg(feature = "redis")]
+fn build_redis(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
+    super::redis::engine(dir, config)
 }
 
 static ENGINES: &[EngineSpec] = &[
@@ -221,6 +234,24 @@ static ENGINES: &[EngineSpec] = &[
         kind: EngineKind::Hybrid,
         name: "hybrid",
         c_name: c"hybrid",
+        build: None,
+    },
+    EngineSpec {
+        kind: EngineKind::Mysql,
+        name: "mysql",
+        c_name: c"mysql",
+        #[cfg(feature = "mysql")]
+        build: Some((super::mysql::CAPABILITIES, build_mysql)),
+        #[cfg(not(feature = "mysql"))]
+        build: None,
+    },
+    EngineSpec {
+        kind: EngineKind::Redis,
+        name: "redis",
+        c_name: c"redis",
+        #[cfg(feature = "redis")]
+        build: Some((super::redis::CAPABILITIES, build_redis)),
+        #[cfg(not(feature = "redis"))]
         build: None,
     },
 ];

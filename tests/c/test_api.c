@@ -219,22 +219,24 @@ static void test_version_and_status_strings(void) {
     CHECK(MQS_TIMESTAMP_EARLIEST == -2 && MQS_TIMESTAMP_LATEST == -1);
 }
 
-/* The engines of this build: the default build has memory, journal, file
- * and rocksdb; planned ones (s3, hybrid) are not listed. */
+/* The engines of this build: the default build has memory, journal, file,
+ * rocksdb, mysql and redis; planned ones (s3, hybrid) are not listed. */
 static void test_engines(void) {
     mqs_names *names = (mqs_names *)0x1;
     CHECK_OK(mqs_engines(&names));
     size_t n = mqs_names_count(names);
-    bool memory = false, journal = false, file = false, rocksdb = false;
+    bool memory = false, journal = false, file = false, rocksdb = false, mysql = false, redis = false;
     for (size_t i = 0; i < n; i++) {
         const char *name = mqs_names_get(names, i);
         memory |= strcmp(name, "memory") == 0;
         journal |= strcmp(name, "journal") == 0;
         file |= strcmp(name, "file") == 0;
         rocksdb |= strcmp(name, "rocksdb") == 0;
+        mysql |= strcmp(name, "mysql") == 0;
+        redis |= strcmp(name, "redis") == 0;
         CHECK(strcmp(name, "s3") != 0 && strcmp(name, "hybrid") != 0);
     }
-    CHECK(memory && journal && file && rocksdb);
+    CHECK(memory && journal && file && rocksdb && mysql && redis);
     CHECK_OK(mqs_names_free(names));
     CHECK_STATUS(mqs_engines(NULL), MQS_INVALID_ARGUMENT);
 }
@@ -1458,10 +1460,16 @@ static void read_rest(mqs_transfer *transfer, size_t piece, uint8_t *out, size_t
 
 /* A transfer read into buffers of 1, 7 and 4096 bytes gives the bytes a
  * descriptor receives, on every engine (memory, files, the journal's
- * tail cache and RocksDB's lazy chunks); reads and sends share one progress. */
+ * tail cache, RocksDB's lazy chunks, MySQL's and Redis's fetched batches);
+ * reads and sends share one progress. */
 static void test_transfer_read_into(void) {
-    const char *configs[] = {NULL, "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n",
-                             "[journal]\ntail_cache_bytes = 0\n", "[shard]\nengine = \"rocksdb\"\n"};
+    const char *configs[] = {NULL,
+                             "[shard]\nengine = \"memory\"\n",
+                             "[shard]\nengine = \"file\"\n",
+                             "[journal]\ntail_cache_bytes = 0\n",
+                             "[shard]\nengine = \"rocksdb\"\n",
+                             "[shard]\nengine = \"mysql\"\n",
+                             "[shard]\nengine = \"redis\"\n"};
     for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++) {
         mqs_store *store = open_store(configs[c]);
         CHECK_OK(mqs_shard_create(store, "r", NULL));
@@ -2105,6 +2113,29 @@ static pid_t start_holder(const char *dir, int *to_child) {
  * holds the first) fails the open with MQS_LOCKED; a damaged one (CURRENT
  * naming a missing MANIFEST) with MQS_CORRUPTION; both name the directory,
  * and the data is intact once the holder is gone. */
+/* A server engine whose server cannot be reached: creating a shard fails
+ * with MQS_IO naming the server's address, never the URL's password, and
+ * the store goes on serving its other engines. */
+static void test_unreachable_server(void) {
+    const char *configs[] = {
+        "[mysql]\nurl = \"mysql://mqs:secret-pw@127.0.0.1:1/db\"\nconnect_timeout_ms = 2000\n",
+        "[redis]\nurl = \"redis://:secret-pw@127.0.0.1:1/\"\nconnect_timeout_ms = 2000\n"};
+    const char *options[] = {"engine = \"mysql\"", "engine = \"redis\""};
+    for (size_t i = 0; i < 2; i++) {
+        mqs_store *store = open_store(configs[i]);
+        CHECK_STATUS(mqs_shard_create(store, "s", options[i]), MQS_IO);
+        const char *message = mqs_last_error_message();
+        CHECK(strstr(message, "127.0.0.1:1") != NULL);
+        CHECK(strstr(message, "secret-pw") == NULL);
+        CHECK_OK(mqs_shard_create(store, "j", NULL));
+        mqs_record_in record = value_record("still serving");
+        int64_t offset = -1;
+        CHECK_OK(mqs_append(store, "j", &record, &offset));
+        CHECK(offset == 0);
+        CHECK_OK(mqs_store_close(store));
+    }
+}
+
 static void test_rocksdb_bad_directories(void) {
     const char *config = ROCKSDB_CONFIG;
     char a[128], b[128], link_from[256], link_to[256];
@@ -2167,10 +2198,13 @@ static void test_append_nowait_pipeline(void) {
     CHECK_OK(mqs_shard_create(store, "file", "engine = \"file\"\ndurability = \"fsync\""));
     CHECK_OK(mqs_shard_create(store, "rocksdb-fsync", "engine = \"rocksdb\""));
     CHECK_OK(mqs_shard_create(store, "rocksdb-none", "engine = \"rocksdb\"\ndurability = \"none\""));
-    enum { SHARDS = 7 };
+    CHECK_OK(mqs_shard_create(store, "mysql-fsync", "engine = \"mysql\""));
+    CHECK_OK(mqs_shard_create(store, "redis-fsync", "engine = \"redis\""));
+    enum { SHARDS = 9 };
     const char *shards[SHARDS] = {"journal-fsync", "journal-os", "journal-none", "memory", "file",
-                                  "rocksdb-fsync", "rocksdb-none"};
-    const char *engines[SHARDS] = {"journal", "journal", "journal", "memory", "file", "rocksdb", "rocksdb"};
+                                  "rocksdb-fsync", "rocksdb-none", "mysql-fsync", "redis-fsync"};
+    const char *engines[SHARDS] = {"journal", "journal", "journal", "memory", "file",
+                                   "rocksdb", "rocksdb", "mysql", "redis"};
     for (int s = 0; s < SHARDS; s++) {
         struct mqs_shard_info info;
         CHECK_OK(mqs_shard_get_info(store, shards[s], &info));
@@ -2499,6 +2533,7 @@ int main(int argc, char **argv) {
     test_close_race();
     test_file_engine();
     test_rocksdb_bad_directories();
+    test_unreachable_server();
     test_append_nowait_pipeline();
     test_append_nowait_survives_kill();
     test_append_nowait_errors();

@@ -8,17 +8,33 @@ use std::path::{Path, PathBuf};
 
 use mqstore::Store;
 
-/// Every engine of the build.
+/// Every engine of the build. The MySQL and Redis engines reach the test
+/// servers `scripts/with-servers.sh` starts (`MQS_MYSQL_URL`,
+/// `MQS_REDIS_URL`); each store keeps its data there under its own key
+/// prefix (from its `store.id`).
 pub const ENGINES: &[&str] = &[
     "memory",
     "journal",
     "file",
     #[cfg(feature = "rocksdb")]
     "rocksdb",
+    #[cfg(feature = "mysql")]
+    "mysql",
+    #[cfg(feature = "redis")]
+    "redis",
 ];
 
-/// The engines of the build whose shards survive a crash.
-pub fn persistent_engines() -> Vec<&'static str> {
+/// The engines of the build keeping their shards on a server.
+pub const SERVER_ENGINES: &[&str] = &[
+    #[cfg(feature = "mysql")]
+    "mysql",
+    #[cfg(feature = "redis")]
+    "redis",
+];
+
+/// The engines of the build whose shards survive a crash in the store's
+/// directory (a copy of the directory is a copy of the store).
+pub fn local_engines() -> Vec<&'static str> {
     let mut engines = vec!["file"];
     if cfg!(feature = "journal") {
         engines.push("journal");
@@ -27,6 +43,28 @@ pub fn persistent_engines() -> Vec<&'static str> {
         engines.push("rocksdb");
     }
     engines
+}
+
+/// The engines of the build whose shards survive a crash.
+pub fn persistent_engines() -> Vec<&'static str> {
+    let mut engines = local_engines();
+    engines.extend(SERVER_ENGINES);
+    engines
+}
+
+/// Fails (never skips) a test that needs the test servers when they are
+/// not up, saying how to start them.
+pub fn require_servers(engine: &str) {
+    let var = match engine {
+        "mysql" => "MQS_MYSQL_URL",
+        "redis" => "MQS_REDIS_URL",
+        _ => return,
+    };
+    assert!(
+        std::env::var_os(var).is_some(),
+        "the {engine} engine's tests need its test server: run them through \
+         `make test-rust` or `scripts/with-servers.sh cargo test` ({var} is not set)"
+    );
 }
 
 /// Cases per run of a model property test: `MQS_MODEL_CASES`, else

@@ -270,9 +270,12 @@ void transfer_outlives_store(const std::string &config) {
 
 void transfer_outlives_store_and_moves() {
     // The journal's plans hold buffers and files; RocksDB's a snapshot,
-    // read into memory when the store closes.
+    // read into memory when the store closes; MySQL's and Redis's the
+    // batches, fetched when planned.
     transfer_outlives_store("");
     transfer_outlives_store("[shard]\nengine = \"rocksdb\"\n");
+    transfer_outlives_store("[shard]\nengine = \"mysql\"\n");
+    transfer_outlives_store("[shard]\nengine = \"redis\"\n");
 
     // Move assignment frees the target's plan (valgrind checks) and empties the source.
     mqstore::Store store = mqstore::Store::open(test::dir("transfer-move"));
@@ -443,9 +446,13 @@ std::string read_rest(mqstore::Transfer &transfer, std::size_t piece) {
 }
 
 void transfer_read_into() {
-    const char *configs[] = {"", "[shard]\nengine = \"memory\"\n", "[shard]\nengine = \"file\"\n",
-                             "[shard]\nengine = \"rocksdb\"\n"};
-    for (int c = 0; c < 4; ++c) {
+    const char *configs[] = {"",
+                             "[shard]\nengine = \"memory\"\n",
+                             "[shard]\nengine = \"file\"\n",
+                             "[shard]\nengine = \"rocksdb\"\n",
+                             "[shard]\nengine = \"mysql\"\n",
+                             "[shard]\nengine = \"redis\"\n"};
+    for (int c = 0; c < 6; ++c) {
         mqstore::Store store = mqstore::Store::open(test::dir("read-into-" + std::to_string(c)), configs[c]);
         store.create_shard("s");
         for (int b = 0; b < 4; ++b) {

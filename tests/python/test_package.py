@@ -15,7 +15,7 @@ def run_module(*args):
 
 def test_engines_lists_the_build_and_their_capabilities():
     engines = mqstore.engines()
-    assert {"memory", "journal", "file", "rocksdb"} <= set(engines)
+    assert {"memory", "journal", "file", "rocksdb", "mysql", "redis"} <= set(engines)
     assert "s3" not in engines and "hybrid" not in engines
     assert engines["memory"]["durability"] == ["none"]
     assert engines["journal"]["pipelined"] is True

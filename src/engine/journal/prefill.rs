@@ -234,7 +234,7 @@ impl Shared {
                 self.counters.syncs.load(Ordering::Relaxed),
                 self.counters.bytes_written.load(Ordering::Relaxed),
             );
-            let zero = self.zeros && seen.map_or(true, |before| worth_zeroing(before, now));
+            let zero = self.zeros && seen.is_none_or(|before| worth_zeroing(before, now));
             seen = Some(now);
             let result = self.prepare(&segment, start, end, zero, &mut zeros, &mut file);
             let mut st = self.state.lock();

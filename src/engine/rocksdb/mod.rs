@@ -11,13 +11,12 @@
 //! RocksDB's write options (see `Db::write`); RocksDB's write group
 //! commits concurrent writers' WAL records with one fsync.
 
+mod backend;
 mod keys;
 mod plan;
-mod shard;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -28,11 +27,13 @@ use ::rocksdb::{
 };
 use parking_lot::{Condvar, MappedRwLockReadGuard, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use crate::config::{Durability, EngineKind, RocksdbConfig, ShardOptions};
-use crate::engine::{Engine, RecoveredShard, Shard};
+use crate::config::{Durability, RocksdbConfig};
 use crate::{Error, Result};
 
-pub use shard::RocksShard;
+pub(crate) use backend::RocksConnect;
+
+/// The RocksDB engine: the shared database engine over `Db`.
+pub(crate) type RocksdbEngine = crate::engine::database::DbEngine<RocksConnect>;
 
 /// Name of the engine's directory inside the store directory.
 pub const ROCKSDB_DIR: &str = "rocksdb";
@@ -433,134 +434,4 @@ fn open_error(path: &Path, e: ::rocksdb::Error) -> Error {
         ));
     }
     db_error(&format!("opening '{}'", path.display()), e)
-}
-
-/// Creates RocksDB shards; owns the store's database once a shard needs it.
-pub struct RocksdbEngine {
-    dir: PathBuf,
-    config: RocksdbConfig,
-    db: Mutex<Option<Arc<Db>>>,
-    /// Set by `close` under the `db` lock: a shard creation racing the
-    /// close must not open the database again.
-    closed: AtomicBool,
-    shards: Mutex<HashMap<String, Arc<RocksShard>>>,
-    /// Ids are never reused while the store is open; at open the next id
-    /// is one past the largest stored (a deleted shard's range tombstone
-    /// hides nothing written after it, so a reused id is harmless).
-    next_id: AtomicU64,
-    /// Opens the database read-only (`DB::open_cf_descriptors_read_only`).
-    read_only: bool,
-}
-
-impl RocksdbEngine {
-    /// An engine for the store in `store_dir`. Touches no file: the
-    /// database is opened by `recover` and created by the first shard.
-    pub fn new(store_dir: &Path, config: RocksdbConfig) -> RocksdbEngine {
-        RocksdbEngine {
-            dir: store_dir.join(ROCKSDB_DIR),
-            config,
-            db: Mutex::new(None),
-            closed: AtomicBool::new(false),
-            shards: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            read_only: false,
-        }
-    }
-
-    /// An engine that opens the database read-only: RocksDB replays its
-    /// WAL into memory and writes nothing; retention drops nothing.
-    pub fn read_only(mut self, read_only: bool) -> RocksdbEngine {
-        self.read_only = read_only;
-        self
-    }
-
-    /// The database, opened (and created) on first use.
-    fn db(&self) -> Result<Arc<Db>> {
-        let mut slot = self.db.lock();
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::Closed);
-        }
-        if let Some(db) = slot.as_ref() {
-            return Ok(db.clone());
-        }
-        let db = Arc::new(Db::open(&self.dir, &self.config, self.read_only)?);
-        let _ = db.me.set(Arc::downgrade(&db));
-        *slot = Some(db.clone());
-        Ok(db)
-    }
-}
-
-impl Engine for RocksdbEngine {
-    fn kind(&self) -> EngineKind {
-        EngineKind::Rocksdb
-    }
-
-    fn create_shard(&self, name: &str, options: &ShardOptions) -> Result<Arc<dyn Shard>> {
-        let mut created = self.create_shards(&[name], options)?;
-        Ok(created.pop().expect("one shard per name"))
-    }
-
-    fn create_shards(&self, names: &[&str], options: &ShardOptions) -> Result<Vec<Arc<dyn Shard>>> {
-        let db = self.db()?;
-        let first = self
-            .next_id
-            .fetch_add(names.len() as u64, Ordering::Relaxed);
-        let created = RocksShard::create_all(first.., names, options, &db)?;
-        let mut registry = self.shards.lock();
-        Ok(created
-            .into_iter()
-            .map(|shard| {
-                let shard = Arc::new(shard);
-                registry.insert(shard.name().to_string(), shard.clone());
-                shard as Arc<dyn Shard>
-            })
-            .collect())
-    }
-
-    fn remove_shard(&self, name: &str, shard: &Arc<dyn Shard>) -> Result<()> {
-        let ours = self.shards.lock().get(name).cloned();
-        let Some(ours) = ours else {
-            return Ok(());
-        };
-        // The registry may hold a newer shard of the same name by now.
-        if Arc::as_ptr(shard) as *const () != Arc::as_ptr(&ours) as *const () {
-            return Ok(());
-        }
-        ours.delete()?;
-        let mut shards = self.shards.lock();
-        if shards.get(name).is_some_and(|s| Arc::ptr_eq(s, &ours)) {
-            shards.remove(name);
-        }
-        Ok(())
-    }
-
-    fn close(&self) -> Result<()> {
-        let db = {
-            let mut slot = self.db.lock();
-            self.closed.store(true, Ordering::Release);
-            slot.take()
-        };
-        self.shards.lock().clear();
-        match db {
-            Some(db) => db.close(),
-            None => Ok(()),
-        }
-    }
-
-    fn recover(&self) -> Result<Vec<RecoveredShard>> {
-        if !self.dir.exists() {
-            return Ok(Vec::new());
-        }
-        let db = self.db()?;
-        let recovered = shard::recover_all(&db)?;
-        let mut out: Vec<RecoveredShard> = Vec::new();
-        let mut registry = self.shards.lock();
-        for shard in recovered {
-            self.next_id.fetch_max(shard.id() + 1, Ordering::Relaxed);
-            let shard = Arc::new(shard);
-            registry.insert(shard.name().to_string(), shard.clone());
-            out.push((shard.name().to_string(), shard.options().clone(), shard));
-        }
-        Ok(out)
-    }
 }

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 use super::keys::batch_key;
 use super::{cf, db_error, Db, CF_BATCHES};
+use crate::engine::database::PlannedBatch;
 use crate::io::{ChunkFetcher, TransferChunk};
 use crate::{Error, Result};
 
@@ -49,13 +50,6 @@ impl Plans {
         }
         kept
     }
-}
-
-/// A batch of a plan: where it starts in the plan's chunk.
-pub(super) struct PlannedBatch {
-    pub start: u64,
-    pub len: u64,
-    pub base_offset: i64,
 }
 
 /// Supplies a plan's bytes, filling each piece with as many consecutive

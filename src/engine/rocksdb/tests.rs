@@ -6,9 +6,11 @@ use std::path::Path;
 
 use ::rocksdb::{ReadOptions, DB};
 
-use super::keys::{self, IndexValue, ShardMeta};
+use super::keys;
 use super::*;
 use crate::config::Config;
+use crate::engine::database::{BatchMeta, ShardMeta};
+use crate::engine::Engine;
 use crate::record::Record;
 use crate::{Status, Store};
 
@@ -74,7 +76,7 @@ fn assert_consistent(db: &DB) {
             .unwrap()
             .unwrap();
         let value = db.get_cf(cf(db, CF_INDEX).unwrap(), key).unwrap().unwrap();
-        let value = IndexValue::decode(&value).unwrap();
+        let value = BatchMeta::decode(&value).unwrap();
         let header = crate::format::BatchHeader::parse(&bytes).unwrap();
         let (_, base) = keys::parse_batch_key(key).unwrap();
         assert_eq!(header.base_offset, base);
@@ -161,7 +163,7 @@ fn a_batch_missing_behind_its_index_is_corruption() {
     let store = open_store(dir.path());
     let err = store.read("s", 0, 10, 1 << 20).unwrap_err();
     assert_eq!(err.status(), Status::Corruption, "{err}");
-    assert!(err.to_string().contains("offset 1 of shard 's'"), "{err}");
+    assert!(err.to_string().contains("offset 1 of shard id 1"), "{err}");
     assert_eq!(store.read("s", 0, 1, 1 << 20).unwrap().records.len(), 1);
 }
 
@@ -176,7 +178,7 @@ fn damaged_catalogue_or_index_refuses_to_open() {
                 .unwrap();
         }),
         ("its shard has no catalogue entry", |db| {
-            let value = IndexValue {
+            let value = BatchMeta {
                 last_offset: 0,
                 max_timestamp: 0,
                 records: 1,
@@ -254,7 +256,11 @@ fn a_locked_database_is_reported_as_locked() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path());
     store.create_shard("s", None).unwrap();
-    let other = RocksdbEngine::new(dir.path(), RocksdbConfig::default());
+    let other = RocksdbEngine::new(RocksConnect {
+        dir: dir.path().join(ROCKSDB_DIR),
+        config: RocksdbConfig::default(),
+        read_only: false,
+    });
     let err = other.recover().err().expect("the database is open");
     assert_eq!(err.status(), Status::Locked, "{err}");
     assert!(err.to_string().contains("rocksdb"), "{err}");

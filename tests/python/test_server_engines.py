@@ -1,0 +1,76 @@
+"""The MySQL and Redis engines through the Python binding, against the
+servers scripts/with-servers.sh starts (MQS_MYSQL_URL, MQS_REDIS_URL):
+pipelined appends in every durability mode surviving a reopen, group
+offsets, transfers, and an unreachable server reported as StorageIOError
+naming the server's address but never the password."""
+
+import os
+import socket
+
+import pytest
+
+import mqstore
+from test_pipelined import _check_contents, _pipeline
+from test_transfer import _reader
+
+SERVER_VARS = {"mysql": "MQS_MYSQL_URL", "redis": "MQS_REDIS_URL"}
+
+
+@pytest.fixture(params=["mysql", "redis"])
+def engine(request):
+    var = SERVER_VARS[request.param]
+    # Never skipped: the suite runs through `make test-python`, which
+    # starts the servers.
+    assert os.environ.get(var), f"{var} is not set: run through `make test-python`"
+    return request.param
+
+
+@pytest.mark.parametrize("durability", ["fsync", "os", "none"])
+def test_pipeline_survives_reopen(tmp_path, engine, durability):
+    path = tmp_path / "store"
+    config = f'[shard]\nengine = "{engine}"\n'
+    with mqstore.Store(path, config) as store:
+        info = store.create_shard("s", durability=durability)
+        assert (info.engine, info.durability) == (engine, durability)
+        appended = _pipeline(store, "s", batches=40, window=4)
+        _check_contents(store, "s", appended)
+        store.commit_offset("g", "s", 7)
+    with mqstore.Store(path, config) as store:
+        info = store.shard_info("s")
+        assert (info.engine, info.durability) == (engine, durability)
+        assert (info.first_offset, info.next_offset) == (0, sum(len(v) for _, v in appended))
+        _check_contents(store, "s", appended)
+        assert store.committed_offset("g", "s") == 7
+
+
+def test_transfer_sends_the_stored_batches(tmp_path, engine):
+    with mqstore.Store(tmp_path / "store", f'[shard]\nengine = "{engine}"\n') as store:
+        store.create_shard("s")
+        for i in range(6):
+            store.append_batch("s", [b"%d-%d" % (i, j) * 30 for j in range(10)])
+        plan = store.plan_transfer("s", 0, 1 << 20)
+        a, b = socket.socketpair()
+        with a, b:
+            result = _reader(b, plan.total_bytes)
+            assert plan.send_all(a) == plan.total_bytes
+            sent = result()
+        assert len(sent) == plan.total_bytes > 6 * 10 * 30
+        assert plan.next_offset == 60
+        assert store.read("s", 0, 100).records[-1].value == b"5-9" * 30
+
+
+@pytest.mark.parametrize(
+    "engine, section",
+    [
+        ("mysql", '[mysql]\nurl = "mysql://mqs:secret-pw@127.0.0.1:1/db"\n'),
+        ("redis", '[redis]\nurl = "redis://:secret-pw@127.0.0.1:1/"\n'),
+    ],
+)
+def test_unreachable_server_is_an_io_error_without_the_password(tmp_path, engine, section):
+    with mqstore.Store(tmp_path / "store", section + "connect_timeout_ms = 2000\n") as store:
+        with pytest.raises(mqstore.StorageIOError) as raised:
+            store.create_shard("s", engine=engine)
+        message = str(raised.value)
+        assert "127.0.0.1:1" in message and "secret-pw" not in message, message
+        store.create_shard("j")
+        assert store.append("j", b"still serving") == 0

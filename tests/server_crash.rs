@@ -1,0 +1,66 @@
+//! The kill -9 crash test of the MySQL and Redis engines (the shared
+//! harness of `common::crash`: appends from four threads, deletes by
+//! point, offsets and keys, retention). The process dies; the server does
+//! not: every append acknowledged before the kill must be read back,
+//! exactly once, by the next open. In its own test binary: it spawns
+//! processes (see rocksdb_crash.rs).
+#![cfg(any(feature = "mysql", feature = "redis"))]
+
+use mqstore::{Config, Store};
+
+mod common;
+use common::{crash, Rng, SERVER_ENGINES};
+
+const CHILD_ENV: &str = "MQS_SERVER_CRASH_CHILD_DIR";
+const ENGINE_ENV: &str = "MQS_SERVER_CRASH_ENGINE";
+const CRASH_SHARDS: usize = 4;
+
+fn crash_config(engine: &str) -> Config {
+    Config::from_toml_str(&format!(
+        "[shard]\nengine = \"{engine}\"\ndurability = \"fsync\"\n"
+    ))
+    .unwrap()
+}
+
+/// The child side of the crash test (see `common::crash`): ignored in a
+/// normal run, run by the crash test itself in the processes it kills.
+#[test]
+#[ignore = "the child process of the kill -9 test, which runs it"]
+fn crash_writer_child() {
+    let dir = std::env::var(CHILD_ENV).expect("run by the crash test, which sets the store");
+    let engine = std::env::var(ENGINE_ENV).unwrap();
+    let store = Store::open(&dir, crash_config(&engine)).unwrap();
+    crash::append_and_ack_forever(store, CRASH_SHARDS, crash::Appends::Blocking);
+}
+
+/// Each server engine in turn (`MQS_SERVER_CRASH_ENGINES=a,b` picks some).
+#[test]
+fn kill_9_loses_no_acknowledged_record() {
+    let engines =
+        std::env::var("MQS_SERVER_CRASH_ENGINES").unwrap_or_else(|_| SERVER_ENGINES.join(","));
+    for engine in engines.split(',') {
+        common::require_servers(engine);
+        kill_9_cycles(engine);
+    }
+}
+
+fn kill_9_cycles(engine: &str) {
+    let cycles = crash::cycles();
+    let mut rng = Rng::seeded();
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked = crash::Acked::new();
+    let mut total_acks = 0usize;
+    for cycle in 0..cycles {
+        let label = format!("{engine} cycle {cycle}");
+        let envs = [
+            (CHILD_ENV, dir.path().as_os_str()),
+            (ENGINE_ENV, std::ffi::OsStr::new(engine)),
+        ];
+        total_acks += crash::run_child_and_kill(&mut rng, &envs, &mut acked, &label);
+        let store = Store::open(dir.path(), crash_config(engine)).unwrap();
+        crash::verify(&store, &acked, &label);
+        store.close().unwrap();
+    }
+    assert!(total_acks > 0, "{engine}: no append was acknowledged");
+    eprintln!("{engine}: {cycles} kill -9 cycles, {total_acks} acknowledged batches verified");
+}
