@@ -60,6 +60,7 @@ for source in tests/c/test_*.c; do
     echo "== running $name under valgrind"
     log="$out_dir/$name.valgrind.log"
     if ! valgrind --quiet --error-exitcode=99 --leak-check=full \
+        --suppressions=tests/valgrind.supp \
         --show-leak-kinds=definite,indirect,possible \
         --errors-for-leak-kinds=definite,indirect,possible \
         --log-file="$log" "$exe"; then

@@ -62,6 +62,7 @@ if ! command -v valgrind >/dev/null 2>&1; then
 fi
 echo "== tests/cpp: valgrind run"
 valgrind --quiet --error-exitcode=99 --leak-check=full \
+    --suppressions="$root/tests/valgrind.supp" \
     --errors-for-leak-kinds=definite,indirect,possible \
     "$out_dir/mqstore_cpp_tests"
 echo "== tests/cpp: valgrind clean"
