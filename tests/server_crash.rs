@@ -13,6 +13,9 @@ use common::{crash, Rng, SERVER_ENGINES};
 
 const CHILD_ENV: &str = "MQS_SERVER_CRASH_CHILD_DIR";
 const ENGINE_ENV: &str = "MQS_SERVER_CRASH_ENGINE";
+/// `blocking` appends, or `pipelined` ones acknowledged by `wait_durable`
+/// (Redis sends a producer's window as one pipeline).
+const MODE_ENV: &str = "MQS_SERVER_CRASH_MODE";
 const CRASH_SHARDS: usize = 4;
 
 fn crash_config(engine: &str) -> Config {
@@ -29,8 +32,12 @@ fn crash_config(engine: &str) -> Config {
 fn crash_writer_child() {
     let dir = std::env::var(CHILD_ENV).expect("run by the crash test, which sets the store");
     let engine = std::env::var(ENGINE_ENV).unwrap();
+    let appends = match std::env::var(MODE_ENV).as_deref() {
+        Ok("pipelined") => crash::Appends::Pipelined,
+        _ => crash::Appends::Blocking,
+    };
     let store = Store::open(&dir, crash_config(&engine)).unwrap();
-    crash::append_and_ack_forever(store, CRASH_SHARDS, crash::Appends::Blocking);
+    crash::append_and_ack_forever(store, CRASH_SHARDS, appends);
 }
 
 /// Each server engine in turn (`MQS_SERVER_CRASH_ENGINES=a,b` picks some).
@@ -40,27 +47,35 @@ fn kill_9_loses_no_acknowledged_record() {
         std::env::var("MQS_SERVER_CRASH_ENGINES").unwrap_or_else(|_| SERVER_ENGINES.join(","));
     for engine in engines.split(',') {
         common::require_servers(engine);
-        kill_9_cycles(engine);
+        for mode in ["blocking", "pipelined"] {
+            kill_9_cycles(engine, mode);
+        }
     }
 }
 
-fn kill_9_cycles(engine: &str) {
+fn kill_9_cycles(engine: &str, mode: &str) {
     let cycles = crash::cycles();
     let mut rng = Rng::seeded();
     let dir = tempfile::tempdir().unwrap();
     let mut acked = crash::Acked::new();
     let mut total_acks = 0usize;
     for cycle in 0..cycles {
-        let label = format!("{engine} cycle {cycle}");
+        let label = format!("{engine} {mode} cycle {cycle}");
         let envs = [
             (CHILD_ENV, dir.path().as_os_str()),
             (ENGINE_ENV, std::ffi::OsStr::new(engine)),
+            (MODE_ENV, std::ffi::OsStr::new(mode)),
         ];
         total_acks += crash::run_child_and_kill(&mut rng, &envs, &mut acked, &label);
         let store = Store::open(dir.path(), crash_config(engine)).unwrap();
         crash::verify(&store, &acked, &label);
         store.close().unwrap();
     }
-    assert!(total_acks > 0, "{engine}: no append was acknowledged");
-    eprintln!("{engine}: {cycles} kill -9 cycles, {total_acks} acknowledged batches verified");
+    assert!(
+        total_acks > 0,
+        "{engine} {mode}: no append was acknowledged"
+    );
+    eprintln!(
+        "{engine} {mode}: {cycles} kill -9 cycles, {total_acks} acknowledged batches verified"
+    );
 }

@@ -172,6 +172,19 @@ pub enum Change {
     RemoveShard { shard: u64 },
 }
 
+impl Change {
+    /// The shard the change is of.
+    pub fn shard(&self) -> u64 {
+        match self {
+            Change::PutBatch { shard, .. }
+            | Change::DeleteBatches { shard, .. }
+            | Change::PutShard { shard, .. }
+            | Change::SaveGroup { shard, .. }
+            | Change::RemoveShard { shard } => *shard,
+        }
+    }
+}
+
 /// What a database lists at open (`Database::load`): every catalogue
 /// entry first, then every batch, by shard and ascending base offset,
 /// then every group offset.

@@ -141,13 +141,15 @@ impl<D: Database> DbShard<D> {
         Ok(())
     }
 
+    fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
     /// Applies `changes`; a failure leaves the shard stale (see `stale`).
     fn commit(&self, changes: Vec<Change>, durability: Durability, pipelined: bool) -> Result<u64> {
-        let result = self.db.commit(changes, durability, pipelined);
-        if result.is_err() {
-            self.stale.store(true, Ordering::Release);
-        }
-        result
+        self.db
+            .commit(changes, durability, pipelined)
+            .inspect_err(|_| self.mark_stale())
     }
 
     /// Rebuilds the index from the database after a failed write, so that
@@ -358,14 +360,17 @@ impl<D: Database> DbShard<D> {
         from: Option<i64>,
         f: impl FnOnce(&mut Fetcher<'_>) -> Result<R>,
     ) -> Result<R> {
-        self.db.with_reader(self.id, from, |reader| {
+        // A reader that cannot start may stand for a pipelined write that
+        // failed (a backend sends those before reading).
+        let read = self.db.with_reader(self.id, from, |reader| {
             let mut fetcher = Fetcher {
                 reader,
                 error: None,
             };
             let result = f(&mut fetcher);
             fetcher.finish(result)
-        })?
+        });
+        read.inspect_err(|_| self.mark_stale())?
     }
 }
 
@@ -470,7 +475,10 @@ impl<D: Database> Shard for DbShard<D> {
         };
         match ticket {
             0 => Ok(()),
-            ticket => self.db.wait_synced(ticket),
+            ticket => self
+                .db
+                .wait_synced(ticket)
+                .inspect_err(|_| self.mark_stale()),
         }
     }
 

@@ -1,16 +1,27 @@
-//! Group commit: concurrent commits share round trips.
+//! Group commit: concurrent commits share round trips, and so do a
+//! producer's pipelined ones.
 //!
-//! A committing thread queues its script call; if no commit is on its way
-//! to the server, it becomes the leader: it takes everything queued (its
-//! own call and those of the threads that queued before), sends them as
-//! one pipeline on the commit connection and hands each caller its reply.
-//! Threads that queue meanwhile wait; when the leader is done, one of them
-//! leads the next pipeline with everything queued by then. One pipeline at
-//! a time keeps the commits in the order they were queued, and the server
-//! runs a pipeline's scripts in one pass of its event loop, so with
-//! `appendfsync always` they share one fsync of the append-only file too.
+//! Every commit gets a ticket, in the order it was queued. A thread that
+//! needs a ticket answered (a blocking commit, `wait_durable`, a read
+//! that must see the shard's writes, a close) leads if no pipeline is on
+//! its way to the server: it takes everything queued (its own commit and
+//! those queued before it), sends them as one pipeline on the commit
+//! connection and records each outcome; others wait meanwhile, and one of
+//! them leads the next pipeline with everything queued by then. A
+//! pipelined commit (`append_nowait`) is queued and not sent until a
+//! ticket at or after it is needed, or until `MAX_QUEUED` commits or
+//! `MAX_BYTES` wait: a producer with a window of batches in flight sends
+//! the window as one pipeline. One pipeline at a time keeps the commits in
+//! the order they were queued, and the server runs a pipeline's scripts
+//! in one pass of its event loop, so with `appendfsync always` they share
+//! one fsync of the append-only file too.
+//!
+//! A failed pipeline fails its commits and every commit queued behind it,
+//! and a shard whose newest commit failed gets no new one (the commit
+//! fails at once): a shard never has a later write applied after an
+//! earlier one that failed, so a crash or a resync finds no hole in it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -24,6 +35,8 @@ use crate::{Error, Result};
 /// arguments (the first commit always goes, whatever its size).
 const MAX_COMMITS: usize = 512;
 const MAX_BYTES: usize = 16 << 20;
+/// Pipelined commits wait to be sent until this many are queued.
+const MAX_QUEUED: usize = 64;
 
 pub struct Committer {
     queue: Mutex<Queue>,
@@ -35,12 +48,61 @@ pub struct Committer {
     pub round_trips: AtomicU64,
 }
 
-#[derive(Default)]
 struct Queue {
-    pending: Vec<(u64, Cmd)>,
+    pending: VecDeque<(u64, Cmd)>,
+    pending_bytes: usize,
+    /// The next ticket (from 1).
     next: u64,
+    /// Every ticket up to this one has its outcome.
+    answered: u64,
     leading: bool,
-    outcomes: HashMap<u64, Result<()>>,
+    /// The tickets whose commit failed, with why.
+    failed: HashMap<u64, Error>,
+    /// Each shard's newest ticket.
+    newest: HashMap<u64, u64>,
+}
+
+impl Default for Queue {
+    fn default() -> Queue {
+        Queue {
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            next: 1,
+            answered: 0,
+            leading: false,
+            failed: HashMap::new(),
+            newest: HashMap::new(),
+        }
+    }
+}
+
+impl Queue {
+    fn outcome(&self, ticket: u64) -> Result<()> {
+        match self.failed.get(&ticket) {
+            Some(e) => Err(copy_error(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Records a pipeline's outcomes; after a failure, fails everything
+    /// still queued (it was queued behind the failed commits).
+    fn record(&mut self, outcomes: Vec<(u64, Result<()>)>) {
+        let mut failure = None;
+        for (ticket, outcome) in outcomes {
+            self.answered = self.answered.max(ticket);
+            if let Err(e) = outcome {
+                failure.get_or_insert_with(|| copy_error(&e));
+                self.failed.insert(ticket, e);
+            }
+        }
+        if let Some(e) = failure {
+            for (ticket, _) in self.pending.drain(..) {
+                self.failed.insert(ticket, copy_error(&e));
+                self.answered = ticket;
+            }
+            self.pending_bytes = 0;
+        }
+    }
 }
 
 /// Loads the commit script on a connection; returns its SHA-1.
@@ -57,30 +119,80 @@ impl Committer {
         }
     }
 
-    /// Applies `cmd` (a script call), sharing a pipeline with concurrent
-    /// commits; returns once the server answered it.
-    pub fn commit(&self, server: &Server, load: &Load, cmd: Cmd) -> Result<()> {
+    /// Queues `cmd` (a script call changing `shards`) and returns its
+    /// ticket: once the server answered it, or, `pipelined`, at once
+    /// (`wait` answers it).
+    pub fn commit(
+        &self,
+        server: &Server,
+        load: &Load,
+        cmd: Cmd,
+        shards: &[u64],
+        pipelined: bool,
+    ) -> Result<u64> {
         let mut queue = self.queue.lock();
-        let seq = queue.next;
+        for shard in shards {
+            if let Some(&newest) = queue.newest.get(shard) {
+                if let Some(e) = queue.failed.get(&newest) {
+                    return Err(copy_error(e));
+                }
+            }
+        }
+        let ticket = queue.next;
         queue.next += 1;
-        queue.pending.push((seq, cmd));
+        queue.pending_bytes += cmd.args_iter().map(arg_len).sum::<usize>();
+        queue.pending.push_back((ticket, cmd));
+        for &shard in shards {
+            queue.newest.insert(shard, ticket);
+        }
+        let full = queue.pending.len() >= MAX_QUEUED || queue.pending_bytes >= MAX_BYTES;
+        drop(queue);
+        if pipelined && !full {
+            return Ok(ticket);
+        }
+        self.wait(server, load, ticket)?;
+        Ok(ticket)
+    }
+
+    /// Returns once `ticket` is answered, leading pipelines meanwhile; its
+    /// outcome.
+    pub fn wait(&self, server: &Server, load: &Load, ticket: u64) -> Result<()> {
+        let mut queue = self.queue.lock();
         loop {
-            if let Some(outcome) = queue.outcomes.remove(&seq) {
-                return outcome;
+            if queue.answered >= ticket {
+                return queue.outcome(ticket);
             }
             if queue.leading {
                 self.done.wait(&mut queue);
                 continue;
             }
             queue.leading = true;
-            let batch = take_batch(&mut queue.pending);
+            let batch = take_batch(&mut queue);
             drop(queue);
             let outcomes = self.send(server, load, batch);
             queue = self.queue.lock();
-            queue.outcomes.extend(outcomes);
+            queue.record(outcomes);
             queue.leading = false;
             self.done.notify_all();
         }
+    }
+
+    /// Lets `shard` commit again after a failure, once its shard has
+    /// rebuilt its state from what the server holds.
+    pub fn forget_failure(&self, shard: u64) {
+        self.queue.lock().newest.remove(&shard);
+    }
+
+    /// Waits for the newest commit of `shard` (every one, for `None`).
+    pub fn flush(&self, server: &Server, load: &Load, shard: Option<u64>) -> Result<()> {
+        let ticket = {
+            let queue = self.queue.lock();
+            match shard {
+                Some(shard) => queue.newest.get(&shard).copied().unwrap_or(0),
+                None => queue.next - 1,
+            }
+        };
+        self.wait(server, load, ticket)
     }
 
     /// Sends one pipeline; every commit of it gets an outcome.
@@ -184,10 +296,10 @@ enum Failure {
 }
 
 /// The oldest queued commits, up to a pipeline's limits.
-fn take_batch(pending: &mut Vec<(u64, Cmd)>) -> Vec<(u64, Cmd)> {
+fn take_batch(queue: &mut Queue) -> Vec<(u64, Cmd)> {
     let mut bytes = 0;
     let mut n = 0;
-    for (_, cmd) in pending.iter() {
+    for (_, cmd) in queue.pending.iter() {
         let size: usize = cmd.args_iter().map(arg_len).sum();
         if n > 0 && (n == MAX_COMMITS || bytes + size > MAX_BYTES) {
             break;
@@ -195,7 +307,8 @@ fn take_batch(pending: &mut Vec<(u64, Cmd)>) -> Vec<(u64, Cmd)> {
         bytes += size;
         n += 1;
     }
-    pending.drain(..n).collect()
+    queue.pending_bytes = queue.pending_bytes.saturating_sub(bytes);
+    queue.pending.drain(..n).collect()
 }
 
 fn arg_len(arg: redis::Arg<&[u8]>) -> usize {
@@ -213,6 +326,19 @@ fn check(server: &Server, reply: Value) -> Result<()> {
     match reply {
         Value::ServerError(e) => Err(server.reply_error("committing a write", &e)),
         _ => Ok(()),
+    }
+}
+
+/// A failed commit's error, for one more caller (errors are not `Clone`).
+fn copy_error(e: &Error) -> Error {
+    match e {
+        Error::Io { context, source } => Error::io(
+            context.clone(),
+            io::Error::new(source.kind(), source.to_string()),
+        ),
+        Error::InvalidConfig(text) => Error::InvalidConfig(text.clone()),
+        Error::Closed => Error::Closed,
+        other => Error::Internal(other.to_string()),
     }
 }
 

@@ -64,7 +64,9 @@ pub(crate) const CAPABILITIES: Capabilities = Capabilities {
     durability_limit: "",
     persistent: true,
     native_key_index: false,
-    pipelined: false,
+    // `append_nowait` queues the commit; the window is sent as one
+    // pipeline when the producer waits for it (`commit`).
+    pipelined: true,
     transfer: TransferPath::Memory,
 };
 
@@ -277,11 +279,13 @@ impl Database for RedisDb {
         self.read_only
     }
 
+    /// A pipelined commit is queued and sent with the next pipeline
+    /// (`commit`): its ticket is answered by `wait_synced`.
     fn commit(
         &self,
         changes: Vec<Change>,
         _durability: Durability,
-        _pipelined: bool,
+        pipelined: bool,
     ) -> Result<u64> {
         self.live()?;
         if self.read_only {
@@ -290,13 +294,23 @@ impl Database for RedisDb {
             ));
         }
         let cmd = script::commit_cmd(&self.script_sha, &self.keys.prefix, &changes)?;
-        self.committer.commit(&self.server, &load_script, cmd)?;
-        Ok(0)
+        let mut shards: Vec<u64> = changes.iter().map(Change::shard).collect();
+        shards.dedup();
+        let ticket = self
+            .committer
+            .commit(&self.server, &load_script, cmd, &shards, pipelined)?;
+        Ok(if pipelined { ticket } else { 0 })
     }
 
-    /// Every commit returned durable as its mode asks.
+    fn wait_synced(&self, ticket: u64) -> Result<()> {
+        self.committer.wait(&self.server, &load_script, ticket)
+    }
+
+    /// Every commit queued so far answered (each is durable as its mode
+    /// asks once answered).
     fn sync(&self) -> Result<()> {
-        self.live()
+        self.live()?;
+        self.committer.flush(&self.server, &load_script, None)
     }
 
     fn with_reader<R>(
@@ -306,6 +320,9 @@ impl Database for RedisDb {
         f: impl FnOnce(&mut dyn BatchReader) -> R,
     ) -> Result<R> {
         self.live()?;
+        // The shard's pipelined writes are indexed already: send them first.
+        self.committer
+            .flush(&self.server, &load_script, Some(shard))?;
         let mut reader = Reader {
             source: self.source(),
             shard,
@@ -320,7 +337,19 @@ impl Database for RedisDb {
 
     fn load(&self, found: &mut dyn FnMut(Found) -> Result<()>) -> Result<()> {
         self.live()?;
+        // What was queued is sent first (its outcome is what load finds).
+        let _ = self.committer.flush(&self.server, &load_script, None);
         read::load(&self.source(), found)
+    }
+
+    /// After a failed commit: what the server holds of the shard, from
+    /// which the shard rebuilds its state; then the shard may commit again.
+    fn load_shard(&self, shard: u64, found: &mut dyn FnMut(Found) -> Result<()>) -> Result<()> {
+        self.live()?;
+        let _ = self.committer.flush(&self.server, &load_script, None);
+        read::load_shard(&self.source(), shard, found)?;
+        self.committer.forget_failure(shard);
+        Ok(())
     }
 
     fn stats(&self) -> Result<serde_json::Value> {
@@ -337,12 +366,14 @@ impl Database for RedisDb {
         }))
     }
 
-    /// Every acknowledged write is already where its mode puts it: closing
-    /// only lets go of the connections.
+    /// Every answered write is already where its mode puts it: closing
+    /// sends what is queued and lets go of the connections.
     fn close(&self) -> Result<()> {
+        // Pipelined writes still queued are sent: a clean close keeps them.
+        let flushed = self.committer.flush(&self.server, &load_script, None);
         self.closed.store(true, Ordering::Release);
         self.pool.clear();
         self.committer.disconnect();
-        Ok(())
+        flushed
     }
 }

@@ -198,6 +198,27 @@ pub fn load(source: &Source<'_>, found: &mut dyn FnMut(Found) -> Result<()>) -> 
     Ok(())
 }
 
+/// What `load` lists of shard `shard` alone (nothing when it is gone).
+pub fn load_shard(
+    source: &Source<'_>,
+    shard: u64,
+    found: &mut dyn FnMut(Found) -> Result<()>,
+) -> Result<()> {
+    let mut pipe = conn::pipeline();
+    pipe.cmd("HGET").arg(source.keys.shards()).arg(shard);
+    match request(source, "reading a shard's catalogue entry", &pipe)?.pop() {
+        Some(Value::BulkString(value)) => {
+            found(Found::Shard(shard, ShardMeta::decode(shard, &value)?))?;
+            load_batches(source, &[shard], found)
+        }
+        Some(Value::Nil) | None => Ok(()),
+        Some(_) => Err(corrupt(
+            source,
+            format!("shard {shard}'s entry is not a string"),
+        )),
+    }
+}
+
 fn corrupt(source: &Source<'_>, what: String) -> Error {
     Error::corruption(format!(
         "keys '{}*' on Redis server {}: {what}",

@@ -541,6 +541,9 @@ fn a_killed_and_restarted_server_loses_no_acknowledged_batch() {
                     Err(e) => {
                         errors.push(e);
                         std::thread::sleep(Duration::from_millis(20));
+                        // As a shard does after a failed write: the
+                        // server's state first, then the next try.
+                        let _ = db.load_shard(1, &mut |_| Ok(()));
                     }
                 }
             }
@@ -570,6 +573,57 @@ fn a_killed_and_restarted_server_loses_no_acknowledged_batch() {
     assert_eq!(bases, (0..400).collect::<Vec<_>>());
     let read = read_all(&db, 1);
     assert_eq!(read[399], "batch 399 of shard 1");
+}
+
+/// A window of pipelined commits goes out as one pipeline when its newest
+/// is waited for. A failed pipeline fails what was queued behind it, and
+/// the shard gets no new commit (one fails at once) until it has reloaded
+/// what the server holds: no later write is ever applied after an earlier
+/// one that failed.
+#[test]
+fn pipelined_commits_share_a_round_trip_and_a_failure_stops_the_shard() {
+    let server = Private::start("always");
+    let db = RedisDb::open(&server_config(&server.url, &prefix("window")), false).unwrap();
+    commit(&db, vec![put_shard(1, 0, 0), put_shard(2, 0, 0)]);
+    let trips = || db.committer.round_trips.load(Ordering::Relaxed);
+    let before = trips();
+    let pipelined = |base: i64| {
+        db.commit(vec![put(1, base, 1)], Durability::Fsync, true)
+            .unwrap()
+    };
+    let window: Vec<u64> = (0..16).map(pipelined).collect();
+    assert_eq!(trips(), before, "nothing is sent before a wait");
+    db.wait_synced(window[15]).unwrap();
+    assert_eq!(trips(), before + 1);
+    assert_eq!(entries(&db, 1).len(), 16);
+
+    let queued: Vec<u64> = (16..20).map(pipelined).collect();
+    run_script(&["kill", server.path()]);
+    let err = db.wait_synced(queued[0]).unwrap_err();
+    assert_eq!(err.status(), Status::Io, "{err}");
+    assert!(db.wait_synced(queued[3]).is_err());
+    run_script(&["start", server.path()]);
+    let err = db
+        .commit(vec![put(1, 16, 1)], Durability::Fsync, false)
+        .unwrap_err();
+    assert_eq!(err.status(), Status::Io, "{err}");
+    commit(&db, vec![put(2, 0, 1)]);
+
+    let mut bases = Vec::new();
+    db.load_shard(1, &mut |found| {
+        if let Found::Batch(_, base, _) = found {
+            bases.push(base);
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        bases,
+        (0..16).collect::<Vec<_>>(),
+        "the failed window left nothing"
+    );
+    commit(&db, vec![put(1, 16, 1)]);
+    assert_eq!(entries(&db, 1).len(), 17);
 }
 
 #[test]
