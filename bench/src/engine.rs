@@ -36,13 +36,24 @@ pub fn to_io(e: mqstore::Error) -> io::Error {
 pub struct BenchStore {
     pub store: Store,
     _dir: tempfile::TempDir,
+    config: Config,
 }
 
 impl BenchStore {
     pub fn open(base: &Path) -> io::Result<Self> {
+        Self::open_with(base, Config::default())
+    }
+
+    /// With a configuration of its own: the server engines' URL and key
+    /// prefix (servers.rs).
+    pub fn open_with(base: &Path, config: Config) -> io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("store-").tempdir_in(base)?;
-        let store = Store::open(dir.path(), Config::default()).map_err(to_io)?;
-        Ok(BenchStore { store, _dir: dir })
+        let store = Store::open(dir.path(), config.clone()).map_err(to_io)?;
+        Ok(BenchStore {
+            store,
+            _dir: dir,
+            config,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -54,7 +65,7 @@ impl BenchStore {
     pub fn reopen(&mut self, between: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
         self.store.close().map_err(to_io)?;
         between(self._dir.path())?;
-        let store = Store::open(self._dir.path(), Config::default()).map_err(to_io)?;
+        let store = Store::open(self._dir.path(), self.config.clone()).map_err(to_io)?;
         // The old store is closed: dropping it releases nothing twice.
         drop(std::mem::replace(&mut self.store, store));
         Ok(())
@@ -128,13 +139,34 @@ pub fn append_once(
     budget_bytes: u64,
 ) -> io::Result<f64> {
     let bench = BenchStore::open(base)?;
-    let store = &bench.store;
-    let names: Vec<String> = (0..spec.shards).map(|i| format!("bench-{i}")).collect();
+    let names = create_append_shards(&bench.store, options, spec.shards)?;
+    append_run(&bench.store, &names, spec, duration, budget_bytes)
+}
+
+/// The shards `append_run` writes to: `bench-0`, `bench-1`, ...
+pub fn create_append_shards(
+    store: &Store,
+    options: &ShardOptions,
+    shards: usize,
+) -> io::Result<Vec<String>> {
+    let names: Vec<String> = (0..shards).map(|i| format!("bench-{i}")).collect();
     for name in &names {
         store
             .create_shard_with(name, options.clone())
             .map_err(to_io)?;
     }
+    Ok(names)
+}
+
+/// The timed part of `append_once`, on shards `names` of `store` created
+/// beforehand (so that a caller can read counters around it alone).
+pub fn append_run(
+    store: &Store,
+    names: &[String],
+    spec: AppendSpec,
+    duration: Duration,
+    budget_bytes: u64,
+) -> io::Result<f64> {
     // Check the clock about every 1,024 records, so reading it costs little
     // even for single-record appends.
     let appends_per_check = (1024 / spec.batch).max(1);
@@ -143,7 +175,6 @@ pub fn append_once(
     let outcome = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..spec.threads)
             .map(|t| {
-                let names = &names;
                 let barrier = &barrier;
                 scope.spawn(move || -> io::Result<(u64, Instant)> {
                     let mine: Vec<&str> = if spec.shards >= spec.threads {

@@ -19,6 +19,7 @@ mod raw;
 mod results;
 mod rocksdb_engine;
 mod rocksdb_peer;
+mod servers;
 mod util;
 
 use std::path::{Path, PathBuf};
@@ -123,7 +124,9 @@ impl Plan {
     }
 }
 
-const SECTIONS: [&str; 6] = ["raw", "memory", "engines", "rocksdb", "ffi", "broker"];
+const SECTIONS: [&str; 7] = [
+    "raw", "memory", "engines", "rocksdb", "ffi", "broker", "servers",
+];
 
 struct Args {
     quick: bool,
@@ -150,7 +153,9 @@ usage: bench [--quick] [--out FILE] [--dir DIR] [--only SECTIONS] [--no-chart]
   --dir DIR        directory on the filesystem to test (default: a temporary
                    directory under the results directory, removed afterwards)
   --only LIST      comma-separated sections: raw,memory,engines (journal, RocksDB, file),
-                   rocksdb,ffi,broker (the example Kafka broker)
+                   rocksdb,ffi,broker (the example Kafka broker),servers (the MySQL and
+                   Redis engines against their servers; needs MQS_MYSQL_URL and
+                   MQS_REDIS_URL: run under scripts/with-servers.sh)
   --no-chart       do not run bench/python/chart.py afterwards
   --lib PATH       libmqstore.so for the C driver (default: next to this binary;
                    env MQS_BENCH_LIB)
@@ -472,6 +477,27 @@ fn engines_isolated(base: &Path, args: &Args, results: &mut Results) {
     }
 }
 
+/// The servers section from the parent: each server's group in a child
+/// process; a group whose server is not named in the environment fails
+/// every metric of it with that reason, without starting a child.
+fn servers_isolated(base: &Path, args: &Args, results: &mut Results) {
+    for group in servers::GROUPS {
+        if let Err(error) = servers::url(group) {
+            eprintln!("bench: servers {group}: {error}");
+            servers::fail_group(group, &error, results);
+            continue;
+        }
+        let run = run_child(base, args, "servers", group);
+        match run.outcome {
+            Ok(metrics) => results.extend(metrics),
+            Err(error) => {
+                eprintln!("bench: servers {group}: {error}");
+                servers::fail_group(group, &error, results);
+            }
+        }
+    }
+}
+
 /// A child's work: one group of its section, or the whole section.
 fn run_in_child(section: &str, args: &Args, base: &Path, plan: &Plan, results: &mut Results) {
     match (section, args.group.as_deref()) {
@@ -495,6 +521,12 @@ fn run_in_child(section: &str, args: &Args, base: &Path, plan: &Plan, results: &
             ),
         },
         ("engines", None) => other_engines(base, plan, results),
+        ("servers", Some(group)) => servers::run_group(group, base, plan, results),
+        ("servers", None) => {
+            for group in servers::GROUPS {
+                servers::run_group(group, base, plan, results);
+            }
+        }
         _ => {}
     }
 }
@@ -642,6 +674,13 @@ fn main() {
     if wants("broker") {
         broker::run(base.path(), &plan, &args.drivers, &mut results);
     }
+    if wants("servers") {
+        if args.isolated {
+            run_in_child("servers", &args, base.path(), &plan, &mut results);
+        } else {
+            servers_isolated(base.path(), &args, &mut results);
+        }
+    }
     if !args.isolated {
         // Ratios between sections: only the parent has every section's
         // metrics (a workload group's child would list the pairs absent).
@@ -651,6 +690,7 @@ fn main() {
         file::compare(&mut results);
         ffi::compare(&mut results);
         broker::compare(&mut results);
+        servers::compare(&mut results);
     }
 
     let elapsed = clock.elapsed().as_secs_f64();
