@@ -34,8 +34,9 @@
 //! A crash of the process embedding the store loses nothing acknowledged in
 //! any mode: the data is on the server. A commit whose connection is lost
 //! while COMMIT is on its way fails with `MQS_IO` and may or may not have
-//! been applied; a batch stored that way is replaced by the next append at
-//! its offset (`REPLACE`), so it never shows twice.
+//! been applied: the shard then reloads its state from the server before
+//! its next use (`database::DbShard`), so a batch stored that way stays,
+//! unacknowledged, and the next append follows it.
 //!
 //! Connections. The sync client (`mysql`): the engine's calls are
 //! synchronous, like every engine's. The pool is the engine's own

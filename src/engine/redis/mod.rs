@@ -31,8 +31,13 @@
 //! mode. Nothing is replicated by the engine: with replicas, a failover may
 //! lose what the primary acknowledged (the engine does not send `WAIT`).
 //! A commit that fails on a broken connection or a timeout may or may not
-//! have been applied; its batches are not acknowledged (the shard does not
-//! index them), and the next append at the same offsets replaces them.
+//! have been applied; its batches are not acknowledged, and the shard
+//! reloads its state from the server before its next use
+//! (`database::DbShard`): a batch stored that way stays, and the next
+//! append follows it. Pipelined commits (`append_nowait`) are sent as one
+//! pipeline when the producer waits (`commit`); one that fails fails those
+//! queued behind it, so no later batch of a shard is ever applied after
+//! an earlier one that failed.
 
 mod commit;
 mod conn;
