@@ -5,10 +5,63 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::{Connect, Database, DbEngine};
 use crate::config::ServerConfig;
+use crate::engine::Engine;
 use crate::{Error, Result};
+
+/// Opens a server engine's database with its settings resolved (the key
+/// prefix included) and whether the store is read-only.
+type Open<D> = Box<dyn Fn(&ServerConfig, bool) -> Result<D> + Send + Sync>;
+
+/// How a server engine reaches its database: the settings with the URL
+/// resolved, the store directory (for the store's id) and how to open.
+struct ServerConnect<D> {
+    server: ServerConfig,
+    dir: PathBuf,
+    read_only: bool,
+    /// Ends the derived key prefix's parts: `_` in table names, `:` in keys.
+    separator: char,
+    open: Open<D>,
+}
+
+impl<D: Database> Connect for ServerConnect<D> {
+    type Db = D;
+
+    /// With a server and a key prefix known, shards may be there: asking
+    /// the server is the only way to know.
+    fn may_exist(&self) -> bool {
+        may_exist(&self.dir, &self.server)
+    }
+
+    fn open(&self) -> Result<Arc<D>> {
+        let mut config = self.server.clone();
+        config.key_prefix = key_prefix(&self.dir, &config, self.separator, self.read_only)?;
+        (self.open)(&config, self.read_only).map(Arc::new)
+    }
+}
+
+/// The engine of the store in `dir` on the server `config` names (else
+/// `url_env` does); `open` connects once a shard needs the server.
+pub fn engine<D: Database>(
+    dir: &Path,
+    config: &ServerConfig,
+    url_env: &str,
+    separator: char,
+    read_only: bool,
+    open: impl Fn(&ServerConfig, bool) -> Result<D> + Send + Sync + 'static,
+) -> Arc<dyn Engine> {
+    Arc::new(DbEngine::new(ServerConnect {
+        server: with_env_url(config, url_env),
+        dir: dir.to_path_buf(),
+        read_only,
+        separator,
+        open: Box::new(open),
+    }))
+}
 
 /// The file in the store directory holding the store's id.
 pub const STORE_ID_FILE: &str = "store.id";

@@ -57,7 +57,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,7 +71,7 @@ use self::conn::{code, Lease, Pool, Server};
 use self::reader::Prefetch;
 use self::schema::{ServerVars, Tables, VARS_QUERY};
 use crate::config::{Config, Durability, EngineKind, ServerConfig};
-use crate::engine::database::{server, BatchReader, Change, Connect, Database, DbEngine, Found};
+use crate::engine::database::{server, BatchReader, Change, Database, Found};
 use crate::engine::registry::{Capabilities, TransferPath};
 use crate::engine::Engine;
 use crate::{Error, Result};
@@ -95,35 +95,17 @@ pub const URL_ENV: &str = "MQS_MYSQL_URL";
 /// The engine of the store in `dir`: its table prefix is the configured
 /// one, else derived from the store's id (`database::server`).
 pub(crate) fn engine(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
-    Ok(Arc::new(DbEngine::new(MysqlConnect {
-        server: server::with_env_url(&config.mysql, URL_ENV),
-        dir: dir.to_path_buf(),
-        read_only: config.read_only,
-        max_batch_bytes: config.max_batch_bytes,
-    })))
-}
-
-struct MysqlConnect {
-    server: ServerConfig,
-    dir: PathBuf,
-    read_only: bool,
-    max_batch_bytes: usize,
-}
-
-impl Connect for MysqlConnect {
-    type Db = MysqlDb;
-
-    /// With a server and a table prefix known, shards may be there: asking
-    /// the server is the only way to know.
-    fn may_exist(&self) -> bool {
-        server::may_exist(&self.dir, &self.server)
-    }
-
-    fn open(&self) -> Result<Arc<MysqlDb>> {
-        let mut config = self.server.clone();
-        config.key_prefix = server::key_prefix(&self.dir, &config, '_', self.read_only)?;
-        MysqlDb::open(&config, self.max_batch_bytes, self.read_only).map(Arc::new)
-    }
+    let max_batch_bytes = config.max_batch_bytes;
+    let open =
+        move |server: &ServerConfig, read_only| MysqlDb::open(server, max_batch_bytes, read_only);
+    Ok(server::engine(
+        dir,
+        &config.mysql,
+        URL_ENV,
+        '_',
+        config.read_only,
+        open,
+    ))
 }
 
 #[derive(Default)]

@@ -47,7 +47,7 @@ mod script;
 mod tests;
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -57,7 +57,7 @@ use self::commit::Committer;
 use self::conn::{Pool, Server};
 use self::read::{Reader, Source};
 use self::script::Keys;
-use super::database::{server, BatchReader, Change, Connect, Database, DbEngine, Found};
+use super::database::{server, BatchReader, Change, Database, Found};
 use crate::config::{Config, Durability, EngineKind, ServerConfig};
 use crate::engine::registry::{Capabilities, TransferPath};
 use crate::engine::Engine;
@@ -81,33 +81,14 @@ pub const URL_ENV: &str = "MQS_REDIS_URL";
 /// The engine of the store in `dir`: its key prefix is the configured one,
 /// else derived from the store's id (`database::server`).
 pub(crate) fn engine(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
-    Ok(Arc::new(DbEngine::new(RedisConnect {
-        server: server::with_env_url(&config.redis, URL_ENV),
-        dir: dir.to_path_buf(),
-        read_only: config.read_only,
-    })))
-}
-
-pub(crate) struct RedisConnect {
-    server: ServerConfig,
-    dir: PathBuf,
-    read_only: bool,
-}
-
-impl Connect for RedisConnect {
-    type Db = RedisDb;
-
-    /// With a server and a key prefix known, shards may be there: asking
-    /// the server is the only way to know.
-    fn may_exist(&self) -> bool {
-        server::may_exist(&self.dir, &self.server)
-    }
-
-    fn open(&self) -> Result<Arc<RedisDb>> {
-        let mut config = self.server.clone();
-        config.key_prefix = server::key_prefix(&self.dir, &config, ':', self.read_only)?;
-        RedisDb::open(&config, self.read_only).map(Arc::new)
-    }
+    Ok(server::engine(
+        dir,
+        &config.redis,
+        URL_ENV,
+        ':',
+        config.read_only,
+        RedisDb::open,
+    ))
 }
 
 pub(crate) struct RedisDb {
