@@ -102,6 +102,37 @@ impl Queue {
     }
 }
 
+/// Whether `changes` are batch rows only, with distinct keys, that one
+/// `REPLACE` statement carries: such a round needs no transaction (one
+/// statement is atomic on its own), so it costs one round trip, not three.
+pub(super) fn one_statement<'a>(
+    changes: impl Iterator<Item = &'a Change>,
+    max_packet: usize,
+) -> bool {
+    let limit = max_packet
+        .saturating_sub(PACKET_SLACK)
+        .min(MAX_STATEMENT_BYTES);
+    let (mut rows, mut size) = (0usize, 0usize);
+    let mut keys = HashSet::new();
+    for change in changes {
+        let Change::PutBatch {
+            shard,
+            base_offset,
+            bytes,
+            ..
+        } = change
+        else {
+            return false;
+        };
+        rows += 1;
+        size += bytes.len();
+        if !keys.insert((*shard, *base_offset)) {
+            return false;
+        }
+    }
+    rows > 0 && rows <= MAX_ROWS && size <= limit
+}
+
 /// Refuses, before anything is sent, a list the server would reject for
 /// its size.
 pub(super) fn precheck(changes: &[Change], max_packet: usize, address: &str) -> Result<()> {

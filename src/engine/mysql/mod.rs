@@ -288,38 +288,79 @@ impl MysqlDb {
         if lists.is_empty() {
             return Ok(());
         }
-        let mut lease = self.begin().map_err(|e| (e, true))?;
-        let mut sent = commit::Sent::default();
-        let written = lease.run(|conn| {
-            let mut writer = Writer::new(conn, &self.tables, self.max_packet());
-            for change in lists.iter().flat_map(|list| list.iter()) {
-                writer.apply(change)?;
-            }
-            writer.flush()?;
-            sent = writer.sent;
-            Ok(())
-        });
-        let c = &self.counters;
-        if let Err(e) = written {
-            c.failed_transactions.fetch_add(1, Ordering::Relaxed);
-            let lost = lease.is_lost();
-            if !lost && lease.run(|conn| conn.query_drop("ROLLBACK")).is_err() {
-                lease.discard();
-            }
-            return Err((self.server.error("writing", e), lost));
+        let changes = lists.iter().flat_map(|list| list.iter());
+        if commit::one_statement(changes, self.max_packet()) {
+            return self.autocommit(lists);
         }
+        let mut lease = self.begin().map_err(|e| (e, true))?;
+        let written = self.write(&mut lease, lists);
+        let c = &self.counters;
+        let sent = match written {
+            Ok(sent) => sent,
+            Err(e) => {
+                c.failed_transactions.fetch_add(1, Ordering::Relaxed);
+                let lost = lease.is_lost();
+                if !lost && lease.run(|conn| conn.query_drop("ROLLBACK")).is_err() {
+                    lease.discard();
+                }
+                return Err((self.server.error("writing", e), lost));
+            }
+        };
         if let Err(e) = lease.run(|conn| conn.query_drop("COMMIT")) {
             c.failed_transactions.fetch_add(1, Ordering::Relaxed);
             let what = "committing (the outcome is unknown: the server may have applied it)";
             return Err((self.server.error(what, e), lease.is_lost()));
         }
+        self.count(lists, &sent, 2);
+        Ok(())
+    }
+
+    /// Sends every change of `lists` on `lease`.
+    fn write(&self, lease: &mut Lease, lists: &[&Vec<Change>]) -> mysql::Result<commit::Sent> {
+        lease.run(|conn| {
+            let mut writer = Writer::new(conn, &self.tables, self.max_packet());
+            for change in lists.iter().flat_map(|list| list.iter()) {
+                writer.apply(change)?;
+            }
+            writer.flush()?;
+            Ok(writer.sent)
+        })
+    }
+
+    /// Counts a committed round (`extra` statements beside the writes).
+    fn count(&self, lists: &[&Vec<Change>], sent: &commit::Sent, extra: u64) {
+        let c = &self.counters;
         c.commits.fetch_add(lists.len() as u64, Ordering::Relaxed);
         c.transactions.fetch_add(1, Ordering::Relaxed);
         c.statements
-            .fetch_add(sent.statements + 2, Ordering::Relaxed);
+            .fetch_add(sent.statements + extra, Ordering::Relaxed);
         c.batches_written.fetch_add(sent.batches, Ordering::Relaxed);
         c.bytes_written.fetch_add(sent.bytes, Ordering::Relaxed);
-        Ok(())
+    }
+
+    /// Applies batch rows that one statement carries (`one_statement`)
+    /// without a transaction. A connection found dead (idle across a
+    /// restart of the server) is replaced and the statement sent once
+    /// more: replacing the same rows again changes nothing (the shard
+    /// holds its lock, so nothing else wrote them meanwhile).
+    fn autocommit(&self, lists: &[&Vec<Change>]) -> Result<(), (Error, bool)> {
+        let mut attempt = 0;
+        loop {
+            let mut lease = self.lease().map_err(|e| (e, true))?;
+            match self.write(&mut lease, lists) {
+                Ok(sent) => {
+                    self.count(lists, &sent, 0);
+                    return Ok(());
+                }
+                Err(_) if lease.is_lost() && attempt == 0 => attempt += 1,
+                Err(e) => {
+                    let c = &self.counters;
+                    c.failed_transactions.fetch_add(1, Ordering::Relaxed);
+                    let what = "writing (the outcome is unknown: the server may have applied it)";
+                    return Err((self.server.error(what, e), lease.is_lost()));
+                }
+            }
+        }
     }
 
     /// A connection in a new transaction. A dead one (idle across a

@@ -236,7 +236,7 @@ impl Committer {
     ) -> Result<Vec<Value>> {
         let reused = slot.is_some();
         match self.try_run(server, load, slot, pipe) {
-            Err(Failure::Client(e)) if reused && conn::stale(&e) => {
+            Err(Failure::Client(e)) if conn::retryable(&e, reused) => {
                 *slot = None;
                 self.try_run(server, load, slot, pipe)
             }

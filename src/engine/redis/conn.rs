@@ -154,6 +154,25 @@ pub fn stale(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() && !e.is_timeout()
 }
 
+/// A read or write the kernel interrupted (a socket with a timeout is not
+/// restarted after a signal, nor after io_uring task work the thread was
+/// sent): the connection's position in the reply stream is unknown, so it
+/// is replaced, and the request sent again on the new one.
+pub fn interrupted(e: &redis::RedisError) -> bool {
+    // The client keeps the `io::Error` behind an `Arc` of its own.
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let io = std::error::Error::source(e)
+        .and_then(|source| source.downcast_ref::<Shared>())
+        .and_then(|shared| shared.downcast_ref::<std::io::Error>());
+    io.is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
+}
+
+/// Whether a request that failed with `e` on a connection (`reused`: one
+/// that served before) is sent again on a new one, once.
+pub fn retryable(e: &redis::RedisError, reused: bool) -> bool {
+    interrupted(e) || (reused && stale(e))
+}
+
 /// A pipeline that hands back error replies instead of failing.
 pub fn pipeline() -> Pipeline {
     let mut pipe = redis::pipe();
@@ -196,7 +215,8 @@ impl Pool {
         doing: &str,
         mut f: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
     ) -> Result<R> {
-        let (mut con, mut retry) = self.take(server, doing)?;
+        let (mut con, mut reused) = self.take(server, doing)?;
+        let mut retry = true;
         loop {
             match f(&mut con) {
                 Ok(out) => {
@@ -205,12 +225,12 @@ impl Pool {
                 }
                 Err(e) => {
                     self.forget();
-                    if !(retry && stale(&e)) {
+                    if !(retry && retryable(&e, reused)) {
                         return Err(server.error(doing, e));
                     }
                     // The other idle ones most likely went with it.
                     self.clear();
-                    con = self.take(server, doing)?.0;
+                    (con, reused) = self.take(server, doing)?;
                     retry = false;
                 }
             }

@@ -88,10 +88,12 @@ while i <= #ARGV do
   if op == 'B' then
     local base, bytes = ARGV[i + 2], ARGV[i + 3]
     local log, id = key(shard, 'log'), base .. '-1'
-    drop(shard, base, base)
-    redis.call('XDEL', log, id)
+    -- An ID above every one the stream ever had (an append) is new
+    -- everywhere: rw and idx only hold batches at or below that top.
     local added = redis.pcall('XADD', log, id, 'b', bytes)
     if type(added) == 'table' and added.err then
+      drop(shard, base, base)
+      redis.call('XDEL', log, id)
       redis.call('ZADD', key(shard, 'rw'), base, bytes)
     end
     redis.call('ZADD', key(shard, 'idx'), base, ARGV[i + 4])

@@ -627,6 +627,17 @@ fn pipelined_commits_share_a_round_trip_and_a_failure_stops_the_shard() {
 }
 
 #[test]
+fn an_interrupted_request_is_sent_again_on_a_new_connection() {
+    let interrupted =
+        redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::Interrupted));
+    assert!(conn::retryable(&interrupted, false));
+    let reset = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+    assert!(conn::retryable(&reset, true) && !conn::retryable(&reset, false));
+    let timeout = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+    assert!(!conn::retryable(&timeout, true));
+}
+
+#[test]
 fn the_store_runs_on_the_engine() {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
