@@ -106,7 +106,6 @@ start() {
     dir=$(cd "$dir" && pwd)
     if running_pid "$dir" >/dev/null; then
         echo "mariadb.sh: already running in $dir" >&2
-        cat "$dir/env"
         return
     fi
     rm -f "$dir/mariadb.pid"
@@ -147,7 +146,9 @@ start() {
     # anyone reads it.
     [[ -s $dir/mariadb.pid ]] || echo "$launched" >"$dir/mariadb.pid"
     echo "MQS_TEST_MYSQL_URL=mysql://mqs:$password@127.0.0.1:$port/mqstore_test" >"$dir/env"
-    cat "$dir/env"
+    chmod 600 "$dir/env"
+    # The URL holds the password: it stays in the env file.
+    echo "mariadb: 127.0.0.1:$port, data in $dir"
 }
 
 stop() {
