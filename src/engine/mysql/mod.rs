@@ -509,6 +509,13 @@ impl Database for MysqlDb {
         reader::load(self, found)
     }
 
+    fn load_shard(&self, shard: u64, found: &mut dyn FnMut(Found) -> Result<()>) -> Result<()> {
+        if self.absent {
+            return self.check_open();
+        }
+        reader::load_shard(self, shard, found)
+    }
+
     fn stats(&self) -> Result<serde_json::Value> {
         let c = &self.counters;
         let n = |counter: &AtomicU64| counter.load(Ordering::Relaxed);

@@ -141,12 +141,31 @@ type ParseRow = fn(&mut Row, &str) -> Result<Found>;
 /// Lists everything the tables hold, in `Found`'s order, each table
 /// streamed.
 pub(super) fn load(db: &MysqlDb, found: &mut dyn FnMut(Found) -> Result<()>) -> Result<()> {
+    load_where(db, None, found)
+}
+
+/// What `load` lists of shard `shard` alone.
+pub(super) fn load_shard(
+    db: &MysqlDb,
+    shard: u64,
+    found: &mut dyn FnMut(Found) -> Result<()>,
+) -> Result<()> {
+    load_where(db, Some(shard), found)
+}
+
+/// Every shard's rows, or (`Some`) one shard's.
+fn load_where(
+    db: &MysqlDb,
+    shard: Option<u64>,
+    found: &mut dyn FnMut(Found) -> Result<()>,
+) -> Result<()> {
     let t = &db.tables;
     let mut lease = db.lease()?;
+    let only = shard.map_or(String::new(), |id| format!("WHERE shard_id = {id}"));
     let queries: [(String, ParseRow); 3] = [
         (
             format!(
-                "SELECT shard_id, name, options, low_watermark, next_offset FROM {} \
+                "SELECT shard_id, name, options, low_watermark, next_offset FROM {} {only} \
                  ORDER BY shard_id",
                 t.shards
             ),
@@ -155,14 +174,14 @@ pub(super) fn load(db: &MysqlDb, found: &mut dyn FnMut(Found) -> Result<()>) -> 
         (
             format!(
                 "SELECT shard_id, base_offset, last_offset, max_timestamp, records, len \
-                 FROM {} FORCE INDEX (meta) ORDER BY shard_id, base_offset",
+                 FROM {} FORCE INDEX (meta) {only} ORDER BY shard_id, base_offset",
                 t.batches
             ),
             batch_row,
         ),
         (
             format!(
-                "SELECT shard_id, group_name, committed_offset FROM {} \
+                "SELECT shard_id, group_name, committed_offset FROM {} {only} \
                  ORDER BY shard_id, group_name",
                 t.groups
             ),

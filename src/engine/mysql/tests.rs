@@ -105,8 +105,13 @@ fn payload(seed: i64, len: usize) -> Vec<u8> {
 
 /// What `load` lists, as text lines.
 fn listed(db: &MysqlDb) -> Vec<String> {
+    listed_of(db, None)
+}
+
+/// What `load` (or, for `Some`, `load_shard`) lists, as text.
+fn listed_of(db: &MysqlDb, shard: Option<u64>) -> Vec<String> {
     let mut out = Vec::new();
-    db.load(&mut |found| {
+    let mut list = |found| {
         out.push(match found {
             Found::Shard(id, meta) => format!(
                 "shard {id} {} {} {}",
@@ -118,7 +123,11 @@ fn listed(db: &MysqlDb) -> Vec<String> {
             Found::Group(id, group, offset) => format!("group {id} {group} {offset}"),
         });
         Ok(())
-    })
+    };
+    match shard {
+        Some(shard) => db.load_shard(shard, &mut list),
+        None => db.load(&mut list),
+    }
     .expect("load");
     out
 }
@@ -278,6 +287,10 @@ fn commits_round_trip_through_load_and_reads() {
         "group 2 g2 3",
     ];
     assert_eq!(listed(&db), expected);
+    assert_eq!(
+        listed_of(&db, Some(2)),
+        ["shard 2 two 0 0", "batch 2 0 9 11", "group 2 g2 3"]
+    );
     let entries: Vec<Entry> = sizes
         .iter()
         .enumerate()
