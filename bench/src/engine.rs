@@ -226,18 +226,7 @@ pub fn append_run(
                 })
             })
             .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let mut total = 0u64;
-        let mut end = start;
-        for worker in workers {
-            let (sent, finished) = worker
-                .join()
-                .map_err(|_| io::Error::other("append thread panicked"))??;
-            total += sent;
-            end = end.max(finished);
-        }
-        Ok::<_, io::Error>(total as f64 / (end - start).as_secs_f64())
+        util::joined_rate(&barrier, workers)
     });
     outcome
 }

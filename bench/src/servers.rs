@@ -318,18 +318,7 @@ fn timed_clients<C: Send>(
                 })
             })
             .collect();
-        barrier.wait();
-        let start = Instant::now();
-        let mut total = 0u64;
-        let mut end = start;
-        for worker in workers {
-            let (ops, finished) = worker
-                .join()
-                .map_err(|_| io::Error::other("client thread panicked"))??;
-            total += ops;
-            end = end.max(finished);
-        }
-        Ok(total as f64 / (end - start).as_secs_f64())
+        util::joined_rate(&barrier, workers)
     })
 }
 

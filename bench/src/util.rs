@@ -181,6 +181,27 @@ pub fn touch(bytes: &[u8]) -> u64 {
 }
 
 /// A percentile of an hdrhistogram (`quantile` 1.0 = the maximum), as f64.
+/// Starts the clock once every worker has passed `barrier` (they wait
+/// there, ready), then joins them: the operations per second of them all,
+/// from that start to the last one's finish.
+pub fn joined_rate(
+    barrier: &std::sync::Barrier,
+    workers: Vec<std::thread::ScopedJoinHandle<'_, io::Result<(u64, Instant)>>>,
+) -> io::Result<f64> {
+    barrier.wait();
+    let start = Instant::now();
+    let mut total = 0u64;
+    let mut end = start;
+    for worker in workers {
+        let (ops, finished) = worker
+            .join()
+            .map_err(|_| io::Error::other("a worker thread panicked"))??;
+        total += ops;
+        end = end.max(finished);
+    }
+    Ok(total as f64 / (end - start).as_secs_f64())
+}
+
 pub fn percentile(histogram: &hdrhistogram::Histogram<u64>, quantile: f64) -> f64 {
     if quantile >= 1.0 {
         histogram.max() as f64

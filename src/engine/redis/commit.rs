@@ -234,13 +234,16 @@ impl Committer {
         slot: &mut Option<Connection>,
         pipe: &Pipeline,
     ) -> Result<Vec<Value>> {
-        let reused = slot.is_some();
-        match self.try_run(server, load, slot, pipe) {
-            Err(Failure::Client(e)) if conn::retryable(&e, reused) => {
-                *slot = None;
-                self.try_run(server, load, slot, pipe)
+        let mut reused = slot.is_some();
+        let mut tries = 0;
+        loop {
+            match self.try_run(server, load, slot, pipe) {
+                Err(Failure::Client(e)) if tries < conn::RETRIES && conn::retryable(&e, reused) => {
+                    *slot = None;
+                    (reused, tries) = (false, tries + 1);
+                }
+                other => break other,
             }
-            other => other,
         }
         .map_err(|failure| match failure {
             Failure::Client(e) => server.error("committing a write", e),

@@ -70,10 +70,16 @@ impl Server {
     /// A new connection, its setup (AUTH) bounded by the connect timeout
     /// and every later request by the I/O timeout.
     pub fn connect(&self) -> Result<Connection> {
-        let con = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)
-            .map_err(|e| self.error("connecting", e))?;
+        let mut tries = 0;
+        let con = loop {
+            match self
+                .client
+                .get_connection_with_timeout(self.connect_timeout)
+            {
+                Err(e) if tries < RETRIES && interrupted(&e) => tries += 1,
+                other => break other.map_err(|e| self.error("connecting", e))?,
+            }
+        };
         con.set_read_timeout(Some(self.io_timeout))
             .and_then(|()| con.set_write_timeout(Some(self.io_timeout)))
             .map_err(|e| self.error("connecting", e))?;
@@ -167,8 +173,13 @@ pub fn interrupted(e: &redis::RedisError) -> bool {
     io.is_some_and(|io| io.kind() == std::io::ErrorKind::Interrupted)
 }
 
+/// How many times a request is sent again on a new connection (each time
+/// the kernel interrupted it, or once after a connection a restart left
+/// dead).
+pub const RETRIES: usize = 3;
+
 /// Whether a request that failed with `e` on a connection (`reused`: one
-/// that served before) is sent again on a new one, once.
+/// that served before) is sent again on a new one.
 pub fn retryable(e: &redis::RedisError, reused: bool) -> bool {
     interrupted(e) || (reused && stale(e))
 }
@@ -216,7 +227,7 @@ impl Pool {
         mut f: impl FnMut(&mut Connection) -> redis::RedisResult<R>,
     ) -> Result<R> {
         let (mut con, mut reused) = self.take(server, doing)?;
-        let mut retry = true;
+        let mut tries = 0;
         loop {
             match f(&mut con) {
                 Ok(out) => {
@@ -225,13 +236,13 @@ impl Pool {
                 }
                 Err(e) => {
                     self.forget();
-                    if !(retry && retryable(&e, reused)) {
+                    if !(tries < RETRIES && retryable(&e, reused)) {
                         return Err(server.error(doing, e));
                     }
                     // The other idle ones most likely went with it.
                     self.clear();
                     (con, reused) = self.take(server, doing)?;
-                    retry = false;
+                    tries += 1;
                 }
             }
         }
