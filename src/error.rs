@@ -195,4 +195,24 @@ impl Error {
     pub(crate) fn corruption(message: impl Into<String>) -> Self {
         Error::Corruption(message.into())
     }
+
+    /// The same failure again, for one more caller of a shared operation
+    /// (a group commit's round): `Error` is not `Clone`, its `io::Error`
+    /// is kept as kind and message. Variants a shared write cannot fail
+    /// with become `Internal`, keeping their message.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { context, source } => Error::io(
+                context.clone(),
+                io::Error::new(source.kind(), source.to_string()),
+            ),
+            Error::InvalidConfig(m) => Error::InvalidConfig(m.clone()),
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::Corruption(m) => Error::Corruption(m.clone()),
+            Error::Unsupported(m) => Error::Unsupported(m.clone()),
+            Error::Poisoned(m) => Error::Poisoned(m.clone()),
+            Error::Closed => Error::Closed,
+            other => Error::Internal(other.to_string()),
+        }
+    }
 }

@@ -500,7 +500,6 @@ impl<D: Database> Shard for DbShard<D> {
     }
 
     fn read_by_keys(&self, keys: &[&[u8]], max_records: usize) -> Result<Vec<RecordView>> {
-        self.resync_if_stale()?;
         let now = now_ms();
         self.expire_idle(now)?;
         let state = self.state.read();

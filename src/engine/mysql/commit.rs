@@ -7,7 +7,6 @@
 //! commit.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 
 use mysql::prelude::Queryable;
 use mysql::Value;
@@ -354,21 +353,5 @@ impl<'a, C: Queryable> Writer<'a, C> {
             }
             Change::PutBatch { .. } => Ok(()),
         }
-    }
-}
-
-/// The same error again, for each list of a failed round.
-pub(super) fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::Io { context, source } => Error::io(
-            context.clone(),
-            io::Error::new(source.kind(), source.to_string()),
-        ),
-        Error::InvalidConfig(m) => Error::InvalidConfig(m.clone()),
-        Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
-        Error::Corruption(m) => Error::Corruption(m.clone()),
-        Error::Unsupported(m) => Error::Unsupported(m.clone()),
-        Error::Closed => Error::Closed,
-        other => Error::Internal(other.to_string()),
     }
 }

@@ -66,7 +66,7 @@ use mysql::prelude::Queryable;
 use mysql::{Conn, Opts};
 use parking_lot::Mutex;
 
-use self::commit::{copy_error, precheck, Queue, Writer, PACKET_SLACK};
+use self::commit::{precheck, Queue, Writer, PACKET_SLACK};
 use self::conn::{code, Lease, Pool, Server};
 use self::reader::Prefetch;
 use self::schema::{ServerVars, Tables, VARS_QUERY};
@@ -275,7 +275,7 @@ impl MysqlDb {
             }
             Err((e, _)) => {
                 for &i in &ready {
-                    outcomes[i] = Err(copy_error(&e));
+                    outcomes[i] = Err(e.duplicate());
                 }
             }
         }

@@ -79,7 +79,7 @@ impl Default for Queue {
 impl Queue {
     fn outcome(&self, ticket: u64) -> Result<()> {
         match self.failed.get(&ticket) {
-            Some(e) => Err(copy_error(e)),
+            Some(e) => Err(e.duplicate()),
             None => Ok(()),
         }
     }
@@ -91,13 +91,13 @@ impl Queue {
         for (ticket, outcome) in outcomes {
             self.answered = self.answered.max(ticket);
             if let Err(e) = outcome {
-                failure.get_or_insert_with(|| copy_error(&e));
+                failure.get_or_insert_with(|| e.duplicate());
                 self.failed.insert(ticket, e);
             }
         }
         if let Some(e) = failure {
             for (ticket, _) in self.pending.drain(..) {
-                self.failed.insert(ticket, copy_error(&e));
+                self.failed.insert(ticket, e.duplicate());
                 self.answered = ticket;
             }
             self.pending_bytes = 0;
@@ -134,7 +134,7 @@ impl Committer {
         for shard in shards {
             if let Some(&newest) = queue.newest.get(shard) {
                 if let Some(e) = queue.failed.get(&newest) {
-                    return Err(copy_error(e));
+                    return Err(e.duplicate());
                 }
             }
         }
@@ -332,19 +332,6 @@ fn check(server: &Server, reply: Value) -> Result<()> {
     }
 }
 
-/// A failed commit's error, for one more caller (errors are not `Clone`).
-fn copy_error(e: &Error) -> Error {
-    match e {
-        Error::Io { context, source } => Error::io(
-            context.clone(),
-            io::Error::new(source.kind(), source.to_string()),
-        ),
-        Error::InvalidConfig(text) => Error::InvalidConfig(text.clone()),
-        Error::Closed => Error::Closed,
-        other => Error::Internal(other.to_string()),
-    }
-}
-
 /// The error of a commit whose pipeline failed: each caller gets its
 /// own (errors are not `Clone`), saying that the write's fate is unknown.
 fn unknown_outcome(e: &Error) -> Error {
@@ -356,8 +343,6 @@ fn unknown_outcome(e: &Error) -> Error {
                 format!("{source} (the write may or may not have been applied)"),
             ),
         ),
-        Error::InvalidConfig(text) => Error::InvalidConfig(text.clone()),
-        Error::Closed => Error::Closed,
-        other => Error::Internal(other.to_string()),
+        other => other.duplicate(),
     }
 }

@@ -168,16 +168,7 @@ impl RedisDb {
 
     /// Sends `pipe` on a pooled connection; an error reply fails the call.
     fn request(&self, doing: &str, pipe: &::redis::Pipeline) -> Result<Vec<Value>> {
-        let replies = self
-            .pool
-            .with(&self.server, doing, |con| conn::send(con, pipe))?;
-        replies
-            .into_iter()
-            .map(|reply| match reply {
-                Value::ServerError(e) => Err(self.server.reply_error(doing, &e)),
-                other => Ok(other),
-            })
-            .collect()
+        read::request(&self.source(), doing, pipe)
     }
 
     fn source(&self) -> Source<'_> {

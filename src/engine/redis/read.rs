@@ -227,7 +227,7 @@ fn corrupt(source: &Source<'_>, what: String) -> Error {
 }
 
 /// Sends `pipe` on a pooled connection; every reply must be a success.
-fn request(source: &Source<'_>, doing: &str, pipe: &redis::Pipeline) -> Result<Vec<Value>> {
+pub fn request(source: &Source<'_>, doing: &str, pipe: &redis::Pipeline) -> Result<Vec<Value>> {
     let replies = source
         .pool
         .with(source.server, doing, |con| conn::send(con, pipe))?;
