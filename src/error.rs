@@ -200,6 +200,7 @@ impl Error {
     /// (a group commit's round): `Error` is not `Clone`, its `io::Error`
     /// is kept as kind and message. Variants a shared write cannot fail
     /// with become `Internal`, keeping their message.
+    #[cfg(any(feature = "mysql", feature = "redis"))]
     pub(crate) fn duplicate(&self) -> Error {
         match self {
             Error::Io { context, source } => Error::io(
