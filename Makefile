@@ -15,7 +15,7 @@ RELEASE_LIB := $(CARGO_TARGET_DIR)/release/libmqstore.so
 CC          ?= cc
 CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
 
-.PHONY: all build release header tools venv python-dev python-release \
+.PHONY: all build release header tools s3-tools venv python-dev python-release \
         test lint test-rust test-cli test-c test-cpp test-python demo clean crash-long \
         bench bench-deps bench-quick edge dist install uninstall test-install \
         abi-check abi-bless test-python-package print-version print-abi-version print-dist-dir \
@@ -40,6 +40,12 @@ all: build
 
 tools:
 	@scripts/ensure-tools.sh
+
+# s3s-fs, the S3 server of the S3 engine's tests: no distribution packages
+# it, so cargo builds it (a few minutes, once) into ~/.cache/mqstore/tools
+# (MQS_TOOLS_DIR), outside the tree.
+s3-tools: tools
+	@scripts/ensure-s3-server.sh
 
 build:
 	cargo build -p mqstore
@@ -68,24 +74,25 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-# Suites that reach the MySQL and Redis engines run with private servers
-# up (scripts/with-servers.sh starts and stops them).
+# Suites that reach the MySQL, Redis and S3 engines run with private
+# servers up (scripts/with-servers.sh starts and stops them; s3-tools
+# installs the S3 server).
 WITH_SERVERS := scripts/with-servers.sh
 
-test-rust: tools
+test-rust: tools s3-tools
 	$(WITH_SERVERS) cargo test -p mqstore
 
 # The operator's tool (cli/): every command against stores built by the test.
 test-cli:
 	cargo test -p mqstore-cli
 
-test-c: tools build
+test-c: tools s3-tools build
 	$(WITH_SERVERS) bash tests/c/run.sh
 
-test-cpp: tools build
+test-cpp: tools s3-tools build
 	$(WITH_SERVERS) bash tests/cpp/run.sh
 
-test-python: tools python-dev
+test-python: tools s3-tools python-dev
 	$(WITH_SERVERS) $(PYTHON) -m pytest tests/python -q
 
 # The package as users install it: a built wheel and `pip install ./python`,
@@ -97,7 +104,7 @@ test-python-package: tools venv
 # The kill -9 crash tests of the journal, file, RocksDB, MySQL and Redis
 # engines (and of truncate_to and of compaction on each), long mode (make test runs 20
 # cycles of each).
-crash-long: tools
+crash-long: tools s3-tools
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test journal_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test file_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test rocksdb_crash -- --nocapture
@@ -219,13 +226,13 @@ bench-deps: tools python-release
 
 # One cargo invocation builds libmqstore.so (for the C driver) and the
 # harness, so mqstore is compiled once for both, not once per target.
-bench: bench-deps
+bench: bench-deps s3-tools
 	@if [[ "$(BENCH_FEATURES)" == *rocksdb* ]] && ! ldconfig -p | grep -q 'libclang[-.0-9]*\.so'; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libclang-dev; fi
 	cargo build --release -p mqstore -p mqstore-bench $(if $(BENCH_FEATURES),--features mqstore-bench/$(BENCH_FEATURES))
 	$(WITH_SERVERS) cargo run -p mqstore-bench --release $(if $(BENCH_FEATURES),--features $(BENCH_FEATURES)) -- $(BENCH_ARGS)
 
-bench-quick: bench-deps
+bench-quick: bench-deps s3-tools
 	cargo build --release -p mqstore -p mqstore-bench
 	$(WITH_SERVERS) cargo run -p mqstore-bench --release -- --quick $(BENCH_ARGS)
 

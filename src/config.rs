@@ -456,6 +456,87 @@ impl fmt::Debug for ServerConfig {
     }
 }
 
+/// The object store of the S3 engine (the `[s3]` section). What it leaves
+/// unset comes from the usual variables (`AWS_ENDPOINT`, `AWS_BUCKET`,
+/// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, `AWS_ALLOW_HTTP`). Credentials are never
+/// serialized nor put in errors.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct S3Config {
+    /// `http(s)://host:port` of an S3-compatible service; `None`: AWS (or
+    /// `AWS_ENDPOINT`). An `http://` endpoint allows plain HTTP.
+    pub endpoint: Option<String>,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    #[serde(skip)]
+    pub access_key_id: Option<String>,
+    #[serde(skip)]
+    pub secret_access_key: Option<String>,
+    /// `bucket.host` requests instead of path-style `host/bucket`.
+    pub virtual_hosted_style: bool,
+    /// Every object of the store is under it (several stores may share a
+    /// bucket). Empty (the default): `mqs-<store id>`.
+    pub prefix: String,
+    /// An object is closed and uploaded once it holds this many bytes.
+    pub object_bytes: u64,
+    /// The read cache's unit: one ranged GET fetches a block.
+    pub block_bytes: u64,
+    /// The read cache's size.
+    pub cache_bytes: u64,
+    /// Blocks fetched ahead of a reader, in the same request.
+    pub readahead_blocks: u32,
+    /// Batches of `os` and `none` shards wait at most this long in memory
+    /// before their object is uploaded.
+    pub flush_interval_ms: u64,
+    /// Batches waiting for upload, all shards together; an append beyond
+    /// it uploads its shard's batches before it returns (back-pressure).
+    pub buffer_bytes: u64,
+    pub connect_timeout_ms: u64,
+    /// How long one request may take.
+    pub io_timeout_ms: u64,
+    /// How often a failed request (5xx, throttling, a broken connection)
+    /// is tried again, with backoff, before the call fails.
+    pub retries: u32,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            bucket: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            virtual_hosted_style: false,
+            prefix: String::new(),
+            object_bytes: 16 << 20,
+            block_bytes: 4 << 20,
+            cache_bytes: 256 << 20,
+            readahead_blocks: 2,
+            flush_interval_ms: 1_000,
+            buffer_bytes: 256 << 20,
+            connect_timeout_ms: 5_000,
+            io_timeout_ms: 30_000,
+            retries: 3,
+        }
+    }
+}
+
+impl fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("credentials", &self.access_key_id.as_ref().map(|_| "(set)"))
+            .field("prefix", &self.prefix)
+            .field("object_bytes", &self.object_bytes)
+            .field("block_bytes", &self.block_bytes)
+            .field("cache_bytes", &self.cache_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Store-wide configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -494,6 +575,8 @@ pub struct Config {
     pub mysql: ServerConfig,
     /// The Redis server of the Redis engine.
     pub redis: ServerConfig,
+    /// The object store of the S3 engine.
+    pub s3: S3Config,
 }
 
 impl Default for Config {
@@ -512,6 +595,7 @@ impl Default for Config {
             rocksdb: RocksdbConfig::default(),
             mysql: ServerConfig::new(),
             redis: ServerConfig::new(),
+            s3: S3Config::default(),
         }
     }
 }
@@ -530,6 +614,7 @@ struct ConfigFile {
     rocksdb: Option<RocksdbSection>,
     mysql: Option<ServerSection>,
     redis: Option<ServerSection>,
+    s3: Option<S3Section>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -584,6 +669,129 @@ impl ServerSection {
                 )));
             }
             config.key_prefix = prefix;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3Section {
+    endpoint: Option<String>,
+    bucket: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    virtual_hosted_style: Option<bool>,
+    prefix: Option<String>,
+    object_bytes: Option<u64>,
+    block_bytes: Option<u64>,
+    cache_bytes: Option<u64>,
+    readahead_blocks: Option<u32>,
+    flush_interval_ms: Option<u64>,
+    buffer_bytes: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    io_timeout_ms: Option<u64>,
+    retries: Option<u32>,
+}
+
+impl S3Section {
+    fn apply_to(self, config: &mut S3Config) -> Result<()> {
+        if let Some(endpoint) = self.endpoint {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                return Err(Error::InvalidConfig(
+                    "s3.endpoint must start with http:// or https://".into(),
+                ));
+            }
+            config.endpoint = Some(endpoint);
+        }
+        if let Some(bucket) = self.bucket {
+            check_range("s3.bucket's length", bucket.len() as u64, 3, 63)?;
+            config.bucket = Some(bucket);
+        }
+        if let Some(prefix) = self.prefix {
+            let safe = prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+            if prefix.len() > 256 || !safe || prefix.starts_with('/') || prefix.contains("//") {
+                return Err(Error::InvalidConfig(
+                    "s3.prefix: at most 256 characters of letters, digits and -_./, \
+                     not starting with / nor holding //"
+                        .into(),
+                ));
+            }
+            config.prefix = prefix.trim_end_matches('/').to_string();
+        }
+        config.region = self.region.or(config.region.take());
+        config.access_key_id = self.access_key_id.or(config.access_key_id.take());
+        config.secret_access_key = self.secret_access_key.or(config.secret_access_key.take());
+        if let Some(virtual_hosted) = self.virtual_hosted_style {
+            config.virtual_hosted_style = virtual_hosted;
+        }
+        let sizes = [
+            (
+                "s3.object_bytes",
+                self.object_bytes,
+                64 << 10,
+                1 << 30,
+                &mut config.object_bytes,
+            ),
+            (
+                "s3.block_bytes",
+                self.block_bytes,
+                4 << 10,
+                64 << 20,
+                &mut config.block_bytes,
+            ),
+            (
+                "s3.cache_bytes",
+                self.cache_bytes,
+                0,
+                1 << 40,
+                &mut config.cache_bytes,
+            ),
+            (
+                "s3.buffer_bytes",
+                self.buffer_bytes,
+                64 << 10,
+                1 << 40,
+                &mut config.buffer_bytes,
+            ),
+            (
+                "s3.flush_interval_ms",
+                self.flush_interval_ms,
+                1,
+                3_600_000,
+                &mut config.flush_interval_ms,
+            ),
+            (
+                "s3.connect_timeout_ms",
+                self.connect_timeout_ms,
+                1,
+                600_000,
+                &mut config.connect_timeout_ms,
+            ),
+            (
+                "s3.io_timeout_ms",
+                self.io_timeout_ms,
+                1,
+                600_000,
+                &mut config.io_timeout_ms,
+            ),
+        ];
+        for (key, value, min, max, slot) in sizes {
+            if let Some(value) = value {
+                check_range(key, value, min, max)?;
+                *slot = value;
+            }
+        }
+        if let Some(blocks) = self.readahead_blocks {
+            check_range("s3.readahead_blocks", blocks as u64, 0, 64)?;
+            config.readahead_blocks = blocks;
+        }
+        if let Some(retries) = self.retries {
+            check_range("s3.retries", retries as u64, 0, 100)?;
+            config.retries = retries;
         }
         Ok(())
     }
@@ -938,6 +1146,9 @@ impl Config {
         }
         if let Some(redis) = file.redis {
             redis.apply_to("redis", &mut config.redis)?;
+        }
+        if let Some(s3) = file.s3 {
+            s3.apply_to(&mut config.s3)?;
         }
         if config.max_record_bytes > config.max_batch_bytes {
             return Err(Error::InvalidConfig(format!(

@@ -38,6 +38,7 @@ fn server_url_var(engine: &str) -> Option<&'static str> {
     match engine {
         "mysql" => Some("MQS_MYSQL_URL"),
         "redis" => Some("MQS_REDIS_URL"),
+        "s3" => Some("MQS_TEST_S3_ENDPOINT"),
         _ => None,
     }
 }
@@ -1054,6 +1055,8 @@ conformance_suite!(rocksdb, "rocksdb");
 conformance_suite!(mysql, "mysql");
 #[cfg(feature = "redis")]
 conformance_suite!(redis, "redis");
+#[cfg(feature = "s3")]
+conformance_suite!(s3, "s3");
 
 #[test]
 fn memory_engine_refuses_durable_modes() {

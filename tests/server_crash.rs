@@ -4,7 +4,7 @@
 //! not: every append acknowledged before the kill must be read back,
 //! exactly once, by the next open. In its own test binary: it spawns
 //! processes (see rocksdb_crash.rs).
-#![cfg(any(feature = "mysql", feature = "redis"))]
+#![cfg(any(feature = "mysql", feature = "redis", feature = "s3"))]
 
 use mqstore::{Config, Store};
 

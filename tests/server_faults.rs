@@ -1,4 +1,4 @@
-//! Server faults through the store, for the MySQL and Redis engines: the
+//! Server faults through the store, for the MySQL, Redis and S3 engines: the
 //! shard's private server (scripts/servers/) is killed -9 and started
 //! again while a producer appends. During the outage appends fail with
 //! `MQS_IO` naming the server (never its password); once it is back they
@@ -7,7 +7,7 @@
 //! A record whose append failed may be stored or not (the server may have
 //! applied a write whose answer was lost), but never in the middle of
 //! acknowledged ones out of order.
-#![cfg(any(feature = "mysql", feature = "redis"))]
+#![cfg(any(feature = "mysql", feature = "redis", feature = "s3"))]
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -25,6 +25,8 @@ struct Server {
     dir: tempfile::TempDir,
     script: PathBuf,
     url: String,
+    /// The S3 server's secret key: errors must not show it either.
+    secret: String,
     pid_file: &'static str,
 }
 
@@ -32,6 +34,7 @@ impl Server {
     fn start(engine: &str) -> Server {
         let (script, pid_file) = match engine {
             "mysql" => ("mariadb.sh", "mariadb.pid"),
+            "s3" => ("s3.sh", "s3s.pid"),
             _ => ("redis.sh", "redis.pid"),
         };
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -42,11 +45,20 @@ impl Server {
             dir,
             script,
             url: String::new(),
+            secret: String::new(),
             pid_file,
         };
         server.run("start");
         let env = std::fs::read_to_string(server.dir.path().join("env")).unwrap();
-        server.url = env.trim().split_once('=').unwrap().1.to_string();
+        let var = |name: &str| {
+            env.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        server.url = var("MQS_TEST_S3_ENDPOINT")
+            .or_else(|| env.trim().split_once('=').map(|(_, url)| url.to_string()))
+            .unwrap();
+        server.secret = var("AWS_SECRET_ACCESS_KEY").unwrap_or_default();
         server
     }
 
@@ -64,10 +76,10 @@ impl Server {
         );
     }
 
-    /// SIGKILL; `redis.sh kill` also waits for the exit (a restart must
-    /// not find the old process still there).
+    /// SIGKILL; `redis.sh kill` and `s3.sh kill` also wait for the exit (a
+    /// restart must not find the old process still there).
     fn kill(&self) {
-        if self.pid_file == "redis.pid" {
+        if self.pid_file != "mariadb.pid" {
             return self.run("kill");
         }
         let pid = std::fs::read_to_string(self.dir.path().join(self.pid_file)).unwrap();
@@ -80,11 +92,19 @@ impl Server {
 
     /// `host:port`, what error messages name.
     fn address(&self) -> &str {
-        let rest = self.url.rsplit('@').next().unwrap();
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(&*self.url, |(_, rest)| rest);
+        let rest = rest.rsplit('@').next().unwrap();
         rest.split('/').next().unwrap()
     }
 
+    /// The secret errors must never show.
     fn password(&self) -> &str {
+        if !self.secret.is_empty() {
+            return &self.secret;
+        }
         let userinfo = self
             .url
             .split_once("://")
@@ -114,6 +134,26 @@ enum Event {
 }
 
 fn config(engine: &str, server: &Server) -> Config {
+    if engine == "s3" {
+        let env = std::fs::read_to_string(server.dir.path().join("env")).unwrap();
+        let var = |name: &str| {
+            env.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+                .unwrap()
+                .to_string()
+        };
+        return Config::from_toml_str(&format!(
+            "[shard]\nengine = \"s3\"\ndurability = \"fsync\"\n\
+             [s3]\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\n\
+             secret_access_key = \"{}\"\nconnect_timeout_ms = 2000\nio_timeout_ms = 2000\n\
+             retries = 1\n",
+            server.url,
+            var("AWS_BUCKET"),
+            var("AWS_ACCESS_KEY_ID"),
+            server.secret
+        ))
+        .unwrap();
+    }
     Config::from_toml_str(&format!(
         "[shard]\nengine = \"{engine}\"\ndurability = \"fsync\"\n\
          [{engine}]\nurl = \"{}\"\nconnect_timeout_ms = 2000\nio_timeout_ms = 2000\n",

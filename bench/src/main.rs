@@ -19,6 +19,7 @@ mod raw;
 mod results;
 mod rocksdb_engine;
 mod rocksdb_peer;
+mod s3;
 mod servers;
 mod util;
 
@@ -153,9 +154,10 @@ usage: bench [--quick] [--out FILE] [--dir DIR] [--only SECTIONS] [--no-chart]
   --dir DIR        directory on the filesystem to test (default: a temporary
                    directory under the results directory, removed afterwards)
   --only LIST      comma-separated sections: raw,memory,engines (journal, RocksDB, file),
-                   rocksdb,ffi,broker (the example Kafka broker),servers (the MySQL and
-                   Redis engines against their servers; needs MQS_MYSQL_URL and
-                   MQS_REDIS_URL: run under scripts/with-servers.sh)
+                   rocksdb,ffi,broker (the example Kafka broker),servers (the MySQL,
+                   Redis and S3 engines against their servers; needs MQS_MYSQL_URL,
+                   MQS_REDIS_URL and the AWS_* variables: run under
+                   scripts/with-servers.sh)
   --no-chart       do not run bench/python/chart.py afterwards
   --lib PATH       libmqstore.so for the C driver (default: next to this binary;
                    env MQS_BENCH_LIB)
@@ -691,6 +693,7 @@ fn main() {
         ffi::compare(&mut results);
         broker::compare(&mut results);
         servers::compare(&mut results);
+        s3::compare(&mut results);
     }
 
     let elapsed = clock.elapsed().as_secs_f64();

@@ -47,7 +47,7 @@ pub const MYSQL_URL_ENV: &str = "MQS_MYSQL_URL";
 pub const REDIS_URL_ENV: &str = "MQS_REDIS_URL";
 
 /// The section's workload groups, each run in its own child process.
-pub const GROUPS: [&str; 2] = ["mysql", "redis"];
+pub const GROUPS: [&str; 3] = ["mysql", "redis", "s3"];
 
 /// Records per engine batch: the raw side's op carries one batch's worth.
 const BATCH: usize = 64;
@@ -81,6 +81,7 @@ pub const REDIS_METRICS: [(&str, &str); 9] = [
 pub fn metrics(group: &str) -> &'static [(&'static str, &'static str)] {
     match group {
         "mysql" => &MYSQL_METRICS,
+        "s3" => &crate::s3::METRICS,
         _ => &REDIS_METRICS,
     }
 }
@@ -88,6 +89,10 @@ pub fn metrics(group: &str) -> &'static [(&'static str, &'static str)] {
 /// The URL the group's server is at, or why there is none.
 pub fn url(group: &str) -> Result<String, String> {
     let (var, example) = match group {
+        "s3" => (
+            crate::s3::ENDPOINT_ENV,
+            "http://127.0.0.1:9000 (and AWS_BUCKET, AWS_ACCESS_KEY_ID, ...)",
+        ),
         "mysql" => (
             MYSQL_URL_ENV,
             "mysql://user:password@127.0.0.1:3306/database",
@@ -124,6 +129,7 @@ pub fn run_group(group: &str, base: &Path, plan: &Plan, results: &mut Results) {
     let outcome = match group {
         "mysql" => mysql_group(&url, base, plan, results),
         "redis" => redis_group(&url, base, plan, results),
+        "s3" => crate::s3::group(base, plan, results),
         other => Err(io::Error::other(format!(
             "unknown workload group '{other}'"
         ))),

@@ -5,7 +5,12 @@
 //! Engines validate nothing the Store already validated (shard names, record
 //! and batch sizes, engine availability): they receive well-formed input.
 
-#[cfg(any(feature = "rocksdb", feature = "mysql", feature = "redis"))]
+#[cfg(any(
+    feature = "rocksdb",
+    feature = "mysql",
+    feature = "redis",
+    feature = "s3"
+))]
 pub(crate) mod database;
 pub mod file;
 pub(crate) mod index;
@@ -20,6 +25,8 @@ pub mod redis;
 pub mod registry;
 #[cfg(feature = "rocksdb")]
 pub mod rocksdb;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub(crate) mod scan;
 
 use std::collections::HashSet;

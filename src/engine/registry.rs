@@ -144,6 +144,11 @@ fn build_redis(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
     super::redis::engine(dir, config)
 }
 
+#[cfg(feature = "s3")]
+fn build_s3(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
+    super::s3::engine(dir, config)
+}
+
 static ENGINES: &[EngineSpec] = &[
     EngineSpec {
         kind: EngineKind::Memory,
@@ -228,6 +233,9 @@ static ENGINES: &[EngineSpec] = &[
         kind: EngineKind::S3,
         name: "s3",
         c_name: c"s3",
+        #[cfg(feature = "s3")]
+        build: Some((super::s3::CAPABILITIES, build_s3)),
+        #[cfg(not(feature = "s3"))]
         build: None,
     },
     EngineSpec {
@@ -315,11 +323,11 @@ mod tests {
     #[test]
     fn an_engine_not_in_the_build_is_unsupported() {
         let options = ShardOptions {
-            engine: EngineKind::S3,
+            engine: EngineKind::Hybrid,
             ..ShardOptions::default()
         };
-        let err = spec(EngineKind::S3).check(&options).unwrap_err();
+        let err = spec(EngineKind::Hybrid).check(&options).unwrap_err();
         assert_eq!(err.status(), crate::Status::Unsupported);
-        assert!(err.to_string().contains("engine 's3'"), "{err}");
+        assert!(err.to_string().contains("engine 'hybrid'"), "{err}");
     }
 }

@@ -220,12 +220,13 @@ static void test_version_and_status_strings(void) {
 }
 
 /* The engines of this build: the default build has memory, journal, file,
- * rocksdb, mysql and redis; planned ones (s3, hybrid) are not listed. */
+ * rocksdb, mysql, redis and s3; planned ones (hybrid) are not listed. */
 static void test_engines(void) {
     mqs_names *names = (mqs_names *)0x1;
     CHECK_OK(mqs_engines(&names));
     size_t n = mqs_names_count(names);
-    bool memory = false, journal = false, file = false, rocksdb = false, mysql = false, redis = false;
+    bool memory = false, journal = false, file = false, rocksdb = false, mysql = false, redis = false,
+         s3 = false;
     for (size_t i = 0; i < n; i++) {
         const char *name = mqs_names_get(names, i);
         memory |= strcmp(name, "memory") == 0;
@@ -234,9 +235,10 @@ static void test_engines(void) {
         rocksdb |= strcmp(name, "rocksdb") == 0;
         mysql |= strcmp(name, "mysql") == 0;
         redis |= strcmp(name, "redis") == 0;
-        CHECK(strcmp(name, "s3") != 0 && strcmp(name, "hybrid") != 0);
+        s3 |= strcmp(name, "s3") == 0;
+        CHECK(strcmp(name, "hybrid") != 0);
     }
-    CHECK(memory && journal && file && rocksdb && mysql && redis);
+    CHECK(memory && journal && file && rocksdb && mysql && redis && s3);
     CHECK_OK(mqs_names_free(names));
     CHECK_STATUS(mqs_engines(NULL), MQS_INVALID_ARGUMENT);
 }
@@ -347,9 +349,9 @@ static void test_bad_configs(void) {
     CHECK_MENTIONS("colour");
 
     /* An engine that is not built is refused, not faked. */
-    CHECK_STATUS(mqs_store_open(dir, "[shard]\nengine = \"s3\"\n", &store), MQS_UNSUPPORTED);
+    CHECK_STATUS(mqs_store_open(dir, "[shard]\nengine = \"hybrid\"\n", &store), MQS_UNSUPPORTED);
     CHECK(store == NULL);
-    CHECK_MENTIONS("s3");
+    CHECK_MENTIONS("hybrid");
 
     /* The streaming preset opens on the journal engine. */
     CHECK_OK(mqs_store_open(dir, "preset = \"streaming\"\n", &store));
@@ -1460,8 +1462,8 @@ static void read_rest(mqs_transfer *transfer, size_t piece, uint8_t *out, size_t
 
 /* A transfer read into buffers of 1, 7 and 4096 bytes gives the bytes a
  * descriptor receives, on every engine (memory, files, the journal's
- * tail cache, RocksDB's lazy chunks, MySQL's and Redis's fetched batches);
- * reads and sends share one progress. */
+ * tail cache, RocksDB's lazy chunks, MySQL's, Redis's and S3's fetched
+ * batches); reads and sends share one progress. */
 static void test_transfer_read_into(void) {
     const char *configs[] = {NULL,
                              "[shard]\nengine = \"memory\"\n",
@@ -1469,7 +1471,8 @@ static void test_transfer_read_into(void) {
                              "[journal]\ntail_cache_bytes = 0\n",
                              "[shard]\nengine = \"rocksdb\"\n",
                              "[shard]\nengine = \"mysql\"\n",
-                             "[shard]\nengine = \"redis\"\n"};
+                             "[shard]\nengine = \"redis\"\n",
+                             "[shard]\nengine = \"s3\"\n"};
     for (size_t c = 0; c < sizeof configs / sizeof configs[0]; c++) {
         mqs_store *store = open_store(configs[c]);
         CHECK_OK(mqs_shard_create(store, "r", NULL));
@@ -2114,14 +2117,17 @@ static pid_t start_holder(const char *dir, int *to_child) {
  * naming a missing MANIFEST) with MQS_CORRUPTION; both name the directory,
  * and the data is intact once the holder is gone. */
 /* A server engine whose server cannot be reached: creating a shard fails
- * with MQS_IO naming the server's address, never the URL's password, and
- * the store goes on serving its other engines. */
+ * with MQS_IO naming the server's address, never the URL's password (nor
+ * S3's secret key), and the store goes on serving its other engines. */
 static void test_unreachable_server(void) {
     const char *configs[] = {
         "[mysql]\nurl = \"mysql://mqs:secret-pw@127.0.0.1:1/db\"\nconnect_timeout_ms = 2000\n",
-        "[redis]\nurl = \"redis://:secret-pw@127.0.0.1:1/\"\nconnect_timeout_ms = 2000\n"};
-    const char *options[] = {"engine = \"mysql\"", "engine = \"redis\""};
-    for (size_t i = 0; i < 2; i++) {
+        "[redis]\nurl = \"redis://:secret-pw@127.0.0.1:1/\"\nconnect_timeout_ms = 2000\n",
+        "[s3]\nendpoint = \"http://127.0.0.1:1\"\nbucket = \"mqstore\"\naccess_key_id = \"AK\"\n"
+        "secret_access_key = \"secret-pw\"\nconnect_timeout_ms = 500\nio_timeout_ms = 500\n"
+        "retries = 0\n"};
+    const char *options[] = {"engine = \"mysql\"", "engine = \"redis\"", "engine = \"s3\""};
+    for (size_t i = 0; i < sizeof configs / sizeof configs[0]; i++) {
         mqs_store *store = open_store(configs[i]);
         CHECK_STATUS(mqs_shard_create(store, "s", options[i]), MQS_IO);
         const char *message = mqs_last_error_message();
@@ -2183,7 +2189,7 @@ static void test_rocksdb_bad_directories(void) {
 
 /* The journal (the default engine, durability fsync by default) and its os
  * and none modes, the memory and the file engine, RocksDB in fsync and none
- * modes: a window of in-flight
+ * modes, MySQL, Redis and S3 in fsync mode: a window of in-flight
  * batches, everything read back, and (persistent shards) found again after
  * a reopen. */
 static void test_append_nowait_pipeline(void) {
@@ -2200,11 +2206,13 @@ static void test_append_nowait_pipeline(void) {
     CHECK_OK(mqs_shard_create(store, "rocksdb-none", "engine = \"rocksdb\"\ndurability = \"none\""));
     CHECK_OK(mqs_shard_create(store, "mysql-fsync", "engine = \"mysql\""));
     CHECK_OK(mqs_shard_create(store, "redis-fsync", "engine = \"redis\""));
-    enum { SHARDS = 9 };
-    const char *shards[SHARDS] = {"journal-fsync", "journal-os", "journal-none", "memory", "file",
-                                  "rocksdb-fsync", "rocksdb-none", "mysql-fsync", "redis-fsync"};
+    CHECK_OK(mqs_shard_create(store, "s3-fsync", "engine = \"s3\""));
+    enum { SHARDS = 10 };
+    const char *shards[SHARDS] = {"journal-fsync", "journal-os",    "journal-none", "memory",
+                                  "file",          "rocksdb-fsync", "rocksdb-none", "mysql-fsync",
+                                  "redis-fsync",   "s3-fsync"};
     const char *engines[SHARDS] = {"journal", "journal", "journal", "memory", "file",
-                                   "rocksdb", "rocksdb", "mysql", "redis"};
+                                   "rocksdb", "rocksdb", "mysql",   "redis",  "s3"};
     for (int s = 0; s < SHARDS; s++) {
         struct mqs_shard_info info;
         CHECK_OK(mqs_shard_get_info(store, shards[s], &info));

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use mqstore::Store;
 
-/// Every engine of the build. The MySQL and Redis engines reach the test
-/// servers `scripts/with-servers.sh` starts (`MQS_MYSQL_URL`,
-/// `MQS_REDIS_URL`); each store keeps its data there under its own key
-/// prefix (from its `store.id`).
+/// Every engine of the build. The MySQL, Redis and S3 engines reach the
+/// test servers `scripts/with-servers.sh` starts (`MQS_MYSQL_URL`,
+/// `MQS_REDIS_URL`, the `AWS_*` variables); each store keeps its data
+/// there under its own key prefix (from its `store.id`).
 pub const ENGINES: &[&str] = &[
     "memory",
     "journal",
@@ -22,6 +22,8 @@ pub const ENGINES: &[&str] = &[
     "mysql",
     #[cfg(feature = "redis")]
     "redis",
+    #[cfg(feature = "s3")]
+    "s3",
 ];
 
 /// The engines of the build keeping their shards on a server.
@@ -30,6 +32,8 @@ pub const SERVER_ENGINES: &[&str] = &[
     "mysql",
     #[cfg(feature = "redis")]
     "redis",
+    #[cfg(feature = "s3")]
+    "s3",
 ];
 
 /// The engines of the build whose shards survive a crash in the store's
@@ -58,6 +62,7 @@ pub fn require_servers(engine: &str) {
     let var = match engine {
         "mysql" => "MQS_MYSQL_URL",
         "redis" => "MQS_REDIS_URL",
+        "s3" => "MQS_TEST_S3_ENDPOINT",
         _ => return,
     };
     assert!(

@@ -270,12 +270,13 @@ void transfer_outlives_store(const std::string &config) {
 
 void transfer_outlives_store_and_moves() {
     // The journal's plans hold buffers and files; RocksDB's a snapshot,
-    // read into memory when the store closes; MySQL's and Redis's the
-    // batches, fetched when planned.
+    // read into memory when the store closes; MySQL's, Redis's and S3's
+    // the batches, fetched when planned.
     transfer_outlives_store("");
     transfer_outlives_store("[shard]\nengine = \"rocksdb\"\n");
     transfer_outlives_store("[shard]\nengine = \"mysql\"\n");
     transfer_outlives_store("[shard]\nengine = \"redis\"\n");
+    transfer_outlives_store("[shard]\nengine = \"s3\"\n");
 
     // Move assignment frees the target's plan (valgrind checks) and empties the source.
     mqstore::Store store = mqstore::Store::open(test::dir("transfer-move"));
@@ -451,8 +452,9 @@ void transfer_read_into() {
                              "[shard]\nengine = \"file\"\n",
                              "[shard]\nengine = \"rocksdb\"\n",
                              "[shard]\nengine = \"mysql\"\n",
-                             "[shard]\nengine = \"redis\"\n"};
-    for (int c = 0; c < 6; ++c) {
+                             "[shard]\nengine = \"redis\"\n",
+                             "[shard]\nengine = \"s3\"\n"};
+    for (int c = 0; c < 7; ++c) {
         mqstore::Store store = mqstore::Store::open(test::dir("read-into-" + std::to_string(c)), configs[c]);
         store.create_shard("s");
         for (int b = 0; b < 4; ++b) {

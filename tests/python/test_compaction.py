@@ -9,7 +9,7 @@ import mqstore
 COMPACT = {"cleanup_policy": "compact", "delete_retention_ms": 60000}
 
 
-@pytest.mark.parametrize("engine", ["memory", "journal", "file", "rocksdb", "mysql", "redis"])
+@pytest.mark.parametrize("engine", ["memory", "journal", "file", "rocksdb", "mysql", "redis", "s3"])
 def test_compaction_keeps_the_newest_value_of_each_key(tmp_path, engine):
     with mqstore.Store(tmp_path / "store") as store:
         store.create_shard("c", engine=engine, **COMPACT)

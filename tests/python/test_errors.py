@@ -162,8 +162,8 @@ def test_unavailable_engine_is_unsupported(store):
 
 
 def test_unbuilt_default_engine_is_unsupported(tmp_path):
-    with pytest.raises(mqstore.Unsupported, match="s3"):
-        mqstore.Store(tmp_path, '[shard]\nengine = "s3"\n')
+    with pytest.raises(mqstore.Unsupported, match="hybrid"):
+        mqstore.Store(tmp_path, '[shard]\nengine = "hybrid"\n')
     # Failing to open leaves nothing locked.
     mqstore.Store(tmp_path).close()
 

@@ -15,13 +15,15 @@ def run_module(*args):
 
 def test_engines_lists_the_build_and_their_capabilities():
     engines = mqstore.engines()
-    assert {"memory", "journal", "file", "rocksdb", "mysql", "redis"} <= set(engines)
-    assert "s3" not in engines and "hybrid" not in engines
+    assert {"memory", "journal", "file", "rocksdb", "mysql", "redis", "s3"} <= set(engines)
+    assert "hybrid" not in engines
     assert engines["memory"]["durability"] == ["none"]
     assert engines["journal"]["pipelined"] is True
     assert engines["file"]["persistent"] is True
     assert engines["rocksdb"]["durability"] == ["none", "os", "fsync"]
     assert engines["rocksdb"]["transfer"] == "fetched"
+    assert engines["s3"]["durability"] == ["none", "os", "fsync"]
+    assert engines["s3"]["pipelined"] is True and engines["s3"]["persistent"] is True
 
 
 def test_python_m_mqstore_prints_version_and_engines():

@@ -288,7 +288,7 @@ def test_reserved_header_is_refused(store, shard):
     assert store.shard_info(shard).next_offset == 0
 
 
-@pytest.mark.parametrize("engine", ["journal", "memory", "file", "rocksdb", "mysql", "redis"])
+@pytest.mark.parametrize("engine", ["journal", "memory", "file", "rocksdb", "mysql", "redis", "s3"])
 def test_wait_durable_offset_out_of_range(store, engine):
     store.create_shard("s", engine=engine)
     # An empty shard has no offset to wait for.
@@ -312,7 +312,7 @@ def test_wait_durable_offset_out_of_range(store, engine):
     store.wait_durable("s", 2)
 
 
-@pytest.mark.parametrize("engine", ["journal", "memory", "file", "rocksdb", "mysql", "redis"])
+@pytest.mark.parametrize("engine", ["journal", "memory", "file", "rocksdb", "mysql", "redis", "s3"])
 def test_wait_durable_on_deleted_offsets(store, engine):
     store.create_shard("s", engine=engine)
     for b in range(4):

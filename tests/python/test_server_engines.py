@@ -1,8 +1,9 @@
-"""The MySQL and Redis engines through the Python binding, against the
-servers scripts/with-servers.sh starts (MQS_MYSQL_URL, MQS_REDIS_URL):
+"""The MySQL, Redis and S3 engines through the Python binding, against the
+servers scripts/with-servers.sh starts (MQS_MYSQL_URL, MQS_REDIS_URL, and
+MQS_TEST_S3_ENDPOINT with the AWS_* variables the S3 engine reads):
 pipelined appends in every durability mode surviving a reopen, group
 offsets, transfers, and an unreachable server reported as StorageIOError
-naming the server's address but never the password."""
+naming the server's address but never the password (S3's secret key)."""
 
 import os
 import socket
@@ -13,10 +14,10 @@ import mqstore
 from test_pipelined import _check_contents, _pipeline
 from test_transfer import _reader
 
-SERVER_VARS = {"mysql": "MQS_MYSQL_URL", "redis": "MQS_REDIS_URL"}
+SERVER_VARS = {"mysql": "MQS_MYSQL_URL", "redis": "MQS_REDIS_URL", "s3": "MQS_TEST_S3_ENDPOINT"}
 
 
-@pytest.fixture(params=["mysql", "redis"])
+@pytest.fixture(params=["mysql", "redis", "s3"])
 def engine(request):
     var = SERVER_VARS[request.param]
     # Never skipped: the suite runs through `make test-python`, which
@@ -59,15 +60,25 @@ def test_transfer_sends_the_stored_batches(tmp_path, engine):
         assert store.read("s", 0, 100).records[-1].value == b"5-9" * 30
 
 
+SERVER_TIMEOUT = "connect_timeout_ms = 2000\n"
+
+
 @pytest.mark.parametrize(
     "engine, section",
     [
-        ("mysql", '[mysql]\nurl = "mysql://mqs:secret-pw@127.0.0.1:1/db"\n'),
-        ("redis", '[redis]\nurl = "redis://:secret-pw@127.0.0.1:1/"\n'),
+        ("mysql", '[mysql]\nurl = "mysql://mqs:secret-pw@127.0.0.1:1/db"\n' + SERVER_TIMEOUT),
+        ("redis", '[redis]\nurl = "redis://:secret-pw@127.0.0.1:1/"\n' + SERVER_TIMEOUT),
+        (
+            "s3",
+            '[s3]\nendpoint = "http://127.0.0.1:1"\nbucket = "mqstore"\n'
+            'access_key_id = "AK"\nsecret_access_key = "secret-pw"\n'
+            "connect_timeout_ms = 500\nio_timeout_ms = 500\nretries = 0\n",
+        ),
     ],
+    ids=["mysql", "redis", "s3"],
 )
 def test_unreachable_server_is_an_io_error_without_the_password(tmp_path, engine, section):
-    with mqstore.Store(tmp_path / "store", section + "connect_timeout_ms = 2000\n") as store:
+    with mqstore.Store(tmp_path / "store", section) as store:
         with pytest.raises(mqstore.StorageIOError) as raised:
             store.create_shard("s", engine=engine)
         message = str(raised.value)

@@ -16,7 +16,7 @@
 //! - one record per consumer group and shard.
 
 mod engine;
-#[cfg(any(feature = "mysql", feature = "redis"))]
+#[cfg(any(feature = "mysql", feature = "redis", feature = "s3"))]
 pub(crate) mod server;
 mod shard;
 #[cfg(test)]
@@ -159,7 +159,10 @@ pub enum Change {
         bases: Vec<i64>,
         end: i64,
         // RocksDB deletes the listed keys either way; the servers trim.
-        #[cfg_attr(not(any(feature = "mysql", feature = "redis")), allow(dead_code))]
+        #[cfg_attr(
+            not(any(feature = "mysql", feature = "redis", feature = "s3")),
+            allow(dead_code)
+        )]
         front: bool,
     },
     /// Creates or replaces the shard's catalogue entry.
@@ -176,7 +179,7 @@ pub enum Change {
 
 impl Change {
     /// The shard the change is of.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "redis", feature = "s3")), allow(dead_code))]
     pub fn shard(&self) -> u64 {
         match self {
             Change::PutBatch { shard, .. }

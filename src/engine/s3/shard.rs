@@ -1,0 +1,396 @@
+//! What the engine knows of one shard: its manifest as stored and as the
+//! next write will store it, where each batch is (an object, or memory
+//! while it waits for upload) and the batches waiting. Changes are
+//! applied here under the shard's lock; `Plan` is the next write, taken
+//! out so that the upload runs without the lock while appends go on.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::manifest::{Manifest, ObjectRef};
+use super::object::Slot;
+use crate::engine::database::{BatchMeta, Change, ShardMeta};
+
+/// Where a batch is.
+#[derive(Clone, Debug)]
+pub enum Place {
+    /// Waiting for upload (or being uploaded).
+    Memory(Bytes),
+    /// In object `seq`, `pos` bytes from its start.
+    Object { seq: u64, pos: u64 },
+}
+
+#[derive(Clone, Debug)]
+pub struct Loc {
+    pub meta: BatchMeta,
+    pub place: Place,
+}
+
+/// A batch waiting for upload.
+pub struct Pending {
+    pub base: i64,
+    pub meta: BatchMeta,
+    pub bytes: Bytes,
+    /// The commit's sync ticket (0: nobody waits for it).
+    pub ticket: u64,
+}
+
+/// The manifest as stored.
+#[derive(Clone)]
+pub struct Stored {
+    pub e_tag: String,
+    pub bytes: Bytes,
+    pub generation: u64,
+}
+
+/// A batch an object rewrite keeps: base offset, meta, position in the
+/// old object.
+pub type Kept = (i64, BatchMeta, u64);
+
+/// The next write of a shard: new objects, then the manifest listing them.
+pub struct Plan {
+    /// The batches of a new object, from those waiting.
+    pub fresh: Option<(ObjectRef, Vec<Pending>)>,
+    /// Objects rewritten without batches no longer live: the old object,
+    /// the new one and the batches kept (base, meta, position in the old).
+    pub rewrites: Vec<(ObjectRef, ObjectRef, Vec<Kept>)>,
+    pub manifest: Manifest,
+    pub manifest_bytes: Bytes,
+    /// Objects the manifest no longer lists: deleted once it is stored.
+    pub garbage: Vec<u64>,
+}
+
+impl Plan {
+    pub fn tickets(&self) -> impl Iterator<Item = u64> + '_ {
+        self.fresh
+            .iter()
+            .flat_map(|(_, batches)| batches.iter().map(|b| b.ticket))
+            .filter(|&ticket| ticket != 0)
+    }
+}
+
+pub struct State {
+    /// What the next write stores (its `objects` are those stored).
+    pub manifest: Manifest,
+    /// `None`: no manifest stored yet.
+    pub stored: Option<Stored>,
+    /// The manifest has changes not stored yet.
+    pub dirty: bool,
+    pub locs: BTreeMap<i64, Loc>,
+    pub pending: Vec<Pending>,
+    pub pending_bytes: u64,
+    pub pending_since: Option<Instant>,
+    /// Objects holding a batch that is no longer live (deleted, or
+    /// replaced by a rewrite): the next write rewrites them.
+    pub rewrite: BTreeSet<u64>,
+    pub removed: bool,
+    /// A write whose outcome is unknown (its answer was lost): the next
+    /// write first reads the manifest to learn whether it was applied.
+    pub unresolved: Option<Plan>,
+    /// Set when the stored manifest was changed by another writer: the
+    /// shard takes no more writes.
+    pub fenced: Option<String>,
+}
+
+impl State {
+    pub fn new(manifest: Manifest, stored: Option<Stored>) -> State {
+        State {
+            manifest,
+            stored,
+            dirty: false,
+            locs: BTreeMap::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            pending_since: None,
+            rewrite: BTreeSet::new(),
+            removed: false,
+            unresolved: None,
+            fenced: None,
+        }
+    }
+
+    /// A shard found at open: its batches are where the footers say.
+    pub fn found(manifest: Manifest, stored: Stored, objects: &[(u64, Vec<Slot>)]) -> State {
+        let mut state = State::new(manifest, Some(stored));
+        for (seq, slots) in objects {
+            for slot in slots
+                .iter()
+                .filter(|s| s.base_offset >= state.manifest.start)
+            {
+                let place = Place::Object {
+                    seq: *seq,
+                    pos: slot.pos,
+                };
+                let loc = Loc {
+                    meta: slot.meta,
+                    place,
+                };
+                if let Some(old) = state.locs.insert(slot.base_offset, loc) {
+                    // Two objects hold the batch (a crash between a
+                    // rewrite's upload and the old object's delete cannot
+                    // cause it: the manifest lists one of them): keep the
+                    // newer and rewrite the older without it.
+                    if let Place::Object { seq: old_seq, .. } = old.place {
+                        state.rewrite.insert(old_seq.min(*seq));
+                    }
+                }
+            }
+        }
+        state
+    }
+
+    /// Applies one change of a commit whose ticket is `ticket`.
+    pub fn apply(&mut self, change: Change, ticket: u64) {
+        match change {
+            Change::PutBatch {
+                base_offset,
+                bytes,
+                meta,
+                ..
+            } => self.put_batch(base_offset, meta, bytes, ticket),
+            Change::DeleteBatches {
+                bases, end, front, ..
+            } => match front {
+                true => self.trim_front(end),
+                false => bases.iter().for_each(|&base| self.drop_batch(base)),
+            },
+            Change::PutShard { meta, .. } => self.set_meta(meta),
+            Change::SaveGroup { group, offset, .. } => {
+                match offset {
+                    Some(offset) => self.manifest.groups.insert(group, offset),
+                    None => self.manifest.groups.remove(&group),
+                };
+                self.dirty = true;
+            }
+            Change::RemoveShard { .. } => self.removed = true,
+        }
+    }
+
+    pub fn set_meta(&mut self, meta: ShardMeta) {
+        self.manifest.meta = meta;
+        self.dirty = true;
+    }
+
+    fn put_batch(&mut self, base: i64, meta: BatchMeta, bytes: Bytes, ticket: u64) {
+        self.drop_batch(base);
+        let loc = Loc {
+            meta,
+            place: Place::Memory(bytes.clone()),
+        };
+        self.locs.insert(base, loc);
+        self.pending_bytes += bytes.len() as u64;
+        self.pending_since.get_or_insert_with(Instant::now);
+        self.pending.push(Pending {
+            base,
+            meta,
+            bytes,
+            ticket,
+        });
+    }
+
+    /// Forgets the batch at `base`, wherever it is.
+    fn drop_batch(&mut self, base: i64) {
+        match self.locs.remove(&base).map(|loc| loc.place) {
+            Some(Place::Object { seq, .. }) => {
+                self.rewrite.insert(seq);
+            }
+            Some(Place::Memory(_)) => self.forget_pending(|b| b == base),
+            None => {}
+        }
+    }
+
+    fn forget_pending(&mut self, gone: impl Fn(i64) -> bool) {
+        let mut freed = 0;
+        self.pending.retain(|p| {
+            let keep = !gone(p.base);
+            if !keep {
+                freed += p.bytes.len() as u64;
+            }
+            keep
+        });
+        self.pending_bytes -= freed;
+        if self.pending.is_empty() {
+            self.pending_since = None;
+        }
+    }
+
+    /// Every batch below `end` goes: at once from memory, from objects by
+    /// the manifest's `start` (an object wholly below it is deleted).
+    fn trim_front(&mut self, end: i64) {
+        if end <= self.manifest.start {
+            return;
+        }
+        self.manifest.start = end;
+        self.dirty = true;
+        let kept = self.locs.split_off(&end);
+        self.locs = kept;
+        self.forget_pending(|base| base < end);
+    }
+
+    /// Whether the next write has anything to store.
+    pub fn has_work(&self) -> bool {
+        self.removed
+            || self.dirty
+            || self.stored.is_none()
+            || !self.pending.is_empty()
+            || !self.rewrite.is_empty()
+            || self
+                .manifest
+                .objects
+                .iter()
+                .any(|o| o.end <= self.manifest.start)
+    }
+
+    /// Takes the next write out: the batches waiting, the rewrites due and
+    /// the manifest listing their objects. Object names are used once, a
+    /// failed write's too (`next_seq` moves on for good).
+    pub fn take_plan(&mut self) -> Plan {
+        let mut manifest = self.manifest.clone();
+        let start = manifest.start;
+        let mut garbage = Vec::new();
+        manifest.objects.retain(|o| {
+            let keep = o.end > start;
+            if !keep {
+                garbage.push(o.seq);
+            }
+            keep
+        });
+        let mut rewrites = Vec::new();
+        for seq in std::mem::take(&mut self.rewrite) {
+            let Some(at) = manifest.objects.iter().position(|o| o.seq == seq) else {
+                continue;
+            };
+            let old = manifest.objects.remove(at);
+            garbage.push(seq);
+            let kept = self.batches_in(&old);
+            if let Some(new) = object_ref(&mut manifest.next_seq, kept.iter().map(|k| (k.0, k.1))) {
+                manifest.objects.push(new);
+                rewrites.push((old, new, kept));
+            }
+        }
+        let batches = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        self.pending_since = None;
+        let fresh = object_ref(
+            &mut manifest.next_seq,
+            batches.iter().map(|b| (b.base, b.meta)),
+        )
+        .map(|object| {
+            manifest.objects.push(object);
+            (object, batches)
+        });
+        manifest.objects.sort_by_key(|o| o.seq);
+        manifest.generation = self.stored.as_ref().map_or(0, |s| s.generation) + 1;
+        self.manifest.next_seq = manifest.next_seq;
+        self.dirty = false;
+        let manifest_bytes = manifest.encode();
+        Plan {
+            fresh,
+            rewrites,
+            manifest,
+            manifest_bytes,
+            garbage,
+        }
+    }
+
+    /// The live batches of a stored object, by base offset: (base, meta,
+    /// position).
+    fn batches_in(&self, object: &ObjectRef) -> Vec<Kept> {
+        self.locs
+            .range(object.first_base..object.end)
+            .filter_map(|(&base, loc)| match loc.place {
+                Place::Object { seq, pos } if seq == object.seq => Some((base, loc.meta, pos)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Puts a plan that was not stored back: its batches wait again
+    /// (those still live), its rewrites are due again.
+    pub fn restore(&mut self, plan: Plan) {
+        self.dirty = true;
+        self.rewrite
+            .extend(plan.rewrites.iter().map(|(old, ..)| old.seq));
+        if let Some((_, mut batches)) = plan.fresh {
+            batches.retain(|b| self.holds_in_memory(b.base, &b.bytes));
+            self.pending_bytes += batches.iter().map(|b| b.bytes.len() as u64).sum::<u64>();
+            batches.append(&mut self.pending);
+            self.pending = batches;
+            if !self.pending.is_empty() {
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    fn holds_in_memory(&self, base: i64, bytes: &Bytes) -> bool {
+        matches!(self.locs.get(&base), Some(Loc { place: Place::Memory(b), .. })
+            if b.as_ptr() == bytes.as_ptr() && b.len() == bytes.len())
+    }
+
+    /// The plan is stored: its batches are found in its objects from now
+    /// on. A batch deleted or replaced meanwhile makes its new object due
+    /// for a rewrite.
+    pub fn install(&mut self, plan: &Plan, stored: Stored) {
+        self.stored = Some(stored);
+        self.manifest.objects = plan.manifest.objects.clone();
+        if let Some((object, batches)) = &plan.fresh {
+            let mut pos = 0;
+            for batch in batches {
+                if self.holds_in_memory(batch.base, &batch.bytes) {
+                    let loc = self.locs.get_mut(&batch.base).expect("held");
+                    loc.place = Place::Object {
+                        seq: object.seq,
+                        pos,
+                    };
+                } else if batch.base >= self.manifest.start {
+                    self.rewrite.insert(object.seq);
+                }
+                pos += batch.meta.len as u64;
+            }
+        }
+        for (old, new, kept) in &plan.rewrites {
+            let mut pos = 0;
+            for (base, meta, _) in kept {
+                match self.locs.get_mut(base) {
+                    Some(Loc {
+                        place: Place::Object { seq, pos: at },
+                        ..
+                    }) if *seq == old.seq => (*seq, *at) = (new.seq, pos),
+                    _ if *base >= self.manifest.start => {
+                        self.rewrite.insert(new.seq);
+                    }
+                    _ => {}
+                }
+                pos += meta.len as u64;
+            }
+        }
+    }
+}
+
+/// The entry of a new object holding `batches` (in order), named with the
+/// next sequence number; `None` for no batches.
+fn object_ref(
+    next_seq: &mut u64,
+    batches: impl Iterator<Item = (i64, BatchMeta)>,
+) -> Option<ObjectRef> {
+    let mut object: Option<ObjectRef> = None;
+    for (base, meta) in batches {
+        let o = object.get_or_insert(ObjectRef {
+            seq: *next_seq,
+            first_base: base,
+            end: base,
+            data_len: 0,
+            count: 0,
+        });
+        o.first_base = o.first_base.min(base);
+        o.end = o.end.max(meta.last_offset + 1);
+        o.data_len += meta.len as u64;
+        o.count += 1;
+    }
+    if object.is_some() {
+        *next_seq += 1;
+    }
+    object
+}
