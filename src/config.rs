@@ -537,6 +537,35 @@ impl fmt::Debug for S3Config {
     }
 }
 
+/// The hybrid engine (the `[hybrid]` section): hot data in a local engine,
+/// moved to objects (the `[s3]` store) once sealed and old or big enough.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HybridConfig {
+    /// The local tier: `journal` (the default) or `file`.
+    pub local: EngineKind,
+    /// Batches older than this move to the cold tier.
+    pub hot_duration_ms: u64,
+    /// A shard's local bytes beyond this move to the cold tier, oldest
+    /// first, whatever their age (0: no size limit).
+    pub hot_bytes: u64,
+    /// How often the tierer looks for data to move.
+    pub tier_interval_ms: u64,
+    /// At most this much is copied per object (the cold tier's objects).
+    pub tier_chunk_bytes: u64,
+}
+
+impl Default for HybridConfig {
+    fn default() -> Self {
+        HybridConfig {
+            local: EngineKind::Journal,
+            hot_duration_ms: 24 * 3_600_000,
+            hot_bytes: 1 << 30,
+            tier_interval_ms: 1_000,
+            tier_chunk_bytes: 16 << 20,
+        }
+    }
+}
+
 /// Store-wide configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Config {
@@ -575,8 +604,11 @@ pub struct Config {
     pub mysql: ServerConfig,
     /// The Redis server of the Redis engine.
     pub redis: ServerConfig,
-    /// The object store of the S3 engine.
+    /// The object store of the S3 engine (and of the hybrid engine's
+    /// cold tier).
     pub s3: S3Config,
+    /// The hybrid engine's tiers.
+    pub hybrid: HybridConfig,
 }
 
 impl Default for Config {
@@ -596,6 +628,7 @@ impl Default for Config {
             mysql: ServerConfig::new(),
             redis: ServerConfig::new(),
             s3: S3Config::default(),
+            hybrid: HybridConfig::default(),
         }
     }
 }
@@ -615,6 +648,7 @@ struct ConfigFile {
     mysql: Option<ServerSection>,
     redis: Option<ServerSection>,
     s3: Option<S3Section>,
+    hybrid: Option<HybridSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -669,6 +703,45 @@ impl ServerSection {
                 )));
             }
             config.key_prefix = prefix;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HybridSection {
+    local: Option<EngineKind>,
+    hot_duration_ms: Option<u64>,
+    hot_bytes: Option<u64>,
+    tier_interval_ms: Option<u64>,
+    tier_chunk_bytes: Option<u64>,
+}
+
+impl HybridSection {
+    fn apply_to(self, config: &mut HybridConfig) -> Result<()> {
+        if let Some(local) = self.local {
+            if !matches!(local, EngineKind::Journal | EngineKind::File) {
+                return Err(Error::InvalidConfig(format!(
+                    "hybrid.local: '{local}' cannot be the local tier (journal or file)"
+                )));
+            }
+            config.local = local;
+        }
+        if let Some(ms) = self.hot_duration_ms {
+            check_range("hybrid.hot_duration_ms", ms, 0, 10 * 365 * 86_400_000)?;
+            config.hot_duration_ms = ms;
+        }
+        if let Some(bytes) = self.hot_bytes {
+            config.hot_bytes = bytes;
+        }
+        if let Some(ms) = self.tier_interval_ms {
+            check_range("hybrid.tier_interval_ms", ms, 1, 3_600_000)?;
+            config.tier_interval_ms = ms;
+        }
+        if let Some(bytes) = self.tier_chunk_bytes {
+            check_range("hybrid.tier_chunk_bytes", bytes, 64 << 10, 1 << 30)?;
+            config.tier_chunk_bytes = bytes;
         }
         Ok(())
     }
@@ -1149,6 +1222,9 @@ impl Config {
         }
         if let Some(s3) = file.s3 {
             s3.apply_to(&mut config.s3)?;
+        }
+        if let Some(hybrid) = file.hybrid {
+            hybrid.apply_to(&mut config.hybrid)?;
         }
         if config.max_record_bytes > config.max_batch_bytes {
             return Err(Error::InvalidConfig(format!(

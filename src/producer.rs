@@ -222,7 +222,7 @@ const SCAN_BYTES: usize = 8 << 20;
 /// stays dense (each batch starts where the one before ended), as every
 /// engine keeps it. They carry no producer and `next`'s timestamps, so
 /// retention and timestamp lookups treat them as `next`.
-fn gap_fillers(from: i64, next: &BatchHeader) -> Vec<NewBatch> {
+pub(crate) fn gap_fillers(from: i64, next: &BatchHeader) -> Vec<NewBatch> {
     let mut fillers = Vec::new();
     let mut base = from;
     while base < next.base_offset {

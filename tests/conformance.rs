@@ -27,10 +27,20 @@ pub fn open(engine: &str, extra: &str) -> Fixture {
         );
     }
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!("[shard]\nengine = \"{engine}\"\n{extra}");
-    let config = Config::from_toml_str(&toml).unwrap();
+    let config = Config::from_toml_str(&engine_toml(engine, extra)).unwrap();
     let store = Store::open(dir.path(), config).unwrap();
     Fixture { store, _dir: dir }
+}
+
+/// The store's configuration: `engine` the default, then `extra`. The
+/// hybrid engine moves everything to its cold tier as soon as it can
+/// (every millisecond), so the suite runs while data moves between tiers.
+fn engine_toml(engine: &str, extra: &str) -> String {
+    let tiering = match engine {
+        "hybrid" => "\n[hybrid]\nhot_duration_ms = 0\ntier_interval_ms = 1\n",
+        _ => "",
+    };
+    format!("[shard]\nengine = \"{engine}\"\n{extra}{tiering}")
 }
 
 /// The variable naming the test server of a server engine.
@@ -38,7 +48,7 @@ fn server_url_var(engine: &str) -> Option<&'static str> {
     match engine {
         "mysql" => Some("MQS_MYSQL_URL"),
         "redis" => Some("MQS_REDIS_URL"),
-        "s3" => Some("MQS_TEST_S3_ENDPOINT"),
+        "s3" | "hybrid" => Some("MQS_TEST_S3_ENDPOINT"),
         _ => None,
     }
 }
@@ -47,8 +57,8 @@ impl Fixture {
     /// Closes the store and opens its directory again (a clean restart).
     pub fn reopen(self, engine: &str, extra: &str) -> Fixture {
         self.store.close().unwrap();
-        let toml = format!("[shard]\nengine = \"{engine}\"\n{extra}");
-        let store = Store::open(self._dir.path(), Config::from_toml_str(&toml).unwrap()).unwrap();
+        let config = Config::from_toml_str(&engine_toml(engine, extra)).unwrap();
+        let store = Store::open(self._dir.path(), config).unwrap();
         Fixture {
             store,
             _dir: self._dir,
@@ -1057,6 +1067,8 @@ conformance_suite!(mysql, "mysql");
 conformance_suite!(redis, "redis");
 #[cfg(feature = "s3")]
 conformance_suite!(s3, "s3");
+#[cfg(feature = "s3")]
+conformance_suite!(hybrid, "hybrid");
 
 #[test]
 fn memory_engine_refuses_durable_modes() {
@@ -1069,18 +1081,27 @@ fn memory_engine_refuses_durable_modes() {
     assert!(err.to_string().contains("durability"), "{err}");
 }
 
+/// Every engine is in the default build (the edge build's refusal of the
+/// others is tested in src/engine/registry.rs).
+#[cfg(feature = "s3")]
 #[test]
-fn unbuilt_engines_are_unsupported_not_faked() {
+fn big_data_preset_opens_on_the_hybrid_engine() {
+    let var = server_url_var("hybrid").unwrap();
+    assert!(
+        std::env::var_os(var).is_some(),
+        "the big_data preset needs the S3 test server ({var} is not set): run through \
+         `make test-rust` or `scripts/with-servers.sh cargo test`"
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = Config::from_toml_str("preset = \"big_data\"").unwrap();
-    let err = Store::open(dir.path(), config).unwrap_err();
-    assert_eq!(err.status(), Status::Unsupported, "big_data: {err}");
-    let f = open("memory", "");
-    let err = f
-        .store
-        .create_shard("f", Some("engine = \"s3\""))
-        .unwrap_err();
-    assert_eq!(err.status(), Status::Unsupported);
+    let store = Store::open(dir.path(), config).unwrap();
+    let info = store.create_shard("s", None).unwrap();
+    assert_eq!(info.options.engine.name(), "hybrid");
+    assert_eq!(info.options.compression, Compression::Zstd);
+    assert_eq!(store.append("s", &Record::new(b"history")).unwrap(), 0);
+    let read = store.read("s", 0, 10, usize::MAX).unwrap();
+    assert_eq!(read.records[0].value_bytes(), b"history");
+    store.close().unwrap();
 }
 
 #[test]

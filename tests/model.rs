@@ -148,7 +148,9 @@ impl ModelShard {
 /// The store's configuration for `engine`: small segments (journal and
 /// file) so that rolls and reclaims happen, frequent periodic index
 /// checkpoints (journal), 1 MiB memtables (RocksDB) so that flushes to
-/// SST files and compactions happen, and the case's durability.
+/// SST files and compactions happen, small objects (S3), a hybrid engine
+/// moving everything to its cold tier as soon as it can, and the case's
+/// durability.
 fn config(engine: &str, durability: &str) -> Config {
     let durability = if engine == "memory" {
         "none"
@@ -158,7 +160,9 @@ fn config(engine: &str, durability: &str) -> Config {
     Config::from_toml_str(&format!(
         "[shard]\nengine = \"{engine}\"\ndurability = \"{durability}\"\nsegment_bytes = 65536\n\
          [journal]\nsegment_bytes = 65536\ncheckpoint_bytes = 16384\n\
-         [rocksdb]\nwrite_buffer_mb = 1\n"
+         [rocksdb]\nwrite_buffer_mb = 1\n\
+         [s3]\nobject_bytes = 65536\n\
+         [hybrid]\nhot_duration_ms = 0\ntier_interval_ms = 1\ntier_chunk_bytes = 65536\n"
     ))
     .unwrap()
 }

@@ -1,4 +1,4 @@
-//! The kill -9 crash test of the MySQL and Redis engines (the shared
+//! The kill -9 crash test of the MySQL, Redis, S3 and hybrid engines (the shared
 //! harness of `common::crash`: appends from four threads, deletes by
 //! point, offsets and keys, retention). The process dies; the server does
 //! not: every append acknowledged before the kill must be read back,
@@ -18,9 +18,13 @@ const ENGINE_ENV: &str = "MQS_SERVER_CRASH_ENGINE";
 const MODE_ENV: &str = "MQS_SERVER_CRASH_MODE";
 const CRASH_SHARDS: usize = 4;
 
+/// The hybrid engine moves everything to its cold tier as soon as it can,
+/// in small objects, so kills land at every point of the copy lifecycle.
 fn crash_config(engine: &str) -> Config {
     Config::from_toml_str(&format!(
-        "[shard]\nengine = \"{engine}\"\ndurability = \"fsync\"\n"
+        "[shard]\nengine = \"{engine}\"\ndurability = \"fsync\"\n\
+         [s3]\nobject_bytes = 65536\n\
+         [hybrid]\nhot_duration_ms = 0\ntier_interval_ms = 1\ntier_chunk_bytes = 65536\n"
     ))
     .unwrap()
 }

@@ -258,7 +258,9 @@ fn a_restarted_server(engine: &str) {
 
 #[test]
 fn appends_fail_clearly_during_an_outage_and_lose_nothing_acknowledged() {
-    for engine in SERVER_ENGINES {
+    // The hybrid engine appends to its local tier: an outage of the object
+    // store only delays its moves (src/engine/hybrid/tests.rs).
+    for engine in SERVER_ENGINES.iter().filter(|e| **e != "hybrid") {
         a_restarted_server(engine);
     }
 }

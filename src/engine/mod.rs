@@ -13,6 +13,8 @@
 ))]
 pub(crate) mod database;
 pub mod file;
+#[cfg(feature = "s3")]
+pub mod hybrid;
 pub(crate) mod index;
 #[cfg(feature = "journal")]
 pub mod journal;
@@ -241,6 +243,17 @@ pub trait Shard: Send + Sync {
     fn wait_durable(&self, offset: i64) -> Result<()> {
         let info = self.info()?;
         scan::check_appended(&info.name, offset, info.next_offset)
+    }
+
+    /// Makes every batch the shard holds as durable as its mode requires,
+    /// those a failed write left stored but unacknowledged included (the
+    /// hybrid engine's cold tier, before local copies go).
+    fn sync(&self) -> Result<()> {
+        let info = self.info()?;
+        match info.next_offset > info.first_offset {
+            true => self.wait_durable(info.next_offset - 1),
+            false => Ok(()),
+        }
     }
 
     /// Reads records from `from` on. `from` must lie in

@@ -149,6 +149,11 @@ fn build_s3(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
     super::s3::engine(dir, config)
 }
 
+#[cfg(feature = "s3")]
+fn build_hybrid(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
+    super::hybrid::engine(dir, config)
+}
+
 static ENGINES: &[EngineSpec] = &[
     EngineSpec {
         kind: EngineKind::Memory,
@@ -242,6 +247,9 @@ static ENGINES: &[EngineSpec] = &[
         kind: EngineKind::Hybrid,
         name: "hybrid",
         c_name: c"hybrid",
+        #[cfg(feature = "s3")]
+        build: Some((super::hybrid::CAPABILITIES, build_hybrid)),
+        #[cfg(not(feature = "s3"))]
         build: None,
     },
     EngineSpec {
@@ -320,6 +328,9 @@ mod tests {
         assert!(message.contains("it honours: none"), "{message}");
     }
 
+    // Every engine is in the default build; the edge build (no default
+    // features) runs this.
+    #[cfg(not(feature = "s3"))]
     #[test]
     fn an_engine_not_in_the_build_is_unsupported() {
         let options = ShardOptions {

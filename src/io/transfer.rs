@@ -128,6 +128,14 @@ impl TransferPlan {
         }
     }
 
+    /// This plan, then `next` (which starts where this one ends): neither
+    /// may have been sent from yet.
+    pub(crate) fn then(mut self, next: TransferPlan) -> TransferPlan {
+        debug_assert!(self.sent == 0 && next.sent == 0, "plans not yet sent");
+        self.chunks.extend(next.chunks);
+        TransferPlan::new(self.chunks, next.next_offset)
+    }
+
     /// An empty plan (nothing stored at or after the offset).
     pub fn empty(next_offset: i64) -> Self {
         Self::new(Vec::new(), next_offset)

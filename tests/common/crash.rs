@@ -493,8 +493,12 @@ pub fn verify(store: &Store, acked: &Acked, label: &str) {
         let first = info.first_offset;
         assert!(
             first >= log.deleted_before.min(info.next_offset),
-            "{label}: {shard} undid an acknowledged delete before {} ({info:?})",
-            log.deleted_before
+            "{label}: {shard} undid an acknowledged delete before {} ({info:?}) {}",
+            log.deleted_before,
+            store
+                .shard_stats(shard)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
         );
         // Retention drops whole batches (of at most 4 records) while more
         // than RETAINED_RECORDS live records remain; deletes only lower the
@@ -504,7 +508,8 @@ pub fn verify(store: &Store, acked: &Acked, label: &str) {
         let kept = (info.next_offset - floor).min(RETAINED_RECORDS - 3);
         assert!(
             info.next_offset - first >= kept,
-            "{label}: {shard} retention kept too little: {info:?}"
+            "{label}: {shard} retention kept too little: {info:?} (deletes before {} acknowledged, {} started; engine stats {})",
+            log.deleted_before, log.maybe_deleted_before, store.shard_stats(shard).unwrap()
         );
         let got = store.read(shard, first, usize::MAX, usize::MAX).unwrap();
         let mut expected = log

@@ -24,6 +24,8 @@ pub const ENGINES: &[&str] = &[
     "redis",
     #[cfg(feature = "s3")]
     "s3",
+    #[cfg(feature = "s3")]
+    "hybrid",
 ];
 
 /// The engines of the build keeping their shards on a server.
@@ -34,6 +36,8 @@ pub const SERVER_ENGINES: &[&str] = &[
     "redis",
     #[cfg(feature = "s3")]
     "s3",
+    #[cfg(feature = "s3")]
+    "hybrid",
 ];
 
 /// The engines of the build whose shards survive a crash in the store's
@@ -62,7 +66,7 @@ pub fn require_servers(engine: &str) {
     let var = match engine {
         "mysql" => "MQS_MYSQL_URL",
         "redis" => "MQS_REDIS_URL",
-        "s3" => "MQS_TEST_S3_ENDPOINT",
+        "s3" | "hybrid" => "MQS_TEST_S3_ENDPOINT",
         _ => return,
     };
     assert!(

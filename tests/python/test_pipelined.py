@@ -8,6 +8,7 @@ from collections import deque
 import pytest
 
 import mqstore
+from hybrid_helpers import HYBRID_TIERING
 from thread_helpers import main_thread_ran_while_worker_busy, run_threads
 
 BATCHES = 50
@@ -288,8 +289,20 @@ def test_reserved_header_is_refused(store, shard):
     assert store.shard_info(shard).next_offset == 0
 
 
-@pytest.mark.parametrize("engine", ["journal", "memory", "file", "rocksdb", "mysql", "redis", "s3"])
-def test_wait_durable_offset_out_of_range(store, engine):
+ENGINES = ["journal", "memory", "file", "rocksdb", "mysql", "redis", "s3", "hybrid"]
+
+
+@pytest.fixture
+def tiering_store(tmp_path):
+    """A store whose hybrid shards move their data to the cold tier within
+    milliseconds (the other engines ignore the section)."""
+    with mqstore.Store(tmp_path / "store", HYBRID_TIERING) as s:
+        yield s
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_wait_durable_offset_out_of_range(tiering_store, engine):
+    store = tiering_store
     store.create_shard("s", engine=engine)
     # An empty shard has no offset to wait for.
     with pytest.raises(mqstore.OffsetOutOfRange) as empty:
@@ -312,8 +325,9 @@ def test_wait_durable_offset_out_of_range(store, engine):
     store.wait_durable("s", 2)
 
 
-@pytest.mark.parametrize("engine", ["journal", "memory", "file", "rocksdb", "mysql", "redis", "s3"])
-def test_wait_durable_on_deleted_offsets(store, engine):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_wait_durable_on_deleted_offsets(tiering_store, engine):
+    store = tiering_store
     store.create_shard("s", engine=engine)
     for b in range(4):
         assert store.append_batch_nowait("s", [b"v%d" % b] * 5) == b * 5

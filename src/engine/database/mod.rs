@@ -249,6 +249,12 @@ pub trait Database: Send + Sync + Sized + 'static {
     /// on the strength of an earlier write that was not synced).
     fn sync(&self) -> Result<()>;
 
+    /// Makes every write of shard `shard` committed so far durable,
+    /// including writes that failed but were kept (`sync` by default).
+    fn sync_shard(&self, _shard: u64) -> Result<()> {
+        self.sync()
+    }
+
     /// Runs `f` with a reader of shard `shard`'s batches; `from` is the
     /// offset the call starts at (the first batch asked for holds it).
     fn with_reader<R>(

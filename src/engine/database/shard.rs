@@ -482,6 +482,13 @@ impl<D: Database> Shard for DbShard<D> {
         }
     }
 
+    fn sync(&self) -> Result<()> {
+        self.check_live(&self.state.read())?;
+        self.db
+            .sync_shard(self.id)
+            .inspect_err(|_| self.mark_stale())
+    }
+
     fn read(&self, from: i64, limits: ReadLimits) -> Result<ReadResult> {
         let now = now_ms();
         self.expire_idle(now)?;

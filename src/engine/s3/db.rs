@@ -843,6 +843,14 @@ impl Database for S3Db {
         self.flush_all()
     }
 
+    fn sync_shard(&self, shard: u64) -> Result<()> {
+        self.check_open()?;
+        match self.slot(shard) {
+            Some(slot) => self.flush(&slot),
+            None => Ok(()),
+        }
+    }
+
     fn with_reader<R>(
         &self,
         shard: u64,

@@ -42,7 +42,7 @@ mod manifest;
 mod object;
 mod shard;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,6 +73,11 @@ struct S3Connect {
     config: S3Config,
     dir: PathBuf,
     read_only: bool,
+    /// Appended to the prefix: the hybrid engine's cold tier keeps its
+    /// shards apart from the S3 engine's (`/hybrid`).
+    suffix: &'static str,
+    /// An object store to use instead of the S3 client (tests).
+    store: Option<Arc<dyn object_store::ObjectStore>>,
 }
 
 impl S3Connect {
@@ -87,16 +92,23 @@ impl Connect for S3Connect {
     type Db = S3Db;
 
     fn may_exist(&self) -> bool {
-        self.has_prefix()
-            && (self.config.bucket.is_some() || std::env::var_os("AWS_BUCKET").is_some())
+        let bucket = self.config.bucket.is_some() || std::env::var_os("AWS_BUCKET").is_some();
+        self.has_prefix() && (bucket || self.store.is_some())
     }
 
     fn open(&self) -> Result<Arc<S3Db>> {
         let prefix = match self.config.prefix.is_empty() {
             true => format!("mqs-{}", server::store_id(&self.dir, self.read_only)?),
             false => self.config.prefix.clone(),
+        } + self.suffix;
+        let client = match &self.store {
+            Some(store) => Client::with_store(
+                store.clone(),
+                "injected".into(),
+                std::time::Duration::from_secs(30),
+            )?,
+            None => Client::new(&self.config)?,
         };
-        let client = Client::new(&self.config)?;
         let db = Arc::new(S3Db::new(
             client,
             Layout { prefix },
@@ -110,9 +122,32 @@ impl Connect for S3Connect {
 
 /// The engine of the store in `dir`.
 pub(crate) fn engine(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
-    Ok(Arc::new(DbEngine::new(S3Connect {
+    Ok(tier(dir, config, ""))
+}
+
+/// The engine keeping its shards under the store's prefix + `suffix`.
+pub(crate) fn tier(dir: &Path, config: &Config, suffix: &'static str) -> Arc<dyn Engine> {
+    Arc::new(DbEngine::new(S3Connect {
         config: config.s3.clone(),
         dir: dir.to_path_buf(),
         read_only: config.read_only,
-    })))
+        suffix,
+        store: None,
+    }))
+}
+
+/// `tier` on `store` instead of the configured S3 client (tests).
+#[cfg(test)]
+pub(crate) fn tier_on(
+    dir: &Path,
+    config: &Config,
+    store: Arc<dyn object_store::ObjectStore>,
+) -> Arc<dyn Engine> {
+    Arc::new(DbEngine::new(S3Connect {
+        config: config.s3.clone(),
+        dir: dir.to_path_buf(),
+        read_only: config.read_only,
+        suffix: "/hybrid",
+        store: Some(store),
+    }))
 }

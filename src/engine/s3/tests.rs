@@ -27,14 +27,14 @@ use crate::Status;
 
 /// The in-memory store, with faults on demand.
 #[derive(Debug, Default)]
-struct Faulty {
-    inner: InMemory,
+pub(crate) struct Faulty {
+    pub(crate) inner: InMemory,
     /// PUTs that fail (as a 503 would, after the client's retries).
-    failing_puts: AtomicU32,
+    pub(crate) failing_puts: AtomicU32,
     /// Counts PUTs down: the one that brings it from 1 to 0 is applied
     /// and its answer lost (an error is returned).
-    lose_nth: AtomicU32,
-    failing_gets: AtomicU32,
+    pub(crate) lose_nth: AtomicU32,
+    pub(crate) failing_gets: AtomicU32,
 }
 
 impl fmt::Display for Faulty {
