@@ -33,6 +33,40 @@ fn engine(dir: &Path, store: &Arc<Faulty>, config: &Config) -> HybridEngine {
     HybridEngine::new(local, cold, local_dir, config)
 }
 
+/// A hybrid engine on a fresh directory and in-memory object store, with
+/// one shard `s`.
+struct Fixture {
+    dir: tempfile::TempDir,
+    store: Arc<Faulty>,
+    engine: HybridEngine,
+    shard: Arc<dyn Shard>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Faulty::default());
+        let engine = engine(dir.path(), &store, &config());
+        let shard = engine.create_shard("s", &options()).unwrap();
+        Fixture {
+            dir,
+            store,
+            engine,
+            shard,
+        }
+    }
+}
+
+/// The engine on the same directory and objects again; its one shard.
+fn reopen(dir: &Path, store: &Arc<Faulty>) -> (HybridEngine, Arc<dyn Shard>) {
+    let again = engine(dir, store, &config());
+    let mut recovered = again.recover().unwrap();
+    assert_eq!(recovered.len(), 1);
+    let (name, options, shard) = recovered.pop().unwrap();
+    assert_eq!((name.as_str(), options.engine), ("s", EngineKind::Hybrid));
+    (again, shard)
+}
+
 fn options() -> ShardOptions {
     ShardOptions {
         engine: EngineKind::Hybrid,
@@ -80,10 +114,12 @@ fn stat(shard: &dyn Shard, key: &str) -> i64 {
 
 #[test]
 fn due_batches_move_to_objects_and_reads_route_across_the_tiers() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Faulty::default());
-    let engine = engine(dir.path(), &store, &config());
-    let shard = engine.create_shard("s", &options()).unwrap();
+    let Fixture {
+        dir,
+        store,
+        engine,
+        shard,
+    } = Fixture::new();
     append(shard.as_ref(), 0, 50);
     let hybrid = engine.shards.lock()["s"].clone();
     assert_eq!(hybrid.tier(now_ms()).unwrap(), 50);
@@ -110,21 +146,19 @@ fn due_batches_move_to_objects_and_reads_route_across_the_tiers() {
     assert!(by_key.is_empty());
     // Kept across a restart: the tiers are paired again by name.
     engine.close().unwrap();
-    let again = self::engine(dir.path(), &store, &config());
-    let recovered = again.recover().unwrap();
-    assert_eq!(recovered.len(), 1);
-    let (name, options, shard) = &recovered[0];
-    assert_eq!((name.as_str(), options.engine), ("s", EngineKind::Hybrid));
+    let (again, shard) = reopen(dir.path(), &store);
     assert_eq!(values(shard.as_ref(), 0), expected(0, 60));
     again.close().unwrap();
 }
 
 #[test]
 fn a_copy_that_fails_leaves_the_batches_local_and_the_next_pass_moves_them_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Faulty::default());
-    let engine = engine(dir.path(), &store, &config());
-    let shard = engine.create_shard("s", &options()).unwrap();
+    let Fixture {
+        dir,
+        store,
+        engine,
+        shard,
+    } = Fixture::new();
     append(shard.as_ref(), 0, 30);
     let hybrid = engine.shards.lock()["s"].clone();
     store.failing_puts.store(1, Ordering::Release);
@@ -144,22 +178,19 @@ fn a_copy_that_fails_leaves_the_batches_local_and_the_next_pass_moves_them_once(
         "each record once"
     );
     engine.close().unwrap();
-    let again = self::engine(dir.path(), &store, &config());
-    let recovered = again.recover().unwrap();
-    assert_eq!(
-        values(recovered[0].2.as_ref(), 0),
-        expected(0, 30),
-        "stored"
-    );
+    let (again, shard) = reopen(dir.path(), &store);
+    assert_eq!(values(shard.as_ref(), 0), expected(0, 30), "stored");
     again.close().unwrap();
 }
 
 #[test]
 fn a_crash_after_the_copy_before_the_local_delete_serves_each_record_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Faulty::default());
-    let engine = engine(dir.path(), &store, &config());
-    let shard = engine.create_shard("s", &options()).unwrap();
+    let Fixture {
+        dir,
+        store,
+        engine,
+        shard,
+    } = Fixture::new();
     append(shard.as_ref(), 0, 20);
     let hybrid = engine.shards.lock()["s"].clone();
     // The copy finished (the cold shard holds the batches), the local
@@ -182,9 +213,7 @@ fn a_crash_after_the_copy_before_the_local_delete_serves_each_record_once() {
         .collect();
     hybrid.cold.append_batches(batches, false).unwrap();
     engine.close().unwrap();
-    let again = self::engine(dir.path(), &store, &config());
-    let recovered = again.recover().unwrap();
-    let shard = &recovered[0].2;
+    let (again, shard) = reopen(dir.path(), &store);
     assert_eq!(stat(shard.as_ref(), "boundary"), 20);
     let hybrid = again.shards.lock()["s"].clone();
     assert_eq!(
@@ -198,10 +227,12 @@ fn a_crash_after_the_copy_before_the_local_delete_serves_each_record_once() {
 
 #[test]
 fn deletes_past_the_boundary_leave_a_gap_the_cold_tier_skips() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Faulty::default());
-    let engine = engine(dir.path(), &store, &config());
-    let shard = engine.create_shard("s", &options()).unwrap();
+    let Fixture {
+        dir,
+        store,
+        engine,
+        shard,
+    } = Fixture::new();
     append(shard.as_ref(), 0, 20);
     let hybrid = engine.shards.lock()["s"].clone();
     hybrid.tier(now_ms()).unwrap();
@@ -226,8 +257,7 @@ fn deletes_past_the_boundary_leave_a_gap_the_cold_tier_skips() {
     let info = shard.info().unwrap();
     assert_eq!((info.first_offset, info.next_offset), (30, 38));
     engine.close().unwrap();
-    let again = self::engine(dir.path(), &store, &config());
-    let recovered = again.recover().unwrap();
-    assert_eq!(values(recovered[0].2.as_ref(), 30), expected(30, 38));
+    let (again, shard) = reopen(dir.path(), &store);
+    assert_eq!(values(shard.as_ref(), 30), expected(30, 38));
     again.close().unwrap();
 }
