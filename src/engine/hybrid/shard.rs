@@ -376,6 +376,20 @@ impl HybridShard {
     }
 }
 
+/// `found` cut to `max_bytes`: a continued read may not pass it with its
+/// first record, as the read's very first record may.
+fn within(mut found: ReadResult, max_bytes: usize) -> ReadResult {
+    let mut bytes = 0;
+    if let Some(cut) = found.records.iter().position(|r| {
+        bytes += scan::record_size(r);
+        bytes > max_bytes
+    }) {
+        found.next_offset = found.records[cut].offset;
+        found.records.truncate(cut);
+    }
+    found
+}
+
 fn join_reads(mut first: ReadResult, rest: ReadResult) -> ReadResult {
     first.records.extend(rest.records);
     first.next_offset = rest.next_offset;
@@ -466,7 +480,10 @@ impl Shard for HybridShard {
         self.routed(
             from,
             |tier, from, found| match Self::read_limits(limits, found) {
-                Some(limits) => tier.read(from, limits),
+                Some(left) if found.is_some_and(|f| !f.records.is_empty()) => {
+                    Ok(within(tier.read(from, left)?, left.max_bytes))
+                }
+                Some(left) => tier.read(from, left),
                 None => Ok(ReadResult::default()),
             },
             |found| {
@@ -576,11 +593,21 @@ impl Shard for HybridShard {
         let left = |found: Option<&TransferPlan>| {
             max_bytes.saturating_sub(found.map_or(0, |f| f.total_bytes() as usize))
         };
+        // A plan holds at least one batch, even past `max_bytes`: only the
+        // first part may, so a local part that does not fit is dropped.
         self.routed(
             from,
-            |tier, from, found| match (left(found), found) {
-                (0, Some(found)) => Ok(TransferPlan::empty(found.next_offset())),
-                (n, _) => tier.plan_transfer(from, n),
+            |tier, from, found| {
+                let plan = tier.plan_transfer(from, left(found).max(1))?;
+                match found {
+                    Some(found)
+                        if found.total_bytes() > 0
+                            && plan.total_bytes() as usize > left(Some(found)) =>
+                    {
+                        Ok(TransferPlan::empty(found.next_offset()))
+                    }
+                    _ => Ok(plan),
+                }
             },
             |plan| (left(Some(plan)) > 0, plan.next_offset()),
             TransferPlan::then,
