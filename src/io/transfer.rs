@@ -129,7 +129,8 @@ impl TransferPlan {
     }
 
     /// This plan, then `next` (which starts where this one ends): neither
-    /// may have been sent from yet.
+    /// may have been sent from yet. (The hybrid engine joins its tiers'.)
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
     pub(crate) fn then(mut self, next: TransferPlan) -> TransferPlan {
         debug_assert!(self.sent == 0 && next.sent == 0, "plans not yet sent");
         self.chunks.extend(next.chunks);
