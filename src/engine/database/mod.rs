@@ -26,6 +26,7 @@ use bytes::Bytes;
 
 use crate::config::{Durability, EngineKind};
 use crate::engine::index::BatchEntry;
+use crate::engine::keyfilter::KeyFilter;
 use crate::io::TransferChunk;
 use crate::{Error, Result};
 
@@ -148,6 +149,9 @@ pub enum Change {
         base_offset: i64,
         bytes: Bytes,
         meta: BatchMeta,
+        /// The batch's key and tag filter when known (a backend may store
+        /// it, and list it again with `Found::Keys`).
+        keys: Option<KeyFilter>,
     },
     /// Removes the stored batches with these base offsets (ascending).
     /// They are consecutive: no other batch of the shard lies in
@@ -198,6 +202,8 @@ impl Change {
 pub enum Found {
     Shard(u64, ShardMeta),
     Batch(u64, i64, BatchMeta),
+    /// The key and tag filter of the batch listed just before.
+    Keys(u64, i64, KeyFilter),
     Group(u64, String, i64),
 }
 
@@ -289,7 +295,10 @@ pub trait Database: Send + Sync + Sized + 'static {
     fn load_shard(&self, shard: u64, found: &mut dyn FnMut(Found) -> Result<()>) -> Result<()> {
         self.load(&mut |item| {
             let id = match &item {
-                Found::Shard(id, _) | Found::Batch(id, ..) | Found::Group(id, ..) => *id,
+                Found::Shard(id, _)
+                | Found::Batch(id, ..)
+                | Found::Keys(id, ..)
+                | Found::Group(id, ..) => *id,
             };
             match id == shard {
                 true => found(item),

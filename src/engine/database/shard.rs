@@ -20,7 +20,7 @@ use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
 use super::{BatchMeta, BatchReader, Change, Database, Entry, Found, PlannedBatch, ShardMeta};
 use crate::config::{Config, Durability, EngineKind, ShardOptions};
 use crate::engine::index::{BatchIndex, Held};
-use crate::engine::keyfilter;
+use crate::engine::keyfilter::{self, KeyFilter};
 use crate::engine::scan::{self, ScanBatch};
 use crate::engine::{
     NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
@@ -237,6 +237,7 @@ impl<D: Database> DbShard<D> {
             base_offset: old.base_offset,
             bytes,
             meta,
+            keys: None,
         };
         (change, Some(entry))
     }
@@ -313,13 +314,14 @@ impl<D: Database> DbShard<D> {
                 records: batch.records,
                 len: bytes.len() as u32,
             };
-            entries.push(entry_of(0, base, &meta).with_keys(batch.keys));
             changes.push(Change::PutBatch {
                 shard: self.id,
                 base_offset: base,
                 bytes: Bytes::from(bytes),
                 meta,
+                keys: batch.keys.clone(),
             });
+            entries.push(entry_of(0, base, &meta).with_keys(batch.keys));
             base = meta.last_offset + 1;
         }
         // Retention the append causes goes in the same write: one write
@@ -758,6 +760,7 @@ impl Loaded {
                 self.shards.insert(id, (meta, index));
             }
             Found::Batch(id, base, meta) => self.add_batch(id, base, meta)?,
+            Found::Keys(id, base, keys) => self.add_keys(id, base, keys),
             Found::Group(id, group, offset) => {
                 self.groups.entry(id).or_default().push((group, offset));
             }
@@ -782,6 +785,18 @@ impl Loaded {
         }
         index.push(entry_of(0, base, &meta));
         Ok(())
+    }
+
+    /// A filter the database kept: lookups need not fetch the batch to
+    /// learn it.
+    fn add_keys(&mut self, id: u64, base: i64, keys: KeyFilter) {
+        let batch = self
+            .shards
+            .get_mut(&id)
+            .and_then(|(_, index)| index.batches.back());
+        if let Some(batch) = batch.filter(|b| b.base_offset == base) {
+            let _ = batch.keys.set(keys);
+        }
     }
 }
 

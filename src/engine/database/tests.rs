@@ -37,6 +37,7 @@ impl Tables {
                 base_offset,
                 bytes,
                 meta,
+                ..
             } => {
                 self.batches.insert((shard, base_offset), (bytes, meta));
             }

@@ -44,6 +44,20 @@ struct Counters {
 /// takes too.
 const LOW_WATERMARK: &str = "mqs.hybrid.low_watermark";
 
+/// A copy both tiers may hold at once: set just before a pass appends it
+/// to the cold shard, cleared once its local copies are gone (after a
+/// failed pass, by whatever finishes the copy next). `info` subtracts it
+/// exactly while both tiers hold it.
+#[derive(Clone, Copy, Debug)]
+struct InBoth {
+    /// The copy's end: the cold shard holds it once its next offset
+    /// reaches `end`; the local one until its low watermark does.
+    end: i64,
+    /// What the cold shard counts for it.
+    records: u64,
+    bytes: u64,
+}
+
 /// What re-creates the local shard (`truncate_to` below the boundary).
 pub struct LocalTier {
     pub engine: Arc<dyn Engine>,
@@ -66,6 +80,10 @@ pub struct HybridShard {
     /// Reads hold it shared; a pass takes it alone to delete local copies,
     /// so a read routed to the local shard finds its batches there.
     route: RwLock<()>,
+    /// The copy both tiers may hold, and a version bumped at each change
+    /// of it, so that `info` reads both tiers and it as of one moment.
+    in_both: Mutex<Option<InBoth>>,
+    in_both_version: AtomicU64,
     settings: HybridConfig,
     counters: Counters,
 }
@@ -87,6 +105,8 @@ impl HybridShard {
             boundary: AtomicI64::new(boundary),
             moving: Mutex::new(()),
             route: RwLock::new(()),
+            in_both: Mutex::new(None),
+            in_both_version: AtomicU64::new(0),
             settings,
             counters: Counters::default(),
         })
@@ -135,11 +155,28 @@ impl HybridShard {
         Ok(cold_next.max(boundary))
     }
 
+    /// Finishes what a failed pass left half-way (called holding
+    /// `moving`): the cold copy counts, the local one goes. Afterwards no
+    /// offset is in both tiers, and the cold shard ends at the boundary.
+    fn finish_copy(&self) -> Result<i64> {
+        let boundary = self.settle()?;
+        self.drop_local_below(boundary)?;
+        self.set_in_both(None);
+        Ok(boundary)
+    }
+
+    fn set_in_both(&self, copy: Option<InBoth>) {
+        let mut in_both = self.in_both.lock();
+        *in_both = copy;
+        self.in_both_version.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn drop_local_below(&self, offset: i64) -> Result<()> {
-        let _routing = self.route.write();
-        if self.local().info()?.first_offset < offset {
-            self.local().delete_records_before(offset)?;
+        if self.local().info()?.first_offset >= offset {
+            return Ok(());
         }
+        let _routing = self.route.write();
+        self.local().delete_records_before(offset)?;
         Ok(())
     }
 
@@ -157,8 +194,7 @@ impl HybridShard {
 
     fn tier_due(&self, now_ms: i64) -> Result<u64> {
         let _moving = self.moving.lock();
-        let mut from = self.settle()?;
-        self.drop_local_below(from)?;
+        let mut from = self.finish_copy()?;
         let local = self.local().info()?;
         // Deleted locally before it was due (retention, deletes): the cold
         // shard skips those offsets too, up to the batch holding the local
@@ -204,6 +240,11 @@ impl HybridShard {
                     local.name
                 )));
             }
+            self.set_in_both(Some(InBoth {
+                end: last,
+                records: batches.iter().map(|(_, b)| u64::from(b.records)).sum(),
+                bytes,
+            }));
             self.cold
                 .append_batches(batches.into_iter().map(|(_, b)| b).collect(), false)?;
             if gap {
@@ -222,6 +263,7 @@ impl HybridShard {
             from = last;
             self.boundary.store(from, Ordering::Release);
             self.drop_local_below(from)?;
+            self.set_in_both(None);
             self.counters.batches.fetch_add(count, Ordering::Relaxed);
             self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
             moved += count;
@@ -311,24 +353,42 @@ impl HybridShard {
 
     /// Applies the size limits (`retention_records`, `retention_bytes`)
     /// to both tiers together: the oldest batch goes while the shard is
-    /// over a limit, the newest always stays.
+    /// over a limit, the newest always stays. From the count to the drop
+    /// it holds `moving`, so that two appenders over the limit by one
+    /// batch never drop two.
     fn trim(&self) -> Result<()> {
-        let (records, bytes) = (self.options.retention_records, self.options.retention_bytes);
-        if records == 0 && bytes == 0 {
+        let limited = self.options.retention_records > 0 || self.options.retention_bytes > 0;
+        if !limited || !self.over_limits(&self.info()?) {
             return Ok(());
         }
+        let _moving = self.moving.lock();
+        self.finish_copy()?;
         loop {
             let info = self.info()?;
-            let over = (records > 0 && info.records > records) || (bytes > 0 && info.bytes > bytes);
-            if !over {
+            if !self.over_limits(&info) {
                 return Ok(());
             }
             let oldest_end = self.plan_transfer(info.first_offset, 1)?.next_offset();
             if oldest_end >= info.next_offset || oldest_end <= info.first_offset {
                 return Ok(());
             }
-            self.delete_records_before(oldest_end)?;
+            self.delete_before(oldest_end)?;
         }
+    }
+
+    fn over_limits(&self, info: &ShardInfo) -> bool {
+        let (records, bytes) = (self.options.retention_records, self.options.retention_bytes);
+        (records > 0 && info.records > records) || (bytes > 0 && info.bytes > bytes)
+    }
+
+    /// `delete_records_before`, holding `moving`.
+    fn delete_before(&self, offset: i64) -> Result<()> {
+        let boundary = self.finish_copy()?;
+        self.cold.delete_records_before(offset.min(boundary))?;
+        if offset > boundary {
+            self.local().delete_records_before(offset)?;
+        }
+        Ok(())
     }
 
     /// Runs a read from `from` on the tier holding it. A cold read that
@@ -421,33 +481,34 @@ impl Shard for HybridShard {
         EngineKind::Hybrid
     }
 
-    /// Both tiers' counts, less an upper bound of what both hold (a pass
-    /// between its copy and its local delete, or a copy waiting to be
-    /// made durable): the size limits never count a batch twice.
+    /// Both tiers' counts as of one moment, less the copy both hold then
+    /// (a pass between its copy and its local delete, or a copy a failed
+    /// pass left): the size limits never count a batch twice.
     fn info(&self) -> Result<ShardInfo> {
-        let (cold, local) = (self.cold.info()?, self.local().info()?);
-        let first_offset = match cold.first_offset < cold.next_offset {
-            true => cold.first_offset,
-            false => local.first_offset.max(cold.next_offset),
-        };
-        let both =
-            cold.next_offset.min(local.next_offset) - cold.first_offset.max(local.first_offset);
-        let (twice_records, twice_bytes) = match both > 0 {
-            true => (
-                local.records.min(both as u64).min(cold.records),
-                local.bytes.min(cold.bytes),
-            ),
-            false => (0, 0),
-        };
-        Ok(ShardInfo {
-            name: local.name,
-            engine: EngineKind::Hybrid,
-            first_offset,
-            next_offset: local.next_offset.max(cold.next_offset),
-            records: cold.records + local.records - twice_records,
-            bytes: cold.bytes + local.bytes - twice_bytes,
-            options: self.options.clone(),
-        })
+        loop {
+            let version = self.in_both_version.load(Ordering::Acquire);
+            let (cold, local) = (self.cold.info()?, self.local().info()?);
+            let in_both = *self.in_both.lock();
+            if self.in_both_version.load(Ordering::Acquire) != version {
+                continue;
+            }
+            let twice = in_both
+                .filter(|copy| cold.next_offset >= copy.end && local.first_offset < copy.end)
+                .map_or((0, 0), |copy| (copy.records, copy.bytes));
+            let first_offset = match cold.first_offset < cold.next_offset {
+                true => cold.first_offset,
+                false => local.first_offset.max(cold.next_offset),
+            };
+            return Ok(ShardInfo {
+                name: local.name,
+                engine: EngineKind::Hybrid,
+                first_offset,
+                next_offset: local.next_offset.max(cold.next_offset),
+                records: (cold.records + local.records).saturating_sub(twice.0),
+                bytes: (cold.bytes + local.bytes).saturating_sub(twice.1),
+                options: self.options.clone(),
+            });
+        }
     }
 
     /// Each tier applies the shard's age retention (the cold tier holds
@@ -547,17 +608,9 @@ impl Shard for HybridShard {
         self.local().offset_for_timestamp(timestamp_ms)
     }
 
-    /// The cold shard's part reaches its next offset, not only the
-    /// boundary: a copy not yet counted (its pass failed after it) must
-    /// not bring back what the delete removed when the next pass counts it.
     fn delete_records_before(&self, offset: i64) -> Result<i64> {
         let _moving = self.moving.lock();
-        let boundary = self.boundary();
-        let cold_next = self.cold.info()?.next_offset;
-        self.cold.delete_records_before(offset.min(cold_next))?;
-        if offset > boundary {
-            self.local().delete_records_before(offset)?;
-        }
+        self.delete_before(offset)?;
         Ok(self.info()?.first_offset)
     }
 
@@ -567,19 +620,12 @@ impl Shard for HybridShard {
         matches: &mut dyn FnMut(&RecordView) -> bool,
     ) -> Result<u64> {
         let _moving = self.moving.lock();
-        let boundary = self.boundary();
-        let cold_next = self.cold.info()?.next_offset;
+        let boundary = self.finish_copy()?;
         let mut deleted = 0;
         if within.start < boundary {
             deleted += self
                 .cold
                 .delete_where(within.start..within.end.min(boundary), matches)?;
-        }
-        let uncounted = within.start.max(boundary)..within.end.min(cold_next);
-        if !uncounted.is_empty() {
-            // Copies a failed pass left in the cold shard, still local
-            // too (counted there): the next pass counts them as copied.
-            self.cold.delete_where(uncounted, matches)?;
         }
         if within.end > boundary {
             deleted += self
@@ -619,7 +665,7 @@ impl Shard for HybridShard {
     /// keeping its group offsets.
     fn truncate_to(&self, offset: i64) -> Result<()> {
         let _moving = self.moving.lock();
-        let boundary = self.boundary();
+        let boundary = self.finish_copy()?;
         if offset >= boundary {
             return self.local().truncate_to(offset);
         }

@@ -247,6 +247,7 @@ impl<'a, C: Queryable> Writer<'a, C> {
                 base_offset,
                 bytes,
                 meta,
+                ..
             } = change
             {
                 sql.push_str(if i == 0 {

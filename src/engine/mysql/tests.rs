@@ -70,6 +70,7 @@ fn put(shard: u64, base: i64, bytes: &[u8]) -> Change {
         base_offset: base,
         bytes: Bytes::copy_from_slice(bytes),
         meta: meta(base, bytes.len()),
+        keys: None,
     }
 }
 
@@ -120,6 +121,7 @@ fn listed_of(db: &MysqlDb, shard: Option<u64>) -> Vec<String> {
             Found::Batch(id, base, meta) => {
                 format!("batch {id} {base} {} {}", meta.last_offset, meta.len)
             }
+            Found::Keys(id, base, _) => format!("keys {id} {base}"),
             Found::Group(id, group, offset) => format!("group {id} {group} {offset}"),
         });
         Ok(())

@@ -167,6 +167,7 @@ fn encode(cmd: &mut Cmd, change: &Change) -> Result<()> {
             base_offset,
             bytes,
             meta,
+            ..
         } => {
             let base = check_offset(*shard, *base_offset)?;
             check_offset(*shard, meta.last_offset)?;

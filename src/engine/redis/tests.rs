@@ -117,6 +117,7 @@ fn put(shard: u64, base: i64, span: i64) -> Change {
         base_offset: base,
         meta: meta_of(base, &bytes, span),
         bytes,
+        keys: None,
     }
 }
 
@@ -144,6 +145,7 @@ fn loaded(db: &RedisDb) -> Vec<String> {
                 format!("shard {id} {} {}", meta.low_watermark, meta.next_offset)
             }
             Found::Batch(id, base, meta) => format!("batch {id} {base}..={}", meta.last_offset),
+            Found::Keys(id, base, _) => format!("keys {id} {base}"),
             Found::Group(id, group, offset) => format!("group {id} {group} {offset}"),
         });
         Ok(())
@@ -302,6 +304,7 @@ fn deletes_front_middle_and_suffix() {
         base_offset: 4,
         meta: meta_of(4, &cut, 2),
         bytes: cut,
+        keys: None,
     };
     commit(&db, vec![front, rewrite, put_shard(1, 5, 0)]);
     assert_eq!(
@@ -375,6 +378,7 @@ fn sequential_reads_are_prefetched() {
         base_offset: 150,
         meta: meta_of(150, &bytes, 1),
         bytes,
+        keys: None,
     };
     commit(&db, vec![change]);
     let before = db.read_round_trips.load(Ordering::Relaxed);

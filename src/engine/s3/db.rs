@@ -20,9 +20,11 @@ use super::cache::BlockCache;
 use super::client::{Client, Mode, Put};
 use super::manifest::{Manifest, ObjectRef};
 use super::object;
+use super::plan::{self, Located, Pins};
 use super::shard::{Loc, Place, Plan, State, Stored};
 use crate::config::{Durability, EngineKind, S3Config};
-use crate::engine::database::{BatchReader, Change, Database, Entry, Found};
+use crate::engine::database::{BatchReader, Change, Database, Entry, Found, PlannedBatch};
+use crate::io::TransferChunk;
 use crate::log::{self, Level};
 use crate::{Error, Result};
 
@@ -109,11 +111,16 @@ struct Counters {
 }
 
 pub(crate) struct S3Db {
+    /// Itself, for the transfer plans it makes (they fetch their bytes
+    /// later, possibly after a close).
+    me: Weak<S3Db>,
     client: Client,
     layout: Layout,
     settings: Settings,
     shards: RwLock<HashMap<u64, Arc<ShardSlot>>>,
     cache: BlockCache,
+    /// Objects transfer plans list: deleted only once no plan does.
+    pub(super) pins: Pins,
     /// Ticket of a pipelined commit not yet stored → its shard.
     tickets: Mutex<HashMap<u64, u64>>,
     next_ticket: AtomicU64,
@@ -127,13 +134,15 @@ pub(crate) struct S3Db {
 }
 
 impl S3Db {
-    pub fn new(client: Client, layout: Layout, config: &S3Config, read_only: bool) -> S3Db {
-        S3Db {
+    pub fn new(client: Client, layout: Layout, config: &S3Config, read_only: bool) -> Arc<S3Db> {
+        Arc::new_cyclic(|me| S3Db {
+            me: me.clone(),
             client,
             layout,
             settings: Settings::of(config),
             shards: RwLock::new(HashMap::new()),
             cache: BlockCache::new(config.cache_bytes),
+            pins: Pins::default(),
             tickets: Mutex::new(HashMap::new()),
             next_ticket: AtomicU64::new(1),
             buffered: AtomicU64::new(0),
@@ -142,7 +151,7 @@ impl S3Db {
             wake: Arc::default(),
             flusher: Mutex::new(None),
             counters: Counters::default(),
-        }
+        })
     }
 
     /// Starts the thread that uploads what `os` and `none` shards leave
@@ -341,13 +350,18 @@ impl S3Db {
                 tickets.remove(&ticket);
             }
         }
-        let garbage = plan
-            .garbage
-            .iter()
-            .map(|&seq| self.layout.object(slot.id, seq))
+        let garbage = plan.garbage.iter().map(|&seq| (slot.id, seq)).collect();
+        self.delete_objects(self.pins.deletable(garbage));
+    }
+
+    /// Deletes objects no manifest lists; one left behind (an error, a
+    /// crash) is deleted at the next open.
+    fn delete_objects(&self, objects: Vec<plan::ObjectId>) {
+        let paths = objects
+            .into_iter()
+            .map(|(shard, seq)| self.layout.object(shard, seq))
             .collect();
-        // An object left behind is deleted at the next open.
-        if let Err(e) = self.client.delete(garbage) {
+        if let Err(e) = self.client.delete(paths) {
             log::emit(
                 Level::Warn,
                 &format!("s3: deleting objects no longer listed: {e}"),
@@ -395,16 +409,14 @@ impl S3Db {
                 .client
                 .get_ranges(&self.layout.object(shard, old.seq), ranges)
                 .map_err(Failure::NotStored)?;
-            let metas: Vec<_> = kept.iter().map(|(base, meta, _)| (*base, *meta)).collect();
-            self.upload(shard, new, parts, &metas)?;
+            self.upload(shard, new, parts, plan)?;
             self.counters
                 .objects_rewritten
                 .fetch_add(1, Ordering::Relaxed);
         }
         if let Some((object, batches)) = &plan.fresh {
             let parts = batches.iter().map(|b| b.bytes.clone()).collect();
-            let metas: Vec<_> = batches.iter().map(|b| (b.base, b.meta)).collect();
-            self.upload(shard, object, parts, &metas)?;
+            self.upload(shard, object, parts, plan)?;
             self.counters
                 .objects_written
                 .fetch_add(1, Ordering::Relaxed);
@@ -451,9 +463,9 @@ impl S3Db {
         shard: u64,
         object: &ObjectRef,
         mut parts: Vec<Bytes>,
-        metas: &[(i64, crate::engine::database::BatchMeta)],
+        plan: &Plan,
     ) -> std::result::Result<(), Failure> {
-        parts.push(object::footer(metas));
+        parts.push(plan.footers[&object.seq].clone());
         let path = self.layout.object(shard, object.seq);
         match self
             .client
@@ -528,8 +540,10 @@ impl S3Db {
     }
 
     /// The flusher's round: shards whose batches waited long enough, or
-    /// that hold an object's worth.
-    fn flush_due(&self) {
+    /// that hold an object's worth; then objects no manifest and no
+    /// transfer plan lists any more.
+    pub(super) fn flush_due(&self) {
+        self.delete_objects(self.pins.take_released());
         for slot in self.slots() {
             let due = {
                 let state = slot.state.lock();
@@ -556,7 +570,14 @@ impl S3Db {
     /// The bytes `[pos, pos + len)` of object `seq` (`data_len` data
     /// bytes), through the block cache; a miss fetches the blocks needed
     /// and `readahead_blocks` more in one request.
-    fn read(&self, shard: u64, seq: u64, data_len: u64, pos: u64, len: u64) -> Result<Bytes> {
+    pub(super) fn read(
+        &self,
+        shard: u64,
+        seq: u64,
+        data_len: u64,
+        pos: u64,
+        len: u64,
+    ) -> Result<Bytes> {
         let size = self.settings.block_bytes;
         let (first, last) = (pos / size, (pos + len - 1) / size);
         let mut blocks: Vec<Option<Bytes>> = (first..=last)
@@ -612,7 +633,7 @@ impl S3Db {
         let mut reads = Vec::new();
         for (id, manifest, _) in &loaded {
             for o in &manifest.objects {
-                let footer = o.data_len..o.data_len + object::footer_len(o.count as usize);
+                let footer = o.data_len..o.data_len + o.footer_len;
                 reads.push((self.layout.object(*id, o.seq), footer));
             }
         }
@@ -722,10 +743,13 @@ impl S3Db {
                 .lock()
                 .locs
                 .iter()
-                .map(|(b, loc)| (*b, loc.meta))
+                .map(|(b, loc)| (*b, loc.meta, loc.keys.clone()))
                 .collect();
-            for (base, meta) in batches {
+            for (base, meta, keys) in batches {
                 found(Found::Batch(slot.id, base, meta))?;
+                if let Some(keys) = keys {
+                    found(Found::Keys(slot.id, base, keys))?;
+                }
             }
         }
         for slot in slots {
@@ -864,6 +888,30 @@ impl Database for S3Db {
         Ok(f(&mut Reader { db: self, slot }))
     }
 
+    /// A lazy chunk: the plan fetches the batches as it sends them.
+    fn plan(&self, shard: u64, batches: &[(&Entry, PlannedBatch)]) -> Result<TransferChunk> {
+        self.check_open()?;
+        let (slot, db) = match (self.slot(shard), self.me.upgrade()) {
+            (Some(slot), Some(db)) => (slot, db),
+            _ => return Err(Error::corruption(format!("S3 holds no shard id {shard}"))),
+        };
+        let state = slot.state.lock();
+        let located = batches
+            .iter()
+            .map(|(entry, batch)| {
+                let (loc, data_len) = state
+                    .place_of(entry.base_offset)
+                    .ok_or_else(|| missing(entry.base_offset, shard))?;
+                Ok(Located {
+                    batch: *batch,
+                    place: loc.place,
+                    data_len,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(plan::chunk(db, shard, located))
+    }
+
     fn load(&self, found: &mut dyn FnMut(Found) -> Result<()>) -> Result<()> {
         self.check_open()?;
         self.load_all()?;
@@ -944,37 +992,30 @@ impl BatchReader for Reader<'_> {
 
 impl Reader<'_> {
     fn try_batch(&mut self, entry: &Entry) -> Result<Bytes> {
-        let (loc, data_len) = {
-            let state = self.slot.state.lock();
-            let loc = state.locs.get(&entry.base_offset).cloned();
-            let data_len = match &loc {
-                Some(Loc {
-                    place: Place::Object { seq, .. },
-                    ..
-                }) => state
-                    .manifest
-                    .objects
-                    .iter()
-                    .find(|o| o.seq == *seq)
-                    .map_or(0, |o| o.data_len),
-                _ => 0,
-            };
-            (loc, data_len)
-        };
         let shard = self.slot.id;
-        match loc {
-            Some(Loc {
-                place: Place::Memory(bytes),
-                ..
-            }) => Ok(bytes),
-            Some(Loc {
-                meta,
-                place: Place::Object { seq, pos },
-            }) => self.db.read(shard, seq, data_len, pos, meta.len as u64),
-            None => Err(Error::corruption(format!(
-                "S3 holds no batch at offset {} of shard id {shard}, which its index lists",
-                entry.base_offset
-            ))),
+        let found = self.slot.state.lock().place_of(entry.base_offset);
+        match found.ok_or_else(|| missing(entry.base_offset, shard))? {
+            (
+                Loc {
+                    place: Place::Memory(bytes),
+                    ..
+                },
+                _,
+            ) => Ok(bytes),
+            (
+                Loc {
+                    meta,
+                    place: Place::Object { seq, pos },
+                    ..
+                },
+                data_len,
+            ) => self.db.read(shard, seq, data_len, pos, meta.len as u64),
         }
     }
+}
+
+fn missing(base_offset: i64, shard: u64) -> Error {
+    Error::corruption(format!(
+        "S3 holds no batch at offset {base_offset} of shard id {shard}, which its index lists"
+    ))
 }

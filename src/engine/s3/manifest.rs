@@ -8,7 +8,8 @@
 //! ```text
 //! "MQSMAN01", generation u64, start i64, next_seq u64,
 //! catalogue entry (u32 length, ShardMeta's binary form),
-//! objects: u32 count, then seq u64, first_base i64, end i64, data_len u64, count u32
+//! objects: u32 count, then seq u64, first_base i64, end i64, data_len u64,
+//!          count u32, footer_len u64
 //! groups: u32 count, then name (u32 length, UTF-8), offset i64
 //! crc32c u32 of everything before it
 //! ```
@@ -35,6 +36,7 @@ pub struct ObjectRef {
     /// Its batch bytes; the footer follows them.
     pub data_len: u64,
     pub count: u32,
+    pub footer_len: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,7 +65,7 @@ impl Manifest {
 
     pub fn encode(&self) -> Bytes {
         let meta = self.meta.encode();
-        let mut out = BytesMut::with_capacity(64 + meta.len() + self.objects.len() * 36);
+        let mut out = BytesMut::with_capacity(64 + meta.len() + self.objects.len() * 44);
         out.put_slice(MAGIC);
         out.put_u64(self.generation);
         out.put_i64(self.start);
@@ -77,6 +79,7 @@ impl Manifest {
             out.put_i64(object.end);
             out.put_u64(object.data_len);
             out.put_u32(object.count);
+            out.put_u64(object.footer_len);
         }
         out.put_u32(self.groups.len() as u32);
         for (name, offset) in &self.groups {
@@ -116,6 +119,7 @@ impl Manifest {
                 end: reader.u64()? as i64,
                 data_len: reader.u64()?,
                 count: reader.u32()?,
+                footer_len: reader.u64()?,
             });
         }
         let mut groups = BTreeMap::new();

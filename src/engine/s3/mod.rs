@@ -40,6 +40,7 @@ mod client;
 mod db;
 mod manifest;
 mod object;
+mod plan;
 mod shard;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -64,7 +65,7 @@ pub(crate) const CAPABILITIES: Capabilities = Capabilities {
     // `append_nowait` on an fsync shard leaves the batch waiting; the
     // producer's wait uploads the window as one object.
     pipelined: true,
-    transfer: TransferPath::Memory,
+    transfer: TransferPath::Fetched,
 };
 
 /// Opens the store's objects: under the configured prefix, else one
@@ -109,12 +110,7 @@ impl Connect for S3Connect {
             )?,
             None => Client::new(&self.config)?,
         };
-        let db = Arc::new(S3Db::new(
-            client,
-            Layout { prefix },
-            &self.config,
-            self.read_only,
-        ));
+        let db = S3Db::new(client, Layout { prefix }, &self.config, self.read_only);
         db.start_flusher()?;
         Ok(db)
     }

@@ -10,8 +10,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::manifest::{Manifest, ObjectRef};
-use super::object::Slot;
+use super::object::{self, Slot};
 use crate::engine::database::{BatchMeta, Change, ShardMeta};
+use crate::engine::KeyFilter;
 
 /// Where a batch is.
 #[derive(Clone, Debug)]
@@ -26,6 +27,9 @@ pub enum Place {
 pub struct Loc {
     pub meta: BatchMeta,
     pub place: Place,
+    /// The batch's key and tag filter, when known: written in the footer
+    /// of each object holding it.
+    pub keys: Option<KeyFilter>,
 }
 
 /// A batch waiting for upload.
@@ -58,6 +62,8 @@ pub struct Plan {
     pub rewrites: Vec<(ObjectRef, ObjectRef, Vec<Kept>)>,
     pub manifest: Manifest,
     pub manifest_bytes: Bytes,
+    /// The footer of each new object, by sequence number.
+    pub footers: BTreeMap<u64, Bytes>,
     /// Objects the manifest no longer lists: deleted once it is stored.
     pub garbage: Vec<u64>,
 }
@@ -111,6 +117,22 @@ impl State {
         }
     }
 
+    /// Where the batch at `base` is, with its object's data length
+    /// (`Place::Object`; 0 for a batch in memory).
+    pub fn place_of(&self, base: i64) -> Option<(Loc, u64)> {
+        let loc = self.locs.get(&base)?.clone();
+        let data_len = match &loc.place {
+            Place::Object { seq, .. } => self
+                .manifest
+                .objects
+                .iter()
+                .find(|o| o.seq == *seq)
+                .map_or(0, |o| o.data_len),
+            Place::Memory(_) => 0,
+        };
+        Some((loc, data_len))
+    }
+
     /// A shard found at open: its batches are where the footers say.
     pub fn found(manifest: Manifest, stored: Stored, objects: &[(u64, Vec<Slot>)]) -> State {
         let mut state = State::new(manifest, Some(stored));
@@ -126,6 +148,7 @@ impl State {
                 let loc = Loc {
                     meta: slot.meta,
                     place,
+                    keys: slot.keys.clone(),
                 };
                 if let Some(old) = state.locs.insert(slot.base_offset, loc) {
                     // Two objects hold the batch (a crash between a
@@ -148,8 +171,9 @@ impl State {
                 base_offset,
                 bytes,
                 meta,
+                keys,
                 ..
-            } => self.put_batch(base_offset, meta, bytes, ticket),
+            } => self.put_batch(base_offset, meta, bytes, keys, ticket),
             Change::DeleteBatches {
                 bases, end, front, ..
             } => match front {
@@ -173,11 +197,19 @@ impl State {
         self.dirty = true;
     }
 
-    fn put_batch(&mut self, base: i64, meta: BatchMeta, bytes: Bytes, ticket: u64) {
+    fn put_batch(
+        &mut self,
+        base: i64,
+        meta: BatchMeta,
+        bytes: Bytes,
+        keys: Option<KeyFilter>,
+        ticket: u64,
+    ) {
         self.drop_batch(base);
         let loc = Loc {
             meta,
             place: Place::Memory(bytes.clone()),
+            keys,
         };
         self.locs.insert(base, loc);
         self.pending_bytes += bytes.len() as u64;
@@ -258,6 +290,7 @@ impl State {
             keep
         });
         let mut rewrites = Vec::new();
+        let mut footers = BTreeMap::new();
         for seq in std::mem::take(&mut self.rewrite) {
             let Some(at) = manifest.objects.iter().position(|o| o.seq == seq) else {
                 continue;
@@ -265,7 +298,9 @@ impl State {
             let old = manifest.objects.remove(at);
             garbage.push(seq);
             let kept = self.batches_in(&old);
-            if let Some(new) = object_ref(&mut manifest.next_seq, kept.iter().map(|k| (k.0, k.1))) {
+            let listed = kept.iter().map(|k| (k.0, k.1, self.keys_of(k.0)));
+            if let Some(new) = object_ref(&mut manifest.next_seq, listed.clone()) {
+                footers.insert(new.seq, object::footer(listed));
                 manifest.objects.push(new);
                 rewrites.push((old, new, kept));
             }
@@ -273,14 +308,15 @@ impl State {
         let batches = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         self.pending_since = None;
-        let fresh = object_ref(
-            &mut manifest.next_seq,
-            batches.iter().map(|b| (b.base, b.meta)),
-        )
-        .map(|object| {
+        let listed = batches
+            .iter()
+            .map(|b| (b.base, b.meta, self.keys_of(b.base)));
+        let fresh = object_ref(&mut manifest.next_seq, listed.clone());
+        if let Some(object) = fresh {
+            footers.insert(object.seq, object::footer(listed));
             manifest.objects.push(object);
-            (object, batches)
-        });
+        }
+        let fresh = fresh.map(|object| (object, batches));
         manifest.objects.sort_by_key(|o| o.seq);
         manifest.generation = self.stored.as_ref().map_or(0, |s| s.generation) + 1;
         self.manifest.next_seq = manifest.next_seq;
@@ -291,8 +327,14 @@ impl State {
             rewrites,
             manifest,
             manifest_bytes,
+            footers,
             garbage,
         }
+    }
+
+    /// The filter of the batch at `base`, when known.
+    pub fn keys_of(&self, base: i64) -> Option<&KeyFilter> {
+        self.locs.get(&base)?.keys.as_ref()
     }
 
     /// The live batches of a stored object, by base offset: (base, meta,
@@ -371,23 +413,29 @@ impl State {
 
 /// The entry of a new object holding `batches` (in order), named with the
 /// next sequence number; `None` for no batches.
-fn object_ref(
+fn object_ref<'a>(
     next_seq: &mut u64,
-    batches: impl Iterator<Item = (i64, BatchMeta)>,
+    batches: impl Iterator<Item = object::Listed<'a>>,
 ) -> Option<ObjectRef> {
     let mut object: Option<ObjectRef> = None;
-    for (base, meta) in batches {
+    let mut filters = Vec::new();
+    for (base, meta, keys) in batches {
         let o = object.get_or_insert(ObjectRef {
             seq: *next_seq,
             first_base: base,
             end: base,
             data_len: 0,
             count: 0,
+            footer_len: 0,
         });
         o.first_base = o.first_base.min(base);
         o.end = o.end.max(meta.last_offset + 1);
         o.data_len += meta.len as u64;
         o.count += 1;
+        filters.push(keys);
+    }
+    if let Some(o) = object.as_mut() {
+        o.footer_len = object::footer_size(filters.into_iter()).1;
     }
     if object.is_some() {
         *next_seq += 1;

@@ -21,8 +21,13 @@ use object_store::{
 use super::client::Client;
 use super::db::{Layout, S3Db};
 use crate::config::{Durability, S3Config};
-use crate::engine::database::{BatchMeta, BatchReader, Change, Database, Entry, Found, ShardMeta};
+use crate::engine::database::{
+    BatchMeta, BatchReader, Change, Database, Entry, Found, PlannedBatch, ShardMeta,
+};
 use crate::engine::index::BatchEntry;
+use crate::engine::keyfilter::key_hash;
+use crate::engine::KeyFilter;
+use crate::io::TransferPlan;
 use crate::Status;
 
 /// The in-memory store, with faults on demand.
@@ -149,7 +154,7 @@ fn open_with(store: &Arc<Faulty>, config: &S3Config) -> Arc<S3Db> {
     let layout = Layout {
         prefix: PREFIX.into(),
     };
-    let db = Arc::new(S3Db::new(client, layout, config, false));
+    let db = S3Db::new(client, layout, config, false);
     db.start_flusher().unwrap();
     db
 }
@@ -180,7 +185,45 @@ fn put(shard: u64, base: i64, records: u32) -> Change {
             len: bytes.len() as u32,
         },
         bytes,
+        keys: None,
     }
+}
+
+/// `change` (a `put`) with a filter of the key `k<base>`.
+fn with_key(change: Change) -> Change {
+    match change {
+        Change::PutBatch {
+            shard,
+            base_offset,
+            bytes,
+            meta,
+            ..
+        } => Change::PutBatch {
+            shard,
+            base_offset,
+            bytes,
+            meta,
+            keys: Some(key_filter(base_offset)),
+        },
+        other => other,
+    }
+}
+
+fn key_filter(base: i64) -> KeyFilter {
+    KeyFilter::from_hashes(vec![key_hash(format!("k{base}").as_bytes())]).unwrap()
+}
+
+/// The key filters the database lists at open: (shard, base, filter).
+fn filters(db: &S3Db) -> Vec<(u64, i64, KeyFilter)> {
+    let mut out = Vec::new();
+    db.load(&mut |found| {
+        if let Found::Keys(id, base, keys) = found {
+            out.push((id, base, keys));
+        }
+        Ok(())
+    })
+    .unwrap();
+    out
 }
 
 fn bytes_of(change: &Change) -> Bytes {
@@ -200,6 +243,7 @@ fn listing(db: &S3Db) -> Listing {
             Found::Shard(_, meta) => shards.push(meta.name),
             Found::Batch(id, base, _) => batches.push((id, base)),
             Found::Group(id, group, offset) => groups.push((id, group, offset)),
+            Found::Keys(..) => {}
         }
         Ok(())
     })
@@ -449,6 +493,7 @@ fn retention_deletes_whole_objects_and_a_middle_delete_rewrites_one() {
                 base_offset,
                 meta,
                 bytes: new_bytes.clone(),
+                keys: None,
             }
         }
         _ => unreachable!(),
@@ -463,6 +508,92 @@ fn retention_deletes_whole_objects_and_a_middle_delete_rewrites_one() {
     );
     assert_eq!(read(&again, 1, 70, 10).unwrap(), new_bytes);
     assert_eq!(read(&again, 1, 80, 10).unwrap(), bytes_of(&put(1, 80, 10)));
+}
+
+#[test]
+fn a_transfer_plan_fetches_its_batches_when_sent_and_keeps_their_objects_until_dropped() {
+    let store = Arc::new(Faulty::default());
+    let db = open(&store);
+    create(&db, 1);
+    let batches: Vec<Change> = (0..3).map(|i| put(1, i * 10, 10)).collect();
+    let expected: Vec<u8> = batches.iter().flat_map(|b| bytes_of(b).to_vec()).collect();
+    let len = bytes_of(&batches[0]).len() as u64;
+    for batch in batches {
+        db.commit(vec![batch], Durability::Fsync, false).unwrap();
+    }
+    let entries: Vec<Entry> = (0..3)
+        .map(|i| BatchEntry::new(0, len as usize, i * 10, i * 10 + 9, i * 10, 10))
+        .collect();
+    let planned: Vec<(&Entry, PlannedBatch)> = entries
+        .iter()
+        .zip(0u64..)
+        .map(|(entry, i)| {
+            let batch = PlannedBatch {
+                start: i * len,
+                len,
+                base_offset: entry.base_offset,
+            };
+            (entry, batch)
+        })
+        .collect();
+    let gets = |db: &S3Db| db.stats().unwrap()["requests"]["gets"].as_u64().unwrap();
+    let before = gets(&db);
+    let plan = TransferPlan::new(vec![db.plan(1, &planned).unwrap()], 30);
+    assert_eq!(gets(&db), before, "planning fetches nothing");
+    assert_eq!(plan.total_bytes(), 3 * len);
+    // Retention drops the three objects while the plan holds them.
+    let front = Change::DeleteBatches {
+        shard: 1,
+        bases: vec![0, 10, 20],
+        end: 30,
+        front: true,
+    };
+    db.commit(vec![front], Durability::Fsync, false).unwrap();
+    assert_eq!(objects(&store).len(), 4, "kept for the plan");
+    assert_eq!(plan.to_vec().unwrap(), expected);
+    assert!(gets(&db) > before, "fetched when read");
+    drop(plan);
+    db.flush_due();
+    assert_eq!(
+        objects(&store).len(),
+        1,
+        "only the manifest once the plan is gone"
+    );
+}
+
+#[test]
+fn footers_keep_the_key_filters_also_through_a_rewrite() {
+    let store = Arc::new(Faulty::default());
+    let db = open(&store);
+    create(&db, 1);
+    // One object of four batches, the third without a filter.
+    let tickets: Vec<u64> = (0..4)
+        .map(|i| {
+            let batch = match i {
+                2 => put(1, i * 10, 10),
+                _ => with_key(put(1, i * 10, 10)),
+            };
+            db.commit(vec![batch], Durability::Fsync, true).unwrap()
+        })
+        .collect();
+    db.wait_synced(tickets[3]).unwrap();
+    let expected = |bases: &[i64]| -> Vec<(u64, i64, KeyFilter)> {
+        bases.iter().map(|&b| (1, b, key_filter(b))).collect()
+    };
+    assert_eq!(filters(&open(&store)), expected(&[0, 10, 30]));
+    // The object is rewritten without the second batch: the others keep
+    // their filters.
+    let delete = Change::DeleteBatches {
+        shard: 1,
+        bases: vec![10],
+        end: 20,
+        front: false,
+    };
+    db.commit(vec![delete], Durability::Fsync, false).unwrap();
+    assert_eq!(stat(&db, "objects_rewritten"), 1);
+    let again = open(&store);
+    assert_eq!(filters(&again), expected(&[0, 30]));
+    assert_eq!(read(&again, 1, 30, 10).unwrap(), bytes_of(&put(1, 30, 10)));
 }
 
 #[test]
