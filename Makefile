@@ -103,8 +103,7 @@ test-python-package: tools venv
 
 # The kill -9 crash tests of the journal, file, RocksDB, MySQL, Redis, S3
 # and hybrid engines (and of truncate_to and of compaction on each), long
-# mode (make test runs 20 cycles of each but the hybrid one, which fails
-# intermittently and runs only here).
+# mode (make test runs 20 cycles of each).
 crash-long: tools s3-tools
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test journal_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 cargo test -p mqstore --release --test file_crash -- --nocapture
@@ -112,7 +111,6 @@ crash-long: tools s3-tools
 	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test truncate_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test compaction_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test server_crash -- --nocapture
-	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test server_crash -- --nocapture --ignored hybrid_kill_9
 
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, AddressSanitizer) of the
 # batch decoder, producer batch validation, the configuration parser, store

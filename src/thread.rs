@@ -27,6 +27,25 @@ where
         .map_err(|e| Error::io(context(), e))
 }
 
+/// The nice value of background work (the hybrid tierer and its object
+/// store client): below appends and reads, which run at the host's own.
+#[cfg(feature = "s3")]
+const BACKGROUND_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's CPU priority to `BACKGROUND_NICE`, so that
+/// background work takes the CPU appenders leave (on a small machine the
+/// tierer's copies and uploads would otherwise compete with them). Best
+/// effort: where the system refuses, the thread runs as it was.
+#[cfg(feature = "s3")]
+pub(crate) fn lower_priority() {
+    // SAFETY: gettid and setpriority take no pointers; setpriority with a
+    // thread id changes only that thread's nice value (Linux).
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE);
+    }
+}
+
 /// Makes `spawn` fail for chosen thread names, on the calling thread only
 /// (the store starts its threads on the thread of the call that needs
 /// them), so tests running in parallel do not see each other's failures.

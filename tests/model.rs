@@ -454,8 +454,6 @@ proptest! {
     /// The hybrid engine moving everything to its cold tier as soon as it
     /// can, while the operations run.
     #[test]
-    #[ignore = "fails intermittently: the low watermark can lag the model's after deletes and \
-                retention while data moves (as the hybrid kill -9 test); not found yet"]
     fn hybrid_engine_matches_the_model(
         ops in proptest::collection::vec(op(), 1..80),
         durability in prop_oneof![Just("os")],

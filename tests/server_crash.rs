@@ -44,8 +44,8 @@ fn crash_writer_child() {
     crash::append_and_ack_forever(store, CRASH_SHARDS, appends);
 }
 
-/// Each server engine in turn but the hybrid one (below);
-/// `MQS_SERVER_CRASH_ENGINES=a,b` picks some.
+/// Each server engine in turn but the hybrid one (its own test, below, runs
+/// beside this one); `MQS_SERVER_CRASH_ENGINES=a,b` picks some.
 #[test]
 fn kill_9_loses_no_acknowledged_record() {
     let engines = std::env::var("MQS_SERVER_CRASH_ENGINES").unwrap_or_else(|_| {
@@ -61,11 +61,9 @@ fn kill_9_loses_no_acknowledged_record() {
 }
 
 /// The hybrid engine moving everything to its cold tier as soon as it can,
-/// killed at any point of the copy lifecycle. `make crash-long` runs it.
+/// killed at any point of the copy lifecycle.
 #[cfg(feature = "s3")]
 #[test]
-#[ignore = "fails intermittently: after some kills the low watermark ends a few offsets past an \
-            acknowledged delete_records_before (retention check of common::crash); not found yet"]
 fn hybrid_kill_9_while_tiering_loses_no_acknowledged_record() {
     common::require_servers("hybrid");
     for mode in ["blocking", "pipelined"] {

@@ -27,6 +27,8 @@ struct Server {
     url: String,
     /// The S3 server's secret key: errors must not show it either.
     secret: String,
+    /// What the script's `env` file sets: name, value.
+    env: Vec<(String, String)>,
     pid_file: &'static str,
 }
 
@@ -46,20 +48,32 @@ impl Server {
             script,
             url: String::new(),
             secret: String::new(),
+            env: Vec::new(),
             pid_file,
         };
         server.run("start");
         let env = std::fs::read_to_string(server.dir.path().join("env")).unwrap();
-        let var = |name: &str| {
-            env.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
-                .map(str::to_string)
-        };
-        server.url = var("MQS_TEST_S3_ENDPOINT")
-            .or_else(|| env.trim().split_once('=').map(|(_, url)| url.to_string()))
-            .unwrap();
-        server.secret = var("AWS_SECRET_ACCESS_KEY").unwrap_or_default();
+        server.env = env
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        // The S3 server's endpoint, else the one URL a server script sets.
+        server.url = server
+            .var("MQS_TEST_S3_ENDPOINT")
+            .or_else(|| server.env.first().map(|(_, url)| url.as_str()))
+            .unwrap()
+            .to_string();
+        server.secret = server
+            .var("AWS_SECRET_ACCESS_KEY")
+            .unwrap_or_default()
+            .to_string();
         server
+    }
+
+    fn var(&self, name: &str) -> Option<&str> {
+        let (_, value) = self.env.iter().find(|(n, _)| n == name)?;
+        Some(value)
     }
 
     fn run(&self, command: &str) {
@@ -135,13 +149,7 @@ enum Event {
 
 fn config(engine: &str, server: &Server) -> Config {
     if engine == "s3" {
-        let env = std::fs::read_to_string(server.dir.path().join("env")).unwrap();
-        let var = |name: &str| {
-            env.lines()
-                .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
-                .unwrap()
-                .to_string()
-        };
+        let var = |name: &str| server.var(name).unwrap();
         return Config::from_toml_str(&format!(
             "[shard]\nengine = \"s3\"\ndurability = \"fsync\"\n\
              [s3]\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\n\

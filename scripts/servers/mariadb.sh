@@ -20,10 +20,7 @@
 # max_allowed_packet is 1 GiB so that a 64 MiB batch fits.
 set -euo pipefail
 
-die() {
-    echo "mariadb.sh: $*" >&2
-    exit 1
-}
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
     die "usage: $0 start STATE_DIR [MARIADBD_ARGS...] | stop STATE_DIR"
@@ -38,30 +35,11 @@ find_binaries() {
         die "MariaDB is not installed (apt-get install -y mariadb-server)"
 }
 
-# A port nobody listens on now (the server binds it a moment later).
-free_port() {
-    if command -v python3 >/dev/null; then
-        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-        return
-    fi
-    local port
-    for _ in $(seq 100); do
-        port=$((20000 + RANDOM % 30000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return
-        fi
-    done
-    die "no free port found"
-}
-
 running_pid() {
     local pidfile=$1/mariadb.pid pid
     [[ -f $pidfile ]] || return 1
     pid=$(cat "$pidfile")
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
-    # A killed server nobody reaped yet is not running.
-    [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || return 1
+    [[ -n $pid ]] && alive "$pid" || return 1
     echo "$pid"
 }
 
@@ -69,7 +47,7 @@ initialize() {
     local dir=$1
     mkdir -p "$dir/data" "$dir/tmp"
     [[ -f $dir/port ]] || free_port >"$dir/port"
-    [[ -f $dir/password ]] || head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$dir/password"
+    [[ -f $dir/password ]] || random_hex 12 >"$dir/password"
     if [[ ! -d $dir/data/mysql ]]; then
         "$INSTALL_DB" --no-defaults --datadir="$dir/data" --user="$(id -un)" \
             --auth-root-authentication-method=normal --skip-test-db \

@@ -18,30 +18,14 @@ set -euo pipefail
 READY_TRIES=200   # x 0.05 s: a server not answering within 10 s failed
 EXIT_TRIES=200
 
-die() { echo "redis.sh: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { die "usage: $0 start STATE_DIR [always|everysec|no] | stop STATE_DIR | kill STATE_DIR"; }
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# A port nobody listens on (another start may still take it first: the
-# caller retries with another one when redis-server cannot bind).
-free_port() {
-    local port
-    for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 40000))
-        if ! port_in_use "$port"; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port found on 127.0.0.1"
-}
 
 running_pid() {
     local pid
     pid=$(cat "$1/redis.pid" 2>/dev/null) || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+    [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" && echo "$pid"
 }
 
 write_config() {
@@ -99,7 +83,7 @@ start() {
         password=$(config_value "$dir" requirepass)
         [[ $# -ge 2 ]] && sed -i "s/^appendfsync .*/appendfsync $appendfsync/" "$dir/redis.conf"
     else
-        password=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+        password=$(random_hex 16)
     fi
     for _ in 1 2 3 4 5; do
         if [[ $reuse == 0 ]]; then

@@ -31,34 +31,9 @@ REGION=us-east-1  # s3s-fs accepts any region; the clients need one
 TOOLS_DIR=${MQS_TOOLS_DIR:-$HOME/.cache/mqstore/tools}
 S3S_FS=$TOOLS_DIR/bin/s3s-fs
 
-die() { echo "s3.sh: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() { die "usage: $0 start STATE_DIR | stop STATE_DIR | kill STATE_DIR"; }
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# A port nobody listens on (another start may still take it first: the
-# caller retries with another one when s3s-fs cannot bind).
-free_port() {
-    local port
-    for _ in $(seq 1 200); do
-        port=$((20000 + RANDOM % 40000))
-        if ! port_in_use "$port"; then
-            echo "$port"
-            return 0
-        fi
-    done
-    die "no free port found on 127.0.0.1"
-}
-
-# A process that has not exited (a zombie nobody reaped yet has).
-alive() {
-    local stat
-    kill -0 "$1" 2>/dev/null || return 1
-    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ ${stat%% *} != Z ]]
-}
 
 # s3s-fs writes no pid file: start records the pid it launched. A recorded
 # pid counts only while it is an s3s-fs that has not exited (after a kill
@@ -70,8 +45,6 @@ running_pid() {
     [[ $(cat "/proc/$pid/comm" 2>/dev/null) == s3s-fs ]] || return 1
     echo "$pid"
 }
-
-random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 
 # The port and the keys, kept for a restart (the keys are secrets: 0600).
 write_config() {

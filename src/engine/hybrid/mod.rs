@@ -77,7 +77,7 @@ pub(crate) struct HybridEngine {
 pub(crate) fn engine(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
     let local_dir = dir.join(LOCAL_DIR);
     let local = registry::spec(config.hybrid.local).build(&local_dir, config)?;
-    let cold = super::s3::tier(dir, config, "/hybrid");
+    let cold = super::s3::cold_tier(dir, config);
     Ok(Arc::new(HybridEngine::new(local, cold, local_dir, config)))
 }
 
@@ -196,6 +196,7 @@ fn tierer(
     wake: Arc<Wake>,
     interval: Duration,
 ) {
+    crate::thread::lower_priority();
     loop {
         {
             let mut stop = wake.stop.lock();

@@ -44,10 +44,20 @@ struct Counters {
 /// takes too.
 const LOW_WATERMARK: &str = "mqs.hybrid.low_watermark";
 
-/// A copy both tiers may hold at once: set just before a pass appends it
-/// to the cold shard, cleared once its local copies are gone (after a
-/// failed pass, by whatever finishes the copy next). `info` subtracts it
-/// exactly while both tiers hold it.
+/// What a pass has under way, which `info` takes into account so that it
+/// never shows a move half-done.
+#[derive(Clone, Copy, Debug, Default)]
+struct InFlight {
+    /// The copy both tiers may hold: set just before a pass appends it to
+    /// the cold shard, cleared once its local copies are gone (after a
+    /// failed pass, by whatever finishes the copy next). `info` subtracts
+    /// it exactly while both tiers hold it.
+    copy: Option<InBoth>,
+    /// The low watermark the cold shard is taking after a gap (the local
+    /// one's), while its fillers and the batch holding it arrive below it.
+    low: Option<i64>,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct InBoth {
     /// The copy's end: the cold shard holds it once its next offset
@@ -80,10 +90,10 @@ pub struct HybridShard {
     /// Reads hold it shared; a pass takes it alone to delete local copies,
     /// so a read routed to the local shard finds its batches there.
     route: RwLock<()>,
-    /// The copy both tiers may hold, and a version bumped at each change
-    /// of it, so that `info` reads both tiers and it as of one moment.
-    in_both: Mutex<Option<InBoth>>,
-    in_both_version: AtomicU64,
+    /// What a pass has under way, and a version bumped at each change of
+    /// it, so that `info` reads both tiers and it as of one moment.
+    in_flight: Mutex<InFlight>,
+    in_flight_version: AtomicU64,
     settings: HybridConfig,
     counters: Counters,
 }
@@ -105,8 +115,8 @@ impl HybridShard {
             boundary: AtomicI64::new(boundary),
             moving: Mutex::new(()),
             route: RwLock::new(()),
-            in_both: Mutex::new(None),
-            in_both_version: AtomicU64::new(0),
+            in_flight: Mutex::new(InFlight::default()),
+            in_flight_version: AtomicU64::new(0),
             settings,
             counters: Counters::default(),
         })
@@ -161,14 +171,14 @@ impl HybridShard {
     fn finish_copy(&self) -> Result<i64> {
         let boundary = self.settle()?;
         self.drop_local_below(boundary)?;
-        self.set_in_both(None);
+        self.in_flight(|f| f.copy = None);
         Ok(boundary)
     }
 
-    fn set_in_both(&self, copy: Option<InBoth>) {
-        let mut in_both = self.in_both.lock();
-        *in_both = copy;
-        self.in_both_version.fetch_add(1, Ordering::AcqRel);
+    fn in_flight(&self, change: impl FnOnce(&mut InFlight)) {
+        let mut in_flight = self.in_flight.lock();
+        change(&mut in_flight);
+        self.in_flight_version.fetch_add(1, Ordering::AcqRel);
     }
 
     fn drop_local_below(&self, offset: i64) -> Result<()> {
@@ -206,12 +216,16 @@ impl HybridShard {
             // records below it (`reconcile`).
             self.cold
                 .save_group_offset(LOW_WATERMARK, Some(local.first_offset))?;
+            self.in_flight(|f| f.low = Some(local.first_offset));
             let start = self.batch_start(local.first_offset)?;
             if start > from {
                 self.cold
                     .append_batches(fillers(from, start, now_ms), false)?;
-                // The fillers hold deleted offsets: below the low watermark.
-                self.cold.delete_records_before(start)?;
+                // The fillers hold deleted offsets, up to the local low
+                // watermark; when no batch holds it, the rest of them
+                // (empty offsets) stay above it, as in the local shard.
+                self.cold
+                    .delete_records_before(start.min(local.first_offset))?;
                 from = start;
                 self.boundary.store(from, Ordering::Release);
             }
@@ -240,11 +254,12 @@ impl HybridShard {
                     local.name
                 )));
             }
-            self.set_in_both(Some(InBoth {
+            let copy = InBoth {
                 end: last,
                 records: batches.iter().map(|(_, b)| u64::from(b.records)).sum(),
                 bytes,
-            }));
+            };
+            self.in_flight(|f| f.copy = Some(copy));
             self.cold
                 .append_batches(batches.into_iter().map(|(_, b)| b).collect(), false)?;
             if gap {
@@ -263,10 +278,15 @@ impl HybridShard {
             from = last;
             self.boundary.store(from, Ordering::Release);
             self.drop_local_below(from)?;
-            self.set_in_both(None);
+            self.in_flight(|f| f.copy = None);
             self.counters.batches.fetch_add(count, Ordering::Relaxed);
             self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
             moved += count;
+        }
+        if gap {
+            // The cold shard's low watermark is the local one's now. (After
+            // a failure it stays noted: it is a low watermark all the same.)
+            self.in_flight(|f| f.low = None);
         }
         Ok(moved)
     }
@@ -276,8 +296,9 @@ impl HybridShard {
         Ok(BatchHeader::parse(&first.bytes)?.base_offset)
     }
 
-    /// The base offset of the local batch holding `offset` (`offset`
-    /// itself when the local shard holds nothing there).
+    /// The base offset of the local batch holding `offset`, or of the
+    /// first one after it when none does (deletes emptied it); `offset`
+    /// itself when the local shard holds nothing from there on.
     fn batch_start(&self, offset: i64) -> Result<i64> {
         let plan = self.local().plan_transfer(offset, 1)?;
         if plan.total_bytes() == 0 {
@@ -317,7 +338,7 @@ impl HybridShard {
     /// A batch spans the offsets up to the next one's base (the plan's end
     /// for the last): a delete may have removed its last records, which
     /// shortens its header's span but not the offsets it holds.
-    fn copy_of(&self, from: i64, due: i64) -> Result<Vec<(i64, NewBatch)>> {
+    pub(super) fn copy_of(&self, from: i64, due: i64) -> Result<Vec<(i64, NewBatch)>> {
         // From the local low watermark when it lies inside the batch at
         // `from` (the plan then starts with that whole batch).
         let local = self.local();
@@ -486,19 +507,21 @@ impl Shard for HybridShard {
     /// pass left): the size limits never count a batch twice.
     fn info(&self) -> Result<ShardInfo> {
         loop {
-            let version = self.in_both_version.load(Ordering::Acquire);
+            let version = self.in_flight_version.load(Ordering::Acquire);
             let (cold, local) = (self.cold.info()?, self.local().info()?);
-            let in_both = *self.in_both.lock();
-            if self.in_both_version.load(Ordering::Acquire) != version {
+            let in_flight = *self.in_flight.lock();
+            if self.in_flight_version.load(Ordering::Acquire) != version {
                 continue;
             }
-            let twice = in_both
+            let twice = in_flight
+                .copy
                 .filter(|copy| cold.next_offset >= copy.end && local.first_offset < copy.end)
                 .map_or((0, 0), |copy| (copy.records, copy.bytes));
             let first_offset = match cold.first_offset < cold.next_offset {
                 true => cold.first_offset,
                 false => local.first_offset.max(cold.next_offset),
             };
+            let first_offset = first_offset.max(in_flight.low.unwrap_or(i64::MIN));
             return Ok(ShardInfo {
                 name: local.name,
                 engine: EngineKind::Hybrid,

@@ -195,22 +195,8 @@ fn a_crash_after_the_copy_before_the_local_delete_serves_each_record_once() {
     let hybrid = engine.shards.lock()["s"].clone();
     // The copy finished (the cold shard holds the batches), the local
     // delete did not happen: what a kill between the two leaves.
-    let plan = hybrid.local().plan_transfer(0, 1 << 20).unwrap();
-    let bytes = bytes::Bytes::from(plan.to_vec().unwrap());
-    let batches = crate::format::split_batches(&bytes)
-        .unwrap()
-        .into_iter()
-        .map(|b| {
-            let header = crate::format::BatchHeader::parse(&b).unwrap();
-            crate::engine::NewBatch {
-                records: header.record_count as u32,
-                last_offset_delta: header.last_offset_delta,
-                max_timestamp: header.max_timestamp,
-                bytes: b.to_vec(),
-                keys: None,
-            }
-        })
-        .collect();
+    let batches = hybrid.copy_of(0, 20).unwrap();
+    let batches = batches.into_iter().map(|(_, batch)| batch).collect();
     hybrid.cold.append_batches(batches, false).unwrap();
     engine.close().unwrap();
     let (again, shard) = reopen(dir.path(), &store);
@@ -259,5 +245,38 @@ fn deletes_past_the_boundary_leave_a_gap_the_cold_tier_skips() {
     engine.close().unwrap();
     let (again, shard) = reopen(dir.path(), &store);
     assert_eq!(values(shard.as_ref(), 30), expected(30, 38));
+    again.close().unwrap();
+}
+
+#[test]
+fn a_low_watermark_where_deletes_left_no_batch_stays_where_the_delete_put_it() {
+    let Fixture {
+        dir,
+        store,
+        engine,
+        shard,
+    } = Fixture::new();
+    append(shard.as_ref(), 0, 20);
+    let hybrid = engine.shards.lock()["s"].clone();
+    hybrid.tier(now_ms()).unwrap();
+    append(shard.as_ref(), 20, 30);
+    // The local batch of offset 25 loses its record (and goes), then the
+    // low watermark moves to 25: no local batch holds it.
+    assert_eq!(
+        shard.delete_where(25..26, &mut |r| r.offset == 25).unwrap(),
+        1
+    );
+    assert_eq!(shard.delete_records_before(25).unwrap(), 25);
+    assert_eq!(hybrid.tier(now_ms()).unwrap(), 4);
+    let info = shard.info().unwrap();
+    assert_eq!(
+        (info.first_offset, info.next_offset, info.records),
+        (25, 30, 4)
+    );
+    assert_eq!(values(shard.as_ref(), 25), expected(26, 30));
+    engine.close().unwrap();
+    let (again, shard) = reopen(dir.path(), &store);
+    assert_eq!(shard.info().unwrap().first_offset, 25);
+    assert_eq!(values(shard.as_ref(), 25), expected(26, 30));
     again.close().unwrap();
 }

@@ -70,6 +70,7 @@ impl<'a> Families<'a> {
                 base_offset,
                 bytes,
                 meta,
+                ..
             } => {
                 let key = batch_key(shard, base_offset);
                 batch.put_cf(self.batches, key, &bytes);

@@ -83,7 +83,9 @@ pub enum Put {
 
 impl Client {
     /// The S3 client `config` (completed by the `AWS_*` variables) names.
-    pub fn new(config: &S3Config) -> Result<Client> {
+    /// `background`: its threads serve background work (see
+    /// `thread::lower_priority`).
+    pub fn new(config: &S3Config, background: bool) -> Result<Client> {
         let mut builder = AmazonS3Builder::from_env();
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let endpoint = config.endpoint.clone().or_else(|| env("AWS_ENDPOINT"));
@@ -139,7 +141,7 @@ impl Client {
         );
         // Each try's time, the backoffs between them and one more try.
         let call_timeout = try_timeout * (config.retries + 2) + Duration::from_secs(5);
-        Client::with_store(Arc::new(store), place, call_timeout)
+        Client::with_store(Arc::new(store), place, call_timeout, background)
     }
 
     /// A client of any object store (tests: in-memory, fault-injecting).
@@ -147,8 +149,13 @@ impl Client {
         store: Arc<dyn ObjectStore>,
         place: String,
         call_timeout: Duration,
+        background: bool,
     ) -> Result<Client> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if background {
+            builder.on_thread_start(crate::thread::lower_priority);
+        }
+        let runtime = builder
             .worker_threads(2)
             .thread_name("mqs-s3")
             .enable_all()

@@ -74,9 +74,10 @@ struct S3Connect {
     config: S3Config,
     dir: PathBuf,
     read_only: bool,
-    /// Appended to the prefix: the hybrid engine's cold tier keeps its
-    /// shards apart from the S3 engine's (`/hybrid`).
-    suffix: &'static str,
+    /// The hybrid engine's cold tier: its shards are under the prefix +
+    /// `/hybrid`, apart from the S3 engine's, and its client's threads do
+    /// background work (`thread::lower_priority`).
+    cold_tier: bool,
     /// An object store to use instead of the S3 client (tests).
     store: Option<Arc<dyn object_store::ObjectStore>>,
 }
@@ -101,14 +102,15 @@ impl Connect for S3Connect {
         let prefix = match self.config.prefix.is_empty() {
             true => format!("mqs-{}", server::store_id(&self.dir, self.read_only)?),
             false => self.config.prefix.clone(),
-        } + self.suffix;
+        } + if self.cold_tier { "/hybrid" } else { "" };
         let client = match &self.store {
             Some(store) => Client::with_store(
                 store.clone(),
                 "injected".into(),
                 std::time::Duration::from_secs(30),
+                self.cold_tier,
             )?,
-            None => Client::new(&self.config)?,
+            None => Client::new(&self.config, self.cold_tier)?,
         };
         let db = S3Db::new(client, Layout { prefix }, &self.config, self.read_only);
         db.start_flusher()?;
@@ -118,21 +120,25 @@ impl Connect for S3Connect {
 
 /// The engine of the store in `dir`.
 pub(crate) fn engine(dir: &Path, config: &Config) -> Result<Arc<dyn Engine>> {
-    Ok(tier(dir, config, ""))
+    Ok(connect(dir, config, false))
 }
 
-/// The engine keeping its shards under the store's prefix + `suffix`.
-pub(crate) fn tier(dir: &Path, config: &Config, suffix: &'static str) -> Arc<dyn Engine> {
+/// The hybrid engine's cold tier of the store in `dir`.
+pub(crate) fn cold_tier(dir: &Path, config: &Config) -> Arc<dyn Engine> {
+    connect(dir, config, true)
+}
+
+fn connect(dir: &Path, config: &Config, cold_tier: bool) -> Arc<dyn Engine> {
     Arc::new(DbEngine::new(S3Connect {
         config: config.s3.clone(),
         dir: dir.to_path_buf(),
         read_only: config.read_only,
-        suffix,
+        cold_tier,
         store: None,
     }))
 }
 
-/// `tier` on `store` instead of the configured S3 client (tests).
+/// `cold_tier` on `store` instead of the configured S3 client (tests).
 #[cfg(test)]
 pub(crate) fn tier_on(
     dir: &Path,
@@ -143,7 +149,7 @@ pub(crate) fn tier_on(
         config: config.s3.clone(),
         dir: dir.to_path_buf(),
         read_only: config.read_only,
-        suffix: "/hybrid",
+        cold_tier: true,
         store: Some(store),
     }))
 }

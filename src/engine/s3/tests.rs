@@ -149,8 +149,13 @@ fn config() -> S3Config {
 }
 
 fn open_with(store: &Arc<Faulty>, config: &S3Config) -> Arc<S3Db> {
-    let client =
-        Client::with_store(store.clone(), "memory".into(), Duration::from_secs(10)).unwrap();
+    let client = Client::with_store(
+        store.clone(),
+        "memory".into(),
+        Duration::from_secs(10),
+        false,
+    )
+    .unwrap();
     let layout = Layout {
         prefix: PREFIX.into(),
     };
