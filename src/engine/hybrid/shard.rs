@@ -27,6 +27,7 @@ use crate::engine::{
 };
 use crate::format::{self, BatchHeader};
 use crate::io::TransferPlan;
+use crate::log::{self, Level};
 use crate::{Error, Result};
 
 #[derive(Default)]
@@ -36,6 +37,8 @@ struct Counters {
     bytes: AtomicU64,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Size limits an append could not apply (the object store down).
+    trim_failures: AtomicU64,
 }
 
 /// A group offset of the cold shard only (users' group offsets are the
@@ -548,7 +551,19 @@ impl Shard for HybridShard {
 
     fn append_batches(&self, batches: Vec<NewBatch>, pipelined: bool) -> Result<i64> {
         let base = self.local().append_batches(batches, pipelined)?;
-        self.trim()?;
+        // The batches are stored: size limits the object store cannot apply
+        // now (it is down) wait for a later append or the retention timer,
+        // and do not fail this append (a retry would store it twice).
+        if let Err(e) = self.trim() {
+            self.counters.trim_failures.fetch_add(1, Ordering::Relaxed);
+            log::emit(
+                Level::Warn,
+                &format!(
+                    "hybrid shard '{}': applying its size limits: {e} (tried again later)",
+                    self.local_tier.name
+                ),
+            );
+        }
         Ok(base)
     }
 
@@ -724,6 +739,7 @@ impl Shard for HybridShard {
             "tiered_bytes": get(&c.bytes),
             "tier_failures": get(&c.failures),
             "last_tier_error": *c.last_error.lock(),
+            "size_limit_failures": get(&c.trim_failures),
             "cold": self.cold.stats()?,
         });
         if let (Some(stats), serde_json::Value::Object(tiering)) = (stats.as_object_mut(), tiering)
