@@ -280,3 +280,32 @@ fn a_low_watermark_where_deletes_left_no_batch_stays_where_the_delete_put_it() {
     assert_eq!(values(shard.as_ref(), 25), expected(26, 30));
     again.close().unwrap();
 }
+
+#[test]
+fn an_append_whose_size_limit_the_object_store_cannot_apply_still_succeeds() {
+    let Fixture {
+        store,
+        engine,
+        dir: _dir,
+        ..
+    } = Fixture::new();
+    let limited = ShardOptions {
+        retention_records: 5,
+        ..options()
+    };
+    let shard = engine.create_shard("r", &limited).unwrap();
+    append(shard.as_ref(), 0, 10);
+    let hybrid = engine.shards.lock()["r"].clone();
+    hybrid.tier(now_ms()).unwrap();
+    assert_eq!(shard.info().unwrap().first_offset, 5);
+    // The oldest records are in objects: dropping them needs the store.
+    store.failing_puts.store(u32::MAX, Ordering::Release);
+    append(shard.as_ref(), 10, 12);
+    assert_eq!(stat(shard.as_ref(), "size_limit_failures"), 2);
+    store.failing_puts.store(0, Ordering::Release);
+    append(shard.as_ref(), 12, 13);
+    let info = shard.info().unwrap();
+    assert_eq!((info.first_offset, info.records), (8, 5));
+    assert_eq!(values(shard.as_ref(), 8), expected(8, 13));
+    engine.close().unwrap();
+}
