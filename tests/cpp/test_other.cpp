@@ -297,9 +297,10 @@ void transfer_outlives_store(const std::string &config) {
 
 void transfer_outlives_store_and_moves() {
     // The journal's plans hold buffers and files; RocksDB's a snapshot,
-    // read into memory when the store closes; MySQL's, Redis's and S3's
-    // the batches, fetched when planned, and the hybrid engine's too once
-    // they moved to its cold tier.
+    // read into memory when the store closes; MySQL's and Redis's the
+    // batches, fetched when planned; S3's (and the hybrid engine's, once
+    // they moved to its cold tier) fetch them when sent, from objects kept
+    // until the plan goes, also after the shard's removal.
     transfer_outlives_store("");
     transfer_outlives_store("[shard]\nengine = \"rocksdb\"\n");
     transfer_outlives_store("[shard]\nengine = \"mysql\"\n");

@@ -513,7 +513,9 @@ impl S3Db {
     }
 
     /// Deletes a removed shard: its manifest first (the shard is gone),
-    /// then its objects (any left are deleted at the next open).
+    /// then its objects but those a transfer plan still lists, which go
+    /// when the last such plan does (any left are deleted at the next
+    /// open).
     fn remove(&self, slot: &ShardSlot) -> Result<()> {
         self.client.delete(vec![self.layout.manifest(slot.id)])?;
         self.shards.write().remove(&slot.id);
@@ -524,8 +526,17 @@ impl S3Db {
             std::mem::take(&mut state.pending_bytes)
         };
         self.account(before, 0);
-        let objects = self.client.list(&self.layout.dir(slot.id))?;
-        self.client.delete(objects)
+        let (objects, others): (Vec<Path>, Vec<Path>) = self
+            .client
+            .list(&self.layout.dir(slot.id))?
+            .into_iter()
+            .partition(|path| self.layout.parse_object(path).is_some());
+        let ids = objects.iter().filter_map(|p| self.layout.parse_object(p));
+        let free = self.pins.deletable(ids.collect());
+        let paths = free
+            .into_iter()
+            .map(|(shard, seq)| self.layout.object(shard, seq));
+        self.client.delete(paths.chain(others).collect())
     }
 
     /// Stores every shard's waiting batches and changes.

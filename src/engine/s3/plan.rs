@@ -5,7 +5,8 @@
 //!
 //! A plan is a snapshot: objects are never rewritten in place, and an
 //! object a plan lists is pinned, so a delete of it (retention, a
-//! rewrite) waits until the last plan listing it is dropped. An object
+//! rewrite, the shard's removal) waits until the last plan listing it is
+//! dropped. An object
 //! left behind by a crash meanwhile is deleted at the next open, as every
 //! object no manifest lists.
 

@@ -564,6 +564,27 @@ fn a_transfer_plan_fetches_its_batches_when_sent_and_keeps_their_objects_until_d
         1,
         "only the manifest once the plan is gone"
     );
+    // A plan also outlives its shard's removal.
+    create(&db, 2);
+    db.commit(vec![put(2, 0, 10)], Durability::Fsync, false)
+        .unwrap();
+    let entry: Entry = BatchEntry::new(0, len as usize, 0, 9, 0, 10);
+    let batch = PlannedBatch {
+        start: 0,
+        len,
+        base_offset: 0,
+    };
+    let plan = TransferPlan::new(vec![db.plan(2, &[(&entry, batch)]).unwrap()], 10);
+    let remove = Change::RemoveShard { shard: 2 };
+    db.commit(vec![remove], Durability::Fsync, false).unwrap();
+    assert_eq!(plan.to_vec().unwrap(), bytes_of(&put(2, 0, 10)).to_vec());
+    drop(plan);
+    db.flush_due();
+    assert_eq!(
+        objects(&store).len(),
+        1,
+        "shard 2's object goes with its plan"
+    );
 }
 
 #[test]
