@@ -526,13 +526,14 @@ impl S3Db {
             std::mem::take(&mut state.pending_bytes)
         };
         self.account(before, 0);
-        let (objects, others): (Vec<Path>, Vec<Path>) = self
-            .client
-            .list(&self.layout.dir(slot.id))?
-            .into_iter()
-            .partition(|path| self.layout.parse_object(path).is_some());
-        let ids = objects.iter().filter_map(|p| self.layout.parse_object(p));
-        let free = self.pins.deletable(ids.collect());
+        let (mut objects, mut others) = (Vec::new(), Vec::new());
+        for path in self.client.list(&self.layout.dir(slot.id))? {
+            match self.layout.parse_object(&path) {
+                Some(object) => objects.push(object),
+                None => others.push(path),
+            }
+        }
+        let free = self.pins.deletable(objects);
         let paths = free
             .into_iter()
             .map(|(shard, seq)| self.layout.object(shard, seq));

@@ -66,7 +66,7 @@ pub fn footer<'a>(batches: impl Iterator<Item = Listed<'a>> + Clone) -> Bytes {
 
 /// The batch count and the footer length of an object holding batches
 /// with these filters.
-pub fn footer_size<'a>(filters: impl Iterator<Item = Option<&'a KeyFilter>>) -> (usize, u64) {
+fn footer_size<'a>(filters: impl Iterator<Item = Option<&'a KeyFilter>>) -> (usize, u64) {
     let (mut count, mut hashes) = (0, 0);
     for keys in filters {
         count += 1;

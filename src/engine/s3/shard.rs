@@ -299,8 +299,8 @@ impl State {
             garbage.push(seq);
             let kept = self.batches_in(&old);
             let listed = kept.iter().map(|k| (k.0, k.1, self.keys_of(k.0)));
-            if let Some(new) = object_ref(&mut manifest.next_seq, listed.clone()) {
-                footers.insert(new.seq, object::footer(listed));
+            if let Some((new, footer)) = new_object(&mut manifest.next_seq, listed) {
+                footers.insert(new.seq, footer);
                 manifest.objects.push(new);
                 rewrites.push((old, new, kept));
             }
@@ -311,11 +311,11 @@ impl State {
         let listed = batches
             .iter()
             .map(|b| (b.base, b.meta, self.keys_of(b.base)));
-        let fresh = object_ref(&mut manifest.next_seq, listed.clone());
-        if let Some(object) = fresh {
-            footers.insert(object.seq, object::footer(listed));
+        let fresh = new_object(&mut manifest.next_seq, listed).map(|(object, footer)| {
+            footers.insert(object.seq, footer);
             manifest.objects.push(object);
-        }
+            object
+        });
         let fresh = fresh.map(|object| (object, batches));
         manifest.objects.sort_by_key(|o| o.seq);
         manifest.generation = self.stored.as_ref().map_or(0, |s| s.generation) + 1;
@@ -412,14 +412,13 @@ impl State {
 }
 
 /// The entry of a new object holding `batches` (in order), named with the
-/// next sequence number; `None` for no batches.
-fn object_ref<'a>(
+/// next sequence number, and its footer; `None` for no batches.
+fn new_object<'a>(
     next_seq: &mut u64,
-    batches: impl Iterator<Item = object::Listed<'a>>,
-) -> Option<ObjectRef> {
+    batches: impl Iterator<Item = object::Listed<'a>> + Clone,
+) -> Option<(ObjectRef, Bytes)> {
     let mut object: Option<ObjectRef> = None;
-    let mut filters = Vec::new();
-    for (base, meta, keys) in batches {
+    for (base, meta, _) in batches.clone() {
         let o = object.get_or_insert(ObjectRef {
             seq: *next_seq,
             first_base: base,
@@ -432,13 +431,10 @@ fn object_ref<'a>(
         o.end = o.end.max(meta.last_offset + 1);
         o.data_len += meta.len as u64;
         o.count += 1;
-        filters.push(keys);
     }
-    if let Some(o) = object.as_mut() {
-        o.footer_len = object::footer_size(filters.into_iter()).1;
-    }
-    if object.is_some() {
-        *next_seq += 1;
-    }
-    object
+    let mut object = object?;
+    *next_seq += 1;
+    let footer = object::footer(batches);
+    object.footer_len = footer.len() as u64;
+    Some((object, footer))
 }
