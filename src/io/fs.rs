@@ -1,46 +1,181 @@
-//! Filesystem helpers the store and both persistent engines need: creating
-//! a new file, durable directory creation and fsync, zero-copy `Bytes`
-//! views of a mapped file.
+//! The filesystem layer of the store and both persistent engines: every
+//! operation that changes a file or a directory goes through the functions
+//! here (so a crash-consistency test can observe each, see `observe`), plus
+//! the helpers built on them: creating a new file, replacing one durably,
+//! durable directory creation and fsync, zero-copy `Bytes` views of a
+//! mapped file. Reads and opens without create or truncate change nothing
+//! and use `std::fs` directly.
 
 use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use memmap2::Mmap;
 
+use super::observe::{observer, FsObserver};
 use crate::{Error, Result};
+
+/// The observer and the inode of `file`, when an observer is installed.
+fn watched(file: &File) -> Option<(Arc<dyn FsObserver>, u64)> {
+    let observer = observer()?;
+    let ino = file.metadata().ok()?.ino();
+    Some((observer, ino))
+}
+
+fn report_created(path: &Path, file: &File) {
+    if let Some((observer, ino)) = watched(file) {
+        observer.created(path, ino);
+    }
+}
+
+/// `pwrite(2)` of all of `buf` at `pos`.
+pub fn write_at(file: &File, buf: &[u8], pos: u64) -> io::Result<()> {
+    file.write_all_at(buf, pos)?;
+    if let Some((observer, ino)) = watched(file) {
+        observer.wrote(ino, pos, buf);
+    }
+    Ok(())
+}
+
+/// Reports a write made outside `write_at` (io_uring), once it completed.
+pub fn report_write(file: &File, buf: &[u8], pos: u64) {
+    if let Some((observer, ino)) = watched(file) {
+        observer.wrote(ino, pos, buf);
+    }
+}
+
+/// `ftruncate(2)`.
+pub fn set_len(file: &File, len: u64) -> io::Result<()> {
+    file.set_len(len)?;
+    if let Some((observer, ino)) = watched(file) {
+        observer.resized(ino, len);
+    }
+    Ok(())
+}
+
+/// A sync of `file` about to start: hand it to `SyncReport::done` once the
+/// sync succeeded (io_uring syncs are started and completed elsewhere).
+pub struct SyncReport(Option<(Arc<dyn FsObserver>, u64, u64)>);
+
+impl SyncReport {
+    pub fn start(file: &File) -> SyncReport {
+        SyncReport(watched(file).map(|(observer, ino)| {
+            let token = observer.sync_started(ino);
+            (observer, ino, token)
+        }))
+    }
+
+    pub fn done(self) {
+        if let Some((observer, ino, token)) = self.0 {
+            observer.synced(ino, token);
+        }
+    }
+}
+
+/// `fdatasync(2)`.
+pub fn sync_data(file: &File) -> io::Result<()> {
+    let report = SyncReport::start(file);
+    file.sync_data()?;
+    report.done();
+    Ok(())
+}
+
+/// `fsync(2)`.
+pub fn sync_all(file: &File) -> io::Result<()> {
+    let report = SyncReport::start(file);
+    file.sync_all()?;
+    report.done();
+    Ok(())
+}
+
+/// `File::create`: creates `path`, or truncates the file there.
+pub fn create(path: &Path) -> io::Result<File> {
+    let file = File::create(path)?;
+    report_created(path, &file);
+    Ok(file)
+}
+
+/// Opens `path` with `options` that may create it (not truncate it: use
+/// `create`); a file that did not exist is reported as created.
+pub fn open_creating(options: &OpenOptions, path: &Path) -> io::Result<File> {
+    let existed = observer().is_some() && path.exists();
+    let file = options.open(path)?;
+    if !existed {
+        report_created(path, &file);
+    }
+    Ok(file)
+}
+
+/// `rename(2)`.
+pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)?;
+    if let Some(observer) = observer() {
+        observer.renamed(from, to);
+    }
+    Ok(())
+}
+
+/// `unlink(2)`.
+pub fn remove_file(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path)?;
+    if let Some(observer) = observer() {
+        observer.removed(path);
+    }
+    Ok(())
+}
+
+/// Removes a directory and everything under it.
+pub fn remove_dir_all(path: &Path) -> io::Result<()> {
+    std::fs::remove_dir_all(path)?;
+    if let Some(observer) = observer() {
+        observer.removed(path);
+    }
+    Ok(())
+}
+
+/// `mkdir(2)`.
+pub fn create_dir(path: &Path) -> io::Result<()> {
+    std::fs::create_dir(path)?;
+    if let Some(observer) = observer() {
+        observer.dir_created(path);
+    }
+    Ok(())
+}
 
 /// Creates `path` for reading and writing, failing if it exists (a new
 /// segment never replaces one); errors read "creating `what` '`path`'".
 pub fn create_new(path: &Path, what: &str) -> Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(path)
-        .map_err(|e| Error::io(format!("creating {what}'{}'", path.display()), e))
+        .map_err(|e| Error::io(format!("creating {what}'{}'", path.display()), e))?;
+    report_created(path, &file);
+    Ok(file)
 }
 
 /// Replaces `dir/name` with `bytes` atomically: a temporary file written
 /// and fsynced, renamed over the old one, the directory fsynced. A crash
 /// leaves either the old or the new file, never a mix.
 pub fn replace_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
     let tmp = dir.join(format!("{name}.tmp"));
     let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
-    let mut file = File::create(&tmp).map_err(|e| io("creating", e))?;
-    file.write_all(bytes).map_err(|e| io("writing", e))?;
-    file.sync_all().map_err(|e| io("fsyncing", e))?;
+    let file = create(&tmp).map_err(|e| io("creating", e))?;
+    write_at(&file, bytes, 0).map_err(|e| io("writing", e))?;
+    sync_all(&file).map_err(|e| io("fsyncing", e))?;
     drop(file);
-    std::fs::rename(&tmp, dir.join(name)).map_err(|e| io("renaming", e))?;
+    rename(&tmp, &dir.join(name)).map_err(|e| io("renaming", e))?;
     sync_dir(dir)
 }
 
 /// Removes `dir/name` if it exists and makes the removal durable.
 pub fn remove_file_durably(dir: &Path, name: &str) -> Result<()> {
     let path = dir.join(name);
-    match std::fs::remove_file(&path) {
+    match remove_file(&path) {
         Ok(()) => sync_dir(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("removing '{}'", path.display()), e)),
@@ -50,9 +185,14 @@ pub fn remove_file_durably(dir: &Path, name: &str) -> Result<()> {
 /// fsyncs a directory, so that a file created, renamed or removed in it
 /// survives a power loss.
 pub fn sync_dir(dir: &Path) -> Result<()> {
+    let observer = observer();
+    let token = observer.as_ref().map(|o| o.dir_sync_started(dir));
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(format!("fsyncing directory '{}'", dir.display()), e))?;
+    if let (Some(observer), Some(token)) = (observer, token) {
+        observer.dir_synced(dir, token);
+    }
     #[cfg(test)]
     SYNCED_DIRS.with(|synced| synced.borrow_mut().push(dir.to_path_buf()));
     Ok(())
@@ -71,7 +211,7 @@ pub fn create_dir_all_durable(dir: &Path) -> Result<()> {
         .take_while(|d| !d.is_dir())
         .collect();
     for new in missing.into_iter().rev() {
-        match std::fs::create_dir(new) {
+        match create_dir(new) {
             Ok(()) => {}
             // Created meanwhile by someone else, who may not sync it.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && new.is_dir() => {}

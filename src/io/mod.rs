@@ -1,7 +1,8 @@
 //! Operating-system I/O shared by the engines: zero-copy transfers to a
 //! descriptor, durable directory creation and fsync, views of mapped files.
 
-mod fs;
+pub mod fs;
+mod observe;
 mod transfer;
 
 #[cfg(test)]
@@ -11,4 +12,5 @@ pub use fs::{
     sync_dir,
 };
 
+pub use observe::{set_fs_observer, FsObserver};
 pub use transfer::{ChunkFetcher, SendProgress, TransferChunk, TransferPlan, LAZY_PIECE_MAX};
