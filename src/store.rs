@@ -95,12 +95,11 @@ fn lock_directory(dir: &Path, read_only: bool) -> Result<File> {
             }
         })?
     } else {
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening lock file '{}'", path.display()), e))?
+        crate::io::fs::open_creating(
+            OpenOptions::new().create(true).truncate(false).write(true),
+            &path,
+        )
+        .map_err(|e| Error::io(format!("opening lock file '{}'", path.display()), e))?
     };
     let mode = if read_only {
         libc::LOCK_SH

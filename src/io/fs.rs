@@ -98,8 +98,16 @@ pub fn create(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Opens `path` with `options` that create it or truncate it (like
+/// `create`, with other access modes or flags): always reported as created.
+pub fn create_with(options: &OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options.open(path)?;
+    report_created(path, &file);
+    Ok(file)
+}
+
 /// Opens `path` with `options` that may create it (not truncate it: use
-/// `create`); a file that did not exist is reported as created.
+/// `create` or `create_with`); a file that did not exist is reported as created.
 pub fn open_creating(options: &OpenOptions, path: &Path) -> io::Result<File> {
     let existed = observer().is_some() && path.exists();
     let file = options.open(path)?;

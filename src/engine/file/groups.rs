@@ -6,11 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::Durability;
-use crate::io::{replace_file_durably, sync_dir};
+use crate::io::{fs, replace_file_durably, sync_dir};
 use crate::{Error, Result};
 
 pub const GROUPS_FILE: &str = "groups.log";
@@ -139,8 +138,8 @@ impl GroupLog {
         }
         let file = open_for_writing(&path)?;
         if end < data.len() {
-            file.set_len(end as u64)
-                .and_then(|()| file.sync_data())
+            fs::set_len(&file, end as u64)
+                .and_then(|()| fs::sync_data(&file))
                 .map_err(|e| {
                     Error::io(format!("cutting the torn tail of '{}'", path.display()), e)
                 })?;
@@ -164,20 +163,14 @@ impl GroupLog {
         let io = |what: &str, e| Error::io(format!("{what} '{}'", path.display()), e);
         let created = self.file.is_none();
         if created {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .write(true)
-                .open(&path)
-                .map_err(|e| io("creating", e))?;
+            let file = fs::create(&path).map_err(|e| io("creating", e))?;
             self.file = Some(file);
             self.len = 0;
         }
         let file = self.file.as_ref().expect("opened above");
-        file.write_all_at(&bytes, self.len)
-            .map_err(|e| io("writing", e))?;
+        fs::write_at(file, &bytes, self.len).map_err(|e| io("writing", e))?;
         if durability == Durability::Fsync {
-            file.sync_data().map_err(|e| io("syncing", e))?;
+            fs::sync_data(file).map_err(|e| io("syncing", e))?;
             if created {
                 sync_dir(&self.dir)?;
             }

@@ -37,7 +37,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::{Durability, EngineKind, FileConfig, FlushPolicy, ShardOptions};
 use crate::engine::{Engine, RecoveredShard, Shard};
-use crate::io::{create_dir_all_durable, create_new};
+use crate::io::{create_dir_all_durable, create_new, fs};
 use crate::{Error, Result};
 
 use cache::MapCache;
@@ -239,16 +239,16 @@ impl FileEngine {
     /// removed. A failure before the commit point renames the files back.
     fn discard(&self, shard: &FileShard) -> Result<()> {
         let doomed = self.dir.join(format!("{:020}.deleted", shard.id));
-        std::fs::rename(&shard.dir, &doomed)
+        fs::rename(&shard.dir, &doomed)
             .map_err(|e| Error::io(format!("removing '{}'", shard.dir.display()), e))?;
         if let Err(e) = sync_dir(&self.dir) {
             // Not durable either way: undo it, so the shard stays whole.
-            let _ = std::fs::rename(&doomed, &shard.dir);
+            let _ = fs::rename(&doomed, &shard.dir);
             return Err(e);
         }
         // Past the commit point: what is left is only disk space, which
         // the next open reclaims.
-        let _ = std::fs::remove_dir_all(&doomed);
+        let _ = fs::remove_dir_all(&doomed);
         Ok(())
     }
 
@@ -354,7 +354,7 @@ impl Engine for FileEngine {
         // never leaves a half-made shard that recovery would have to judge.
         let tmp = self.dir.join(format!("{id:020}.tmp"));
         let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
-        std::fs::create_dir(&tmp).map_err(|e| io("creating", e))?;
+        fs::create_dir(&tmp).map_err(|e| io("creating", e))?;
         let meta = Meta {
             name: name.to_string(),
             options: options.to_toml(),
@@ -368,7 +368,7 @@ impl Engine for FileEngine {
             if durable {
                 sync_dir(&tmp)?;
             }
-            std::fs::rename(&tmp, &dir).map_err(|e| io("renaming", e))?;
+            fs::rename(&tmp, &dir).map_err(|e| io("renaming", e))?;
             if durable {
                 sync_dir(&self.dir)?;
             }
@@ -377,7 +377,7 @@ impl Engine for FileEngine {
         let file = match built {
             Ok(file) => file,
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&tmp);
+                let _ = fs::remove_dir_all(&tmp);
                 return Err(e);
             }
         };
@@ -457,9 +457,9 @@ impl Engine for FileEngine {
         }
         // Only a close that got everything on stable storage says so.
         let marker = self.dir.join(CLEAN_MARKER);
-        let file = std::fs::File::create(&marker)
+        let file = fs::create(&marker)
             .map_err(|e| Error::io(format!("creating '{}'", marker.display()), e))?;
-        file.sync_all()
+        fs::sync_all(&file)
             .map_err(|e| Error::io(format!("fsyncing '{}'", marker.display()), e))?;
         sync_dir(&self.dir)
     }
@@ -482,13 +482,13 @@ impl Engine for FileEngine {
         if clean {
             // From here on the store may write: the next open must not
             // trust the indexes unless this run closes cleanly too.
-            std::fs::remove_file(&marker)
+            fs::remove_file(&marker)
                 .map_err(|e| Error::io(format!("removing '{}'", marker.display()), e))?;
             sync_dir(&self.dir)?;
         }
         for path in unfinished {
             // A creation or deletion a crash interrupted.
-            std::fs::remove_dir_all(&path)
+            fs::remove_dir_all(&path)
                 .map_err(|e| Error::io(format!("removing '{}'", path.display()), e))?;
         }
         self.open_shards(dirs, clean)

@@ -29,6 +29,7 @@ use super::segment::{self, SegmentMeta};
 use super::shard::{FileShard, Meta, State, Writer, META_FILE};
 use super::Shared;
 use crate::config::Config;
+use crate::io::fs;
 use crate::{Error, Result};
 
 fn read_meta(dir: &Path) -> Result<Meta> {
@@ -55,7 +56,7 @@ fn list_segments(dir: &Path, read_only: bool) -> Result<Vec<i64>> {
             // A rewrite or metadata update a crash interrupted before its
             // rename: the old file is still in place and complete.
             let path = entry.path();
-            std::fs::remove_file(&path)
+            fs::remove_file(&path)
                 .map_err(|e| Error::io(format!("removing '{}'", path.display()), e))?;
         } else if let Some(base) = segment::parse_log_name(&name) {
             bases.push(base);
@@ -208,8 +209,8 @@ pub fn open_shard(
                         .write(true)
                         .open(&path)
                         .map_err(|e| Error::io(format!("opening '{}'", path.display()), e))?;
-                    file.set_len(torn)
-                        .and_then(|()| file.sync_data())
+                    fs::set_len(&file, torn)
+                        .and_then(|()| fs::sync_data(&file))
                         .map_err(|e| Error::io(format!("truncating '{}'", path.display()), e))?;
                     report_torn_tail(shared, &path, len - torn, "cut");
                     for &later in &bases[i + 1..] {
@@ -244,12 +245,11 @@ pub fn open_shard(
     if bases.is_empty() && !read_only {
         let base = segments[0].base;
         let path = dir.join(segment::log_name(base));
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(format!("creating '{}'", path.display()), e))?;
+        fs::open_creating(
+            OpenOptions::new().write(true).create(true).truncate(false),
+            &path,
+        )
+        .map_err(|e| Error::io(format!("creating '{}'", path.display()), e))?;
         segment::sync_dir(&dir)?;
     }
     let next_offset = meta.next.max(segments.back().map_or(0, |s| s.next));

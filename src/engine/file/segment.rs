@@ -7,14 +7,14 @@
 //! segment is sealed (roll, clean close) and are only hints: a missing,
 //! damaged or stale one is rebuilt from the log. Byte layouts: docs/FORMAT.md.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
 use crate::format::{self, BatchHeader, BATCH_HEADER_LEN};
+use crate::io::fs;
 use crate::{Error, Result};
 
 /// One offset-index entry per this many log bytes (the first batch at or
@@ -383,14 +383,9 @@ fn checked_body<'a>(bytes: &'a [u8], magic: &[u8; 8], header_len: usize) -> Opti
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |what: &str, e| Error::io(format!("{what} '{}'", path.display()), e);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .map_err(|e| io("creating", e))?;
-    file.write_all(bytes).map_err(|e| io("writing", e))?;
-    file.sync_data().map_err(|e| io("fdatasync of", e))
+    let file = fs::create(path).map_err(|e| io("creating", e))?;
+    fs::write_at(&file, bytes, 0).map_err(|e| io("writing", e))?;
+    fs::sync_data(&file).map_err(|e| io("fdatasync of", e))
 }
 
 /// Removes a segment's files (log and indexes); missing ones are fine.
@@ -400,7 +395,7 @@ pub fn remove_files(dir: &Path, base: i64) -> Result<()> {
         index_path(dir, base),
         time_index_path(dir, base),
     ] {
-        match std::fs::remove_file(&path) {
+        match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(format!("removing '{}'", path.display()), e)),

@@ -11,7 +11,6 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use crate::engine::{
     NewBatch, ReadLimits, ReadResult, Shard, ShardInfo, TIMESTAMP_EARLIEST, TIMESTAMP_LATEST,
 };
 use crate::format;
+use crate::io::fs;
 use crate::io::{create_new, TransferChunk, TransferPlan};
 use crate::record::RecordView;
 use crate::time::now_ms;
@@ -58,12 +58,12 @@ pub fn write_meta(dir: &Path, meta: &Meta, durable: bool) -> Result<()> {
     let tmp = dir.join("meta.json.tmp");
     let json = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
     let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
-    let file = File::create(&tmp).map_err(|e| io("creating", e))?;
-    file.write_all_at(&json, 0).map_err(|e| io("writing", e))?;
+    let file = fs::create(&tmp).map_err(|e| io("creating", e))?;
+    fs::write_at(&file, &json, 0).map_err(|e| io("writing", e))?;
     if durable {
-        file.sync_data().map_err(|e| io("fdatasync of", e))?;
+        fs::sync_data(&file).map_err(|e| io("fdatasync of", e))?;
     }
-    std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+    fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
     if durable {
         segment::sync_dir(dir)?;
     }
@@ -382,7 +382,7 @@ impl FileShard {
             return Ok(());
         }
         let file = self.file(w)?;
-        if let Err(e) = file.write_all_at(&w.buf, w.written) {
+        if let Err(e) = fs::write_at(&file, &w.buf, w.written) {
             let path = self.log_path(w.base);
             return self.poison(Error::io(format!("writing '{}'", path.display()), e));
         }
@@ -400,7 +400,7 @@ impl FileShard {
     fn write_through(&self, w: &mut Writer, bytes: &[u8]) -> Result<()> {
         self.flush_buf(w)?;
         let file = self.file(w)?;
-        if let Err(e) = file.write_all_at(bytes, w.written) {
+        if let Err(e) = fs::write_at(&file, bytes, w.written) {
             let path = self.log_path(w.base);
             return self.poison(Error::io(format!("writing '{}'", path.display()), e));
         }
@@ -415,7 +415,7 @@ impl FileShard {
 
     fn sync_file(&self, file: &File) -> Result<()> {
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-        match file.sync_data() {
+        match fs::sync_data(file) {
             Ok(()) => Ok(()),
             Err(e) => self.poison(Error::io(
                 format!("fdatasync in '{}'", self.dir.display()),
@@ -795,21 +795,22 @@ impl FileShard {
             .dir
             .join(format!("{}.cleaned", segment::log_name(base)));
         let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| io("creating", e))?;
+        let file = fs::create_with(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true),
+            &tmp,
+        )
+        .map_err(|e| io("creating", e))?;
         let mut pos = 0;
         for piece in pieces {
-            file.write_all_at(piece, pos)
-                .map_err(|e| io("writing", e))?;
+            fs::write_at(&file, piece, pos).map_err(|e| io("writing", e))?;
             pos += piece.len() as u64;
         }
-        file.sync_data().map_err(|e| io("fdatasync of", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
+        fs::sync_data(&file).map_err(|e| io("fdatasync of", e))?;
+        fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
         segment::sync_dir(&self.dir)?;
         self.shared.cache.forget((self.id, base));
         Ok(file)
@@ -853,7 +854,7 @@ impl FileShard {
             segment::index_path(&self.dir, base),
             segment::time_index_path(&self.dir, base),
         ] {
-            match std::fs::remove_file(&stale) {
+            match fs::remove_file(&stale) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io(format!("removing '{}'", stale.display()), e))
                 }

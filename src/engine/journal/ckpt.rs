@@ -23,9 +23,7 @@
 //! naming a missing segment is ignored anyway.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -37,6 +35,7 @@ use super::shard::JournalShard;
 use super::writer::Writer;
 use crate::config::Config;
 use crate::engine::keyfilter::KeyFilter;
+use crate::io::fs;
 use crate::{Error, Result};
 
 pub const FILE_NAME: &str = "index.ckpt";
@@ -196,18 +195,18 @@ fn write_body(dir: &Path, body: &[u8], clean: bool) -> Result<()> {
     file_bytes.extend_from_slice(body);
     let temp = dir.join(TEMP_NAME);
     let io = |what: &str, e| Error::io(format!("{what} '{}'", temp.display()), e);
-    let mut file = File::create(&temp).map_err(|e| io("creating", e))?;
-    file.write_all(&file_bytes).map_err(|e| io("writing", e))?;
-    file.sync_data().map_err(|e| io("fdatasync of", e))?;
+    let file = fs::create(&temp).map_err(|e| io("creating", e))?;
+    fs::write_at(&file, &file_bytes, 0).map_err(|e| io("writing", e))?;
+    fs::sync_data(&file).map_err(|e| io("fdatasync of", e))?;
     drop(file);
-    std::fs::rename(&temp, path(dir)).map_err(|e| io("renaming", e))?;
+    fs::rename(&temp, &path(dir)).map_err(|e| io("renaming", e))?;
     sync_dir(dir)
 }
 
 /// Deletes the checkpoint (if any) durably.
 pub fn remove(dir: &Path) -> Result<()> {
     let file = path(dir);
-    match std::fs::remove_file(&file) {
+    match fs::remove_file(&file) {
         Ok(()) => sync_dir(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("removing '{}'", file.display()), e)),
@@ -224,9 +223,8 @@ pub fn mark_dirty(dir: &Path) -> Result<()> {
         .write(true)
         .open(&file)
         .map_err(|e| io("opening", e))?;
-    f.write_all_at(&[0u8; 4], CLEAN_AT)
-        .map_err(|e| io("writing", e))?;
-    f.sync_data().map_err(|e| io("fdatasync of", e))
+    fs::write_at(&f, &[0u8; 4], CLEAN_AT).map_err(|e| io("writing", e))?;
+    fs::sync_data(&f).map_err(|e| io("fdatasync of", e))
 }
 
 /// A checkpoint that matched the journal.

@@ -481,7 +481,7 @@ impl JournalEngine {
             Err(e) => {
                 // So that the next shard creates the journal afresh (an
                 // empty journal directory is no journal to recovery).
-                let _ = std::fs::remove_file(&path);
+                let _ = crate::io::fs::remove_file(&path);
                 return Err(e);
             }
         };

@@ -34,7 +34,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -44,6 +44,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::segment::Segment;
 use super::writer::{IoCounters, BLOCK};
+use crate::io::fs;
 
 /// How far ahead of the writer the space is kept prepared, at most.
 const AHEAD: u64 = 64 << 20;
@@ -291,10 +292,10 @@ impl Shared {
         let mut pos = start;
         while pos < end {
             let len = (end - pos).min(ZERO_BUF as u64) as usize;
-            direct.write_all_at(&buf[..len], pos)?;
+            fs::write_at(direct, &buf[..len], pos)?;
             pos += len as u64;
         }
-        direct.sync_data()
+        fs::sync_data(direct)
     }
 }
 
@@ -357,7 +358,7 @@ fn allocate(file: &File, start: u64, end: u64) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
 
     use super::*;
 

@@ -13,7 +13,6 @@
 //!   with `Corruption`; `skip_corrupt` skips to the next valid entry.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,6 +23,7 @@ use super::segment::{self, sync_dir, Segment};
 use crate::config::{Config, JournalConfig, RecoveryMode, ShardOptions};
 use crate::engine::index::BatchIndex;
 use crate::format::BatchHeader;
+use crate::io::fs;
 use crate::time::now_ms;
 use crate::{Error, Result};
 
@@ -91,15 +91,11 @@ fn zero_tail(segment: &Segment, from: u64) -> Result<u64> {
     let mut pos = from;
     while pos < from + len {
         let n = (from + len - pos).min(zeros.len() as u64) as usize;
-        segment
-            .file
-            .write_all_at(&zeros[..n], pos)
+        fs::write_at(&segment.file, &zeros[..n], pos)
             .map_err(|e| Error::io(format!("truncating '{}'", segment.path.display()), e))?;
         pos += n as u64;
     }
-    segment
-        .file
-        .sync_data()
+    fs::sync_data(&segment.file)
         .map_err(|e| Error::io(format!("fdatasync of '{}'", segment.path.display()), e))?;
     Ok(len)
 }
@@ -153,7 +149,7 @@ fn cut_tail(
         if read_only {
             continue;
         }
-        std::fs::remove_file(&later.path)
+        fs::remove_file(&later.path)
             .map_err(|e| Error::io(format!("removing '{}'", later.path.display()), e))?;
     }
     if !doomed.is_empty() && !read_only {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::{Mmap, MmapOptions};
 
-use crate::io::create_new;
+use crate::io::{create_new, fs};
 use crate::{Error, Result};
 
 pub fn file_name(base: u64) -> String {
@@ -87,9 +87,9 @@ impl Segment {
     pub fn create(dir: &Path, base: u64, len: u64) -> Result<Segment> {
         let path = dir.join(file_name(base));
         let file = create_new(&path, "segment ")?;
-        file.set_len(len)
+        fs::set_len(&file, len)
             .map_err(|e| Error::io(format!("sizing segment '{}'", path.display()), e))?;
-        file.sync_all()
+        fs::sync_all(&file)
             .map_err(|e| Error::io(format!("fsyncing segment '{}'", path.display()), e))?;
         sync_dir(dir)?;
         Self::map(path, base, file, len)
@@ -115,7 +115,7 @@ impl Segment {
             return Self::map(path, base, file, len);
         }
         if len < min_len {
-            file.set_len(min_len)
+            fs::set_len(&file, min_len)
                 .map_err(|e| Error::io(format!("extending '{}'", path.display()), e))?;
             len = min_len;
         }

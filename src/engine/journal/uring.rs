@@ -24,6 +24,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use parking_lot::Mutex;
 
 use super::writer::{FileOps, IoFailure, WriteOp};
+use crate::io::fs::{self, SyncReport};
 
 /// Ring size: a leader's batch is a few writes and fdatasyncs (one per
 /// segment touched); longer batches go in several chains.
@@ -55,10 +56,12 @@ struct Ring {
 /// the process is aborted (see `settle`).
 const SETTLE_LIMIT: Duration = Duration::from_secs(30);
 
-#[derive(Clone, Copy)]
-enum Op {
+/// One request; `file` is what the filesystem layer is told about once it
+/// completed (`fd` is its descriptor, or an invalid one in fault tests).
+enum Op<'a> {
     Write {
         index: usize,
+        file: &'a File,
         fd: RawFd,
         ptr: *const u8,
         len: usize,
@@ -66,8 +69,45 @@ enum Op {
     },
     Sync {
         index: usize,
+        file: &'a File,
         fd: RawFd,
+        /// Started before submission when no write precedes the sync in
+        /// its chain; otherwise started on completion, after the chain's
+        /// writes were reported (the link ran them before the sync).
+        report: Option<SyncReport>,
     },
+}
+
+impl Op<'_> {
+    /// Reports a request that completed with `res` to the filesystem
+    /// layer; false if it failed (or wrote nothing).
+    fn report(&mut self, res: i32) -> bool {
+        if res < 0 {
+            return false;
+        }
+        match self {
+            Op::Write {
+                file,
+                ptr,
+                len,
+                pos,
+                ..
+            } => {
+                let n = (res as usize).min(*len);
+                if n == 0 {
+                    return false;
+                }
+                // SAFETY: the caller's buffer of `len` bytes at `ptr` is
+                // borrowed for the whole submission, and n <= len.
+                fs::report_write(file, unsafe { std::slice::from_raw_parts(*ptr, n) }, *pos);
+            }
+            Op::Sync { file, report, .. } => match report.take() {
+                Some(report) => report.done(),
+                None => SyncReport::start(file).done(),
+            },
+        }
+        true
+    }
 }
 
 fn transient(e: &io::Error) -> bool {
@@ -169,7 +209,7 @@ impl UringOps {
 
     /// Runs `ops` on `ring` unless an earlier failure broke it; a failed
     /// submission breaks it.
-    fn run(&self, ring: &mut Ring, ops: Vec<Op>) -> Result<(), IoFailure> {
+    fn run(&self, ring: &mut Ring, ops: Vec<Op<'_>>) -> Result<(), IoFailure> {
         if let Some(why) = &ring.broken {
             return Err(IoFailure::Submission(io::Error::other(format!(
                 "io_uring is unusable after an earlier failure ({why})"
@@ -184,12 +224,15 @@ impl UringOps {
 
     /// Runs `ops` in order as linked chains; a short write is continued
     /// and the requests after it (cancelled by the kernel) are resubmitted.
-    fn run_chains(&self, ring: &mut IoUring, mut ops: Vec<Op>) -> Result<(), IoFailure> {
+    /// Every request that completed is reported to the filesystem layer
+    /// (`Op::report`), in chain order, before this returns.
+    fn run_chains(&self, ring: &mut IoUring, mut ops: Vec<Op<'_>>) -> Result<(), IoFailure> {
         let capacity = ring.submission().capacity().min(ENTRIES as usize);
         let mut done = 0;
         while done < ops.len() {
-            let chunk = &ops[done..(done + capacity).min(ops.len())];
-            let mut results = vec![None; chunk.len()];
+            let count = capacity.min(ops.len() - done);
+            let chunk = &ops[done..done + count];
+            let mut results = vec![None; count];
             for (i, op) in chunk.iter().enumerate() {
                 let entry = match *op {
                     Op::Write {
@@ -213,7 +256,7 @@ impl UringOps {
                     Op::Write { .. } => squeue::Flags::empty(),
                 };
                 let mut entry = entry.user_data(i as u64).flags(flags);
-                if i + 1 < chunk.len() {
+                if i + 1 < count {
                     entry = entry.flags(squeue::Flags::IO_LINK);
                 }
                 // SAFETY: every buffer is borrowed by the caller for the
@@ -225,64 +268,70 @@ impl UringOps {
                     )));
                 }
             }
-            let mut pending = chunk.len();
+            let mut pending = count;
             while pending > 0 {
                 match self.enter(ring, pending) {
                     Ok(_) => reap(ring, &mut results, &mut pending),
                     Err(e) if transient(&e) => std::thread::yield_now(),
                     Err(e) => {
                         settle(ring, &mut results, &mut pending);
+                        // Report what the kernel did complete: the prefix
+                        // of the chain that succeeded.
+                        for (op, res) in ops[done..].iter_mut().zip(&results) {
+                            if !res.is_some_and(|res| op.report(res)) {
+                                break;
+                            }
+                        }
                         return Err(IoFailure::Submission(e));
                     }
                 }
             }
-            for (i, op) in chunk.iter().enumerate() {
-                let res = results[i].expect("every request completed");
-                match *op {
-                    Op::Write {
-                        index,
-                        fd,
-                        ptr,
-                        len,
-                        pos,
-                    } => {
-                        if res < 0 {
-                            return Err(IoFailure::Write(
-                                index,
-                                io::Error::from_raw_os_error(-res),
-                            ));
+            for (i, res) in results.into_iter().enumerate() {
+                let res = res.expect("every request completed");
+                let op = &mut ops[done + i];
+                if !op.report(res) {
+                    return Err(match *op {
+                        Op::Write { index, .. } if res < 0 => {
+                            IoFailure::Write(index, io::Error::from_raw_os_error(-res))
                         }
-                        let n = res as usize;
-                        if n == 0 {
-                            return Err(IoFailure::Write(
-                                index,
-                                io::Error::new(io::ErrorKind::WriteZero, "write returned 0"),
-                            ));
+                        Op::Write { index, .. } => IoFailure::Write(
+                            index,
+                            io::Error::new(io::ErrorKind::WriteZero, "write returned 0"),
+                        ),
+                        Op::Sync { index, .. } => {
+                            IoFailure::Sync(index, io::Error::from_raw_os_error(-res))
                         }
-                        if n < len {
-                            // Short write: the rest of the chain was
-                            // cancelled; continue from here.
-                            let at = done + i;
-                            ops[at] = Op::Write {
-                                index,
-                                fd,
-                                // SAFETY: n < len, so still inside the buffer.
-                                ptr: unsafe { ptr.add(n) },
-                                len: len - n,
-                                pos: pos + n as u64,
-                            };
-                            ops.drain(..at);
-                            return self.run_chains(ring, ops);
-                        }
-                    }
-                    Op::Sync { index, .. } => {
-                        if res < 0 {
-                            return Err(IoFailure::Sync(index, io::Error::from_raw_os_error(-res)));
-                        }
+                    });
+                }
+                if let Op::Write {
+                    index,
+                    file,
+                    fd,
+                    ptr,
+                    len,
+                    pos,
+                } = *op
+                {
+                    let n = res as usize;
+                    if n < len {
+                        // Short write: the rest of the chain was
+                        // cancelled; continue from here.
+                        let at = done + i;
+                        ops[at] = Op::Write {
+                            index,
+                            file,
+                            fd,
+                            // SAFETY: n < len, so still inside the buffer.
+                            ptr: unsafe { ptr.add(n) },
+                            len: len - n,
+                            pos: pos + n as u64,
+                        };
+                        ops.drain(..at);
+                        return self.run_chains(ring, ops);
                     }
                 }
             }
-            done += chunk.len();
+            done += count;
         }
         Ok(())
     }
@@ -326,6 +375,7 @@ impl FileOps for UringOps {
         for (index, w) in writes.iter().enumerate() {
             ops.push(Op::Write {
                 index,
+                file: w.file,
                 fd: bad(w.file.as_raw_fd(), 1),
                 ptr: w.buf.as_ptr(),
                 len: w.buf.len(),
@@ -335,7 +385,11 @@ impl FileOps for UringOps {
         for (index, file) in syncs.iter().enumerate() {
             ops.push(Op::Sync {
                 index,
+                file,
                 fd: bad(file.as_raw_fd(), 2),
+                // A sync after writes in the chain covers them: it is
+                // reported as started once they were (`Op::report`).
+                report: writes.is_empty().then(|| SyncReport::start(file)),
             });
         }
         let ring = if writes.is_empty() {

@@ -49,7 +49,7 @@ use std::alloc::Layout;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +61,7 @@ use super::entry;
 use super::prefill::Prefill;
 use super::segment::{sync_dir, Segment};
 use super::tail::TailCache;
+use crate::io::fs;
 use crate::{Error, Result};
 
 /// The alignment of O_DIRECT writes: buffer address, file offset and
@@ -88,11 +89,11 @@ pub enum IoFailure {
 /// and a seam for fault injection in tests.
 pub trait FileOps: Send + Sync {
     fn write_at(&self, file: &File, buf: &[u8], pos: u64) -> io::Result<()> {
-        file.write_all_at(buf, pos)
+        fs::write_at(file, buf, pos)
     }
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
-        file.sync_data()
+        fs::sync_data(file)
     }
 
     /// Opens `path` for O_DIRECT writes.
@@ -1016,7 +1017,7 @@ impl Writer {
     /// fsyncs the directory.
     pub fn remove_files(&self, segments: &[Arc<Segment>]) -> Result<()> {
         for segment in segments {
-            std::fs::remove_file(&segment.path)
+            fs::remove_file(&segment.path)
                 .map_err(|e| Error::io(format!("removing '{}'", segment.path.display()), e))?;
         }
         if let Err(e) = sync_dir(&self.dir) {
