@@ -127,9 +127,14 @@ fn unsynced_tail(segments: &[Arc<Segment>], index: usize, pos: u64, proven: u64)
     !valid_after || segments[index].base + pos >= proven
 }
 
-/// Cuts the journal at `pos` of `segments[index]`: zeroes the rest of that
-/// segment's data and removes the later segments. A `read_only` recovery
-/// only leaves them out of the journal it opens, and counts the bytes.
+/// Cuts the journal at `pos` of `segments[index]`: removes the later
+/// segments, newest first, each removal made durable before the next, then
+/// zeroes the rest of that segment's data. A power cut in between leaves
+/// the torn tail as it was, followed by a prefix of the later segments,
+/// and the next open makes the same cut; zeroing first could leave a
+/// later segment behind a zeroed tail, which replay would take for the
+/// next part of the journal. A `read_only` recovery only leaves them out
+/// of the journal it opens, and counts the bytes.
 fn cut_tail(
     dir: &Path,
     segments: &mut Vec<Arc<Segment>>,
@@ -138,23 +143,21 @@ fn cut_tail(
     out: &mut Recovered,
     read_only: bool,
 ) -> Result<()> {
-    out.truncated_bytes += if read_only {
-        written_from(segments[index].data(), pos)
-    } else {
-        zero_tail(&segments[index], pos)?
-    };
     let doomed: Vec<Arc<Segment>> = segments.drain(index + 1..).collect();
-    for later in &doomed {
+    for later in doomed.iter().rev() {
         out.truncated_bytes += written_from(later.data(), 0);
         if read_only {
             continue;
         }
         fs::remove_file(&later.path)
             .map_err(|e| Error::io(format!("removing '{}'", later.path.display()), e))?;
-    }
-    if !doomed.is_empty() && !read_only {
         sync_dir(dir)?;
     }
+    out.truncated_bytes += if read_only {
+        written_from(segments[index].data(), pos)
+    } else {
+        zero_tail(&segments[index], pos)?
+    };
     Ok(())
 }
 
@@ -351,6 +354,9 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
         shard.state.recompute_running_max();
     }
     released.finish();
+    if clean_end.is_none() && !read_only {
+        sync_after_crash(&out.segments)?;
+    }
     if clean_end.is_some() && !read_only {
         // Appends may follow from now on: a later open must no longer
         // assume the journal ends at the checkpoint's end. Cleared only
@@ -359,6 +365,18 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
         ckpt::mark_dirty(dir)?;
     }
     Ok(out)
+}
+
+/// After a crash of the process (not of the machine) the journal's last
+/// writes may still be only in the page cache. They are made durable
+/// before anything new is written, so that no new fdatasync can make later
+/// entries durable while earlier ones may still be lost to a power cut.
+fn sync_after_crash(segments: &[Arc<Segment>]) -> Result<()> {
+    for segment in segments {
+        fs::sync_data(&segment.file)
+            .map_err(|e| Error::io(format!("fdatasync of '{}'", segment.path.display()), e))?;
+    }
+    Ok(())
 }
 
 /// `entry::find_valid` over a whole segment, a window at a time, each

@@ -240,6 +240,9 @@ struct IoState {
     files: Vec<(u64, Option<Arc<File>>)>,
     tail: Option<Tail>,
     bufs: Vec<AlignedBuf>,
+    /// The newest segment written to; it is fdatasynced before the next
+    /// one gets a byte (see `Writer::seal_before`).
+    last_segment: Option<Arc<Segment>>,
 }
 
 /// Opens `path` for O_DIRECT writes; `None` if the filesystem does not
@@ -451,6 +454,7 @@ impl Writer {
             files: Vec::new(),
             tail: None,
             bufs: Vec::new(),
+            last_segment: None,
         };
         if direct {
             // Probe once: a filesystem without O_DIRECT refuses the open.
@@ -866,9 +870,55 @@ impl Writer {
         }
     }
 
+    /// Writes `runs` (in log order), then fdatasyncs `to_sync`. A group
+    /// that reaches a new segment is written segment by segment, each
+    /// earlier one sealed first.
     fn do_io(&self, runs: &[Run], to_sync: &[Arc<Segment>]) -> Result<()> {
         let mut guard = self.io.lock();
         let io = &mut *guard;
+        let mut start = 0;
+        while start < runs.len() {
+            let segment = &runs[start].segment;
+            self.seal_before(io, segment)?;
+            let end = start
+                + runs[start..]
+                    .iter()
+                    .take_while(|r| r.segment.base == segment.base)
+                    .count();
+            let syncs = if end == runs.len() { to_sync } else { &[] };
+            self.write_runs(io, &runs[start..end], syncs)?;
+            start = end;
+        }
+        if runs.is_empty() && !to_sync.is_empty() {
+            self.write_runs(io, runs, to_sync)?;
+        }
+        Ok(())
+    }
+
+    /// Before the first write into `segment`, fdatasyncs the segment
+    /// written before it, whatever the durability asked for. Recovery
+    /// takes zeros at the end of a segment followed by a newer segment for
+    /// its unused tail; a power cut keeping some blocks of the newer
+    /// segment but losing unsynced ones at the end of the older would
+    /// otherwise drop entries from the middle of the journal unnoticed.
+    /// One fdatasync per segment roll.
+    fn seal_before(&self, io: &mut IoState, segment: &Arc<Segment>) -> Result<()> {
+        if let Some(previous) = &io.last_segment {
+            if previous.base < segment.base {
+                self.do_sync(std::slice::from_ref(previous))?;
+            }
+        }
+        if io
+            .last_segment
+            .as_ref()
+            .is_none_or(|p| p.base < segment.base)
+        {
+            io.last_segment = Some(segment.clone());
+        }
+        Ok(())
+    }
+
+    fn write_runs(&self, io: &mut IoState, runs: &[Run], to_sync: &[Arc<Segment>]) -> Result<()> {
         let mut pieces: Vec<Piece> = Vec::with_capacity(runs.len() + 1);
         let mut aligned = 0;
         let mut tail = io.tail.take();
@@ -1013,16 +1063,19 @@ impl Writer {
         self.state.lock().active.base
     }
 
-    /// Removes segment files (already dropped from the segment map) and
-    /// fsyncs the directory.
+    /// Removes segment files (already dropped from the segment map), oldest
+    /// first, fsyncing the directory after each: whatever a power cut keeps
+    /// of the removals is a prefix, so the journal left is contiguous. (A
+    /// filesystem may persist unsynced unlinks in any order; a lost unlink
+    /// between kept ones would leave a hole that replay refuses.)
     pub fn remove_files(&self, segments: &[Arc<Segment>]) -> Result<()> {
         for segment in segments {
             fs::remove_file(&segment.path)
                 .map_err(|e| Error::io(format!("removing '{}'", segment.path.display()), e))?;
-        }
-        if let Err(e) = sync_dir(&self.dir) {
-            poison(&mut self.state.lock(), e.to_string());
-            return Err(e);
+            if let Err(e) = sync_dir(&self.dir) {
+                poison(&mut self.state.lock(), e.to_string());
+                return Err(e);
+            }
         }
         Ok(())
     }
