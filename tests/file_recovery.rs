@@ -165,24 +165,30 @@ fn torn_tail_is_cut_and_appends_continue() {
     check_all(&store, "s", 0, 520);
 }
 
+/// Flips one bit of a record in the middle of the active segment of the
+/// only shard in `store_dir`.
+fn flip_middle_bit(store_dir: &Path) {
+    let last = files(&shard_dir(store_dir), "log").pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&last, &bytes).unwrap();
+}
+
 #[test]
 fn damage_followed_by_valid_batches_refuses_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let crashed = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    store.create_shard("s", None).unwrap();
+    store
+        .create_shard("s", Some("durability = \"fsync\""))
+        .unwrap();
     fill(&store, "s", 20);
     let crashed2 = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), crashed.path());
     copy_dir(dir.path(), crashed2.path());
     drop(store);
-    let sdir = shard_dir(crashed.path());
-    let last = files(&sdir, "log").pop().unwrap();
-    let mut bytes = std::fs::read(&last).unwrap();
-    // One bit of a record in the middle of the active segment.
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x10;
-    std::fs::write(&last, &bytes).unwrap();
+    flip_middle_bit(crashed.path());
     let err = Store::open(crashed.path(), Config::from_toml_str(SMALL).unwrap()).unwrap_err();
     assert_eq!(err.status(), Status::Corruption, "{err}");
     assert!(err.to_string().contains("valid batch follows"), "{err}");
@@ -197,6 +203,34 @@ fn damage_followed_by_valid_batches_refuses_to_open() {
     let info = store.shard_info("s").unwrap();
     assert_eq!(info.next_offset, 190, "only the damaged last batch is cut");
     check_all(&store, "s", 0, 190);
+}
+
+/// The active segment of an `os` or `none` shard is never fdatasynced
+/// before it rolls, and a power cut keeps any subset of its writes: damage
+/// there is cut like a torn tail, valid batches after it or not.
+#[test]
+fn damage_in_the_active_segment_of_an_os_shard_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.create_shard("s", None).unwrap();
+    assert_eq!(
+        store.shard_info("s").unwrap().options.durability.name(),
+        "os"
+    );
+    fill(&store, "s", 20);
+    copy_dir(dir.path(), crashed.path());
+    drop(store);
+    flip_middle_bit(crashed.path());
+    let store = open(crashed.path());
+    assert!(engine_stat(&store, "s", "truncated_bytes") > 0);
+    let info = store.shard_info("s").unwrap();
+    assert!(
+        info.next_offset > 0 && info.next_offset < 200,
+        "cut at the damage: {}",
+        info.next_offset
+    );
+    check_all(&store, "s", 0, info.next_offset);
 }
 
 #[test]

@@ -351,7 +351,7 @@ impl Engine for FileEngine {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let dir = self.shard_dir(id);
         // Built under a temporary name and renamed into place, so a crash
-        // never leaves a half-made shard that recovery would have to judge.
+        // (or a power cut) never leaves a half-made shard that recovery would have to judge.
         let tmp = self.dir.join(format!("{id:020}.tmp"));
         let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
         fs::create_dir(&tmp).map_err(|e| io("creating", e))?;
@@ -365,9 +365,10 @@ impl Engine for FileEngine {
             shard::write_meta(&tmp, &meta, durable)?;
             let log = tmp.join(segment::log_name(0));
             let file = create_new(&log, "")?;
-            if durable {
-                sync_dir(&tmp)?;
-            }
+            // Whatever the durability: without it a power cut could keep
+            // the rename but not the entries inside, a shard with no
+            // `meta.json` that would stop the store from opening.
+            sync_dir(&tmp)?;
             fs::rename(&tmp, &dir).map_err(|e| io("renaming", e))?;
             if durable {
                 sync_dir(&self.dir)?;

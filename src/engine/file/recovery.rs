@@ -28,7 +28,7 @@ use super::groups::GroupLog;
 use super::segment::{self, SegmentMeta};
 use super::shard::{FileShard, Meta, State, Writer, META_FILE};
 use super::Shared;
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::io::fs;
 use crate::{Error, Result};
 
@@ -98,7 +98,10 @@ struct Scanned {
     torn_at: Option<u64>,
 }
 
-fn scan(dir: &Path, base: i64) -> Result<Scanned> {
+/// Scans the segment at `base`. Damage followed by a valid batch is
+/// corruption, unless `torn_anywhere`: then the segment is cut at the
+/// first damage like at a torn tail.
+fn scan(dir: &Path, base: i64, torn_anywhere: bool) -> Result<Scanned> {
     let path = dir.join(segment::log_name(base));
     let mut meta = SegmentMeta::new(base);
     let Some(data) = map_file(&path)? else {
@@ -131,7 +134,10 @@ fn scan(dir: &Path, base: i64) -> Result<Scanned> {
                 pos = batch.end();
             }
             Err(e) => {
-                if let Some(next) = segment::valid_batch_after(&data, pos, floor) {
+                let after = (!torn_anywhere)
+                    .then(|| segment::valid_batch_after(&data, pos, floor))
+                    .flatten();
+                if let Some(next) = after {
                     return Err(Error::corruption(format!(
                         "file segment '{}' at byte {pos}: {e}, but a valid batch follows at \
                          byte {next}",
@@ -185,7 +191,12 @@ pub fn open_shard(
                 seg
             }
             _ => {
-                let scanned = scan(&dir, base)?;
+                // Nothing in an `os` or `none` shard's active segment was
+                // promised to survive a power cut, which keeps any subset
+                // of its unsynced writes: damage there is a torn tail even
+                // with valid batches after it.
+                let torn_anywhere = last && options.durability != Durability::Fsync;
+                let scanned = scan(&dir, base, torn_anywhere)?;
                 if let Some(torn) = scanned.torn_at {
                     for &later in &bases[i + 1..] {
                         let later_path = dir.join(segment::log_name(later));

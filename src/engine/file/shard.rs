@@ -51,8 +51,12 @@ pub struct Meta {
     pub next: i64,
 }
 
-/// Replaces `meta.json` atomically (temp file, rename); `durable` adds the
-/// fdatasync and directory fsync that make it survive a power loss.
+/// Replaces `meta.json` atomically (temp file, fdatasync, rename);
+/// `durable` adds the directory fsync that makes the new one survive a
+/// power loss. The temp file is synced either way: a rename that reaches
+/// the disk before the file's data (any later directory fsync can carry
+/// it there) would leave an empty `meta.json` and a shard that cannot
+/// open, where the old one would merely be stale.
 pub fn write_meta(dir: &Path, meta: &Meta, durable: bool) -> Result<()> {
     let path = dir.join(META_FILE);
     let tmp = dir.join("meta.json.tmp");
@@ -60,9 +64,7 @@ pub fn write_meta(dir: &Path, meta: &Meta, durable: bool) -> Result<()> {
     let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
     let file = fs::create(&tmp).map_err(|e| io("creating", e))?;
     fs::write_at(&file, &json, 0).map_err(|e| io("writing", e))?;
-    if durable {
-        fs::sync_data(&file).map_err(|e| io("fdatasync of", e))?;
-    }
+    fs::sync_data(&file).map_err(|e| io("fdatasync of", e))?;
     fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
     if durable {
         segment::sync_dir(dir)?;
@@ -692,6 +694,22 @@ impl FileShard {
         Ok(())
     }
 
+    /// Makes the shard's appends so far durable, whatever its durability:
+    /// called before `save_meta`, so that a power cut never keeps a delete
+    /// or a next offset while losing appends made before it. One
+    /// fdatasync of the active segment when it has unsynced writes
+    /// (deletes and truncations only; also before a delete's rewrites,
+    /// which are durable as soon as they are made).
+    fn sync_appends(&self, w: &mut Writer) -> Result<()> {
+        self.flush_buf(w)?;
+        if w.dirty {
+            let file = self.file(w)?;
+            self.sync_file(&file)?;
+            w.dirty = false;
+        }
+        Ok(())
+    }
+
     fn save_meta(&self, state: &State) -> Result<()> {
         write_meta(
             &self.dir,
@@ -842,6 +860,7 @@ impl FileShard {
         let prefix = cache::slice(&map, 0, pos);
         let prefix_meta = SegmentMeta::from_data(base, &prefix)?;
         state.next_offset = offset;
+        self.sync_appends(w)?;
         self.save_meta(state)?;
         while state.segments.len() > index + 1 {
             let later = state.segments.pop_back().expect("a later segment");
@@ -1124,7 +1143,10 @@ impl Shard for FileShard {
         // lose records above an old watermark a crash left in place).
         let old_low = state.low;
         state.low = target;
-        if let Err(e) = self.save_meta(&state) {
+        let saved = self
+            .sync_appends(&mut w)
+            .and_then(|()| self.save_meta(&state));
+        if let Err(e) = saved {
             state.low = old_low;
             return Err(e);
         }
@@ -1157,7 +1179,9 @@ impl Shard for FileShard {
         let mut state = self.state.write();
         self.check_live()?;
         let mut w = self.writer.lock();
-        self.flush_buf(&mut w)?;
+        // The rewrites below are durable at once: the appends before them
+        // must be too (see `sync_appends`).
+        self.sync_appends(&mut w)?;
         let mut deleted = 0u64;
         let mut any = false;
         let mut index = 0;
