@@ -111,6 +111,7 @@ crash-long: tools s3-tools
 	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test truncate_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test compaction_crash -- --nocapture
 	MQS_CRASH_CYCLES=500 $(WITH_SERVERS) cargo test -p mqstore --release --test server_crash -- --nocapture
+	MQS_POWER_CUTS=50000 cargo test -p mqstore --release --test power_cut -- --nocapture
 
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer, AddressSanitizer) of the
 # batch decoder, producer batch validation, the configuration parser, store
