@@ -19,7 +19,7 @@ CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
         test lint test-rust test-cli test-c test-cpp test-python demo clean crash-long \
         bench bench-deps bench-quick edge dist install uninstall test-install \
         abi-check abi-bless test-python-package print-version print-abi-version print-dist-dir \
-        fuzz fuzz-smoke fuzz-tools demo-release python-demo
+        fuzz fuzz-smoke fuzz-tools tsan demo-release python-demo
 
 # Versions (README, "Versions"): the soname names the ABI series, the major
 # version, or 0.MINOR while the major version is 0.
@@ -138,6 +138,27 @@ fuzz-smoke: fuzz-tools
 	$(FUZZ) build --target-dir $(FUZZ_DIR) -O
 	@for t in $(FUZZ_TARGETS); do $(MAKE) --no-print-directory fuzz-run-$$t SECONDS_PER_TARGET=$(FUZZ_SMOKE_SECONDS) || exit 1; done
 
+# ThreadSanitizer over the concurrent paths: the journal's group commit,
+# flushers, prefill, checkpointer and cleaner, the file engine's shared
+# fdatasync and flusher, durable notifications, retention timers and the
+# power-cut workloads (two threads per store). std is rebuilt instrumented
+# (-Zbuild-std, hence rust-src), so a report is about real accesses, and
+# the first one fails the run. The check on __tsan_func_entry makes sure the
+# binaries really are instrumented.
+TSAN_DIR    := $(CARGO_TARGET_DIR)/tsan
+TSAN_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
+TSAN_TESTS  := --lib --test journal --test file_flush --test durable_notify --test power_cut \
+               --test truncate --test shard_delete --test retention_timer
+TSAN_CARGO  := RUSTC_BOOTSTRAP=1 RUSTFLAGS="-Zsanitizer=thread" cargo test -Zbuild-std \
+               -p mqstore --no-default-features --features journal \
+               --target $(TSAN_TARGET) --target-dir $(TSAN_DIR)
+tsan:
+	@test -d "$$(rustc --print sysroot)/lib/rustlib/src/rust/library" || rustup component add rust-src
+	$(TSAN_CARGO) $(TSAN_TESTS) --no-run
+	nm $$(ls -t $(TSAN_DIR)/$(TSAN_TARGET)/debug/deps/journal-* | grep -v '\.d$$' | head -n1) \
+	    | grep -c " __tsan_func_entry$$" >/dev/null || { echo "tsan: the tests are not instrumented"; exit 1; }
+	TSAN_OPTIONS="halt_on_error=1 exitcode=66" MQS_POWER_CUTS=200 $(TSAN_CARGO) $(TSAN_TESTS)
+
 # The edge build: no default features (no zstd, so no C library linked),
 # in its own target directory so it never replaces the full release build.
 # Prints the stripped library's size and what it links.
@@ -193,7 +214,7 @@ abi-check: build
 abi-bless: build
 	python3 scripts/abi.py bless $(DEBUG_LIB) include/mqstore.h abi/mqstore.abi
 
-test: tools lint test-rust test-cli abi-check test-c test-cpp test-python test-install edge fuzz-smoke
+test: tools lint test-rust test-cli abi-check test-c test-cpp test-python test-install edge fuzz-smoke tsan
 	@echo "make test: all suites passed"
 
 # The demo runs the default engine (the journal) in release builds without

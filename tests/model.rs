@@ -176,13 +176,7 @@ fn open(dir: &Path, config: &Config) -> Store {
 /// device (tests/*_crash.rs kill real processes on the real disk), and
 /// thousands of fsyncs per run would otherwise dominate its time.
 fn case_dir() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().unwrap()
+    common::memory_tempdir()
 }
 
 fn check(engine: &str, durability: &str, ops: &[Op]) -> Result<(), TestCaseError> {

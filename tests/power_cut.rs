@@ -558,23 +558,13 @@ fn pick_cut(rng: &mut Rng, logs: &[ShardLog], events: usize) -> usize {
     }
 }
 
-/// A directory for crash states: in memory where there is one (thousands
-/// of them are written and reopened).
-fn scratch_root() -> tempfile::TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::tempdir_in(shm) {
-            return dir;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
 fn power_cuts(engine: &str) {
     let _recording = RECORDING.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = Rng::seeded();
     let total = cuts_per_engine();
-    let scratch = scratch_root();
+    // Crash states go to memory where it can: thousands are written and
+    // reopened.
+    let scratch = common::memory_tempdir();
     let mut failures: Vec<String> = Vec::new();
     let mut done = 0;
     let mut refused = 0;

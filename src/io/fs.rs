@@ -25,6 +25,13 @@ fn watched(file: &File) -> Option<(Arc<dyn FsObserver>, u64)> {
     Some((observer, ino))
 }
 
+/// Tells the observer, if one is installed, of a change by path.
+fn report(change: impl FnOnce(&dyn FsObserver)) {
+    if let Some(observer) = observer() {
+        change(&*observer);
+    }
+}
+
 fn report_created(path: &Path, file: &File) {
     if let Some((observer, ino)) = watched(file) {
         observer.created(path, ino);
@@ -120,36 +127,28 @@ pub fn open_creating(options: &OpenOptions, path: &Path) -> io::Result<File> {
 /// `rename(2)`.
 pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     std::fs::rename(from, to)?;
-    if let Some(observer) = observer() {
-        observer.renamed(from, to);
-    }
+    report(|o| o.renamed(from, to));
     Ok(())
 }
 
 /// `unlink(2)`.
 pub fn remove_file(path: &Path) -> io::Result<()> {
     std::fs::remove_file(path)?;
-    if let Some(observer) = observer() {
-        observer.removed(path);
-    }
+    report(|o| o.removed(path));
     Ok(())
 }
 
 /// Removes a directory and everything under it.
 pub fn remove_dir_all(path: &Path) -> io::Result<()> {
     std::fs::remove_dir_all(path)?;
-    if let Some(observer) = observer() {
-        observer.removed(path);
-    }
+    report(|o| o.removed(path));
     Ok(())
 }
 
 /// `mkdir(2)`.
 pub fn create_dir(path: &Path) -> io::Result<()> {
     std::fs::create_dir(path)?;
-    if let Some(observer) = observer() {
-        observer.dir_created(path);
-    }
+    report(|o| o.dir_created(path));
     Ok(())
 }
 

@@ -115,6 +115,19 @@ impl Rng {
     }
 }
 
+/// A temporary directory in memory (tmpfs) where there is one: for tests
+/// about what the engines keep rather than about the device, which write
+/// and fsync thousands of stores.
+pub fn memory_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
+}
+
 pub fn values_of(store: &Store, shard: &str) -> Vec<(i64, Vec<u8>)> {
     let info = store.shard_info(shard).unwrap();
     let r = store
