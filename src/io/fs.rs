@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -59,6 +60,38 @@ pub fn set_len(file: &File, len: u64) -> io::Result<()> {
     file.set_len(len)?;
     if let Some((observer, ino)) = watched(file) {
         observer.resized(ino, len);
+    }
+    Ok(())
+}
+
+/// `fallocate(2)` with `mode` (`FALLOC_FL_*`) over `[start, start + len)`.
+/// Reported as what a reader can see of it: a hole punched inside the
+/// file reads as zeros, an allocation without `KEEP_SIZE` may grow it.
+pub fn fallocate(file: &File, mode: libc::c_int, start: u64, len: u64) -> io::Result<()> {
+    let watched = watched(file);
+    let size_before = watched
+        .as_ref()
+        .map(|_| file.metadata().map_or(0, |m| m.len()));
+    // SAFETY: fallocate(2) on a descriptor `file` owns; no memory is
+    // passed, and the caller's mode says what may change.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            mode,
+            start as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let (Some((observer, ino)), Some(size)) = (watched, size_before) {
+        let end = start + len;
+        if mode & libc::FALLOC_FL_PUNCH_HOLE != 0 && start < size {
+            observer.wrote(ino, start, &vec![0; (end.min(size) - start) as usize]);
+        } else if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > size {
+            observer.resized(ino, end);
+        }
     }
     Ok(())
 }

@@ -8,7 +8,6 @@
 //! damaged or stale one is rebuilt from the log. Byte layouts: docs/FORMAT.md.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -58,16 +57,9 @@ pub fn preallocate(file: &File, from: u64, len: u64) {
     if len <= from {
         return;
     }
-    // SAFETY: fallocate on a descriptor we own; KEEP_SIZE changes no byte
-    // a reader can see. The result is ignored on purpose (see above).
-    unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_KEEP_SIZE,
-            from as libc::off_t,
-            (len - from) as libc::off_t,
-        )
-    };
+    // KEEP_SIZE changes no byte a reader can see; the result is ignored
+    // on purpose (see above).
+    let _ = fs::fallocate(file, libc::FALLOC_FL_KEEP_SIZE, from, len - from);
 }
 
 /// Gives back the blocks `preallocate` reserved past the data (a sealed
@@ -76,16 +68,10 @@ pub fn trim(file: &File, size: u64, reserved: u64) {
     if reserved <= size {
         return;
     }
-    // SAFETY: punching a hole past EOF (KEEP_SIZE) frees only blocks no
-    // reader can see; a descriptor we own; failure is harmless.
-    unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            size as libc::off_t,
-            (reserved - size) as libc::off_t,
-        )
-    };
+    // A hole punched past EOF (KEEP_SIZE) frees only blocks no reader can
+    // see; failure is harmless.
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let _ = fs::fallocate(file, mode, size, reserved - size);
 }
 
 /// What is known of one batch without decoding its records.

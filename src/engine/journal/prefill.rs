@@ -33,7 +33,6 @@
 //! holds anyway, so recovery reads prepared and unprepared space alike.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -335,24 +334,20 @@ fn ahead(st: &State) -> u64 {
 }
 
 fn allocate(file: &File, start: u64, end: u64) -> std::io::Result<()> {
-    // SAFETY: fallocate on a descriptor the segment owns, inside the file's
-    // size; mode 0 only allocates blocks (reading as zeros).
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            0,
-            start as libc::off_t,
-            (end - start) as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    match error.raw_os_error() {
+    // Mode 0 inside the file's size only allocates blocks (reading as
+    // zeros).
+    match fs::fallocate(file, 0, start, end - start) {
+        Ok(()) => Ok(()),
         // Filesystems without fallocate: appends allocate as they go.
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(()),
-        _ => Err(error),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

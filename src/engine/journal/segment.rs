@@ -5,7 +5,6 @@
 //! cache and transfers can sendfile(2) from it.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,11 +71,11 @@ fn wait_for_direct_io(file: &File, len: u64) {
     if len == 0 {
         return;
     }
-    let probe = len.min(4096) as libc::off_t;
-    // SAFETY: fallocate on a descriptor we own, over the file's first
-    // block, without changing its size; the result is deliberately ignored
-    // (see above: no fallocate, no wait, nothing else to do).
-    unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, probe) };
+    let probe = len.min(4096);
+    // Over the file's first block, without changing its size; the result
+    // is deliberately ignored (see above: no fallocate, no wait, nothing
+    // else to do).
+    let _ = fs::fallocate(file, libc::FALLOC_FL_KEEP_SIZE, 0, probe);
 }
 
 impl Segment {
