@@ -205,6 +205,58 @@ fn damage_followed_by_valid_batches_refuses_to_open() {
     check_all(&store, "s", 0, 190);
 }
 
+/// An `fsync` shard records how far its active segment was synced
+/// (`synced`, written after each fdatasync without one of its own, so it
+/// may lag). Damage before that point is corruption; damage past it, valid
+/// batches after it or not, is a write a power cut tore before anyone was
+/// told it was durable, and is cut.
+#[test]
+fn damage_past_the_synced_record_is_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store
+        .create_shard("s", Some("durability = \"fsync\""))
+        .unwrap();
+    fill(&store, "s", 10);
+    let sdir = shard_dir(dir.path());
+    // The record as a power cut could find it: ten batches behind.
+    let lagging = std::fs::read(sdir.join("synced")).unwrap();
+    fill(&store, "s", 10);
+    let crashed = tempfile::tempdir().unwrap();
+    let crashed2 = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    copy_dir(dir.path(), crashed2.path());
+    drop(store);
+    let sdir = shard_dir(crashed.path());
+    std::fs::write(sdir.join("synced"), &lagging).unwrap();
+    let synced = u64::from_le_bytes(lagging[8..16].try_into().unwrap());
+    let last = files(&sdir, "log").pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    assert!(synced > 0 && synced + 4096 < bytes.len() as u64, "{synced}");
+    // Past the record, with valid batches after the damage.
+    bytes[synced as usize + 100] ^= 0x10;
+    std::fs::write(&last, &bytes).unwrap();
+    let store = open(crashed.path());
+    assert!(engine_stat(&store, "s", "truncated_bytes") > 0);
+    let next = store.shard_info("s").unwrap().next_offset;
+    assert!(
+        (100..200).contains(&next),
+        "cut after the synced batches: {next}"
+    );
+    check_all(&store, "s", 0, next);
+    store.close().unwrap();
+
+    // Before the record: refused, as before.
+    let sdir = shard_dir(crashed2.path());
+    std::fs::write(sdir.join("synced"), &lagging).unwrap();
+    let last = files(&sdir, "log").pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes[synced as usize / 2] ^= 0x10;
+    std::fs::write(&last, &bytes).unwrap();
+    let err = Store::open(crashed2.path(), Config::from_toml_str(SMALL).unwrap()).unwrap_err();
+    assert_eq!(err.status(), Status::Corruption, "{err}");
+}
+
 /// The active segment of an `os` or `none` shard is never fdatasynced
 /// before it rolls, and a power cut keeps any subset of its writes: damage
 /// there is cut like a torn tail, valid batches after it or not.

@@ -488,7 +488,7 @@ fn check_cut(
     cut: usize,
     rng: &mut Rng,
     dir: &Path,
-) -> Result<Outcome, String> {
+) -> Result<(), String> {
     let state = recorder.crash_state(cut, rng, dir);
     let describe = |e: String| {
         format!(
@@ -503,45 +503,11 @@ fn check_cut(
             state.lost_or_torn_writes
         )
     };
-    let store = match Store::open(dir, config(engine)) {
-        Ok(store) => store,
-        Err(e) if known_refusal(engine, &e) => return Ok(Outcome::Refused),
-        Err(e) => return Err(describe(format!("reopen: {e}"))),
-    };
+    let store = Store::open(dir, config(engine)).map_err(|e| describe(format!("reopen: {e}")))?;
     for log in logs {
         check_shard(&store, log, cut).map_err(describe)?;
     }
-    check_writable(dir, engine, store).map_err(describe)?;
-    Ok(Outcome::Checked)
-}
-
-enum Outcome {
-    Checked,
-    /// The reopen refused, clearly and for the known reason below.
-    Refused,
-}
-
-/// The one refusal the contract allows here: a file shard with several
-/// `fsync` producers shares one fdatasync among their writes, and a power
-/// cut during it can keep a later batch while losing an earlier one. Its
-/// recovery cannot tell that from damage to synced data (nothing records
-/// how far the segment was synced), so it refuses with `MQS_CORRUPTION`
-/// naming the file and byte rather than guess. Only the shared shard's
-/// segments may be named.
-fn known_refusal(engine: &str, error: &mqstore::Error) -> bool {
-    if engine != "file" || error.status() != Status::Corruption {
-        return false;
-    }
-    let message = error.to_string();
-    let Some(path) = message.split('\'').nth(1).map(Path::new) else {
-        return false;
-    };
-    let meta = path.parent().map(|d| d.join("meta.json"));
-    let name = meta
-        .and_then(|m| std::fs::read(m).ok())
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|v| v["name"].as_str().map(str::to_string));
-    message.contains("but a valid batch follows") && name.as_deref() == Some(SHARDS[SHARED].0)
+    check_writable(dir, engine, store).map_err(describe)
 }
 
 /// A cut point: half of them right after an acknowledgement (the sharpest
@@ -567,7 +533,6 @@ fn power_cuts(engine: &str) {
     let scratch = common::memory_tempdir();
     let mut failures: Vec<String> = Vec::new();
     let mut done = 0;
-    let mut refused = 0;
     while done < total && failures.len() < MAX_FAILURES {
         let work = tempfile::tempdir().unwrap();
         let store_dir = work.path().join("store");
@@ -576,11 +541,7 @@ fn power_cuts(engine: &str) {
         for _ in 0..CUTS_PER_WORKLOAD.min(total - done) {
             let cut = pick_cut(&mut rng, &logs, events);
             let dir: PathBuf = scratch.path().join(format!("cut-{done}"));
-            let outcome = check_cut(engine, &recorder, &logs, cut, &mut rng, &dir);
-            if let Ok(Outcome::Refused) = outcome {
-                refused += 1;
-            }
-            if let Err(e) = outcome {
+            if let Err(e) = check_cut(engine, &recorder, &logs, cut, &mut rng, &dir) {
                 let kept = std::env::temp_dir().join(format!(
                     "mqs-power-cut-{engine}-{}-{done}",
                     std::process::id()
@@ -600,8 +561,7 @@ fn power_cuts(engine: &str) {
         }
     }
     eprintln!(
-        "{engine}: {done} power cuts, {refused} reopens refused (a torn group of the \
-         shared fsync shard), {} contract violations",
+        "{engine}: {done} power cuts, {} contract violations",
         failures.len()
     );
     assert!(

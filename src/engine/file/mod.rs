@@ -363,6 +363,9 @@ impl Engine for FileEngine {
         };
         let built = (|| {
             shard::write_meta(&tmp, &meta, durable)?;
+            // Created with the shard, so its directory entry is durable
+            // before any record in it matters.
+            segment::record_synced(&tmp, 0, 0);
             let log = tmp.join(segment::log_name(0));
             let file = create_new(&log, "")?;
             // Whatever the durability: without it a power cut could keep

@@ -28,7 +28,7 @@ use super::groups::GroupLog;
 use super::segment::{self, SegmentMeta};
 use super::shard::{FileShard, Meta, State, Writer, META_FILE};
 use super::Shared;
-use crate::config::{Config, Durability};
+use crate::config::{Config, Durability, ShardOptions};
 use crate::io::fs;
 use crate::{Error, Result};
 
@@ -98,10 +98,27 @@ struct Scanned {
     torn_at: Option<u64>,
 }
 
+/// Where the segment at `base` stops being known durable, if anywhere:
+/// damage from there on is a torn write (a power cut keeps any subset of
+/// the writes no completed fdatasync covered), cut even with valid
+/// batches after it. Sealed segments were fdatasynced when they rolled.
+/// Nothing in an `os` or `none` shard's active segment was promised to
+/// survive a power cut; an `fsync` shard's is trusted up to its
+/// synced-position record (none: the older rule, all of it trusted).
+fn unproven_from(dir: &Path, base: i64, last: bool, options: &ShardOptions) -> Option<u64> {
+    if !last {
+        return None;
+    }
+    if options.durability != Durability::Fsync {
+        return Some(0);
+    }
+    segment::load_synced(dir, base)
+}
+
 /// Scans the segment at `base`. Damage followed by a valid batch is
-/// corruption, unless `torn_anywhere`: then the segment is cut at the
-/// first damage like at a torn tail.
-fn scan(dir: &Path, base: i64, torn_anywhere: bool) -> Result<Scanned> {
+/// corruption, unless it lies at or past `unproven`: then the segment is
+/// cut there like at a torn tail.
+fn scan(dir: &Path, base: i64, unproven: Option<u64>) -> Result<Scanned> {
     let path = dir.join(segment::log_name(base));
     let mut meta = SegmentMeta::new(base);
     let Some(data) = map_file(&path)? else {
@@ -134,7 +151,8 @@ fn scan(dir: &Path, base: i64, torn_anywhere: bool) -> Result<Scanned> {
                 pos = batch.end();
             }
             Err(e) => {
-                let after = (!torn_anywhere)
+                let torn = unproven.is_some_and(|from| pos >= from);
+                let after = (!torn)
                     .then(|| segment::valid_batch_after(&data, pos, floor))
                     .flatten();
                 if let Some(next) = after {
@@ -191,12 +209,7 @@ pub fn open_shard(
                 seg
             }
             _ => {
-                // Nothing in an `os` or `none` shard's active segment was
-                // promised to survive a power cut, which keeps any subset
-                // of its unsynced writes: damage there is a torn tail even
-                // with valid batches after it.
-                let torn_anywhere = last && options.durability != Durability::Fsync;
-                let scanned = scan(&dir, base, torn_anywhere)?;
+                let scanned = scan(&dir, base, unproven_from(&dir, base, last, &options))?;
                 if let Some(torn) = scanned.torn_at {
                     for &later in &bases[i + 1..] {
                         let later_path = dir.join(segment::log_name(later));
@@ -261,6 +274,13 @@ pub fn open_shard(
             &path,
         )
         .map_err(|e| Error::io(format!("creating '{}'", path.display()), e))?;
+        segment::sync_dir(&dir)?;
+    }
+    if !read_only && !dir.join(segment::SYNCED_FILE).exists() {
+        // A shard from before synced-position records: from now on its
+        // recovery can tell a torn write from damage too.
+        let active = segments.back().expect("at least one segment");
+        segment::record_synced(&dir, active.base, 0);
         segment::sync_dir(&dir)?;
     }
     let next_offset = meta.next.max(segments.back().map_or(0, |s| s.next));

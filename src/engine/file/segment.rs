@@ -74,6 +74,50 @@ pub fn trim(file: &File, size: u64, reserved: u64) {
     let _ = fs::fallocate(file, mode, size, reserved - size);
 }
 
+/// The shard's synced-position record: how far its active segment was
+/// known fdatasynced (see `record_synced`).
+pub const SYNCED_FILE: &str = "synced";
+const SYNCED_LEN: usize = 20;
+
+/// Records that the segment at `base` was fdatasynced up to `len` bytes:
+/// 20 bytes (base i64, len u64, CRC-32C of both, all LE) written in place
+/// at the start of `synced`, without an fsync of their own: the record
+/// reaches the disk with the page cache's writeback, so it may lag, never
+/// lead. Recovery trusts the segment up to it and takes damage past it for
+/// a torn write nobody was told is durable. Best effort: a record not
+/// written only makes recovery less sure (see `load_synced`).
+pub fn record_synced(dir: &Path, base: i64, len: u64) {
+    let mut record = [0u8; SYNCED_LEN];
+    record[..8].copy_from_slice(&base.to_le_bytes());
+    record[8..16].copy_from_slice(&len.to_le_bytes());
+    let crc = crc32c::crc32c(&record[..16]);
+    record[16..].copy_from_slice(&crc.to_le_bytes());
+    let path = dir.join(SYNCED_FILE);
+    let options = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .clone();
+    if let Ok(file) = fs::open_creating(&options, &path) {
+        let _ = fs::write_at(&file, &record, 0);
+    }
+}
+
+/// The synced-position record of the shard in `dir`: `None` when there is
+/// none (a shard from before records existed, whose recovery keeps the
+/// older rule), else the synced length of segment `base` (0 when the
+/// record is damaged or names another segment: nothing proven).
+pub fn load_synced(dir: &Path, base: i64) -> Option<u64> {
+    let data = std::fs::read(dir.join(SYNCED_FILE)).ok()?;
+    let valid = data.len() >= SYNCED_LEN
+        && crc32c::crc32c(&data[..16]).to_le_bytes()[..] == data[16..SYNCED_LEN];
+    let recorded_base = valid.then(|| i64::from_le_bytes(data[..8].try_into().unwrap()));
+    Some(match recorded_base {
+        Some(b) if b == base => u64::from_le_bytes(data[8..16].try_into().unwrap()),
+        _ => 0,
+    })
+}
+
 /// What is known of one batch without decoding its records.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchInfo {

@@ -439,16 +439,19 @@ impl FileShard {
         // a failed fdatasync (the kernel may have dropped the dirty pages,
         // so a second one could report success for lost data).
         self.check_live()?;
-        let (file, upto) = {
+        let (file, upto, base, len) = {
             let mut w = self.writer.lock();
             self.flush_buf(&mut w)?;
             let file = self.file(&mut w)?;
             w.dirty = false;
-            (file, w.seq)
+            (file, w.seq, w.base, w.written)
         };
         // Appends before the active segment's were synced when it rolled.
         self.sync_file(&file)?;
         *synced = upto;
+        if !self.shared.read_only {
+            segment::record_synced(&self.dir, base, len);
+        }
         Ok(())
     }
 
@@ -777,7 +780,8 @@ impl FileShard {
         let file = self.replace_segment_file(base, &pieces)?;
         self.rewrites.fetch_add(1, Ordering::Relaxed);
         if active {
-            // The writer moves to the new inode.
+            // The writer moves to the new inode, synced in full.
+            segment::record_synced(&self.dir, base, meta.size);
             w.file = Some(Arc::new(file));
             w.written = meta.size;
             w.reserved = 0;
@@ -880,6 +884,7 @@ impl FileShard {
                 _ => {}
             }
         }
+        segment::record_synced(&self.dir, base, prefix_meta.size);
         w.file = Some(Arc::new(file));
         w.base = base;
         w.written = prefix_meta.size;
