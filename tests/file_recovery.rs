@@ -257,6 +257,43 @@ fn damage_past_the_synced_record_is_a_torn_write() {
     assert_eq!(err.status(), Status::Corruption, "{err}");
 }
 
+/// An `os` shard's group offsets live in a file of their own: a power cut
+/// may keep a commit and lose the appends it covered. Recovery lowers an
+/// offset past the shard's end to the end, so the group does not skip
+/// what is appended there next.
+#[test]
+fn an_offset_past_an_os_shards_recovered_end_is_lowered_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.create_shard("s", None).unwrap();
+    fill(&store, "s", 20);
+    store.commit_offset("g", "s", 200).unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), crashed.path());
+    drop(store);
+    // The last appends lost, the commit kept.
+    let segments = files(&shard_dir(crashed.path()), "log");
+    let last = segments
+        .iter()
+        .rfind(|p| p.file_name().unwrap() != "groups.log")
+        .unwrap();
+    let len = std::fs::metadata(last).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(last).unwrap();
+    file.set_len(len - 1000).unwrap();
+    drop(file);
+    let store = open(crashed.path());
+    let end = store.shard_info("s").unwrap().next_offset;
+    assert!(end < 200, "{end}");
+    assert_eq!(store.committed_offset("g", "s").unwrap(), Some(end));
+    store.close().unwrap();
+    let store = open(crashed.path());
+    assert_eq!(
+        store.committed_offset("g", "s").unwrap(),
+        Some(end),
+        "durably"
+    );
+}
+
 /// The active segment of an `os` or `none` shard is never fdatasynced
 /// before it rolls, and a power cut keeps any subset of its writes: damage
 /// there is cut like a torn tail, valid batches after it or not.

@@ -2,7 +2,7 @@
 //! `power_cut/sim.rs` for the disk model). Each workload runs a store on
 //! the real disk with every filesystem change recorded: three shards, one
 //! per durability mode, appended to by two threads, with deletes (before an
-//! offset, by offsets), truncations, small
+//! offset, by offsets), truncations, consumer-group offset commits, small
 //! segments (rolls, reclaim, the journal's cleaner and checkpoints),
 //! plus one `fsync` shard both threads append to (group commit within a
 //! shard). Then, for many cut points and draws of what the disk kept, the crash state is
@@ -10,7 +10,8 @@
 //! contract checked, per shard:
 //! - the reopen succeeds;
 //! - the shard is exactly what some prefix of its operations (create,
-//!   appends, deletes) made it: same watermarks, same records, nothing torn,
+//!   appends, deletes, commits) made it: same watermarks, same records and
+//!   committed offsets, nothing torn,
 //!   reordered or missing from the middle;
 //! - for `fsync`, that prefix holds every operation acknowledged before the
 //!   cut; `os` and `none` may lose any suffix;
@@ -85,7 +86,15 @@ enum Op {
     Truncate {
         offset: i64,
     },
+    /// `commit_offset` of consumer group `GROUPS[group]`.
+    Commit {
+        group: usize,
+        offset: i64,
+    },
 }
+
+/// The consumer groups that commit offsets.
+const GROUPS: [&str; 2] = ["g0", "g1"];
 
 /// One shard's operations, each with the recorder's event count when it
 /// was acknowledged.
@@ -102,6 +111,8 @@ struct ShardState<'a> {
     low: i64,
     next: i64,
     records: BTreeMap<i64, &'a [u8]>,
+    /// Committed offsets by group (index in `GROUPS`).
+    groups: BTreeMap<usize, i64>,
 }
 
 /// The shard after its first `k` operations (`None`: not created).
@@ -113,6 +124,7 @@ fn model(ops: &[(Op, usize)], k: usize) -> Option<ShardState<'_>> {
                 low: 0,
                 next: 0,
                 records: BTreeMap::new(),
+                groups: BTreeMap::new(),
             });
             continue;
         }
@@ -138,6 +150,9 @@ fn model(ops: &[(Op, usize)], k: usize) -> Option<ShardState<'_>> {
                 shard.records.retain(|o, _| o < offset);
                 shard.next = *offset;
             }
+            Op::Commit { group, offset } => {
+                shard.groups.insert(*group, *offset);
+            }
         }
     }
     state
@@ -149,8 +164,16 @@ fn model(ops: &[(Op, usize)], k: usize) -> Option<ShardState<'_>> {
 /// entry or file of its own (atomic per batch), and a file shard's
 /// truncation removes segment files newest first before cutting the one
 /// holding the offset (it may stop at any segment boundary above it).
-fn matches_prefix(ops: &[(Op, usize)], k: usize, found: Option<&ShardState>) -> bool {
-    let expected = model(ops, k);
+fn matches_prefix(
+    ops: &[(Op, usize)],
+    k: usize,
+    found: Option<&ShardState>,
+    without_offsets: bool,
+) -> bool {
+    let mut expected = model(ops, k);
+    if let (true, Some(expected)) = (without_offsets, expected.as_mut()) {
+        expected.groups.clear();
+    }
     if expected.as_ref() == found {
         return true;
     }
@@ -161,7 +184,7 @@ fn matches_prefix(ops: &[(Op, usize)], k: usize, found: Option<&ShardState>) -> 
         .records
         .iter()
         .all(|(o, v)| expected.records.get(o) == Some(v));
-    if expected.low != found.low || !kept_records_match {
+    if expected.low != found.low || expected.groups != found.groups || !kept_records_match {
         return false;
     }
     match next_op {
@@ -202,6 +225,30 @@ fn append(store: &Store, rng: &mut Rng, shard: &str, seq: &mut usize) -> Op {
     let records: Vec<Record> = values.iter().map(|v| Record::new(v)).collect();
     let base = store.append_batch(shard, &records).unwrap();
     Op::Append { base, values }
+}
+
+/// Each group's recovered offset is one it committed, or the shard's end
+/// where recovery lowered one past it (its records lost), or none.
+fn check_offsets_alone(log: &ShardLog, state: &ShardState) -> Result<(), String> {
+    for (&group, &offset) in &state.groups {
+        let committed: Vec<i64> = log
+            .ops
+            .iter()
+            .filter_map(|(op, _)| match op {
+                Op::Commit { group: g, offset } if *g == group => Some(*offset),
+                _ => None,
+            })
+            .collect();
+        let lowered = offset == state.next && committed.iter().any(|&c| c > state.next);
+        if !committed.contains(&offset) && !lowered {
+            return Err(format!(
+                "shard {}: group {} has offset {offset}, which it never committed \
+                 (commits {committed:?}, shard end {})",
+                log.name, GROUPS[group], state.next
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A batch boundary at or above `low` to truncate at: the base of an
@@ -257,6 +304,14 @@ fn drive(
                     .collect();
                 store.delete_by_offsets(shard.name, &offsets).unwrap();
                 Op::DeleteOffsets { offsets }
+            }
+            4 | 5 => {
+                let group = rng.below(GROUPS.len() as u64) as usize;
+                let offset = info.first_offset + rng.below(span + 1) as i64;
+                store
+                    .commit_offset(GROUPS[group], shard.name, offset)
+                    .unwrap();
+                Op::Commit { group, offset }
             }
             3 => match truncation_point(shard, info.first_offset, &mut rng) {
                 // Refused where no batch starts any more (a delete
@@ -326,6 +381,7 @@ struct Recovered {
     next: i64,
     /// In the order reads returned them.
     records: Vec<(i64, Vec<u8>)>,
+    groups: BTreeMap<usize, i64>,
 }
 
 impl Recovered {
@@ -338,6 +394,7 @@ impl Recovered {
                 .iter()
                 .map(|(o, v)| (*o, v.as_slice()))
                 .collect(),
+            groups: self.groups.clone(),
         }
     }
 }
@@ -365,15 +422,25 @@ fn recovered(store: &Store, name: &str) -> Result<Option<Recovered>, String> {
         }
         at = read.next_offset;
     }
+    let mut groups = BTreeMap::new();
+    for (i, group) in GROUPS.iter().enumerate() {
+        let committed = store
+            .committed_offset(group, name)
+            .map_err(|e| format!("committed offset of {group}: {e}"))?;
+        if let Some(offset) = committed {
+            groups.insert(i, offset);
+        }
+    }
     Ok(Some(Recovered {
         low: info.first_offset,
         next: info.next_offset,
         records,
+        groups,
     }))
 }
 
 /// Checks one shard of a reopened store against the contract.
-fn check_shard(store: &Store, log: &ShardLog, cut: usize) -> Result<(), String> {
+fn check_shard(engine: &str, store: &Store, log: &ShardLog, cut: usize) -> Result<(), String> {
     // A shard's state after a power cut is a prefix of its history, so one
     // durable operation makes every earlier one durable too (the shared
     // shard's appends are acknowledged out of offset order).
@@ -384,13 +451,22 @@ fn check_shard(store: &Store, log: &ShardLog, cut: usize) -> Result<(), String> 
         .map_or(0, |i| i + 1);
     let must_keep = if log.durability == "fsync" { acked } else { 0 };
     let found = recovered(store, log.name)?;
-    let state = found.as_ref().map(Recovered::state);
+    let mut state = found.as_ref().map(Recovered::state);
+    // A file shard keeps its group offsets in a file of their own, which an
+    // `os` or `none` shard never syncs: each group's offset is checked
+    // against that group's own commits, and the prefix without them.
+    let separate_offsets = engine == "file" && log.durability != "fsync";
+    if let (true, Some(state)) = (separate_offsets, state.as_mut()) {
+        check_offsets_alone(log, state)?;
+        state.groups.clear();
+    }
     if let (Some(found), Some(state)) = (&found, &state) {
         if found.records.len() != state.records.len() {
             return Err(format!("shard {}: an offset read back twice", log.name));
         }
     }
-    if (must_keep..=log.ops.len()).any(|k| matches_prefix(&log.ops, k, state.as_ref())) {
+    let matches = |k: usize| matches_prefix(&log.ops, k, state.as_ref(), separate_offsets);
+    if (must_keep..=log.ops.len()).any(matches) {
         return Ok(());
     }
     // The nearest prefix by watermarks, to say what differs.
@@ -415,8 +491,8 @@ fn check_shard(store: &Store, log: &ShardLog, cut: usize) -> Result<(), String> 
                 .collect();
             format!(
                 "prefix {k} has its watermarks [{}, {}), but records {missing:?} are \
-                 missing and {wrong:?} differ or should be gone",
-                s.low, s.next
+                 missing and {wrong:?} differ or should be gone; offsets {:?}, expected {:?}",
+                s.low, s.next, s.groups, m.groups
             )
         }
         _ => format!(
@@ -437,6 +513,7 @@ fn check_shard(store: &Store, log: &ShardLog, cut: usize) -> Result<(), String> 
                 Op::Delete { low } => format!("delete<{low}"),
                 Op::DeleteOffsets { offsets } => format!("delete{offsets:?}"),
                 Op::Truncate { offset } => format!("truncate@{offset}"),
+                Op::Commit { group, offset } => format!("commit {}={offset}", GROUPS[*group]),
             };
             format!("{i}:{op}@{at}")
         })
@@ -505,7 +582,7 @@ fn check_cut(
     };
     let store = Store::open(dir, config(engine)).map_err(|e| describe(format!("reopen: {e}")))?;
     for log in logs {
-        check_shard(&store, log, cut).map_err(describe)?;
+        check_shard(engine, &store, log, cut).map_err(describe)?;
     }
     check_writable(dir, engine, store).map_err(describe)
 }

@@ -50,7 +50,11 @@ fn record(group: &str, offset: i64) -> Vec<u8> {
 /// acknowledged: each record is one write). A damaged record with more
 /// after it, or an unreadable tail longer than any torn record can be, is
 /// corruption: nothing acknowledged is dropped silently.
-fn parse(data: &[u8], path: &Path) -> Result<(BTreeMap<String, i64>, usize)> {
+/// The live offsets of a log and where its valid records end. Damage
+/// followed by more records is corruption, unless `torn_anywhere` (the
+/// log of an `os` or `none` shard, never fdatasynced, of which a power cut
+/// keeps any subset of writes): then the log ends at the damage.
+fn parse(data: &[u8], path: &Path, torn_anywhere: bool) -> Result<(BTreeMap<String, i64>, usize)> {
     let mut live = BTreeMap::new();
     let mut pos = 0;
     let damaged = |pos: usize| {
@@ -67,7 +71,7 @@ fn parse(data: &[u8], path: &Path) -> Result<(BTreeMap<String, i64>, usize)> {
         let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
         let Some(payload) = rest.get(RECORD_HEADER..RECORD_HEADER + len) else {
-            if rest.len() > MAX_TORN_RECORD {
+            if rest.len() > MAX_TORN_RECORD && !torn_anywhere {
                 return Err(damaged(pos));
             }
             break; // a torn payload
@@ -76,7 +80,7 @@ fn parse(data: &[u8], path: &Path) -> Result<(BTreeMap<String, i64>, usize)> {
             .then(|| std::str::from_utf8(&payload[8..]).ok())
             .flatten();
         let Some(group) = group else {
-            if RECORD_HEADER + len == rest.len() {
+            if RECORD_HEADER + len == rest.len() || torn_anywhere {
                 break; // the last record, torn
             }
             return Err(damaged(pos));
@@ -116,15 +120,16 @@ impl GroupLog {
     }
 
     /// The log a shard left in `dir`; a torn last record is cut (but for
-    /// `read_only`, which changes nothing).
-    pub fn open(dir: &Path, read_only: bool) -> Result<GroupLog> {
+    /// `read_only`, which changes nothing), and so is any damage when
+    /// `torn_anywhere` (see `parse`).
+    pub fn open(dir: &Path, read_only: bool, torn_anywhere: bool) -> Result<GroupLog> {
         let path = dir.join(GROUPS_FILE);
         let data = match std::fs::read(&path) {
             Ok(data) => data,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(GroupLog::empty(dir)),
             Err(e) => return Err(Error::io(format!("reading '{}'", path.display()), e)),
         };
-        let (live, end) = parse(&data, &path)?;
+        let (live, end) = parse(&data, &path, torn_anywhere)?;
         let live_bytes = live.keys().map(|g| record_len(g)).sum();
         let mut log = GroupLog {
             dir: dir.to_path_buf(),
@@ -221,13 +226,13 @@ mod tests {
         let path = dir.path().join(GROUPS_FILE);
         let whole = std::fs::metadata(&path).unwrap().len();
         assert_eq!(
-            GroupLog::open(dir.path(), true).unwrap().offsets(),
+            GroupLog::open(dir.path(), true, false).unwrap().offsets(),
             [("g".to_string(), 7)]
         );
         // The last record (h forgotten) torn: h is back, as before it.
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(whole - 3).unwrap();
-        let reopened = GroupLog::open(dir.path(), false).unwrap();
+        let reopened = GroupLog::open(dir.path(), false, false).unwrap();
         assert_eq!(
             reopened.offsets(),
             [("g".to_string(), 7), ("h".to_string(), 6)]
@@ -248,9 +253,20 @@ mod tests {
         let mut data = std::fs::read(&path).unwrap();
         data[RECORD_HEADER + 2] ^= 0x40; // inside g's offset
         std::fs::write(&path, &data).unwrap();
-        let err = GroupLog::open(dir.path(), false).err().expect("refused");
+        let err = GroupLog::open(dir.path(), false, false)
+            .err()
+            .expect("refused");
         assert_eq!(err.status(), crate::Status::Corruption);
         assert!(err.to_string().contains("byte 0"), "{err}");
+        // The log of an `os` or `none` shard, which a power cut may keep
+        // any subset of: it ends at the damage.
+        let log = GroupLog::open(dir.path(), false, true).unwrap();
+        assert!(log.offsets().is_empty(), "{:?}", log.offsets());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            0,
+            "cut at the damage"
+        );
     }
 
     #[test]
@@ -265,7 +281,7 @@ mod tests {
             .unwrap()
             .len();
         assert!(size <= REWRITE_AT_BYTES, "{size} bytes");
-        let reopened = GroupLog::open(dir.path(), false).unwrap();
+        let reopened = GroupLog::open(dir.path(), false, false).unwrap();
         assert_eq!(reopened.offsets().len(), 10);
         assert!(reopened.offsets().contains(&("g9".to_string(), 99_999)));
     }

@@ -294,7 +294,20 @@ pub fn open_shard(
         ..Writer::default()
     };
     let state = State::new(segments, low, next_offset);
-    let groups = GroupLog::open(&dir, shared.read_only)?;
+    let torn_anywhere = options.durability != Durability::Fsync;
+    let mut groups = GroupLog::open(&dir, shared.read_only, torn_anywhere)?;
+    if !read_only && torn_anywhere {
+        // The offsets are in a file of their own: a power cut can keep an
+        // `os` or `none` shard's commit and lose the appends before it. An
+        // offset past the shard's end would make its group skip what gets
+        // those offsets next. (An `fsync` shard's commits and appends are
+        // each durable before the next: one past its end was meant.)
+        for (group, offset) in groups.offsets() {
+            if offset > next_offset {
+                groups.save(&group, Some(next_offset), Durability::Fsync)?;
+            }
+        }
+    }
     let shard = Arc::new(
         FileShard::new(id, &meta.name, options, dir, shared.clone(), state, writer)
             .with_groups(groups),
