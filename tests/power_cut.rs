@@ -1,25 +1,27 @@
 //! Power-cut simulation of the journal and file engines (see
 //! `power_cut/sim.rs` for the disk model). Each workload runs a store on
 //! the real disk with every filesystem change recorded: three shards, one
-//! per durability mode, appended to by two threads, with deletes (before an
-//! offset, by offsets), truncations, consumer-group offset commits, small
-//! segments (rolls, reclaim, the journal's cleaner and checkpoints),
+//! per durability mode, driven by two threads with appends, deletes
+//! (before an offset, by offsets), truncations and consumer-group commits,
 //! plus one `fsync` shard both threads append to (group commit within a
-//! shard). Then, for many cut points and draws of what the disk kept, the crash state is
-//! written to a fresh directory and the store reopened from it. The
-//! contract checked, per shard:
+//! shard); small segments make rolls, reclaim, the journal's cleaner and
+//! its checkpoints part of it. Then, for many cut points and draws of what
+//! the disk kept, the crash state is written to a fresh directory and the
+//! store reopened from it. The contract checked, per shard:
 //! - the reopen succeeds;
-//! - the shard is exactly what some prefix of its operations (create,
-//!   appends, deletes, commits) made it: same watermarks, same records and
-//!   committed offsets, nothing torn,
-//!   reordered or missing from the middle;
+//! - the shard is exactly what some prefix of its operations made it: same
+//!   watermarks, records and committed offsets, nothing torn, reordered or
+//!   missing from the middle (`matches_prefix` says which operations may be
+//!   half done, `check_offsets_alone` how an `os`/`none` file shard's
+//!   offsets are checked);
 //! - for `fsync`, that prefix holds every operation acknowledged before the
 //!   cut; `os` and `none` may lose any suffix;
 //! - and the store reopened takes a new append that survives a clean close.
 //!
 //! `MQS_POWER_CUTS` sets the cuts per engine (default 2500; `make
 //! crash-long` runs more); `MQS_SEED` replays a seed. A failing cut's state
-//! is kept under the temporary directory and named in the failure.
+//! is kept under the temporary directory, with its event trace (`TRACE`),
+//! and named in the failure.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
