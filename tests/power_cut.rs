@@ -471,13 +471,17 @@ fn check_shard(engine: &str, store: &Store, log: &ShardLog, cut: usize) -> Resul
     if (must_keep..=log.ops.len()).any(matches) {
         return Ok(());
     }
+    Err(describe_mismatch(log, must_keep, state.as_ref()))
+}
+
+/// What differs between `state` and the shard's history, for a failure:
+/// the nearest prefix by watermarks and the history itself.
+fn describe_mismatch(log: &ShardLog, must_keep: usize, state: Option<&ShardState>) -> String {
     // The nearest prefix by watermarks, to say what differs.
     let near = (must_keep..=log.ops.len())
         .map(|k| (k, model(&log.ops, k)))
-        .find(|(_, m)| {
-            m.as_ref().map(|m| (m.low, m.next)) == state.as_ref().map(|s| (s.low, s.next))
-        });
-    let what = match (&state, near) {
+        .find(|(_, m)| m.as_ref().map(|m| (m.low, m.next)) == state.map(|s| (s.low, s.next)));
+    let what = match (state, near) {
         (Some(s), Some((k, Some(m)))) => {
             let missing: Vec<i64> = m
                 .records
@@ -499,7 +503,7 @@ fn check_shard(engine: &str, store: &Store, log: &ShardLog, cut: usize) -> Resul
         }
         _ => format!(
             "watermarks {:?} match no prefix",
-            state.as_ref().map(|s| (s.low, s.next))
+            state.map(|s| (s.low, s.next))
         ),
     };
     let history: Vec<String> = log
@@ -520,14 +524,14 @@ fn check_shard(engine: &str, store: &Store, log: &ShardLog, cut: usize) -> Resul
             format!("{i}:{op}@{at}")
         })
         .collect();
-    Err(format!(
+    format!(
         "shard {} ({}), {} operations, the first {must_keep} acknowledged: {what}; \
          history {}",
         log.name,
         log.durability,
         log.ops.len(),
         history.join(" ")
-    ))
+    )
 }
 
 /// Appends one record to each shard present, closes cleanly, reopens and
@@ -572,7 +576,7 @@ fn check_cut(
     let describe = |e: String| {
         format!(
             "{e} [{} entry changes lost ({}: {:?}), {} writes lost or torn]",
-            state.lost_entry_changes,
+            state.lost_entries.len(),
             if state.ordered_metadata {
                 "in order"
             } else {

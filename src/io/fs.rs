@@ -42,9 +42,7 @@ fn report_created(path: &Path, file: &File) {
 /// `pwrite(2)` of all of `buf` at `pos`.
 pub fn write_at(file: &File, buf: &[u8], pos: u64) -> io::Result<()> {
     file.write_all_at(buf, pos)?;
-    if let Some((observer, ino)) = watched(file) {
-        observer.wrote(ino, pos, buf);
-    }
+    report_write(file, buf, pos);
     Ok(())
 }
 
@@ -202,6 +200,15 @@ pub fn create_new(path: &Path, what: &str) -> Result<File> {
 /// and fsynced, renamed over the old one, the directory fsynced. A crash
 /// leaves either the old or the new file, never a mix.
 pub fn replace_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    replace_file(dir, name, bytes, true)
+}
+
+/// `replace_file_durably`, but the directory is fsynced only when
+/// `durable_rename`: without it a power cut may keep the old file. The
+/// temporary file is fsynced either way, since a rename that reaches the
+/// disk before its data (any later directory fsync can carry it there)
+/// would leave an empty file where the old one would merely be stale.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8], durable_rename: bool) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
     let file = create(&tmp).map_err(|e| io("creating", e))?;
@@ -209,7 +216,10 @@ pub fn replace_file_durably(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> 
     sync_all(&file).map_err(|e| io("fsyncing", e))?;
     drop(file);
     rename(&tmp, &dir.join(name)).map_err(|e| io("renaming", e))?;
-    sync_dir(dir)
+    if durable_rename {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Removes `dir/name` if it exists and makes the removal durable.

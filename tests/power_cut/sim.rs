@@ -124,10 +124,8 @@ impl Recorder {
         path.strip_prefix(&self.root).ok().map(Path::to_path_buf)
     }
 
-    fn push(&self, event: Event) -> usize {
-        let mut trace = self.trace.lock().unwrap();
-        trace.events.push(event);
-        trace.events.len() - 1
+    fn push(&self, event: Event) {
+        self.trace.lock().unwrap().events.push(event);
     }
 
     fn file_event(&self, ino: u64, event: impl FnOnce(FileId) -> Event) {
@@ -194,7 +192,7 @@ impl FsObserver for Recorder {
             return;
         };
         let mut trace = self.trace.lock().unwrap();
-        rename_entries(&mut trace.live, &from, &to, |f| *f);
+        rename_entries(&mut trace.live, &from, &to);
         trace.events.push(Event::Rename { from, to });
     }
 
@@ -222,12 +220,7 @@ impl FsObserver for Recorder {
 }
 
 /// Moves `from` and everything under it to `to`, replacing what was there.
-fn rename_entries<V: Clone>(
-    map: &mut HashMap<PathBuf, V>,
-    from: &Path,
-    to: &Path,
-    copy: impl Fn(&V) -> V,
-) {
+fn rename_entries<V: Clone>(map: &mut HashMap<PathBuf, V>, from: &Path, to: &Path) {
     map.retain(|p, _| !p.starts_with(to));
     let moved: Vec<(PathBuf, V)> = map
         .iter()
@@ -239,7 +232,7 @@ fn rename_entries<V: Clone>(
             } else {
                 to.join(rest)
             };
-            (moved, copy(v))
+            (moved, v.clone())
         })
         .collect();
     map.retain(|p, _| !p.starts_with(from));
@@ -256,7 +249,6 @@ enum Node {
 pub struct CutState {
     /// The entry changes lost, as the trace shows them.
     pub lost_entries: Vec<String>,
-    pub lost_entry_changes: usize,
     pub lost_or_torn_writes: usize,
     pub ordered_metadata: bool,
 }
@@ -269,7 +261,6 @@ impl Recorder {
         let events = &trace.events[..cut.min(trace.events.len())];
         let ordered = rng.below(2) == 0;
         let (names, lost) = namespace(events, ordered, rng);
-        let lost_entry_changes = lost.len();
         let mut lost_entries: Vec<String> = lost.iter().map(|&i| describe(i, &events[i])).collect();
         lost_entries.sort();
         let synced = synced_bounds(events);
@@ -290,18 +281,11 @@ impl Recorder {
                 lost_or_torn_writes += lost;
                 let path = target.join(path);
                 std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-                std::fs::write(&path, bytes).unwrap_or_else(|e| {
-                    panic!(
-                        "{e} {} {:?}",
-                        path.display(),
-                        names.keys().collect::<Vec<_>>()
-                    )
-                });
+                std::fs::write(&path, bytes).unwrap();
             }
         }
         CutState {
             lost_entries,
-            lost_entry_changes,
             lost_or_torn_writes,
             ordered_metadata: ordered,
         }
@@ -322,16 +306,26 @@ fn describe(i: usize, event: &Event) -> String {
     format!("{i} {line}")
 }
 
-/// For each file, the event index below which its changes are durable.
-fn synced_bounds(events: &[Event]) -> HashMap<FileId, usize> {
-    let mut bounds: HashMap<FileId, usize> = HashMap::new();
-    for event in events {
-        if let Event::Sync { file, covers } = event {
-            let bound = bounds.entry(*file).or_default();
-            *bound = (*bound).max(*covers);
-        }
+/// For each synced file (`Sync`) or directory (`DirSync`), as `sync`
+/// names them, the event index below which its changes are durable.
+fn durable_bounds<K: Eq + std::hash::Hash>(
+    events: &[Event],
+    sync: impl Fn(&Event) -> Option<(K, usize)>,
+) -> HashMap<K, usize> {
+    let mut bounds: HashMap<K, usize> = HashMap::new();
+    for (key, covers) in events.iter().filter_map(sync) {
+        let bound = bounds.entry(key).or_default();
+        *bound = (*bound).max(covers);
     }
     bounds
+}
+
+/// For each file, the event index below which its changes are durable.
+fn synced_bounds(events: &[Event]) -> HashMap<FileId, usize> {
+    durable_bounds(events, |event| match event {
+        Event::Sync { file, covers } => Some((*file, *covers)),
+        _ => None,
+    })
 }
 
 /// The directory whose sync makes an entry change durable.
@@ -346,19 +340,16 @@ fn entry_dir(event: &Event) -> Option<PathBuf> {
 
 /// The entries that survive: durable changes, plus the unsynced ones the
 /// draw keeps (a prefix per directory when `ordered`, else any subset).
-/// Returns them and the number of entry changes lost.
+/// Returns them and the indexes of the entry changes lost.
 fn namespace(
     events: &[Event],
     ordered: bool,
     rng: &mut Rng,
 ) -> (HashMap<PathBuf, Node>, std::collections::HashSet<usize>) {
-    let mut dir_bounds: HashMap<PathBuf, usize> = HashMap::new();
-    for event in events {
-        if let Event::DirSync { dir, covers } = event {
-            let bound = dir_bounds.entry(dir.clone()).or_default();
-            *bound = (*bound).max(*covers);
-        }
-    }
+    let dir_bounds = durable_bounds(events, |event| match event {
+        Event::DirSync { dir, covers } => Some((dir.clone(), *covers)),
+        _ => None,
+    });
     let mut pending: BTreeMap<PathBuf, Vec<usize>> = BTreeMap::new();
     for (i, event) in events.iter().enumerate() {
         if let Some(dir) = entry_dir(event) {
@@ -402,7 +393,7 @@ fn apply_entry_change(names: &mut HashMap<PathBuf, Node>, event: &Event) {
             names.entry(path.clone()).or_insert(Node::Dir);
         }
         Event::Rename { from, to } if names.contains_key(from) && parent_exists(names, to) => {
-            rename_entries(names, from, to, |n| *n);
+            rename_entries(names, from, to);
         }
         Event::Remove { path } => names.retain(|p, _| !p.starts_with(path)),
         _ => {}

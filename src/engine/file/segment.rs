@@ -92,13 +92,9 @@ pub fn record_synced(dir: &Path, base: i64, len: u64) {
     record[8..16].copy_from_slice(&len.to_le_bytes());
     let crc = crc32c::crc32c(&record[..16]);
     record[16..].copy_from_slice(&crc.to_le_bytes());
-    let path = dir.join(SYNCED_FILE);
-    let options = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .clone();
-    if let Ok(file) = fs::open_creating(&options, &path) {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    if let Ok(file) = fs::open_creating(&options, &dir.join(SYNCED_FILE)) {
         let _ = fs::write_at(&file, &record, 0);
     }
 }

@@ -51,25 +51,11 @@ pub struct Meta {
     pub next: i64,
 }
 
-/// Replaces `meta.json` atomically (temp file, fdatasync, rename);
-/// `durable` adds the directory fsync that makes the new one survive a
-/// power loss. The temp file is synced either way: a rename that reaches
-/// the disk before the file's data (any later directory fsync can carry
-/// it there) would leave an empty `meta.json` and a shard that cannot
-/// open, where the old one would merely be stale.
+/// Replaces `meta.json` atomically (`io::fs::replace_file`); `durable`
+/// adds the directory fsync that makes the new one survive a power loss.
 pub fn write_meta(dir: &Path, meta: &Meta, durable: bool) -> Result<()> {
-    let path = dir.join(META_FILE);
-    let tmp = dir.join("meta.json.tmp");
     let json = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
-    let io = |what: &str, e| Error::io(format!("{what} '{}'", tmp.display()), e);
-    let file = fs::create(&tmp).map_err(|e| io("creating", e))?;
-    fs::write_at(&file, &json, 0).map_err(|e| io("writing", e))?;
-    fs::sync_data(&file).map_err(|e| io("fdatasync of", e))?;
-    fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-    if durable {
-        segment::sync_dir(dir)?;
-    }
-    Ok(())
+    fs::replace_file(dir, META_FILE, &json, durable)
 }
 
 /// The shard's segments and watermarks.

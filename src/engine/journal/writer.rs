@@ -876,21 +876,20 @@ impl Writer {
     fn do_io(&self, runs: &[Run], to_sync: &[Arc<Segment>]) -> Result<()> {
         let mut guard = self.io.lock();
         let io = &mut *guard;
-        let mut start = 0;
-        while start < runs.len() {
-            let segment = &runs[start].segment;
-            self.seal_before(io, segment)?;
-            let end = start
-                + runs[start..]
-                    .iter()
-                    .take_while(|r| r.segment.base == segment.base)
-                    .count();
-            let syncs = if end == runs.len() { to_sync } else { &[] };
-            self.write_runs(io, &runs[start..end], syncs)?;
-            start = end;
+        if runs.is_empty() {
+            return self.write_runs(io, runs, to_sync);
         }
-        if runs.is_empty() && !to_sync.is_empty() {
-            self.write_runs(io, runs, to_sync)?;
+        let mut by_segment = runs
+            .chunk_by(|a, b| a.segment.base == b.segment.base)
+            .peekable();
+        while let Some(same_segment) = by_segment.next() {
+            self.seal_before(io, &same_segment[0].segment)?;
+            let syncs = if by_segment.peek().is_none() {
+                to_sync
+            } else {
+                &[]
+            };
+            self.write_runs(io, same_segment, syncs)?;
         }
         Ok(())
     }
@@ -904,17 +903,12 @@ impl Writer {
     /// One fdatasync per segment roll.
     fn seal_before(&self, io: &mut IoState, segment: &Arc<Segment>) -> Result<()> {
         if let Some(previous) = &io.last_segment {
-            if previous.base < segment.base {
-                self.do_sync(std::slice::from_ref(previous))?;
+            if previous.base >= segment.base {
+                return Ok(());
             }
+            self.do_sync(std::slice::from_ref(previous))?;
         }
-        if io
-            .last_segment
-            .as_ref()
-            .is_none_or(|p| p.base < segment.base)
-        {
-            io.last_segment = Some(segment.clone());
-        }
+        io.last_segment = Some(segment.clone());
         Ok(())
     }
 
