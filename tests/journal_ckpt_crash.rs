@@ -17,7 +17,7 @@ fn config() -> Config {
     // the journal, which is what this test is about.
     Config::from_toml_str(
         "[shard]\nengine = \"journal\"\ndurability = \"fsync\"\n\
-         [journal]\nsegment_bytes = 1048576\ncheckpoint_bytes = 0\n",
+         [journal]\nsegment_bytes = 4194304\ncheckpoint_bytes = 0\n",
     )
     .unwrap()
 }
@@ -51,6 +51,7 @@ fn kill_9_after_reopening_from_a_checkpoint_loses_nothing() {
         store.close().unwrap();
     }
     let mut rng = Rng::seeded();
+    let mut used = 0;
     for cycle in 0..6u64 {
         let label = format!("cycle {cycle}");
         let envs = [(CHILD_ENV, dir.path().as_os_str())];
@@ -66,14 +67,24 @@ fn kill_9_after_reopening_from_a_checkpoint_loses_nothing() {
         } else {
             dir.path()
         };
+        // The child writes no checkpoint, but its segment reclaim deletes
+        // the one it started from once the journal has moved past that
+        // checkpoint's segments; one still on disk must be loaded.
+        let kept = path.join("journal").join("index.ckpt").exists();
         let store = Store::open(path, config()).unwrap();
         let stats = store.shard_stats("c0").unwrap();
         let journal = &stats["engine_stats"]["journal"];
-        assert_eq!(journal["checkpoint_used"], true, "{label}: {journal}");
-        let total: usize = acked.shards.values().map(|s| s.records.len()).sum();
-        let replayed = journal["recovered_entries"].as_u64().unwrap() as usize;
-        assert!(replayed < total, "{label}: replayed {replayed}");
+        assert_eq!(journal["checkpoint_used"], kept, "{label}: {journal}");
+        if kept {
+            used += 1;
+            let total: usize = acked.shards.values().map(|s| s.records.len()).sum();
+            let replayed = journal["recovered_entries"].as_u64().unwrap() as usize;
+            assert!(replayed < total, "{label}: replayed {replayed}");
+        }
         crash::verify(&store, &acked, &label);
         store.close().unwrap();
     }
+    // 4 MiB segments: a child rarely writes enough to reclaim past the
+    // checkpoint it started from, so most cycles recover through one.
+    assert!(used >= 3, "only {used} of 6 reopens used a checkpoint");
 }
