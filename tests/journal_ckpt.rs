@@ -331,8 +331,15 @@ fn after_a_crash_only_the_entries_after_the_checkpoint_are_replayed() {
     assert_eq!(snapshot(&store), expected);
 }
 
+/// Without periodic checkpoints (a reclaim would have a fresh one written
+/// at once, see the next test) the checkpoint stays deleted.
 #[test]
 fn removing_a_segment_after_reopen_removes_the_checkpoint_first() {
+    let open = |dir: &Path| {
+        let config = "[shard]\nengine = \"journal\"\ndurability = \"os\"\n\
+                      [journal]\nsegment_bytes = 65536\ncheckpoint_bytes = 0\n";
+        Store::open(dir, Config::from_toml_str(config).unwrap()).unwrap()
+    };
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     store
@@ -389,6 +396,15 @@ fn wait_for_checkpoints(store: &Store, n: u64) {
     }
 }
 
+/// Waits until the store in `dir` has a checkpoint file.
+fn wait_for_checkpoint_file(dir: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ckpt_path(dir).exists() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint file");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 fn periodic_checkpoints_bound_the_replay_after_a_crash() {
     let config = || {
@@ -408,6 +424,9 @@ fn periodic_checkpoints_bound_the_replay_after_a_crash() {
     store.create_shard("late", None).unwrap();
     store.append("late", &Record::new(b"after")).unwrap();
     let before = snapshot(&store);
+    // A segment reclaim deletes the checkpoint and has a fresh one written
+    // at once; the image is taken with one in place.
+    wait_for_checkpoint_file(dir.path());
     // A crash image: the files as they are, no clean close.
     let image = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), image.path());

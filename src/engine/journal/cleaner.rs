@@ -13,6 +13,14 @@
 //! the head of the log (`JournalShard::relocate_below`: `Rewrite` entries
 //! with the batches' own bytes), and the prefix goes the usual way.
 //!
+//! Only batches that would stay are worth a copy. A shard whose front
+//! moves (retention, deletes, a hybrid shard's tierer) will drop its
+//! oldest batches soon anyway: a batch its front would reach within the
+//! next `LEAVING_PASSES` passes, at the pace it moved over the last two,
+//! counts as dead and stays in place. Copying it would double the disk
+//! writes of a steadily draining shard for nothing; an idle shard's front
+//! does not move, so its batches are relocated as before.
+//!
 //! Crash safety comes from the entries, not from ordering tricks: a
 //! relocated batch is a `Rewrite` entry, which replay puts in the place of
 //! the original when the original is still there and inserts when its
@@ -39,6 +47,13 @@ use crate::Result;
 /// (plus the active and the prefilled segment), at the price of at most
 /// two relocated bytes per byte freed. As numerator / denominator.
 const LIVE_FRACTION: (u64, u64) = (2, 3);
+
+/// Batches their shard's front reaches within this many passes (segment
+/// rolls, about) are leaving and not relocated. Leaving them costs at most
+/// that many segments of disk beyond the bound above; a shard that drains
+/// its data within a few segments of journal growth (byte retention, a
+/// hybrid shard's tierer) is then never copied.
+const LEAVING_PASSES: i64 = 4;
 
 /// What one cleaning pass did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -105,7 +120,7 @@ impl Log {
                 .collect()
         };
         let shards: Vec<Arc<JournalShard>> = self.shards.lock().values().cloned().collect();
-        let (live, oldest) = live_bytes(&shards, active);
+        let (live, movable) = live_bytes(&shards, active);
         let sizes: Vec<(u64, u64)> = closed
             .iter()
             .map(|&(base, len)| (len, live.get(&base).copied().unwrap_or(0)))
@@ -116,9 +131,9 @@ impl Log {
         };
         let end = last_base + last_len;
         let mut relocated_bytes = 0;
-        for (shard, first) in shards.iter().zip(oldest) {
-            if first < end {
-                relocated_bytes += shard.relocate_below(end)?;
+        for (shard, from) in shards.iter().zip(movable) {
+            if from.position < end {
+                relocated_bytes += shard.relocate_below(end, from.offset)?;
             }
         }
         self.relocated_bytes
@@ -132,27 +147,50 @@ impl Log {
     }
 }
 
-/// Live entry bytes per closed segment (base → bytes), and for each shard
-/// the global position of its oldest batch in a closed segment
-/// (`u64::MAX`: none).
-fn live_bytes(shards: &[Arc<JournalShard>], active: u64) -> (BTreeMap<u64, u64>, Vec<u64>) {
+/// A shard's batches the cleaner would relocate: from `offset` on (the
+/// older ones are leaving), the oldest of them in a closed segment at
+/// global `position` (`u64::MAX`: none).
+struct Movable {
+    offset: i64,
+    position: u64,
+}
+
+/// Live entry bytes per closed segment (base → bytes), leaving batches
+/// not counted, and each shard's movable batches.
+fn live_bytes(shards: &[Arc<JournalShard>], active: u64) -> (BTreeMap<u64, u64>, Vec<Movable>) {
     let mut live = BTreeMap::new();
-    let mut oldest = Vec::with_capacity(shards.len());
+    let mut movable = Vec::with_capacity(shards.len());
     for shard in shards {
         let state = shard.state.read();
-        let mut first = u64::MAX;
-        for batch in state.batches.iter() {
+        let offset = leaving_end(shard, state.low_watermark);
+        let mut position = u64::MAX;
+        for batch in state.batches.range(state.batch_index(offset)..) {
             let base = batch.loc.segment.base;
             if base < active {
                 // The whole entry, header and padding included: only what
                 // a relocation would free counts as dead.
                 *live.entry(base).or_insert(0) += entry::entry_len(batch.len as usize);
-                first = first.min(batch.global_pos());
+                position = position.min(batch.global_pos());
             }
         }
-        oldest.push(first);
+        movable.push(Movable { offset, position });
     }
-    (live, oldest)
+    (live, movable)
+}
+
+/// The offset below which `shard`'s batches are leaving: those its front
+/// reaches within `LEAVING_PASSES` passes, at the pace it moved over the
+/// last two (none for a shard first seen). Notes `low`, its low
+/// watermark, for the next pass.
+fn leaving_end(shard: &JournalShard, low: i64) -> i64 {
+    let [last, before] = &shard.fronts_seen;
+    let per_two_passes = match before.load(Ordering::Relaxed) {
+        i64::MAX => 0,
+        earlier => low.saturating_sub(earlier).max(0),
+    };
+    before.store(last.load(Ordering::Relaxed), Ordering::Relaxed);
+    last.store(low, Ordering::Relaxed);
+    low.saturating_add(per_two_passes.saturating_mul(LEAVING_PASSES / 2))
 }
 
 #[cfg(test)]

@@ -155,12 +155,18 @@ impl Log {
         // checkpoint naming a missing segment is ignored on open anyway, but
         // deleting it first (durably) means no open ever has to rely on that
         // check: after a crash from here on, recovery replays the whole
-        // journal, which is what it did before checkpoints existed.
+        // journal, which is what it did before checkpoints existed. With
+        // periodic checkpoints a fresh one is due at once, so that the
+        // replay stays as short as `checkpoint_bytes` promises.
         if self.index_ckpt.load(Ordering::Acquire) {
             if ckpt::remove(&self.dir).is_err() {
                 return;
             }
             self.index_ckpt.store(false, Ordering::Release);
+            if let Some(checkpointer) = &self.checkpointer {
+                self.next_checkpoint_at.store(0, Ordering::Relaxed);
+                checkpointer.poke();
+            }
         }
         {
             let mut map = self.segments.write();

@@ -2,7 +2,7 @@
 //! shared journal segments.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,6 +44,9 @@ pub struct JournalShard {
     appended_records: AtomicU64,
     appended_bytes: AtomicU64,
     read_records: AtomicU64,
+    /// The low watermark at the journal cleaner's last two passes (newest
+    /// first; `i64::MAX`: not seen yet): how fast the shard's front moves.
+    pub(super) fronts_seen: [AtomicI64; 2],
 }
 
 impl JournalShard {
@@ -64,6 +67,7 @@ impl JournalShard {
             appended_records: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
             read_records: AtomicU64::new(0),
+            fronts_seen: [AtomicI64::new(i64::MAX), AtomicI64::new(i64::MAX)],
         }
     }
 
@@ -263,10 +267,10 @@ impl JournalShard {
     /// under a fresh entry CRC. The shard's lock is held for at most
     /// `RELOCATE_CHUNK` bytes at a time, and each chunk is written before
     /// the next, so neither appenders nor the journal buffer wait on a
-    /// large relocation. Returns the batch bytes relocated.
-    pub(super) fn relocate_below(&self, end: u64) -> Result<u64> {
+    /// large relocation. Batches below offset `from` stay where they are.
+    /// Returns the batch bytes relocated.
+    pub(super) fn relocate_below(&self, end: u64, mut from: i64) -> Result<u64> {
         let (mut logged, mut relocated) = (0, 0);
-        let mut from = i64::MIN;
         loop {
             let mut state = self.state.write();
             if state.deleted {

@@ -885,3 +885,45 @@ fn the_cleaner_bounds_disk_use_behind_an_idle_shard() {
     let (_, _, idle) = shards.into_iter().find(|(n, _, _)| n == "idle").unwrap();
     check(&idle);
 }
+
+/// A shard that drains steadily (byte retention of two segments) is not
+/// copied by the cleaner, but for a few batches while the first passes
+/// learn its pace: its oldest batches leave within a few passes anyway.
+/// (Before the cleaner told leaving batches apart, it copied more than half
+/// of what this shard wrote.) Its journal files stay within a few segments
+/// of what it retains all the same.
+#[test]
+fn the_cleaner_leaves_a_draining_shards_batches_in_place() {
+    const SEGMENT: u64 = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: SEGMENT,
+        cleaner: false,
+        ..JournalConfig::default()
+    };
+    let engine = JournalEngine::new(dir.path(), config);
+    engine.recover().unwrap();
+    let draining = ShardOptions {
+        retention_bytes: 2 * SEGMENT,
+        ..options(Durability::Os)
+    };
+    let shard = engine.create_shard("draining", &draining).unwrap();
+    let log = engine.log.lock().clone().unwrap();
+    let value = vec![5u8; 4 << 10];
+    let mut most = 0;
+    for i in 0..1024 {
+        shard.append(&[Record::new(&value)]).unwrap();
+        if i % 16 == 15 {
+            log.clean().unwrap();
+            most = most.max(journal_disk_bytes(dir.path()));
+        }
+    }
+    let stats = log.stats();
+    let written = 1024 * value.len() as u64;
+    let relocated = stats["relocated_bytes"].as_u64().unwrap();
+    assert!(relocated * 100 < written, "{stats}");
+    assert!(stats["removed_segments"].as_u64().unwrap() > 8, "{stats}");
+    // Retained, plus the partly dead oldest segment, the active and the
+    // prefilled one.
+    assert!(most <= 5 * SEGMENT, "{most} bytes of journal files");
+}
