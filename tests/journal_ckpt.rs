@@ -331,8 +331,8 @@ fn after_a_crash_only_the_entries_after_the_checkpoint_are_replayed() {
     assert_eq!(snapshot(&store), expected);
 }
 
-/// Without periodic checkpoints (a reclaim would have a fresh one written
-/// at once, see the next test) the checkpoint stays deleted.
+/// Without periodic checkpoints (with them, a reclaim reschedules the
+/// next one, see the next test) the checkpoint stays deleted.
 #[test]
 fn removing_a_segment_after_reopen_removes_the_checkpoint_first() {
     let open = |dir: &Path| {
@@ -424,8 +424,9 @@ fn periodic_checkpoints_bound_the_replay_after_a_crash() {
     store.create_shard("late", None).unwrap();
     store.append("late", &Record::new(b"after")).unwrap();
     let before = snapshot(&store);
-    // A segment reclaim deletes the checkpoint and has a fresh one written
-    // at once; the image is taken with one in place.
+    // A segment reclaim deletes the checkpoint; a fresh one is due at once
+    // here (the journal is longer than checkpoint_bytes). The image is
+    // taken with one in place.
     wait_for_checkpoint_file(dir.path());
     // A crash image: the files as they are, no clean close.
     let image = tempfile::tempdir().unwrap();

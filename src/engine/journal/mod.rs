@@ -155,24 +155,22 @@ impl Log {
         // checkpoint naming a missing segment is ignored on open anyway, but
         // deleting it first (durably) means no open ever has to rely on that
         // check: after a crash from here on, recovery replays the whole
-        // journal, which is what it did before checkpoints existed. With
-        // periodic checkpoints a fresh one is due at once, so that the
-        // replay stays as short as `checkpoint_bytes` promises.
-        if self.index_ckpt.load(Ordering::Acquire) {
+        // journal, which is what it did before checkpoints existed.
+        let ckpt_removed = self.index_ckpt.load(Ordering::Acquire);
+        if ckpt_removed {
             if ckpt::remove(&self.dir).is_err() {
                 return;
             }
             self.index_ckpt.store(false, Ordering::Release);
-            if let Some(checkpointer) = &self.checkpointer {
-                self.next_checkpoint_at.store(0, Ordering::Relaxed);
-                checkpointer.poke();
-            }
         }
         {
             let mut map = self.segments.write();
             for s in &candidates {
                 map.remove(&s.base);
             }
+        }
+        if ckpt_removed {
+            self.reschedule_checkpoint();
         }
         if self.writer.remove_files(&candidates).is_ok() {
             self.removed_segments
@@ -195,6 +193,23 @@ impl Log {
             if let Some(cleaner) = &self.cleaner {
                 cleaner.poke();
             }
+        }
+    }
+
+    /// After a reclaim deleted the index checkpoint, a crash replays the
+    /// journal from its oldest segment: with periodic checkpoints, a fresh
+    /// one is due as soon as that replay would be longer than
+    /// `checkpoint_bytes` (at once, if it already is). A journal smaller
+    /// than that, such as a hybrid store's, is not checkpointed per reclaim.
+    fn reschedule_checkpoint(&self) {
+        let Some(checkpointer) = &self.checkpointer else {
+            return;
+        };
+        let oldest = self.segments.read().keys().next().copied().unwrap_or(0);
+        let due = oldest.saturating_add(self.config.checkpoint_bytes);
+        self.next_checkpoint_at.fetch_min(due, Ordering::Relaxed);
+        if self.checkpoint_due() {
+            checkpointer.poke();
         }
     }
 
