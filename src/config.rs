@@ -483,7 +483,8 @@ pub struct S3Config {
     pub block_bytes: u64,
     /// The read cache's size.
     pub cache_bytes: u64,
-    /// Blocks fetched ahead of a reader, in the same request.
+    /// Blocks fetched after a missed one, in the same request; as many
+    /// are kept coming in the background ahead of each read.
     pub readahead_blocks: u32,
     /// Batches of `os` and `none` shards wait at most this long in memory
     /// before their object is uploaded.

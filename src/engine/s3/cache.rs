@@ -54,6 +54,12 @@ impl BlockCache {
         Some(bytes.clone())
     }
 
+    /// Whether `key` is cached, without counting a hit or a miss or
+    /// refreshing it.
+    pub fn contains(&self, key: BlockKey) -> bool {
+        self.inner.lock().blocks.contains_key(&key)
+    }
+
     pub fn insert(&self, key: BlockKey, block: Bytes) {
         let len = block.len() as u64;
         if len > self.capacity {

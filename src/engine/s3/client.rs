@@ -37,7 +37,7 @@ pub struct Client {
     place: String,
     /// How long one call may take, all its tries included.
     call_timeout: Duration,
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
 }
 
 #[derive(Default)]
@@ -166,7 +166,7 @@ impl Client {
             runtime,
             place,
             call_timeout,
-            counters: Counters::default(),
+            counters: Arc::default(),
         })
     }
 
@@ -295,6 +295,36 @@ impl Client {
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.count_got(parts.iter().map(Bytes::len).sum());
         Ok(parts)
+    }
+
+    /// Starts ranged GETs of `ranges` of the object at `path` and returns
+    /// at once; `done` gets the parts on the client's runtime, or `None`
+    /// when they failed or took longer than a call may (a read-ahead that
+    /// failed is left to the read that needs the bytes, which reports it).
+    pub fn get_ranges_in_background(
+        &self,
+        path: &Path,
+        ranges: Vec<Range<u64>>,
+        done: impl FnOnce(Option<Vec<Bytes>>) + Send + 'static,
+    ) {
+        let (store, at) = (self.store.clone(), path.clone());
+        let (counters, timeout) = (self.counters.clone(), self.call_timeout);
+        self.runtime.spawn(async move {
+            let fetch = store.get_ranges(&at, &ranges);
+            let parts = match tokio::time::timeout(timeout, fetch).await {
+                Ok(Ok(parts)) => Some(parts),
+                _ => {
+                    counters.failures.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+            };
+            counters.gets.fetch_add(1, Ordering::Relaxed);
+            if let Some(parts) = &parts {
+                let len: usize = parts.iter().map(Bytes::len).sum();
+                counters.get_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            }
+            done(parts);
+        });
     }
 
     /// One ranged GET of each `(path, range)`, `CONCURRENCY` at a time.

@@ -5,7 +5,7 @@
 //! above); a background flusher uploads what `os` and `none` shards
 //! leave waiting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -16,7 +16,7 @@ use object_store::path::Path;
 use object_store::PutPayload;
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::cache::BlockCache;
+use super::cache::{BlockCache, BlockKey};
 use super::client::{Client, Mode, Put};
 use super::manifest::{Manifest, ObjectRef};
 use super::object;
@@ -104,10 +104,31 @@ struct Wake {
 struct Counters {
     objects_written: AtomicU64,
     objects_rewritten: AtomicU64,
+    /// Objects made of merged small ones.
+    objects_merged: AtomicU64,
     manifests_written: AtomicU64,
     flush_failures: AtomicU64,
     unresolved_writes: AtomicU64,
     backpressure_flushes: AtomicU64,
+}
+
+/// Blocks being read ahead in the background.
+#[derive(Default)]
+struct ReadAhead {
+    fetching: Mutex<HashSet<BlockKey>>,
+    /// Signalled when a read-ahead ends.
+    ended: Condvar,
+}
+
+impl ReadAhead {
+    /// Waits while any of `keys` is being read ahead: the read that needs
+    /// it then finds it cached (or fetches it itself if that failed).
+    fn wait_for(&self, keys: impl Iterator<Item = BlockKey> + Clone) {
+        let mut fetching = self.fetching.lock();
+        while keys.clone().any(|key| fetching.contains(&key)) {
+            self.ended.wait(&mut fetching);
+        }
+    }
 }
 
 pub(crate) struct S3Db {
@@ -118,7 +139,8 @@ pub(crate) struct S3Db {
     layout: Layout,
     settings: Settings,
     shards: RwLock<HashMap<u64, Arc<ShardSlot>>>,
-    cache: BlockCache,
+    cache: Arc<BlockCache>,
+    read_ahead: Arc<ReadAhead>,
     /// Objects transfer plans list: deleted only once no plan does.
     pub(super) pins: Pins,
     /// Ticket of a pipelined commit not yet stored → its shard.
@@ -141,7 +163,8 @@ impl S3Db {
             layout,
             settings: Settings::of(config),
             shards: RwLock::new(HashMap::new()),
-            cache: BlockCache::new(config.cache_bytes),
+            cache: Arc::new(BlockCache::new(config.cache_bytes)),
+            read_ahead: Arc::default(),
             pins: Pins::default(),
             tickets: Mutex::new(HashMap::new()),
             next_ticket: AtomicU64::new(1),
@@ -287,6 +310,12 @@ impl S3Db {
     /// Stores the shard's next write (and first whatever an earlier write
     /// left unresolved), then deletes what its manifest no longer lists.
     fn flush(&self, slot: &ShardSlot) -> Result<()> {
+        self.write(slot, false)
+    }
+
+    /// `flush`, merging one run of small objects too when `merge`: only
+    /// the background flusher merges, so that no append waits for it.
+    fn write(&self, slot: &ShardSlot, merge: bool) -> Result<()> {
         let _writing = slot.writing.lock();
         self.resolve(slot)?;
         let plan = {
@@ -298,11 +327,13 @@ impl S3Db {
                 drop(state);
                 return self.remove(slot);
             }
-            if !state.has_work() {
+            let object_bytes = self.settings.object_bytes;
+            let merge = merge && state.merge_due(object_bytes);
+            if !state.has_work() && !merge {
                 return Ok(());
             }
             let before = state.pending_bytes;
-            let plan = state.take_plan();
+            let plan = state.take_plan(merge.then_some(object_bytes));
             drop(state);
             self.account(before, 0);
             plan
@@ -400,19 +431,27 @@ impl S3Db {
     /// Uploads the plan's objects, then its manifest.
     fn store(&self, slot: &ShardSlot, plan: &Plan) -> std::result::Result<Stored, Failure> {
         let shard = slot.id;
-        for (old, new, kept) in &plan.rewrites {
-            let ranges = kept
-                .iter()
-                .map(|(_, meta, pos)| *pos..*pos + meta.len as u64)
-                .collect();
-            let parts = self
-                .client
-                .get_ranges(&self.layout.object(shard, old.seq), ranges)
-                .map_err(Failure::NotStored)?;
-            self.upload(shard, new, parts, plan)?;
-            self.counters
-                .objects_rewritten
-                .fetch_add(1, Ordering::Relaxed);
+        for rewrite in &plan.rewrites {
+            let mut parts = Vec::with_capacity(rewrite.kept.len());
+            // The kept batches of one old object are neighbours.
+            for run in rewrite.kept.chunk_by(|a, b| a.2 == b.2) {
+                let ranges = run
+                    .iter()
+                    .map(|(_, meta, _, pos)| *pos..*pos + meta.len as u64)
+                    .collect();
+                let object = self.layout.object(shard, run[0].2);
+                let fetched = self
+                    .client
+                    .get_ranges(&object, ranges)
+                    .map_err(Failure::NotStored)?;
+                parts.extend(fetched);
+            }
+            self.upload(shard, &rewrite.new, parts, plan)?;
+            let counter = match rewrite.stale {
+                true => &self.counters.objects_rewritten,
+                false => &self.counters.objects_merged,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
         }
         if let Some((object, batches)) = &plan.fresh {
             let parts = batches.iter().map(|b| b.bytes.clone()).collect();
@@ -551,22 +590,24 @@ impl S3Db {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// The flusher's round: shards whose batches waited long enough, or
-    /// that hold an object's worth; then objects no manifest and no
-    /// transfer plan lists any more.
+    /// The flusher's round: shards whose batches waited long enough, that
+    /// hold an object's worth or whose small objects are due for a merge;
+    /// then objects no manifest and no transfer plan lists any more.
     pub(super) fn flush_due(&self) {
         self.delete_objects(self.pins.take_released());
         for slot in self.slots() {
             let due = {
                 let state = slot.state.lock();
-                let full = state.pending_bytes >= self.settings.object_bytes;
+                let object_bytes = self.settings.object_bytes;
+                let full = state.pending_bytes >= object_bytes;
                 let old = state
                     .pending_since
                     .is_some_and(|t| t.elapsed() >= self.settings.flush_interval);
-                (full || old) && state.fenced.is_none()
+                let merge = !self.read_only && state.merge_due(object_bytes);
+                (full || old || merge) && state.fenced.is_none()
             };
             if due {
-                if let Err(e) = self.flush(&slot) {
+                if let Err(e) = self.write(&slot, true) {
                     log::emit(
                         Level::Warn,
                         &format!(
@@ -592,6 +633,8 @@ impl S3Db {
     ) -> Result<Bytes> {
         let size = self.settings.block_bytes;
         let (first, last) = (pos / size, (pos + len - 1) / size);
+        self.read_ahead
+            .wait_for((first..=last).map(|b| (shard, seq, b)));
         let mut blocks: Vec<Option<Bytes>> = (first..=last)
             .map(|b| self.cache.get((shard, seq, b)))
             .collect();
@@ -615,6 +658,7 @@ impl S3Db {
                 self.cache.insert((shard, seq, block), bytes);
             }
         }
+        self.start_read_ahead(shard, seq, data_len, last);
         let start = (pos - first * size) as usize;
         if first == last {
             let block = blocks.pop().flatten().expect("fetched");
@@ -625,6 +669,57 @@ impl S3Db {
             out.extend_from_slice(&block);
         }
         slice(&out.freeze(), start, len as usize, shard, seq)
+    }
+
+    /// Keeps the `readahead_blocks` blocks after `last` of object `seq`
+    /// coming: if one of them is neither cached nor on its way, the next
+    /// `readahead_blocks` from it are fetched in the background, so that
+    /// a sequential reader finds its blocks cached instead of waiting for
+    /// a GET per window.
+    fn start_read_ahead(&self, shard: u64, seq: u64, data_len: u64, last: u64) {
+        let (size, window) = (self.settings.block_bytes, self.settings.readahead_blocks);
+        let total = data_len.div_ceil(size);
+        let wanted: Vec<u64> = {
+            let mut fetching = self.read_ahead.fetching.lock();
+            let absent = |b: &u64| {
+                let key = (shard, seq, *b);
+                !fetching.contains(&key) && !self.cache.contains(key)
+            };
+            let Some(from) = (last + 1..total).take(window as usize).find(absent) else {
+                return;
+            };
+            let wanted: Vec<u64> = (from..total.min(from + window)).filter(absent).collect();
+            fetching.extend(wanted.iter().map(|&b| (shard, seq, b)));
+            wanted
+        };
+        let ranges = wanted
+            .iter()
+            .map(|b| b * size..((b + 1) * size).min(data_len))
+            .collect();
+        // The callback holds the cache and the read-ahead state, not the
+        // engine: it must never be the one to drop the client's runtime.
+        let (cache, read_ahead) = (self.cache.clone(), self.read_ahead.clone());
+        let path = self.layout.object(shard, seq);
+        self.client
+            .get_ranges_in_background(&path, ranges, move |parts| {
+                for (block, bytes) in wanted.iter().zip(parts.into_iter().flatten()) {
+                    cache.insert((shard, seq, *block), bytes);
+                }
+                let mut fetching = read_ahead.fetching.lock();
+                for block in &wanted {
+                    fetching.remove(&(shard, seq, *block));
+                }
+                read_ahead.ended.notify_all();
+            });
+    }
+
+    /// Waits until no read-ahead is under way.
+    #[cfg(test)]
+    pub fn wait_read_ahead(&self) {
+        let mut fetching = self.read_ahead.fetching.lock();
+        while !fetching.is_empty() {
+            self.read_ahead.ended.wait(&mut fetching);
+        }
     }
 
     /// Reads every shard's manifest and its objects' footers.
@@ -954,6 +1049,7 @@ impl Database for S3Db {
             "buffered_bytes": self.buffered.load(Ordering::Relaxed),
             "objects_written": get(&c.objects_written),
             "objects_rewritten": get(&c.objects_rewritten),
+            "objects_merged": get(&c.objects_merged),
             "manifests_written": get(&c.manifests_written),
             "flush_failures": get(&c.flush_failures),
             "unresolved_writes": get(&c.unresolved_writes),

@@ -49,17 +49,36 @@ pub struct Stored {
     pub generation: u64,
 }
 
-/// A batch an object rewrite keeps: base offset, meta, position in the
-/// old object.
-pub type Kept = (i64, BatchMeta, u64);
+/// A batch an object rewrite keeps: base offset, meta, and where it is
+/// (the old object's sequence number, the position in it).
+pub type Kept = (i64, BatchMeta, u64, u64);
+
+/// A new object holding the live batches of old ones: one object without
+/// its dead batches, or a run of small neighbours merged.
+pub struct Rewrite {
+    pub olds: Vec<ObjectRef>,
+    pub new: ObjectRef,
+    /// The batches kept, in offset order.
+    pub kept: Vec<Kept>,
+    /// The old objects held dead batches: a failed write leaves them due
+    /// for a rewrite again (a merge is simply planned again).
+    pub stale: bool,
+}
+
+/// Objects below this fraction of `object_bytes` are small: runs of
+/// neighbouring small objects are merged.
+const SMALL_FRACTION: u64 = 2;
+/// A run of this many small objects is merged even if the result stays
+/// small, so that a slow shard's objects do not grow without bound in
+/// number.
+const MERGE_COUNT: usize = 64;
 
 /// The next write of a shard: new objects, then the manifest listing them.
 pub struct Plan {
     /// The batches of a new object, from those waiting.
     pub fresh: Option<(ObjectRef, Vec<Pending>)>,
-    /// Objects rewritten without batches no longer live: the old object,
-    /// the new one and the batches kept (base, meta, position in the old).
-    pub rewrites: Vec<(ObjectRef, ObjectRef, Vec<Kept>)>,
+    /// Objects rewritten (without batches no longer live) or merged.
+    pub rewrites: Vec<Rewrite>,
     pub manifest: Manifest,
     pub manifest_bytes: Bytes,
     /// The footer of each new object, by sequence number.
@@ -275,10 +294,18 @@ impl State {
                 .any(|o| o.end <= self.manifest.start)
     }
 
+    /// Whether neighbouring small objects are due for a merge (see
+    /// `take_plan`).
+    pub fn merge_due(&self, object_bytes: u64) -> bool {
+        !merge_run(&self.manifest.objects, object_bytes).is_empty()
+    }
+
     /// Takes the next write out: the batches waiting, the rewrites due and
-    /// the manifest listing their objects. Object names are used once, a
-    /// failed write's too (`next_seq` moves on for good).
-    pub fn take_plan(&mut self) -> Plan {
+    /// the manifest listing their objects; with `merge` (objects of about
+    /// `object_bytes`), also one run of neighbouring small objects merged.
+    /// Object names are used once, a failed write's too (`next_seq` moves
+    /// on for good).
+    pub fn take_plan(&mut self, merge: Option<u64>) -> Plan {
         let mut manifest = self.manifest.clone();
         let start = manifest.start;
         let mut garbage = Vec::new();
@@ -296,13 +323,24 @@ impl State {
                 continue;
             };
             let old = manifest.objects.remove(at);
+            rewrites.extend(self.rewrite_of(vec![old], true, &mut manifest, &mut footers));
             garbage.push(seq);
-            let kept = self.batches_in(&old);
-            let listed = kept.iter().map(|k| (k.0, k.1, self.keys_of(k.0)));
-            if let Some((new, footer)) = new_object(&mut manifest.next_seq, listed) {
-                footers.insert(new.seq, footer);
-                manifest.objects.push(new);
-                rewrites.push((old, new, kept));
+        }
+        if let Some(object_bytes) = merge {
+            // Only objects already stored: not those this write uploads.
+            let stored: Vec<ObjectRef> = manifest
+                .objects
+                .iter()
+                .filter(|o| !rewrites.iter().any(|r| r.new.seq == o.seq))
+                .copied()
+                .collect();
+            let run = merge_run(&stored, object_bytes);
+            if !run.is_empty() {
+                manifest
+                    .objects
+                    .retain(|o| !run.iter().any(|r| r.seq == o.seq));
+                garbage.extend(run.iter().map(|o| o.seq));
+                rewrites.extend(self.rewrite_of(run, false, &mut manifest, &mut footers));
             }
         }
         let batches = std::mem::take(&mut self.pending);
@@ -332,18 +370,39 @@ impl State {
         }
     }
 
+    /// The object replacing `olds` (taken out of `manifest`) with their
+    /// live batches, added to `manifest`; `None` when none is live.
+    fn rewrite_of(
+        &self,
+        olds: Vec<ObjectRef>,
+        stale: bool,
+        manifest: &mut Manifest,
+        footers: &mut BTreeMap<u64, Bytes>,
+    ) -> Option<Rewrite> {
+        let kept: Vec<Kept> = olds.iter().flat_map(|o| self.batches_in(o)).collect();
+        let listed = kept.iter().map(|k| (k.0, k.1, self.keys_of(k.0)));
+        let (new, footer) = new_object(&mut manifest.next_seq, listed)?;
+        footers.insert(new.seq, footer);
+        manifest.objects.push(new);
+        Some(Rewrite {
+            olds,
+            new,
+            kept,
+            stale,
+        })
+    }
+
     /// The filter of the batch at `base`, when known.
     pub fn keys_of(&self, base: i64) -> Option<&KeyFilter> {
         self.locs.get(&base)?.keys.as_ref()
     }
 
-    /// The live batches of a stored object, by base offset: (base, meta,
-    /// position).
+    /// The live batches of a stored object, by base offset.
     fn batches_in(&self, object: &ObjectRef) -> Vec<Kept> {
         self.locs
             .range(object.first_base..object.end)
             .filter_map(|(&base, loc)| match loc.place {
-                Place::Object { seq, pos } if seq == object.seq => Some((base, loc.meta, pos)),
+                Place::Object { seq, pos } if seq == object.seq => Some((base, loc.meta, seq, pos)),
                 _ => None,
             })
             .collect()
@@ -353,8 +412,9 @@ impl State {
     /// (those still live), its rewrites are due again.
     pub fn restore(&mut self, plan: Plan) {
         self.dirty = true;
+        let stale = plan.rewrites.iter().filter(|r| r.stale);
         self.rewrite
-            .extend(plan.rewrites.iter().map(|(old, ..)| old.seq));
+            .extend(stale.flat_map(|r| r.olds.iter().map(|o| o.seq)));
         if let Some((_, mut batches)) = plan.fresh {
             batches.retain(|b| self.holds_in_memory(b.base, &b.bytes));
             self.pending_bytes += batches.iter().map(|b| b.bytes.len() as u64).sum::<u64>();
@@ -392,16 +452,16 @@ impl State {
                 pos += batch.meta.len as u64;
             }
         }
-        for (old, new, kept) in &plan.rewrites {
+        for rewrite in &plan.rewrites {
             let mut pos = 0;
-            for (base, meta, _) in kept {
+            for (base, meta, old, _) in &rewrite.kept {
                 match self.locs.get_mut(base) {
                     Some(Loc {
                         place: Place::Object { seq, pos: at },
                         ..
-                    }) if *seq == old.seq => (*seq, *at) = (new.seq, pos),
+                    }) if seq == old => (*seq, *at) = (rewrite.new.seq, pos),
                     _ if *base >= self.manifest.start => {
-                        self.rewrite.insert(new.seq);
+                        self.rewrite.insert(rewrite.new.seq);
                     }
                     _ => {}
                 }
@@ -409,6 +469,31 @@ impl State {
             }
         }
     }
+}
+
+/// The first run of neighbouring small objects (in offset order) worth
+/// merging: one that makes an object that is no longer small (and, its
+/// parts being small, at most `object_bytes`), or `MERGE_COUNT` objects. Each byte is then copied
+/// about once on its way to a full-sized object.
+fn merge_run(objects: &[ObjectRef], object_bytes: u64) -> Vec<ObjectRef> {
+    let small = object_bytes / SMALL_FRACTION;
+    let mut sorted = objects.to_vec();
+    sorted.sort_by_key(|o| o.first_base);
+    let mut run: Vec<ObjectRef> = Vec::new();
+    let mut bytes = 0;
+    for object in sorted {
+        if object.data_len >= small {
+            run.clear();
+            bytes = 0;
+            continue;
+        }
+        run.push(object);
+        bytes += object.data_len;
+        if run.len() >= 2 && (bytes >= small || run.len() >= MERGE_COUNT) {
+            return run;
+        }
+    }
+    Vec::new()
 }
 
 /// The entry of a new object holding `batches` (in order), named with the
