@@ -748,7 +748,8 @@ impl S3Db {
             .client
             .get_many("reading object footers", reads)?
             .into_iter();
-        let mut shards = self.shards.write();
+        let mut slots = Vec::new();
+        let mut listed = HashMap::new();
         for (id, manifest, stored) in loaded {
             let mut objects = Vec::new();
             for o in &manifest.objects {
@@ -756,18 +757,28 @@ impl S3Db {
                 let name = self.layout.object(id, o.seq).to_string();
                 objects.push((o.seq, object::parse_footer(&name, &bytes, o.data_len)?));
             }
+            listed.insert(
+                id,
+                objects
+                    .iter()
+                    .map(|(seq, _)| *seq)
+                    .collect::<HashSet<u64>>(),
+            );
             let state = State::found(manifest, stored, &objects);
-            let slot = ShardSlot {
+            slots.push(ShardSlot {
                 id,
                 writing: Mutex::new(()),
                 state: Mutex::new(state),
-            };
-            shards.insert(id, Arc::new(slot));
+            });
         }
-        drop(shards);
+        // Before the shards are published: the flusher writes (merges)
+        // only published shards, and an object it uploads is listed only
+        // once its manifest is stored.
         if !self.read_only {
-            self.delete_unlisted()?;
+            self.delete_unlisted(&listed)?;
         }
+        let mut shards = self.shards.write();
+        shards.extend(slots.into_iter().map(|slot| (slot.id, Arc::new(slot))));
         Ok(())
     }
 
@@ -805,24 +816,7 @@ impl S3Db {
 
     /// Deletes objects no manifest lists: uploaded by a write that did not
     /// finish, replaced by a rewrite, or of a removed shard.
-    fn delete_unlisted(&self) -> Result<()> {
-        let listed: HashMap<u64, Vec<u64>> = self
-            .shards
-            .read()
-            .iter()
-            .map(|(id, slot)| {
-                (
-                    *id,
-                    slot.state
-                        .lock()
-                        .manifest
-                        .objects
-                        .iter()
-                        .map(|o| o.seq)
-                        .collect(),
-                )
-            })
-            .collect();
+    fn delete_unlisted(&self, listed: &HashMap<u64, HashSet<u64>>) -> Result<()> {
         let unlisted = self
             .client
             .list(&self.layout.shards())?
