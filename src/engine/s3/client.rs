@@ -111,6 +111,9 @@ impl Client {
         if config.virtual_hosted_style {
             builder = builder.with_virtual_hosted_style_request(true);
         }
+        if config.unsigned_payload {
+            builder = builder.with_unsigned_payload(true);
+        }
         let plain_http = endpoint
             .as_deref()
             .is_some_and(|e| e.starts_with("http://"))

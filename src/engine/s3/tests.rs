@@ -149,6 +149,13 @@ fn config() -> S3Config {
 }
 
 fn open_with(store: &Arc<Faulty>, config: &S3Config) -> Arc<S3Db> {
+    let db = open_without_flusher(store, config);
+    db.start_flusher().unwrap();
+    db
+}
+
+/// A store whose flusher rounds (`flush_due`) only the test runs.
+fn open_without_flusher(store: &Arc<Faulty>, config: &S3Config) -> Arc<S3Db> {
     let client = Client::with_store(
         store.clone(),
         "memory".into(),
@@ -159,9 +166,7 @@ fn open_with(store: &Arc<Faulty>, config: &S3Config) -> Arc<S3Db> {
     let layout = Layout {
         prefix: PREFIX.into(),
     };
-    let db = S3Db::new(client, layout, config, false);
-    db.start_flusher().unwrap();
-    db
+    S3Db::new(client, layout, config, false)
 }
 
 fn open(store: &Arc<Faulty>) -> Arc<S3Db> {
@@ -793,7 +798,7 @@ fn a_failed_creation_is_forgotten_and_a_name_left_twice_keeps_its_newest_shard()
 #[test]
 fn the_flusher_merges_neighbouring_small_objects() {
     let store = Arc::new(Faulty::default());
-    let db = open(&store);
+    let db = open_without_flusher(&store, &config());
     create(&db, 1);
     let batch = |i: i64| with_key(put(1, i * 10, 10));
     for i in 0..70 {
@@ -824,5 +829,5 @@ fn the_flusher_merges_neighbouring_small_objects() {
         }
     };
     check(&db);
-    check(&open(&store));
+    check(&open_without_flusher(&store, &config()));
 }
