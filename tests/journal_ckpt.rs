@@ -336,9 +336,9 @@ fn after_a_crash_only_the_entries_after_the_checkpoint_are_replayed() {
 #[test]
 fn removing_a_segment_after_reopen_removes_the_checkpoint_first() {
     let open = |dir: &Path| {
-        let config = "[shard]\nengine = \"journal\"\ndurability = \"os\"\n\
-                      [journal]\nsegment_bytes = 65536\ncheckpoint_bytes = 0\n";
-        Store::open(dir, Config::from_toml_str(config).unwrap()).unwrap()
+        let mut config = config();
+        config.journal.checkpoint_bytes = 0;
+        Store::open(dir, config).unwrap()
     };
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
@@ -379,30 +379,34 @@ fn removing_a_segment_after_reopen_removes_the_checkpoint_first() {
     assert_eq!(snapshot(&store), expected);
 }
 
-/// Waits until the store's checkpointer has written `n` checkpoints.
-fn wait_for_checkpoints(store: &Store, n: u64) {
+/// Polls `condition` until it holds; fails with `failure()` after 30 s.
+fn wait_until(mut condition: impl FnMut() -> bool, failure: impl Fn() -> String) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while journal_stats(store)["checkpoints_written"]
-        .as_u64()
-        .unwrap()
-        < n
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no periodic checkpoint: {}",
-            journal_stats(store)
-        );
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{}", failure());
         std::thread::yield_now();
     }
 }
 
+/// Waits until the store's checkpointer has written `n` checkpoints.
+fn wait_for_checkpoints(store: &Store, n: u64) {
+    wait_until(
+        || {
+            journal_stats(store)["checkpoints_written"]
+                .as_u64()
+                .unwrap()
+                >= n
+        },
+        || format!("no periodic checkpoint: {}", journal_stats(store)),
+    );
+}
+
 /// Waits until the store in `dir` has a checkpoint file.
 fn wait_for_checkpoint_file(dir: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !ckpt_path(dir).exists() {
-        assert!(std::time::Instant::now() < deadline, "no checkpoint file");
-        std::thread::yield_now();
-    }
+    wait_until(
+        || ckpt_path(dir).exists(),
+        || "no checkpoint file".to_string(),
+    );
 }
 
 #[test]

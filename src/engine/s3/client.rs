@@ -51,7 +51,17 @@ pub struct Counters {
     pub failures: AtomicU64,
 }
 
+fn total_len(parts: &[Bytes]) -> usize {
+    parts.iter().map(Bytes::len).sum()
+}
+
 impl Counters {
+    /// `requests` GETs answered with `bytes` bytes.
+    fn got(&self, requests: u64, bytes: usize) {
+        self.gets.fetch_add(requests, Ordering::Relaxed);
+        self.get_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
@@ -275,17 +285,9 @@ impl Client {
                 Err(e) => Err(e),
             }
         })?;
-        self.counters.gets.fetch_add(1, Ordering::Relaxed);
-        if let Some((bytes, _)) = &found {
-            self.count_got(bytes.len());
-        }
-        Ok(found)
-    }
-
-    fn count_got(&self, len: usize) {
         self.counters
-            .get_bytes
-            .fetch_add(len as u64, Ordering::Relaxed);
+            .got(1, found.as_ref().map_or(0, |(bytes, _)| bytes.len()));
+        Ok(found)
     }
 
     /// The bytes of `ranges` of the object at `path` (ranged GETs, nearby
@@ -295,8 +297,7 @@ impl Client {
         let parts = self.run("ranged GET", path, async move {
             store.get_ranges(&at, &ranges).await
         })?;
-        self.counters.gets.fetch_add(1, Ordering::Relaxed);
-        self.count_got(parts.iter().map(Bytes::len).sum());
+        self.counters.got(1, total_len(&parts));
         Ok(parts)
     }
 
@@ -321,11 +322,7 @@ impl Client {
                     None
                 }
             };
-            counters.gets.fetch_add(1, Ordering::Relaxed);
-            if let Some(parts) = &parts {
-                let len: usize = parts.iter().map(Bytes::len).sum();
-                counters.get_bytes.fetch_add(len as u64, Ordering::Relaxed);
-            }
+            counters.got(1, parts.as_deref().map_or(0, total_len));
             done(parts);
         });
     }
@@ -344,8 +341,7 @@ impl Client {
                 .try_collect::<Vec<_>>()
                 .await
         })?;
-        self.counters.gets.fetch_add(count, Ordering::Relaxed);
-        self.count_got(parts.iter().map(Bytes::len).sum());
+        self.counters.got(count, total_len(&parts));
         Ok(parts)
     }
 

@@ -646,7 +646,7 @@ impl S3Db {
                 .collect();
             let ranges = wanted
                 .iter()
-                .map(|b| b * size..((b + 1) * size).min(data_len))
+                .map(|&b| block_range(b, size, data_len))
                 .collect();
             let fetched = self
                 .client
@@ -694,7 +694,7 @@ impl S3Db {
         };
         let ranges = wanted
             .iter()
-            .map(|b| b * size..((b + 1) * size).min(data_len))
+            .map(|&b| block_range(b, size, data_len))
             .collect();
         // The callback holds the cache and the read-ahead state, not the
         // engine: it must never be the one to drop the client's runtime.
@@ -861,6 +861,12 @@ impl S3Db {
         }
         Ok(())
     }
+}
+
+/// The bytes of block `block` (of `size` bytes) in an object of
+/// `data_len` data bytes.
+fn block_range(block: u64, size: u64, data_len: u64) -> std::ops::Range<u64> {
+    block * size..((block + 1) * size).min(data_len)
 }
 
 fn slice(block: &Bytes, start: usize, len: usize, shard: u64, seq: u64) -> Result<Bytes> {

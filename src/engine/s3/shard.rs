@@ -473,10 +473,20 @@ impl State {
 
 /// The first run of neighbouring small objects (in offset order) worth
 /// merging: one that makes an object that is no longer small (and, its
-/// parts being small, at most `object_bytes`), or `MERGE_COUNT` objects. Each byte is then copied
-/// about once on its way to a full-sized object.
+/// parts being small, at most `object_bytes`), or `MERGE_COUNT` objects.
+/// Each byte is then copied about once on its way to a full-sized object.
 fn merge_run(objects: &[ObjectRef], object_bytes: u64) -> Vec<ObjectRef> {
     let small = object_bytes / SMALL_FRACTION;
+    // The flusher asks every round for every shard: most have no two
+    // small objects, and are answered without a copy and a sort.
+    if objects
+        .iter()
+        .filter(|o| o.data_len < small)
+        .nth(1)
+        .is_none()
+    {
+        return Vec::new();
+    }
     let mut sorted = objects.to_vec();
     sorted.sort_by_key(|o| o.first_base);
     let mut run: Vec<ObjectRef> = Vec::new();
