@@ -19,7 +19,7 @@ CFLAGS_DEMO := -std=c11 -O2 -Wall -Wextra -Werror -Iinclude
         test lint test-rust test-cli test-c test-cpp test-python demo clean crash-long \
         bench bench-deps bench-quick edge dist install uninstall test-install \
         abi-check abi-bless test-python-package print-version print-abi-version print-dist-dir \
-        fuzz fuzz-smoke fuzz-tools tsan demo-release python-demo
+        fuzz fuzz-smoke fuzz-tools tsan loom demo-release python-demo
 
 # Versions (README, "Versions"): the soname names the ABI series, the major
 # version, or 0.MINOR while the major version is 0.
@@ -159,6 +159,16 @@ tsan:
 	    | grep -c " __tsan_func_entry$$" >/dev/null || { echo "tsan: the tests are not instrumented"; exit 1; }
 	TSAN_OPTIONS="halt_on_error=1 exitcode=66" MQS_POWER_CUTS=200 $(TSAN_CARGO) $(TSAN_TESTS)
 
+# The journal's group-commit core under the loom model checker: every
+# interleaving of appenders that write and sync (up to a preemption bound)
+# against a model device that fails on an early acknowledgement. The
+# `loom` feature swaps the core's locks for loom's, so it gets a target
+# directory of its own.
+LOOM_DIR := $(CARGO_TARGET_DIR)/loom
+loom:
+	cargo test -p mqstore --no-default-features --features journal,loom \
+	    --target-dir $(LOOM_DIR) --lib engine::journal::commit::model
+
 # The edge build: no default features (no zstd, so no C library linked),
 # in its own target directory so it never replaces the full release build.
 # Prints the stripped library's size and what it links.
@@ -214,7 +224,7 @@ abi-check: build
 abi-bless: build
 	python3 scripts/abi.py bless $(DEBUG_LIB) include/mqstore.h abi/mqstore.abi
 
-test: tools lint test-rust test-cli abi-check test-c test-cpp test-python test-install edge fuzz-smoke tsan
+test: tools lint test-rust test-cli abi-check test-c test-cpp test-python test-install edge fuzz-smoke tsan loom
 	@echo "make test: all suites passed"
 
 # The demo runs the default engine (the journal) in release builds without

@@ -417,15 +417,15 @@ pub fn write_matrix(dir: &Path, plan: &Plan, results: &mut Results) {
 }
 
 /// Latency of an O_DIRECT 4 KiB overwrite followed by fdatasync: the
-/// journal's smallest blocking commit on prefilled space. One histogram per
+/// journal's smallest blocking commit on prefilled space (`block` = 4 KiB),
+/// or one producer's group of 64 × 1 KiB (64 KiB). One histogram per
 /// repetition; the write and the fdatasync are also timed apart.
 pub struct Commit {
     pub total: Histogram<u64>,
     pub fdatasync: Histogram<u64>,
 }
 
-pub fn odirect_commit_latency(dir: &Path, plan: &Plan) -> io::Result<Vec<Commit>> {
-    let block = 4096u64;
+pub fn odirect_commit_latency(dir: &Path, plan: &Plan, block: u64) -> io::Result<Vec<Commit>> {
     let len = plan.fdatasync_samples as u64 * block;
     let (scratch, _) = Scratch::create(dir.join("raw-commit.dat"), len)?;
     // Written once, so the timed writes overwrite initialised blocks.

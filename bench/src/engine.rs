@@ -1042,16 +1042,19 @@ pub fn headline_workloads() -> Vec<Workload> {
             });
         }
     }
-    // Group commit: four producers on four shards, fsync per batch.
-    out.push(Workload {
-        suffix: "append_1k_batch64_fsync_t4_s4.msgs_per_s".into(),
-        spec: AppendSpec {
-            threads: 4,
-            shards: 4,
-            ..MATRIX_BASE
-        },
-        durability: Durability::Fsync,
-    });
+    // Group commit: 4 and 16 blocking producers, each on its own shard,
+    // fsync per batch.
+    for producers in [4, 16] {
+        out.push(Workload {
+            suffix: format!("append_1k_batch64_fsync_t{producers}_s{producers}.msgs_per_s"),
+            spec: AppendSpec {
+                threads: producers,
+                shards: producers,
+                ..MATRIX_BASE
+            },
+            durability: Durability::Fsync,
+        });
+    }
     // Pipelined: one producer with about `PIPELINED_BYTES` in flight.
     for (record_size, batch) in [(1024, 64), (100, 1024)] {
         out.push(Workload {

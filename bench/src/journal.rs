@@ -61,9 +61,10 @@ pub fn run_group(group: &str, base: &Path, plan: &Plan, results: &mut Results) {
 
 /// Journal metrics compared, as payload GB/s, with the raw write ceiling
 /// (the best O_DIRECT write of the run): the durable appends.
-pub const VS_CEILING: [&str; 5] = [
+pub const VS_CEILING: [&str; 6] = [
     "journal.append_1k_batch64_fsync.msgs_per_s",
     "journal.append_1k_batch64_fsync_t4_s4.msgs_per_s",
+    "journal.append_1k_batch64_fsync_t16_s16.msgs_per_s",
     "journal.append_1k_batch64_fsync_pipelined.msgs_per_s",
     "journal.append_1k_batch64_fsync_eventloop.msgs_per_s",
     "journal.append_100b_batch1024_fsync_pipelined.msgs_per_s",
@@ -125,6 +126,47 @@ pub fn compare(results: &mut Results) {
                 };
                 results.absent(&ratio_name, "x", &format!("{missing} was not measured"));
             }
+        }
+    }
+    group_commit_ratios(results);
+}
+
+/// How group commit scales, and how close one blocking producer comes to
+/// the device: more producers over one producer, and one producer over
+/// the bound of one batch per O_DIRECT 64 KiB write + fdatasync (p50), all
+/// measured in this run.
+fn group_commit_ratios(results: &mut Results) {
+    let one = "journal.append_1k_batch64_fsync.msgs_per_s";
+    let mut ratios = Vec::new();
+    for producers in [4, 16] {
+        let many = format!("journal.append_1k_batch64_fsync_t{producers}_s{producers}.msgs_per_s");
+        ratios.push((
+            format!("journal.group_commit_t{producers}_s{producers}_vs_t1.ratio"),
+            results
+                .value_of(&many)
+                .zip(results.value_of(one))
+                .map(|(m, o)| m / o),
+            format!("{many} / {one}"),
+        ));
+    }
+    let bound = results
+        .value_of("raw.odirect_commit_64k_p50_us")
+        .filter(|us| *us > 0.0)
+        .map(|us| 64.0 * 1e6 / us);
+    ratios.push((
+        "journal.append_1k_batch64_fsync.vs_commit_bound.ratio".into(),
+        results.value_of(one).zip(bound).map(|(o, b)| o / b),
+        format!("{one} / (64 records per raw.odirect_commit_64k_p50_us)"),
+    ));
+    for (name, ratio, measured) in ratios {
+        match ratio {
+            Some(ratio) => results.value(
+                &name,
+                ratio,
+                "x",
+                serde_json::json!({ "measured": measured }),
+            ),
+            None => results.absent(&name, "x", &format!("not measured in this run: {measured}")),
         }
     }
 }

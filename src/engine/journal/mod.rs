@@ -19,6 +19,7 @@
 mod ckpt;
 mod cleaner;
 mod cold;
+mod commit;
 mod entry;
 mod index;
 mod prefill;

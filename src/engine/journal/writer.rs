@@ -3,18 +3,14 @@
 //!
 //! Appenders copy their framed entry into a shared buffer under one mutex
 //! (the entry's log position is fixed there, in the order entries enter the
-//! log). Then, depending on durability, an appender waits until the writer
-//! has `written` (os) or `synced` (fsync) past its entry's end. There is no
-//! writer thread: the first waiter that finds no I/O in progress becomes the
-//! leader, takes the whole buffer, writes it (one pwrite per segment run)
-//! and, if anyone asked for it, issues one fdatasync per dirty segment;
-//! everyone who enqueued meanwhile waits on the condvar and is served by the
-//! next leader in one write and one fdatasync. With O_DIRECT the fdatasync
-//! is a phase of its own (`sync_after_write`): the write phase is released
-//! first, so the next group's write overlaps this group's device flush.
-//! Leader/follower keeps the latency of a lone appender at one write + one
-//! fsync (no hand-off to a thread), while throughput grows with
-//! concurrency, as each fsync covers every entry that arrived during the
+//! log). Then, depending on durability, an appender waits until the log is
+//! `written` (os) or `synced` (fsync) past its entry's end. Who leads the
+//! I/O and who waits for what is the group-commit core's (`commit`); this
+//! module is its `Leader`: a leader's group is the whole buffer, written
+//! with one pwrite per segment run, and a flush is one fdatasync per dirty
+//! segment. Leader/follower keeps the latency of a lone appender at one
+//! write + one fsync (no hand-off to a thread), while throughput grows with
+//! concurrency, as each fsync covers every entry written during the
 //! previous one.
 //!
 //! The leader's I/O goes through `FileOps`: io_uring (`uring::UringOps`,
@@ -55,8 +51,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use parking_lot::{Mutex, RwLock};
 
+use super::commit::{self, GroupCommit, Guard, Leader};
 use super::entry;
 use super::prefill::Prefill;
 use super::segment::{sync_dir, Segment};
@@ -288,31 +285,14 @@ struct Piece {
     segment: usize,
 }
 
-struct State {
+/// The writer's buffers and bookkeeping, under the group-commit lock with
+/// the marks (`commit::Core`).
+pub struct State {
     runs: Vec<Run>,
     pending_bytes: u64,
     active: Arc<Segment>,
     /// Next free position in `active`.
     tail: u64,
-    /// Global position just past the last enqueued entry.
-    end: u64,
-    /// Everything before this global position was handed to the kernel.
-    written: u64,
-    /// Everything before this global position is on stable storage.
-    synced: u64,
-    /// The highest position an fsync waiter needs synced.
-    sync_wanted: u64,
-    /// The highest target of an fdatasync started in a sync phase
-    /// (`sync_after_write`): everything before it is covered by a flush
-    /// that is in flight or done.
-    sync_started: u64,
-    /// Sync phases in flight, in the order they started: (target, done).
-    /// `synced` only moves past a target once every phase before it is
-    /// done too: a later phase may sync only the newer segment after a
-    /// roll, while the older segment's flush is still running.
-    syncs: std::collections::VecDeque<(u64, bool)>,
-    /// A leader is doing I/O (without the lock).
-    writing: bool,
     /// What pipelined appends asked the flusher threads to write and to
     /// sync (global positions; see `request_background`).
     background_written: u64,
@@ -323,7 +303,6 @@ struct State {
     flusher_busy: bool,
     /// Segments written to since the last fdatasync.
     dirty: Vec<Arc<Segment>>,
-    poisoned: Option<String>,
     spare: Vec<Vec<u8>>,
     /// Global position and header of the newest entry (for the index
     /// checkpoint's check that the journal still holds it).
@@ -335,52 +314,13 @@ struct State {
     marked: u64,
 }
 
-/// Poisons the journal (the first reason stays) and reports it: from now
-/// on appends fail, and an operator should know why.
-fn poison(st: &mut State, reason: String) {
-    if st.poisoned.is_none() {
-        crate::log::emit(
-            crate::log::Level::Error,
-            &format!("journal poisoned, appends fail until it is reopened: {reason}"),
-        );
-        st.poisoned = Some(reason);
-    }
-}
+type Core = commit::Core<State>;
 
-impl State {
-    /// Marks the sync phase of `target` done and moves `synced` past every
-    /// phase that is done with none before it still in flight.
-    fn sync_done(&mut self, target: u64) {
-        if let Some(phase) = self
-            .syncs
-            .iter_mut()
-            .find(|(t, done)| *t == target && !done)
-        {
-            phase.1 = true;
-        }
-        while let Some(&(t, true)) = self.syncs.front() {
-            self.synced = self.synced.max(t);
-            self.syncs.pop_front();
-        }
-    }
-}
-
-/// Runs a leader's I/O, turning a panic into an error: the caller then
-/// poisons the journal and wakes every waiter, instead of unwinding with
-/// the write phase still marked as taken (which would leave every later
-/// append and the close waiting forever).
-fn guarded(io: impl FnOnce() -> Result<()>) -> Result<()> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(io)) {
-        Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic".into());
-            Err(Error::Internal(format!("journal I/O failed: {what}")))
-        }
-    }
+/// What a leader took: the runs to write, and the segments to fdatasync
+/// inside the write phase (through the page cache; see `Leader::overlap`).
+pub struct Group {
+    runs: Vec<Run>,
+    to_sync: Vec<Arc<Segment>>,
 }
 
 /// Where an enqueued entry landed. While it exists it counts as a live
@@ -402,8 +342,7 @@ impl Drop for Placement {
 }
 
 pub struct Writer {
-    state: Mutex<State>,
-    cond: Condvar,
+    commit: GroupCommit<State>,
     ops: Arc<dyn FileOps>,
     io: Mutex<IoState>,
     direct: AtomicBool,
@@ -474,29 +413,23 @@ impl Writer {
             Prefill::start(active.clone(), tail, zeros, counters.clone())?
         };
         Ok(Writer {
-            state: Mutex::new(State {
-                runs: Vec::new(),
-                pending_bytes: 0,
-                active,
-                tail,
+            commit: GroupCommit::new(
                 end,
-                written: end,
-                synced: end,
-                sync_wanted: 0,
-                sync_started: 0,
-                syncs: std::collections::VecDeque::new(),
-                writing: false,
-                background_written: 0,
-                background_synced: 0,
-                flusher_busy: false,
-                dirty: Vec::new(),
-                poisoned: None,
-                spare: Vec::new(),
-                last: None,
-                sealed: false,
-                marked: end,
-            }),
-            cond: Condvar::new(),
+                State {
+                    runs: Vec::new(),
+                    pending_bytes: 0,
+                    active,
+                    tail,
+                    background_written: 0,
+                    background_synced: 0,
+                    flusher_busy: false,
+                    dirty: Vec::new(),
+                    spare: Vec::new(),
+                    last: None,
+                    sealed: false,
+                    marked: end,
+                },
+            ),
             ops,
             io: Mutex::new(io),
             direct: AtomicBool::new(direct),
@@ -520,12 +453,8 @@ impl Writer {
         format!("{}{direct}", self.ops.name())
     }
 
-    fn poisoned_error(reason: &str) -> Error {
-        Error::Poisoned(format!("journal: {reason}"))
-    }
-
     pub fn poisoned(&self) -> Option<String> {
-        self.state.lock().poisoned.clone()
+        self.commit.lock().poisoned().map(str::to_string)
     }
 
     /// Frames nothing itself: copies `header` + `payload` (+ padding) into
@@ -533,14 +462,12 @@ impl Writer {
     /// owning shard's lock, so a shard's entries enter the log in the order
     /// of its state changes.
     pub fn enqueue(&self, header: &[u8; entry::HEADER_LEN], payload: &[u8]) -> Result<Placement> {
-        let mut st = self.state.lock();
-        if let Some(reason) = &st.poisoned {
-            return Err(Self::poisoned_error(reason));
-        }
-        if st.sealed {
+        let mut core = self.commit.lock();
+        core.check_poisoned()?;
+        if core.state.sealed {
             return Err(Error::Closed);
         }
-        self.enqueue_locked(&mut st, header, payload)
+        self.enqueue_locked(&mut core, header, payload)
     }
 
     /// Logs a `Synced` entry recording the synced position, once it moved
@@ -548,22 +475,24 @@ impl Writer {
     /// power cut can tear that group, but every `Synced` entry that
     /// survives proves the journal intact up to its position (see
     /// `recovery`). Nothing waits for it.
-    fn mark_synced(&self, st: &mut State) {
-        if st.synced <= st.marked || st.sealed || st.poisoned.is_some() {
+    fn mark_synced(&self, core: &mut Core) {
+        let synced = core.marks.synced();
+        if synced <= core.state.marked || core.state.sealed || core.poisoned().is_some() {
             return;
         }
-        st.marked = st.synced;
-        let header = entry::header(entry::Kind::Synced, 0, st.synced, &[]);
+        core.state.marked = synced;
+        let header = entry::header(entry::Kind::Synced, 0, synced, &[]);
         // A failure (creating a segment) poisoned the journal already.
-        let _ = self.enqueue_locked(st, &header, &[]);
+        let _ = self.enqueue_locked(core, &header, &[]);
     }
 
     fn enqueue_locked(
         &self,
-        st: &mut State,
+        core: &mut Core,
         header: &[u8; entry::HEADER_LEN],
         payload: &[u8],
     ) -> Result<Placement> {
+        let st = &mut core.state;
         let len = entry::entry_len(payload.len());
         if st.tail + len > st.active.len {
             // Roll. Creating the file under the lock stalls appenders for one
@@ -580,8 +509,7 @@ impl Writer {
                     self.counters.rolls.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    poison(st, format!("creating a segment failed: {e}"));
-                    self.cond.notify_all();
+                    core.poison(format!("creating a segment failed: {e}"));
                     return Err(e);
                 }
             }
@@ -611,18 +539,19 @@ impl Writer {
         run.data.resize(padded, 0);
         st.tail += len;
         st.pending_bytes += len;
-        st.end = active.base + st.tail;
+        let end = active.base + st.tail;
+        core.marks.append(end);
         active.add_live();
         Ok(Placement {
             segment: active,
             pos,
-            end: st.end,
+            end,
         })
     }
 
     /// Bytes enqueued and not yet written.
     pub fn pending_bytes(&self) -> u64 {
-        self.state.lock().pending_bytes
+        self.commit.lock().state.pending_bytes
     }
 
     /// The global position everything before which is written.
@@ -632,7 +561,7 @@ impl Writer {
 
     /// Records the newest entry found by recovery (before any append).
     pub fn set_last(&self, last: Option<(u64, [u8; entry::HEADER_LEN])>) {
-        self.state.lock().last = last;
+        self.commit.lock().state.last = last;
     }
 
     /// Refuses every later enqueue (with `Closed`) and returns the end of
@@ -640,22 +569,22 @@ impl Writer {
     /// more, so a checkpoint taken afterwards of the shards' states covers
     /// exactly the entries before that end.
     pub fn seal(&self) -> (u64, Option<(u64, [u8; entry::HEADER_LEN])>) {
-        let mut st = self.state.lock();
-        st.sealed = true;
-        (st.end, st.last)
+        let mut core = self.commit.lock();
+        core.state.sealed = true;
+        (core.marks.appended(), core.state.last)
     }
 
     /// The end of the log and its newest entry, without sealing (a periodic
     /// checkpoint's replay start).
     pub fn position(&self) -> (u64, Option<(u64, [u8; entry::HEADER_LEN])>) {
-        let st = self.state.lock();
-        (st.end, st.last)
+        let core = self.commit.lock();
+        (core.marks.appended(), core.state.last)
     }
 
     /// The end of the log: the position the next entry starts at (or
     /// where the next segment begins).
     pub fn end_position(&self) -> u64 {
-        self.state.lock().end
+        self.commit.lock().marks.appended()
     }
 
     /// Makes sure everything before `end` is written to the kernel.
@@ -671,19 +600,15 @@ impl Writer {
     /// flushers must be poked (they are not busy with earlier requests) and the
     /// bytes buffered and not yet being written.
     pub fn request_background(&self, end: u64, sync: bool) -> Result<(bool, u64)> {
-        let mut st = self.state.lock();
-        if let Some(reason) = &st.poisoned {
-            return Err(Self::poisoned_error(reason));
+        let mut core = self.commit.lock();
+        core.check_poisoned()?;
+        if core.marks.covers(end, sync) {
+            return Ok((false, core.state.pending_bytes));
         }
+        let st = &mut core.state;
         if sync {
-            if st.synced >= end {
-                return Ok((false, st.pending_bytes));
-            }
             st.background_synced = st.background_synced.max(end);
         } else {
-            if st.written >= end {
-                return Ok((false, st.pending_bytes));
-            }
             st.background_written = st.background_written.max(end);
         }
         let poke = !std::mem::replace(&mut st.flusher_busy, true);
@@ -698,14 +623,17 @@ impl Writer {
     pub fn serve_background(&self) {
         loop {
             let (target, sync) = {
-                let mut st = self.state.lock();
-                if st.poisoned.is_some() {
+                let mut core = self.commit.lock();
+                let (synced, written) = (core.marks.synced(), core.marks.written());
+                let poisoned = core.poisoned().is_some();
+                let st = &mut core.state;
+                if poisoned {
                     st.flusher_busy = false;
                     return;
                 }
-                if st.synced < st.background_synced {
+                if synced < st.background_synced {
                     (st.background_synced.max(st.background_written), true)
-                } else if st.written < st.background_written {
+                } else if written < st.background_written {
                     (st.background_written, false)
                 } else {
                     st.flusher_busy = false;
@@ -720,137 +648,7 @@ impl Writer {
     /// Waits until everything before `end` is written (and synced when
     /// `sync`), leading the I/O when nobody else is.
     pub fn commit(&self, end: u64, sync: bool) -> Result<()> {
-        let mut st = self.state.lock();
-        loop {
-            if let Some(reason) = &st.poisoned {
-                return Err(Self::poisoned_error(reason));
-            }
-            let done = if sync {
-                st.synced >= end
-            } else {
-                st.written >= end
-            };
-            if done {
-                return Ok(());
-            }
-            if sync {
-                st.sync_wanted = st.sync_wanted.max(end);
-                if st.sync_started >= end {
-                    // A flush in flight covers this entry; leading another
-                    // would find its segments already taken from `dirty`
-                    // and could report durability before that flush ends.
-                    self.cond.wait(&mut st);
-                    continue;
-                }
-            }
-            if st.writing {
-                self.cond.wait(&mut st);
-                continue;
-            }
-            // Lead: take everything buffered, write and maybe sync it.
-            let runs = std::mem::take(&mut st.runs);
-            let target = st.end;
-            let do_sync = st.sync_wanted > st.synced;
-            // With O_DIRECT, the fdatasync runs after the write phase is
-            // released, so the next leader writes while this one waits for
-            // the device flush (see `sync_after_write`). Through the page
-            // cache it stays inside the write phase: two overlapping
-            // fdatasyncs of buffered data could let one report success for
-            // pages whose writeback error the other consumed.
-            let overlap = self.direct.load(Ordering::Relaxed);
-            let mut to_sync = Vec::new();
-            if do_sync && !overlap {
-                to_sync = std::mem::take(&mut st.dirty);
-                for run in &runs {
-                    if !to_sync.iter().any(|s| Arc::ptr_eq(s, &run.segment)) {
-                        to_sync.push(run.segment.clone());
-                    }
-                }
-            }
-            st.pending_bytes = 0;
-            st.writing = true;
-            drop(st);
-
-            let result = guarded(|| self.do_io(&runs, &to_sync));
-            let written = result.is_ok();
-
-            st = self.state.lock();
-            st.writing = false;
-            match result {
-                Ok(()) => {
-                    st.written = target;
-                    self.written_hint.store(target, Ordering::Release);
-                    if do_sync && !overlap {
-                        st.syncs.push_back((target, false));
-                        st.sync_done(target);
-                        self.mark_synced(&mut st);
-                    } else {
-                        for run in &runs {
-                            if !st.dirty.iter().any(|s| Arc::ptr_eq(s, &run.segment)) {
-                                st.dirty.push(run.segment.clone());
-                            }
-                        }
-                    }
-                }
-                Err(e) => poison(&mut st, e.to_string()),
-            }
-            self.cond.notify_all();
-            if do_sync && overlap && st.poisoned.is_none() {
-                self.sync_after_write(&mut st, target);
-            }
-            let reusable = if written && self.tail.enabled() {
-                // Only after the fdatasync and off the lock: the cache may
-                // shrink the runs and free older ones (a few hundred µs
-                // for megabytes), which would otherwise delay the device
-                // flush and stall appenders. Until then readers of these
-                // bytes use the mapping.
-                MutexGuard::unlocked(&mut st, || {
-                    runs.into_iter()
-                        .flat_map(|run| self.tail.push(run.segment.base + run.pos, run.data))
-                        .collect()
-                })
-            } else {
-                runs.into_iter().map(|run| run.data).collect::<Vec<_>>()
-            };
-            for mut data in reusable {
-                if st.spare.len() < SPARE_RUNS && data.capacity() <= SPARE_RUN_BYTES {
-                    data.clear();
-                    st.spare.push(data);
-                }
-            }
-        }
-    }
-
-    /// The sync phase of a leader whose write phase is over (O_DIRECT
-    /// only): fdatasyncs every dirty segment without holding the write
-    /// phase, so the next group's write overlaps this device flush — group
-    /// commit then pays max(write, flush) per group instead of their sum.
-    ///
-    /// Every byte before `target` was written (the O_DIRECT write
-    /// completed) before this fdatasync started, but this phase syncs only
-    /// the segments written since the previous phase took its own: after a
-    /// roll, an older phase may still be flushing the previous segment.
-    /// So `synced` reaches `target` only once every earlier phase is done
-    /// too (`State::syncs`). A failure poisons the journal, whatever
-    /// another flush reported.
-    fn sync_after_write(&self, st: &mut MutexGuard<'_, State>, target: u64) {
-        let to_sync = std::mem::take(&mut st.dirty);
-        st.sync_started = st.sync_started.max(target);
-        st.syncs.push_back((target, false));
-        let result = MutexGuard::unlocked(st, || guarded(|| self.do_sync(&to_sync)));
-        match result {
-            Ok(()) => {
-                st.sync_done(target);
-                self.mark_synced(st);
-            }
-            Err(e) => {
-                // The flush may have covered nothing: put the segments back
-                // for whoever looks at `dirty` (nobody, once poisoned).
-                st.dirty.extend(to_sync);
-                poison(st, e.to_string());
-            }
-        }
-        self.cond.notify_all();
+        self.commit.commit(self, end, sync)
     }
 
     fn do_sync(&self, to_sync: &[Arc<Segment>]) -> Result<()> {
@@ -1054,7 +852,7 @@ impl Writer {
 
     /// The active segment (never removed).
     pub fn active_base(&self) -> u64 {
-        self.state.lock().active.base
+        self.commit.lock().state.active.base
     }
 
     /// Removes segment files (already dropped from the segment map), oldest
@@ -1067,10 +865,111 @@ impl Writer {
             fs::remove_file(&segment.path)
                 .map_err(|e| Error::io(format!("removing '{}'", segment.path.display()), e))?;
             if let Err(e) = sync_dir(&self.dir) {
-                poison(&mut self.state.lock(), e.to_string());
+                self.commit.lock().poison(e.to_string());
                 return Err(e);
             }
         }
         Ok(())
+    }
+}
+
+impl Leader for Writer {
+    type State = State;
+    type Group = Group;
+    type Dirty = Vec<Arc<Segment>>;
+
+    /// With O_DIRECT, the fdatasync runs after the write phase is
+    /// released, so the next leader writes while this one waits for the
+    /// device flush. Through the page cache it stays inside the write
+    /// phase: two overlapping fdatasyncs of buffered data could let one
+    /// report success for pages whose writeback error the other consumed.
+    fn overlap(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    fn take(&self, core: &mut Core, sync_inline: bool) -> Group {
+        let st = &mut core.state;
+        let runs = std::mem::take(&mut st.runs);
+        let mut to_sync = Vec::new();
+        if sync_inline {
+            to_sync = std::mem::take(&mut st.dirty);
+            add_segments(&mut to_sync, &runs);
+        }
+        st.pending_bytes = 0;
+        Group { runs, to_sync }
+    }
+
+    fn write(&self, group: &Group) -> Result<()> {
+        self.do_io(&group.runs, &group.to_sync)
+    }
+
+    fn written(&self, core: &mut Core, group: &Group, synced_inline: bool) {
+        self.written_hint
+            .store(core.marks.written(), Ordering::Release);
+        if !synced_inline {
+            add_segments(&mut core.state.dirty, &group.runs);
+        }
+    }
+
+    /// A sync phase flushes only the segments written since the previous
+    /// phase took its own: every byte before its target was written (the
+    /// O_DIRECT write completed) before its fdatasync starts.
+    fn take_dirty(&self, core: &mut Core) -> Vec<Arc<Segment>> {
+        std::mem::take(&mut core.state.dirty)
+    }
+
+    fn sync(&self, dirty: &Vec<Arc<Segment>>) -> Result<()> {
+        self.do_sync(dirty)
+    }
+
+    /// The flush may have covered nothing: the segments go back for
+    /// whoever looks at `dirty` (nobody, once poisoned).
+    fn sync_failed(&self, core: &mut Core, dirty: Vec<Arc<Segment>>) {
+        core.state.dirty.extend(dirty);
+    }
+
+    fn synced(&self, core: &mut Core) {
+        self.mark_synced(core);
+    }
+
+    /// Hands the written runs to the tail cache, and keeps a few emptied
+    /// buffers for new runs.
+    fn finish(&self, core: &mut Guard<'_, Core>, group: Group, written: bool) {
+        let reusable = if written && self.tail.enabled() {
+            // Only after the fdatasync and off the lock: the cache may
+            // shrink the runs and free older ones (a few hundred µs for
+            // megabytes), which would otherwise delay the device flush and
+            // stall appenders. Until then readers of these bytes use the
+            // mapping.
+            commit::unlocked(core, || {
+                group
+                    .runs
+                    .into_iter()
+                    .flat_map(|run| self.tail.push(run.segment.base + run.pos, run.data))
+                    .collect()
+            })
+        } else {
+            group
+                .runs
+                .into_iter()
+                .map(|run| run.data)
+                .collect::<Vec<_>>()
+        };
+        let spare = &mut core.state.spare;
+        for mut data in reusable {
+            if spare.len() < SPARE_RUNS && data.capacity() <= SPARE_RUN_BYTES {
+                data.clear();
+                spare.push(data);
+            }
+        }
+    }
+}
+
+/// Adds the segments of `runs` missing from `segments`.
+fn add_segments(segments: &mut Vec<Arc<Segment>>, runs: &[Run]) {
+    for run in runs {
+        if !segments.iter().any(|s| Arc::ptr_eq(s, &run.segment)) {
+            segments.push(run.segment.clone());
+        }
     }
 }
