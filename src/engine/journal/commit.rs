@@ -97,8 +97,8 @@ use sync::{Arc, Condvar, Mutex};
 /// The log's watermarks (global log positions) and the phases in flight.
 /// Invariants (checked after every transition in debug builds):
 /// `synced <= sync_started <= written <= appended`, a flush in flight is
-/// of `sync_started`, and a write
-/// phase's target lies in `[written, appended]`.
+/// of `sync_started`, and a write phase's target lies in
+/// `[written, appended]`.
 #[derive(Debug)]
 pub struct Marks {
     appended: u64,
@@ -514,6 +514,63 @@ fn guarded(io: impl FnOnce() -> Result<()>) -> Result<()> {
                 .unwrap_or_else(|| "a panic".into());
             Err(Error::Internal(format!("journal I/O failed: {what}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flush_in_flight_keeps_the_waiters_it_covers_from_leading() {
+        let mut marks = Marks::new(0);
+        marks.append(100);
+        marks.want_sync(100);
+        let phase = marks.begin_write();
+        assert!(phase.sync);
+        assert!(!marks.may_lead(100, false), "one write phase at a time");
+        marks.end_write(phase);
+        marks.begin_sync(phase.target);
+        assert!(marks.covers(100, false) && !marks.covers(100, true));
+        // Covered by the flush in flight: waits for it.
+        assert!(!marks.may_lead(100, true));
+        // Entries appended meanwhile are written, but not flushed, while
+        // that flush runs: the next flush covers them all.
+        marks.append(200);
+        assert!(marks.may_lead(200, true));
+        let next = marks.begin_write();
+        marks.end_write(next);
+        assert!(!marks.may_lead(200, true), "one flush at a time");
+        marks.end_sync(phase.target);
+        assert!(marks.covers(100, true) && !marks.covers(200, true));
+        assert!(marks.may_lead(200, true));
+    }
+
+    #[test]
+    fn a_phase_wakes_the_waiters_it_covers_and_one_next_leader() {
+        let mut marks = Marks::new(0);
+        let mut waiters = Waiters::default();
+        let conds: Vec<_> = (0..4).map(|_| Arc::new(Condvar::new())).collect();
+        waiters.writes.insert((100, 1), conds[0].clone());
+        waiters.writes.insert((200, 2), conds[1].clone());
+        waiters.syncs.insert((100, 3), conds[2].clone());
+        waiters.syncs.insert((300, 4), conds[3].clone());
+        marks.append(150);
+        let first = marks.begin_write();
+        marks.end_write(first);
+        marks.append(300);
+        let phase = marks.begin_write();
+        waiters.wake(&marks);
+        // Only the write waiter at 100 is covered; with a write phase
+        // running, nobody else is woken to lead.
+        assert_eq!(waiters.writes.len(), 1);
+        assert_eq!(waiters.syncs.len(), 2);
+        marks.end_write(phase);
+        waiters.wake(&marks);
+        // Both write waiters are covered now, and one sync waiter (the
+        // first one) is woken to lead the flush.
+        assert!(waiters.writes.is_empty());
+        assert_eq!(waiters.syncs.keys().collect::<Vec<_>>(), [&(300, 4)]);
     }
 }
 
