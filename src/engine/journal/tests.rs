@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::{FileOps, JournalEngine, PlainOps, UringOps};
@@ -258,10 +258,13 @@ struct Gated {
     closed: parking_lot::Mutex<bool>,
     opened: parking_lot::Condvar,
     entered: parking_lot::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// fdatasyncs started.
+    calls: AtomicU64,
 }
 
 impl FileOps for Gated {
     fn sync_data(&self, file: &File) -> io::Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
         let mut closed = self.closed.lock();
         if *closed {
             if let Some(tx) = self.entered.lock().take() {
@@ -371,6 +374,57 @@ fn a_flush_in_flight_is_waited_for_not_skipped() {
         assert_eq!(appender.join().unwrap().unwrap(), 0);
         waiter.join().unwrap().unwrap();
     });
+}
+
+/// While a flush is in flight, the next group is written (its write
+/// overlaps the flush) but not flushed: one flush at a time, and the next
+/// one covers every group written meanwhile.
+#[test]
+fn a_group_written_during_a_flush_waits_for_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let HeldJournal {
+        gated,
+        engine,
+        shard,
+        entered,
+    } = held_fsync_journal(dir.path());
+    let log = engine.log.lock().clone().unwrap();
+    assert!(
+        log.writer.io_name().ends_with("+direct"),
+        "a flush after the write phase needs O_DIRECT"
+    );
+    // Counted from here: the shard's creation was flushed before.
+    let before = gated.calls.load(Ordering::SeqCst);
+    let flushes = || gated.calls.load(Ordering::SeqCst) - before;
+    std::thread::scope(|scope| {
+        let gate = OpenOnDrop(&gated);
+        let first = scope.spawn(|| shard.append(&[Record::new(b"first")]));
+        entered.recv().unwrap();
+        let end = log.writer.written();
+        let shard = &shard;
+        let second = spawn_held(
+            scope,
+            move || shard.append(&[Record::new(b"second")]),
+            "an append was acknowledged while no flush had covered it",
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while log.writer.written() <= end {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second group was never written"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            flushes(),
+            1,
+            "a second flush started while the first was in flight"
+        );
+        drop(gate);
+        assert_eq!(first.join().unwrap().unwrap(), 0);
+        assert_eq!(second.join().unwrap().unwrap(), 1);
+    });
+    assert_eq!(flushes(), 2, "one flush per group");
 }
 
 /// A pipelined append returns before its fdatasync (here held at the gate)
