@@ -291,6 +291,7 @@ impl Gated {
 struct HeldJournal {
     gated: Arc<Gated>,
     engine: JournalEngine,
+    log: Arc<super::Log>,
     shard: Arc<dyn Shard>,
     entered: std::sync::mpsc::Receiver<()>,
 }
@@ -304,9 +305,11 @@ fn held_fsync_journal(dir: &Path) -> HeldJournal {
     let (entered_tx, entered) = std::sync::mpsc::channel();
     *gated.entered.lock() = Some(entered_tx);
     *gated.closed.lock() = true;
+    let log = engine.log.lock().clone().unwrap();
     HeldJournal {
         gated,
         engine,
+        log,
         shard,
         entered,
     }
@@ -354,11 +357,11 @@ fn a_flush_in_flight_is_waited_for_not_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let HeldJournal {
         gated,
-        engine,
+        log,
         shard,
         entered,
+        ..
     } = held_fsync_journal(dir.path());
-    let log = engine.log.lock().clone().unwrap();
     std::thread::scope(|scope| {
         let gate = OpenOnDrop(&gated);
         let appender = scope.spawn(|| shard.append(&[Record::new(b"durable?")]));
@@ -382,13 +385,8 @@ fn a_flush_in_flight_is_waited_for_not_skipped() {
 #[test]
 fn a_group_written_during_a_flush_waits_for_the_next_one() {
     let dir = tempfile::tempdir().unwrap();
-    let HeldJournal {
-        gated,
-        engine,
-        shard,
-        entered,
-    } = held_fsync_journal(dir.path());
-    let log = engine.log.lock().clone().unwrap();
+    let held = held_fsync_journal(dir.path());
+    let (gated, log, shard) = (&*held.gated, &held.log, &held.shard);
     assert!(
         log.writer.io_name().ends_with("+direct"),
         "a flush after the write phase needs O_DIRECT"
@@ -397,11 +395,10 @@ fn a_group_written_during_a_flush_waits_for_the_next_one() {
     let before = gated.calls.load(Ordering::SeqCst);
     let flushes = || gated.calls.load(Ordering::SeqCst) - before;
     std::thread::scope(|scope| {
-        let gate = OpenOnDrop(&gated);
+        let gate = OpenOnDrop(gated);
         let first = scope.spawn(|| shard.append(&[Record::new(b"first")]));
-        entered.recv().unwrap();
+        held.entered.recv().unwrap();
         let end = log.writer.written();
-        let shard = &shard;
         let second = spawn_held(
             scope,
             move || shard.append(&[Record::new(b"second")]),
@@ -438,6 +435,7 @@ fn pipelined_appends_are_synced_by_the_flusher() {
         engine,
         shard,
         entered,
+        ..
     } = held_fsync_journal(dir.path());
     std::thread::scope(|scope| {
         let gate = OpenOnDrop(&gated);
