@@ -416,9 +416,9 @@ pub fn write_matrix(dir: &Path, plan: &Plan, results: &mut Results) {
     }
 }
 
-/// Latency of an O_DIRECT 4 KiB overwrite followed by fdatasync: the
-/// journal's smallest blocking commit on prefilled space (`block` = 4 KiB),
-/// or one producer's group of 64 × 1 KiB (64 KiB). One histogram per
+/// Latency of an O_DIRECT overwrite of `block` bytes followed by
+/// fdatasync: the journal's smallest blocking commit on prefilled space
+/// (4 KiB), or one producer's group of 64 × 1 KiB (64 KiB). One histogram per
 /// repetition; the write and the fdatasync are also timed apart.
 pub struct Commit {
     pub total: Histogram<u64>,
