@@ -76,18 +76,12 @@ socket_path() {
     echo "$sock"
 }
 
-start() {
+# Starts mariadbd on the state directory's port and waits until it answers;
+# fails when it exits at start (a port taken since `free_port` looked at
+# it, say).
+launch() {
     local dir=$1
     shift
-    find_binaries
-    mkdir -p "$dir"
-    dir=$(cd "$dir" && pwd)
-    if running_pid "$dir" >/dev/null; then
-        echo "mariadb.sh: already running in $dir" >&2
-        return
-    fi
-    rm -f "$dir/mariadb.pid"
-    initialize "$dir"
     local port password user extra=()
     port=$(cat "$dir/port")
     password=$(cat "$dir/password")
@@ -115,7 +109,9 @@ start() {
         fi
         if ! kill -0 "$launched" 2>/dev/null; then
             tail -30 "$dir/error.log" >&2 || true
-            die "mariadbd exited at start (log: $dir/error.log)"
+            echo "mariadb.sh: mariadbd exited at start on port $port" >&2
+            rm -f "$dir/mariadb.pid"
+            return 1
         fi
         ((i < 600)) || die "mariadbd did not answer within 60 s (log: $dir/error.log)"
         sleep 0.1
@@ -123,6 +119,33 @@ start() {
     # mariadbd writes its pid file itself; make sure it is there before
     # anyone reads it.
     [[ -s $dir/mariadb.pid ]] || echo "$launched" >"$dir/mariadb.pid"
+}
+
+start() {
+    local dir=$1
+    shift
+    find_binaries
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    if running_pid "$dir" >/dev/null; then
+        echo "mariadb.sh: already running in $dir" >&2
+        return
+    fi
+    rm -f "$dir/mariadb.pid"
+    # A restart keeps its port (its URL is handed out already); a first
+    # start takes another one when the one chosen was taken meanwhile.
+    local reuse=0
+    [[ ! -f $dir/port ]] || reuse=1
+    initialize "$dir"
+    for _ in 1 2 3 4 5; do
+        launch "$dir" "$@" && break
+        [[ $reuse == 0 ]] || die "mariadbd exited at start (log: $dir/error.log)"
+        free_port >"$dir/port"
+    done
+    running_pid "$dir" >/dev/null || die "mariadbd did not start (log: $dir/error.log)"
+    local port password
+    port=$(cat "$dir/port")
+    password=$(cat "$dir/password")
     echo "MQS_TEST_MYSQL_URL=mysql://mqs:$password@127.0.0.1:$port/mqstore_test" >"$dir/env"
     chmod 600 "$dir/env"
     # The URL holds the password: it stays in the env file.
