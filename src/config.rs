@@ -296,7 +296,14 @@ pub struct JournalConfig {
     /// segment roll, so that disk use follows retention (the journal
     /// cleaner); false leaves segments pinned by old live batches.
     pub cleaner: bool,
+    /// Reclaimed segment files kept for reuse as later segments (their
+    /// blocks are written already, so appends into them need neither zeros
+    /// ahead nor extent conversions); 0 = delete them.
+    pub recycle_segments: u32,
 }
+
+/// Free segment files a journal keeps at most.
+const MAX_RECYCLE_SEGMENTS: u32 = 64;
 
 impl Default for JournalConfig {
     fn default() -> Self {
@@ -311,6 +318,7 @@ impl Default for JournalConfig {
             checkpoint_bytes: 1 << 30,
             tail_cache_bytes: 64 << 20,
             cleaner: true,
+            recycle_segments: 2,
         }
     }
 }
@@ -941,6 +949,7 @@ struct JournalSection {
     checkpoint_bytes: Option<u64>,
     tail_cache_bytes: Option<u64>,
     cleaner: Option<bool>,
+    recycle_segments: Option<u32>,
 }
 
 /// Journal segments hold positions as u32 file offsets in places.
@@ -1086,7 +1095,7 @@ impl Config {
     /// buffer_bytes, recovery_mode (`tolerate_tail` or `skip_corrupt`), io
     /// (`auto`, `uring` or `pwrite`), direct (bool), prefill_zeros (bool), hot_segments (≥ 1),
     /// checkpoint_bytes (0 = at clean close only), tail_cache_bytes (0 = off),
-    /// cleaner (bool);
+    /// cleaner (bool), recycle_segments (0 … 64, 0 = off);
     /// `[rocksdb]` write_buffer_mb (1 … 4096), block_cache_mb (0 … 2^20),
     /// max_background_jobs (1 … 64).
     pub fn from_toml_str(text: &str) -> Result<Config> {
@@ -1192,6 +1201,14 @@ impl Config {
             }
             if let Some(bytes) = journal.tail_cache_bytes {
                 config.journal.tail_cache_bytes = bytes;
+            }
+            if let Some(files) = journal.recycle_segments {
+                if files > MAX_RECYCLE_SEGMENTS {
+                    return Err(Error::InvalidConfig(format!(
+                        "journal.recycle_segments: {files} is above the maximum of {MAX_RECYCLE_SEGMENTS}"
+                    )));
+                }
+                config.journal.recycle_segments = files;
             }
         }
         if let Some(file) = file.file {
@@ -1372,6 +1389,21 @@ mod tests {
         assert!(err.to_string().contains("yolo"), "{err}");
         let err = Config::from_toml_str("[journal]\nsegmentbytes = 1\n").unwrap_err();
         assert!(err.to_string().contains("segmentbytes"), "{err}");
+    }
+
+    #[test]
+    fn journal_recycle_segments() {
+        assert_eq!(Config::default().journal.recycle_segments, 2);
+        for files in [0, 64] {
+            let text = format!("[journal]\nrecycle_segments = {files}\n");
+            let config = Config::from_toml_str(&text).unwrap();
+            assert_eq!(config.journal.recycle_segments, files);
+        }
+        let err = Config::from_toml_str("[journal]\nrecycle_segments = 65\n").unwrap_err();
+        assert_eq!(err.status(), crate::Status::InvalidConfig);
+        assert!(err.to_string().contains("journal.recycle_segments: 65"), "{err}");
+        let err = Config::from_toml_str("[journal]\nrecycle_segments = -1\n").unwrap_err();
+        assert!(err.to_string().contains("recycle_segments"), "{err}");
     }
 
     #[test]

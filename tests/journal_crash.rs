@@ -89,6 +89,7 @@ fn kill_9_cycles(io: &str) {
     let mut total_acks = 0usize;
     let mut clean_ckpt: Option<Vec<u8>> = None;
     let mut from_periodic = 0usize;
+    let mut files = RecycledFiles::default();
     for cycle in 0..cycles {
         let label = format!("{io} cycle {cycle}");
         let envs = [
@@ -96,6 +97,7 @@ fn kill_9_cycles(io: &str) {
             (IO_ENV, std::ffi::OsStr::new(io)),
         ];
         total_acks += crash::run_child_and_kill(&mut rng, &envs, &mut acked, &label);
+        files.look(&dir.path().join("journal"));
 
         // A checkpoint other than the one the last clean close left was
         // written by the child's checkpointer while it appended.
@@ -121,11 +123,16 @@ fn kill_9_cycles(io: &str) {
             from_periodic += 1;
         }
         store.close().unwrap();
+        files.look(&dir.path().join("journal"));
         clean_ckpt = std::fs::read(&ckpt_file).ok();
     }
     assert!(
         from_periodic > 0,
         "{io}: no reopen replayed from a periodic checkpoint in {cycles} cycles"
+    );
+    assert!(
+        !files.recycled.is_empty(),
+        "{io}: no segment file was recycled in {cycles} cycles"
     );
     let mut segments: Vec<String> = std::fs::read_dir(dir.path().join("journal"))
         .unwrap()
@@ -134,6 +141,32 @@ fn kill_9_cycles(io: &str) {
     segments.sort();
     eprintln!(
         "{io}: {cycles} kill -9 cycles, {total_acks} acknowledged batches verified, \
-         {from_periodic} reopens from a periodic checkpoint; segments left: {segments:?}"
+         {from_periodic} reopens from a periodic checkpoint, {} segments seen in recycled \
+         files; segments left: {segments:?}",
+        files.recycled.len()
     );
+}
+
+/// Segment files seen taken from the journal's pool of free files: a
+/// segment (`.log`) whose inode was seen before as a free file (`.free`).
+#[derive(Default)]
+struct RecycledFiles {
+    free: std::collections::HashSet<u64>,
+    recycled: std::collections::HashSet<(u64, String)>,
+}
+
+impl RecycledFiles {
+    fn look(&mut self, journal: &std::path::Path) {
+        use std::os::unix::fs::MetadataExt;
+        for item in std::fs::read_dir(journal).unwrap() {
+            let item = item.unwrap();
+            let name = item.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = item.metadata() else { continue };
+            if name.ends_with(".free") {
+                self.free.insert(meta.ino());
+            } else if name.ends_with(".log") && self.free.contains(&meta.ino()) {
+                self.recycled.insert((meta.ino(), name));
+            }
+        }
+    }
 }

@@ -616,11 +616,15 @@ fn power_cuts(engine: &str) {
     let scratch = common::memory_tempdir();
     let mut failures: Vec<String> = Vec::new();
     let mut done = 0;
+    // Segments the journal started in a recycled file, over all workloads.
+    let mut recycled = 0;
     while done < total && failures.len() < MAX_FAILURES {
         let work = tempfile::tempdir().unwrap();
         let store_dir = work.path().join("store");
         let (recorder, logs) = record_workload(engine, &store_dir, rng.next());
         let events = recorder.now();
+        let extension = |p: &Path, e: &str| p.extension().is_some_and(|x| x == e);
+        recycled += recorder.renames(|from, to| extension(from, "free") && extension(to, "log"));
         for _ in 0..CUTS_PER_WORKLOAD.min(total - done) {
             let cut = pick_cut(&mut rng, &logs, events);
             let dir: PathBuf = scratch.path().join(format!("cut-{done}"));
@@ -644,9 +648,13 @@ fn power_cuts(engine: &str) {
         }
     }
     eprintln!(
-        "{engine}: {done} power cuts, {} contract violations",
+        "{engine}: {done} power cuts, {} contract violations, {recycled} segments started in \
+         recycled files",
         failures.len()
     );
+    if engine == "journal" {
+        assert!(recycled > 0, "no workload recycled a segment file");
+    }
     assert!(
         failures.is_empty(),
         "{engine}: {} of {done} power cuts broke the contract:\n{}",

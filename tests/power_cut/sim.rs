@@ -108,6 +108,16 @@ impl Recorder {
         self.trace.lock().unwrap().events.len()
     }
 
+    /// How many renames recorded so far `wanted(from, to)` picks.
+    pub fn renames(&self, wanted: impl Fn(&Path, &Path) -> bool) -> usize {
+        let trace = self.trace.lock().unwrap();
+        trace
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Rename { from, to } if wanted(from, to)))
+            .count()
+    }
+
     /// One line per event of the first `cut`, for a failure report.
     pub fn dump(&self, cut: usize) -> String {
         let trace = self.trace.lock().unwrap();

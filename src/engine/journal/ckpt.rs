@@ -314,7 +314,7 @@ pub fn load(dir: &Path, segments: &[Arc<Segment>]) -> Option<Loaded> {
         if bytes.get(..HEADER_LEN)? != last_header {
             return None;
         }
-        let Parsed::Valid(h) = entry::parse(bytes) else {
+        let Parsed::Valid(h) = entry::parse(bytes, s.base) else {
             return None;
         };
         if last_pos + h.entry_len() != end {

@@ -5,6 +5,15 @@
 //! zero padding up to the next multiple of 8. For a batch the payload is the
 //! Kafka RecordBatch exactly as stored, so a transfer can sendfile(2) it
 //! straight out of the segment.
+//!
+//! Segment files are recycled (see `recycle`): a file taken for a new
+//! segment still holds the entries of its previous use past the new
+//! writer's position, each one intact. So an entry carries its segment's
+//! tag (`segment_tag`, from the segment's start position) and its CRC
+//! covers the segment's start position: an entry of an earlier use of the
+//! file parses as `Stale`, never as valid. Entries written before tags
+//! existed carry tag 0 and are valid wherever they are; files holding any
+//! are never recycled.
 
 use crate::{Error, Result};
 
@@ -74,6 +83,8 @@ pub struct EntryHeader {
     pub payload_len: u32,
     pub shard_id: u64,
     pub aux: u64,
+    /// Written with its segment's tag (false: by a version before tags).
+    pub tagged: bool,
 }
 
 impl EntryHeader {
@@ -87,7 +98,18 @@ pub fn entry_len(payload_len: usize) -> u64 {
     (HEADER_LEN as u64 + payload_len as u64).next_multiple_of(ALIGN)
 }
 
-/// The header bytes of an entry framing `payload`, CRC included.
+/// The tag of the segment starting at global position `base`: nonzero,
+/// and different for any two segments less than 1 TiB apart (segments are
+/// at least 64 KiB long, so each 64 KiB unit starts at most one).
+pub fn segment_tag(base: u64) -> u32 {
+    ((base >> 16) % TAG_PERIOD) as u32 + 1
+}
+
+/// Distinct tags (the field holds 24 bits, and 0 means untagged).
+const TAG_PERIOD: u64 = (1 << 24) - 1;
+
+/// The header bytes of an entry framing `payload`, CRC included, not yet
+/// placed in a segment (`place` finishes it).
 pub fn header(kind: Kind, shard_id: u64, aux: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -100,9 +122,33 @@ pub fn header(kind: Kind, shard_id: u64, aux: u64, payload: &[u8]) -> [u8; HEADE
     h
 }
 
-/// CRC-32C of the header without its CRC field, then the payload.
+/// `header` placed in the segment starting at `base`: its tag set, and
+/// its CRC extended over the tag and `base` (cheaply: the CRC of the rest,
+/// payload included, is already in the header).
+pub fn place(header: &[u8; HEADER_LEN], base: u64) -> [u8; HEADER_LEN] {
+    let mut h = *header;
+    let tag = segment_tag(base).to_le_bytes();
+    h[5..8].copy_from_slice(&tag[..3]);
+    let inner = u32::from_le_bytes(h[12..16].try_into().unwrap());
+    let crc = extend_crc(inner, &h, base);
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// The CRC of a tagged entry: the untagged CRC, then the tag bytes and the
+/// segment's start position.
+fn extend_crc(inner: u32, h: &[u8], base: u64) -> u32 {
+    let crc = crc32c::crc32c_append(inner, &h[5..8]);
+    crc32c::crc32c_append(crc, &base.to_le_bytes())
+}
+
+/// CRC-32C of the header without its CRC field (tag bytes as zeros), then
+/// the payload.
 fn crc_of(h: &[u8], payload: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&h[0..12]);
+    let mut head = [0u8; 12];
+    head.copy_from_slice(&h[0..12]);
+    head[5..8].fill(0);
+    let crc = crc32c::crc32c(&head);
     let crc = crc32c::crc32c_append(crc, &h[16..32]);
     crc32c::crc32c_append(crc, payload)
 }
@@ -112,14 +158,17 @@ fn crc_of(h: &[u8], payload: &[u8]) -> u32 {
 pub enum Parsed {
     /// 32 zero bytes (or the segment's end): nothing was ever written here.
     Empty,
+    /// An entry of an earlier use of the file (another segment's tag): for
+    /// this segment, nothing was written here either.
+    Stale,
     Valid(EntryHeader),
     /// Something was written but it is not a whole, intact entry.
     Invalid(String),
 }
 
-/// Parses and fully validates (CRC included) the entry at the start of
-/// `rest`, the remainder of a segment.
-pub fn parse(rest: &[u8]) -> Parsed {
+/// Parses and fully validates (tag and CRC included) the entry at the
+/// start of `rest`, the remainder of the segment starting at `base`.
+pub fn parse(rest: &[u8], base: u64) -> Parsed {
     if rest.len() < HEADER_LEN {
         return if rest.iter().all(|&b| b == 0) {
             Parsed::Empty
@@ -138,6 +187,10 @@ pub fn parse(rest: &[u8]) -> Parsed {
     let Some(kind) = Kind::from_u8(h[4]) else {
         return Parsed::Invalid(format!("unknown entry kind {}", h[4]));
     };
+    let tag = u32::from_le_bytes([h[5], h[6], h[7], 0]);
+    if tag != 0 && tag != segment_tag(base) {
+        return Parsed::Stale;
+    }
     let payload_len = u32::from_le_bytes(h[8..12].try_into().unwrap());
     if HEADER_LEN + payload_len as usize > rest.len() {
         return Parsed::Invalid(format!(
@@ -146,7 +199,10 @@ pub fn parse(rest: &[u8]) -> Parsed {
     }
     let payload = &rest[HEADER_LEN..HEADER_LEN + payload_len as usize];
     let stored = u32::from_le_bytes(h[12..16].try_into().unwrap());
-    let actual = crc_of(h, payload);
+    let mut actual = crc_of(h, payload);
+    if tag != 0 {
+        actual = extend_crc(actual, h, base);
+    }
     if stored != actual {
         return Parsed::Invalid(format!(
             "entry CRC mismatch: stored {stored:#010x}, computed {actual:#010x}"
@@ -157,23 +213,38 @@ pub fn parse(rest: &[u8]) -> Parsed {
         payload_len,
         shard_id: u64::from_le_bytes(h[16..24].try_into().unwrap()),
         aux: u64::from_le_bytes(h[24..32].try_into().unwrap()),
+        tagged: tag != 0,
     })
 }
 
 /// Position of the first valid entry at or after `from` (aligned) in
-/// `segment`, if any. Used to tell a torn tail (nothing valid follows) from
-/// corruption in the middle of the log. Only entries starting before `to`
-/// are looked at (recovery scans a
-/// segment in windows); an entry may extend past `to`.
-pub fn find_valid_before(segment: &[u8], from: u64, to: u64) -> Option<u64> {
+/// `segment`, which starts at global position `base`, if any. Used to tell
+/// a torn tail (nothing valid follows) from corruption in the middle of
+/// the log. Only entries starting before `to` are looked at (recovery
+/// scans a segment in windows); an entry may extend past `to`.
+pub fn find_valid_before(segment: &[u8], base: u64, from: u64, to: u64) -> Option<u64> {
+    find_before(segment, base, from, to, |p| matches!(p, Parsed::Valid(_)))
+}
+
+/// As `find_valid_before`, for the first entry of an earlier use of the
+/// file (`Parsed::Stale`).
+pub fn find_stale_before(segment: &[u8], base: u64, from: u64, to: u64) -> Option<u64> {
+    find_before(segment, base, from, to, |p| matches!(p, Parsed::Stale))
+}
+
+fn find_before(
+    segment: &[u8],
+    base: u64,
+    from: u64,
+    to: u64,
+    wanted: impl Fn(&Parsed) -> bool,
+) -> Option<u64> {
     let magic = MAGIC.to_le_bytes();
     let mut pos = from.next_multiple_of(ALIGN) as usize;
     let end = (to as usize).min(segment.len());
     while pos < end && pos + HEADER_LEN <= segment.len() {
-        if segment[pos..pos + 4] == magic {
-            if let Parsed::Valid(_) = parse(&segment[pos..]) {
-                return Some(pos as u64);
-            }
+        if segment[pos..pos + 4] == magic && wanted(&parse(&segment[pos..], base)) {
+            return Some(pos as u64);
         }
         pos += ALIGN as usize;
     }
@@ -233,27 +304,94 @@ mod tests {
         let mut seg = header(Kind::Batch, 7, 42, payload).to_vec();
         seg.extend_from_slice(payload);
         seg.resize(entry_len(payload.len()) as usize + 64, 0);
-        let Parsed::Valid(h) = parse(&seg) else {
+        let Parsed::Valid(h) = parse(&seg, 0) else {
             panic!("valid entry rejected")
         };
         assert_eq!((h.kind, h.shard_id, h.aux), (Kind::Batch, 7, 42));
+        assert!(!h.tagged, "an entry never placed is an untagged one");
         assert_eq!(h.entry_len() % ALIGN, 0);
         assert!(matches!(
-            parse(&seg[h.entry_len() as usize..]),
+            parse(&seg[h.entry_len() as usize..], 0),
             Parsed::Empty
         ));
         let len = seg.len() as u64;
-        assert_eq!(find_valid_before(&seg, 0, len), Some(0));
-        assert_eq!(find_valid_before(&seg, 1, len), None);
+        assert_eq!(find_valid_before(&seg, 0, 0, len), Some(0));
+        assert_eq!(find_valid_before(&seg, 0, 1, len), None);
         assert_eq!(
-            find_valid_before(&seg, 0, 0),
+            find_valid_before(&seg, 0, 0, 0),
             None,
             "nothing starts before 0"
         );
         for bit in [0usize, 40, 100, 8 * 31] {
             let mut damaged = seg.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(matches!(parse(&damaged), Parsed::Invalid(_)), "bit {bit}");
+            assert!(
+                matches!(parse(&damaged, 0), Parsed::Invalid(_)),
+                "bit {bit}"
+            );
+        }
+    }
+
+    fn placed(base: u64, payload: &[u8]) -> Vec<u8> {
+        let mut seg = place(&header(Kind::Batch, 7, 42, payload), base).to_vec();
+        seg.extend_from_slice(payload);
+        seg.resize(entry_len(payload.len()) as usize, 0);
+        seg
+    }
+
+    #[test]
+    fn a_placed_entry_is_valid_only_in_its_own_segment() {
+        let base = 5 << 30;
+        let seg = placed(base, b"payload");
+        let Parsed::Valid(h) = parse(&seg, base) else {
+            panic!("placed entry rejected in its segment")
+        };
+        assert!(h.tagged);
+        assert_eq!((h.kind, h.shard_id, h.aux), (Kind::Batch, 7, 42));
+        // The file's next use, as a segment further on: the old entry is
+        // stale, not valid and not damage.
+        for later in [base + (64 << 10), base + (1 << 30), base + (100 << 30)] {
+            assert!(matches!(parse(&seg, later), Parsed::Stale), "{later}");
+            assert_eq!(find_valid_before(&seg, later, 0, seg.len() as u64), None);
+            assert_eq!(find_stale_before(&seg, later, 0, seg.len() as u64), Some(0));
+        }
+        assert_eq!(find_stale_before(&seg, base, 0, seg.len() as u64), None);
+    }
+
+    #[test]
+    fn a_tag_that_wraps_around_is_still_refused_by_the_crc() {
+        let base = 3 << 20;
+        let wrapped = base + (TAG_PERIOD << 16);
+        assert_eq!(segment_tag(base), segment_tag(wrapped));
+        let seg = placed(base, b"payload");
+        assert!(matches!(parse(&seg, wrapped), Parsed::Invalid(_)));
+    }
+
+    #[test]
+    fn damage_to_a_placed_entry_is_never_valid() {
+        let base = 7 << 20;
+        let seg = placed(base, b"some payload bytes");
+        for bit in 0..seg.len() * 8 {
+            let mut damaged = seg.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            let parsed = parse(&damaged, base);
+            // Padding is not covered by the CRC; a flipped tag makes the
+            // entry look like another segment's.
+            let padding = bit / 8 >= HEADER_LEN + 18;
+            assert!(
+                padding || !matches!(parsed, Parsed::Valid(_)),
+                "bit {bit}: {parsed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tags_are_nonzero_and_distinct_for_nearby_segments() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..100_000u64 {
+            let tag = segment_tag(i << 16);
+            assert!(tag != 0 && tag < 1 << 24);
+            assert!(seen.insert(tag), "segment {i}");
         }
     }
 

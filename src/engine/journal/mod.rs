@@ -24,6 +24,7 @@ mod entry;
 mod index;
 mod prefill;
 mod recovery;
+mod recycle;
 mod segment;
 mod shard;
 mod tail;
@@ -46,6 +47,7 @@ use crate::engine::{Engine, RecoveredShard, Shard};
 use crate::{Error, Result};
 
 use index::ShardState;
+use recycle::Recycler;
 use segment::Segment;
 pub use shard::JournalShard;
 pub(crate) use uring::UringOps;
@@ -173,9 +175,9 @@ impl Log {
         if ckpt_removed {
             self.reschedule_checkpoint();
         }
-        if self.writer.remove_files(&candidates).is_ok() {
-            self.removed_segments
-                .fetch_add(candidates.len() as u64, Ordering::Relaxed);
+        let count = candidates.len() as u64;
+        if self.writer.retire_files(candidates).is_ok() {
+            self.removed_segments.fetch_add(count, Ordering::Relaxed);
         }
     }
 
@@ -309,6 +311,9 @@ impl Log {
             "bytes_written": self.writer.counters.bytes_written.load(Ordering::Relaxed),
             "removed_segments": self.removed_segments.load(Ordering::Relaxed),
             "segment_rolls": self.writer.counters.rolls.load(Ordering::Relaxed),
+            "recycled_segments": self.writer.recycler().recycled.load(Ordering::Relaxed),
+            "kept_free_segments": self.writer.recycler().kept.load(Ordering::Relaxed),
+            "free_segments": self.writer.recycler().free_files(),
             "cleaning_passes": self.cleaning_passes.load(Ordering::Relaxed),
             "relocated_bytes": self.relocated_bytes.load(Ordering::Relaxed),
             "hot_segments": self.config.hot_segments,
@@ -416,10 +421,17 @@ impl JournalEngine {
         let active = segments.last().expect("a journal has a segment").clone();
         let map: BTreeMap<u64, Arc<Segment>> = segments.into_iter().map(|s| (s.base, s)).collect();
         let map: SegmentMap = Arc::new(RwLock::new(map));
+        let recycler = Recycler::open(
+            &self.dir,
+            self.config.recycle_segments,
+            self.config.segment_bytes,
+            self.read_only,
+        )?;
         let writer = Writer::new(
             self.dir.clone(),
             self.config.segment_bytes,
             map.clone(),
+            recycler,
             active,
             tail,
             self.ops()?,

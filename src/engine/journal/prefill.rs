@@ -26,6 +26,9 @@
 //! which keeps block allocation out of the append path but not the extent
 //! conversion.
 //!
+//! A recycled segment file (`recycle`) needs none of this: its blocks are
+//! all written, so the thread leaves it alone.
+//!
 //! Correctness rests on one rule: the thread never touches a block at or
 //! before the highest block the writer has claimed, and the writer never
 //! writes into the range the thread is preparing (it waits for it; with the
@@ -150,7 +153,8 @@ impl Prefill {
         let same = matches!(&st.segment, Some(s) if s.base == segment.base);
         if !same {
             st.segment = Some(segment.clone());
-            st.ready = 0;
+            // A recycled file has every block written already.
+            st.ready = if segment.prepared { segment.len } else { 0 };
             st.claimed = 0;
         }
         while matches!(st.busy, Some((base, start, _)) if base == segment.base && end > start) {

@@ -81,9 +81,32 @@ fn written_from(data: &[u8], from: u64) -> u64 {
         .map_or(0, |last| last as u64 + 1)
 }
 
-/// Zeroes `[from, end of written data)` of a torn segment.
+/// Where the bytes of a cut at `from` end: the end of the written data,
+/// but in a recycled file no further than the first entry of its earlier
+/// use after every valid entry (the rest is that use's, parsed as stale).
+fn cut_end(segment: &Segment, from: u64) -> u64 {
+    let data = segment.data();
+    let written = from + written_from(data, from);
+    let mut live = from;
+    while let Some(found) = find_valid(segment, live) {
+        let Parsed::Valid(header) = entry::parse(&data[found as usize..], segment.base) else {
+            unreachable!("find_valid found a valid entry");
+        };
+        live = found + header.entry_len();
+    }
+    let stale = entry::find_stale_before(data, segment.base, live, written);
+    segment.release_range(live, stale.unwrap_or(written));
+    stale.unwrap_or(written).min(written)
+}
+
+/// Zeroes `[from, cut_end)` of a torn segment.
 fn zero_tail(segment: &Segment, from: u64) -> Result<u64> {
-    let len = written_from(segment.data(), from);
+    let len = cut_end(segment, from) - from;
+    zero_range(segment, from, len)
+}
+
+/// Writes `len` zeros at `from` and fdatasyncs them.
+fn zero_range(segment: &Segment, from: u64, len: u64) -> Result<u64> {
     if len == 0 {
         return Ok(0);
     }
@@ -115,7 +138,7 @@ fn unsynced_tail(segments: &[Arc<Segment>], index: usize, pos: u64, proven: u64)
         let mut at = if i == index { pos + entry::ALIGN } else { 0 };
         while let Some(found) = find_valid(segment, at) {
             valid_after = true;
-            let Parsed::Valid(header) = entry::parse(&data[found as usize..]) else {
+            let Parsed::Valid(header) = entry::parse(&data[found as usize..], segment.base) else {
                 unreachable!("find_valid found a valid entry");
             };
             if header.kind == Kind::Synced {
@@ -145,7 +168,7 @@ fn cut_tail(
 ) -> Result<()> {
     let doomed: Vec<Arc<Segment>> = segments.drain(index + 1..).collect();
     for later in doomed.iter().rev() {
-        out.truncated_bytes += written_from(later.data(), 0);
+        out.truncated_bytes += cut_end(later, 0);
         if read_only {
             continue;
         }
@@ -154,7 +177,7 @@ fn cut_tail(
         sync_dir(dir)?;
     }
     out.truncated_bytes += if read_only {
-        written_from(segments[index].data(), pos)
+        cut_end(&segments[index], pos) - pos
     } else {
         zero_tail(&segments[index], pos)?
     };
@@ -241,7 +264,7 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
             released.at(&segment, pos);
             // `pos` may lie past the end when a truncated file ends inside
             // the last entry's padding.
-            let parsed = entry::parse(data.get(pos as usize..).unwrap_or(&[]));
+            let parsed = entry::parse(data.get(pos as usize..).unwrap_or(&[]), segment.base);
             match parsed {
                 Parsed::Valid(header) => {
                     if header.kind == Kind::Synced {
@@ -256,7 +279,9 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
                     out.entries += 1;
                     pos += header.entry_len();
                 }
-                Parsed::Empty => {
+                // An entry of the file's earlier use: the end of this
+                // segment's data, as zeros are.
+                Parsed::Empty | Parsed::Stale => {
                     // At a clean checkpoint's end in the last segment the
                     // close sealed the log and nothing was appended since
                     // (opening clears the mark before any write): the rest
@@ -327,6 +352,13 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
                 }
             }
         }
+        if index + 1 < segments.len() && !read_only && pos < segment.len {
+            // A segment's unused end is zeroed when the log rolls past it;
+            // what a crash left there (an earlier use's entries) goes now,
+            // or the file could later be recycled holding two uses'.
+            let residue = written_from(data, pos);
+            zero_range(&segment, pos, residue)?;
+        }
         out.tail = pos;
         out.segments.push(segment);
         index += 1;
@@ -388,7 +420,7 @@ fn find_valid(segment: &Segment, from: u64) -> Option<u64> {
     let mut start = from;
     while start < data.len() as u64 {
         let end = (start + RELEASE_EVERY).min(data.len() as u64);
-        let found = entry::find_valid_before(data, start, end);
+        let found = entry::find_valid_before(data, segment.base, start, end);
         segment.release_range(start, end);
         if found.is_some() {
             return found;

@@ -1,8 +1,9 @@
 //! Journal segment files: `journal/<start position, 20 digits>.log`, each
 //! created at its full size (sparse: blocks are allocated, and zeroed, just
 //! ahead of the writer by `prefill`, so a small store takes little disk)
-//! and mapped read-only once, so reads are zero-copy views of the page
-//! cache and transfers can sendfile(2) from it.
+//! or taken from the pool of reclaimed files (`recycle`), and mapped
+//! read-only once, so reads are zero-copy views of the page cache and
+//! transfers can sendfile(2) from it.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use memmap2::{Mmap, MmapOptions};
 
+use super::entry::{self, Parsed};
 use crate::io::{create_new, fs};
 use crate::{Error, Result};
 
@@ -42,6 +44,9 @@ pub struct Segment {
     /// Index entries (batches of live shards) that point into this segment.
     /// The segment is removed once this is 0 and it is not the active one.
     live: AtomicU64,
+    /// Every block of the file holds written data (a recycled file): no
+    /// space ahead needs preparing.
+    pub prepared: bool,
 }
 
 impl std::fmt::Debug for Segment {
@@ -94,6 +99,29 @@ impl Segment {
         Self::map(path, base, file, len)
     }
 
+    /// Takes the free file `from` (a reclaimed segment, fully written) as
+    /// the new segment at `base`: renames it, fsyncs the directory (before
+    /// anything in it is acknowledged) and maps it. Its old entries stay
+    /// until overwritten; they carry another tag (`entry::Parsed::Stale`).
+    pub fn recycle(dir: &Path, from: &Path, base: u64, len: u64) -> Result<Segment> {
+        let path = dir.join(file_name(base));
+        fs::rename(from, &path).map_err(|e| {
+            Error::io(
+                format!("recycling '{}' as '{}'", from.display(), path.display()),
+                e,
+            )
+        })?;
+        sync_dir(dir)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("opening segment '{}'", path.display()), e))?;
+        let mut segment = Self::map(path, base, file, len)?;
+        segment.prepared = true;
+        Ok(segment)
+    }
+
     /// Opens an existing segment (recovery). A file shorter than `min_len`
     /// (a crash between create and sizing it) is extended with zeros. A
     /// `read_only` open changes nothing, not even the file's times: it
@@ -126,8 +154,10 @@ impl Segment {
         // SAFETY: the mapping is read-only and the file is never truncated
         // (recovery zeroes a torn tail with pwrite instead). Slices are only
         // made of positions already written, which are never written again
-        // (the torn bytes recovery zeroes are never handed out), so no slice
-        // ever changes under its reader.
+        // while any slice of the file exists (the torn bytes recovery zeroes
+        // are never handed out, and a file is recycled only once nothing
+        // holds its mapping, `Recycler::retire`), so no slice ever changes
+        // under its reader.
         let map = unsafe { MmapOptions::new().len(len as usize).map(&file) }
             .map_err(|e| Error::io(format!("mapping segment '{}'", path.display()), e))?;
         Ok(Segment {
@@ -137,7 +167,22 @@ impl Segment {
             file: Arc::new(file),
             map: Arc::new(map),
             live: AtomicU64::new(0),
+            prepared: false,
         })
+    }
+
+    /// Whether the segment's entries carry its tag: true when its first
+    /// one does (the version that starts a segment writes all of it; older
+    /// versions wrote no tags, and newer entries are unreadable to them).
+    pub fn tagged(&self) -> bool {
+        matches!(entry::parse(self.data(), self.base), Parsed::Valid(h) if h.tagged)
+    }
+
+    /// Whether nothing but `self` refers to the file or its mapping: no
+    /// zero-copy view, transfer or writer holds any, so its bytes may be
+    /// overwritten.
+    pub fn unshared(&self) -> bool {
+        Arc::strong_count(&self.map) == 1 && Arc::strong_count(&self.file) == 1
     }
 
     /// Zero-copy view of `len` bytes at `pos` (already written).

@@ -979,3 +979,210 @@ fn the_cleaner_leaves_a_draining_shards_batches_in_place() {
     // prefilled one.
     assert!(most <= 5 * SEGMENT, "{most} bytes of journal files");
 }
+
+fn values(shard: &Arc<dyn Shard>) -> Vec<Vec<u8>> {
+    let limits = ReadLimits {
+        max_records: usize::MAX,
+        max_bytes: usize::MAX,
+    };
+    let read = shard.read(0, limits).unwrap();
+    read.records
+        .iter()
+        .map(|r| r.value_bytes().to_vec())
+        .collect()
+}
+
+fn recycling_config() -> JournalConfig {
+    JournalConfig {
+        segment_bytes: 256 << 10,
+        // Every reopen replays (and so scans) the whole journal.
+        checkpoint_bytes: 0,
+        recycle_segments: 4,
+        ..config()
+    }
+}
+
+/// A journal whose segments after the first live in recycled files: a
+/// shard fills six segments and is deleted (its files go to the pool),
+/// then `new` rolls into the pool twice. Returns `new`'s values.
+fn journal_in_recycled_files(engine: &JournalEngine) -> (Arc<dyn Shard>, Vec<Vec<u8>>) {
+    fill_and_delete(engine);
+    let new = engine
+        .create_shard("new", &options(Durability::Fsync))
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let value = format!("new-{i:02}-").repeat(1500).into_bytes();
+        new.append(&[Record::new(&value)]).unwrap();
+        expected.push(value);
+    }
+    let log = engine.log.lock().clone().unwrap();
+    let stats = log.stats();
+    assert!(stats["recycled_segments"].as_u64().unwrap() >= 2, "{stats}");
+    assert!(stats["free_segments"].as_u64().unwrap() >= 1, "{stats}");
+    (new, expected)
+}
+
+/// A shard fills six segments and is deleted: its segments are reclaimed.
+fn fill_and_delete(engine: &JournalEngine) {
+    engine.recover().unwrap();
+    let old = engine
+        .create_shard("old", &options(Durability::Fsync))
+        .unwrap();
+    let filler = vec![b'o'; 16 << 10];
+    for _ in 0..6 * 16 {
+        old.append(&[Record::new(&filler)]).unwrap();
+    }
+    engine.remove_shard("old", &old).unwrap();
+}
+
+#[test]
+fn without_recycling_reclaimed_files_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        recycle_segments: 0,
+        ..recycling_config()
+    };
+    let engine = JournalEngine::new(dir.path(), config);
+    fill_and_delete(&engine);
+    let new = engine
+        .create_shard("new", &options(Durability::Fsync))
+        .unwrap();
+    let big = vec![b'n'; 100 << 10];
+    for _ in 0..6 {
+        new.append(&[Record::new(&big)]).unwrap();
+    }
+    let log = engine.log.lock().clone().unwrap();
+    let stats = log.stats();
+    assert!(stats["removed_segments"].as_u64().unwrap() >= 5, "{stats}");
+    assert_eq!(stats["recycled_segments"], 0, "{stats}");
+    assert_eq!(stats["free_segments"], 0, "{stats}");
+    let journal = dir.path().join(super::JOURNAL_DIR);
+    for item in std::fs::read_dir(journal).unwrap() {
+        let name = item.unwrap().file_name().into_string().unwrap();
+        assert!(!name.ends_with(".free"), "{name}");
+    }
+}
+
+/// The global position where the entries of the segment at `base` end.
+fn data_end(data: &[u8], base: u64) -> u64 {
+    let mut pos = 0u64;
+    while let super::entry::Parsed::Valid(h) = super::entry::parse(&data[pos as usize..], base) {
+        pos += h.entry_len();
+    }
+    pos
+}
+
+#[test]
+fn a_recycled_segment_never_replays_its_earlier_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let (new, expected) = journal_in_recycled_files(&engine);
+    let log = engine.log.lock().clone().unwrap();
+    let active = log.segments.read().values().last().unwrap().clone();
+    let tail = (log.writer.end_position() - active.base) as usize;
+    // Past the writer, the file still holds the deleted shard's entries,
+    // intact: what recovery must take for stale, not for data.
+    let file = std::fs::read(&active.path).unwrap();
+    assert!(
+        file[tail..].windows(64).any(|w| w == [b'o'; 64]),
+        "the active segment holds no earlier entries past its data"
+    );
+    drop(log);
+    crash(engine, vec![new]);
+
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let shards = engine.recover().unwrap();
+    let names: Vec<&str> = shards.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["new"], "the deleted shard came back");
+    assert_eq!(values(&shards[0].2), expected);
+    let log = engine.log.lock().clone().unwrap();
+    assert_eq!(log.stats()["truncated_bytes"], 0, "{}", log.stats());
+    drop(log);
+    let new = shards.into_iter().next().unwrap().2;
+    new.append(&[Record::new(b"after")]).unwrap();
+    crash(engine, vec![new]);
+
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let shards = engine.recover().unwrap();
+    let mut with_after = expected;
+    with_after.push(b"after".to_vec());
+    assert_eq!(values(&shards[0].2), with_after);
+}
+
+/// A crash between taking a free file as the next segment (the rename)
+/// and writing to it leaves a last segment of stale entries only: an
+/// empty segment, which appends then fill.
+#[test]
+fn a_free_file_renamed_into_place_before_any_write_is_an_empty_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let (new, expected) = journal_in_recycled_files(&engine);
+    engine.close().unwrap();
+    drop((new, engine));
+    let journal = dir.path().join(super::JOURNAL_DIR);
+    let names = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&journal)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let last = names().into_iter().rfind(|n| n.ends_with(".log")).unwrap();
+    let last_base: u64 = last.trim_end_matches(".log").parse().unwrap();
+    let free = names().into_iter().find(|n| n.ends_with(".free")).unwrap();
+    let next = super::segment::file_name(last_base + (256 << 10));
+    std::fs::rename(journal.join(&free), journal.join(&next)).unwrap();
+    // The crash came before the clean close's mark: replay everything.
+    let _ = std::fs::remove_file(journal.join("index.ckpt"));
+
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let shards = engine.recover().unwrap();
+    assert_eq!(values(&shards[0].2), expected);
+    let new = shards.into_iter().next().unwrap().2;
+    let big = vec![b'n'; 100 << 10];
+    for _ in 0..6 {
+        new.append(&[Record::new(&big)]).unwrap();
+    }
+    engine.close().unwrap();
+    drop((new, engine));
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let shards = engine.recover().unwrap();
+    let got = values(&shards[0].2);
+    assert_eq!(got.len(), expected.len() + 6);
+    assert_eq!(got[..expected.len()], expected[..]);
+}
+
+/// What a crash left past the data of a segment that is not the last (an
+/// earlier use's entry, before the roll's zeros reached the disk) is
+/// zeroed by recovery, so the file never holds two earlier uses' entries.
+#[test]
+fn recovery_zeroes_an_earlier_use_past_the_data_of_a_closed_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let (new, expected) = journal_in_recycled_files(&engine);
+    let log = engine.log.lock().clone().unwrap();
+    let closed = log.segments.read().values().next().unwrap().clone();
+    drop(log);
+    crash(engine, vec![new]);
+
+    let mut file = std::fs::read(&closed.path).unwrap();
+    let end = data_end(&file, closed.base) as usize;
+    assert!(end < file.len() - 64, "the segment has an unused end");
+    let earlier = super::entry::place(
+        &super::entry::header(super::entry::Kind::Synced, 0, 1, &[]),
+        closed.base.wrapping_sub(1 << 30),
+    );
+    file[end..end + 32].copy_from_slice(&earlier);
+    std::fs::write(&closed.path, &file).unwrap();
+
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let shards = engine.recover().unwrap();
+    assert_eq!(values(&shards[0].2), expected);
+    let file = std::fs::read(&closed.path).unwrap();
+    assert!(
+        file[end..].iter().all(|&b| b == 0),
+        "the residue is still there"
+    );
+}

@@ -56,7 +56,8 @@ use parking_lot::{Mutex, RwLock};
 use super::commit::{self, GroupCommit, Guard, Leader};
 use super::entry;
 use super::prefill::Prefill;
-use super::segment::{sync_dir, Segment};
+use super::recycle::Recycler;
+use super::segment::Segment;
 use super::tail::TailCache;
 use crate::io::fs;
 use crate::{Error, Result};
@@ -314,6 +315,30 @@ pub struct State {
     marked: u64,
 }
 
+impl State {
+    /// The run ending at the tail of the active segment, started if the
+    /// last run ends elsewhere.
+    fn run_at_tail(&mut self) -> &mut Run {
+        let (active, pos) = (&self.active, self.tail);
+        let extend = matches!(self.runs.last(), Some(run)
+            if Arc::ptr_eq(&run.segment, active) && run.pos + run.data.len() as u64 == pos);
+        if !extend {
+            // Runs go to the tail cache after their write (when it is on),
+            // so size a new one for a typical flush up front.
+            let data = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(64 << 10));
+            self.runs.push(Run {
+                segment: active.clone(),
+                pos,
+                data,
+            });
+        }
+        self.runs.last_mut().expect("a run was just ensured")
+    }
+}
+
 type Core = commit::Core<State>;
 
 /// What a leader took: the runs to write, and the segments to fdatasync
@@ -349,6 +374,8 @@ pub struct Writer {
     dir: PathBuf,
     segment_bytes: u64,
     segments: SegmentMap,
+    /// Where reclaimed segment files go, and rolls take them from.
+    recycler: Recycler,
     written_hint: AtomicU64,
     prefill: Prefill,
     /// The newest written runs, for tail reads (see `tail`).
@@ -379,6 +406,7 @@ impl Writer {
         dir: PathBuf,
         segment_bytes: u64,
         segments: SegmentMap,
+        recycler: Recycler,
         active: Arc<Segment>,
         tail: u64,
         ops: Arc<dyn FileOps>,
@@ -436,6 +464,7 @@ impl Writer {
             dir,
             segment_bytes,
             segments,
+            recycler,
             written_hint: AtomicU64::new(end),
             prefill,
             tail: TailCache::new(tail_cache_bytes),
@@ -492,48 +521,20 @@ impl Writer {
         header: &[u8; entry::HEADER_LEN],
         payload: &[u8],
     ) -> Result<Placement> {
-        let st = &mut core.state;
         let len = entry::entry_len(payload.len());
-        if st.tail + len > st.active.len {
-            // Roll. Creating the file under the lock stalls appenders for one
-            // create + fallocate + directory fsync per segment (every 1 GiB
-            // by default); it keeps positions assigned strictly in order.
-            let base = st.active.base + st.active.len;
-            let size = self.segment_bytes.max(len);
-            match Segment::create(&self.dir, base, size) {
-                Ok(segment) => {
-                    let segment = Arc::new(segment);
-                    self.segments.write().insert(base, segment.clone());
-                    st.active = segment;
-                    st.tail = 0;
-                    self.counters.rolls.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    core.poison(format!("creating a segment failed: {e}"));
-                    return Err(e);
-                }
+        if core.state.tail + len > core.state.active.len {
+            if let Err(e) = self.roll(&mut core.state, len) {
+                core.poison(format!("starting a segment failed: {e}"));
+                return Err(e);
             }
         }
+        let st = &mut core.state;
         let pos = st.tail;
         let active = st.active.clone();
-        st.last = Some((active.base + pos, *header));
-        let extend = matches!(st.runs.last(), Some(run)
-            if Arc::ptr_eq(&run.segment, &active) && run.pos + run.data.len() as u64 == pos);
-        if !extend {
-            // Runs go to the tail cache after their write (when it is on),
-            // so size a new one for a typical flush up front.
-            let data = st
-                .spare
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(64 << 10));
-            st.runs.push(Run {
-                segment: active.clone(),
-                pos,
-                data,
-            });
-        }
-        let run = st.runs.last_mut().expect("a run was just ensured");
-        run.data.extend_from_slice(header);
+        let header = entry::place(header, active.base);
+        st.last = Some((active.base + pos, header));
+        let run = st.run_at_tail();
+        run.data.extend_from_slice(&header);
         run.data.extend_from_slice(payload);
         let padded = run.data.len() + (len as usize - entry::HEADER_LEN - payload.len());
         run.data.resize(padded, 0);
@@ -547,6 +548,38 @@ impl Writer {
             pos,
             end,
         })
+    }
+
+    /// Starts the next segment, for an entry of `len` bytes that does not
+    /// fit in the active one: in a recycled file when the pool has one,
+    /// else a new file. Done under the lock, which stalls appenders for one
+    /// rename or create + directory fsync per segment (every 1 GiB by
+    /// default); it keeps positions assigned strictly in order.
+    fn roll(&self, st: &mut State, len: u64) -> Result<()> {
+        // The unused end may hold an earlier use's entries (a recycled
+        // file); zeroed, so that a file holds one use's entries alone once
+        // it is recycled again (see `recycle`). At most one entry's size.
+        // (A file recovery found cut short may end inside its last entry's
+        // padding: nothing is unused then.)
+        if st.tail < st.active.len {
+            let unused = (st.active.len - st.tail) as usize;
+            let run = st.run_at_tail();
+            run.data.resize(run.data.len() + unused, 0);
+            st.tail = st.active.len;
+            st.pending_bytes += unused as u64;
+        }
+        let base = st.active.base + st.active.len;
+        let size = self.segment_bytes.max(len);
+        let segment = match self.recycler.take(base, size) {
+            Some(recycled) => recycled?,
+            None => Segment::create(&self.dir, base, size)?,
+        };
+        let segment = Arc::new(segment);
+        self.segments.write().insert(base, segment.clone());
+        st.active = segment;
+        st.tail = 0;
+        self.counters.rolls.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Bytes enqueued and not yet written.
@@ -855,21 +888,30 @@ impl Writer {
         self.commit.lock().state.active.base
     }
 
-    /// Removes segment files (already dropped from the segment map), oldest
-    /// first, fsyncing the directory after each: whatever a power cut keeps
-    /// of the removals is a prefix, so the journal left is contiguous. (A
-    /// filesystem may persist unsynced unlinks in any order; a lost unlink
-    /// between kept ones would leave a hole that replay refuses.)
-    pub fn remove_files(&self, segments: &[Arc<Segment>]) -> Result<()> {
+    /// Retires segment files (already dropped from the segment map) into
+    /// the recycling pool or deletes them, oldest first, fsyncing the
+    /// directory after each: whatever a power cut keeps of the changes is
+    /// a prefix, so the journal left is contiguous. (A filesystem may
+    /// persist unsynced unlinks and renames in any order; a lost one
+    /// between kept ones would leave a hole that replay refuses.) A failed
+    /// directory fsync poisons the journal.
+    pub fn retire_files(&self, segments: Vec<Arc<Segment>>) -> Result<()> {
         for segment in segments {
-            fs::remove_file(&segment.path)
-                .map_err(|e| Error::io(format!("removing '{}'", segment.path.display()), e))?;
-            if let Err(e) = sync_dir(&self.dir) {
-                self.commit.lock().poison(e.to_string());
+            let path = segment.path.clone();
+            if let Err(e) = self.recycler.retire(segment) {
+                // A failed rename or unlink left the file as it was;
+                // only a failed directory fsync leaves the journal unsure.
+                if !path.exists() {
+                    self.commit.lock().poison(e.to_string());
+                }
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    pub fn recycler(&self) -> &Recycler {
+        &self.recycler
     }
 }
 
