@@ -1401,7 +1401,10 @@ mod tests {
         }
         let err = Config::from_toml_str("[journal]\nrecycle_segments = 65\n").unwrap_err();
         assert_eq!(err.status(), crate::Status::InvalidConfig);
-        assert!(err.to_string().contains("journal.recycle_segments: 65"), "{err}");
+        assert!(
+            err.to_string().contains("journal.recycle_segments: 65"),
+            "{err}"
+        );
         let err = Config::from_toml_str("[journal]\nrecycle_segments = -1\n").unwrap_err();
         assert!(err.to_string().contains("recycle_segments"), "{err}");
     }

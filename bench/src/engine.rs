@@ -116,13 +116,13 @@ impl AppendSpec {
 }
 
 /// Record values: `count` distinct slices of one pseudo-random buffer.
-fn payload(record_size: usize, count: usize, seed: u64) -> Vec<u8> {
+pub fn payload(record_size: usize, count: usize, seed: u64) -> Vec<u8> {
     let mut data = vec![0u8; record_size * count];
     util::fill_pseudo_random(&mut data, seed);
     data
 }
 
-fn records(data: &[u8], record_size: usize) -> Vec<Record<'_>> {
+pub fn records(data: &[u8], record_size: usize) -> Vec<Record<'_>> {
     data.chunks(record_size).map(Record::new).collect()
 }
 

@@ -5,12 +5,17 @@
 //! shards). Every store lives under --dir, so the journal writes to the
 //! filesystem the raw baselines measured.
 
+use std::io;
 use std::path::Path;
+use std::time::Duration;
 
-use mqstore::EngineKind;
+use mqstore::{Config, Durability, EngineKind, ShardOptions, Store};
+use serde_json::json;
 
-use crate::engine::Persistent;
-use crate::{Plan, Results};
+use crate::engine::{
+    self, headline_workloads, AppendSpec, BenchStore, Persistent, APPEND_RETENTION_BYTES,
+};
+use crate::{util, Plan, Results};
 
 /// The journal metrics the issue names (reported absent without the engine).
 pub const ISSUE_METRICS: [(&str, &str); 18] = [
@@ -57,15 +62,135 @@ pub const JOURNAL: Persistent = Persistent {
 pub fn run_group(group: &str, base: &Path, plan: &Plan, results: &mut Results) {
     println!("== journal engine: {group}");
     JOURNAL.run_group(group, base, plan, results);
+    if group == "append" {
+        recycled_appends(base, plan, results);
+    }
+}
+
+/// The headline workloads measured again in steady state.
+const RECYCLED: [&str; 4] = [
+    "append_1k_batch64_fsync.msgs_per_s",
+    "append_1k_batch64_fsync_t4_s4.msgs_per_s",
+    "append_1k_batch64_fsync_t16_s16.msgs_per_s",
+    "append_1k_batch64_fsync_pipelined.msgs_per_s",
+];
+
+/// The durable headline appends of a journal in steady state, as a broker
+/// runs it once its first segments were reclaimed: the run writes into a
+/// recycled segment file (`[journal] recycle_segments`, default config),
+/// whose blocks are written already. The other rows measure a fresh
+/// store, whose first segment is new space (zeroed ahead of the writer,
+/// or converted from unwritten extents by each fdatasync).
+fn recycled_appends(base: &Path, plan: &Plan, results: &mut Results) {
+    let secs = Duration::from_secs_f64(plan.headline_secs);
+    for workload in headline_workloads() {
+        if !RECYCLED.contains(&workload.suffix.as_str()) {
+            continue;
+        }
+        let options = engine::options(
+            EngineKind::Journal,
+            workload.durability,
+            APPEND_RETENTION_BYTES,
+        );
+        let mut p = workload.spec.params(&options);
+        p["seconds_per_rep"] = json!(plan.headline_secs);
+        p["mode"] = json!(workload.mode());
+        p["state"] = json!(
+            "steady state: one store per row, in which a shard first wrote 3 segments and \
+             was deleted; each repetition then writes new shards into recycled files \
+             (deleted after it)"
+        );
+        let name = workload
+            .suffix
+            .replace(".msgs_per_s", "_recycled.msgs_per_s");
+        let row = recycled_row(base, &options, workload.spec, secs, plan.reps);
+        if let Ok((_, counters)) = &row {
+            p["journal"] = counters.clone();
+        }
+        results.stats_or_failed(&format!("journal.{name}"), row.map(|r| r.0), "msgs/s", p);
+    }
+}
+
+/// The repetitions of one steady-state row in one store, with the
+/// journal's counters over them: segments started in recycled files, and
+/// bytes zeroed ahead of the writer (none while it writes recycled files).
+fn recycled_row(
+    base: &Path,
+    options: &ShardOptions,
+    spec: AppendSpec,
+    duration: Duration,
+    reps: usize,
+) -> io::Result<(util::Stats, serde_json::Value)> {
+    let bench = BenchStore::open(base)?;
+    let store = &bench.store;
+    let segment_bytes = Config::default().journal.segment_bytes;
+    fill_and_drop(store, options, 3 * segment_bytes + (64 << 20))?;
+    let mut first = None;
+    let mut last = None;
+    let stats = util::repeat(reps, || {
+        let names = engine::create_append_shards(store, options, spec.shards)?;
+        let before = journal_counters(store, &names[0])?;
+        first.get_or_insert(before.clone());
+        let rate = engine::append_run(store, &names, spec, duration, u64::MAX)?;
+        last = Some(journal_counters(store, &names[0])?);
+        for name in &names {
+            store.delete_shard(name).map_err(engine::to_io)?;
+        }
+        Ok(rate)
+    })?;
+    let counter = |key: &str| {
+        let at = |c: &Option<serde_json::Value>| c.as_ref().and_then(|c| c[key].as_u64());
+        at(&last).zip(at(&first)).map(|(l, f)| l - f)
+    };
+    Ok((
+        stats,
+        json!({
+            "recycled_segments_before": first.as_ref().map(|c| c["recycled_segments"].clone()),
+            "recycled_segments_during": counter("recycled_segments"),
+            "zeroed_bytes_during": counter("zeroed_bytes"),
+        }),
+    ))
+}
+
+/// Writes `bytes` with durability `none` into a shard of `options`'s
+/// retention, then deletes it: the journal rolls through its segments,
+/// reclaims them into its pool of free files and recycles them.
+fn fill_and_drop(store: &Store, options: &ShardOptions, bytes: u64) -> io::Result<()> {
+    let mut warm = options.clone();
+    warm.durability = Durability::None;
+    store
+        .create_shard_with("warm", warm)
+        .map_err(engine::to_io)?;
+    let data = engine::payload(16 << 10, 64, 7);
+    let batch = engine::records(&data, 16 << 10);
+    let mut written = 0;
+    while written < bytes {
+        store.append_batch("warm", &batch).map_err(engine::to_io)?;
+        written += data.len() as u64;
+    }
+    store.delete_shard("warm").map_err(engine::to_io)
+}
+
+fn journal_counters(store: &Store, shard: &str) -> io::Result<serde_json::Value> {
+    let stats = store.shard_stats(shard).map_err(engine::to_io)?;
+    let journal = &stats["engine_stats"]["journal"];
+    Ok(json!({
+        "recycled_segments": journal["recycled_segments"],
+        "zeroed_bytes": journal["prefill"]["zeroed_bytes"],
+    }))
 }
 
 /// Journal metrics compared, as payload GB/s, with the raw write ceiling
 /// (the best O_DIRECT write of the run): the durable appends.
-pub const VS_CEILING: [&str; 6] = [
+pub const VS_CEILING: [&str; 10] = [
     "journal.append_1k_batch64_fsync.msgs_per_s",
     "journal.append_1k_batch64_fsync_t4_s4.msgs_per_s",
     "journal.append_1k_batch64_fsync_t16_s16.msgs_per_s",
     "journal.append_1k_batch64_fsync_pipelined.msgs_per_s",
+    "journal.append_1k_batch64_fsync_recycled.msgs_per_s",
+    "journal.append_1k_batch64_fsync_t4_s4_recycled.msgs_per_s",
+    "journal.append_1k_batch64_fsync_t16_s16_recycled.msgs_per_s",
+    "journal.append_1k_batch64_fsync_pipelined_recycled.msgs_per_s",
     "journal.append_1k_batch64_fsync_eventloop.msgs_per_s",
     "journal.append_100b_batch1024_fsync_pipelined.msgs_per_s",
 ];
@@ -135,29 +260,34 @@ pub fn compare(results: &mut Results) {
 /// the device: more producers over one producer, and one producer over
 /// the bound of one batch per O_DIRECT 64 KiB write + fdatasync (p50), all
 /// measured in this run.
+/// The same for the steady-state rows (`_recycled`).
 fn group_commit_ratios(results: &mut Results) {
-    let one = "journal.append_1k_batch64_fsync.msgs_per_s";
     let mut ratios = Vec::new();
-    for producers in [4, 16] {
-        let many = format!("journal.append_1k_batch64_fsync_t{producers}_s{producers}.msgs_per_s");
+    for state in ["", "_recycled"] {
+        let one = format!("journal.append_1k_batch64_fsync{state}.msgs_per_s");
+        for producers in [4, 16] {
+            let many = format!(
+                "journal.append_1k_batch64_fsync_t{producers}_s{producers}{state}.msgs_per_s"
+            );
+            ratios.push((
+                format!("journal.group_commit_t{producers}_s{producers}_vs_t1{state}.ratio"),
+                results
+                    .value_of(&many)
+                    .zip(results.value_of(&one))
+                    .map(|(m, o)| m / o),
+                format!("{many} / {one}"),
+            ));
+        }
+        let bound = results
+            .value_of("raw.odirect_commit_64k_p50_us")
+            .filter(|us| *us > 0.0)
+            .map(|us| 64.0 * 1e6 / us);
         ratios.push((
-            format!("journal.group_commit_t{producers}_s{producers}_vs_t1.ratio"),
-            results
-                .value_of(&many)
-                .zip(results.value_of(one))
-                .map(|(m, o)| m / o),
-            format!("{many} / {one}"),
+            format!("journal.append_1k_batch64_fsync{state}.vs_commit_bound.ratio"),
+            results.value_of(&one).zip(bound).map(|(o, b)| o / b),
+            format!("{one} / (64 records per raw.odirect_commit_64k_p50_us)"),
         ));
     }
-    let bound = results
-        .value_of("raw.odirect_commit_64k_p50_us")
-        .filter(|us| *us > 0.0)
-        .map(|us| 64.0 * 1e6 / us);
-    ratios.push((
-        "journal.append_1k_batch64_fsync.vs_commit_bound.ratio".into(),
-        results.value_of(one).zip(bound).map(|(o, b)| o / b),
-        format!("{one} / (64 records per raw.odirect_commit_64k_p50_us)"),
-    ));
     for (name, ratio, measured) in ratios {
         match ratio {
             Some(ratio) => results.value(
