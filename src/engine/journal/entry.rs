@@ -135,6 +135,17 @@ pub fn place(header: &[u8; HEADER_LEN], base: u64) -> [u8; HEADER_LEN] {
     h
 }
 
+/// `header` as versions before tags wrote it: tag 0, the CRC without the
+/// extension (for tests reading such journals).
+#[cfg(test)]
+pub fn untagged(header: &[u8; HEADER_LEN], payload: &[u8]) -> [u8; HEADER_LEN] {
+    let mut h = *header;
+    h[5..8].fill(0);
+    let crc = crc_of(&h, payload);
+    h[12..16].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
 /// The CRC of a tagged entry: the untagged CRC, then the tag bytes and the
 /// segment's start position.
 fn extend_crc(inner: u32, h: &[u8], base: u64) -> u32 {

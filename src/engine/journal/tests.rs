@@ -980,12 +980,14 @@ fn the_cleaner_leaves_a_draining_shards_batches_in_place() {
     assert!(most <= 5 * SEGMENT, "{most} bytes of journal files");
 }
 
+/// The values of every record the shard retains.
 fn values(shard: &Arc<dyn Shard>) -> Vec<Vec<u8>> {
     let limits = ReadLimits {
         max_records: usize::MAX,
         max_bytes: usize::MAX,
     };
-    let read = shard.read(0, limits).unwrap();
+    let first = shard.info().unwrap().first_offset;
+    let read = shard.read(first, limits).unwrap();
     read.records
         .iter()
         .map(|r| r.value_bytes().to_vec())
@@ -1185,4 +1187,76 @@ fn recovery_zeroes_an_earlier_use_past_the_data_of_a_closed_segment() {
         file[end..].iter().all(|&b| b == 0),
         "the residue is still there"
     );
+}
+
+/// A journal written before entries carried tags (mqstore 0.2.0) opens and
+/// takes appends; its segment, untagged, is deleted when reclaimed, never
+/// recycled (its entries would be valid anywhere).
+#[test]
+fn a_journal_of_untagged_entries_opens_and_its_file_is_never_recycled() {
+    use super::entry::{self, Parsed};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    engine.recover().unwrap();
+    let old = engine
+        .create_shard("old", &options(Durability::Fsync))
+        .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let value = format!("old-{i}").into_bytes();
+        old.append(&[Record::new(&value)]).unwrap();
+        expected.push(value);
+    }
+    engine.close().unwrap();
+    drop((old, engine));
+    // As 0.2.0 wrote it: every entry untagged, no index checkpoint.
+    let journal = dir.path().join(super::JOURNAL_DIR);
+    let first = journal.join(super::segment::file_name(0));
+    let mut data = std::fs::read(&first).unwrap();
+    let mut pos = 0;
+    while let Parsed::Valid(h) = entry::parse(&data[pos..], 0) {
+        let end = pos + entry::HEADER_LEN + h.payload_len as usize;
+        let header = data[pos..pos + entry::HEADER_LEN].try_into().unwrap();
+        let untagged = entry::untagged(&header, &data[pos + entry::HEADER_LEN..end]);
+        data[pos..pos + entry::HEADER_LEN].copy_from_slice(&untagged);
+        pos += h.entry_len() as usize;
+    }
+    assert!(matches!(entry::parse(&data, 0), Parsed::Valid(h) if !h.tagged));
+    std::fs::write(&first, &data).unwrap();
+    std::fs::remove_file(journal.join("index.ckpt")).unwrap();
+
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let shards = engine.recover().unwrap();
+    let (_, _, old) = shards.into_iter().find(|(n, _, _)| n == "old").unwrap();
+    assert_eq!(values(&old), expected);
+    engine.remove_shard("old", &old).unwrap();
+    drop(old);
+    let retained = ShardOptions {
+        retention_bytes: 256 << 10,
+        ..options(Durability::Fsync)
+    };
+    let new = engine.create_shard("new", &retained).unwrap();
+    let big = vec![b'n'; 100 << 10];
+    // A file kept is named after its last segment, and taken at a roll,
+    // the earliest in the append after the one whose reclaim kept it.
+    let kept_untagged = journal.join("00000000000000000000.free");
+    for _ in 0..12 {
+        new.append(&[Record::new(&big)]).unwrap();
+        assert!(!kept_untagged.exists(), "the untagged file was kept");
+    }
+    assert!(!first.exists(), "the untagged segment was not reclaimed");
+    let log = engine.log.lock().clone().unwrap();
+    let stats = log.stats();
+    assert!(
+        stats["kept_free_segments"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+    drop(log);
+    let kept = values(&new);
+    crash(engine, vec![new]);
+    let engine = JournalEngine::new(dir.path(), recycling_config());
+    let shards = engine.recover().unwrap();
+    let names: Vec<&str> = shards.iter().map(|(n, _, _)| n.as_str()).collect();
+    assert_eq!(names, ["new"]);
+    assert_eq!(values(&shards[0].2), kept);
 }
