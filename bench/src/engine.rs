@@ -423,7 +423,7 @@ impl Pacing {
 /// is first filled to its retention limit so every measured append runs in
 /// steady state (including dropping old batches).
 pub fn paced_latency(
-    base: &Path,
+    at: LatencyStore<'_>,
     options: &ShardOptions,
     record_size: usize,
     threads: usize,
@@ -431,11 +431,56 @@ pub fn paced_latency(
     duration: Duration,
     pacing: Pacing,
 ) -> io::Result<Latency> {
-    let bench = BenchStore::open(base)?;
-    let store = &bench.store;
-    store
-        .create_shard_with("lat", options.clone())
-        .map_err(to_io)?;
+    at.with_shard(options, |store| {
+        paced_latency_on(store, options, record_size, threads, rate, duration, pacing)
+    })
+}
+
+/// Where a latency repetition runs.
+#[derive(Clone, Copy)]
+pub enum LatencyStore<'a> {
+    /// A store of its own under this directory, removed after it.
+    Fresh(&'a Path),
+    /// A shard of this store, deleted after it (a store in steady state).
+    Shared(&'a Store),
+}
+
+impl LatencyStore<'_> {
+    /// Runs `measure` with a new shard `lat` of `options`.
+    fn with_shard<T>(
+        self,
+        options: &ShardOptions,
+        measure: impl FnOnce(&Store) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let bench;
+        let store = match self {
+            LatencyStore::Fresh(base) => {
+                bench = BenchStore::open(base)?;
+                &bench.store
+            }
+            LatencyStore::Shared(store) => store,
+        };
+        store
+            .create_shard_with("lat", options.clone())
+            .map_err(to_io)?;
+        let out = measure(store)?;
+        if matches!(self, LatencyStore::Shared(_)) {
+            store.delete_shard("lat").map_err(to_io)?;
+        }
+        Ok(out)
+    }
+}
+
+/// `paced_latency` on the shard `lat` of `store`.
+fn paced_latency_on(
+    store: &Store,
+    options: &ShardOptions,
+    record_size: usize,
+    threads: usize,
+    rate: f64,
+    duration: Duration,
+    pacing: Pacing,
+) -> io::Result<Latency> {
     if options.retention_bytes > 0 {
         let data = payload(record_size, 1, 99);
         let record = Record::new(&data);
@@ -1204,9 +1249,10 @@ impl Persistent {
     /// Single 1 KiB appends: four producers with fsync, and one producer
     /// with `os` and with `fsync` (`latency_point`).
     pub fn latency(&self, base: &Path, plan: &Plan, results: &mut Results) {
-        self.latency_point(base, plan, results, Durability::Fsync, 4);
+        let fresh = LatencyStore::Fresh(base);
+        self.latency_point(fresh, "", plan, results, Durability::Fsync, 4);
         for durability in [Durability::Os, Durability::Fsync] {
-            self.latency_point(base, plan, results, durability, 1);
+            self.latency_point(fresh, "", plan, results, durability, 1);
         }
     }
 
@@ -1217,10 +1263,13 @@ impl Persistent {
     /// open loop at `plan.offered_load` of that rate on a fixed schedule:
     /// `.open_loop_{p50,p99,p999,max}_us` from each append's intended start
     /// (what a target such as "p99 under 10 ms at N msgs/s" is judged by)
-    /// and `.service_*_us` from its actual start.
-    fn latency_point(
+    /// and `.service_*_us` from its actual start. Every repetition runs in
+    /// a fresh store, or in one shared store (`at`); `state` ends the
+    /// metric names (e.g. `_recycled`).
+    pub fn latency_point(
         &self,
-        base: &Path,
+        at: LatencyStore<'_>,
+        state: &str,
         plan: &Plan,
         results: &mut Results,
         durability: Durability,
@@ -1235,10 +1284,13 @@ impl Persistent {
         } else {
             String::new()
         };
-        let prefix = self.name(&format!("append_1k_single_{}{suffix}", durability.name()));
+        let prefix = self.name(&format!(
+            "append_1k_single_{}{suffix}{state}",
+            durability.name()
+        ));
         let calibrate = Duration::from_secs_f64(plan.calibrate_secs);
         let closed: io::Result<Vec<(Latency, f64)>> = (0..reps)
-            .map(|_| closed_loop_latency(base, &options, 1024, threads, calibrate))
+            .map(|_| closed_loop_latency(at, &options, 1024, threads, calibrate))
             .collect();
         let closed = match closed {
             Ok(closed) => closed,
@@ -1273,7 +1325,7 @@ impl Persistent {
         let runs: io::Result<Vec<Latency>> = (0..reps)
             .map(|_| {
                 paced_latency(
-                    base,
+                    at,
                     &options,
                     1024,
                     threads,
@@ -1618,17 +1670,24 @@ impl Persistent {
 /// a sample (response and service are the same here). Returns the samples
 /// and the rate achieved, msgs/s: what that many blocking producers sustain.
 fn closed_loop_latency(
-    base: &Path,
+    at: LatencyStore<'_>,
     options: &ShardOptions,
     record_size: usize,
     threads: usize,
     duration: Duration,
 ) -> io::Result<(Latency, f64)> {
-    let bench = BenchStore::open(base)?;
-    let store = &bench.store;
-    store
-        .create_shard_with("lat", options.clone())
-        .map_err(to_io)?;
+    at.with_shard(options, |store| {
+        closed_loop_latency_on(store, record_size, threads, duration)
+    })
+}
+
+/// `closed_loop_latency` on the shard `lat` of `store`.
+fn closed_loop_latency_on(
+    store: &Store,
+    record_size: usize,
+    threads: usize,
+    duration: Duration,
+) -> io::Result<(Latency, f64)> {
     let barrier = Barrier::new(threads + 1);
     let (histograms, elapsed) = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -1923,7 +1982,7 @@ mod tests {
     fn paced_latency_records_every_append() {
         let dir = tempfile::tempdir().unwrap();
         let lat = paced_latency(
-            dir.path(),
+            LatencyStore::Fresh(dir.path()),
             &memory(),
             100,
             1,
@@ -1936,7 +1995,7 @@ mod tests {
         assert!(lat.response.value_at_quantile(0.5) >= lat.service.value_at_quantile(0.5) / 2);
         // Several producers share one schedule: every append is made once.
         let lat = paced_latency(
-            dir.path(),
+            LatencyStore::Fresh(dir.path()),
             &memory(),
             100,
             3,

@@ -13,7 +13,8 @@ use mqstore::{Config, Durability, EngineKind, ShardOptions, Store};
 use serde_json::json;
 
 use crate::engine::{
-    self, headline_workloads, AppendSpec, BenchStore, Persistent, APPEND_RETENTION_BYTES,
+    self, headline_workloads, AppendSpec, BenchStore, LatencyStore, Persistent,
+    APPEND_RETENTION_BYTES,
 };
 use crate::{util, Plan, Results};
 
@@ -62,8 +63,39 @@ pub const JOURNAL: Persistent = Persistent {
 pub fn run_group(group: &str, base: &Path, plan: &Plan, results: &mut Results) {
     println!("== journal engine: {group}");
     JOURNAL.run_group(group, base, plan, results);
-    if group == "append" {
-        recycled_appends(base, plan, results);
+    match group {
+        "append" => recycled_appends(base, plan, results),
+        "latency" => recycled_latency(base, plan, results),
+        _ => {}
+    }
+}
+
+/// The four-producer `fsync` latency point in steady state
+/// (`journal.append_1k_single_fsync_4threads_recycled.*`): one store that
+/// has reclaimed segments (`fill_and_drop`), every repetition on a new
+/// shard of it, deleted after it.
+fn recycled_latency(base: &Path, plan: &Plan, results: &mut Results) {
+    let prefix = "journal.append_1k_single_fsync_4threads_recycled";
+    let warmed = BenchStore::open(base).and_then(|bench| {
+        let segment_bytes = Config::default().journal.segment_bytes;
+        let options = engine::options(
+            EngineKind::Journal,
+            Durability::Fsync,
+            APPEND_RETENTION_BYTES,
+        );
+        fill_and_drop(&bench.store, &options, 3 * segment_bytes + (64 << 20))?;
+        Ok(bench)
+    });
+    match warmed {
+        Ok(bench) => JOURNAL.latency_point(
+            LatencyStore::Shared(&bench.store),
+            "_recycled",
+            plan,
+            results,
+            Durability::Fsync,
+            4,
+        ),
+        Err(e) => results.failed(&format!("{prefix}.open_loop_p99_us"), "us", &e.to_string()),
     }
 }
 

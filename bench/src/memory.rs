@@ -228,7 +228,7 @@ fn single_append_latency(
     let mut runs = Vec::new();
     for _ in 0..plan.reps {
         match engine::paced_latency(
-            base,
+            engine::LatencyStore::Fresh(base),
             options,
             100,
             1,
