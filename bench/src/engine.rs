@@ -432,7 +432,92 @@ pub fn paced_latency(
     pacing: Pacing,
 ) -> io::Result<Latency> {
     at.with_shard(options, |store| {
-        paced_latency_on(store, options, record_size, threads, rate, duration, pacing)
+        if options.retention_bytes > 0 {
+            let data = payload(record_size, 1, 99);
+            let record = Record::new(&data);
+            // Steady state is reached once retention first drops a batch (the
+            // low watermark moves); the appended-bytes bound covers an engine
+            // that drops in coarser units (whole segments) later than that.
+            let mut appended = 0u64;
+            while store.shard_info("lat").map_err(to_io)?.first_offset == 0
+                && appended < 2 * options.retention_bytes
+            {
+                for _ in 0..1024 {
+                    store.append("lat", &record).map_err(to_io)?;
+                }
+                appended += 1024 * record_size as u64;
+            }
+        }
+        let interval_ns = 1e9 / rate;
+        let count = (duration.as_secs_f64() * rate) as u64;
+        let barrier = Barrier::new(threads);
+        let per_thread = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let barrier = &barrier;
+                    scope.spawn(move || -> io::Result<Latency> {
+                        if matches!(pacing, Pacing::Sleep) {
+                            util::precise_timer_slack();
+                        }
+                        let data = payload(record_size, 1, 99 + t as u64);
+                        let record = Record::new(&data);
+                        let mut latency = Latency {
+                            response: histogram()?,
+                            service: histogram()?,
+                            preempted: 0,
+                        };
+                        barrier.wait();
+                        let switches_before = involuntary_switches();
+                        let start = Instant::now();
+                        let mut i = t as u64;
+                        while i < count {
+                            let intended =
+                                start + Duration::from_nanos((i as f64 * interval_ns) as u64);
+                            match pacing {
+                                Pacing::Spin => util::spin_until(intended),
+                                Pacing::Sleep => util::sleep_until(intended),
+                            }
+                            let began = Instant::now();
+                            store.append("lat", &record).map_err(to_io)?;
+                            let done = Instant::now();
+                            latency
+                                .response
+                                .saturating_record((done - intended).as_nanos() as u64);
+                            latency
+                                .service
+                                .saturating_record((done - began).as_nanos() as u64);
+                            i += threads as u64;
+                        }
+                        latency.preempted = involuntary_switches() - switches_before;
+                        Ok(latency)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join()
+                        .map_err(|_| io::Error::other("latency thread panicked"))?
+                })
+                .collect::<io::Result<Vec<_>>>()
+        })?;
+        let mut merged = Latency {
+            response: histogram()?,
+            service: histogram()?,
+            preempted: 0,
+        };
+        for latency in per_thread {
+            merged
+                .response
+                .add(&latency.response)
+                .map_err(io::Error::other)?;
+            merged
+                .service
+                .add(&latency.service)
+                .map_err(io::Error::other)?;
+            merged.preempted += latency.preempted;
+        }
+        Ok(merged)
     })
 }
 
@@ -469,104 +554,6 @@ impl LatencyStore<'_> {
         }
         Ok(out)
     }
-}
-
-/// `paced_latency` on the shard `lat` of `store`.
-fn paced_latency_on(
-    store: &Store,
-    options: &ShardOptions,
-    record_size: usize,
-    threads: usize,
-    rate: f64,
-    duration: Duration,
-    pacing: Pacing,
-) -> io::Result<Latency> {
-    if options.retention_bytes > 0 {
-        let data = payload(record_size, 1, 99);
-        let record = Record::new(&data);
-        // Steady state is reached once retention first drops a batch (the
-        // low watermark moves); the appended-bytes bound covers an engine
-        // that drops in coarser units (whole segments) later than that.
-        let mut appended = 0u64;
-        while store.shard_info("lat").map_err(to_io)?.first_offset == 0
-            && appended < 2 * options.retention_bytes
-        {
-            for _ in 0..1024 {
-                store.append("lat", &record).map_err(to_io)?;
-            }
-            appended += 1024 * record_size as u64;
-        }
-    }
-    let interval_ns = 1e9 / rate;
-    let count = (duration.as_secs_f64() * rate) as u64;
-    let barrier = Barrier::new(threads);
-    let per_thread = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|t| {
-                let barrier = &barrier;
-                scope.spawn(move || -> io::Result<Latency> {
-                    if matches!(pacing, Pacing::Sleep) {
-                        util::precise_timer_slack();
-                    }
-                    let data = payload(record_size, 1, 99 + t as u64);
-                    let record = Record::new(&data);
-                    let mut latency = Latency {
-                        response: histogram()?,
-                        service: histogram()?,
-                        preempted: 0,
-                    };
-                    barrier.wait();
-                    let switches_before = involuntary_switches();
-                    let start = Instant::now();
-                    let mut i = t as u64;
-                    while i < count {
-                        let intended =
-                            start + Duration::from_nanos((i as f64 * interval_ns) as u64);
-                        match pacing {
-                            Pacing::Spin => util::spin_until(intended),
-                            Pacing::Sleep => util::sleep_until(intended),
-                        }
-                        let began = Instant::now();
-                        store.append("lat", &record).map_err(to_io)?;
-                        let done = Instant::now();
-                        latency
-                            .response
-                            .saturating_record((done - intended).as_nanos() as u64);
-                        latency
-                            .service
-                            .saturating_record((done - began).as_nanos() as u64);
-                        i += threads as u64;
-                    }
-                    latency.preempted = involuntary_switches() - switches_before;
-                    Ok(latency)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .map_err(|_| io::Error::other("latency thread panicked"))?
-            })
-            .collect::<io::Result<Vec<_>>>()
-    })?;
-    let mut merged = Latency {
-        response: histogram()?,
-        service: histogram()?,
-        preempted: 0,
-    };
-    for latency in per_thread {
-        merged
-            .response
-            .add(&latency.response)
-            .map_err(io::Error::other)?;
-        merged
-            .service
-            .add(&latency.service)
-            .map_err(io::Error::other)?;
-        merged.preempted += latency.preempted;
-    }
-    Ok(merged)
 }
 
 /// Records the median over repetitions of p50/p99/p999/max of the
