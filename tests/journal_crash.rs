@@ -148,11 +148,13 @@ fn kill_9_cycles(io: &str) {
 }
 
 /// Segment files seen taken from the journal's pool of free files: a
-/// segment (`.log`) whose inode was seen before as a free file (`.free`).
+/// segment (`.log`) that was seen before as a free file (`.free`). A file
+/// is its inode and its creation time: a deleted file's inode number may
+/// be reused by a new one.
 #[derive(Default)]
 struct RecycledFiles {
-    free: std::collections::HashSet<u64>,
-    recycled: std::collections::HashSet<(u64, String)>,
+    free: std::collections::HashSet<(u64, std::time::SystemTime)>,
+    recycled: std::collections::HashSet<String>,
 }
 
 impl RecycledFiles {
@@ -162,10 +164,11 @@ impl RecycledFiles {
             let item = item.unwrap();
             let name = item.file_name().to_string_lossy().into_owned();
             let Ok(meta) = item.metadata() else { continue };
+            let file = (meta.ino(), meta.created().expect("file creation times"));
             if name.ends_with(".free") {
-                self.free.insert(meta.ino());
-            } else if name.ends_with(".log") && self.free.contains(&meta.ino()) {
-                self.recycled.insert((meta.ino(), name));
+                self.free.insert(file);
+            } else if name.ends_with(".log") && self.free.contains(&file) {
+                self.recycled.insert(name);
             }
         }
     }
