@@ -87,16 +87,18 @@ fn written_from(data: &[u8], from: u64) -> u64 {
 fn cut_end(segment: &Segment, from: u64) -> u64 {
     let data = segment.data();
     let written = from + written_from(data, from);
+    // No entry starts in the zeros past the written data: the scan stops
+    // there rather than read the rest of a fresh segment again.
     let mut live = from;
-    while let Some(found) = find_valid(segment, live) {
+    while let Some(found) = find_valid_until(segment, live, written) {
         let Parsed::Valid(header) = entry::parse(&data[found as usize..], segment.base) else {
             unreachable!("find_valid found a valid entry");
         };
         live = found + header.entry_len();
     }
-    let stale = entry::find_stale_before(data, segment.base, live, written);
-    segment.release_range(live, stale.unwrap_or(written));
-    stale.unwrap_or(written).min(written)
+    let end = entry::find_stale_before(data, segment.base, live, written).unwrap_or(written);
+    segment.release_range(live, end);
+    end
 }
 
 /// Zeroes `[from, cut_end)` of a torn segment.
@@ -357,6 +359,7 @@ pub fn recover(dir: &Path, config: &JournalConfig, read_only: bool) -> Result<Re
             // what a crash left there (an earlier use's entries) goes now,
             // or the file could later be recycled holding two uses'.
             let residue = written_from(data, pos);
+            segment.release_range(pos, segment.len);
             zero_range(&segment, pos, residue)?;
         }
         out.tail = pos;
@@ -416,10 +419,15 @@ fn sync_after_crash(segments: &[Arc<Segment>]) -> Result<()> {
 /// header reads the rest of the segment (up to `segment_bytes` of unused,
 /// preallocated space), which must not stay in the process's RSS.
 fn find_valid(segment: &Segment, from: u64) -> Option<u64> {
+    find_valid_until(segment, from, segment.data().len() as u64)
+}
+
+/// `find_valid` for entries starting before `to`.
+fn find_valid_until(segment: &Segment, from: u64, to: u64) -> Option<u64> {
     let data = segment.data();
     let mut start = from;
-    while start < data.len() as u64 {
-        let end = (start + RELEASE_EVERY).min(data.len() as u64);
+    while start < to {
+        let end = (start + RELEASE_EVERY).min(to);
         let found = entry::find_valid_before(data, segment.base, start, end);
         segment.release_range(start, end);
         if found.is_some() {

@@ -134,11 +134,11 @@ impl Recycler {
         Some(segment)
     }
 
-    /// Retires a reclaimed segment (already out of the segment map): into
-    /// the pool when it may be recycled and the pool has room, else
-    /// deleted. Either way the directory is fsynced before this returns,
-    /// so retirements reach the disk in the order they were made.
-    pub fn retire(&self, segment: Arc<Segment>) -> Result<()> {
+    /// Sets a reclaimed segment (already out of the segment map) aside:
+    /// renamed into the pool when it may be recycled and the pool has
+    /// room (its previous start is returned, for `keep` once the rename
+    /// is durable), else deleted. The directory is not fsynced.
+    pub fn set_aside(&self, segment: Arc<Segment>) -> Result<Option<u64>> {
         let path = segment.path.clone();
         let keep = match Arc::try_unwrap(segment) {
             Ok(segment) => {
@@ -151,7 +151,9 @@ impl Recycler {
             Err(_) => None,
         };
         let Some(base) = keep else {
-            return self.remove(&path);
+            fs::remove_file(&path)
+                .map_err(|e| Error::io(format!("removing '{}'", path.display()), e))?;
+            return Ok(None);
         };
         let to = self.dir.join(free_name(base));
         fs::rename(&path, &to).map_err(|e| {
@@ -160,10 +162,14 @@ impl Recycler {
                 e,
             )
         })?;
-        sync_dir(&self.dir)?;
+        Ok(Some(base))
+    }
+
+    /// Adds the file `set_aside` renamed into the pool, once the rename is
+    /// durable: only then may a roll take it.
+    pub fn keep(&self, base: u64) {
         self.free.lock().push_back(base);
         self.kept.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     fn remove(&self, path: &Path) -> Result<()> {
@@ -198,6 +204,15 @@ mod tests {
         Arc::new(segment)
     }
 
+    /// As `Writer::retire_files` retires one segment.
+    fn retire(recycler: &Recycler, segment: Arc<Segment>) {
+        let kept = recycler.set_aside(segment).unwrap();
+        sync_dir(&recycler.dir).unwrap();
+        if let Some(base) = kept {
+            recycler.keep(base);
+        }
+    }
+
     #[test]
     fn a_shared_odd_sized_or_untagged_file_is_deleted_not_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -206,18 +221,18 @@ mod tests {
 
         let viewed = make(0, 1 << 20);
         let view = viewed.bytes(0, 8);
-        recycler.retire(viewed).unwrap();
+        retire(&recycler, viewed);
         let odd = make(1 << 20, 2 << 20);
-        recycler.retire(odd).unwrap();
+        retire(&recycler, odd);
         let untagged = segment(dir.path(), 3 << 20, 1 << 20, false);
-        recycler.retire(untagged).unwrap();
+        retire(&recycler, untagged);
         let empty = Arc::new(Segment::create(dir.path(), 8 << 20, 1 << 20).unwrap());
-        recycler.retire(empty).unwrap();
+        retire(&recycler, empty);
         assert_eq!(recycler.free_files(), 0);
         assert_eq!(view.len(), 8, "the view outlives the deleted file");
 
         for base in [4u64 << 20, 5 << 20, 6 << 20] {
-            recycler.retire(make(base, 1 << 20)).unwrap();
+            retire(&recycler, make(base, 1 << 20));
         }
         assert_eq!(recycler.free_files(), 2, "kept up to the capacity");
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
@@ -242,9 +257,7 @@ mod tests {
     fn a_file_is_not_taken_for_a_segment_with_its_old_tag() {
         let dir = tempfile::tempdir().unwrap();
         let recycler = Recycler::open(dir.path(), 1, 1 << 20, false).unwrap();
-        recycler
-            .retire(segment(dir.path(), 0, 1 << 20, true))
-            .unwrap();
+        retire(&recycler, segment(dir.path(), 0, 1 << 20, true));
         let same_tag = ((1u64 << 24) - 1) << 16;
         assert_eq!(segment_tag(same_tag), segment_tag(0));
         assert!(recycler.take(same_tag, 1 << 20).is_none());

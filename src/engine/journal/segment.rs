@@ -156,7 +156,7 @@ impl Segment {
         // made of positions already written, which are never written again
         // while any slice of the file exists (the torn bytes recovery zeroes
         // are never handed out, and a file is recycled only once nothing
-        // holds its mapping, `Recycler::retire`), so no slice ever changes
+        // holds its mapping, `Recycler::set_aside`), so no slice ever changes
         // under its reader.
         let map = unsafe { MmapOptions::new().len(len as usize).map(&file) }
             .map_err(|e| Error::io(format!("mapping segment '{}'", path.display()), e))?;

@@ -57,7 +57,7 @@ use super::commit::{self, GroupCommit, Guard, Leader};
 use super::entry;
 use super::prefill::Prefill;
 use super::recycle::Recycler;
-use super::segment::Segment;
+use super::segment::{sync_dir, Segment};
 use super::tail::TailCache;
 use crate::io::fs;
 use crate::{Error, Result};
@@ -894,17 +894,18 @@ impl Writer {
     /// a prefix, so the journal left is contiguous. (A filesystem may
     /// persist unsynced unlinks and renames in any order; a lost one
     /// between kept ones would leave a hole that replay refuses.) A failed
-    /// directory fsync poisons the journal.
+    /// rename or unlink leaves the file as it was; a failed directory fsync
+    /// poisons the journal. A file renamed into the pool joins it only once
+    /// the rename is durable.
     pub fn retire_files(&self, segments: Vec<Arc<Segment>>) -> Result<()> {
         for segment in segments {
-            let path = segment.path.clone();
-            if let Err(e) = self.recycler.retire(segment) {
-                // A failed rename or unlink left the file as it was;
-                // only a failed directory fsync leaves the journal unsure.
-                if !path.exists() {
-                    self.commit.lock().poison(e.to_string());
-                }
+            let kept = self.recycler.set_aside(segment)?;
+            if let Err(e) = sync_dir(&self.dir) {
+                self.commit.lock().poison(e.to_string());
                 return Err(e);
+            }
+            if let Some(base) = kept {
+                self.recycler.keep(base);
             }
         }
         Ok(())
