@@ -72,21 +72,11 @@ pub fn run_group(group: &str, base: &Path, plan: &Plan, results: &mut Results) {
 
 /// The four-producer `fsync` latency point in steady state
 /// (`journal.append_1k_single_fsync_4threads_recycled.*`): one store that
-/// has reclaimed segments (`fill_and_drop`), every repetition on a new
+/// has reclaimed segments (`steady_store`), every repetition on a new
 /// shard of it, deleted after it.
 fn recycled_latency(base: &Path, plan: &Plan, results: &mut Results) {
     let prefix = "journal.append_1k_single_fsync_4threads_recycled";
-    let warmed = BenchStore::open(base).and_then(|bench| {
-        let segment_bytes = Config::default().journal.segment_bytes;
-        let options = engine::options(
-            EngineKind::Journal,
-            Durability::Fsync,
-            APPEND_RETENTION_BYTES,
-        );
-        fill_and_drop(&bench.store, &options, 3 * segment_bytes + (64 << 20))?;
-        Ok(bench)
-    });
-    match warmed {
+    match steady_store(base) {
         Ok(bench) => JOURNAL.latency_point(
             LatencyStore::Shared(&bench.store),
             "_recycled",
@@ -153,10 +143,8 @@ fn recycled_row(
     duration: Duration,
     reps: usize,
 ) -> io::Result<(util::Stats, serde_json::Value)> {
-    let bench = BenchStore::open(base)?;
+    let bench = steady_store(base)?;
     let store = &bench.store;
-    let segment_bytes = Config::default().journal.segment_bytes;
-    fill_and_drop(store, options, 3 * segment_bytes + (64 << 20))?;
     let mut first = None;
     let mut last = None;
     let stats = util::repeat(reps, || {
@@ -184,23 +172,31 @@ fn recycled_row(
     ))
 }
 
-/// Writes `bytes` with durability `none` into a shard of `options`'s
-/// retention, then deletes it: the journal rolls through its segments,
-/// reclaims them into its pool of free files and recycles them.
-fn fill_and_drop(store: &Store, options: &ShardOptions, bytes: u64) -> io::Result<()> {
-    let mut warm = options.clone();
-    warm.durability = Durability::None;
+/// A journal store (default config) in steady state: a shard with
+/// durability `none` and the append rows' retention wrote 3 segments and
+/// 64 MiB, then was deleted, so the journal rolled through its segments,
+/// reclaimed them into its pool of free files and writes a recycled one.
+fn steady_store(base: &Path) -> io::Result<BenchStore> {
+    let bench = BenchStore::open(base)?;
+    let store = &bench.store;
+    let warm = engine::options(
+        EngineKind::Journal,
+        Durability::None,
+        APPEND_RETENTION_BYTES,
+    );
     store
         .create_shard_with("warm", warm)
         .map_err(engine::to_io)?;
     let data = engine::payload(16 << 10, 64, 7);
     let batch = engine::records(&data, 16 << 10);
+    let bytes = 3 * Config::default().journal.segment_bytes + (64 << 20);
     let mut written = 0;
     while written < bytes {
         store.append_batch("warm", &batch).map_err(engine::to_io)?;
         written += data.len() as u64;
     }
-    store.delete_shard("warm").map_err(engine::to_io)
+    store.delete_shard("warm").map_err(engine::to_io)?;
+    Ok(bench)
 }
 
 fn journal_counters(store: &Store, shard: &str) -> io::Result<serde_json::Value> {
