@@ -91,7 +91,8 @@ pub struct ShardInfo {
 
 /// A batch ready to be stored: one whole Kafka v2 batch, encoded from
 /// records by `Shard::append` or sent by a producer and validated, whose
-/// base offset the engine sets.
+/// base offset the engine sets. Its CRC matches its bytes: the journal
+/// derives its entry's CRC from it.
 #[derive(Debug)]
 pub struct NewBatch {
     pub bytes: Vec<u8>,

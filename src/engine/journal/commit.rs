@@ -370,7 +370,7 @@ pub trait Leader {
     /// Takes everything buffered (and, with `sync_inline`, what the write
     /// phase must fdatasync after writing it).
     fn take(&self, core: &mut Core<Self::State>, sync_inline: bool) -> Self::Group;
-    fn write(&self, group: &Self::Group) -> Result<()>;
+    fn write(&self, group: &mut Self::Group) -> Result<()>;
     /// After a successful write phase.
     fn written(&self, core: &mut Core<Self::State>, group: &Self::Group, synced_inline: bool);
     fn take_dirty(&self, core: &mut Core<Self::State>) -> Self::Dirty;
@@ -427,8 +427,8 @@ impl<S> GroupCommit<S> {
         let overlap = leader.overlap();
         let phase = core.marks.begin_write();
         let inline = phase.sync && !overlap;
-        let group = leader.take(core, inline);
-        let result = sync::unlocked(core, || guarded(|| leader.write(&group)));
+        let mut group = leader.take(core, inline);
+        let result = sync::unlocked(core, || guarded(|| leader.write(&mut group)));
         let written = result.is_ok();
         match result {
             Ok(()) => {
@@ -661,7 +661,7 @@ mod model {
             Taken { from, to, sync }
         }
 
-        fn write(&self, group: &Taken) -> Result<()> {
+        fn write(&self, group: &mut Taken) -> Result<()> {
             let device = &self.device;
             assert!(
                 !device.writing.swap(true, SeqCst),

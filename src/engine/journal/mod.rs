@@ -25,6 +25,7 @@ mod index;
 mod prefill;
 mod recovery;
 mod recycle;
+mod runbuf;
 mod segment;
 mod shard;
 mod tail;

@@ -92,7 +92,17 @@ impl JournalShard {
         payload: &[u8],
     ) -> Result<super::writer::Placement> {
         let header = entry::header(kind, self.id, aux, payload);
-        let placed = self.log.writer.enqueue(&header, payload)?;
+        self.enqueue_entry(state, &header, payload)
+    }
+
+    /// `enqueue` with the entry's header made by the caller.
+    fn enqueue_entry(
+        &self,
+        state: &mut ShardState,
+        header: &[u8; entry::HEADER_LEN],
+        payload: &[u8],
+    ) -> Result<super::writer::Placement> {
+        let placed = self.log.writer.enqueue(header, payload)?;
         state.logged_end = placed.end;
         Ok(placed)
     }
@@ -332,7 +342,8 @@ impl JournalShard {
             let mut buffer = std::mem::take(&mut batch.bytes);
             let base_offset = state.next_offset;
             format::set_base_offset(&mut buffer, base_offset);
-            let placed = self.enqueue(&mut state, Kind::Batch, base_offset as u64, &buffer)?;
+            let header = entry::batch_header(self.id, base_offset as u64, &buffer);
+            let placed = self.enqueue_entry(&mut state, &header, &buffer)?;
             let entry = IndexEntry::in_segment(
                 placed.segment.clone(),
                 placed.pos + entry::HEADER_LEN as u64,

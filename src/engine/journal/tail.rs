@@ -5,23 +5,39 @@
 //! or a live subscriber reading what was appended a moment ago) would read
 //! it back from the disk through the mapping. The writer hands each
 //! written run of entries to this cache instead of recycling its buffer;
-//! reads and transfers of batches that lie in it use zero-copy slices of
+//! reads and transfers of batches that lie in it use zero-copy views of
 //! those buffers. The oldest runs are dropped once the cache holds more
 //! than `[journal] tail_cache_bytes`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 
 use super::index::IndexEntry;
+use super::runbuf::RunBuf;
 
 #[derive(Default)]
 struct Inner {
-    /// (global journal position of the first byte, bytes, bytes charged
-    /// to the budget: the allocation), in log order.
-    runs: VecDeque<(u64, Bytes, u64)>,
+    /// (global journal position of the first entry byte, the run, bytes
+    /// charged to the budget: the allocation), in log order.
+    runs: VecDeque<(u64, Arc<RunBuf>, u64)>,
     bytes: u64,
+}
+
+/// A reader's view of part of a cached run; the run lives while a view
+/// does.
+struct RunView {
+    run: Arc<RunBuf>,
+    at: usize,
+    len: usize,
+}
+
+impl AsRef<[u8]> for RunView {
+    fn as_ref(&self) -> &[u8] {
+        &self.run.entries()[self.at..self.at + self.len]
+    }
 }
 
 pub struct TailCache {
@@ -46,26 +62,23 @@ impl TailCache {
     /// for the writer to reuse: their pages are already mapped, while a
     /// fresh buffer page-faults on every 4 KiB the appenders fill (a fifth
     /// of a pipelining producer's time with 16 MiB in flight).
-    pub fn push(&self, start: u64, mut data: Vec<u8>) -> Vec<Vec<u8>> {
-        if !self.enabled() || data.is_empty() {
-            return Vec::new();
+    pub fn push(&self, start: u64, run: RunBuf) -> Vec<RunBuf> {
+        if !self.enabled() || run.is_empty() {
+            return vec![run];
         }
         // The budget is memory, so it counts the allocation: a run in a
         // buffer much larger than itself (a lone catalogue record in a
-        // reused one sized for a large flush, or a run that just doubled
-        // its buffer) is moved to one of its own size first (for large
-        // buffers glibc shrinks in place or with mremap: no copy).
-        if data.capacity() > data.len() + data.len() / 8 {
-            data.shrink_to_fit();
-        }
-        let charged = data.capacity() as u64;
+        // reused one sized for a large flush) is moved to one of its own
+        // size first.
+        let run = run.trimmed();
+        let charged = run.capacity() as u64;
         let mut evicted = Vec::new();
         let mut inner = self.inner.write();
         inner.bytes += charged;
         // Two flushers finish in either order: keep the runs sorted by
         // position for `get` (almost always this is the back).
         let at = inner.runs.partition_point(|(s, _, _)| *s < start);
-        inner.runs.insert(at, (start, Bytes::from(data), charged));
+        inner.runs.insert(at, (start, Arc::new(run), charged));
         while inner.bytes > self.capacity {
             let Some((_, run, old)) = inner.runs.pop_front() else {
                 break;
@@ -78,12 +91,7 @@ impl TailCache {
         drop(inner);
         evicted
             .into_iter()
-            .filter_map(|run| run.try_into_mut().ok())
-            .map(|mut run| {
-                // Emptied first, so the conversion copies nothing.
-                run.clear();
-                Vec::from(run)
-            })
+            .filter_map(|run| Arc::try_unwrap(run).ok())
             .collect()
     }
 
@@ -101,7 +109,14 @@ impl TailCache {
         let after = inner.runs.partition_point(|(start, _, _)| *start <= pos);
         let (start, run, _) = inner.runs.get(after.checked_sub(1)?)?;
         let at = (pos - start) as usize;
-        (at + len as usize <= run.len()).then(|| run.slice(at..at + len as usize))
+        let len = len as usize;
+        (at + len <= run.entries().len()).then(|| {
+            Bytes::from_owner(RunView {
+                run: run.clone(),
+                at,
+                len,
+            })
+        })
     }
 
     pub fn bytes(&self) -> u64 {
@@ -111,52 +126,63 @@ impl TailCache {
 
 #[cfg(test)]
 mod tests {
+    use super::super::writer::BLOCK;
     use super::*;
+
+    fn filled(byte: u8, len: usize) -> RunBuf {
+        let mut run = RunBuf::new(0, len);
+        run.push(&[&vec![byte; len]], 0);
+        run
+    }
+
+    /// Each run below charges one block.
+    const B: u64 = BLOCK;
 
     #[test]
     fn serves_what_it_holds_and_drops_the_oldest() {
-        let cache = TailCache::new(250);
-        cache.push(1000, vec![1; 100]);
-        let mut oversized = Vec::with_capacity(4096);
-        oversized.extend_from_slice(&[2; 100]);
+        let cache = TailCache::new(2 * B + B / 2);
+        cache.push(1000, filled(1, 100));
+        let mut oversized = RunBuf::new(0, 16 * B as usize);
+        oversized.push(&[&[2; 100]], 0);
         cache.push(1100, oversized);
+        assert_eq!(cache.bytes(), 2 * B, "the oversized run was trimmed");
         assert_eq!(cache.get(1000, 100).unwrap(), vec![1u8; 100]);
         assert_eq!(cache.get(1150, 50).unwrap(), vec![2u8; 50]);
         assert_eq!(cache.get(1050, 100), None, "spans two runs");
         assert_eq!(cache.get(900, 10), None);
-        cache.push(1200, vec![3; 100]);
+        cache.push(1200, filled(3, 100));
         assert_eq!(cache.get(1000, 10), None, "oldest run dropped");
         assert_eq!(cache.get(1210, 10).unwrap(), vec![3u8; 10]);
-        assert_eq!(cache.bytes(), 200);
+        assert_eq!(cache.bytes(), 2 * B);
         let off = TailCache::new(0);
-        off.push(0, vec![1; 10]);
+        assert_eq!(off.push(0, filled(1, 10)).len(), 1, "back for reuse");
         assert_eq!(off.get(0, 10), None);
     }
 
     #[test]
     fn dropped_runs_come_back_for_reuse_unless_a_reader_holds_them() {
-        let cache = TailCache::new(300);
-        assert!(cache.push(0, vec![1; 100]).is_empty());
-        assert!(cache.push(100, vec![2; 100]).is_empty());
+        let cache = TailCache::new(3 * B);
+        assert!(cache.push(0, filled(1, 100)).is_empty());
+        assert!(cache.push(100, filled(2, 100)).is_empty());
         let held = cache.get(100, 10).unwrap();
         assert!(
-            cache.push(200, vec![3; 100]).is_empty(),
+            cache.push(200, filled(3, 100)).is_empty(),
             "nothing dropped yet"
         );
-        let reusable = cache.push(300, vec![4; 100]);
+        let reusable = cache.push(300, filled(4, 100));
         assert_eq!(cache.get(310, 10).unwrap(), vec![4u8; 10]);
         assert_eq!(reusable.len(), 1, "the first run, which nobody reads");
-        assert!(reusable[0].is_empty() && reusable[0].capacity() >= 100);
-        assert!(cache.push(400, vec![5; 100]).is_empty(), "the held run");
+        assert_eq!(reusable[0].entries(), &[1; 100][..]);
+        assert!(cache.push(400, filled(5, 100)).is_empty(), "the held run");
         assert_eq!(held, vec![2u8; 10], "a reader's view outlives the cache");
     }
 
     #[test]
     fn runs_pushed_out_of_order_are_found() {
-        let cache = TailCache::new(1000);
-        cache.push(0, vec![1; 100]);
-        cache.push(200, vec![3; 100]);
-        cache.push(100, vec![2; 100]);
+        let cache = TailCache::new(10 * B);
+        cache.push(0, filled(1, 100));
+        cache.push(200, filled(3, 100));
+        cache.push(100, filled(2, 100));
         for (pos, byte) in [(0u64, 1u8), (150, 2), (299, 3)] {
             assert_eq!(cache.get(pos, 1).unwrap(), vec![byte], "at {pos}");
         }

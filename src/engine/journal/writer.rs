@@ -18,8 +18,8 @@
 //! (`PlainOps`, the fallback when io_uring is unavailable), and tests inject
 //! failures there.
 //!
-//! With `direct` (the default), writes use O_DIRECT from 4 KiB-aligned
-//! buffers: the page cache is bypassed, so the journal does not evict
+//! With `direct` (the default), writes use O_DIRECT straight from the
+//! runs' 4 KiB-aligned buffers (`runbuf`): the page cache is bypassed, so the journal does not evict
 //! readers' hot pages and fdatasync has no dirty pages to write back.
 //! O_DIRECT needs the buffer address, file offset and length aligned to the
 //! logical block size; `BLOCK` = 4096 is a multiple of every usual one. A
@@ -41,13 +41,11 @@
 //! success for data that never reached the disk. Every later append, and
 //! every read that would need unwritten data, fails with `Poisoned`.
 
-use std::alloc::Layout;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -57,6 +55,7 @@ use super::commit::{self, GroupCommit, Guard, Leader};
 use super::entry;
 use super::prefill::Prefill;
 use super::recycle::Recycler;
+use super::runbuf::RunBuf;
 use super::segment::{sync_dir, Segment};
 use super::tail::TailCache;
 use crate::io::fs;
@@ -132,7 +131,7 @@ pub type SegmentMap = Arc<RwLock<BTreeMap<u64, Arc<Segment>>>>;
 struct Run {
     segment: Arc<Segment>,
     pos: u64,
-    data: Vec<u8>,
+    data: RunBuf,
 }
 
 /// Emptied run buffers kept for new runs, at most, and the largest kept:
@@ -140,82 +139,6 @@ struct Run {
 /// buffers whose pages are mapped instead of faulting in fresh ones.
 const SPARE_RUNS: usize = 4;
 const SPARE_RUN_BYTES: usize = 8 << 20;
-
-/// A heap buffer aligned to `BLOCK`, as O_DIRECT requires of the memory
-/// it transfers.
-struct AlignedBuf {
-    ptr: NonNull<u8>,
-    cap: usize,
-    len: usize,
-}
-
-// SAFETY: the buffer is plain owned memory, like a Vec<u8>.
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    fn new() -> AlignedBuf {
-        AlignedBuf {
-            ptr: NonNull::dangling(),
-            cap: 0,
-            len: 0,
-        }
-    }
-
-    fn layout(cap: usize) -> Layout {
-        Layout::from_size_align(cap, BLOCK as usize).expect("a valid buffer layout")
-    }
-
-    /// Makes the buffer `parts` concatenated, then zeros up to `len`.
-    fn fill(&mut self, parts: &[&[u8]], len: usize) {
-        if len > self.cap {
-            self.release();
-            let cap = len.next_multiple_of(BLOCK as usize);
-            // SAFETY: `cap` is non-zero (len > cap >= 0) and the layout valid.
-            let ptr = unsafe { std::alloc::alloc(Self::layout(cap)) };
-            let Some(ptr) = NonNull::new(ptr) else {
-                std::alloc::handle_alloc_error(Self::layout(cap));
-            };
-            self.ptr = ptr;
-            self.cap = cap;
-        }
-        let mut at = 0;
-        for part in parts {
-            assert!(at + part.len() <= len, "parts exceed the buffer");
-            // SAFETY: `at + part.len() <= len <= cap`, and `part` is another
-            // allocation (a shared borrow cannot alias this owned buffer).
-            unsafe {
-                std::ptr::copy_nonoverlapping(part.as_ptr(), self.ptr.as_ptr().add(at), part.len())
-            };
-            at += part.len();
-        }
-        // SAFETY: `[at, len)` lies inside the allocation.
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(at), 0, len - at) };
-        self.len = len;
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: the first `len` bytes were initialised by `fill` (and a
-        // zero-length slice of a dangling pointer is valid).
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn release(&mut self) {
-        if self.cap > 0 {
-            // SAFETY: allocated by `fill` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) };
-            // Field by field: assigning `*self` would drop (free) it again.
-            self.ptr = NonNull::dangling();
-            self.cap = 0;
-            self.len = 0;
-        }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
 
 /// The written bytes of the last, partial block of the journal: the next
 /// direct write to the segment starts with them (see the module comment).
@@ -237,7 +160,6 @@ struct IoState {
     /// file); `None` where the filesystem refused O_DIRECT.
     files: Vec<(u64, Option<Arc<File>>)>,
     tail: Option<Tail>,
-    bufs: Vec<AlignedBuf>,
     /// The newest segment written to; it is fdatasynced before the next
     /// one gets a byte (see `Writer::seal_before`).
     last_segment: Option<Arc<Segment>>,
@@ -271,19 +193,19 @@ impl IoState {
     }
 }
 
-/// Where the bytes of one write come from.
+/// Where the bytes of one write come from, in `runs[Piece::run].data`.
 enum Source {
-    /// `IoState::bufs[i]`.
-    Aligned(usize),
-    /// `runs[i].data[from..]`.
-    Run(usize, usize),
+    /// The block-aligned bytes made ready for O_DIRECT.
+    Direct,
+    /// The entries from this byte on, through the page cache.
+    Entries(usize),
 }
 
 struct Piece {
     file: Arc<File>,
     source: Source,
     pos: u64,
-    segment: usize,
+    run: usize,
 }
 
 /// The writer's buffers and bookkeeping, under the group-commit lock with
@@ -304,7 +226,7 @@ pub struct State {
     flusher_busy: bool,
     /// Segments written to since the last fdatasync.
     dirty: Vec<Arc<Segment>>,
-    spare: Vec<Vec<u8>>,
+    spare: Vec<RunBuf>,
     /// Global position and header of the newest entry (for the index
     /// checkpoint's check that the journal still holds it).
     last: Option<(u64, [u8; entry::HEADER_LEN])>,
@@ -321,14 +243,19 @@ impl State {
     fn run_at_tail(&mut self) -> &mut Run {
         let (active, pos) = (&self.active, self.tail);
         let extend = matches!(self.runs.last(), Some(run)
-            if Arc::ptr_eq(&run.segment, active) && run.pos + run.data.len() as u64 == pos);
+            if Arc::ptr_eq(&run.segment, active)
+                && run.pos + run.data.entries().len() as u64 == pos);
         if !extend {
+            let head = (pos % BLOCK) as usize;
             // Runs go to the tail cache after their write (when it is on),
             // so size a new one for a typical flush up front.
-            let data = self
-                .spare
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(64 << 10));
+            let data = match self.spare.pop() {
+                Some(mut spare) => {
+                    spare.reset(head);
+                    spare
+                }
+                None => RunBuf::new(head, 64 << 10),
+            };
             self.runs.push(Run {
                 segment: active.clone(),
                 pos,
@@ -420,7 +347,6 @@ impl Writer {
             direct: false,
             files: Vec::new(),
             tail: None,
-            bufs: Vec::new(),
             last_segment: None,
         };
         if direct {
@@ -533,11 +459,8 @@ impl Writer {
         let active = st.active.clone();
         let header = entry::place(header, active.base);
         st.last = Some((active.base + pos, header));
-        let run = st.run_at_tail();
-        run.data.extend_from_slice(&header);
-        run.data.extend_from_slice(payload);
-        let padded = run.data.len() + (len as usize - entry::HEADER_LEN - payload.len());
-        run.data.resize(padded, 0);
+        let padding = len as usize - entry::HEADER_LEN - payload.len();
+        st.run_at_tail().data.push(&[&header, payload], padding);
         st.tail += len;
         st.pending_bytes += len;
         let end = active.base + st.tail;
@@ -563,8 +486,7 @@ impl Writer {
         // padding: nothing is unused then.)
         if st.tail < st.active.len {
             let unused = (st.active.len - st.tail) as usize;
-            let run = st.run_at_tail();
-            run.data.resize(run.data.len() + unused, 0);
+            st.run_at_tail().data.push(&[], unused);
             st.tail = st.active.len;
             st.pending_bytes += unused as u64;
         }
@@ -704,14 +626,14 @@ impl Writer {
     /// Writes `runs` (in log order), then fdatasyncs `to_sync`. A group
     /// that reaches a new segment is written segment by segment, each
     /// earlier one sealed first.
-    fn do_io(&self, runs: &[Run], to_sync: &[Arc<Segment>]) -> Result<()> {
+    fn do_io(&self, runs: &mut [Run], to_sync: &[Arc<Segment>]) -> Result<()> {
         let mut guard = self.io.lock();
         let io = &mut *guard;
         if runs.is_empty() {
             return self.write_runs(io, runs, to_sync);
         }
         let mut by_segment = runs
-            .chunk_by(|a, b| a.segment.base == b.segment.base)
+            .chunk_by_mut(|a, b| a.segment.base == b.segment.base)
             .peekable();
         while let Some(same_segment) = by_segment.next() {
             self.seal_before(io, &same_segment[0].segment)?;
@@ -743,14 +665,18 @@ impl Writer {
         Ok(())
     }
 
-    fn write_runs(&self, io: &mut IoState, runs: &[Run], to_sync: &[Arc<Segment>]) -> Result<()> {
+    fn write_runs(
+        &self,
+        io: &mut IoState,
+        runs: &mut [Run],
+        to_sync: &[Arc<Segment>],
+    ) -> Result<()> {
         let mut pieces: Vec<Piece> = Vec::with_capacity(runs.len() + 1);
-        let mut aligned = 0;
         let mut tail = io.tail.take();
-        for (r, run) in runs.iter().enumerate() {
+        for (r, run) in runs.iter_mut().enumerate() {
             let segment = &run.segment;
-            self.prefill
-                .before_write(segment, run.pos + run.data.len() as u64);
+            let end = run.pos + run.data.entries().len() as u64;
+            self.prefill.before_write(segment, end);
             let file = if io.direct {
                 io.direct_file(&*self.ops, segment)?
             } else {
@@ -765,13 +691,12 @@ impl Writer {
             let Some(file) = file.filter(|_| start < limit) else {
                 pieces.push(Piece {
                     file: segment.file.clone(),
-                    source: Source::Run(r, 0),
+                    source: Source::Entries(0),
                     pos: run.pos,
-                    segment: r,
+                    run: r,
                 });
                 continue;
             };
-            let end = run.pos + run.data.len() as u64;
             // The written head of the first block: kept from the previous
             // flush, or (first write after opening) read back from the map.
             let prefix: &[u8] = match &tail {
@@ -785,37 +710,31 @@ impl Writer {
                 _ => &segment.data()[start as usize..run.pos as usize],
             };
             let direct_end = end.next_multiple_of(BLOCK).min(limit);
-            let in_direct = (direct_end.min(end) - run.pos) as usize;
-            if io.bufs.len() <= aligned {
-                io.bufs.push(AlignedBuf::new());
-            }
-            io.bufs[aligned].fill(
-                &[prefix, &run.data[..in_direct]],
-                (direct_end - start) as usize,
-            );
+            run.data
+                .prepare_direct(prefix, (direct_end - start) as usize);
             let tail_start = end & !(BLOCK - 1);
+            let entries = run.data.entries();
             let mut bytes = Vec::with_capacity((end - tail_start) as usize);
             if tail_start < run.pos {
                 bytes.extend_from_slice(&prefix[(tail_start - start) as usize..]);
-                bytes.extend_from_slice(&run.data);
+                bytes.extend_from_slice(entries);
             } else {
-                bytes.extend_from_slice(&run.data[(tail_start - run.pos) as usize..]);
+                bytes.extend_from_slice(&entries[(tail_start - run.pos) as usize..]);
             }
             pieces.push(Piece {
                 file,
-                source: Source::Aligned(aligned),
+                source: Source::Direct,
                 pos: start,
-                segment: r,
+                run: r,
             });
-            aligned += 1;
             if end > direct_end {
                 // The bytes in the file's partial last block, through the
                 // page cache.
                 pieces.push(Piece {
                     file: segment.file.clone(),
-                    source: Source::Run(r, in_direct),
+                    source: Source::Entries((direct_end - run.pos) as usize),
                     pos: direct_end,
-                    segment: r,
+                    run: r,
                 });
             }
             tail = Some(Tail {
@@ -829,8 +748,8 @@ impl Writer {
             .map(|p| WriteOp {
                 file: &p.file,
                 buf: match p.source {
-                    Source::Aligned(i) => io.bufs[i].as_slice(),
-                    Source::Run(r, from) => &runs[r].data[from..],
+                    Source::Direct => runs[p.run].data.direct(),
+                    Source::Entries(from) => &runs[p.run].data.entries()[from..],
                 },
                 pos: p.pos,
             })
@@ -838,12 +757,6 @@ impl Writer {
         let syncs: Vec<&File> = to_sync.iter().map(|s| &*s.file).collect();
         let result = self.ops.submit(&writes, &syncs);
         drop(writes);
-        // Keep memory bounded after an unusually large batch.
-        for buf in &mut io.bufs {
-            if buf.cap > 4 << 20 {
-                buf.release();
-            }
-        }
         match result {
             Ok(()) => {
                 io.tail = tail;
@@ -851,7 +764,7 @@ impl Writer {
                 counters
                     .writes
                     .fetch_add(runs.len() as u64, Ordering::Relaxed);
-                let bytes: usize = runs.iter().map(|r| r.data.len()).sum();
+                let bytes: usize = runs.iter().map(|r| r.data.entries().len()).sum();
                 counters
                     .bytes_written
                     .fetch_add(bytes as u64, Ordering::Relaxed);
@@ -863,7 +776,7 @@ impl Writer {
                 Ok(())
             }
             Err(IoFailure::Write(i, e)) => {
-                let path = &runs[pieces[i].segment].segment.path;
+                let path = &runs[pieces[i].run].segment.path;
                 Err(Error::io(format!("writing to '{}'", path.display()), e))
             }
             Err(IoFailure::Sync(i, e)) => Err(Error::io(
@@ -942,8 +855,8 @@ impl Leader for Writer {
         Group { runs, to_sync }
     }
 
-    fn write(&self, group: &Group) -> Result<()> {
-        self.do_io(&group.runs, &group.to_sync)
+    fn write(&self, group: &mut Group) -> Result<()> {
+        self.do_io(&mut group.runs, &group.to_sync)
     }
 
     fn written(&self, core: &mut Core, group: &Group, synced_inline: bool) {
@@ -999,9 +912,8 @@ impl Leader for Writer {
                 .collect::<Vec<_>>()
         };
         let spare = &mut core.state.spare;
-        for mut data in reusable {
+        for data in reusable {
             if spare.len() < SPARE_RUNS && data.capacity() <= SPARE_RUN_BYTES {
-                data.clear();
                 spare.push(data);
             }
         }
