@@ -115,7 +115,7 @@ impl RunBuf {
     /// into a new allocation at least twice as large: realloc would copy
     /// the whole old allocation, used or not, and cannot keep the
     /// alignment anyway.
-    fn reserve(&mut self, extra: usize) {
+    pub fn reserve(&mut self, extra: usize) {
         let need = self.len + extra;
         if need <= self.cap {
             return;
@@ -167,15 +167,18 @@ impl RunBuf {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.direct_len) }
     }
 
-    /// The buffer, moved to an allocation of its own size when more than
-    /// half of the current one is unused (a small run in a reused large
-    /// buffer, or one that just doubled): what a cache of runs charges.
+    /// The buffer, moved to an allocation of about its own size when more
+    /// than an eighth of the current one would be unused (a small run in a
+    /// reused large buffer, or one that just doubled): a cache of runs
+    /// charges the allocation. Room for any head is kept, so that a buffer
+    /// reused for a run of the same size never grows.
     pub fn trimmed(self) -> RunBuf {
-        let needed = self.len.next_multiple_of(BLOCK as usize);
-        if self.cap <= 2 * needed {
+        let needed = (self.len - self.head + BLOCK as usize).next_multiple_of(BLOCK as usize);
+        if self.cap <= needed + needed / 8 {
             return self;
         }
-        let mut trimmed = RunBuf::new(self.head, self.len - self.head);
+        let mut trimmed = RunBuf::new(0, needed);
+        trimmed.reset(self.head);
         trimmed.push(&[self.entries()], 0);
         trimmed
     }
@@ -224,17 +227,21 @@ mod tests {
 
     #[test]
     fn trimming_moves_only_a_mostly_empty_buffer() {
-        let mut small = RunBuf::new(0, 64 * BLOCK as usize);
+        let block = BLOCK as usize;
+        let mut small = RunBuf::new(0, 64 * block);
         small.push(&[b"x"], 0);
-        let trimmed = small.trimmed();
-        assert_eq!(trimmed.capacity(), BLOCK as usize);
+        let mut trimmed = small.trimmed();
+        assert_eq!(trimmed.capacity(), 2 * block, "the entries and a head");
         assert_eq!(trimmed.entries(), b"x");
-        let mut full = RunBuf::new(8, 2 * BLOCK as usize);
-        full.push(&[&vec![1u8; BLOCK as usize]], 0);
+        trimmed.reset(block - 1);
+        trimmed.reserve(1);
+        assert_eq!(trimmed.capacity(), 2 * block, "any head fits");
+        let mut full = RunBuf::new(8, 2 * block);
+        full.push(&[&vec![1u8; 2 * block]], 0);
         let cap = full.capacity();
         let kept = full.trimmed();
-        assert_eq!(kept.capacity(), cap, "half used: kept as it is");
-        assert_eq!(kept.entries(), &vec![1u8; BLOCK as usize][..]);
+        assert_eq!(kept.capacity(), cap, "full: kept as it is");
+        assert_eq!(kept.entries(), &vec![1u8; 2 * block][..]);
     }
 
     #[test]

@@ -20,23 +20,30 @@ use super::runbuf::RunBuf;
 
 #[derive(Default)]
 struct Inner {
-    /// (global journal position of the first entry byte, the run, bytes
-    /// charged to the budget: the allocation), in log order.
-    runs: VecDeque<(u64, Arc<RunBuf>, u64)>,
+    /// In log order.
+    runs: VecDeque<Cached>,
     bytes: u64,
 }
 
-/// A reader's view of part of a cached run; the run lives while a view
-/// does.
-struct RunView {
+struct Cached {
+    /// Global journal position of the first entry byte.
+    start: u64,
+    /// The run's entries, sliced for readers: a slice costs a reference
+    /// count, no allocation.
+    entries: Bytes,
+    /// The run's buffer, which `entries` holds a reference to as well: a
+    /// dropped run whose buffer is held by nothing else is reused.
     run: Arc<RunBuf>,
-    at: usize,
-    len: usize,
+    /// Bytes charged to the budget: the allocation.
+    charged: u64,
 }
 
-impl AsRef<[u8]> for RunView {
+/// The owner of a cached run's `Bytes`.
+struct Shared(Arc<RunBuf>);
+
+impl AsRef<[u8]> for Shared {
     fn as_ref(&self) -> &[u8] {
-        &self.run.entries()[self.at..self.at + self.len]
+        self.0.entries()
     }
 }
 
@@ -77,21 +84,33 @@ impl TailCache {
         inner.bytes += charged;
         // Two flushers finish in either order: keep the runs sorted by
         // position for `get` (almost always this is the back).
-        let at = inner.runs.partition_point(|(s, _, _)| *s < start);
-        inner.runs.insert(at, (start, Arc::new(run), charged));
+        let at = inner.runs.partition_point(|cached| cached.start < start);
+        let run = Arc::new(run);
+        let cached = Cached {
+            start,
+            entries: Bytes::from_owner(Shared(run.clone())),
+            run,
+            charged,
+        };
+        inner.runs.insert(at, cached);
         while inner.bytes > self.capacity {
-            let Some((_, run, old)) = inner.runs.pop_front() else {
+            let Some(cached) = inner.runs.pop_front() else {
                 break;
             };
-            inner.bytes -= old;
-            evicted.push(run);
+            inner.bytes -= cached.charged;
+            evicted.push(cached);
         }
         // Outside the lock: freeing megabytes (buffers still shared with
         // readers, or surplus) takes a while.
         drop(inner);
         evicted
             .into_iter()
-            .filter_map(|run| Arc::try_unwrap(run).ok())
+            .filter_map(|cached| {
+                // The cache's own view first: then only readers' views
+                // still hold the buffer.
+                drop(cached.entries);
+                Arc::try_unwrap(cached.run).ok()
+            })
             .collect()
     }
 
@@ -106,17 +125,11 @@ impl TailCache {
             return None;
         }
         let inner = self.inner.read();
-        let after = inner.runs.partition_point(|(start, _, _)| *start <= pos);
-        let (start, run, _) = inner.runs.get(after.checked_sub(1)?)?;
-        let at = (pos - start) as usize;
-        let len = len as usize;
-        (at + len <= run.entries().len()).then(|| {
-            Bytes::from_owner(RunView {
-                run: run.clone(),
-                at,
-                len,
-            })
-        })
+        let after = inner.runs.partition_point(|cached| cached.start <= pos);
+        let cached = inner.runs.get(after.checked_sub(1)?)?;
+        let at = (pos - cached.start) as usize;
+        let end = at + len as usize;
+        (end <= cached.entries.len()).then(|| cached.entries.slice(at..end))
     }
 
     pub fn bytes(&self) -> u64 {
@@ -135,17 +148,18 @@ mod tests {
         run
     }
 
-    /// Each run below charges one block.
+    /// A run below charges one block, a trimmed one two (its entries and
+    /// room for a head).
     const B: u64 = BLOCK;
 
     #[test]
     fn serves_what_it_holds_and_drops_the_oldest() {
-        let cache = TailCache::new(2 * B + B / 2);
+        let cache = TailCache::new(3 * B + B / 2);
         cache.push(1000, filled(1, 100));
         let mut oversized = RunBuf::new(0, 16 * B as usize);
         oversized.push(&[&[2; 100]], 0);
         cache.push(1100, oversized);
-        assert_eq!(cache.bytes(), 2 * B, "the oversized run was trimmed");
+        assert_eq!(cache.bytes(), 3 * B, "the oversized run was trimmed");
         assert_eq!(cache.get(1000, 100).unwrap(), vec![1u8; 100]);
         assert_eq!(cache.get(1150, 50).unwrap(), vec![2u8; 50]);
         assert_eq!(cache.get(1050, 100), None, "spans two runs");
@@ -153,7 +167,7 @@ mod tests {
         cache.push(1200, filled(3, 100));
         assert_eq!(cache.get(1000, 10), None, "oldest run dropped");
         assert_eq!(cache.get(1210, 10).unwrap(), vec![3u8; 10]);
-        assert_eq!(cache.bytes(), 2 * B);
+        assert_eq!(cache.bytes(), 3 * B);
         let off = TailCache::new(0);
         assert_eq!(off.push(0, filled(1, 10)).len(), 1, "back for reuse");
         assert_eq!(off.get(0, 10), None);

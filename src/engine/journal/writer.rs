@@ -139,6 +139,10 @@ struct Run {
 /// buffers whose pages are mapped instead of faulting in fresh ones.
 const SPARE_RUNS: usize = 4;
 const SPARE_RUN_BYTES: usize = 8 << 20;
+/// The room a new run's buffer starts with: a typical group, one 64 KiB
+/// batch with its entry header after a `Synced` entry, fits whatever the
+/// head, so its buffer neither grows nor is trimmed by the tail cache.
+const NEW_RUN_BYTES: usize = (64 << 10) + 2 * BLOCK as usize;
 
 /// The written bytes of the last, partial block of the journal: the next
 /// direct write to the segment starts with them (see the module comment).
@@ -238,23 +242,22 @@ pub struct State {
 }
 
 impl State {
-    /// The run ending at the tail of the active segment, started if the
-    /// last run ends elsewhere.
-    fn run_at_tail(&mut self) -> &mut Run {
+    /// The run ending at the tail of the active segment, started (with
+    /// room for `need` bytes) if the last run ends elsewhere.
+    fn run_at_tail(&mut self, need: usize) -> &mut Run {
         let (active, pos) = (&self.active, self.tail);
         let extend = matches!(self.runs.last(), Some(run)
             if Arc::ptr_eq(&run.segment, active)
                 && run.pos + run.data.entries().len() as u64 == pos);
         if !extend {
             let head = (pos % BLOCK) as usize;
-            // Runs go to the tail cache after their write (when it is on),
-            // so size a new one for a typical flush up front.
             let data = match self.spare.pop() {
                 Some(mut spare) => {
                     spare.reset(head);
+                    spare.reserve(need);
                     spare
                 }
-                None => RunBuf::new(head, 64 << 10),
+                None => RunBuf::new(head, need.max(NEW_RUN_BYTES)),
             };
             self.runs.push(Run {
                 segment: active.clone(),
@@ -460,7 +463,9 @@ impl Writer {
         let header = entry::place(header, active.base);
         st.last = Some((active.base + pos, header));
         let padding = len as usize - entry::HEADER_LEN - payload.len();
-        st.run_at_tail().data.push(&[&header, payload], padding);
+        st.run_at_tail(len as usize)
+            .data
+            .push(&[&header, payload], padding);
         st.tail += len;
         st.pending_bytes += len;
         let end = active.base + st.tail;
@@ -486,7 +491,7 @@ impl Writer {
         // padding: nothing is unused then.)
         if st.tail < st.active.len {
             let unused = (st.active.len - st.tail) as usize;
-            st.run_at_tail().data.push(&[], unused);
+            st.run_at_tail(unused).data.push(&[], unused);
             st.tail = st.active.len;
             st.pending_bytes += unused as u64;
         }
