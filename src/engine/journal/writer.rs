@@ -19,8 +19,9 @@
 //! failures there.
 //!
 //! With `direct` (the default), writes use O_DIRECT straight from the
-//! runs' 4 KiB-aligned buffers (`runbuf`): the page cache is bypassed, so the journal does not evict
-//! readers' hot pages and fdatasync has no dirty pages to write back.
+//! runs' 4 KiB-aligned buffers (`runbuf`): the page cache is bypassed, so
+//! the journal does not evict readers' hot pages and fdatasync has no
+//! dirty pages to write back.
 //! O_DIRECT needs the buffer address, file offset and length aligned to the
 //! logical block size; `BLOCK` = 4096 is a multiple of every usual one. A
 //! flush rarely ends on a block boundary, so the writer keeps the bytes of
