@@ -76,8 +76,8 @@ impl RunBuf {
     /// The run's entries.
     pub fn entries(&self) -> &[u8] {
         // SAFETY: `[head, len)` lies inside the allocation and `push`
-        // initialised it (the head before it may not be: only `direct`
-        // fills it).
+        // initialised it (the head before it may not be: only
+        // `prepare_direct` fills it).
         unsafe {
             std::slice::from_raw_parts(self.ptr.as_ptr().add(self.head), self.len - self.head)
         }
