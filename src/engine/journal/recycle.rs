@@ -101,7 +101,8 @@ impl Recycler {
             if free.len() < recycler.capacity && len == Some(segment_bytes) {
                 free.push_back(base);
             } else {
-                recycler.remove(&dir.join(free_name(base)))?;
+                remove(&dir.join(free_name(base)))?;
+                sync_dir(dir)?;
             }
         }
         drop(free);
@@ -151,8 +152,7 @@ impl Recycler {
             Err(_) => None,
         };
         let Some(base) = keep else {
-            fs::remove_file(&path)
-                .map_err(|e| Error::io(format!("removing '{}'", path.display()), e))?;
+            remove(&path)?;
             return Ok(None);
         };
         let to = self.dir.join(free_name(base));
@@ -171,12 +171,10 @@ impl Recycler {
         self.free.lock().push_back(base);
         self.kept.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    fn remove(&self, path: &Path) -> Result<()> {
-        fs::remove_file(path)
-            .map_err(|e| Error::io(format!("removing '{}'", path.display()), e))?;
-        sync_dir(&self.dir)
-    }
+fn remove(path: &Path) -> Result<()> {
+    fs::remove_file(path).map_err(|e| Error::io(format!("removing '{}'", path.display()), e))
 }
 
 #[cfg(test)]
