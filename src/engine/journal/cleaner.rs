@@ -16,10 +16,11 @@
 //! Only batches that would stay are worth a copy. A shard whose front
 //! moves (retention, deletes, a hybrid shard's tierer) will drop its
 //! oldest batches soon anyway: a batch its front would reach within the
-//! next `LEAVING_PASSES` passes, at the pace it moved over the last two,
-//! counts as dead and stays in place. Copying it would double the disk
-//! writes of a steadily draining shard for nothing; an idle shard's front
-//! does not move, so its batches are relocated as before.
+//! next `LEAVING_PASSES` passes, at the pace it moved over the last two
+//! (over its first two: since it was created or opened), counts as dead
+//! and stays in place. Copying it would double the disk writes of a
+//! steadily draining shard for nothing; an idle shard's front does not
+//! move, so its batches are relocated as before.
 //!
 //! Crash safety comes from the entries, not from ordering tricks: a
 //! relocated batch is a `Rewrite` entry, which replay puts in the place of
@@ -180,14 +181,11 @@ fn live_bytes(shards: &[Arc<JournalShard>], active: u64) -> (BTreeMap<u64, u64>,
 
 /// The offset below which `shard`'s batches are leaving: those its front
 /// reaches within `LEAVING_PASSES` passes, at the pace it moved over the
-/// last two (none for a shard first seen). Notes `low`, its low
-/// watermark, for the next pass.
+/// last two (since it was created or opened, in its first two). Notes
+/// `low`, its low watermark, for the next pass.
 fn leaving_end(shard: &JournalShard, low: i64) -> i64 {
     let [last, before] = &shard.fronts_seen;
-    let per_two_passes = match before.load(Ordering::Relaxed) {
-        i64::MAX => 0,
-        earlier => low.saturating_sub(earlier).max(0),
-    };
+    let per_two_passes = low.saturating_sub(before.load(Ordering::Relaxed)).max(0);
     before.store(last.load(Ordering::Relaxed), Ordering::Relaxed);
     last.store(low, Ordering::Relaxed);
     low.saturating_add(per_two_passes.saturating_mul(LEAVING_PASSES / 2))

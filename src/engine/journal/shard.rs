@@ -45,7 +45,10 @@ pub struct JournalShard {
     appended_bytes: AtomicU64,
     read_records: AtomicU64,
     /// The low watermark at the journal cleaner's last two passes (newest
-    /// first; `i64::MAX`: not seen yet): how fast the shard's front moves.
+    /// first): how fast the shard's front moves. Both start at the low
+    /// watermark the shard was created or opened with, so that the first
+    /// passes take its movement since then for its pace: a new shard whose
+    /// retention already drops batches is not copied as if it were idle.
     pub(super) fronts_seen: [AtomicI64; 2],
 }
 
@@ -62,12 +65,15 @@ impl JournalShard {
             name: name.to_string(),
             options,
             log,
+            fronts_seen: [
+                AtomicI64::new(state.low_watermark),
+                AtomicI64::new(state.low_watermark),
+            ],
             state: RwLock::new(state),
             deleted: AtomicBool::new(false),
             appended_records: AtomicU64::new(0),
             appended_bytes: AtomicU64::new(0),
             read_records: AtomicU64::new(0),
-            fronts_seen: [AtomicI64::new(i64::MAX), AtomicI64::new(i64::MAX)],
         }
     }
 

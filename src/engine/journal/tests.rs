@@ -980,6 +980,45 @@ fn the_cleaner_leaves_a_draining_shards_batches_in_place() {
     assert!(most <= 5 * SEGMENT, "{most} bytes of journal files");
 }
 
+/// A new shard whose retention already drops batches when the cleaner
+/// first looks is not copied: the first passes take its front's movement
+/// since it was created for its pace. (They used to count it as idle and
+/// copy what it retained in closed segments: up to its whole retention
+/// after each of its first two segment rolls.) An idle shard's front
+/// never moved, so its batches are copied on the first pass as before
+/// (`the_cleaner_bounds_disk_use_behind_an_idle_shard`).
+#[test]
+fn a_new_draining_shard_is_not_copied_on_the_first_pass() {
+    const SEGMENT: u64 = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes: SEGMENT,
+        cleaner: false,
+        ..JournalConfig::default()
+    };
+    let engine = JournalEngine::new(dir.path(), config);
+    engine.recover().unwrap();
+    let draining = ShardOptions {
+        retention_bytes: 160 << 10,
+        ..options(Durability::Os)
+    };
+    let shard = engine.create_shard("new", &draining).unwrap();
+    let log = engine.log.lock().clone().unwrap();
+    let value = vec![5u8; 4 << 10];
+    // Four segment rolls, then a few batches: the last closed segment
+    // holds most of what the retention keeps, and is mostly dead.
+    let rolls = || log.stats()["segment_rolls"].as_u64().unwrap();
+    while rolls() < 4 {
+        shard.append(&[Record::new(&value)]).unwrap();
+    }
+    for _ in 0..8 {
+        shard.append(&[Record::new(&value)]).unwrap();
+    }
+    let pass = log.clean().unwrap();
+    assert!(pass.segments > 0, "a mostly dead prefix: {pass:?}");
+    assert_eq!(pass.relocated_bytes, 0);
+}
+
 /// The values of every record the shard retains.
 fn values(shard: &Arc<dyn Shard>) -> Vec<Vec<u8>> {
     let limits = ReadLimits {
