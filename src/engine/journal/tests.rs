@@ -946,21 +946,9 @@ fn the_cleaner_bounds_disk_use_behind_an_idle_shard() {
 /// of what it retains all the same.
 #[test]
 fn the_cleaner_leaves_a_draining_shards_batches_in_place() {
-    const SEGMENT: u64 = 256 << 10;
+    const SEGMENT: u64 = CLEANED_SEGMENT;
     let dir = tempfile::tempdir().unwrap();
-    let config = JournalConfig {
-        segment_bytes: SEGMENT,
-        cleaner: false,
-        ..JournalConfig::default()
-    };
-    let engine = JournalEngine::new(dir.path(), config);
-    engine.recover().unwrap();
-    let draining = ShardOptions {
-        retention_bytes: 2 * SEGMENT,
-        ..options(Durability::Os)
-    };
-    let shard = engine.create_shard("draining", &draining).unwrap();
-    let log = engine.log.lock().clone().unwrap();
+    let (_engine, shard, log) = draining_shard(dir.path(), 2 * SEGMENT);
     let value = vec![5u8; 4 << 10];
     let mut most = 0;
     for i in 0..1024 {
@@ -989,21 +977,8 @@ fn the_cleaner_leaves_a_draining_shards_batches_in_place() {
 /// (`the_cleaner_bounds_disk_use_behind_an_idle_shard`).
 #[test]
 fn a_new_draining_shard_is_not_copied_on_the_first_pass() {
-    const SEGMENT: u64 = 256 << 10;
     let dir = tempfile::tempdir().unwrap();
-    let config = JournalConfig {
-        segment_bytes: SEGMENT,
-        cleaner: false,
-        ..JournalConfig::default()
-    };
-    let engine = JournalEngine::new(dir.path(), config);
-    engine.recover().unwrap();
-    let draining = ShardOptions {
-        retention_bytes: 160 << 10,
-        ..options(Durability::Os)
-    };
-    let shard = engine.create_shard("new", &draining).unwrap();
-    let log = engine.log.lock().clone().unwrap();
+    let (_engine, shard, log) = draining_shard(dir.path(), 160 << 10);
     let value = vec![5u8; 4 << 10];
     // Four segment rolls, then a few batches: the last closed segment
     // holds most of what the retention keeps, and is mostly dead.
@@ -1017,6 +992,31 @@ fn a_new_draining_shard_is_not_copied_on_the_first_pass() {
     let pass = log.clean().unwrap();
     assert!(pass.segments > 0, "a mostly dead prefix: {pass:?}");
     assert_eq!(pass.relocated_bytes, 0);
+}
+
+/// The segment size of the cleaner tests' journals.
+const CLEANED_SEGMENT: u64 = 256 << 10;
+
+/// A journal of `CLEANED_SEGMENT`s whose cleaner runs only when the test
+/// calls `clean`, with one new `os` shard that keeps `retention_bytes`.
+fn draining_shard(
+    dir: &Path,
+    retention_bytes: u64,
+) -> (JournalEngine, Arc<dyn Shard>, Arc<super::Log>) {
+    let config = JournalConfig {
+        segment_bytes: CLEANED_SEGMENT,
+        cleaner: false,
+        ..JournalConfig::default()
+    };
+    let engine = JournalEngine::new(dir, config);
+    engine.recover().unwrap();
+    let draining = ShardOptions {
+        retention_bytes,
+        ..options(Durability::Os)
+    };
+    let shard = engine.create_shard("draining", &draining).unwrap();
+    let log = engine.log.lock().clone().unwrap();
+    (engine, shard, log)
 }
 
 /// The values of every record the shard retains.
