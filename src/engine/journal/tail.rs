@@ -34,8 +34,13 @@ struct Cached {
     /// The run's buffer, which `entries` holds a reference to as well: a
     /// dropped run whose buffer is held by nothing else is reused.
     run: Arc<RunBuf>,
-    /// Bytes charged to the budget: the allocation.
-    charged: u64,
+}
+
+impl Cached {
+    /// Bytes charged to the budget: the allocation (fixed once cached).
+    fn charged(&self) -> u64 {
+        self.run.capacity() as u64
+    }
 }
 
 /// The owner of a cached run's `Bytes`.
@@ -77,27 +82,24 @@ impl TailCache {
         // buffer much larger than itself (a lone catalogue record in a
         // reused one sized for a large flush) is moved to one of its own
         // size first.
-        let run = run.trimmed();
-        let charged = run.capacity() as u64;
-        let mut evicted = Vec::new();
-        let mut inner = self.inner.write();
-        inner.bytes += charged;
-        // Two flushers finish in either order: keep the runs sorted by
-        // position for `get` (almost always this is the back).
-        let at = inner.runs.partition_point(|cached| cached.start < start);
-        let run = Arc::new(run);
+        let run = Arc::new(run.trimmed());
         let cached = Cached {
             start,
             entries: Bytes::from_owner(Shared(run.clone())),
             run,
-            charged,
         };
+        let mut evicted = Vec::new();
+        let mut inner = self.inner.write();
+        // Two flushers finish in either order: keep the runs sorted by
+        // position for `get` (almost always this is the back).
+        let at = inner.runs.partition_point(|cached| cached.start < start);
+        inner.bytes += cached.charged();
         inner.runs.insert(at, cached);
         while inner.bytes > self.capacity {
             let Some(cached) = inner.runs.pop_front() else {
                 break;
             };
-            inner.bytes -= cached.charged;
+            inner.bytes -= cached.charged();
             evicted.push(cached);
         }
         // Outside the lock: freeing megabytes (buffers still shared with
